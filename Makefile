@@ -1,0 +1,33 @@
+# The README's two commands: `make run` and `make test`. Each sets itself up, idempotently.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test check bench lock clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel; unpinned, another package would pull a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[engine,ml,dev]'
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/tada-engine serve
+
+test: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/check.sh
+
+bench: setup
+	$(PY) bench/upload.py
+
+# Refresh the lock after changing dependencies (then run `make test`).
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v '^tada-discord' > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,54 @@
+"""Request dependencies as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from engine.models import User
+from engine.security import hash_api_key
+from engine.services import EngineServices
+
+
+def get_services(request: Request) -> EngineServices:
+    services: EngineServices = request.app.state.services
+    return services
+
+
+Services = Annotated[EngineServices, Depends(get_services)]
+
+
+async def get_session(services: Services) -> AsyncIterator[AsyncSession]:
+    async with services.db.session() as session:
+        yield session
+
+
+Session = Annotated[AsyncSession, Depends(get_session)]
+
+
+async def get_current_user(
+    session: Session,
+    x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
+) -> User:
+    """The user owning ``X-API-Key``; 401 when it is missing or unknown."""
+    if not x_api_key:
+        raise HTTPException(401, "missing X-API-Key header")
+    user = await session.scalar(select(User).where(User.key_hash == hash_api_key(x_api_key)))
+    if user is None:
+        raise HTTPException(401, "invalid API key")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def base_url(request: Request) -> str:
+    """Where this request reached us, for absolute signed URLs."""
+    return str(request.base_url)
+
+
+BaseUrl = Annotated[str, Depends(base_url)]

@@ -1,0 +1,56 @@
+"""Shared answer for the two ``.../uploads/url`` routes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from engine.api.errors import invalid
+from engine.models import UploadKind
+from engine.schemas import UploadUrlResponse
+from engine.services import EngineServices
+from engine.uploads import UploadError, create_upload
+
+
+async def issue_upload_url(
+    services: EngineServices,
+    session: AsyncSession,
+    base: str,
+    *,
+    user_id: str,
+    kind: UploadKind,
+    name: str,
+    file_name: str,
+    trigger_word: str | None = None,
+) -> UploadUrlResponse:
+    try:
+        upload = await create_upload(
+            session,
+            user_id=user_id,
+            kind=kind,
+            name=name,
+            file_name=file_name,
+            trigger_word=trigger_word,
+        )
+    except UploadError as exc:
+        invalid("query", exc.field, str(exc))
+    limits = services.settings.uploads
+    ttl = limits.url_ttl_seconds
+    url = services.signed_url(
+        base, "PUT", f"/storage/uploads/{upload.id}", f"upload:{upload.id}", ttl
+    )
+    expires = int(url.split("expires=", 1)[1].split("&", 1)[0])
+    return UploadUrlResponse(
+        id=upload.id,
+        upload_id=upload.id,
+        name=upload.name,
+        file_name=upload.file_name,
+        trigger_word=upload.trigger_word,
+        status=upload.status,
+        upload_url=url,
+        url=url,
+        headers={"Content-Type": upload.content_type},
+        expires_at=datetime.fromtimestamp(expires, UTC),
+        max_bytes=limits.max_audio_bytes if kind is UploadKind.VOICE else limits.max_zip_bytes,
+    )

@@ -1,0 +1,21 @@
+"""The job system: database rows are the truth, huey only carries job ids.
+
+- :class:`JobQueue` wraps a huey instance (SQLite file by default, Redis at scale).
+- :class:`JobWorker` claims and runs jobs with registered handlers (blocking code, threads).
+- :class:`JobService` is the async face the API uses: submit, read, wait, cancel.
+"""
+
+from engine.jobs.queue import JobQueue, build_huey
+from engine.jobs.service import JobService, JobTimeout
+from engine.jobs.worker import Handler, JobContext, JobFailed, JobWorker
+
+__all__ = [
+    "Handler",
+    "JobContext",
+    "JobFailed",
+    "JobQueue",
+    "JobService",
+    "JobTimeout",
+    "JobWorker",
+    "build_huey",
+]

@@ -1,0 +1,195 @@
+"""Claiming and running jobs. Blocking code: it runs in huey's worker threads or processes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.jobs.queue import JobQueue
+from engine.models import Job, JobStatus, utcnow
+from engine.settings import EngineSettings
+from engine.storage import LocalStorage
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(Exception):
+    """A handler's refusal: the job fails with this message and is not retried."""
+
+
+class JobCanceled(Exception):
+    """Raised by :meth:`JobContext.check_canceled` when the job was canceled."""
+
+
+@dataclass
+class JobContext:
+    """What a handler gets: its job's data and the means to report on it."""
+
+    job_id: str
+    kind: str
+    user_id: str | None
+    payload: dict[str, Any]
+    attempt: int
+    settings: EngineSettings
+    storage: LocalStorage
+    sessions: sessionmaker[Session]
+    _last_progress: int = field(default=-1, repr=False)
+
+    def report(self, progress: int) -> None:
+        """Write progress (0-100) to the job row; cheap to call often."""
+        progress = max(0, min(100, int(progress)))
+        if progress == self._last_progress:
+            return
+        self._last_progress = progress
+        with self.sessions.begin() as s:
+            s.execute(update(Job).where(Job.id == self.job_id).values(progress=progress))
+
+    def check_canceled(self) -> None:
+        """Raise :class:`JobCanceled` if someone canceled this job meanwhile."""
+        with self.sessions() as s:
+            status = s.scalar(select(Job.status).where(Job.id == self.job_id))
+        if status == JobStatus.CANCELED.value:
+            raise JobCanceled(self.job_id)
+
+
+Handler = Callable[[JobContext], "dict[str, Any] | None"]
+
+
+class JobWorker:
+    """Runs jobs by kind with the handlers it was given; the row records every outcome."""
+
+    def __init__(
+        self,
+        *,
+        settings: EngineSettings,
+        sessions: sessionmaker[Session],
+        storage: LocalStorage,
+        queue: JobQueue,
+        handlers: Mapping[str, Handler],
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.storage = storage
+        self.queue = queue
+        self.handlers = dict(handlers)
+        queue.bind(self.execute)
+
+    def _claim(self, job_id: str) -> Job | None:
+        with self.sessions.begin() as s:
+            claimed = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+                .values(
+                    status=JobStatus.PROCESSING.value,
+                    attempts=Job.attempts + 1,
+                    started_at=utcnow(),
+                    error=None,
+                )
+            ).rowcount  # type: ignore[attr-defined]
+            if not claimed:
+                return None
+            return s.get(Job, job_id)
+
+    def _finish(self, job_id: str, **values: Any) -> None:
+        with self.sessions.begin() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.PROCESSING.value)
+                .values(finished_at=utcnow(), **values)
+            )
+
+    def execute(self, job_id: str) -> None:
+        """Claim and run one job. A message for a job already taken is a no-op."""
+        job = self._claim(job_id)
+        if job is None:
+            return
+        handler = self.handlers.get(job.kind)
+        if handler is None:
+            self._finish(
+                job_id,
+                status=JobStatus.FAILED.value,
+                error=f"no handler for job kind {job.kind!r} on this worker",
+            )
+            return
+        ctx = JobContext(
+            job_id=job.id,
+            kind=job.kind,
+            user_id=job.user_id,
+            payload=dict(job.payload or {}),
+            attempt=job.attempts,
+            settings=self.settings,
+            storage=self.storage,
+            sessions=self.sessions,
+        )
+        try:
+            result = handler(ctx)
+        except JobCanceled:
+            log.info("job %s canceled while running", job_id)
+        except JobFailed as exc:
+            self._finish(job_id, status=JobStatus.FAILED.value, error=str(exc) or "failed")
+        except Exception as exc:
+            log.exception("job %s (%s) attempt %d crashed", job_id, job.kind, job.attempts)
+            if job.attempts < job.max_attempts:
+                self._requeue(job_id)
+            else:
+                self._finish(
+                    job_id,
+                    status=JobStatus.FAILED.value,
+                    error=f"internal error after {job.attempts} attempt(s): "
+                    f"{type(exc).__name__}: {exc}"[:2000],
+                )
+        else:
+            self._finish(
+                job_id, status=JobStatus.SUCCEEDED.value, progress=100, result=result or {}
+            )
+
+    def _requeue(self, job_id: str) -> None:
+        with self.sessions.begin() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(status=JobStatus.QUEUED.value, started_at=None)
+            )
+        self.queue.enqueue(job_id)
+
+    def recover(self) -> tuple[int, int]:
+        """After a crash: re-queue jobs left processing (or fail them past the limit).
+
+        Jobs still queued are enqueued again too: if their message was lost they would
+        otherwise wait forever, and a duplicate message is harmless (claiming is atomic).
+        Returns ``(requeued, failed)``.
+        """
+        requeued: list[str] = []
+        failed = 0
+        with self.sessions.begin() as s:
+            rows = s.scalars(
+                select(Job).where(
+                    Job.status.in_([JobStatus.PROCESSING.value, JobStatus.QUEUED.value])
+                )
+            ).all()
+            for job in rows:
+                if job.status == JobStatus.PROCESSING.value and job.attempts >= job.max_attempts:
+                    job.status = JobStatus.FAILED.value
+                    job.finished_at = utcnow()
+                    job.error = f"interrupted by a restart {job.attempts} time(s); gave up"
+                    failed += 1
+                else:
+                    job.status = JobStatus.QUEUED.value
+                    requeued.append(job.id)
+        for job_id in requeued:
+            self.queue.enqueue(job_id)
+        if requeued or failed:
+            log.warning("recovered jobs: %d re-queued, %d failed", len(requeued), failed)
+        return len(requeued), failed
+
+    def drain(self) -> int:
+        """Run queued messages in this thread until the queue is empty; return how many ran."""
+        ran = 0
+        while self.queue.run_one():
+            ran += 1
+        return ran

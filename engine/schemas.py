@@ -1,0 +1,64 @@
+"""Response models shared by several routers (field names follow upstream's contract)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class RegisterResponse(BaseModel):
+    """The new account. ``api_key`` is shown this once and never again."""
+
+    id: str
+    email: str
+    api_key: str
+    created_at: datetime
+    message: str = "Store this API key now: it is shown only once."
+
+
+class UploadUrlResponse(BaseModel):
+    """Where and how to PUT the file, and until when."""
+
+    id: str = Field(description="the upload id (same as upload_id)")
+    upload_id: str
+    name: str
+    file_name: str
+    trigger_word: str | None = None
+    status: str
+    upload_url: str
+    url: str = Field(description="alias of upload_url")
+    method: Literal["PUT"] = "PUT"
+    headers: dict[str, str]
+    expires_at: datetime
+    max_bytes: int
+
+
+class VoiceUpload(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    status: str
+    file_name: str
+    size_bytes: int | None = None
+    error: str | None = None
+
+
+class LoraUpload(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    trigger_word: str | None
+    status: str
+    file_name: str
+    size_bytes: int | None = None
+    error: str | None = None
+
+
+class StoredFile(BaseModel):
+    """Answer to a completed PUT."""
+
+    upload_id: str
+    status: str
+    size_bytes: int

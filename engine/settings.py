@@ -1,0 +1,148 @@
+"""Engine settings: one typed, validated object built from ``config.toml`` and the environment.
+
+Secrets come from the environment only (``TADA_ENGINE_SECRET_KEY``). Outside development
+mode a missing or placeholder secret is refused at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "placeholder"})
+SECRET_ENV = "TADA_ENGINE_SECRET_KEY"
+MiB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """The configuration cannot be used; the message says what to change."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UploadSettings(_Section):
+    """Limits for pre-signed uploads."""
+
+    max_audio_bytes: int = Field(50 * MiB, gt=0)
+    max_zip_bytes: int = Field(500 * MiB, gt=0)
+    url_ttl_seconds: int = Field(7200, gt=0, le=7 * 24 * 3600)
+    artifact_url_ttl_seconds: int = Field(24 * 3600, gt=0, le=30 * 24 * 3600)
+
+
+class JobSettings(_Section):
+    """The job queue (huey) and its consumer."""
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str | None = None
+    in_process_workers: int = Field(1, ge=0, le=32)
+    max_attempts: int = Field(3, ge=1, le=20)
+    wait_timeout_seconds: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> JobSettings:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("jobs.backend = 'redis' needs jobs.redis_url")
+        return self
+
+
+class EngineSettings(_Section):
+    """Everything the engine needs; build it with :func:`load_engine_settings` or directly."""
+
+    mode: Literal["development", "production"] = "development"
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    secret_key: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8100, ge=0, le=65535)
+    public_url: str | None = None
+    uploads: UploadSettings = UploadSettings()
+    jobs: JobSettings = JobSettings()
+    # Back-end sections owned by the voice and image packages; validated there.
+    voice: dict[str, Any] = Field(default_factory=dict)
+    image: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _secret_allowed(self) -> EngineSettings:
+        if self.mode == "production":
+            value = self.secret_key.get_secret_value() if self.secret_key else ""
+            if value.strip().lower() in PLACEHOLDER_SECRETS or len(value) < 32:
+                raise ValueError(
+                    f"production mode needs a real secret: set {SECRET_ENV} to at least 32 "
+                    "random characters, e.g. from "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The async SQLAlchemy URL; a SQLite file in the data directory by default."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'engine.sqlite3').resolve()}"
+
+    def signing_key(self) -> bytes:
+        """The HMAC key for signed URLs; generated once into the data directory in development."""
+        if self.secret_key is not None and self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value().encode()
+        if self.mode == "production":  # pragma: no cover - refused by the validator
+            raise SettingsError(f"{SECRET_ENV} is not set")
+        return _dev_secret_file(self.data_dir / "engine-secret.key")
+
+
+def _dev_secret_file(path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip().encode()
+
+
+def read_config_file(path: Path | None) -> dict[str, Any]:
+    """Read the TOML config; ``TADA_CONFIG`` or ``./config.toml`` when no path is given."""
+    if path is None:
+        env = os.environ.get("TADA_CONFIG")
+        path = Path(env) if env else Path("config.toml")
+        if not path.exists():
+            return {}
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise SettingsError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def load_engine_settings(
+    path: Path | None = None, environ: dict[str, str] | None = None
+) -> EngineSettings:
+    """Build settings from ``[general]`` and ``[engine]`` of the config file and the env."""
+    env = os.environ if environ is None else environ
+    raw = read_config_file(path)
+    general = raw.get("general", {})
+    data: dict[str, Any] = dict(raw.get("engine", {}))
+    for key in ("mode", "data_dir"):
+        if key in general and key not in data:
+            data[key] = general[key]
+    if "secret_key" in data:
+        raise SettingsError(f"engine.secret_key must not be in the config file; set {SECRET_ENV}")
+    if env.get(SECRET_ENV):
+        data["secret_key"] = env[SECRET_ENV]
+    if env.get("TADA_MODE"):
+        data["mode"] = env["TADA_MODE"]
+    if env.get("TADA_DATA_DIR"):
+        data["data_dir"] = env["TADA_DATA_DIR"]
+    if env.get("TADA_ENGINE_DATABASE_URL"):
+        data["database_url"] = env["TADA_ENGINE_DATABASE_URL"]
+    try:
+        return EngineSettings.model_validate(data)
+    except ValueError as exc:
+        raise SettingsError(f"invalid engine settings: {exc}") from exc

@@ -1,0 +1,74 @@
+"""File storage on local disk: streamed uploads and generated artifacts.
+
+Bytes stream to a temporary file in 1 MiB batches written off the event loop, then
+move into place atomically, so a failed or oversized upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio.to_thread
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
+_BATCH = 1024 * 1024
+
+
+class TooLarge(Exception):
+    """The stream went past its size cap; nothing was kept."""
+
+
+class LocalStorage:
+    """Uploads under ``<root>/uploads/<id>``, artifacts under ``<root>/artifacts/<key>``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "uploads").mkdir(parents=True, exist_ok=True)
+        (root / "artifacts").mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def upload_path(self, upload_id: str) -> Path:
+        return self.root / "uploads" / str(uuid.UUID(upload_id))
+
+    def artifact_path(self, key: str) -> Path:
+        if not _KEY_RE.match(key) or ".." in key:
+            raise ValueError(f"bad artifact key: {key!r}")
+        return self.root / "artifacts" / key
+
+    async def write_stream(self, dest: Path, chunks: AsyncIterator[bytes], max_bytes: int) -> int:
+        """Stream ``chunks`` into ``dest``; raise :class:`TooLarge` past ``max_bytes``."""
+        tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
+        fh = await anyio.to_thread.run_sync(open, tmp, "wb")
+        total = 0
+        buf = bytearray()
+        try:
+            async for chunk in chunks:
+                total += len(chunk)
+                if total > max_bytes:
+                    raise TooLarge(f"more than {max_bytes} bytes")
+                buf += chunk
+                if len(buf) >= _BATCH:
+                    data, buf = bytes(buf), bytearray()
+                    await anyio.to_thread.run_sync(fh.write, data)
+            if buf:
+                await anyio.to_thread.run_sync(fh.write, bytes(buf))
+            await anyio.to_thread.run_sync(fh.close)
+            await anyio.to_thread.run_sync(os.replace, tmp, dest)
+        except BaseException:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        return total
+
+    def write_artifact(self, key: str, data: bytes) -> Path:
+        """Blocking write of a generated artifact (workers call this)."""
+        path = self.artifact_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".part")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return path

@@ -1,0 +1,61 @@
+"""Registration and API-key authentication."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import httpx
+from fastapi import FastAPI
+
+from engine.settings import EngineSettings
+from tests.conftest import register
+
+
+async def test_register_returns_a_prefixed_key_once_and_stores_only_its_hash(
+    engine: tuple[FastAPI, httpx.AsyncClient], engine_settings: EngineSettings
+) -> None:
+    _, api = engine
+    resp = await api.post("/api/users/register", params={"email": "  Alice@Example.COM "})
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["email"] == "alice@example.com"
+    key = body["api_key"]
+    assert key.startswith("tada_") and len(key) >= 40
+    db = sqlite3.connect(engine_settings.data_dir / "engine.sqlite3")
+    dump = "\n".join(db.iterdump())
+    assert key not in dump
+    assert key[5:] not in dump
+
+
+async def test_an_email_already_registered_gets_409_and_no_second_key(
+    api: httpx.AsyncClient,
+) -> None:
+    await register(api, "carol@example.com")
+    resp = await api.post("/api/users/register", params={"email": "CAROL@example.com"})
+    assert resp.status_code == 409
+    assert "already registered" in resp.json()["detail"]
+    assert "api_key" not in resp.text
+
+
+async def test_invalid_emails_get_fastapi_shaped_422(api: httpx.AsyncClient) -> None:
+    for bad in ["not-an-email", "a@b", "x@@example.com", "a b@example.com"]:
+        resp = await api.post("/api/users/register", params={"email": bad})
+        assert resp.status_code == 422, bad
+        detail = resp.json()["detail"]
+        assert detail[0]["loc"] == ["query", "email"]
+    missing = await api.post("/api/users/register")
+    assert missing.status_code == 422
+
+
+async def test_keys_are_unique_per_user(api: httpx.AsyncClient) -> None:
+    keys = {await register(api, f"user{i}@example.com") for i in range(5)}
+    assert len(keys) == 5
+
+
+async def test_missing_or_unknown_key_is_401_with_detail(api: httpx.AsyncClient) -> None:
+    resp = await api.get("/api/voices/uploads")
+    assert resp.status_code == 401
+    assert "X-API-Key" in resp.json()["detail"]
+    resp = await api.get("/api/voices/uploads", headers={"X-API-Key": "tada_nope"})
+    assert resp.status_code == 401
+    assert resp.json()["detail"] == "invalid API key"
