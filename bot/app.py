@@ -1,0 +1,171 @@
+"""The composition root: every long-lived object is built here, passed by keyword, and
+closed in order (bot, HTTP client, embedded engine, store).
+
+``open_services`` builds what the bot needs; ``create_bot`` builds the ``commands.Bot``
+around it; ``run_bot`` ties them to a Discord token. Tests and the sandbox build the same
+objects with a temporary data directory and an in-process engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import discord
+import httpx
+from discord.ext import commands
+
+from bot.accounts import AccountService
+from bot.config import BotConfig
+from bot.crypto import KeyBox, keybox_for
+from bot.embedded import EmbeddedEngine
+from bot.store import MemberStore, Store
+from bot.tada import TadaClient
+from bot.ui import TadaCommandTree
+
+if TYPE_CHECKING:
+    from engine.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+# The cogs loaded as extensions, in order. A new command group adds its module here.
+EXTENSIONS: tuple[str, ...] = ("cogs.account",)
+
+
+@dataclass(frozen=True)
+class BotServices:
+    """Everything cogs need, built by :func:`open_services`."""
+
+    config: BotConfig
+    store: Store
+    members: MemberStore
+    tada: TadaClient
+    accounts: AccountService
+    engine: EmbeddedEngine | None = None
+
+
+def _http_client(config: BotConfig) -> httpx.AsyncClient:
+    tada = config.tada
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(tada.timeout_seconds, connect=tada.connect_timeout_seconds),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        headers={"User-Agent": "tada-discord-bot/0.1"},
+        follow_redirects=True,
+    )
+
+
+@asynccontextmanager
+async def open_services(
+    config: BotConfig,
+    *,
+    http: httpx.AsyncClient | None = None,
+    base_url: str | None = None,
+    engine_settings: EngineSettings | None = None,
+    keys: KeyBox | None = None,
+) -> AsyncIterator[BotServices]:
+    """Build the store, the Ta-da client and (embedded mode) the engine; close them after.
+
+    ``http`` and ``base_url`` replace the network client and the configured API (tests pass
+    a client over ``httpx.ASGITransport`` to the engine app). ``engine_settings`` is used
+    in embedded mode; by default it is read from the same config file.
+    """
+    async with AsyncExitStack() as stack:
+        store = Store(config.database_url)
+        stack.push_async_callback(store.close)
+        await store.migrate()
+        box = keys if keys is not None else await asyncio.to_thread(keybox_for, config)
+        engine: EmbeddedEngine | None = None
+        if base_url is None:
+            if config.tada.embedded:
+                if engine_settings is None:
+                    from engine.settings import load_engine_settings
+
+                    engine_settings = load_engine_settings()
+                engine = EmbeddedEngine(engine_settings)
+                await stack.enter_async_context(engine)
+                base_url = engine.base_url
+            else:
+                base_url = config.tada.base_url
+        if http is None:
+            http = await stack.enter_async_context(_http_client(config))
+        tada = TadaClient(
+            http,
+            base_url=base_url,
+            retry=config.tada.retry_policy(),
+            timeout=httpx.Timeout(
+                config.tada.timeout_seconds, connect=config.tada.connect_timeout_seconds
+            ),
+            transfer_timeout=httpx.Timeout(
+                config.tada.transfer_timeout_seconds, connect=config.tada.connect_timeout_seconds
+            ),
+        )
+        members = MemberStore(store, box)
+        yield BotServices(
+            config=config,
+            store=store,
+            members=members,
+            tada=tada,
+            accounts=AccountService(members, tada),
+            engine=engine,
+        )
+
+
+class TadaBot(commands.Bot):
+    """The Discord bot: slash commands only; services come in by keyword."""
+
+    def __init__(
+        self,
+        *,
+        services: BotServices,
+        extensions: Sequence[str] = EXTENSIONS,
+        intents: discord.Intents | None = None,
+    ) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents or discord.Intents.default(),
+            tree_cls=TadaCommandTree,
+            help_command=None,
+        )
+        self.services = services
+        self.extension_names = tuple(extensions)
+
+    async def setup_hook(self) -> None:
+        """Load the cogs, then sync slash commands (instantly to a dev guild if set)."""
+        for name in self.extension_names:
+            await self.load_extension(name)
+        discord_config = self.services.config.discord
+        if not discord_config.sync_commands:
+            return
+        if discord_config.dev_guild_id:
+            guild = discord.Object(id=discord_config.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d command(s) to guild %s", len(synced), guild.id)
+        else:
+            synced = await self.tree.sync()
+            log.info("synced %d global command(s) (may take up to an hour to show)", len(synced))
+
+
+def create_bot(services: BotServices, *, extensions: Sequence[str] = EXTENSIONS) -> TadaBot:
+    """The bot around ``services``."""
+    return TadaBot(services=services, extensions=extensions)
+
+
+async def run_bot(config: BotConfig, *, config_path: Path | None = None) -> None:
+    """Run until Discord disconnects or the process is interrupted; close in order."""
+    if config.discord.token is None:
+        raise ValueError("run_bot needs config.discord.token")
+    engine_settings = None
+    if config.tada.embedded:
+        from engine.settings import load_engine_settings
+
+        engine_settings = load_engine_settings(config_path)
+    async with open_services(config, engine_settings=engine_settings) as services:
+        bot = create_bot(services)
+        async with bot:
+            await bot.start(config.discord.token.get_secret_value())

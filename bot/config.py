@@ -1,0 +1,173 @@
+"""The bot's configuration: ``[general]``, ``[discord]``, ``[tada]`` and ``[store]`` of
+``config.toml`` (the same file the engine reads), secrets from the environment.
+
+Environment variables (secrets never live in the file):
+
+- ``DISCORD_TOKEN``: the bot token.
+- ``TADA_BOT_ENCRYPTION_KEY``: Fernet key(s) encrypting members' API keys, comma-separated;
+  the first encrypts, all decrypt (rotation). In development a key is generated once into
+  ``<data_dir>/bot-encryption.key`` (mode 0600) when this is unset.
+- ``TADA_BOT_DATABASE_URL``: overrides ``store.database_url``.
+- ``TADA_API_URL``: overrides ``tada.base_url``.
+- ``TADA_MODE``, ``TADA_DATA_DIR``: override ``general.mode`` and ``general.data_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from bot.tada.client import RetryPolicy
+
+TOKEN_ENV = "DISCORD_TOKEN"
+ENCRYPTION_KEY_ENV = "TADA_BOT_ENCRYPTION_KEY"
+EMBEDDED = "embedded"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says what to change."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DiscordConfig(_Section):
+    """``[discord]``: the connection to Discord."""
+
+    token: SecretStr | None = None
+    # Commands sync to this guild instantly (development); globally when unset.
+    dev_guild_id: int | None = None
+    sync_commands: bool = True
+
+
+class TadaConfig(_Section):
+    """``[tada]``: which Ta-da API the bot talks to, and how patiently."""
+
+    base_url: str = EMBEDDED
+    timeout_seconds: float = Field(30.0, gt=0)
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    transfer_timeout_seconds: float = Field(600.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=10)
+    backoff_base_seconds: float = Field(0.5, ge=0)
+    backoff_max_seconds: float = Field(30.0, ge=0)
+    max_retry_after_seconds: float = Field(60.0, ge=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_or_embedded(cls, value: str) -> str:
+        value = value.strip()
+        if value != EMBEDDED and not value.startswith(("http://", "https://")):
+            raise ValueError(f"tada.base_url must be {EMBEDDED!r} or an http(s) URL")
+        return value.rstrip("/")
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the bot starts our engine beside itself."""
+        return self.base_url == EMBEDDED
+
+    def retry_policy(self) -> RetryPolicy:
+        """The client's retry policy from these settings."""
+        return RetryPolicy(
+            max_retries=self.max_retries,
+            backoff_base_seconds=self.backoff_base_seconds,
+            backoff_max_seconds=self.backoff_max_seconds,
+            max_retry_after_seconds=self.max_retry_after_seconds,
+        )
+
+
+class StoreConfig(_Section):
+    """``[store]``: the bot's own database and the key that encrypts members' API keys."""
+
+    database_url: str | None = None
+    encryption_keys: tuple[SecretStr, ...] = ()
+
+
+class BotConfig(_Section):
+    """Everything the bot needs; build it with :func:`load_bot_config` or directly."""
+
+    mode: Literal["development", "production"] = "development"
+    data_dir: Path = Path("data")
+    log_level: str = "INFO"
+    discord: DiscordConfig = DiscordConfig()
+    tada: TadaConfig = TadaConfig()
+    store: StoreConfig = StoreConfig()
+
+    @model_validator(mode="after")
+    def _production_needs_key(self) -> BotConfig:
+        if self.mode == "production" and not self.store.encryption_keys:
+            raise ValueError(
+                f"production mode needs {ENCRYPTION_KEY_ENV}: generate one with python -c "
+                "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+            )
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The async SQLAlchemy URL; a SQLite file in the data directory by default."""
+        if self.store.database_url:
+            return self.store.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'bot.sqlite3').resolve()}"
+
+    @property
+    def key_file(self) -> Path:
+        """Where development mode keeps its generated encryption key."""
+        return self.data_dir / "bot-encryption.key"
+
+
+def load_bot_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> BotConfig:
+    """Build the bot config from a parsed config file and the environment."""
+    env = os.environ if environ is None else environ
+    general = dict(raw.get("general", {}))
+    sections = {name: dict(raw.get(name, {})) for name in ("discord", "tada", "store")}
+    if "token" in sections["discord"]:
+        raise ConfigError(f"discord.token must not be in the config file; set {TOKEN_ENV}")
+    for key in ("encryption_key", "encryption_keys"):
+        if key in sections["store"]:
+            raise ConfigError(
+                f"store.{key} must not be in the config file; set {ENCRYPTION_KEY_ENV}"
+            )
+    data: dict[str, Any] = {
+        key: general[key] for key in ("mode", "data_dir", "log_level") if key in general
+    }
+    if env.get("TADA_MODE"):
+        data["mode"] = env["TADA_MODE"]
+    if env.get("TADA_DATA_DIR"):
+        data["data_dir"] = env["TADA_DATA_DIR"]
+    if env.get(TOKEN_ENV, "").strip():
+        sections["discord"]["token"] = env[TOKEN_ENV].strip()
+    if env.get(ENCRYPTION_KEY_ENV, "").strip():
+        sections["store"]["encryption_keys"] = tuple(
+            part.strip() for part in env[ENCRYPTION_KEY_ENV].split(",") if part.strip()
+        )
+    if env.get("TADA_BOT_DATABASE_URL"):
+        sections["store"]["database_url"] = env["TADA_BOT_DATABASE_URL"]
+    if env.get("TADA_API_URL"):
+        sections["tada"]["base_url"] = env["TADA_API_URL"]
+    data.update(sections)
+    try:
+        return BotConfig.model_validate(data)
+    except ValueError as exc:
+        raise ConfigError(f"invalid bot settings: {exc}") from exc
+
+
+def read_config_file(path: Path | None = None) -> dict[str, Any]:
+    """Read the TOML config: ``path``, else ``$TADA_CONFIG``, else ``./config.toml`` if any."""
+    import tomllib
+
+    if path is None:
+        env = os.environ.get("TADA_CONFIG")
+        path = Path(env) if env else Path("config.toml")
+        if not env and not path.exists():
+            return {}
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc

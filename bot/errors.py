@@ -1,0 +1,155 @@
+"""What a member sees when something fails, decided in one place.
+
+Only :class:`UserFacingError` (and the Ta-da errors that mean something to a member) reach
+Discord as text. Anything else is logged with its traceback under a short reference id,
+and the member is told that id, so a report can be matched to the log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot.tada.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    TadaError,
+    TadaHTTPError,
+    TadaTimeout,
+    TadaTransportError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger("bot.errors")
+
+
+class UserFacingError(Exception):
+    """An error whose message is written for the member: what went wrong, what to do."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class NotLinked(UserFacingError):
+    """The member has no Ta-da account linked yet."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "You have no Ta-da account linked yet: link or register first, with "
+            "`/tada register` (new account) or `/tada link` (an API key you already have)."
+        )
+
+
+def new_reference() -> str:
+    """A short id that ties a member's report to one log line."""
+    return secrets.token_hex(4).upper()
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """The member-facing text for an error, and its reference when it was logged."""
+
+    text: str
+    reference: str | None = None
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The exception a command raised, out of discord.py's wrappers."""
+    while isinstance(error, app_commands.CommandInvokeError | app_commands.TransformerError):
+        inner = (
+            error.__cause__ if isinstance(error, app_commands.TransformerError) else error.original
+        )
+        if inner is None:
+            break
+        error = inner
+    return error
+
+
+def _tada_text(error: TadaError) -> str | None:
+    """A member-facing text for a Ta-da error that the member can act on, else ``None``."""
+    if isinstance(error, Unauthorized):
+        return (
+            "Ta-da refused your API key (it may have been revoked). "
+            "Link a current one with `/tada link`."
+        )
+    if isinstance(error, RateLimited):
+        wait = f" Try again in {round(error.retry_after)} s." if error.retry_after else ""
+        return f"Ta-da is receiving too many requests right now.{wait or ' Try again shortly.'}"
+    if isinstance(error, TadaTimeout):
+        return "The Ta-da API took too long to answer. Try again in a minute."
+    if isinstance(error, TadaTransportError):
+        return "The Ta-da API cannot be reached right now. Try again in a minute."
+    if isinstance(error, NotFound):
+        return "Ta-da has no such item for your account (it may have been deleted)."
+    if isinstance(error, InvalidRequest | Conflict | PayloadTooLarge | UnsupportedMediaType):
+        return f"Ta-da refused that: {error.message}"
+    if isinstance(error, Forbidden):
+        return "The upload link expired or was refused. Please try again."
+    return None
+
+
+def reply_for(error: BaseException, *, where: str) -> ErrorReply:
+    """Decide what the member sees; log unexpected errors with a reference id."""
+    error = unwrap(error)
+    if isinstance(error, UserFacingError):
+        return ErrorReply(error.message)
+    if isinstance(error, app_commands.CheckFailure):
+        return ErrorReply(str(error) or "You cannot use this command here.")
+    if isinstance(error, TadaError):
+        text = _tada_text(error)
+        if text is not None:
+            if isinstance(error, TadaTransportError):
+                log.warning("%s: Ta-da unreachable: %s", where, error)
+            return ErrorReply(text)
+    reference = new_reference()
+    status = f" (HTTP {error.status})" if isinstance(error, TadaHTTPError) else ""
+    log.error(
+        "unexpected error in %s%s, reference %s",
+        where,
+        status,
+        reference,
+        exc_info=(type(error), error, error.__traceback__),
+    )
+    return ErrorReply(
+        f"Something went wrong on our side. If it keeps happening, tell the server admins "
+        f"this reference: `{reference}`.",
+        reference,
+    )
+
+
+async def send_ephemeral(interaction: discord.Interaction, content: str) -> None:
+    """Answer ephemerally whatever state the interaction is in (fresh, deferred, answered)."""
+    if interaction.response.is_done():
+        await interaction.followup.send(content, ephemeral=True)
+    else:
+        await interaction.response.send_message(content, ephemeral=True)
+
+
+async def report_error(interaction: discord.Interaction, error: BaseException) -> ErrorReply:
+    """The central handler: decide the reply, then make sure the member gets it."""
+    command = interaction.command
+    where = f"/{command.qualified_name}" if command is not None else _component_name(interaction)
+    reply = reply_for(error, where=where)
+    try:
+        await send_ephemeral(interaction, reply.text)
+    except discord.HTTPException:
+        # The interaction expired or Discord failed: nothing more can reach the member.
+        log.warning("could not tell the member about an error in %s", where, exc_info=True)
+    return reply
+
+
+def _component_name(interaction: discord.Interaction) -> str:
+    data: dict[str, Any] = dict(interaction.data or {})
+    custom_id = data.get("custom_id")
+    return f"component {custom_id}" if custom_id else f"interaction {interaction.type.name}"

@@ -1,0 +1,7 @@
+"""The bot's store: SQLAlchemy 2 (async) over SQLite by default, PostgreSQL by URL."""
+
+from bot.store.db import Store
+from bot.store.members import LinkedAccount, MemberStore, mask_key
+from bot.store.models import Base, LinkedVia, Member
+
+__all__ = ["Base", "LinkedAccount", "LinkedVia", "Member", "MemberStore", "Store", "mask_key"]

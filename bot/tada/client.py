@@ -1,0 +1,592 @@
+"""The typed Ta-da client: one method per endpoint of every published contract revision.
+
+It takes an :class:`httpx.AsyncClient` (so tests pass one over ``ASGITransport`` to drive
+our engine in-process, or over ``MockTransport``) and never builds its own. Calls that are
+safe to repeat are retried with exponential backoff and jitter on transport errors,
+timeouts and 5xx; every call is retried on 429, waiting out ``Retry-After``. Where upstream
+moved a path in a later revision the client calls the newer path and falls back to the
+seed's path when the server answers 404 or 405, then remembers which one works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urljoin
+
+import httpx
+from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
+
+from bot.tada.errors import (
+    RateLimited,
+    TadaError,
+    TadaHTTPError,
+    TadaProtocolError,
+    TadaTimeout,
+    TadaTransportError,
+    error_class_for,
+)
+from bot.tada.models import (
+    ImageGeneration,
+    LoraTraining,
+    LoraUpload,
+    Registration,
+    SpokenAudio,
+    UploadReceipt,
+    UploadUrl,
+    Voice,
+    VoiceGeneration,
+    VoiceGenerationList,
+    VoiceUpload,
+)
+
+log = logging.getLogger(__name__)
+
+HOSTED_BASE_URL = "https://api.ta-da.io/tadzagent"
+API_KEY_HEADER = "X-API-Key"
+CHUNK = 1024 * 1024
+M = TypeVar("M")
+UploadBody = bytes | Path | AsyncIterable[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard the client tries before it raises."""
+
+    max_retries: int = 3
+    backoff_base_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    # A 429 asking for a longer wait is raised at once (with retry_after) for the
+    # caller to report, rather than holding a Discord interaction for minutes.
+    max_retry_after_seconds: float = 60.0
+
+    def backoff(self, attempt: int, rand: Callable[[], float]) -> float:
+        """Equal-jitter exponential backoff: half fixed, half random, capped."""
+        ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * (2**attempt))
+        return ceiling / 2 + rand() * ceiling / 2
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds: either delta-seconds or an HTTP date."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _detail(resp: httpx.Response) -> Any:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:500] or resp.reason_phrase
+    if isinstance(body, dict) and "detail" in body:
+        return body["detail"]
+    return body
+
+
+class TadaClient:
+    """Client of the Ta-da HTTP API (hosted, or our engine).
+
+    Build one per process with the shared ``httpx.AsyncClient``; :meth:`with_key` gives a
+    view that authenticates as one member (cheap: it shares the connection pool).
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: SecretStr | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: httpx.Timeout | None = None,
+        transfer_timeout: httpx.Timeout | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+        _routes: dict[str, str] | None = None,
+    ) -> None:
+        self._http = http
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout or httpx.Timeout(30.0, connect=10.0)
+        # Uploads and downloads move megabytes: a longer read/write budget.
+        self.transfer_timeout = transfer_timeout or httpx.Timeout(600.0, connect=10.0)
+        self._sleep = sleep
+        self._rand = rand
+        # Which of a moved endpoint's paths this server answers, learned on first use.
+        self._routes: dict[str, str] = {} if _routes is None else _routes
+
+    def __repr__(self) -> str:
+        keyed = "with key" if self._api_key is not None else "anonymous"
+        return f"<TadaClient {self.base_url} {keyed}>"
+
+    def with_key(self, api_key: SecretStr) -> TadaClient:
+        """The same client, authenticated with ``api_key``."""
+        return TadaClient(
+            self._http,
+            base_url=self.base_url,
+            api_key=api_key,
+            retry=self.retry,
+            timeout=self.timeout,
+            transfer_timeout=self.transfer_timeout,
+            sleep=self._sleep,
+            rand=self._rand,
+            _routes=self._routes,
+        )
+
+    # ------------------------------------------------------------------ users
+
+    async def register(self, email: str) -> Registration:
+        """``POST /api/users/register?email=``: a new account and its API key (shown once)."""
+        resp = await self._call("POST", "/api/users/register", params={"email": email})
+        return self._parse(Registration, resp)
+
+    async def verify_key(self) -> None:
+        """Check that this client's key is accepted (raises :class:`Unauthorized` if not).
+
+        The contract has no "who am I" endpoint; the cheapest authenticated read is used.
+        """
+        await self._call("GET", "/api/voices/uploads", idempotent=True)
+
+    # ----------------------------------------------------------------- voices
+
+    async def create_voice_upload_url(self, name: str, file_name: str) -> UploadUrl:
+        """``POST /api/voices/uploads/url``: a pre-signed URL to PUT an audio sample to."""
+        resp = await self._call(
+            "POST", "/api/voices/uploads/url", params={"name": name, "file_name": file_name}
+        )
+        return self._parse(UploadUrl, resp)
+
+    async def create_voice(self, upload_id: str) -> Voice:
+        """``POST /api/voices/uploads?upload_id=``: clone a voice from an uploaded sample."""
+        resp = await self._call("POST", "/api/voices/uploads", params={"upload_id": upload_id})
+        return self._parse(Voice, resp)
+
+    async def list_voice_uploads(self) -> list[VoiceUpload]:
+        """``GET /api/voices/uploads``: this key's voice samples."""
+        resp = await self._call("GET", "/api/voices/uploads", idempotent=True)
+        return self._parse(list[VoiceUpload], resp)
+
+    async def list_voices(self) -> list[Voice]:
+        """``GET /api/voices``: this key's cloned voices."""
+        resp = await self._call("GET", "/api/voices", idempotent=True)
+        return self._parse(list[Voice], resp)
+
+    async def get_voice(self, voice_id: str) -> Voice:
+        """``GET /api/voices/{voice_id}``."""
+        resp = await self._call("GET", f"/api/voices/{voice_id}", idempotent=True)
+        return self._parse(Voice, resp)
+
+    async def generate_voice(self, voice_id: str, text: str) -> SpokenAudio:
+        """Speak ``text`` with a voice.
+
+        ``POST /api/voices/{voice_id}/generations`` (latest), falling back to the seed's
+        ``POST /api/voices/generations/{voice_id}``.
+        """
+        resp = await self._call(
+            "POST",
+            f"/api/voices/{voice_id}/generations",
+            fallback=f"/api/voices/generations/{voice_id}",
+            route="generate_voice",
+            json={"text": text},
+        )
+        return self._parse(SpokenAudio, resp)
+
+    async def list_voice_generations(
+        self, voice_id: str, *, limit: int = 20, offset: int = 0
+    ) -> VoiceGenerationList:
+        """One voice's generations: ``GET /api/voices/{voice_id}/generations`` (latest),
+        falling back to the seed's ``GET /api/voices/generations/{voice_id}``."""
+        resp = await self._call(
+            "GET",
+            f"/api/voices/{voice_id}/generations",
+            fallback=f"/api/voices/generations/{voice_id}",
+            route="list_voice_generations",
+            params={"limit": limit, "offset": offset},
+            idempotent=True,
+        )
+        return self._parse(VoiceGenerationList, resp)
+
+    async def list_all_voice_generations(
+        self, *, limit: int = 20, offset: int = 0
+    ) -> VoiceGenerationList:
+        """``GET /api/voices/generations``: every voice generation of this key."""
+        resp = await self._call(
+            "GET",
+            "/api/voices/generations",
+            params={"limit": limit, "offset": offset},
+            idempotent=True,
+        )
+        return self._parse(VoiceGenerationList, resp)
+
+    async def get_voice_generation(self, generation_id: str) -> VoiceGeneration:
+        """``GET /api/voices/generations/{generation_id}``."""
+        resp = await self._call("GET", f"/api/voices/generations/{generation_id}", idempotent=True)
+        return self._parse(VoiceGeneration, resp)
+
+    # ------------------------------------------------------------------ loras
+
+    async def create_lora_upload_url(
+        self, name: str, trigger_word: str, file_name: str
+    ) -> UploadUrl:
+        """``POST /api/loras/uploads/url``: a pre-signed URL to PUT a zip of images to."""
+        resp = await self._call(
+            "POST",
+            "/api/loras/uploads/url",
+            params={"name": name, "trigger_word": trigger_word, "file_name": file_name},
+        )
+        return self._parse(UploadUrl, resp)
+
+    async def list_lora_uploads(self) -> list[LoraUpload]:
+        """``GET /api/loras/uploads``: this key's image zips (each one a LoRA to be)."""
+        resp = await self._call("GET", "/api/loras/uploads", idempotent=True)
+        return self._parse(list[LoraUpload], resp)
+
+    async def start_lora_training(self, upload_id: str) -> LoraTraining:
+        """``POST /api/loras/trainings/{upload_id}``: start training (202 Accepted)."""
+        resp = await self._call("POST", f"/api/loras/trainings/{upload_id}")
+        return self._parse_optional(LoraTraining, resp, upload_id=upload_id)
+
+    async def get_lora_training(self, upload_id: str) -> LoraTraining:
+        """``GET /api/loras/trainings/{upload_id}``: where a training stands."""
+        resp = await self._call("GET", f"/api/loras/trainings/{upload_id}", idempotent=True)
+        return self._parse(LoraTraining, resp)
+
+    async def list_lora_trainings(self, *, limit: int = 20, offset: int = 0) -> list[LoraTraining]:
+        """``GET /api/loras/trainings``: this key's trainings."""
+        resp = await self._call(
+            "GET",
+            "/api/loras/trainings",
+            params={"limit": limit, "offset": offset},
+            idempotent=True,
+        )
+        return self._parse_list(LoraTraining, resp, "trainings")
+
+    async def generate_lora(self, lora_id: str, prompt: str) -> ImageGeneration:
+        """An image from a trained LoRA: ``POST /api/loras/{lora_id}/generations`` (latest),
+        falling back to the seed's ``POST /api/loras/generations/{upload_id}``."""
+        resp = await self._call(
+            "POST",
+            f"/api/loras/{lora_id}/generations",
+            fallback=f"/api/loras/generations/{lora_id}",
+            route="generate_lora",
+            json={"prompt": prompt},
+        )
+        return self._parse(ImageGeneration, resp)
+
+    async def list_lora_generations(
+        self, lora_id: str, *, limit: int = 20, offset: int = 0
+    ) -> list[ImageGeneration]:
+        """``GET /api/loras/{lora_id}/generations``: one LoRA's images (latest revision)."""
+        resp = await self._call(
+            "GET",
+            f"/api/loras/{lora_id}/generations",
+            params={"limit": limit, "offset": offset},
+            idempotent=True,
+        )
+        return self._parse_list(ImageGeneration, resp, "generations")
+
+    async def list_all_lora_generations(
+        self, *, limit: int = 20, offset: int = 0
+    ) -> list[ImageGeneration]:
+        """``GET /api/loras/generations``: every LoRA image of this key."""
+        resp = await self._call(
+            "GET",
+            "/api/loras/generations",
+            params={"limit": limit, "offset": offset},
+            idempotent=True,
+        )
+        return self._parse_list(ImageGeneration, resp, "generations")
+
+    async def get_lora_generation(self, generation_id: str) -> ImageGeneration:
+        """``GET /api/loras/generations/{generation_id}`` (latest revision)."""
+        resp = await self._call("GET", f"/api/loras/generations/{generation_id}", idempotent=True)
+        return self._parse(ImageGeneration, resp)
+
+    # ------------------------------------------------------------------- demo
+
+    async def demo_tadz(self, prompt: str) -> ImageGeneration:
+        """``POST /api/demo/tadz``: an image in the Tadz style."""
+        resp = await self._call("POST", "/api/demo/tadz", json={"prompt": prompt})
+        return self._parse(ImageGeneration, resp)
+
+    async def demo_pudgy(self, prompt: str) -> ImageGeneration:
+        """``POST /api/demo/pudgy``: an image in the Pudgy Penguins style."""
+        resp = await self._call("POST", "/api/demo/pudgy", json={"prompt": prompt})
+        return self._parse(ImageGeneration, resp)
+
+    # -------------------------------------------------------- files (signed URLs)
+
+    async def put_upload(
+        self, target: UploadUrl, body: UploadBody, *, size: int | None = None
+    ) -> UploadReceipt:
+        """Stream ``body`` to a pre-signed upload URL.
+
+        The API key is never sent there (the URL may belong to a storage service). A
+        ``Path`` or ``bytes`` body is retried like an idempotent call; an async iterable
+        can be read only once, so it is not.
+        """
+        headers = dict(target.headers)
+        if isinstance(body, bytes):
+            size = len(body)
+        elif isinstance(body, Path):
+            size = (await asyncio.to_thread(body.stat)).st_size
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        replayable = isinstance(body, bytes | Path)
+
+        def content() -> bytes | AsyncIterable[bytes]:
+            return _file_chunks(body) if isinstance(body, Path) else body
+
+        resp = await self._send(
+            target.method.upper(),
+            self._absolute(target.upload_url),
+            path="(upload URL)",
+            headers=headers,
+            content=content,
+            idempotent=replayable,
+            authenticated=False,
+            transfer=True,
+        )
+        self._raise_for_status(resp, target.method.upper(), "(upload URL)")
+        if not resp.content:
+            return UploadReceipt(upload_id=target.upload_id)
+        try:
+            return UploadReceipt.model_validate(resp.json())
+        except (ValueError, ValidationError):
+            # Storage services answer in their own shapes; success is the status code.
+            return UploadReceipt(upload_id=target.upload_id)
+
+    async def iter_download(
+        self, url: str, *, max_bytes: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream an artifact (audio, image) from its URL, chunk by chunk.
+
+        Relative URLs resolve against the API base. Raises :class:`TadaProtocolError` past
+        ``max_bytes`` instead of filling memory or disk.
+        """
+        target = self._absolute(url)
+        try:
+            async with self._http.stream("GET", target, timeout=self.transfer_timeout) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    self._raise_for_status(resp, "GET", "(download URL)")
+                seen = 0
+                async for chunk in resp.aiter_bytes(CHUNK):
+                    seen += len(chunk)
+                    if max_bytes is not None and seen > max_bytes:
+                        raise TadaProtocolError(f"download is larger than {max_bytes} bytes")
+                    yield chunk
+        except httpx.TimeoutException as exc:
+            raise TadaTimeout(f"download timed out: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise TadaTransportError(f"download failed: {exc}") from exc
+
+    async def download_to(self, url: str, dest: Path, *, max_bytes: int | None = None) -> int:
+        """Stream an artifact into ``dest`` (written in a thread); returns its size."""
+        size = 0
+        fh = await asyncio.to_thread(dest.open, "wb")
+        try:
+            async for chunk in self.iter_download(url, max_bytes=max_bytes):
+                await asyncio.to_thread(fh.write, chunk)
+                size += len(chunk)
+        except BaseException:
+            await asyncio.to_thread(fh.close)
+            await asyncio.to_thread(dest.unlink, True)
+            raise
+        await asyncio.to_thread(fh.close)
+        return size
+
+    # --------------------------------------------------------------- plumbing
+
+    def _absolute(self, url: str) -> str:
+        return url if "://" in url else urljoin(self.base_url + "/", url.lstrip("/"))
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        idempotent: bool = False,
+        fallback: str | None = None,
+        route: str | None = None,
+    ) -> httpx.Response:
+        """One API call; with ``fallback``, the seed path is tried on 404/405."""
+        candidates = [path] if fallback is None else [path, fallback]
+        if route is not None and self._routes.get(route) == "seed":
+            candidates = candidates[1:]
+        resp: httpx.Response | None = None
+        for index, candidate in enumerate(candidates):
+            resp = await self._send(
+                method,
+                self.base_url + candidate,
+                path=candidate,
+                params=params,
+                json=json,
+                idempotent=idempotent,
+            )
+            last = index == len(candidates) - 1
+            if resp.status_code in (404, 405) and not last:
+                log.debug(
+                    "%s %s answered %s; trying the seed path", method, candidate, resp.status_code
+                )
+                continue
+            if route is not None and resp.is_success:
+                self._routes[route] = "latest" if candidate == path else "seed"
+            self._raise_for_status(resp, method, candidate)
+            return resp
+        raise AssertionError("unreachable: the last candidate always returns or raises")
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        path: str,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        content: Callable[[], bytes | AsyncIterable[bytes]] | None = None,
+        idempotent: bool,
+        authenticated: bool = True,
+        transfer: bool = False,
+    ) -> httpx.Response:
+        """Send with retries; returns the last response (error statuses included)."""
+        all_headers = dict(headers or {})
+        if authenticated and self._api_key is not None:
+            all_headers[API_KEY_HEADER] = self._api_key.get_secret_value()
+        attempt = 0
+        while True:
+            try:
+                resp = await self._http.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    content=content() if content is not None else None,
+                    headers=all_headers,
+                    timeout=self.transfer_timeout if transfer else self.timeout,
+                )
+            except httpx.TransportError as exc:
+                # A connection that never opened sent nothing: safe to retry anything.
+                unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if attempt < self.retry.max_retries and (idempotent or unsent):
+                    delay = self.retry.backoff(attempt, self._rand)
+                    log.info(
+                        "%s %s: %s; retry %d in %.1fs",
+                        method,
+                        path,
+                        type(exc).__name__,
+                        attempt + 1,
+                        delay,
+                    )
+                    await self._sleep(delay)
+                    attempt += 1
+                    continue
+                if isinstance(exc, httpx.TimeoutException):
+                    raise TadaTimeout(
+                        f"{method} {path}: no answer in time ({type(exc).__name__})"
+                    ) from exc
+                raise TadaTransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            status = resp.status_code
+            retryable = status == 429 or (status >= 500 and idempotent)
+            if not retryable or attempt >= self.retry.max_retries:
+                return resp
+            wait = parse_retry_after(resp.headers.get("Retry-After"))
+            if wait is not None and wait > self.retry.max_retry_after_seconds:
+                return resp  # too long to hold an interaction: the caller reports it
+            delay = wait if wait is not None else self.retry.backoff(attempt, self._rand)
+            log.info(
+                "%s %s answered %d; retry %d in %.1fs", method, path, status, attempt + 1, delay
+            )
+            await resp.aclose()
+            await self._sleep(delay)
+            attempt += 1
+
+    def _raise_for_status(self, resp: httpx.Response, method: str, path: str) -> None:
+        if resp.is_success:
+            return
+        status = resp.status_code
+        cls = error_class_for(status)
+        detail = _detail(resp)
+        if cls is RateLimited:
+            raise RateLimited(
+                status,
+                detail,
+                method=method,
+                path=path,
+                retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+            )
+        raise cls(status, detail, method=method, path=path)
+
+    @staticmethod
+    def _parse(model: type[M] | Any, resp: httpx.Response) -> M:
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            raise TadaProtocolError(f"{resp.request.url.path}: the answer is not JSON") from exc
+        try:
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                return model.model_validate(data)  # type: ignore[return-value]
+            parsed: M = TypeAdapter(model).validate_python(data)
+            return parsed
+        except ValidationError as exc:
+            raise TadaProtocolError(
+                f"{resp.request.url.path}: unexpected answer: {exc.error_count()} problem(s): "
+                f"{exc.errors()[0]['loc']} {exc.errors()[0]['msg']}"
+            ) from exc
+
+    @classmethod
+    def _parse_list(cls, model: type[BaseModel], resp: httpx.Response, key: str) -> list[Any]:
+        """A list answer that upstream leaves untyped: a bare list or ``{key: [...]}``."""
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            raise TadaProtocolError(f"{resp.request.url.path}: the answer is not JSON") from exc
+        if isinstance(data, dict):
+            data = data.get(key, data.get("items"))
+        if not isinstance(data, list):
+            raise TadaProtocolError(f"{resp.request.url.path}: expected a list of {key}")
+        try:
+            return [model.model_validate(item) for item in data]
+        except ValidationError as exc:
+            raise TadaProtocolError(f"{resp.request.url.path}: unexpected {key}: {exc}") from exc
+
+    @classmethod
+    def _parse_optional(cls, model: type[M], resp: httpx.Response, **defaults: Any) -> M:
+        """An answer whose body upstream leaves empty or untyped (202 Accepted)."""
+        if not resp.content:
+            return model(**defaults)
+        parsed: M = cls._parse(model, resp)
+        return parsed
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    """Read a file in chunks, each read in a thread (the event loop never blocks on disk)."""
+    fh = await asyncio.to_thread(path.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(fh.read, CHUNK):
+            yield chunk
+    finally:
+        await asyncio.to_thread(fh.close)
+
+
+__all__ = ["HOSTED_BASE_URL", "RetryPolicy", "TadaClient", "TadaError", "TadaHTTPError"]
