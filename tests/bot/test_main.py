@@ -1,0 +1,82 @@
+"""The entry point and the embedded engine: real uvicorn on loopback, in the same loop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from bot.app import open_services
+from bot.embedded import EmbeddedEngine, EngineStartError
+from bot.tada import RetryPolicy, TadaClient, TadaTransportError
+from tests.bot.conftest import make_bot_config
+from tests.conftest import make_settings
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_without_a_token_it_stops_at_once_saying_how_to_get_one(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "TADA_CONFIG")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "DISCORD_TOKEN" in done.stderr
+    assert "discord.com/developers/applications" in done.stderr
+    assert not (tmp_path / "data").exists()  # nothing was started
+
+
+async def test_embedded_engine_serves_on_loopback_and_stops(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "engine", port=0)
+    engine = EmbeddedEngine(settings)
+    base = await engine.start()
+    assert base.startswith("http://127.0.0.1:")
+    async with httpx.AsyncClient(base_url=base) as http:
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+    await engine.stop()
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get(base + "/healthz")
+    await engine.stop()  # stopping twice is harmless
+
+
+async def test_open_services_in_embedded_mode_runs_the_whole_stack(tmp_path: Path) -> None:
+    config = make_bot_config(tmp_path / "bot")
+    settings = make_settings(tmp_path / "engine", port=0)
+    async with open_services(config, engine_settings=settings) as services:
+        assert services.engine is not None
+        base = services.engine.base_url
+        assert services.tada.base_url == base
+        new = await services.accounts.register(7, "alice@example.com")
+        assert (await services.accounts.client_for(7)).base_url == base
+        masked = await services.accounts.link(8, new.api_key)
+        assert masked.endswith(new.api_key.get_secret_value()[-4:])
+    # Closed: the engine no longer listens.
+    async with httpx.AsyncClient() as http:
+        client = TadaClient(http, base_url=base, retry=RetryPolicy(max_retries=0))
+        with pytest.raises(TadaTransportError):
+            await client.with_key(SecretStr("k")).verify_key()
+
+
+async def test_a_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
+    first = EmbeddedEngine(make_settings(tmp_path / "a", port=0))
+    base = await first.start()
+    port = int(base.rsplit(":", 1)[1])
+    try:
+        with pytest.raises(EngineStartError) as caught:
+            await EmbeddedEngine(make_settings(tmp_path / "b", port=port)).start()
+        assert "port" in str(caught.value)
+    finally:
+        await first.stop()
