@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/tada-engine serve
+	$(VENV)/bin/tada-bot
 
 test: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/check.sh
