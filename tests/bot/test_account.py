@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import httpx
 import pytest
@@ -10,10 +11,12 @@ import simcord
 from pydantic import SecretStr
 from sqlalchemy import update
 
-from bot.app import BotServices
+from bot.app import BotServices, create_bot, open_services
+from bot.config import BotConfig, TadaConfig
 from bot.crypto import DecryptionError
 from bot.errors import NotLinked, UserFacingError
 from bot.store import Member
+from bot.tada import TadaTransportError
 from tests.conftest import register
 
 pytestmark = pytest.mark.simcord()
@@ -254,3 +257,42 @@ async def test_help_lists_the_commands(simcord_env: simcord.Env) -> None:
     for name in ("register", "link", "account", "forget", "help"):
         assert f"`/tada {name}`" in text
     assert "Create a Ta-da account" in text
+
+
+async def test_forget_unanswered_expires_and_deletes_nothing(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    key = await register(api, "alice@example.com")
+    channel, alice = world(simcord_env)
+    await alice.submit_modal(await alice.slash(channel, "tada link"), {"api_key": key})
+    asked = await alice.slash(channel, "tada forget")
+    assert asked.response is not None
+
+    await simcord_env.advance_time(121)
+
+    message = asked.response.message
+    refreshed = simcord_env.backend.get_message(message.channel.id, message.id)
+    assert refreshed.content == "No answer, so nothing was deleted."
+    assert await services.members.get(alice.id) is not None
+
+
+async def test_an_unreachable_api_is_explained_and_nothing_is_stored(
+    bot_config: BotConfig,
+) -> None:
+    # The whole bot configured with an API URL where nothing listens (the API "is down").
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    config = bot_config.model_copy(
+        update={"tada": TadaConfig(base_url=f"http://127.0.0.1:{port}", max_retries=0)}
+    )
+    async with open_services(config) as services, simcord.run(create_bot(services)) as env:
+        channel, alice = world(env)
+        result = await alice.submit_modal(
+            await alice.slash(channel, "tada link"), {"api_key": "tada_whatever-key"}
+        )
+        assert result.response is not None
+        assert "cannot be reached" in result.response.content
+        assert await services.members.get(alice.id) is None
+        acknowledge(env, TadaTransportError)

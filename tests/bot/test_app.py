@@ -1,0 +1,51 @@
+"""The composition root's bot: extensions loaded in setup_hook, command sync per config."""
+
+from __future__ import annotations
+
+import httpx
+import simcord
+from fastapi import FastAPI
+
+from bot.app import create_bot, open_services
+from bot.config import BotConfig, DiscordConfig
+from tests.bot.conftest import ENGINE_URL
+
+DEV_GUILD = 1456074443980812345
+
+
+async def test_commands_sync_to_the_development_guild_only(
+    bot_config: BotConfig, engine: tuple[FastAPI, httpx.AsyncClient]
+) -> None:
+    config = bot_config.model_copy(update={"discord": DiscordConfig(dev_guild_id=DEV_GUILD)})
+    _, api = engine
+    async with open_services(config, http=api, base_url=ENGINE_URL) as services:
+        env = simcord.Env(create_bot(services))
+        dev = env.create_guild("dev", id=DEV_GUILD)
+        other = env.create_guild("elsewhere")
+        await env.start()
+        try:
+            dev_channel = dev.create_text_channel("general")
+            other_channel = other.create_text_channel("general")
+            alice = dev.add_member(env.create_user("alice"))
+            bob = other.add_member(env.create_user("bob"))
+            assert "tada help" in alice.available_commands(dev_channel)
+            assert bob.available_commands(other_channel) == ()
+            synced = [r.path for r in env.http_requests if r.method == "PUT"]
+            assert synced == [f"/applications/{env.bot.application_id}/guilds/{DEV_GUILD}/commands"]
+            result = await alice.slash(dev_channel, "tada help")
+            assert result.response is not None and "/tada register" in result.response.content
+        finally:
+            await env.shutdown()
+
+
+async def test_without_a_development_guild_commands_sync_globally(
+    simcord_env: simcord.Env,
+) -> None:
+    synced = [r.path for r in simcord_env.http_requests if r.method == "PUT"]
+    assert synced == [f"/applications/{simcord_env.bot.application_id}/commands"]
+    guild = simcord_env.create_guild()
+    channel = guild.create_text_channel("general")
+    alice = guild.add_member(simcord_env.create_user("alice"))
+    assert {"tada register", "tada link", "tada account", "tada forget", "tada help"} <= set(
+        alice.available_commands(channel)
+    )
