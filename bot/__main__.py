@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
 import discord
 
 from bot.config import TOKEN_ENV, ConfigError, load_bot_config, read_config_file
+from bot.logs import configure_logging
 
 NO_TOKEN = f"""\
 tada-bot: no Discord bot token ({TOKEN_ENV} is not set).
@@ -42,10 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tada-bot: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level)
     if config.discord.token is None:
         print(NO_TOKEN, file=sys.stderr)
         return 2

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 
 from bot.config import ConfigError, load_bot_config, read_config_file
+from bot.logs import RedactKeys, redact
 
 EXAMPLE = Path(__file__).parents[2] / "config.example.toml"
 
@@ -79,3 +81,19 @@ def test_a_named_config_file_must_exist(tmp_path: Path) -> None:
     broken.write_text("[tada\n")
     with pytest.raises(ConfigError):
         read_config_file(broken)
+
+
+def test_log_records_never_carry_a_key() -> None:
+    record = logging.LogRecord(
+        "discord.gateway",
+        logging.DEBUG,
+        __file__,
+        1,
+        "event: %s",
+        ({"value": "tada_Abc123-secretKEY"},),
+        None,
+    )
+    assert RedactKeys().filter(record)
+    assert "secret" not in record.getMessage()
+    assert "tada_…tKEY" in record.getMessage()
+    assert redact("no keys here") == "no keys here"
