@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 
-from engine.api import loras, storage, users, voices
+from engine.api import demo, loras, storage, users, voices
 from engine.jobs import Handler
 from engine.services import EngineServices, build_services
 from engine.settings import EngineSettings
@@ -48,7 +48,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
-    for module in (users, voices, loras, storage):
+    for module in (users, voices, loras, demo, storage):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["meta"])

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from engine.db import Database
+from engine.image.handlers import image_handlers
 from engine.jobs import Handler, JobQueue, JobService, JobWorker, build_huey
 from engine.security import UrlSigner
 from engine.settings import EngineSettings
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 def default_handlers(settings: EngineSettings) -> dict[str, Handler]:
     """The job handlers of the real back ends (voice, image), keyed by job kind."""
     handlers: dict[str, Handler] = {}
+    handlers.update(image_handlers(settings))
     return handlers
 
 

@@ -1,0 +1,534 @@
+"""The diffusion model the worker keeps loaded: generation, LoRA training and adapter swaps.
+
+One :class:`ImageModel` per worker process holds the base pipeline (SD 1.5 or SDXL class,
+or the built-in tiny random model). LoRAs are loaded into it as named peft adapters and
+switched per request, so the base weights are read from disk once. Everything here is
+blocking torch code: it runs in job worker threads, serialised by one lock because a single
+accelerator runs one thing at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from engine.image.settings import TINY_MODEL_LABEL, ImageSettings
+from engine.image.types import LoraFit, ModelError, TrainImage
+
+log = logging.getLogger(__name__)
+
+# The UNet attention projections the LoRA adapts (diffusers' names, SD 1.5 and SDXL alike).
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# diffusers' lazy module exports read as dummy classes to mypy: pipelines and schedulers
+# are typed loosely here, and their real types are checked at run time.
+Pipeline = Any
+Scheduler = Any
+# Adapter name used while training; never "train" (it would shadow nn.Module.train).
+_FIT_ADAPTER = "tada_fit"
+
+
+@dataclass(frozen=True)
+class _Conditioning:
+    embeds: torch.Tensor
+    # SDXL only: pooled text embeddings and the size/crop "time ids".
+    pooled: torch.Tensor | None
+    time_ids: torch.Tensor | None
+
+    def added_kwargs(self, idx: torch.Tensor | None = None) -> dict[str, Any] | None:
+        if self.pooled is None or self.time_ids is None:
+            return None
+        pooled = self.pooled if idx is None else self.pooled[idx]
+        time_ids = self.time_ids if idx is None else self.time_ids[idx]
+        return {"text_embeds": pooled, "time_ids": time_ids}
+
+    def select(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.embeds[idx]
+
+
+def _byte_level_alphabet() -> list[str]:
+    """GPT-2/CLIP's printable stand-ins for the 256 byte values."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    chars = list(keep)
+    extra = 0
+    for b in range(256):
+        if b not in keep:
+            chars.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in chars]
+
+
+def offline_tokenizer() -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer with no merges, built without any download."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    alphabet = _byte_level_alphabet()
+    for suffix in ("", "</w>"):
+        for ch in alphabet:
+            vocab[ch + suffix] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def build_tiny_pipeline(seed: int, resolution: int) -> Pipeline:
+    """A Stable Diffusion-shaped pipeline with random weights: tests and development only.
+
+    Seeded, so every worker builds the same weights and a LoRA trained by one process
+    fits the base of another. It draws noise, by design.
+    """
+    tokenizer = offline_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=resolution // 2,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=resolution,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
+                hidden_size=32,
+                intermediate_size=37,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                vocab_size=len(tokenizer),
+                max_position_embeddings=77,
+            )
+        )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks the first CUDA device when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: float32 on CPU; bfloat16 on GPUs that have it (SDXL's VAE overflows fp16)."""
+    if name != "auto":
+        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
+            name
+        ]
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_checkpoint(path: Path, dtype: torch.dtype) -> Pipeline:
+    """A local SD 1.5 / SDXL diffusers checkpoint; never downloads."""
+    index = json.loads((path / "model_index.json").read_text())
+    cls_name = index.get("_class_name", "")
+    classes: dict[str, Any] = {
+        "StableDiffusionPipeline": StableDiffusionPipeline,
+        "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
+    }
+    if cls_name not in classes:
+        raise ModelError(f"{path}: unsupported pipeline {cls_name!r}; use an SD 1.5 or SDXL one")
+    extra: dict[str, Any] = {}
+    if "safety_checker" in index:
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    return classes[cls_name].from_pretrained(
+        str(path), torch_dtype=dtype, local_files_only=True, **extra
+    )
+
+
+def lora_fingerprint(path: Path) -> str:
+    """A short id for a LoRA file's current content: its adapter name in the pipeline."""
+    stat = path.stat()
+    raw = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    return "lora_" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+class ImageModel:
+    """The loaded base pipeline plus the LoRA adapters swapped in and out of it."""
+
+    def __init__(self, pipe: Pipeline, *, label: str, device: torch.device) -> None:
+        self.pipe = pipe.to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.label = label
+        self.device = device
+        self.dtype: torch.dtype = self.pipe.unet.dtype
+        self.is_xl = isinstance(pipe, StableDiffusionXLPipeline)
+        self.native_size = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+        self._lock = threading.RLock()
+        self._adapters: OrderedDict[str, Path] = OrderedDict()
+        self.max_adapters = 8
+        for module in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
+            module.requires_grad_(False)
+        if self.is_xl:
+            self.pipe.text_encoder_2.requires_grad_(False)
+
+    @classmethod
+    def from_settings(cls, settings: ImageSettings) -> ImageModel:
+        """Build the configured base model (the tiny random one when none is set)."""
+        device = resolve_device(settings.device)
+        if settings.base_model is None:
+            log.warning("image model: %s", TINY_MODEL_LABEL)
+            pipe = build_tiny_pipeline(settings.tiny_seed, settings.tiny_resolution)
+            dtype = torch.float32
+            pipe = pipe.to(dtype=dtype)
+        else:
+            dtype = resolve_dtype(settings.dtype, device)
+            pipe = load_checkpoint(settings.base_model, dtype)
+        model = cls(pipe, label=settings.model_label, device=device)
+        model.max_adapters = settings.generation.max_loaded_adapters
+        return model
+
+    # -- conditioning ---------------------------------------------------------------------
+
+    def _encode(self, prompts: Sequence[str], size: int) -> _Conditioning:
+        if self.is_xl:
+            embeds, _, pooled, _ = self.pipe.encode_prompt(
+                list(prompts), device=self.device, do_classifier_free_guidance=False
+            )
+            ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=embeds.dtype)
+            time_ids = ids.repeat(len(prompts), 1).to(self.device)
+            return _Conditioning(embeds, pooled, time_ids)
+        embeds, _ = self.pipe.encode_prompt(
+            list(prompts), self.device, 1, do_classifier_free_guidance=False
+        )
+        return _Conditioning(embeds, None, None)
+
+    def _latents(self, images: Sequence[Image.Image], size: int, seed: int) -> torch.Tensor:
+        vae = self.pipe.vae
+        batch = torch.stack([_to_tensor(_square(img, size)) for img in images])
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        out = []
+        # VAE encode in small chunks: a 50-image SDXL batch at 1024 px would not fit at once.
+        for chunk in batch.split(4):
+            dist = vae.encode(chunk.to(self.device, dtype=vae.dtype)).latent_dist
+            noise = torch.randn(dist.mean.shape, generator=gen).to(self.device, dist.mean.dtype)
+            out.append(dist.mean + dist.std * noise)
+        latents = torch.cat(out) * vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None)
+        return latents - shift * vae.config.scaling_factor if shift else latents
+
+    # -- adapters -------------------------------------------------------------------------
+
+    def _load_adapter(self, path: Path) -> str:
+        name = lora_fingerprint(path)
+        if name in self._adapters:
+            self._adapters.move_to_end(name)
+        else:
+            try:
+                state = load_file(str(path), device="cpu")
+                self.pipe.load_lora_weights(state, adapter_name=name)
+            except Exception as exc:
+                with contextlib.suppress(Exception):  # drop whatever half-loaded
+                    self.pipe.delete_adapters([name])
+                raise ModelError(
+                    f"the LoRA {path.name} does not fit the base model: {exc}"
+                ) from exc
+            self._adapters[name] = path
+        # Least recently used adapters leave first: each holds accelerator memory.
+        while len(self._adapters) > self.max_adapters:
+            old, _ = self._adapters.popitem(last=False)
+            self.pipe.delete_adapters([old])
+        return name
+
+    def _activate(self, lora: Path | None, weight: float) -> None:
+        if lora is None:
+            if self._adapters:
+                self.pipe.disable_lora()
+            return
+        name = self._load_adapter(lora)
+        self.pipe.enable_lora()
+        self.pipe.set_adapters([name], [weight])
+
+    def loaded_adapters(self) -> list[str]:
+        """Adapter names currently held in the pipeline (least recently used first)."""
+        with self._lock:
+            return list(self._adapters)
+
+    # -- generation -----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str | None = None,
+        lora: Path | None = None,
+        weight: float = 1.0,
+        seed: int = 0,
+        steps: int = 30,
+        guidance_scale: float = 7.0,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> np.ndarray:
+        """One image as float32 HxWx3 in [0, 1]; the same arguments give the same pixels."""
+        with self._lock:
+            self._activate(lora, weight)
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            out = self.pipe(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                width=width or self.native_size,
+                height=height or self.native_size,
+                generator=gen,
+                output_type="np",
+            )
+            image: np.ndarray = np.asarray(out.images[0], dtype=np.float32)
+        return image
+
+    # -- training -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def denoising_loss(
+        self,
+        examples: Sequence[TrainImage],
+        *,
+        lora: Path | None = None,
+        resolution: int | None = None,
+        seed: int = 0,
+        samples: int = 8,
+    ) -> float:
+        """Mean noise-prediction loss on ``examples`` over fixed noise and timesteps.
+
+        The training objective, measured the same way each call: a LoRA that learned the
+        images scores lower than the base model.
+        """
+        size = resolution or self.native_size
+        with self._lock:
+            self._activate(lora, 1.0)
+            latents = self._latents([e.image for e in examples], size, seed)
+            cond = self._encode([e.caption for e in examples], size)
+            sched = DDPMScheduler.from_config(self.pipe.scheduler.config)
+            gen = torch.Generator(device="cpu").manual_seed(seed + 1)
+            total = 0.0
+            for _ in range(samples):
+                noise = torch.randn(latents.shape, generator=gen).to(self.device, latents.dtype)
+                t = torch.randint(
+                    0, sched.config.num_train_timesteps, (len(examples),), generator=gen
+                ).to(self.device)
+                pred, target = self._predict(sched, latents, noise, t, cond, None)
+                total += float(torch.nn.functional.mse_loss(pred.float(), target.float()))
+            if lora is not None:
+                self.pipe.disable_lora()
+        return total / samples
+
+    def _predict(
+        self,
+        sched: Scheduler,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        t: torch.Tensor,
+        cond: _Conditioning,
+        idx: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        noisy = sched.add_noise(latents, noise, t)
+        embeds = cond.embeds if idx is None else cond.select(idx)
+        pred = self.pipe.unet(
+            noisy, t, embeds, added_cond_kwargs=cond.added_kwargs(idx), return_dict=False
+        )[0]
+        if sched.config.prediction_type == "v_prediction":
+            return pred, sched.get_velocity(latents, noise, t)
+        return pred, noise
+
+    def train_lora(
+        self,
+        examples: Sequence[TrainImage],
+        dest: Path,
+        *,
+        rank: int,
+        steps: int,
+        learning_rate: float,
+        resolution: int | None = None,
+        batch_size: int = 1,
+        seed: int = 0,
+        metadata: dict[str, str] | None = None,
+        on_step: Callable[[int, int, float], None] | None = None,
+    ) -> LoraFit:
+        """Train a LoRA on the UNet attention projections and save it as safetensors.
+
+        ``on_step(step, steps, loss)`` runs after every step (progress, cancellation: an
+        exception it raises stops training, and the base model is left clean either way).
+        """
+        if not examples:
+            raise ModelError("no training images")
+        size = resolution or self.native_size
+        unet = self.pipe.unet
+        with self._lock:
+            if self._adapters:
+                self.pipe.disable_lora()
+            latents = self._latents([e.image for e in examples], size, seed)
+            with torch.no_grad():
+                cond = self._encode([e.caption for e in examples], size)
+            unet.add_adapter(
+                LoraConfig(
+                    r=rank,
+                    lora_alpha=rank,
+                    init_lora_weights="gaussian",
+                    target_modules=list(LORA_TARGETS),
+                ),
+                adapter_name=_FIT_ADAPTER,
+            )
+            try:
+                unet.enable_adapters()
+                unet.set_adapter(_FIT_ADAPTER)
+                params = [p for n, p in unet.named_parameters() if f".{_FIT_ADAPTER}." in n]
+                for p in params:
+                    # Trainable weights stay float32 even on a half-precision base.
+                    p.data = p.data.float()
+                    p.requires_grad_(True)
+                losses = self._fit(
+                    params, latents, cond, steps, learning_rate, batch_size, seed, on_step
+                )
+                state = convert_state_dict_to_diffusers(
+                    get_peft_model_state_dict(unet, adapter_name=_FIT_ADAPTER)
+                )
+                tensors = {
+                    f"unet.{k}": v.detach().to("cpu", torch.float32).contiguous()
+                    for k, v in state.items()
+                }
+            finally:
+                unet.delete_adapters(_FIT_ADAPTER)
+                unet.requires_grad_(False)
+        info = {
+            "format": "diffusers-lora",
+            "rank": str(rank),
+            "steps": str(steps),
+            "resolution": str(size),
+            "base_model": self.label,
+            **(metadata or {}),
+        }
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".part")
+        save_file(tensors, str(tmp), metadata=info)
+        tmp.replace(dest)
+        return LoraFit(dest, tuple(losses), rank, steps, size)
+
+    def _fit(
+        self,
+        params: list[torch.nn.Parameter],
+        latents: torch.Tensor,
+        cond: _Conditioning,
+        steps: int,
+        learning_rate: float,
+        batch_size: int,
+        seed: int,
+        on_step: Callable[[int, int, float], None] | None,
+    ) -> list[float]:
+        unet = self.pipe.unet
+        sched = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-2)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        autocast = self.device.type == "cuda" and self.dtype != torch.float32
+        n = latents.shape[0]
+        losses: list[float] = []
+        unet.train()
+        try:
+            for step in range(1, steps + 1):
+                idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(self.device)
+                batch = latents[idx]
+                noise = torch.randn(batch.shape, generator=gen).to(self.device, batch.dtype)
+                t = torch.randint(
+                    0, sched.config.num_train_timesteps, (batch.shape[0],), generator=gen
+                ).to(self.device)
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
+                    pred, target = self._predict(sched, batch, noise, t, cond, idx)
+                loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                if on_step is not None:
+                    on_step(step, steps, losses[-1])
+        finally:
+            unet.eval()
+        return losses
+
+
+def _square(image: Image.Image, size: int) -> Image.Image:
+    """Resize the short side to ``size`` and center-crop to a square."""
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = size / min(w, h)
+    resized = image.resize(
+        (max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC
+    )
+    left = (resized.width - size) // 2
+    top = (resized.height - size) // 2
+    return resized.crop((left, top, left + size, top + size))
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def to_image_bytes(pixels: np.ndarray, fmt: str) -> bytes:
+    """Encode float pixels in [0, 1] as PNG or WebP (lossless)."""
+    import io
+
+    img = Image.fromarray((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8))
+    buf = io.BytesIO()
+    if fmt == "webp":
+        img.save(buf, format="WEBP", lossless=True)
+    else:
+        img.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,302 @@
+"""The API side of images: trainings and generations as the routers need them.
+
+Async code only: zip checks run in a thread, models run in the job worker. Errors are
+``HTTPException`` with a ``detail`` a member can act on; another user's ids read as absent.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import anyio.to_thread
+from fastapi import HTTPException
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from engine.image.handlers import GENERATE_KIND, TRAIN_KIND
+from engine.image.models import LoraGenerationRow, LoraTrainingRow
+from engine.image.schemas import LoraGeneration, LoraTraining, LoraTrainingList, TrainingStatus
+from engine.image.settings import ImageSettings, image_settings
+from engine.image.zipcheck import inspect_zip
+from engine.jobs import JobTimeout
+from engine.models import (
+    Job,
+    JobStatus,
+    Upload,
+    UploadKind,
+    UploadStatus,
+    as_utc,
+    as_utc_or_none,
+    new_id,
+)
+from engine.services import EngineServices
+from engine.uploads import get_owned_upload, mark_upload
+
+_RETRYABLE = (TrainingStatus.FAILED, TrainingStatus.CANCELED)
+
+
+def settings_of(services: EngineServices) -> ImageSettings:
+    """The validated ``[engine.image]`` section."""
+    return image_settings(services.settings.image)
+
+
+def training_view(row: LoraTrainingRow, upload: Upload, job: Job | None) -> LoraTraining:
+    """A training row, its upload and its job as the API shows it."""
+    updated = as_utc(row.updated_at)
+    if job is not None and as_utc(job.updated_at) > updated:
+        updated = as_utc(job.updated_at)
+    status = TrainingStatus.of_job(job.status if job else None)
+    return LoraTraining(
+        id=row.id,
+        upload_id=row.upload_id,
+        status=status,
+        created_at=as_utc(row.created_at),
+        updated_at=updated,
+        progress=job.progress if job else 0,
+        error=job.error if job else None,
+        started_at=as_utc_or_none(job.started_at) if job else None,
+        completed_at=as_utc_or_none(job.finished_at) if job else None,
+        name=upload.name,
+        trigger_word=row.trigger_word,
+    )
+
+
+def _with_upload_and_job() -> Any:
+    return (
+        select(LoraTrainingRow, Upload, Job)
+        .join(Upload, Upload.id == LoraTrainingRow.upload_id)
+        .outerjoin(Job, Job.id == LoraTrainingRow.job_id)
+    )
+
+
+async def get_training(session: AsyncSession, user_id: str, upload_id: str) -> LoraTraining | None:
+    """The caller's training of ``upload_id``, or None."""
+    found = (
+        await session.execute(
+            _with_upload_and_job().where(
+                LoraTrainingRow.upload_id == upload_id, LoraTrainingRow.user_id == user_id
+            )
+        )
+    ).first()
+    return None if found is None else training_view(*found)
+
+
+async def list_trainings(
+    session: AsyncSession, user_id: str, limit: int, offset: int
+) -> LoraTrainingList:
+    """A page of the caller's trainings, newest first."""
+    total = await session.scalar(
+        select(func.count()).select_from(LoraTrainingRow).where(LoraTrainingRow.user_id == user_id)
+    )
+    rows = await session.execute(
+        _with_upload_and_job()
+        .where(LoraTrainingRow.user_id == user_id)
+        .order_by(LoraTrainingRow.created_at.desc(), LoraTrainingRow.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return LoraTrainingList(
+        trainings=[training_view(*r) for r in rows.all()],
+        total=int(total or 0),
+        limit=limit,
+        offset=offset,
+    )
+
+
+async def start_training(
+    services: EngineServices, session: AsyncSession, user_id: str, upload_id: str
+) -> LoraTraining:
+    """Check the zip and queue its training; an upload already training returns its record."""
+    upload = await get_owned_upload(session, user_id, upload_id, UploadKind.LORA)
+    if upload is None:
+        raise HTTPException(404, "LoRA upload not found")
+    existing = await get_training(session, user_id, upload_id)
+    if existing is not None and existing.status not in _RETRYABLE:
+        return existing
+    if upload.status == UploadStatus.PENDING.value:
+        raise HTTPException(400, "nothing uploaded yet: PUT the zip to its upload URL first")
+    path = services.storage.upload_path(upload.id)
+    if not path.is_file():
+        raise HTTPException(400, "the uploaded zip is missing; request a new upload URL")
+    report = await anyio.to_thread.run_sync(inspect_zip, path, settings_of(services).zip)
+    if not report.ok:
+        # The upload stays replaceable: a fixed zip can be PUT to the same URL.
+        await mark_upload(session, upload.id, UploadStatus(upload.status), report.summary())
+        raise HTTPException(400, report.summary())
+    if existing is None:
+        if not await mark_upload(
+            session, upload.id, UploadStatus.PROCESSED, expect=UploadStatus.UPLOADED
+        ):
+            raced = await get_training(session, user_id, upload_id)
+            if raced is not None:
+                return raced
+            raise HTTPException(409, f"upload is {upload.status}; it cannot be trained")
+        row = LoraTrainingRow(
+            user_id=user_id, upload_id=upload.id, trigger_word=upload.trigger_word or ""
+        )
+        session.add(row)
+        try:
+            await session.commit()
+        except IntegrityError:  # a concurrent request created it first
+            await session.rollback()
+            raced = await get_training(session, user_id, upload_id)
+            if raced is None:
+                raise
+            return raced
+        training_id, previous_job = row.id, None
+    else:
+        training_id = existing.id
+        previous_job = await session.scalar(
+            select(LoraTrainingRow.job_id).where(LoraTrainingRow.id == training_id)
+        )
+    job = await services.jobs.submit(
+        TRAIN_KIND,
+        {
+            "training_id": training_id,
+            "upload_id": upload.id,
+            "trigger_word": upload.trigger_word or "",
+        },
+        user_id,
+    )
+    same_job = (
+        LoraTrainingRow.job_id.is_(None)
+        if previous_job is None
+        else LoraTrainingRow.job_id == previous_job
+    )
+    res = await session.execute(
+        update(LoraTrainingRow)
+        .where(LoraTrainingRow.id == training_id, same_job)
+        .values(job_id=job.id, lora_key=None)
+    )
+    await session.commit()
+    if not res.rowcount:  # type: ignore[attr-defined]
+        # A concurrent retry attached its job first; this one must not run.
+        await services.jobs.cancel(job.id)
+    view = await get_training(session, user_id, upload_id)
+    assert view is not None
+    return view
+
+
+async def find_lora(session: AsyncSession, user_id: str, lora_id: str) -> LoraTrainingRow | None:
+    """The caller's LoRA by its id (the training id) or by its upload id."""
+    row: LoraTrainingRow | None = await session.scalar(
+        select(LoraTrainingRow).where(
+            LoraTrainingRow.user_id == user_id,
+            or_(LoraTrainingRow.id == lora_id, LoraTrainingRow.upload_id == lora_id),
+        )
+    )
+    return row
+
+
+async def ready_lora(session: AsyncSession, user_id: str, lora_id: str) -> LoraTrainingRow:
+    """A LoRA whose training succeeded; 404 when unknown, 400 while not ready."""
+    row = await find_lora(session, user_id, lora_id)
+    if row is None:
+        raise HTTPException(404, "LoRA not found")
+    job = await session.get(Job, row.job_id) if row.job_id else None
+    status = TrainingStatus.of_job(job.status if job else None)
+    if status is not TrainingStatus.SUCCEEDED or not row.lora_key:
+        hint = {
+            TrainingStatus.STARTING: "it is waiting to start",
+            TrainingStatus.PROCESSING: f"it is training ({job.progress if job else 0}%)",
+            TrainingStatus.FAILED: "its training failed; start it again",
+            TrainingStatus.CANCELED: "its training was canceled; start it again",
+        }.get(status, "it is not trained")
+        raise HTTPException(400, f"this LoRA cannot generate yet: {hint}")
+    return row
+
+
+def generation_view(services: EngineServices, base: str, row: LoraGenerationRow) -> LoraGeneration:
+    """A generation row as the API shows it, with a fresh signed URL."""
+    return LoraGeneration(
+        id=row.id,
+        url=services.artifact_url(base, row.image_key),
+        prompt=row.prompt,
+        enhanced_prompt=row.enhanced_prompt,
+        negative_prompt=row.negative_prompt,
+        created_at=as_utc(row.created_at),
+        lora_id=row.training_id,
+        upload_id=row.upload_id,
+        demo=row.demo,
+        seed=row.seed,
+        width=row.width,
+        height=row.height,
+        model=row.model,
+    )
+
+
+async def run_generation(
+    services: EngineServices,
+    session: AsyncSession,
+    base: str,
+    user_id: str,
+    prompt: str,
+    *,
+    lora: LoraTrainingRow | None = None,
+    demo: str | None = None,
+) -> LoraGeneration:
+    """Queue one generation, wait for it (the contract is synchronous), answer it."""
+    generation_id = new_id()
+    payload: dict[str, Any] = {
+        "generation_id": generation_id,
+        "prompt": prompt,
+        "seed": secrets.randbelow(2**31),
+    }
+    if lora is not None:
+        payload |= {
+            "training_id": lora.id,
+            "upload_id": lora.upload_id,
+            "lora_key": lora.lora_key,
+            "trigger_word": lora.trigger_word,
+        }
+    if demo is not None:
+        payload["demo"] = demo
+    job = await services.jobs.submit(GENERATE_KIND, payload, user_id)
+    try:
+        done = await services.jobs.wait(job.id, within=services.settings.jobs.wait_timeout_seconds)
+    except JobTimeout as exc:
+        raise HTTPException(
+            504,
+            f"the image is still being drawn; it will appear in GET /api/loras/generations "
+            f"as {generation_id}",
+        ) from exc
+    if done.status != JobStatus.SUCCEEDED.value:
+        raise HTTPException(500, f"generation {done.status}: {done.error or 'no reason given'}")
+    row = await session.get(LoraGenerationRow, generation_id)
+    if row is None:  # pragma: no cover - the handler writes it before succeeding
+        raise HTTPException(500, "generation finished without a record")
+    return generation_view(services, base, row)
+
+
+async def list_generations(
+    services: EngineServices,
+    session: AsyncSession,
+    base: str,
+    user_id: str,
+    *,
+    training_id: str | None,
+    limit: int,
+    offset: int,
+) -> list[LoraGeneration]:
+    """The caller's generations, newest first (one LoRA's when ``training_id`` is given)."""
+    query = select(LoraGenerationRow).where(LoraGenerationRow.user_id == user_id)
+    if training_id is not None:
+        query = query.where(LoraGenerationRow.training_id == training_id)
+    rows = await session.scalars(
+        query.order_by(LoraGenerationRow.created_at.desc(), LoraGenerationRow.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [generation_view(services, base, r) for r in rows]
+
+
+async def get_generation(
+    services: EngineServices, session: AsyncSession, base: str, user_id: str, generation_id: str
+) -> LoraGeneration:
+    """One of the caller's generations; 404 otherwise."""
+    row = await session.get(LoraGenerationRow, generation_id)
+    if row is None or row.user_id != user_id:
+        raise HTTPException(404, "generation not found")
+    return generation_view(services, base, row)

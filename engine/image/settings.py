@@ -1,0 +1,138 @@
+"""``[engine.image]``: the image back end's settings, validated from ``EngineSettings.image``.
+
+With nothing configured the engine uses the built-in *tiny random* pipeline: a Stable
+Diffusion-shaped model built from config with random weights and an offline tokenizer. It
+exercises every code path on a CPU in seconds and **draws noise**; set ``base_model`` to a
+local diffusers checkpoint (SD 1.5 or SDXL class) for real images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engine.settings import MiB, SettingsError
+
+TINY_MODEL_LABEL = "tiny-random (built-in test model with random weights: it draws noise)"
+DEMO_NAMES = ("tadz", "pudgy")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ZipLimits(_Section):
+    """What a training zip may hold; checked when training starts."""
+
+    min_images: int = Field(4, ge=1, le=1000)
+    max_images: int = Field(50, ge=1, le=1000)
+    min_side: int = Field(256, ge=1, le=8192, description="smallest accepted width/height")
+    max_uncompressed_bytes: int = Field(1024 * MiB, gt=0)
+    max_compression_ratio: float = Field(100.0, gt=1)
+    max_entries: int = Field(2000, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> ZipLimits:
+        if self.min_images > self.max_images:
+            raise ValueError("image.zip.min_images must not exceed max_images")
+        return self
+
+
+class TrainingSettings(_Section):
+    """The LoRA training loop (UNet attention projections; LoRA alpha equals the rank)."""
+
+    rank: int = Field(16, ge=1, le=256)
+    steps: int = Field(1000, ge=1, le=100_000)
+    learning_rate: float = Field(1e-4, gt=0, le=1)
+    resolution: int | None = Field(
+        None, ge=8, le=2048, description="default: the base model's native size"
+    )
+    batch_size: int = Field(1, ge=1, le=64)
+    seed: int = 0
+    report_every: int = Field(1, ge=1, description="write progress every N steps")
+
+
+class GenerationSettings(_Section):
+    """Image generation defaults."""
+
+    steps: int = Field(30, ge=1, le=200)
+    guidance_scale: float = Field(7.0, ge=0, le=30)
+    width: int | None = Field(None, ge=8, le=2048, description="default: native size")
+    height: int | None = Field(None, ge=8, le=2048, description="default: native size")
+    output_format: Literal["png", "webp"] = "png"
+    lora_weight: float = Field(1.0, ge=0, le=2)
+    max_loaded_adapters: int = Field(8, ge=1, le=256)
+
+
+class EnhancerSettings(_Section):
+    """The prompt enhancer: a deterministic template, or an OpenAI-compatible chat endpoint."""
+
+    backend: Literal["template", "openai"] = "template"
+    base_url: str | None = Field(None, description="e.g. http://localhost:11434/v1")
+    model: str | None = None
+    api_key_env: str | None = Field(None, description="environment variable holding the key")
+    timeout_seconds: float = Field(20.0, gt=0, le=600)
+    max_words: int = Field(60, ge=10, le=300)
+
+    @model_validator(mode="after")
+    def _openai_needs_endpoint(self) -> EnhancerSettings:
+        if self.backend == "openai" and not (self.base_url and self.model):
+            raise ValueError("image.enhancer.backend = 'openai' needs base_url and model")
+        return self
+
+
+class DemoSettings(_Section):
+    """One demo model: a LoRA file on the base model and its trigger word."""
+
+    lora_path: Path
+    trigger_word: str = Field(min_length=1, max_length=50)
+    weight: float = Field(1.0, ge=0, le=2)
+
+
+class ImageSettings(_Section):
+    """Everything the image back end reads; built by :func:`image_settings`."""
+
+    base_model: Path | None = Field(
+        None, description="local diffusers checkpoint dir; None = tiny random model (noise)"
+    )
+    device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda:0', ...")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    tiny_seed: int = Field(1234, description="seed of the tiny random model's weights")
+    tiny_resolution: int = Field(32, ge=8, le=256, description="tiny model's native size")
+    zip: ZipLimits = ZipLimits()
+    training: TrainingSettings = TrainingSettings()
+    generation: GenerationSettings = GenerationSettings()
+    enhancer: EnhancerSettings = EnhancerSettings()
+    demos: dict[str, DemoSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> ImageSettings:
+        unknown = set(self.demos) - set(DEMO_NAMES)
+        if unknown:
+            raise ValueError(f"unknown demo(s) {sorted(unknown)}; known: {list(DEMO_NAMES)}")
+        if self.base_model is not None and not (self.base_model / "model_index.json").is_file():
+            raise ValueError(
+                f"image.base_model {self.base_model} is not a diffusers checkpoint "
+                "(no model_index.json); nothing is downloaded at run time"
+            )
+        return self
+
+    @property
+    def is_tiny(self) -> bool:
+        """True when the built-in random-weight model is in use."""
+        return self.base_model is None
+
+    @property
+    def model_label(self) -> str:
+        """What the outputs were drawn with, shown in API answers and logs."""
+        return TINY_MODEL_LABEL if self.base_model is None else str(self.base_model)
+
+
+def image_settings(raw: dict[str, Any]) -> ImageSettings:
+    """Validate ``EngineSettings.image``; a :class:`SettingsError` says what to change."""
+    try:
+        return ImageSettings.model_validate(raw)
+    except ValueError as exc:
+        raise SettingsError(f"invalid [engine.image] settings: {exc}") from exc
