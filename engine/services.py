@@ -13,6 +13,7 @@ from engine.jobs import Handler, JobQueue, JobService, JobWorker, build_huey
 from engine.security import UrlSigner
 from engine.settings import EngineSettings
 from engine.storage import LocalStorage
+from engine.voice.jobs import voice_handlers
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ def default_handlers(settings: EngineSettings) -> dict[str, Handler]:
     """The job handlers of the real back ends (voice, image), keyed by job kind."""
     handlers: dict[str, Handler] = {}
     handlers.update(image_handlers(settings))
+    handlers.update(voice_handlers(settings))
     return handlers
 
 

@@ -1,0 +1,11 @@
+"""Voice cloning and generation.
+
+- :mod:`engine.voice.settings`: ``[engine.voice]``, validated.
+- :mod:`engine.voice.audio`: decode (bundled ffmpeg), judge, normalise and encode audio.
+- :mod:`engine.voice.backend`: the back-end protocol (analyse a sample, synthesise text).
+- :mod:`engine.voice.reference`: the CPU reference back end, built from
+  :mod:`engine.voice.piper_base` (base speech), :mod:`engine.voice.world` (conversion) and
+  :mod:`engine.voice.similarity` (resemblyzer).
+- :mod:`engine.voice.models`, :mod:`engine.voice.store`, :mod:`engine.voice.schemas`: tables,
+  queries and API models; :mod:`engine.voice.jobs`: the worker's handlers.
+"""

