@@ -1,0 +1,304 @@
+"""The LoRA endpoints end to end: real zips, real training on the tiny model, real images."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+import httpx
+import pytest
+from fastapi import FastAPI
+from PIL import Image
+from sqlalchemy import func, select
+
+from engine.image.handlers import TRAIN_KIND
+from engine.models import Job
+from engine.settings import EngineSettings, JobSettings
+from tests.conftest import make_settings, register, running_engine, services_of
+from tests.engine.image.zips import build_zip, good_zip, image_bytes
+
+IMAGE = {
+    "training": {"steps": 6, "rank": 4, "learning_rate": 1e-2, "batch_size": 2},
+    "zip": {"min_side": 32},
+    "generation": {"steps": 3},
+}
+
+
+def h(key: str) -> dict[str, str]:
+    return {"X-API-Key": key}
+
+
+def path_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
+def settings_for(tmp_path: Path, workers: int = 1, **image: object) -> EngineSettings:
+    return make_settings(
+        tmp_path / "engine",
+        jobs=JobSettings(in_process_workers=workers, wait_timeout_seconds=120),
+        image={**IMAGE, **image},
+    )
+
+
+async def upload_zip(
+    api: httpx.AsyncClient, key: str, data: bytes | None, trigger: str = "tadz"
+) -> str:
+    """Ask for an upload URL and PUT ``data`` to it (``None``: leave it pending)."""
+    resp = await api.post(
+        "/api/loras/uploads/url",
+        params={"name": "My set", "trigger_word": trigger, "file_name": "set.zip"},
+        headers=h(key),
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    if data is not None:
+        put = await api.put(path_of(body["upload_url"]), content=data, headers=body["headers"])
+        assert put.status_code == 200, put.text
+    return str(body["id"])
+
+
+async def wait_final(api: httpx.AsyncClient, key: str, upload_id: str) -> dict:
+    """Poll the training until it is final (the in-process worker trains it)."""
+    seen = set()
+    for _ in range(3000):
+        body = (await api.get(f"/api/loras/trainings/{upload_id}", headers=h(key))).json()
+        seen.add(body["status"])
+        if body["status"] in ("succeeded", "failed", "canceled"):
+            body["seen"] = seen
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"training never finished; last: {body}")
+
+
+@pytest.fixture
+async def engine_app(tmp_path: Path):
+    async with running_engine(settings_for(tmp_path)) as pair:
+        yield pair
+
+
+@pytest.fixture
+async def trained(engine_app: tuple[FastAPI, httpx.AsyncClient]) -> tuple[str, str, dict]:
+    """Alice's key, her upload id and its finished training."""
+    _, api = engine_app
+    key = await register(api, "alice@example.com")
+    upload_id = await upload_zip(api, key, good_zip(4))
+    started = await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
+    assert started.status_code == 202, started.text
+    final = await wait_final(api, key, upload_id)
+    assert final["status"] == "succeeded", final
+    return key, upload_id, final
+
+
+async def test_training_starts_at_once_and_is_never_started_twice(tmp_path: Path) -> None:
+    async with running_engine(settings_for(tmp_path, workers=0)) as (app, api):
+        key = await register(api)
+        upload_id = await upload_zip(api, key, good_zip(4))
+        first = await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
+        assert first.status_code == 202, first.text
+        body = first.json()
+        assert body["status"] == "starting" and body["progress"] == 0
+        assert body["upload_id"] == upload_id and body["trigger_word"] == "tadz"
+        assert {"id", "upload_id", "status", "created_at", "updated_at"} <= set(body)
+        again = await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
+        assert again.status_code == 202 and again.json()["id"] == body["id"]
+        services = services_of(app)
+        async with services.db.session() as s:
+            jobs = await s.scalar(select(func.count()).where(Job.kind == TRAIN_KIND))
+        assert jobs == 1
+        uploads = (await api.get("/api/loras/uploads", headers=h(key))).json()
+        assert uploads[0]["status"] == "processed"
+
+        assert await anyio.to_thread.run_sync(services.worker.drain) == 1
+        done = (await api.get(f"/api/loras/trainings/{upload_id}", headers=h(key))).json()
+        assert done["status"] == "succeeded" and done["progress"] == 100
+        assert done["started_at"] and done["completed_at"] and done["error"] is None
+        lora = services.storage.artifact_path(f"loras/{body['id']}.safetensors")
+        assert lora.is_file()
+        # Trained: starting it again is still the same record and no new job.
+        third = await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
+        assert third.json()["id"] == body["id"] and third.json()["status"] == "succeeded"
+        async with services.db.session() as s:
+            assert await s.scalar(select(func.count()).where(Job.kind == TRAIN_KIND)) == 1
+
+
+async def test_progress_is_written_while_training(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, workers=0, training={**IMAGE["training"], "steps": 30})
+    async with running_engine(settings) as (app, api):
+        key = await register(api)
+        upload_id = await upload_zip(api, key, good_zip(4))
+        await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
+        drained = asyncio.ensure_future(anyio.to_thread.run_sync(services_of(app).worker.drain))
+        seen: list[tuple[str, int]] = []
+        while not drained.done():
+            body = (await api.get(f"/api/loras/trainings/{upload_id}", headers=h(key))).json()
+            seen.append((body["status"], body["progress"]))
+            await asyncio.sleep(0.01)
+        await drained
+        processing = [p for s, p in seen if s == "processing"]
+        assert processing, seen
+        assert any(0 < p < 100 for p in processing), seen
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        (
+            {"../x.png": image_bytes(0), **{f"i{i}.png": image_bytes(i) for i in range(4)}},
+            ["'../x.png': unsafe path"],
+        ),
+        ({f"i{i}.png": image_bytes(i) for i in range(2)}, ["2 usable image(s)"]),
+        (
+            {"a.png": b"not a png", "b.jpg": b"nor a jpeg", "c.txt": b"hi"},
+            ["'a.png': it does not decode", "'b.jpg': it does not decode", "0 usable image(s)"],
+        ),
+    ],
+)
+async def test_a_bad_zip_is_400_with_every_problem(
+    engine_app: tuple[FastAPI, httpx.AsyncClient], entries: dict, expected: list[str]
+) -> None:
+    _, api = engine_app
+    key = await register(api)
+    upload_id = await upload_zip(api, key, build_zip(entries))
+    resp = await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
+    assert resp.status_code == 400, resp.text
+    for part in expected:
+        assert part in resp.json()["detail"]
+    # Nothing started, and the upload can be fixed by PUTting a good zip again.
+    assert (await api.get(f"/api/loras/trainings/{upload_id}", headers=h(key))).status_code == 404
+    listed = (await api.get("/api/loras/uploads", headers=h(key))).json()
+    assert listed[0]["status"] == "uploaded" and expected[0] in listed[0]["error"]
+
+
+async def test_corrupt_and_bomb_zips_are_400(engine_app: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    _, api = engine_app
+    key = await register(api)
+    corrupt = await upload_zip(api, key, good_zip(4)[:-40])
+    resp = await api.post(f"/api/loras/trainings/{corrupt}", headers=h(key))
+    assert resp.status_code == 400 and "not a readable zip" in resp.json()["detail"]
+    bomb = build_zip({**{f"i{i}.png": image_bytes(i) for i in range(4)}, "z.png": b"\0" * 2**27})
+    bomb_id = await upload_zip(api, key, bomb)
+    resp = await api.post(f"/api/loras/trainings/{bomb_id}", headers=h(key))
+    assert resp.status_code == 400 and "zip bomb" in resp.json()["detail"]
+
+
+async def test_training_needs_bytes_and_an_owned_lora_upload(
+    engine_app: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    _, api = engine_app
+    alice = await register(api, "alice@example.com")
+    bob = await register(api, "bob@example.com")
+    pending = await upload_zip(api, alice, None)
+    resp = await api.post(f"/api/loras/trainings/{pending}", headers=h(alice))
+    assert resp.status_code == 400 and "PUT the zip" in resp.json()["detail"]
+    owned = await upload_zip(api, alice, good_zip(4))
+    assert (await api.post(f"/api/loras/trainings/{owned}", headers=h(bob))).status_code == 404
+    missing = "00000000-0000-4000-8000-000000000000"
+    assert (await api.post(f"/api/loras/trainings/{missing}", headers=h(alice))).status_code == 404
+    assert (await api.post(f"/api/loras/trainings/{owned}")).status_code == 401
+
+
+async def test_generation_with_both_paths_lists_and_ownership(
+    engine_app: tuple[FastAPI, httpx.AsyncClient], trained: tuple[str, str, dict]
+) -> None:
+    _, api = engine_app
+    key, upload_id, training = trained
+    lora_id = training["id"]
+    assert training["seen"] <= {"starting", "processing", "succeeded"}
+
+    first = await api.post(
+        f"/api/loras/generations/{upload_id}", json={"prompt": "a cat"}, headers=h(key)
+    )
+    assert first.status_code == 200, first.text
+    g1 = first.json()
+    assert g1["prompt"] == "a cat" and g1["enhanced_prompt"].startswith("tadz, a cat, ")
+    assert g1["lora_id"] == lora_id and g1["upload_id"] == upload_id
+    assert "noise" in g1["model"] and g1["width"] == g1["height"] == 32
+    img = await api.get(path_of(g1["url"]))
+    assert img.status_code == 200
+    assert Image.open(io.BytesIO(img.content)).format == "PNG"
+
+    second = await api.post(
+        f"/api/loras/{lora_id}/generations", json={"prompt": "a dog, tadz"}, headers=h(key)
+    )
+    assert second.status_code == 200, second.text
+    g2 = second.json()
+    assert g2["enhanced_prompt"].startswith("a dog, tadz, ")
+
+    listed = (await api.get("/api/loras/generations", headers=h(key))).json()
+    assert isinstance(listed, list) and [g["id"] for g in listed] == [g2["id"], g1["id"]]
+    paged = (await api.get("/api/loras/generations?limit=1&offset=1", headers=h(key))).json()
+    assert [g["id"] for g in paged] == [g1["id"]]
+    for lid in (lora_id, upload_id):
+        per = (await api.get(f"/api/loras/{lid}/generations", headers=h(key))).json()
+        assert [g["id"] for g in per] == [g2["id"], g1["id"]]
+    one = await api.get(f"/api/loras/generations/{g1['id']}", headers=h(key))
+    assert one.status_code == 200 and one.json()["enhanced_prompt"] == g1["enhanced_prompt"]
+
+    trainings = (await api.get("/api/loras/trainings", headers=h(key))).json()
+    assert trainings["total"] == 1 and trainings["limit"] == 20 and trainings["offset"] == 0
+    assert trainings["trainings"][0]["id"] == lora_id
+
+    bob = await register(api, "bob@example.com")
+    assert (await api.get(f"/api/loras/trainings/{upload_id}", headers=h(bob))).status_code == 404
+    assert (await api.get("/api/loras/trainings", headers=h(bob))).json()["total"] == 0
+    assert (await api.get("/api/loras/generations", headers=h(bob))).json() == []
+    for path in (f"/api/loras/generations/{g1['id']}", f"/api/loras/{lora_id}/generations"):
+        assert (await api.get(path, headers=h(bob))).status_code == 404
+    for path in (f"/api/loras/generations/{upload_id}", f"/api/loras/{lora_id}/generations"):
+        resp = await api.post(path, json={"prompt": "steal"}, headers=h(bob))
+        assert resp.status_code == 404
+
+
+async def test_generation_before_training_succeeds_is_400(
+    tmp_path: Path,
+) -> None:
+    async with running_engine(settings_for(tmp_path, workers=0)) as (_, api):
+        key = await register(api)
+        upload_id = await upload_zip(api, key, good_zip(4))
+        not_started = await api.post(
+            f"/api/loras/generations/{upload_id}", json={"prompt": "x"}, headers=h(key)
+        )
+        assert not_started.status_code == 404
+        await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
+        waiting = await api.post(
+            f"/api/loras/generations/{upload_id}", json={"prompt": "x"}, headers=h(key)
+        )
+        assert waiting.status_code == 400
+        assert "waiting to start" in waiting.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [{}, {"prompt": ""}, {"prompt": "x" * 1001}, {"text": "hi"}])
+async def test_prompt_validation_is_422(
+    engine_app: tuple[FastAPI, httpx.AsyncClient], body: dict
+) -> None:
+    _, api = engine_app
+    key = await register(api)
+    resp = await api.post(f"/api/loras/{'0' * 8}/generations", json=body, headers=h(key))
+    assert resp.status_code == 422
+    assert resp.json()["detail"][0]["loc"][0] == "body"
+
+
+async def test_a_failed_training_says_why_and_can_be_started_again(
+    engine_app: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    app, api = engine_app
+    key = await register(api)
+    upload_id = await upload_zip(api, key, good_zip(4))
+    path = services_of(app).storage.upload_path(upload_id)
+    saved = path.read_bytes()
+    # The zip vanishes between the check and the worker: the job fails with a reason.
+    services_of(app).queue.stop_consumer()
+    first = (await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))).json()
+    path.unlink()
+    services_of(app).queue.start_consumer(1)
+    failed = await wait_final(api, key, upload_id)
+    assert failed["status"] == "failed" and "upload it again" in failed["error"]
+    path.write_bytes(saved)
+    retry = await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
+    assert retry.status_code == 202 and retry.json()["id"] == first["id"]
+    done = await wait_final(api, key, upload_id)
+    assert done["status"] == "succeeded" and done["error"] is None
