@@ -16,12 +16,14 @@ import discord
 from discord import app_commands
 
 from bot.tada.errors import (
+    BadRequest,
     Conflict,
     Forbidden,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    ServiceUnavailable,
     TadaError,
     TadaHTTPError,
     TadaTimeout,
@@ -92,8 +94,12 @@ def _tada_text(error: TadaError) -> str | None:
         return "The Ta-da API cannot be reached right now. Try again in a minute."
     if isinstance(error, NotFound):
         return "Ta-da has no such item for your account (it may have been deleted)."
-    if isinstance(error, InvalidRequest | Conflict | PayloadTooLarge | UnsupportedMediaType):
+    if isinstance(
+        error, BadRequest | InvalidRequest | Conflict | PayloadTooLarge | UnsupportedMediaType
+    ):
         return f"Ta-da refused that: {error.message}"
+    if isinstance(error, ServiceUnavailable):
+        return f"Ta-da cannot do that right now: {error.message}"
     if isinstance(error, Forbidden):
         return "The upload link expired or was refused. Please try again."
     return None

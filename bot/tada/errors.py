@@ -17,6 +17,7 @@ Every error the client raises derives from :class:`TadaError`::
         ├── InvalidRequest        422 - FastAPI validation; ``errors`` lists each problem
         ├── RateLimited           429 - ``retry_after`` seconds, when the server said
         └── ServerError           5xx
+            └── ServiceUnavailable  503 - e.g. a feature the server has not configured
 
 The client wraps the underlying httpx exception with ``raise ... from exc``.
 """
@@ -130,6 +131,10 @@ class ServerError(TadaHTTPError):
     """5xx: the server failed."""
 
 
+class ServiceUnavailable(ServerError):
+    """503: the server cannot do this now; ``detail`` often says what to configure."""
+
+
 _BY_STATUS: dict[int, type[TadaHTTPError]] = {
     400: BadRequest,
     401: Unauthorized,
@@ -144,6 +149,8 @@ _BY_STATUS: dict[int, type[TadaHTTPError]] = {
 
 def error_class_for(status: int) -> type[TadaHTTPError]:
     """The exception class for an error status (any other 4xx is the base class)."""
+    if status == 503:
+        return ServiceUnavailable
     if status >= 500:
         return ServerError
     if status == 429:

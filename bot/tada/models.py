@@ -83,6 +83,7 @@ class Voice(TadaModel):
     upload_id: str | None = None
     status: str | None = None
     duration_seconds: float | None = None
+    base_similarity: float | None = None
 
 
 class VoiceGeneration(TadaModel):
@@ -94,6 +95,8 @@ class VoiceGeneration(TadaModel):
     audio_url: str
     created_at: datetime
     similarity: float | None = None
+    duration_seconds: float | None = None
+    format: str | None = None
 
 
 class VoiceGenerationList(TadaModel):
@@ -113,6 +116,9 @@ class SpokenAudio(TadaModel):
     voice_id: str | None = None
     text: str | None = None
     similarity: float | None = None
+    duration_seconds: float | None = None
+    format: str | None = None
+    created_at: datetime | None = None
 
 
 class LoraUpload(TadaModel):
@@ -138,6 +144,10 @@ class LoraTraining(TadaModel):
     updated_at: datetime | None = None
     progress: float | None = None
     error: str | None = None
+    name: str | None = None
+    trigger_word: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
 
     @property
     def state(self) -> TrainingStatus | None:
@@ -160,3 +170,9 @@ class ImageGeneration(TadaModel):
     status: str | None = None
     lora_id: str | None = Field(default=None, validation_alias=AliasChoices("lora_id", "upload_id"))
     created_at: datetime | None = None
+    negative_prompt: str | None = None
+    demo: str | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    model: str | None = None

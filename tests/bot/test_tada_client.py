@@ -21,6 +21,7 @@ from bot.tada import (
     RateLimited,
     RetryPolicy,
     ServerError,
+    ServiceUnavailable,
     TadaClient,
     TadaError,
     TadaHTTPError,
@@ -208,6 +209,7 @@ async def test_transport_errors_become_tada_transport_errors(sleeps: Sleeps) -> 
         (422, InvalidRequest),
         (429, RateLimited),
         (500, ServerError),
+        (503, ServiceUnavailable),
         (504, ServerError),
     ],
 )
