@@ -8,16 +8,18 @@ import socket
 import httpx
 import pytest
 import simcord
+from fastapi import FastAPI
 from pydantic import SecretStr
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from bot.app import BotServices, create_bot, open_services
 from bot.config import BotConfig, TadaConfig
 from bot.crypto import DecryptionError
 from bot.errors import NotLinked, UserFacingError
 from bot.store import Member
-from bot.tada import TadaTransportError
-from tests.conftest import register
+from bot.tada import TadaTransportError, Unauthorized
+from engine.models import User
+from tests.conftest import register, services_of
 
 pytestmark = pytest.mark.simcord()
 
@@ -163,8 +165,7 @@ async def test_account_summary_counts_what_the_api_holds(
     assert "linked (linked key)" in text
     assert f"`tada_…{key[-4:]}`" in text and key not in text
     assert "LoRAs: 2" in text
-    # Counts the engine cannot give yet are shown as unavailable, not as an error.
-    assert "Voices: " in text and "Generations: " in text
+    assert "Voices: 0" in text and "Generations: 0" in text
 
 
 async def test_a_command_used_before_linking_says_link_or_register_first(
@@ -296,3 +297,22 @@ async def test_an_unreachable_api_is_explained_and_nothing_is_stored(
         assert "cannot be reached" in result.response.content
         assert await services.members.get(alice.id) is None
         acknowledge(env, TadaTransportError)
+
+
+async def test_a_revoked_key_asks_the_member_to_link_a_current_one(
+    simcord_env: simcord.Env, engine: tuple[FastAPI, httpx.AsyncClient]
+) -> None:
+    app, api = engine
+    key = await register(api, "alice@example.com")
+    channel, alice = world(simcord_env)
+    await alice.submit_modal(await alice.slash(channel, "tada link"), {"api_key": key})
+    async with services_of(app).db.session() as session:  # the account is deleted upstream
+        await session.execute(delete(User))
+        await session.commit()
+
+    result = await alice.slash(channel, "tada account")
+
+    assert result.response is not None
+    assert "refused your API key" in result.response.content
+    assert "/tada link" in result.response.content
+    acknowledge(simcord_env, Unauthorized)
