@@ -7,6 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+import aiohttp
 import discord
 
 from bot.config import TOKEN_ENV, ConfigError, load_bot_config, read_config_file
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except aiohttp.ClientConnectionError as exc:
+        print(f"tada-bot: cannot reach Discord ({exc}); check the network.", file=sys.stderr)
+        return 1
     except EngineStartError as exc:
         print(f"tada-bot: {exc}", file=sys.stderr)
         return 2

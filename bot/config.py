@@ -92,10 +92,15 @@ class BotConfig(_Section):
 
     mode: Literal["development", "production"] = "development"
     data_dir: Path = Path("data")
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     discord: DiscordConfig = DiscordConfig()
     tada: TadaConfig = TadaConfig()
     store: StoreConfig = StoreConfig()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _production_needs_key(self) -> BotConfig:

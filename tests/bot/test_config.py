@@ -64,6 +64,7 @@ def test_sections_and_environment_overrides(tmp_path: Path) -> None:
         ({"general": {"mode": "production"}}, {}, "TADA_BOT_ENCRYPTION_KEY"),
         ({"tada": {"base_url": "ftp://x"}}, {}, "base_url"),
         ({"tada": {"retries": 3}}, {}, "retries"),
+        ({"general": {"log_level": "LOUD"}}, {}, "log_level"),
     ],
 )
 def test_bad_configurations_are_refused_with_a_reason(
