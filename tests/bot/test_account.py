@@ -21,8 +21,6 @@ from bot.tada import TadaTransportError, Unauthorized
 from engine.models import User
 from tests.conftest import register, services_of
 
-pytestmark = pytest.mark.simcord()
-
 
 def world(env: simcord.Env) -> tuple[simcord.ChannelHandle, simcord.MemberActor]:
     guild = env.create_guild()
