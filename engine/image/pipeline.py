@@ -35,7 +35,12 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 from engine.image.settings import TINY_MODEL_LABEL, ImageSettings
 from engine.image.types import LoraFit, ModelError, TrainImage
@@ -93,12 +98,55 @@ def offline_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def build_tiny_pipeline(seed: int, resolution: int) -> Pipeline:
+def _tiny_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def _tiny_vae(resolution: int) -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=resolution,
+    )
+
+
+def _tiny_text_config(vocab_size: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=77,
+        projection_dim=32,
+    )
+
+
+def build_tiny_pipeline(seed: int, resolution: int, arch: str = "sd15") -> Pipeline:
     """A Stable Diffusion-shaped pipeline with random weights: tests and development only.
 
-    Seeded, so every worker builds the same weights and a LoRA trained by one process
-    fits the base of another. It draws noise, by design.
+    ``arch`` is ``sd15`` (one text encoder) or ``sdxl`` (two, pooled embeddings and size
+    conditioning), so both code paths run on a CPU. Seeded, so every worker builds the
+    same weights and a LoRA trained by one process fits the base of another. It draws
+    noise, by design.
     """
+    if arch == "sdxl":
+        return _build_tiny_xl(seed, resolution)
     tokenizer = offline_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -114,46 +162,54 @@ def build_tiny_pipeline(seed: int, resolution: int) -> Pipeline:
             attention_head_dim=8,
             norm_num_groups=32,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(32, 64),
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            latent_channels=4,
-            norm_num_groups=32,
-            sample_size=resolution,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                bos_token_id=0,
-                eos_token_id=1,
-                pad_token_id=1,
-                hidden_size=32,
-                intermediate_size=37,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                vocab_size=len(tokenizer),
-                max_position_embeddings=77,
-            )
-        )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+        vae = _tiny_vae(resolution)
+        text_encoder = CLIPTextModel(_tiny_text_config(len(tokenizer)))
     return StableDiffusionPipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        scheduler=scheduler,
+        scheduler=_tiny_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def _build_tiny_xl(seed: int, resolution: int) -> Pipeline:
+    tokenizer = offline_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=resolution // 2,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2),
+            # 6 size/crop ids x 8 + the pooled text embedding (32).
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+            # Both text encoders' hidden states side by side.
+            cross_attention_dim=64,
+            norm_num_groups=32,
+        )
+        vae = _tiny_vae(resolution)
+        text_encoder = CLIPTextModel(_tiny_text_config(len(tokenizer)))
+        text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(len(tokenizer)))
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=offline_tokenizer(),
+        unet=unet,
+        scheduler=_tiny_scheduler(),
     )
 
 
@@ -223,9 +279,16 @@ class ImageModel:
     def from_settings(cls, settings: ImageSettings) -> ImageModel:
         """Build the configured base model (the tiny random one when none is set)."""
         device = resolve_device(settings.device)
+        threads = settings.cpu_threads or (1 if settings.is_tiny else None)
+        if device.type == "cpu" and threads:
+            # Process-wide. A tiny model gains nothing from threads, and on a busy machine
+            # oversubscribed OpenMP threads spin: one thread was 10-30x faster there.
+            torch.set_num_threads(threads)
         if settings.base_model is None:
             log.warning("image model: %s", TINY_MODEL_LABEL)
-            pipe = build_tiny_pipeline(settings.tiny_seed, settings.tiny_resolution)
+            pipe = build_tiny_pipeline(
+                settings.tiny_seed, settings.tiny_resolution, settings.tiny_arch
+            )
             dtype = torch.float32
             pipe = pipe.to(dtype=dtype)
         else:

@@ -99,8 +99,12 @@ class ImageSettings(_Section):
     )
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda:0', ...")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    cpu_threads: int | None = Field(
+        None, ge=1, le=256, description="torch threads on CPU; default 1 for the tiny model"
+    )
     tiny_seed: int = Field(1234, description="seed of the tiny random model's weights")
     tiny_resolution: int = Field(32, ge=8, le=256, description="tiny model's native size")
+    tiny_arch: Literal["sd15", "sdxl"] = Field("sd15", description="tiny model's layout")
     zip: ZipLimits = ZipLimits()
     training: TrainingSettings = TrainingSettings()
     generation: GenerationSettings = GenerationSettings()
@@ -127,7 +131,9 @@ class ImageSettings(_Section):
     @property
     def model_label(self) -> str:
         """What the outputs were drawn with, shown in API answers and logs."""
-        return TINY_MODEL_LABEL if self.base_model is None else str(self.base_model)
+        if self.base_model is None:
+            return TINY_MODEL_LABEL if self.tiny_arch == "sd15" else f"{TINY_MODEL_LABEL} [sdxl]"
+        return str(self.base_model)
 
 
 def image_settings(raw: dict[str, Any]) -> ImageSettings:

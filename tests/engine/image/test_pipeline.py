@@ -144,3 +144,19 @@ def test_a_lora_that_does_not_fit_is_a_model_error(model: ImageModel, tmp_path: 
 def test_images_encode_as_png_or_webp(fmt: str, magic: bytes) -> None:
     data = to_image_bytes(np.full((8, 8, 3), 0.5, dtype=np.float32), fmt)
     assert data.startswith(magic)
+
+
+def test_the_sdxl_layout_trains_and_swaps_adapters_too(tmp_path: Path) -> None:
+    settings = ImageSettings(tiny_arch="sdxl")
+    xl = ImageModel.from_settings(settings)
+    assert xl.is_xl and "noise" in xl.label and "sdxl" in xl.label
+    dest = tmp_path / "xl.safetensors"
+    before = xl.denoising_loss(examples())
+    xl.train_lora(examples(), dest, rank=4, steps=40, learning_rate=1e-2, batch_size=4)
+    assert xl.denoising_loss(examples(), lora=dest) < before * 0.97
+    base = xl.generate(PROMPT, **GEN)
+    with_lora = xl.generate(PROMPT, lora=dest, **GEN)
+    assert np.abs(with_lora - base).max() > 1e-3
+    np.testing.assert_allclose(xl.generate(PROMPT, lora=dest, weight=0.0, **GEN), base, atol=1e-5)
+    again = ImageModel.from_settings(settings).generate(PROMPT, lora=dest, **GEN)
+    np.testing.assert_allclose(again, with_lora, atol=1e-5)
