@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ from bot.accounts import AccountService
 from bot.config import BotConfig
 from bot.crypto import KeyBox, keybox_for
 from bot.embedded import EmbeddedEngine
+from bot.gate import Gate, OpenGate
 from bot.store import MemberStore, Store
 from bot.tada import TadaClient
 from bot.ui import TadaCommandTree
@@ -47,6 +48,8 @@ class BotServices:
     tada: TadaClient
     accounts: AccountService
     engine: EmbeddedEngine | None = None
+    # Admission control for creation commands; the admin policy replaces OpenGate.
+    gate: Gate = field(default_factory=OpenGate)
 
 
 def _http_client(config: BotConfig) -> httpx.AsyncClient:

@@ -1,0 +1,87 @@
+"""The gate every creation request passes before any Ta-da call: who, where, how much, what.
+
+Creation commands (voice, LoRA, demo) build a :class:`GateRequest` and ask
+``services.gate.admit(request)``; a refusal is a :class:`~bot.errors.UserFacingError`
+whose message tells the member what to do. Once the work is accepted they call
+``record(request)`` so quotas count it. :class:`OpenGate` admits everything (no server
+configuration); the server-admin policy (channels, roles, quotas, moderation, shared demo
+key) implements the same protocol and replaces it in the composition root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import SecretStr
+
+
+class Feature(StrEnum):
+    """What a request uses; admins allow channels, roles and quotas per feature."""
+
+    VOICE = "voice"  # cloning voices and speaking with them
+    LORA = "lora"  # uploading image sets, training LoRAs, generating with them
+    DEMO = "demo"  # the Tadz and Pudgy Penguins demo models
+
+
+class Action(StrEnum):
+    """The concrete step, for quotas that count different things."""
+
+    VOICE_CLONE = "voice_clone"  # a new voice from a sample
+    VOICE_SPEAK = "voice_speak"  # spoken text; cost = characters
+    LORA_UPLOAD = "lora_upload"  # a new image set
+    LORA_TRAIN = "lora_train"  # a training; counted per month
+    LORA_GENERATE = "lora_generate"  # one image
+    DEMO_GENERATE = "demo_generate"  # one demo image
+
+
+@dataclass(frozen=True, slots=True)
+class GateRequest:
+    """Who asks for what, where. ``text`` is the prompt or spoken text (moderated)."""
+
+    user_id: int
+    guild_id: int | None
+    channel_id: int
+    role_ids: frozenset[int]
+    feature: Feature
+    action: Action
+    cost: int = 1
+    text: str | None = None
+    is_admin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """How an admitted request runs.
+
+    ``shared_key`` is the guild's shared Ta-da key when the request is a demo in a
+    community demo channel (the member needs no account); ``private_results`` asks for
+    results to be shown to the member only instead of posted in the channel.
+    """
+
+    shared_key: SecretStr | None = None
+    private_results: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Gate(Protocol):
+    """Admission control for creation requests."""
+
+    async def admit(self, request: GateRequest) -> Admission:
+        """Admit the request or raise ``UserFacingError`` saying why not and what to do."""
+        ...
+
+    async def record(self, request: GateRequest) -> None:
+        """Count an accepted request against the member's quotas."""
+        ...
+
+
+class OpenGate:
+    """Admits everything with the member's own key, results public; counts nothing."""
+
+    async def admit(self, request: GateRequest) -> Admission:
+        return Admission()
+
+    async def record(self, request: GateRequest) -> None:
+        return None
