@@ -2,6 +2,15 @@
 
 from bot.store.db import Store
 from bot.store.members import LinkedAccount, MemberStore, mask_key
-from bot.store.models import Base, LinkedVia, Member
+from bot.store.models import Base, JobRow, LinkedVia, Member
 
-__all__ = ["Base", "LinkedAccount", "LinkedVia", "Member", "MemberStore", "Store", "mask_key"]
+__all__ = [
+    "Base",
+    "JobRow",
+    "LinkedAccount",
+    "LinkedVia",
+    "Member",
+    "MemberStore",
+    "Store",
+    "mask_key",
+]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, DateTime, LargeBinary, String
+from sqlalchemy import BigInteger, Boolean, DateTime, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 MEMBER_COLUMN = "discord_user_id"
@@ -49,3 +49,47 @@ class Member(Base):
     def __repr__(self) -> str:
         # Never the ciphertext either: reprs end up in logs and tracebacks.
         return f"<Member {self.discord_user_id} via {self.linked_via}>"
+
+
+class JobRow(Base):
+    """One creation request (clone, speak, train, generate, demo) and where its result went.
+
+    Written before any Ta-da call, so a restart finds every accepted request; the runner
+    (``bot/jobs``) owns the meaning of ``state``, ``params`` and ``result`` (JSON).
+    """
+
+    __tablename__ = "bot_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    discord_user_id: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    channel_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    params: Mapped[str] = mapped_column(Text, nullable=False)
+    # The Ta-da id the job is about once known (a training's upload id, a generation id).
+    tada_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    private: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # A guild's shared demo key (Fernet ciphertext), when the gate lent one for this job.
+    shared_key_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The interaction's follow-up webhook, valid 15 minutes; cleared once the result is out.
+    application_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    interaction_token: Mapped[str | None] = mapped_column(Text, nullable=True)
+    interaction_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    progress_message_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    result_message_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    posted_via: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    post_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    posted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    def __repr__(self) -> str:
+        # No params or token: prompts and webhook tokens stay out of logs.
+        return f"<JobRow {self.id} {self.kind} {self.state}>"
