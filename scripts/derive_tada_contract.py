@@ -1,8 +1,9 @@
 """Derive ``tests/fixtures/tada_contract.json`` from the upstream OpenAPI files.
 
 Tests must not read ``../shared`` at run time (a fresh clone has none), so the few contract
-facts the client tests need (every operation's method, path, parameters, JSON body fields
-and success status, per revision) are written once into a small fixture by this script.
+facts the client and conformance tests need (every operation's method, path, parameters,
+JSON body fields, success status and the fields of its answer, per revision) are written
+once into a small fixture by this script.
 
     python scripts/derive_tada_contract.py [REFERENCE_DIR]
 
@@ -31,6 +32,42 @@ def _body_fields(schemas: dict[str, Any], op: dict[str, Any]) -> list[str] | Non
     return sorted(schema.get("required", []))
 
 
+def _resolve(schemas: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref", "")
+    return schemas[ref.rsplit("/", 1)[-1]] if ref else schema
+
+
+def _fields(schemas: dict[str, Any], schema: dict[str, Any], prefix: str = "") -> list[str]:
+    """Property names, nested ones as ``outer.inner`` (``outer[].inner`` inside arrays)."""
+    names: list[str] = []
+    for name, prop in schema.get("properties", {}).items():
+        names.append(prefix + name)
+        prop = _resolve(schemas, prop)
+        if prop.get("type") == "array":
+            names += _fields(
+                schemas, _resolve(schemas, prop.get("items", {})), f"{prefix}{name}[]."
+            )
+        elif "properties" in prop:
+            names += _fields(schemas, prop, f"{prefix}{name}.")
+    return sorted(names)
+
+
+def _response(schemas: dict[str, Any], op: dict[str, Any], status: str) -> dict[str, Any]:
+    """The success answer's shape (object, array or untyped) and the fields upstream defines.
+
+    For an array the fields are those of its items. Untyped answers (``{}`` or a bare
+    ``object``) define no fields: our engine may give them any concrete model.
+    """
+    content = op["responses"][status].get("content", {}).get("application/json", {})
+    schema = _resolve(schemas, content.get("schema", {}))
+    if schema.get("type") == "array":
+        items = _resolve(schemas, schema.get("items", {}))
+        return {"shape": "array", "fields": _fields(schemas, items)}
+    if schema.get("type") == "object" or "properties" in schema:
+        return {"shape": "object", "fields": _fields(schemas, schema)}
+    return {"shape": "any", "fields": []}
+
+
 def operations(spec: dict[str, Any], schemas: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per operation of one OpenAPI document."""
     rows = []
@@ -54,6 +91,7 @@ def operations(spec: dict[str, Any], schemas: dict[str, Any]) -> list[dict[str, 
                     },
                     "json_body": _body_fields(schemas, op),
                     "success_status": int(success[0]),
+                    "response": _response(schemas, op, success[0]),
                 }
             )
     return rows

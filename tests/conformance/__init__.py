@@ -1,0 +1,1 @@
+"""Contract conformance: our OpenAPI against upstream's three revisions, and schemathesis."""
