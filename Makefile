@@ -24,6 +24,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/upload.py
+	$(PY) bench/image.py
 
 # Refresh the lock after changing dependencies (then run `make test`).
 lock:
