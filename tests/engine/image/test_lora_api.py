@@ -302,3 +302,29 @@ async def test_a_failed_training_says_why_and_can_be_started_again(
     assert retry.status_code == 202 and retry.json()["id"] == first["id"]
     done = await wait_final(api, key, upload_id)
     assert done["status"] == "succeeded" and done["error"] is None
+
+
+async def test_a_canceled_training_reads_canceled_and_can_be_started_again(
+    tmp_path: Path,
+) -> None:
+    async with running_engine(settings_for(tmp_path, workers=0)) as (app, api):
+        services = services_of(app)
+        key = await register(api)
+        upload_id = await upload_zip(api, key, good_zip(4))
+        first = (await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))).json()
+        async with services.db.session() as s:
+            job_id = await s.scalar(select(Job.id).where(Job.kind == TRAIN_KIND))
+        assert await services.jobs.cancel(job_id)
+        await anyio.to_thread.run_sync(services.worker.drain)
+        canceled = (await api.get(f"/api/loras/trainings/{upload_id}", headers=h(key))).json()
+        assert canceled["status"] == "canceled" and canceled["completed_at"]
+        resp = await api.post(
+            f"/api/loras/generations/{upload_id}", json={"prompt": "x"}, headers=h(key)
+        )
+        assert resp.status_code == 400 and "canceled" in resp.json()["detail"]
+        again = await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
+        assert again.status_code == 202
+        assert again.json()["id"] == first["id"] and again.json()["status"] == "starting"
+        assert await anyio.to_thread.run_sync(services.worker.drain) == 1
+        done = (await api.get(f"/api/loras/trainings/{upload_id}", headers=h(key))).json()
+        assert done["status"] == "succeeded"
