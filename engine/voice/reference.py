@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -72,9 +73,7 @@ class CpuReferenceBackend:
         """The base voice's statistics and embedding, computed once."""
         if self._base_stats is None or self._base_embedding is None:
             speech = self.base_speech(BASE_REFERENCE_TEXT)
-            stats = world.voice_stats(
-                world.analyse(speech.audio, speech.sample_rate, aperiodicity=False)
-            )
+            stats = world.speaker_stats(speech.audio, speech.sample_rate)
             embedding = self.encoder.embed(speech.audio, speech.sample_rate)
             with self._lock:
                 self._base_stats, self._base_embedding = stats, embedding
@@ -82,18 +81,16 @@ class CpuReferenceBackend:
 
     def analyse(self, sample: Sample) -> SpeakerProfile:
         """F0 statistics, long-term envelope and speaker embedding of a sample."""
-        features = world.analyse(sample.audio, sample.sample_rate, aperiodicity=False)
-        active_frames = max(1.0, sample.speech_seconds * 1000.0 / world.FRAME_PERIOD_MS)
-        voiced_share = float(features.voiced.sum()) / active_frames
-        if voiced_share < MIN_VOICED_SHARE:
+        try:
+            stats = world.speaker_stats(sample.audio, sample.sample_rate)
+        except ValueError as exc:
+            raise SampleRejected("no voice found in the sample; record yourself speaking") from exc
+        active_seconds = max(0.001, sample.speech_seconds)
+        if stats.voiced_seconds / active_seconds < MIN_VOICED_SHARE:
             raise SampleRejected(
                 "no voice found in the sample (it sounds like noise or music); "
                 "record yourself speaking"
             )
-        try:
-            stats = world.voice_stats(features)
-        except ValueError as exc:
-            raise SampleRejected("no voice found in the sample; record yourself speaking") from exc
         if stats.log_f0_std < MIN_F0_SPREAD:
             raise SampleRejected(
                 "the sample is a steady tone, not speech; record yourself speaking"
@@ -133,11 +130,15 @@ class CpuReferenceBackend:
         """
         if profile.backend != self.name:
             raise ValueError(f"profile was made by {profile.backend!r}, not {self.name!r}")
+        base_stats, _ = self._base()
         plan = self.conversion(profile)
         chunks = self.piper.sentences(text)
+        tracks = [world.pitch(chunk, self.sample_rate) for chunk in chunks]
+        mean, std = world.utterance_f0([f0 for f0, _ in tracks], base_stats)
+        plan = replace(plan, source_log_f0_mean=mean, source_log_f0_std=std)
         converted: list[NDArray[np.float32]] = []
-        for i, chunk in enumerate(chunks):
-            features = world.analyse(chunk, self.sample_rate)
+        for i, (chunk, track) in enumerate(zip(chunks, tracks, strict=True)):
+            features = world.analyse(chunk, self.sample_rate, f0_track=track)
             converted.append(world.synthesise(world.convert(features, plan)))
             if progress is not None:
                 progress((i + 1) / len(chunks))
