@@ -43,7 +43,9 @@ class UrlSigner:
     def verify(self, method: str, resource: str, expires: int, signature: str) -> None:
         """Raise :class:`SignatureError` unless the signature matches and has not expired."""
         expected = self.sign(method, resource, expires)
-        if not hmac.compare_digest(expected, signature):
+        # Bytes, not str: compare_digest raises TypeError on non-ASCII str, and a signature
+        # comes straight from the query string.
+        if not hmac.compare_digest(expected.encode(), signature.encode(errors="replace")):
             raise SignatureError("signature does not match")
         if expires < int(time.time()):
             raise SignatureError("URL has expired")
