@@ -56,8 +56,13 @@ def ffmpeg_exe() -> str:
     return str(imageio_ffmpeg.get_ffmpeg_exe())
 
 
-def decode(path: Path, sample_rate: int) -> FloatAudio:
-    """Decode any audio file ffmpeg reads to mono float32 at ``sample_rate``."""
+def decode(path: Path, sample_rate: int, max_seconds: float | None = None) -> FloatAudio:
+    """Decode any audio file ffmpeg reads to mono float32 at ``sample_rate``.
+
+    With ``max_seconds``, decoding stops just past it: a small file of hours of
+    low-bitrate audio must not unpack into gigabytes of samples only to be refused.
+    """
+    limit = ["-t", f"{max_seconds + 1.0:.3f}"] if max_seconds is not None else []
     cmd = [
         ffmpeg_exe(),
         "-nostdin",
@@ -66,6 +71,7 @@ def decode(path: Path, sample_rate: int) -> FloatAudio:
         "error",
         "-i",
         str(path),
+        *limit,
         "-vn",
         "-ac",
         "1",
@@ -166,7 +172,7 @@ def load_sample(
     target_dbfs: float,
 ) -> Sample:
     """Decode and judge a voice sample; raise :class:`SampleRejected` with a clear reason."""
-    audio = decode(path, sample_rate)
+    audio = decode(path, sample_rate, max_seconds)
     seconds = len(audio) / sample_rate
     if seconds < min_seconds:
         raise SampleRejected(
@@ -174,7 +180,8 @@ def load_sample(
         )
     if seconds > max_seconds:
         raise SampleRejected(
-            f"the sample is {seconds / 60:.1f} min long; keep it under {max_seconds / 60:.0f} min"
+            f"the sample is longer than {max_seconds / 60:g} min; keep it under "
+            f"{max_seconds / 60:g} min"
         )
     level = rms_dbfs(audio)
     if level < _SILENT_DBFS:

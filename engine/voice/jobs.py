@@ -18,6 +18,7 @@ from engine.settings import EngineSettings
 from engine.voice.audio import CONTENT_TYPES, SampleRejected, encode, load_sample
 from engine.voice.backend import SpeakerProfile, VoiceBackend
 from engine.voice.models import Voice, VoiceGeneration
+from engine.voice.piper_base import BaseVoiceError
 from engine.voice.settings import VoiceBackendName, VoiceSettings, voice_settings
 
 CLONE_KIND = "voice.clone"
@@ -58,6 +59,16 @@ class VoiceJobs:
     def backend(self) -> VoiceBackend:
         return backend_for(self.settings)
 
+    def _ready_backend(self) -> VoiceBackend:
+        """The back end with its models loaded; a broken install fails the job at once."""
+        backend = self.backend
+        try:
+            _ = backend.sample_rate  # loads the base voice
+        except BaseVoiceError as exc:
+            # Retrying cannot fix a missing or wrong model file: fail with the reason.
+            raise JobFailed(f"the voice back end cannot start: {exc}") from exc
+        return backend
+
     def clone(self, ctx: JobContext) -> dict[str, Any]:
         """Decode, judge and analyse the upload; store the voice; mark the upload used."""
         upload_id = str(ctx.payload["upload_id"])
@@ -73,7 +84,7 @@ class VoiceJobs:
                 raise JobFailed(f"upload is {upload.status}, not uploaded")
             name = upload.name
         s_ = self.settings
-        backend = self.backend
+        backend = self._ready_backend()
         try:
             sample = load_sample(
                 ctx.storage.upload_path(upload_id),
@@ -128,7 +139,7 @@ class VoiceJobs:
             if voice is None or voice.user_id != ctx.user_id:
                 raise JobFailed("voice not found")
             profile = SpeakerProfile.model_validate(voice.profile)
-        backend = self.backend
+        backend = self._ready_backend()
         speech = backend.synthesise(text, profile, lambda done: ctx.report(round(5 + 80 * done)))
         if speech.audio.size == 0:
             raise JobFailed("the text has nothing to say aloud")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from engine.models import UploadStatus
+from engine.models import Job, UploadStatus
 from engine.settings import JobSettings
 from engine.voice.models import VoiceGeneration
 from tests.conftest import make_settings, register, running_engine, services_of
@@ -281,8 +282,6 @@ async def test_generation_lists_page_newest_first_on_every_path(
         assert resp.status_code == 200, resp.text
         made.append(resp.json()["id"])
     # Same-second timestamps must not blur the order: space them out in the database.
-    from datetime import UTC, datetime, timedelta
-
     async with services_of(app).db.session.begin() as s:
         for i, gid in enumerate(made):
             stamp = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=i)
@@ -379,3 +378,28 @@ async def test_work_that_outlives_the_wait_is_504_and_finishes_later(
         listed = await _poll(api, "/api/voices/generations", key, "total")
         assert isinstance(listed, dict)
         assert listed["generations"][0]["text"] == "Later."
+
+
+async def test_a_broken_voice_install_fails_fast_and_leaves_the_upload_usable(
+    tmp_path: Path, speakers: dict[str, Speaker]
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        voice={"piper_sha256": "0" * 64},
+    )
+    async with running_engine(settings) as (app, api):
+        key = await register(api)
+        upload_id = await upload_sample(api, key, speakers["low"].wav())
+        resp = await api.post(
+            "/api/voices/uploads", params={"upload_id": upload_id}, headers=h(key)
+        )
+        assert resp.status_code == 500
+        assert "voice back end cannot start" in resp.json()["detail"]
+        assert "expected SHA-256" in resp.json()["detail"]
+        jobs = await api.get("/api/voices/uploads", headers=h(key))
+        assert jobs.json()[0]["status"] == UploadStatus.UPLOADED.value
+        # Not retried: a wrong model file does not fix itself.
+        async with services_of(app).db.session() as s:
+            job = (await s.scalars(select(Job))).one()
+        assert job.attempts == 1

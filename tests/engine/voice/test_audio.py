@@ -84,8 +84,16 @@ def test_too_short_is_refused(base_sample: Speaker, tmp_path: Path) -> None:
 def test_too_long_is_refused(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     path = _write(tmp_path, rng.normal(0, 0.05, int(301 * RATE)))
-    with pytest.raises(SampleRejected, match="min long; keep it under 5 min"):
+    with pytest.raises(SampleRejected, match="longer than 5 min; keep it under 5 min"):
         load(path)
+
+
+def test_hours_of_audio_are_not_decoded_whole(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    path = _write(tmp_path, rng.normal(0, 0.05, int(20 * RATE)))
+    # Decoding stops one second past the limit asked for.
+    assert abs(len(decode(path, RATE, max_seconds=5.0)) / RATE - 6.0) < 0.05
+    assert abs(len(decode(path, RATE)) / RATE - 20.0) < 0.05
 
 
 def test_near_silence_is_refused(tmp_path: Path) -> None:
