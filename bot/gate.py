@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
+import discord
 from pydantic import SecretStr
 
 
@@ -38,7 +39,13 @@ class Action(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class GateRequest:
-    """Who asks for what, where. ``text`` is the prompt or spoken text (moderated)."""
+    """Who asks for what, where. ``text`` is the prompt or spoken text (moderated).
+
+    ``bot_permissions`` are the bot's own permissions in the channel
+    (``interaction.app_permissions``); when given, the gate refuses up front if the bot
+    could not post the result there. :func:`request_for` fills every field from an
+    interaction.
+    """
 
     user_id: int
     guild_id: int | None
@@ -49,6 +56,40 @@ class GateRequest:
     cost: int = 1
     text: str | None = None
     is_admin: bool = False
+    bot_permissions: discord.Permissions | None = None
+
+
+def request_for(
+    interaction: discord.Interaction[Any],
+    feature: Feature,
+    action: Action,
+    *,
+    cost: int = 1,
+    text: str | None = None,
+) -> GateRequest:
+    """The :class:`GateRequest` of a slash command, button or modal interaction.
+
+    In a guild it carries the member's roles, whether they may manage the server, and
+    the bot's permissions in the channel; in DMs only the member and the channel.
+    """
+    user = interaction.user
+    in_guild = interaction.guild_id is not None and isinstance(user, discord.Member)
+    return GateRequest(
+        user_id=user.id,
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id or 0,
+        role_ids=(
+            frozenset(role.id for role in user.roles)
+            if isinstance(user, discord.Member)
+            else frozenset()
+        ),
+        feature=feature,
+        action=action,
+        cost=cost,
+        text=text,
+        is_admin=in_guild and interaction.permissions.manage_guild,
+        bot_permissions=interaction.app_permissions if in_guild else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
