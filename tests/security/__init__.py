@@ -1,0 +1,1 @@
+"""Security: object-level authorization, signed URLs, hostile input, secrets kept out of logs."""
