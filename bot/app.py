@@ -25,6 +25,8 @@ from bot.config import BotConfig
 from bot.crypto import KeyBox, keybox_for
 from bot.embedded import EmbeddedEngine
 from bot.gate import Gate, OpenGate
+from bot.jobs import JobRunner
+from bot.jobs.buttons import PERSISTENT_BUTTONS
 from bot.store import MemberStore, Store
 from bot.tada import TadaClient
 from bot.ui import TadaCommandTree
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The cogs loaded as extensions, in order. A new command group adds its module here.
-EXTENSIONS: tuple[str, ...] = ("cogs.account",)
+EXTENSIONS: tuple[str, ...] = ("cogs.account", "cogs.voice", "cogs.lora", "cogs.demo")
 
 
 @dataclass(frozen=True)
@@ -136,11 +138,16 @@ class TadaBot(commands.Bot):
         )
         self.services = services
         self.extension_names = tuple(extensions)
+        # Members' requests: run fairly, posted where asked, resumed after a restart.
+        self.jobs = JobRunner(client=self, services=services)
 
     async def setup_hook(self) -> None:
-        """Load the cogs, then sync slash commands (instantly to a dev guild if set)."""
+        """Load the cogs, resume jobs, then sync slash commands (instantly to a dev guild)."""
         for name in self.extension_names:
             await self.load_extension(name)
+        # Buttons on results posted by any earlier run keep working.
+        self.add_dynamic_items(*PERSISTENT_BUTTONS)
+        await self.jobs.start()
         discord_config = self.services.config.discord
         if not discord_config.sync_commands:
             return
@@ -152,6 +159,11 @@ class TadaBot(commands.Bot):
         else:
             synced = await self.tree.sync()
             log.info("synced %d global command(s) (may take up to an hour to show)", len(synced))
+
+    async def close(self) -> None:
+        """Stop the job runner (its rows keep the state), then disconnect."""
+        await self.jobs.stop()
+        await super().close()
 
 
 def create_bot(services: BotServices, *, extensions: Sequence[str] = EXTENSIONS) -> TadaBot:

@@ -87,6 +87,20 @@ class StoreConfig(_Section):
     encryption_keys: tuple[SecretStr, ...] = ()
 
 
+class JobsConfig(_Section):
+    """``[jobs]``: how the bot runs members' requests and posts their results."""
+
+    # Ta-da calls in flight at once, across all members; one member gets at most
+    # ``per_member`` of them, so nobody's burst starves the others.
+    max_concurrent: int = Field(8, ge=1, le=256)
+    per_member: int = Field(2, ge=1, le=64)
+    # How often a training is polled, and its progress message edited (rate limits).
+    poll_seconds: float = Field(5.0, gt=0)
+    # Attempts per destination when Discord fails to take a result, and the first pause.
+    post_attempts: int = Field(4, ge=1, le=20)
+    post_backoff_seconds: float = Field(1.0, ge=0)
+
+
 class BotConfig(_Section):
     """Everything the bot needs; build it with :func:`load_bot_config` or directly."""
 
@@ -96,6 +110,7 @@ class BotConfig(_Section):
     discord: DiscordConfig = DiscordConfig()
     tada: TadaConfig = TadaConfig()
     store: StoreConfig = StoreConfig()
+    jobs: JobsConfig = JobsConfig()
 
     @field_validator("log_level", mode="before")
     @classmethod

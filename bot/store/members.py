@@ -48,6 +48,11 @@ class MemberStore:
     def __repr__(self) -> str:
         return f"<MemberStore {self._store!r}>"
 
+    @property
+    def keys(self) -> KeyBox:
+        """The key box, for other secrets kept at rest the same way (a shared demo key)."""
+        return self._keys
+
     async def get(self, discord_user_id: int) -> LinkedAccount | None:
         """The member's account, or ``None`` when they never linked one."""
         async with self._store.session() as session:

@@ -1,0 +1,274 @@
+"""Persistent buttons on posted results: they keep working after a bot restart.
+
+Each is a :class:`discord.ui.DynamicItem`: its state (job id, owner, Ta-da id) lives in the
+custom id, so discord.py rebuilds it from any message, whenever it was posted. Errors in a
+callback reach the member through :func:`bot.errors.report_error`, like command errors.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.errors import UserFacingError, report_error
+
+if TYPE_CHECKING:
+    from bot.jobs.runner import JobRunner
+
+
+def runner_of(interaction: discord.Interaction[Any]) -> JobRunner:
+    """The job runner of the bot that received ``interaction``."""
+    from bot.jobs.runner import JobRunner
+
+    runner = getattr(interaction.client, "jobs", None)
+    if not isinstance(runner, JobRunner):
+        raise RuntimeError("this bot has no job runner")
+    return runner
+
+
+def _check_owner(interaction: discord.Interaction[Any], owner: int) -> None:
+    if interaction.user.id != owner:
+        raise UserFacingError(f"This button belongs to <@{owner}>; ask with your own command.")
+
+
+class _Answering(ABC):
+    """Mixin: a button callback whose errors are answered like a command's."""
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        try:
+            await self.act(interaction)
+        except Exception as exc:  # every failure ends as an answer to the member
+            await report_error(interaction, exc)
+
+    @abstractmethod
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        """What the button does."""
+
+
+class AgainButton(
+    _Answering,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"tada:again:(?P<job>[0-9a-f]{32})",
+):
+    """Ask again with the same request: speak again, re-roll, retry (owner only)."""
+
+    def __init__(self, job_id: str, *, label: str = "Again") -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=label, style=discord.ButtonStyle.primary, custom_id=f"tada:again:{job_id}"
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> AgainButton:
+        return cls(match["job"])
+
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        runner = runner_of(interaction)
+        job = await runner.store.get(self.job_id)
+        _check_owner(interaction, job.user_id)
+        await runner.submit(interaction, runner.request_like(job))
+
+
+class DeleteButton(
+    _Answering,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"tada:del:(?P<job>[0-9a-f]{32}):(?P<owner>[0-9]+)",
+):
+    """Delete a posted result (its owner only)."""
+
+    def __init__(self, job_id: str, owner: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Delete",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"tada:del:{job_id}:{owner}",
+            )
+        )
+        self.job_id = job_id
+        self.owner = owner
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> DeleteButton:
+        return cls(match["job"], int(match["owner"]))
+
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        _check_owner(interaction, self.owner)
+        await interaction.response.defer()
+        if interaction.message is not None:
+            await interaction.message.delete()
+
+
+class PromptModal(discord.ui.Modal, title="Generate an image"):
+    """Asks for a prompt, then queues a LoRA generation."""
+
+    prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
+        label="Prompt",
+        custom_id="prompt",
+        style=discord.TextStyle.paragraph,
+        min_length=1,
+        max_length=1000,
+    )
+
+    def __init__(self, lora_id: str) -> None:
+        super().__init__()
+        self.lora_id = lora_id
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        runner = runner_of(interaction)
+        await runner.submit(interaction, runner.generate_request(self.lora_id, self.prompt.value))
+
+    async def on_error(  # type: ignore[override]  # discord.py's Modal drops ``item``
+        self, interaction: discord.Interaction[Any], error: Exception, /
+    ) -> None:
+        await report_error(interaction, error)
+
+
+class SpeakModal(discord.ui.Modal, title="Speak with this voice"):
+    """Asks for a text, then queues speech with the voice."""
+
+    text: discord.ui.TextInput[Any] = discord.ui.TextInput(
+        label="Text to speak",
+        custom_id="text",
+        style=discord.TextStyle.paragraph,
+        min_length=1,
+        max_length=1000,
+    )
+
+    def __init__(self, voice_id: str) -> None:
+        super().__init__()
+        self.voice_id = voice_id
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        runner = runner_of(interaction)
+        await runner.submit(interaction, runner.speak_request(self.voice_id, self.text.value))
+
+    async def on_error(  # type: ignore[override]  # discord.py's Modal drops ``item``
+        self, interaction: discord.Interaction[Any], error: Exception, /
+    ) -> None:
+        await report_error(interaction, error)
+
+
+class GenerateButton(
+    _Answering,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"tada:gen:(?P<owner>[0-9]+):(?P<lora>[\w.-]{1,64})",
+):
+    """Open the prompt modal for a trained LoRA (owner only)."""
+
+    def __init__(self, owner: int, lora_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Generate",
+                style=discord.ButtonStyle.success,
+                custom_id=f"tada:gen:{owner}:{lora_id}",
+            )
+        )
+        self.owner = owner
+        self.lora_id = lora_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> GenerateButton:
+        return cls(int(match["owner"]), match["lora"])
+
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        _check_owner(interaction, self.owner)
+        await interaction.response.send_modal(PromptModal(self.lora_id))
+
+
+class SpeakButton(
+    _Answering,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"tada:speak:(?P<owner>[0-9]+):(?P<voice>[\w.-]{1,64})",
+):
+    """Open the text modal for a voice (owner only)."""
+
+    def __init__(self, owner: int, voice_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Speak",
+                style=discord.ButtonStyle.success,
+                custom_id=f"tada:speak:{owner}:{voice_id}",
+            )
+        )
+        self.owner = owner
+        self.voice_id = voice_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> SpeakButton:
+        return cls(int(match["owner"]), match["voice"])
+
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        _check_owner(interaction, self.owner)
+        await interaction.response.send_modal(SpeakModal(self.voice_id))
+
+
+class TrainButton(
+    _Answering,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"tada:train:(?P<owner>[0-9]+):(?P<upload>[\w.-]{1,64})",
+):
+    """Start training on an uploaded image set (owner only)."""
+
+    def __init__(self, owner: int, upload_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Train",
+                style=discord.ButtonStyle.success,
+                custom_id=f"tada:train:{owner}:{upload_id}",
+            )
+        )
+        self.owner = owner
+        self.upload_id = upload_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> TrainButton:
+        return cls(int(match["owner"]), match["upload"])
+
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        _check_owner(interaction, self.owner)
+        runner = runner_of(interaction)
+        await runner.submit(interaction, runner.train_request(self.upload_id))
+
+
+PERSISTENT_BUTTONS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
+    AgainButton,
+    DeleteButton,
+    GenerateButton,
+    SpeakButton,
+    TrainButton,
+)

@@ -1,0 +1,185 @@
+"""How a job's outcome looks on Discord: text, embed, files and buttons, within Discord's limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import discord
+
+from bot.jobs.buttons import (
+    AgainButton,
+    DeleteButton,
+    GenerateButton,
+)
+from bot.jobs.models import Job, JobKind, JobState
+from bot.tada.models import LoraTraining, TrainingStatus
+
+# Discord's limits (https://discord.com/developers/docs/resources/message).
+CONTENT_LIMIT = 2000
+EMBED_DESCRIPTION_LIMIT = 4096
+EMBED_FIELD_LIMIT = 1024
+EMBED_TITLE_LIMIT = 256
+DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
+BAR_WIDTH = 20
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to post; files are bytes so every attempt can rebuild ``discord.File``."""
+
+    content: str
+    embed: discord.Embed | None = None
+    files: tuple[tuple[str, bytes], ...] = ()
+    items: tuple[discord.ui.Item[Any], ...] = field(default_factory=tuple)
+
+    def view(self) -> discord.ui.View | None:
+        """A fresh persistent view holding the buttons (``None`` without buttons)."""
+        if not self.items:
+            return None
+        view = discord.ui.View(timeout=None)
+        for item in self.items:
+            view.add_item(item)
+        return view
+
+    def discord_files(self) -> list[discord.File]:
+        """New ``discord.File`` objects (each can be sent once)."""
+        import io
+
+        return [discord.File(io.BytesIO(data), filename=name) for name, data in self.files]
+
+
+def progress_bar(fraction: float) -> str:
+    """``[██████░░░░] 60%``."""
+    fraction = min(1.0, max(0.0, fraction))
+    full = round(fraction * BAR_WIDTH)
+    return f"`[{'█' * full}{'░' * (BAR_WIDTH - full)}]` {round(fraction * 100)}%"
+
+
+def progress_fraction(training: LoraTraining) -> float:
+    """Progress as 0..1 whether the API reports 0..1 or 0..100."""
+    value = training.progress or 0.0
+    return value / 100.0 if value > 1.0 else value
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def training_progress(job: Job, training: LoraTraining, now: datetime) -> str:
+    """The live progress message of a training: status, bar, elapsed, estimate."""
+    name = job.params.get("name") or "your LoRA"
+    status = training.state
+    started = training.started_at or job.started_at or job.created_at
+    elapsed = (now - started).total_seconds() if started else 0.0
+    fraction = progress_fraction(training)
+    lines = [f"🧪 Training **{clip(str(name), 100)}** for <@{job.user_id}>"]
+    if status in (None, TrainingStatus.STARTING):
+        lines.append("Status: waiting for a free GPU…")
+    elif status is TrainingStatus.PROCESSING:
+        lines.append("Status: training")
+    elif status is TrainingStatus.SUCCEEDED:
+        lines.append("Status: ✅ done")
+        fraction = 1.0
+    elif status is TrainingStatus.FAILED:
+        lines.append(f"Status: ❌ failed: {clip(training.error or 'no reason given', 500)}")
+    else:
+        lines.append(f"Status: {training.status}")
+    lines.append(progress_bar(fraction))
+    lines.append(f"Elapsed: {_duration(elapsed)}")
+    if status is TrainingStatus.PROCESSING and 0.02 <= fraction < 1.0 and elapsed > 0:
+        remaining = elapsed / fraction * (1.0 - fraction)
+        lines.append(f"Estimated time left: about {_duration(remaining)}")
+    return "\n".join(lines)
+
+
+def _prompt_embed(title: str, prompt: str, enhanced: str | None) -> discord.Embed:
+    embed = discord.Embed(
+        title=clip(title, EMBED_TITLE_LIMIT),
+        description=clip(f"**Prompt:** {prompt}", EMBED_DESCRIPTION_LIMIT),
+    )
+    if enhanced and enhanced != prompt:
+        embed.add_field(
+            name="Enhanced prompt", value=clip(enhanced, EMBED_FIELD_LIMIT), inline=False
+        )
+    return embed
+
+
+def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = None) -> Outgoing:
+    """What to post for a final job (``files``: the downloaded artifacts, if any)."""
+    mention = f"<@{job.user_id}>"
+    owner = job.user_id
+    p = job.params
+    result = job.result or {}
+    extra = f"\n{note}" if note else ""
+    if job.state is JobState.FAILED:
+        items: tuple[discord.ui.Item[Any], ...] = ()
+        if job.kind is not JobKind.LORA_TRAIN:
+            items = (AgainButton(job.id, label="Retry"),)
+        what = _what(job)
+        return Outgoing(
+            content=clip(f"{mention} {what} failed: {job.error or 'no reason given'}", 2000),
+            items=items,
+        )
+    if job.state is JobState.INTERRUPTED:
+        return Outgoing(
+            content=(
+                f"{mention} {_what(job)} was interrupted by a restart of the bot before "
+                "Ta-da answered. Press Retry to ask again."
+            ),
+            items=(AgainButton(job.id, label="Retry"),),
+        )
+    if job.kind is JobKind.VOICE_SPEAK:
+        similarity = result.get("similarity")
+        score = f"\nSimilarity to your sample: **{similarity:.0%}**" if similarity else ""
+        voice = clip(str(p.get("voice_name") or p.get("voice_id")), 100)
+        text = clip(str(p.get("text", "")), 1500)
+        return Outgoing(
+            content=clip(f"{mention} 🗣️ **{voice}** says:\n> {text}{score}{extra}", CONTENT_LIMIT),
+            files=files,
+            items=(AgainButton(job.id, label="Speak again"), DeleteButton(job.id, owner)),
+        )
+    if job.kind is JobKind.LORA_TRAIN:
+        trigger = p.get("trigger_word")
+        hint = f" Use the trigger word `{trigger}` in your prompts." if trigger else ""
+        return Outgoing(
+            content=(
+                f"{mention} ✅ Your LoRA **{clip(str(p.get('name') or 'LoRA'), 100)}** "
+                f"is trained.{hint}"
+            ),
+            items=(GenerateButton(owner, str(result.get("lora_id") or job.tada_id)),),
+        )
+    prompt = str(result.get("prompt") or p.get("prompt", ""))
+    enhanced = result.get("enhanced_prompt")
+    if job.kind is JobKind.DEMO_GENERATE:
+        title = f"{str(p.get('model', 'demo')).title()} demo"
+    else:
+        title = f"LoRA {clip(str(p.get('lora_name') or p.get('lora_id')), 100)}"
+    return Outgoing(
+        content=f"{mention}{extra}",
+        embed=_prompt_embed(title, prompt, enhanced if isinstance(enhanced, str) else None),
+        files=files,
+        items=(AgainButton(job.id, label="Re-roll"), DeleteButton(job.id, owner)),
+    )
+
+
+def _what(job: Job) -> str:
+    return {
+        JobKind.VOICE_SPEAK: "Your speech",
+        JobKind.LORA_TRAIN: "Your training",
+        JobKind.LORA_GENERATE: "Your image",
+        JobKind.DEMO_GENERATE: "Your demo image",
+    }[job.kind]

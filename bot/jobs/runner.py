@@ -1,0 +1,629 @@
+"""The job runner: members' requests run off the interaction path, fairly, and their results
+reach the channel they came from, across bot restarts.
+
+Life of a request (:meth:`JobRunner.submit`): the gate admits it, the interaction is
+deferred, a job row is saved (before any Ta-da call), the member is told their place in
+the queue. A slot frees up (:class:`~bot.jobs.fairness.FairQueue`: bounded, round-robin
+across members), the Ta-da call runs, its answer is saved on the row, and the result is
+posted: to the interaction while its token lives, else to the channel as a new message
+mentioning the member, else by DM. Each destination is retried on Discord errors; the row
+records the delivery once, so a result is never posted twice, and a result not delivered
+stays undelivered on the row, where the next start finds it.
+
+Trainings outlive interactions: after the start call the runner polls the training and
+edits one progress message, then posts the result with a mention. :meth:`JobRunner.start`
+(at bot start-up) resumes all of it: queued jobs are queued again, trainings watched
+again, generations the engine finished are posted, generations cut off are posted as
+interrupted with a Retry button.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.errors import NotLinked, UserFacingError, reply_for
+from bot.gate import Action, Admission, Feature, GateRequest
+from bot.jobs.fairness import FairQueue
+from bot.jobs.models import Destination, Job, JobKind, JobState
+from bot.jobs.render import (
+    DEFAULT_FILE_LIMIT,
+    Outgoing,
+    render,
+    training_progress,
+)
+from bot.jobs.store import JobStore
+from bot.store.models import utcnow
+from bot.tada import TadaClient
+from bot.tada.errors import (
+    NotFound,
+    ServiceUnavailable,
+    TadaError,
+    TadaProtocolError,
+    TadaTimeout,
+    TadaTransportError,
+)
+from bot.tada.models import LoraTraining, TrainingStatus
+
+if TYPE_CHECKING:
+    from bot.app import BotServices
+
+log = logging.getLogger(__name__)
+
+# Discord invalidates interaction tokens after 15 minutes; stop using them a bit before.
+TOKEN_LIFETIME = timedelta(minutes=14)
+# A generation listed by Ta-da within this much before the job started is still ours
+# (the bot's and the engine's clocks may differ slightly).
+CLOCK_SKEW = timedelta(seconds=10)
+FEATURE_OF = {
+    JobKind.VOICE_SPEAK: (Feature.VOICE, Action.VOICE_SPEAK),
+    JobKind.LORA_TRAIN: (Feature.LORA, Action.LORA_TRAIN),
+    JobKind.LORA_GENERATE: (Feature.LORA, Action.LORA_GENERATE),
+    JobKind.DEMO_GENERATE: (Feature.DEMO, Action.DEMO_GENERATE),
+}
+FINAL_TRAINING = frozenset(
+    {TrainingStatus.SUCCEEDED, TrainingStatus.FAILED, TrainingStatus.CANCELED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """What a member asks for: the job's kind and parameters, and what the gate sees."""
+
+    kind: JobKind
+    params: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None
+
+    @property
+    def cost(self) -> int:
+        """Quota cost: characters for speech, one for everything else."""
+        return max(1, len(self.text or "")) if self.kind is JobKind.VOICE_SPEAK else 1
+
+
+def member_request(
+    interaction: discord.Interaction[Any],
+    feature: Feature,
+    action: Action,
+    *,
+    text: str | None = None,
+    cost: int = 1,
+) -> GateRequest:
+    """The gate's view of a request a member makes through ``interaction``."""
+    user = interaction.user
+    member = user if isinstance(user, discord.Member) else None
+    return GateRequest(
+        user_id=user.id,
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id or 0,
+        role_ids=frozenset(r.id for r in member.roles) if member else frozenset(),
+        feature=feature,
+        action=action,
+        cost=cost,
+        text=text,
+        is_admin=bool(member and member.guild_permissions.administrator),
+    )
+
+
+def gate_request(interaction: discord.Interaction[Any], request: JobRequest) -> GateRequest:
+    """The gate's view of a job request made through ``interaction``."""
+    feature, action = FEATURE_OF[request.kind]
+    return member_request(interaction, feature, action, text=request.text, cost=request.cost)
+
+
+async def admit(
+    services: BotServices, interaction: discord.Interaction[Any], request: GateRequest
+) -> tuple[Admission, TadaClient]:
+    """Ask the gate, then pick the key: the shared demo key it lent, or the member's own."""
+    admission = await services.gate.admit(request)
+    if admission.shared_key is not None:
+        return admission, services.tada.with_key(admission.shared_key)
+    account = await services.members.get(interaction.user.id)
+    if account is None:
+        raise NotLinked()
+    return admission, services.tada.with_key(account.api_key)
+
+
+class JobRunner:
+    """Runs, watches and posts jobs for one bot; build it with the bot, start it in
+    ``setup_hook``, stop it when the bot closes."""
+
+    def __init__(self, *, client: discord.Client, services: BotServices) -> None:
+        self.client = client
+        self.services = services
+        self.config = services.config.jobs
+        self.store = JobStore(services.store, services.members.keys)
+        self.queue = FairQueue(
+            max_running=self.config.max_concurrent, per_member=self.config.per_member
+        )
+        # Live interactions of jobs asked in this process (their follow-up webhook).
+        self._interactions: dict[str, discord.Interaction[Any]] = {}
+        self._members: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watching: set[str] = set()
+        self._delivering: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<JobRunner queued={len(self.queue)} running={self.queue.running}>"
+
+    # ------------------------------------------------------------------ requests
+
+    def speak_request(self, voice_id: str, text: str, voice_name: str | None = None) -> JobRequest:
+        """Speech with a voice."""
+        params = {"voice_id": voice_id, "text": text, "voice_name": voice_name}
+        return JobRequest(JobKind.VOICE_SPEAK, params, text=text)
+
+    def generate_request(
+        self, lora_id: str, prompt: str, lora_name: str | None = None
+    ) -> JobRequest:
+        """An image from a LoRA."""
+        params = {"lora_id": lora_id, "prompt": prompt, "lora_name": lora_name}
+        return JobRequest(JobKind.LORA_GENERATE, params, text=prompt)
+
+    def train_request(self, upload_id: str) -> JobRequest:
+        """A training of an uploaded image set."""
+        return JobRequest(JobKind.LORA_TRAIN, {"upload_id": upload_id})
+
+    def demo_request(self, model: str, prompt: str) -> JobRequest:
+        """A demo image (``model``: tadz or pudgy)."""
+        return JobRequest(JobKind.DEMO_GENERATE, {"model": model, "prompt": prompt}, text=prompt)
+
+    def request_like(self, job: Job) -> JobRequest:
+        """The same request again (speak again, re-roll, retry)."""
+        params = dict(job.params)
+        text = params.get("text") or params.get("prompt")
+        return JobRequest(job.kind, params, text=str(text) if text else None)
+
+    # ------------------------------------------------------------------ submit
+
+    async def submit(self, interaction: discord.Interaction[Any], request: JobRequest) -> Job:
+        """Admit, defer, save the job, count it, queue it, and tell the member where it is."""
+        greq = gate_request(interaction, request)
+        admission = await self.services.gate.admit(greq)
+        if admission.shared_key is None and await self.services.members.get(greq.user_id) is None:
+            raise NotLinked()
+        if not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=admission.private_results, thinking=True)
+        job = await self.store.create(
+            user_id=greq.user_id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            kind=request.kind,
+            params=request.params,
+            private=admission.private_results,
+            shared_key=admission.shared_key,
+            application_id=interaction.application_id,
+            interaction_token=interaction.token,
+        )
+        await self.services.gate.record(greq)
+        self._interactions[job.id] = interaction
+        position = self.enqueue(job)
+        note = "".join(f"\n{n}" for n in admission.notes)
+        if position is None:
+            status = "⏳ Working on it…"
+        else:
+            status = f"⏳ Queued: you are number {position} in line."
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.edit_original_response(content=status + note)
+        return job
+
+    def enqueue(self, job: Job) -> int | None:
+        """Queue a saved job; returns its place in line, ``None`` when it started at once."""
+        self._members[job.id] = job.user_id
+        self.queue.push(job.user_id, job.id)
+        self._pump()
+        return self.queue.position(job.id)
+
+    def position(self, job_id: str) -> int | None:
+        """Where a queued job stands (1 = next), ``None`` when it is not waiting."""
+        return self.queue.position(job_id)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Pick up what the last run left: queued, running, finished-but-not-posted jobs."""
+        for job in await self.store.unfinished():
+            if job.state is JobState.QUEUED:
+                self._members[job.id] = job.user_id
+                self.queue.push(job.user_id, job.id)
+            elif job.state is JobState.RUNNING and job.kind is JobKind.LORA_TRAIN:
+                self._spawn(self._watch(job.id), f"watch {job.id}")
+            elif job.state is JobState.RUNNING:
+                self._spawn(self._recover_generation(job), f"recover {job.id}")
+            else:
+                self._spawn(self._deliver(job.id), f"deliver {job.id}")
+        self._pump()
+
+    async def stop(self) -> None:
+        """Cancel the runner's tasks (rows keep the state; the next start resumes)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"tada-job {name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _pump(self) -> None:
+        while (nxt := self.queue.pop()) is not None:
+            member, job_id = nxt
+            self._spawn(self._slot(member, job_id), f"run {job_id}")
+
+    async def _slot(self, member: int, job_id: str) -> None:
+        try:
+            await self._execute(job_id)
+        finally:
+            self.queue.release(member)
+            self._pump()
+
+    # ------------------------------------------------------------------ execution
+
+    async def _client_for(self, job: Job) -> TadaClient:
+        shared = await self.store.shared_key(job.id) if job.has_shared_key else None
+        if shared is not None:
+            return self.services.tada.with_key(shared)
+        account = await self.services.members.get(job.user_id)
+        if account is None:
+            raise NotLinked()
+        return self.services.tada.with_key(account.api_key)
+
+    async def _execute(self, job_id: str) -> None:
+        job = await self.store.update(job_id, state=JobState.RUNNING, started_at=utcnow())
+        try:
+            tada = await self._client_for(job)
+            if job.kind is JobKind.LORA_TRAIN:
+                await self._start_training(tada, job)
+                return
+            result = await self._generate(tada, job)
+        except Exception as exc:  # an accepted job ends with a reason, whatever failed
+            await self._fail(job, exc)
+        else:
+            await self.store.update(
+                job_id,
+                state=JobState.FINISHED,
+                result=result,
+                tada_id=result.get("generation_id"),
+                finished_at=utcnow(),
+            )
+        await self._deliver(job_id)
+
+    async def _fail(self, job: Job, exc: BaseException) -> None:
+        text = reply_for(exc, where=f"job {job.kind.value} {job.id}").text
+        await self.store.update(job.id, state=JobState.FAILED, error=text, finished_at=utcnow())
+
+    async def _generate(self, tada: TadaClient, job: Job) -> dict[str, Any]:
+        p = job.params
+        if job.kind is JobKind.VOICE_SPEAK:
+            spoken = await tada.generate_voice(str(p["voice_id"]), str(p["text"]))
+            return {
+                "generation_id": spoken.id,
+                "url": spoken.url,
+                "similarity": spoken.similarity,
+                "duration_seconds": spoken.duration_seconds,
+                "format": spoken.format,
+            }
+        if job.kind is JobKind.LORA_GENERATE:
+            image = await tada.generate_lora(str(p["lora_id"]), str(p["prompt"]))
+        elif job.kind is JobKind.DEMO_GENERATE:
+            demo = tada.demo_pudgy if p.get("model") == "pudgy" else tada.demo_tadz
+            image = await demo(str(p["prompt"]))
+        else:
+            raise ValueError(f"{job.kind} is not a generation")
+        return {
+            "generation_id": image.id,
+            "url": image.image_url,
+            "prompt": image.prompt or p.get("prompt"),
+            "enhanced_prompt": image.enhanced_prompt,
+        }
+
+    async def _start_training(self, tada: TadaClient, job: Job) -> None:
+        upload_id = str(job.params["upload_id"])
+        params = dict(job.params)
+        if not params.get("name"):
+            for upload in await tada.list_lora_uploads():
+                if upload.id == upload_id:
+                    params.update(name=upload.name, trigger_word=upload.trigger_word)
+        training = await tada.start_lora_training(upload_id)
+        await self.store.update(job.id, params=params, tada_id=training.upload_id or upload_id)
+        interaction = self._live_interaction(job.id)
+        if interaction is not None and not job.private:
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(
+                    content="🧪 Training started; its progress is posted in this channel."
+                )
+        self._spawn(self._watch(job.id), f"watch {job.id}")
+
+    # ------------------------------------------------------------------ trainings
+
+    async def _watch(self, job_id: str) -> None:
+        """Poll a training until it ends, editing its progress message as it goes."""
+        if job_id in self._watching:
+            return
+        self._watching.add(job_id)
+        try:
+            await self._watch_loop(job_id)
+        finally:
+            self._watching.discard(job_id)
+
+    async def _watch_loop(self, job_id: str) -> None:
+        shown: str | None = None
+        while True:
+            job = await self.store.get(job_id)
+            upload_id = str(job.tada_id or job.params["upload_id"])
+            try:
+                tada = await self._client_for(job)
+                training = await tada.get_lora_training(upload_id)
+            except (TadaTransportError, TadaTimeout, ServiceUnavailable):
+                # Ta-da is down or restarting: the training goes on there; keep watching.
+                await asyncio.sleep(self.config.poll_seconds)
+                continue
+            except NotFound:
+                if job.tada_id is None:
+                    # The start call never reached Ta-da (restart in between): start it now.
+                    await self.store.update(job_id, state=JobState.QUEUED)
+                    self.enqueue(job)
+                    return
+                await self._fail(job, UserFacingError("Ta-da no longer knows this training."))
+                await self._deliver(job_id)
+                return
+            except Exception as exc:  # e.g. the member's key was revoked: say so
+                await self._fail(job, exc)
+                await self._deliver(job_id)
+                return
+            text = training_progress(job, training, utcnow())
+            if text != shown:
+                await self._show_progress(job, text)
+                shown = text
+            if training.state in FINAL_TRAINING:
+                await self._finish_training(job, training)
+                await self._deliver(job_id)
+                return
+            await asyncio.sleep(self.config.poll_seconds)
+
+    async def _finish_training(self, job: Job, training: LoraTraining) -> None:
+        if training.state is TrainingStatus.SUCCEEDED:
+            await self.store.update(
+                job.id,
+                state=JobState.FINISHED,
+                result={"lora_id": training.id or job.tada_id, "status": training.status},
+                finished_at=utcnow(),
+            )
+        else:
+            reason = training.error or f"the training ended as {training.status}"
+            await self.store.update(
+                job.id, state=JobState.FAILED, error=reason, finished_at=utcnow()
+            )
+
+    async def _show_progress(self, job: Job, text: str) -> None:
+        """Edit the training's progress message (post it first); best effort."""
+        try:
+            if job.private:
+                interaction = self._live_interaction(job.id)
+                if interaction is not None:
+                    await interaction.edit_original_response(content=text)
+                return
+            channel = self._channel(job)
+            if channel is None:
+                return
+            if job.progress_message_id is not None:
+                try:
+                    await channel.get_partial_message(job.progress_message_id).edit(content=text)
+                    return
+                except discord.NotFound:
+                    pass  # deleted by someone: post a new one below
+            message = await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+            await self.store.update(job.id, progress_message_id=message.id)
+        except discord.HTTPException as exc:
+            # Progress is a courtesy; the result itself goes through _deliver's retries.
+            log.warning("could not update progress of job %s: %s", job.id, exc)
+
+    # ------------------------------------------------------------------ recovery
+
+    async def _recover_generation(self, job: Job) -> None:
+        """A generation was in flight at a restart: post it if Ta-da finished it."""
+        found: dict[str, Any] | None = None
+        try:
+            tada = await self._client_for(job)
+            found = await self._find_generation(tada, job)
+        except TadaError as exc:
+            log.warning("could not look for job %s's generation: %s", job.id, exc)
+        except UserFacingError:
+            pass
+        if found is not None:
+            await self.store.update(
+                job.id,
+                state=JobState.FINISHED,
+                result=found,
+                tada_id=found.get("generation_id"),
+                finished_at=utcnow(),
+            )
+        else:
+            await self.store.update(job.id, state=JobState.INTERRUPTED, finished_at=utcnow())
+        await self._deliver(job.id)
+
+    async def _find_generation(self, tada: TadaClient, job: Job) -> dict[str, Any] | None:
+        since = (job.started_at or job.created_at) - CLOCK_SKEW
+        p = job.params
+        if job.kind is JobKind.VOICE_SPEAK:
+            page = await tada.list_voice_generations(str(p["voice_id"]), limit=50)
+            for gen in page.generations:
+                if gen.text == p["text"] and _aware(gen.created_at) >= _aware(since):
+                    return {
+                        "generation_id": gen.id,
+                        "url": gen.audio_url,
+                        "similarity": gen.similarity,
+                        "duration_seconds": gen.duration_seconds,
+                        "format": gen.format,
+                    }
+        elif job.kind is JobKind.LORA_GENERATE:
+            for image in await tada.list_lora_generations(str(p["lora_id"]), limit=50):
+                if (
+                    image.prompt == p["prompt"]
+                    and image.created_at is not None
+                    and _aware(image.created_at) >= _aware(since)
+                ):
+                    return {
+                        "generation_id": image.id,
+                        "url": image.image_url,
+                        "prompt": image.prompt,
+                        "enhanced_prompt": image.enhanced_prompt,
+                    }
+        # Demos have no listing to find them in: they are retried by the member.
+        return None
+
+    # ------------------------------------------------------------------ delivery
+
+    def _live_interaction(self, job_id: str) -> discord.Interaction[Any] | None:
+        interaction = self._interactions.get(job_id)
+        if interaction is None:
+            return None
+        if utcnow() - interaction.created_at > TOKEN_LIFETIME:
+            self._interactions.pop(job_id, None)
+            return None
+        return interaction
+
+    async def _webhook(self, job: Job) -> discord.Webhook | None:
+        """The interaction's follow-up webhook while its token is valid (after a restart too)."""
+        interaction = self._live_interaction(job.id)
+        if interaction is not None:
+            return interaction.followup
+        kept = await self.store.interaction_token(job.id)
+        if kept is None:
+            return None
+        application_id, token, issued = kept
+        if utcnow() - _aware(issued) > TOKEN_LIFETIME:
+            return None
+        return discord.Webhook.partial(application_id, token, client=self.client)
+
+    def _channel(self, job: Job) -> discord.PartialMessageable | None:
+        if job.channel_id is None:
+            return None
+        return self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+
+    def _file_limit(self, job: Job) -> int:
+        guild = self.client.get_guild(job.guild_id) if job.guild_id else None
+        return guild.filesize_limit if guild is not None else DEFAULT_FILE_LIMIT
+
+    async def _artifacts(self, job: Job) -> tuple[tuple[tuple[str, bytes], ...], str | None]:
+        """The result's file, downloaded, or a note saying why it is not attached."""
+        result = job.result or {}
+        url = result.get("url")
+        if job.state is not JobState.FINISHED or not url:
+            return (), None
+        limit = self._file_limit(job)
+        if job.kind is JobKind.VOICE_SPEAK:
+            name = f"speech.{result.get('format') or 'mp3'}"
+        else:
+            name = "image.png"
+        try:
+            chunks = [c async for c in self.services.tada.iter_download(str(url), max_bytes=limit)]
+        except TadaProtocolError:
+            return (), f"The file is larger than this server's upload limit: {url}"
+        except TadaError as exc:
+            log.warning("could not download the result of job %s: %s", job.id, exc)
+            return (), f"The file could not be fetched from Ta-da; it is here: {url}"
+        return ((name, b"".join(chunks)),), None
+
+    async def _deliver(self, job_id: str) -> None:
+        """Post a final job's result once, trying each destination with retries."""
+        if job_id in self._delivering:
+            return
+        self._delivering.add(job_id)
+        try:
+            job = await self.store.get(job_id)
+            if job.posted:
+                return
+            files, note = await self._artifacts(job)
+            outgoing = render(job, files, note)
+            destinations = (
+                (Destination.INTERACTION, Destination.DM)
+                if job.private
+                else (Destination.INTERACTION, Destination.CHANNEL, Destination.DM)
+            )
+            for destination in destinations:
+                message_id = await self._post_with_retries(job, destination, outgoing)
+                if message_id is not None:
+                    await self.store.mark_posted(job.id, message_id=message_id, via=destination)
+                    await self._tidy_status(job)
+                    return
+            log.error("job %s: no destination took the result; kept for the next start", job.id)
+        finally:
+            self._delivering.discard(job_id)
+
+    async def _post_with_retries(
+        self, job: Job, destination: Destination, outgoing: Outgoing
+    ) -> int | None:
+        """The posted message's id, or ``None`` when this destination cannot take it."""
+        delay = self.config.post_backoff_seconds
+        for attempt in range(1, self.config.post_attempts + 1):
+            await self.store.count_attempt(job.id)
+            try:
+                return await self._post(job, destination, outgoing)
+            except (discord.Forbidden, discord.NotFound):
+                return None  # gone or not allowed: the next destination
+            except discord.HTTPException as exc:
+                if exc.status < 500 and exc.status != 429:
+                    log.warning("job %s: %s refused the result: %s", job.id, destination, exc)
+                    return None
+                log.warning(
+                    "job %s: posting to %s failed (attempt %d): %s",
+                    job.id,
+                    destination,
+                    attempt,
+                    exc,
+                )
+            except LookupError:
+                return None  # no such destination for this job
+            if attempt < self.config.post_attempts:
+                await asyncio.sleep(delay)
+                delay *= 2
+        return None
+
+    async def _post(self, job: Job, destination: Destination, outgoing: Outgoing) -> int:
+        mentions = discord.AllowedMentions(users=[discord.Object(job.user_id)], roles=False)
+        kwargs: dict[str, Any] = {"content": outgoing.content, "allowed_mentions": mentions}
+        if outgoing.embed is not None:
+            kwargs["embed"] = outgoing.embed
+        if outgoing.files:
+            kwargs["files"] = outgoing.discord_files()
+        view = outgoing.view()
+        if view is not None:
+            kwargs["view"] = view
+        if destination is Destination.INTERACTION:
+            webhook = await self._webhook(job)
+            if webhook is None:
+                raise LookupError("no live interaction")
+            sent = await webhook.send(wait=True, ephemeral=job.private, **kwargs)
+            return sent.id
+        if destination is Destination.CHANNEL:
+            channel = self._channel(job)
+            if channel is None:
+                raise LookupError("no channel")
+            return (await channel.send(**kwargs)).id
+        user = self.client.get_user(job.user_id) or await self.client.fetch_user(job.user_id)
+        return (await user.send(**kwargs)).id
+
+    async def _tidy_status(self, job: Job) -> None:
+        """Replace the "queued" note of a quick job by "done" (best effort)."""
+        interaction = self._interactions.pop(job.id, None)
+        if interaction is None or job.kind is JobKind.LORA_TRAIN:
+            return
+        if utcnow() - interaction.created_at > TOKEN_LIFETIME:
+            return
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.edit_original_response(content="✅ Done.")
+
+
+def _aware(moment: Any) -> Any:
+    """Naive datetimes (SQLite drops the zone) read as UTC."""
+    from datetime import UTC
+
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

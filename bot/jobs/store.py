@@ -1,0 +1,164 @@
+"""Job rows: written before any Ta-da call, updated at each step, read back after a restart."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import datetime
+from typing import Any
+
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from bot.crypto import KeyBox
+from bot.jobs.models import FINAL_STATES, Destination, Job, JobKind, JobState
+from bot.store.db import Store
+from bot.store.models import JobRow, utcnow
+
+
+class JobNotFound(LookupError):
+    """No job row with that id (it finished long ago and was forgotten, or never was)."""
+
+
+class JobStore:
+    """Reads and writes ``bot_jobs``; a shared key lent to a job is kept encrypted."""
+
+    def __init__(self, store: Store, keys: KeyBox) -> None:
+        self._store = store
+        self._keys = keys
+
+    def __repr__(self) -> str:
+        return f"<JobStore {self._store!r}>"
+
+    async def create(
+        self,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        kind: JobKind,
+        params: dict[str, Any],
+        private: bool = False,
+        shared_key: SecretStr | None = None,
+        application_id: int | None = None,
+        interaction_token: str | None = None,
+    ) -> Job:
+        """Save a new QUEUED job and return it."""
+        now = utcnow()
+        row = JobRow(
+            id=secrets.token_hex(16),
+            discord_user_id=user_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            kind=kind.value,
+            state=JobState.QUEUED.value,
+            params=json.dumps(params),
+            private=private,
+            shared_key_encrypted=self._keys.encrypt(shared_key) if shared_key else None,
+            application_id=application_id,
+            interaction_token=interaction_token,
+            interaction_at=now if interaction_token else None,
+            post_attempts=0,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self._store.session() as session:
+            session.add(row)
+            await session.commit()
+        return Job.of(row)
+
+    async def get(self, job_id: str) -> Job:
+        """The job, or :class:`JobNotFound`."""
+        async with self._store.session() as session:
+            row = await session.get(JobRow, job_id)
+        if row is None:
+            raise JobNotFound(job_id)
+        return Job.of(row)
+
+    async def shared_key(self, job_id: str) -> SecretStr | None:
+        """The shared key lent to this job, decrypted (``None`` when it uses the member's)."""
+        async with self._store.session() as session:
+            row = await session.get(JobRow, job_id)
+        if row is None or row.shared_key_encrypted is None:
+            return None
+        return self._keys.decrypt(row.shared_key_encrypted)
+
+    async def interaction_token(self, job_id: str) -> tuple[int, str, datetime] | None:
+        """``(application_id, token, issued_at)`` while a token is kept for the job."""
+        async with self._store.session() as session:
+            row = await session.get(JobRow, job_id)
+        if row is None or not row.interaction_token or row.application_id is None:
+            return None
+        assert row.interaction_at is not None
+        return row.application_id, row.interaction_token, row.interaction_at
+
+    async def update(self, job_id: str, **values: Any) -> Job:
+        """Set columns (``params``/``result`` as dicts, enums as themselves); returns the job."""
+        async with self._store.session() as session:
+            row = await session.get(JobRow, job_id)
+            if row is None:
+                raise JobNotFound(job_id)
+            for name, value in values.items():
+                if name in ("params", "result") and value is not None:
+                    value = json.dumps(value)
+                elif isinstance(value, JobState | JobKind | Destination):
+                    value = value.value
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+            await session.commit()
+        return Job.of(row)
+
+    async def mark_posted(self, job_id: str, *, message_id: int | None, via: Destination) -> bool:
+        """Record a delivery once; ``False`` when the job was already posted (never twice)."""
+        async with self._store.session() as session:
+            row = await session.get(JobRow, job_id)
+            if row is None or row.posted_via is not None:
+                return False
+            row.result_message_id = message_id
+            row.posted_via = via.value
+            row.posted_at = utcnow()
+            # The token is useless after this and is a credential until it expires.
+            row.interaction_token = None
+            row.updated_at = utcnow()
+            await session.commit()
+        return True
+
+    async def count_attempt(self, job_id: str) -> int:
+        """One more posting attempt; returns the count."""
+        async with self._store.session() as session:
+            row = await session.get(JobRow, job_id)
+            if row is None:
+                raise JobNotFound(job_id)
+            row.post_attempts += 1
+            await session.commit()
+            return row.post_attempts
+
+    async def unfinished(self) -> list[Job]:
+        """Jobs a restart must pick up: not final, or final and not posted yet."""
+        async with self._store.session() as session:
+            rows = (
+                await session.scalars(
+                    select(JobRow)
+                    .where(JobRow.posted_via.is_(None))
+                    .order_by(JobRow.created_at, JobRow.id)
+                )
+            ).all()
+        return [Job.of(row) for row in rows]
+
+    async def for_member(self, user_id: int, *, limit: int = 20) -> list[Job]:
+        """A member's latest jobs, newest first."""
+        async with self._store.session() as session:
+            rows = (
+                await session.scalars(
+                    select(JobRow)
+                    .where(JobRow.discord_user_id == user_id)
+                    .order_by(JobRow.created_at.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [Job.of(row) for row in rows]
+
+
+def is_final(job: Job) -> bool:
+    """Whether Ta-da's part of the job is over."""
+    return job.state in FINAL_STATES

@@ -1,0 +1,251 @@
+"""Checks and transforms of members' files, before anything reaches Ta-da.
+
+Audio samples are decoded with pydub (ffmpeg from the imageio-ffmpeg wheel turns any
+format into WAV first); image sets are decoded with Pillow, turned upright (EXIF
+orientation), de-duplicated, checked for size and zipped; a contact sheet shows the
+member what was kept. Every function here blocks: callers run them in a thread (the
+``*_async`` wrappers do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import math
+import shutil
+import subprocess
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from pydub import AudioSegment
+
+from bot.errors import UserFacingError
+
+AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".flac", ".webm"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
+MAX_AUDIO_BYTES = 25 * 1024 * 1024
+MIN_AUDIO_SECONDS = 3.0
+MAX_AUDIO_SECONDS = 300.0
+MAX_ZIP_BYTES = 200 * 1024 * 1024
+MIN_IMAGE_SIDE = 256
+MAX_IMAGES = 10
+
+
+class MediaRejected(UserFacingError):
+    """A member's file cannot be used; the message says why and what to send instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioInfo:
+    """What a decoded audio sample measured."""
+
+    duration_seconds: float
+    sample_rate: int
+    channels: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """An image left out of a set, and why (said to the member)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSet:
+    """A zip ready to upload, the names it holds, and the images that were refused."""
+
+    zip_bytes: bytes
+    kept: tuple[str, ...]
+    refused: tuple[Refused, ...]
+    thumbnails: tuple[bytes, ...]
+
+
+def suffix_of(file_name: str) -> str:
+    """The lower-case extension of a file name (``""`` when it has none)."""
+    return PurePosixPath(file_name).suffix.lower()
+
+
+def _ffmpeg() -> str:
+    try:
+        import imageio_ffmpeg
+
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except (ImportError, RuntimeError):
+        found = shutil.which("ffmpeg")
+        if found is None:
+            raise MediaRejected("The bot cannot decode audio here (no ffmpeg).") from None
+        return found
+
+
+def _to_wav(data: bytes) -> bytes:
+    proc = subprocess.run(  # our own ffmpeg binary, fixed arguments
+        [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-i", "pipe:0", "-f", "wav", "pipe:1"],
+        input=data,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0 or not proc.stdout:
+        raise MediaRejected(
+            "That file could not be decoded as audio. Send a WAV, MP3, OGG, M4A or FLAC "
+            "recording of your voice."
+        )
+    return proc.stdout
+
+
+def check_audio(
+    data: bytes,
+    file_name: str,
+    *,
+    min_seconds: float = MIN_AUDIO_SECONDS,
+    max_seconds: float = MAX_AUDIO_SECONDS,
+    max_bytes: int = MAX_AUDIO_BYTES,
+) -> AudioInfo:
+    """Decode a voice sample and check its length; raises :class:`MediaRejected`."""
+    if suffix_of(file_name) not in AUDIO_SUFFIXES:
+        raise MediaRejected(
+            f"`{file_name}` is not an audio file the bot takes "
+            f"({', '.join(sorted(AUDIO_SUFFIXES))})."
+        )
+    if len(data) > max_bytes:
+        raise MediaRejected(f"That recording is over {max_bytes // (1024 * 1024)} MB.")
+    if not data:
+        raise MediaRejected("That file is empty.")
+    wav = data if data[:4] == b"RIFF" and data[8:12] == b"WAVE" else _to_wav(data)
+    try:
+        segment = AudioSegment.from_wav(io.BytesIO(wav))
+    except Exception as exc:  # pydub raises bare exceptions for broken headers
+        raise MediaRejected(
+            "That file could not be decoded as audio. Send a WAV, MP3, OGG, M4A or FLAC "
+            "recording of your voice."
+        ) from exc
+    seconds = len(segment) / 1000.0
+    if seconds < min_seconds:
+        raise MediaRejected(
+            f"That recording is {seconds:.1f} s long; send at least {min_seconds:.0f} s of "
+            "clear speech (10 to 60 s works best)."
+        )
+    if seconds > max_seconds:
+        raise MediaRejected(
+            f"That recording is {seconds:.0f} s long; send at most {max_seconds:.0f} s."
+        )
+    if segment.rms == 0:
+        raise MediaRejected("That recording is silent.")
+    return AudioInfo(
+        duration_seconds=seconds, sample_rate=segment.frame_rate, channels=segment.channels
+    )
+
+
+async def check_audio_async(data: bytes, file_name: str, **limits: float) -> AudioInfo:
+    """:func:`check_audio` in a thread."""
+    return await asyncio.to_thread(check_audio, data, file_name, **limits)  # type: ignore[arg-type]
+
+
+def _thumbnail(image: Image.Image, side: int = 160) -> bytes:
+    thumb = ImageOps.fit(image.convert("RGB"), (side, side))
+    out = io.BytesIO()
+    thumb.save(out, "PNG")
+    return out.getvalue()
+
+
+def build_image_set(
+    files: Sequence[tuple[str, bytes]], *, min_side: int = MIN_IMAGE_SIDE
+) -> ImageSet:
+    """Decode, turn upright, de-duplicate and zip images (PNG inside, numbered).
+
+    Raises :class:`MediaRejected` when no image is usable, naming what was wrong.
+    """
+    seen: set[str] = set()
+    kept: list[str] = []
+    refused: list[Refused] = []
+    thumbs: list[bytes] = []
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in files:
+            if suffix_of(name) not in IMAGE_SUFFIXES:
+                refused.append(Refused(name, "not an image file"))
+                continue
+            try:
+                with Image.open(io.BytesIO(data)) as opened:
+                    opened.load()
+                    image = ImageOps.exif_transpose(opened).convert("RGB")
+            except (UnidentifiedImageError, OSError, ValueError):
+                refused.append(Refused(name, "could not be decoded"))
+                continue
+            if min(image.size) < min_side:
+                refused.append(
+                    Refused(name, f"too small ({image.width}x{image.height}, need {min_side} px)")
+                )
+                continue
+            digest = hashlib.sha256(image.tobytes()).hexdigest()
+            if digest in seen:
+                refused.append(Refused(name, "duplicate of another image"))
+                continue
+            seen.add(digest)
+            png = io.BytesIO()
+            image.save(png, "PNG")
+            archive.writestr(f"{len(kept) + 1:02d}.png", png.getvalue())
+            kept.append(name)
+            thumbs.append(_thumbnail(image))
+    if not kept:
+        why = "; ".join(f"`{r.name}`: {r.reason}" for r in refused) or "no images were sent"
+        raise MediaRejected(f"None of those images can be used ({why}).")
+    return ImageSet(out.getvalue(), tuple(kept), tuple(refused), tuple(thumbs))
+
+
+def inspect_zip(data: bytes, *, min_side: int = MIN_IMAGE_SIDE) -> ImageSet:
+    """Check a member's zip the same way and re-zip what is usable."""
+    if len(data) > MAX_ZIP_BYTES:
+        raise MediaRejected(f"That zip is over {MAX_ZIP_BYTES // (1024 * 1024)} MB.")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            files = [
+                (info.filename, archive.read(info))
+                for info in archive.infolist()
+                if not info.is_dir()
+                and not PurePosixPath(info.filename).name.startswith(".")
+                and "__MACOSX" not in info.filename
+            ]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise MediaRejected("That file is not a readable zip archive.") from exc
+    return build_image_set(files, min_side=min_side)
+
+
+def contact_sheet(thumbnails: Sequence[bytes], *, columns: int = 5, side: int = 160) -> bytes:
+    """A PNG grid of thumbnails, so the member sees what the LoRA will learn from."""
+    count = max(1, len(thumbnails))
+    cols = min(columns, count)
+    rows = math.ceil(count / cols)
+    pad = 6
+    sheet = Image.new("RGB", (cols * (side + pad) + pad, rows * (side + pad) + pad), (32, 34, 37))
+    draw = ImageDraw.Draw(sheet)
+    for index, data in enumerate(thumbnails):
+        x = pad + (index % cols) * (side + pad)
+        y = pad + (index // cols) * (side + pad)
+        with Image.open(io.BytesIO(data)) as thumb:
+            sheet.paste(thumb.convert("RGB").resize((side, side)), (x, y))
+        draw.text((x + 4, y + 4), str(index + 1), fill=(255, 255, 255))
+    out = io.BytesIO()
+    sheet.save(out, "PNG")
+    return out.getvalue()
+
+
+async def build_image_set_async(files: Sequence[tuple[str, bytes]], **kw: int) -> ImageSet:
+    """:func:`build_image_set` in a thread."""
+    return await asyncio.to_thread(build_image_set, files, **kw)
+
+
+async def inspect_zip_async(data: bytes, **kw: int) -> ImageSet:
+    """:func:`inspect_zip` in a thread."""
+    return await asyncio.to_thread(inspect_zip, data, **kw)
+
+
+async def contact_sheet_async(thumbnails: Sequence[bytes]) -> bytes:
+    """:func:`contact_sheet` in a thread."""
+    return await asyncio.to_thread(contact_sheet, thumbnails)

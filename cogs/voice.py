@@ -1,0 +1,230 @@
+"""``/voice``: clone your voice from a recording, then have it speak.
+
+Thin: parse the interaction, call the Ta-da client (through the gate) or the job runner,
+render. Speech is a job: it is queued fairly and its audio is posted where it was asked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.app import BotServices, TadaBot
+from bot.errors import UserFacingError
+from bot.gate import Action, Feature, GateRequest
+from bot.jobs.buttons import SpeakButton
+from bot.jobs.render import clip
+from bot.jobs.runner import JobRunner, admit, member_request
+from bot.media import AUDIO_SUFFIXES, MAX_AUDIO_BYTES, check_audio_async, suffix_of
+from bot.pages import PagedView, paginate
+from bot.tada import TadaClient
+from bot.tada.models import Voice
+from bot.ui import TadaView
+
+
+def voice_card(voice: Voice, owner: int) -> tuple[discord.Embed, discord.ui.View]:
+    """The card of a voice: name, length, id, and a Speak button."""
+    embed = discord.Embed(title=f"🎙️ {clip(voice.name, 200)}")
+    if voice.duration_seconds:
+        embed.add_field(name="Sample length", value=f"{voice.duration_seconds:.1f} s")
+    if voice.base_similarity is not None:
+        embed.add_field(name="Similarity", value=f"{voice.base_similarity:.0%}")
+    embed.add_field(name="Voice id", value=f"`{voice.id}`", inline=False)
+    view = discord.ui.View(timeout=None)
+    view.add_item(SpeakButton(owner, voice.id))
+    return embed, view
+
+
+class ConsentView(TadaView):
+    """The consent step of ``/voice clone``: nothing is uploaded unless the member confirms."""
+
+    def __init__(
+        self,
+        *,
+        services: BotServices,
+        tada: TadaClient,
+        request: GateRequest,
+        name: str,
+        sample: discord.Attachment,
+        private: bool,
+    ) -> None:
+        super().__init__(timeout=300)
+        self.services = services
+        self.tada = tada
+        self.request = request
+        self.name = name
+        self.sample = sample
+        self.private = private
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        return interaction.user.id == self.request.user_id
+
+    @discord.ui.button(
+        label="It's my voice, or I have permission",
+        style=discord.ButtonStyle.success,
+        custom_id="voice:consent:yes",
+    )
+    async def confirm(
+        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
+    ) -> None:
+        self.stop()
+        await interaction.response.edit_message(
+            content="Checking your recording and cloning the voice…", view=None
+        )
+        data = await self.sample.read()
+        info = await check_audio_async(data, self.sample.filename)
+        target = await self.tada.create_voice_upload_url(self.name, self.sample.filename)
+        await self.tada.put_upload(target, data)
+        voice = await self.tada.create_voice(target.upload_id)
+        await self.services.gate.record(self.request)
+        embed, view = voice_card(voice, self.request.user_id)
+        await interaction.edit_original_response(
+            content=f"Voice cloned from {info.duration_seconds:.1f} s of audio."
+        )
+        await interaction.followup.send(embed=embed, view=view, ephemeral=self.private)
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="voice:no")
+    async def cancel(
+        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
+    ) -> None:
+        self.stop()
+        await interaction.response.edit_message(
+            content="Cancelled: nothing was uploaded.", view=None
+        )
+
+
+class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned voices"):
+    """Clone, list, inspect and speak with your voices."""
+
+    def __init__(self, services: BotServices, runner: JobRunner) -> None:
+        self.services = services
+        self.runner = runner
+        super().__init__()
+
+    async def _tada(self, interaction: discord.Interaction[Any]) -> TadaClient:
+        account = await self.services.members.get(interaction.user.id)
+        if account is None:
+            from bot.errors import NotLinked
+
+            raise NotLinked()
+        return self.services.tada.with_key(account.api_key)
+
+    @app_commands.command(name="clone")
+    @app_commands.describe(
+        name="A name for the voice", sample="A recording of the voice: 10 to 60 s of clear speech"
+    )
+    async def clone(
+        self,
+        interaction: discord.Interaction[Any],
+        name: app_commands.Range[str, 1, 100],
+        sample: discord.Attachment,
+    ) -> None:
+        """Clone a voice from a recording (yours, or one you have permission to use)."""
+        if suffix_of(sample.filename) not in AUDIO_SUFFIXES:
+            raise UserFacingError(
+                f"`{sample.filename}` is not an audio file. Attach a WAV, MP3, OGG, M4A or "
+                "FLAC recording."
+            )
+        if sample.size > MAX_AUDIO_BYTES:
+            raise UserFacingError(
+                f"That recording is over {MAX_AUDIO_BYTES // (1024 * 1024)} MB; send a shorter one."
+            )
+        request = member_request(interaction, Feature.VOICE, Action.VOICE_CLONE)
+        admission, tada = await admit(self.services, interaction, request)
+        view = ConsentView(
+            services=self.services,
+            tada=tada,
+            request=request,
+            name=name,
+            sample=sample,
+            private=admission.private_results,
+        )
+        await interaction.response.send_message(
+            f"Before cloning **{clip(name, 100)}** from `{sample.filename}`: is this your own "
+            "voice, or do you have the speaker's permission? Nothing is uploaded until you "
+            "confirm.",
+            view=view,
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="list")
+    async def list_(self, interaction: discord.Interaction[Any]) -> None:
+        """List your cloned voices."""
+        tada = await self._tada(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        voices = await tada.list_voices()
+        lines = [
+            f"• **{clip(v.name, 80)}** `{v.id}`"
+            + (f" ({v.duration_seconds:.0f} s sample)" if v.duration_seconds else "")
+            for v in voices
+        ]
+        text = "\n".join(lines) or "You have no voices yet: `/voice clone` makes one."
+        await interaction.edit_original_response(content=clip(text, 2000))
+
+    @app_commands.command(name="info")
+    @app_commands.describe(voice="One of your voices")
+    async def info(self, interaction: discord.Interaction[Any], voice: str) -> None:
+        """Show a voice's card."""
+        tada = await self._tada(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        found = await tada.get_voice(voice)
+        embed, view = voice_card(found, interaction.user.id)
+        await interaction.edit_original_response(embed=embed, view=view)
+
+    @app_commands.command(name="speak")
+    @app_commands.describe(voice="One of your voices", text="What the voice should say")
+    async def speak(
+        self,
+        interaction: discord.Interaction[Any],
+        voice: str,
+        text: app_commands.Range[str, 1, 1000],
+    ) -> None:
+        """Have one of your voices say something; the audio is posted here."""
+        await self.runner.submit(interaction, self.runner.speak_request(voice, text))
+
+    @app_commands.command(name="history")
+    @app_commands.describe(voice="Only this voice (all voices when left out)")
+    async def history(
+        self, interaction: discord.Interaction[Any], voice: str | None = None
+    ) -> None:
+        """Your past speech, newest first, page by page."""
+        tada = await self._tada(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if voice:
+            page = await tada.list_voice_generations(voice, limit=100)
+        else:
+            page = await tada.list_all_voice_generations(limit=100)
+        lines = [
+            f"• <t:{int(g.created_at.timestamp())}:R> “{clip(g.text, 120)}”"
+            + (f" ({g.similarity:.0%})" if g.similarity is not None else "")
+            for g in page.generations
+        ]
+        view = PagedView(paginate(lines), interaction.user.id)
+        await interaction.edit_original_response(content=view.page(), view=view)
+
+    @info.autocomplete("voice")
+    @speak.autocomplete("voice")
+    @history.autocomplete("voice")
+    async def _voices(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        account = await self.services.members.get(interaction.user.id)
+        if account is None:
+            return []
+        voices = await self.services.tada.with_key(account.api_key).list_voices()
+        needle = current.lower()
+        return [
+            app_commands.Choice(name=clip(v.name, 100), value=v.id)
+            for v in voices
+            if needle in v.name.lower() or needle in v.id
+        ][:25]
+
+
+async def setup(bot: commands.Bot) -> None:
+    """Load the cog (discord.py extension entry point)."""
+    if not isinstance(bot, TadaBot):
+        raise TypeError("cogs.voice needs a TadaBot (it reads bot.services and bot.jobs)")
+    await bot.add_cog(VoiceCog(bot.services, bot.jobs))
