@@ -328,3 +328,26 @@ async def test_a_canceled_training_reads_canceled_and_can_be_started_again(
         assert await anyio.to_thread.run_sync(services.worker.drain) == 1
         done = (await api.get(f"/api/loras/trainings/{upload_id}", headers=h(key))).json()
         assert done["status"] == "succeeded"
+
+
+async def test_canceling_a_running_training_stops_it_and_keeps_no_lora(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, workers=0, training={**IMAGE["training"], "steps": 5000})
+    async with running_engine(settings) as (app, api):
+        services = services_of(app)
+        key = await register(api)
+        upload_id = await upload_zip(api, key, good_zip(4))
+        training = (await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))).json()
+        drained = asyncio.ensure_future(anyio.to_thread.run_sync(services.worker.drain))
+        body = training
+        while not (body["status"] == "processing" and body["progress"] > 3):
+            assert not drained.done(), "training finished before it could be canceled"
+            await asyncio.sleep(0.02)
+            body = (await api.get(f"/api/loras/trainings/{upload_id}", headers=h(key))).json()
+        async with services.db.session() as s:
+            job_id = await s.scalar(select(Job.id).where(Job.kind == TRAIN_KIND))
+        assert await services.jobs.cancel(job_id)
+        await drained
+        final = (await api.get(f"/api/loras/trainings/{upload_id}", headers=h(key))).json()
+        assert final["status"] == "canceled" and final["progress"] < 100
+        lora = services.storage.artifact_path(f"loras/{training['id']}.safetensors")
+        assert not lora.exists()
