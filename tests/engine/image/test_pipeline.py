@@ -160,3 +160,24 @@ def test_the_sdxl_layout_trains_and_swaps_adapters_too(tmp_path: Path) -> None:
     np.testing.assert_allclose(xl.generate(PROMPT, lora=dest, weight=0.0, **GEN), base, atol=1e-5)
     again = ImageModel.from_settings(settings).generate(PROMPT, lora=dest, **GEN)
     np.testing.assert_allclose(again, with_lora, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_a_local_checkpoint_directory_loads_offline_and_draws_the_same(
+    arch: str, tmp_path: Path
+) -> None:
+    from engine.image.pipeline import build_tiny_pipeline
+
+    build_tiny_pipeline(1234, 32, arch).save_pretrained(str(tmp_path / "ckpt"))
+    loaded = ImageModel.from_settings(ImageSettings(base_model=tmp_path / "ckpt"))
+    assert loaded.label == str(tmp_path / "ckpt") and loaded.is_xl is (arch == "sdxl")
+    tiny = ImageModel.from_settings(ImageSettings(tiny_arch=arch))
+    np.testing.assert_allclose(
+        loaded.generate(PROMPT, **GEN), tiny.generate(PROMPT, **GEN), atol=1e-5
+    )
+
+
+def test_an_unsupported_checkpoint_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    with pytest.raises(ModelError, match="unsupported pipeline 'FluxPipeline'"):
+        ImageModel.from_settings(ImageSettings(base_model=tmp_path))
