@@ -302,6 +302,10 @@ class JobRunner:
     async def _generate(self, tada: TadaClient, job: Job) -> dict[str, Any]:
         p = job.params
         if job.kind is JobKind.VOICE_SPEAK:
+            if not p.get("voice_name"):
+                # The card shows the voice's name; a command or button gave only its id.
+                voice = await tada.get_voice(str(p["voice_id"]))
+                await self.store.update(job.id, params={**p, "voice_name": voice.name})
             spoken = await tada.generate_voice(str(p["voice_id"]), str(p["text"]))
             return {
                 "generation_id": spoken.id,

@@ -1,0 +1,131 @@
+"""``/voice`` as a member uses it, in SimCord, against the real engine (CPU voice back end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import simcord
+from pydantic import SecretStr
+
+from bot.app import BotServices
+from bot.config import BotConfig
+from bot.jobs import JobState
+from bot.store import LinkedVia
+from engine.settings import EngineSettings, JobSettings
+from tests.bot.conftest import make_bot_config
+from tests.bot.media_samples import speech_wav
+from tests.conftest import make_settings, register
+
+pytestmark = pytest.mark.simcord(settle_timeout=120)
+
+
+@pytest.fixture
+def engine_settings(tmp_path: Path) -> EngineSettings:
+    return make_settings(
+        tmp_path / "engine", jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120)
+    )
+
+
+@pytest.fixture
+def bot_config(tmp_path: Path) -> BotConfig:
+    return make_bot_config(
+        tmp_path / "bot", jobs={"poll_seconds": 0.05, "post_backoff_seconds": 0.01}
+    )
+
+
+async def linked(env: simcord.Env, services: BotServices, api: httpx.AsyncClient):
+    guild = env.create_guild()
+    channel = guild.create_text_channel("general")
+    alice = guild.add_member(env.create_user("alice"))
+    key = await register(api, "alice@example.com")
+    await services.members.save(alice.id, SecretStr(key), via=LinkedVia.LINK)
+    return channel, alice
+
+
+async def test_clone_then_speak_posts_the_audio_in_the_channel(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+    wav = await speech_wav()
+
+    asked = await alice.slash(channel, "voice clone", name="Alice", sample=("alice.wav", wav))
+    assert asked.ephemeral and asked.response is not None
+    assert "permission" in asked.response.content
+    cloned = await alice.click(asked.response, label="It's my voice, or I have permission")
+    card = cloned.followups[-1]
+    assert card.embeds and card.embeds[0].title == "🎙️ Alice"
+    voice_id = card.embeds[0].fields[-1].value.strip("`")
+
+    shown = await alice.click(card, label="Speak")
+    assert shown.modal is not None
+    spoken = await alice.submit_modal(shown, {"text": "Hello from Discord."})
+    posted = spoken.followups[-1]
+    assert "Alice" in posted.content and "Hello from Discord." in posted.content
+    assert "Similarity" in posted.content
+    [audio] = posted.attachments
+    assert audio.filename == "speech.mp3"
+    data = await audio.read()
+    assert len(data) > 1000 and (data[:3] == b"ID3" or data[0] == 0xFF)
+    [job] = await simcord_env.bot.jobs.store.for_member(alice.id)  # type: ignore[attr-defined]
+    assert job.state is JobState.FINISHED and job.posted and job.params["voice_id"] == voice_id
+
+    # /voice speak with autocomplete offers the member's own voice.
+    choices = await alice.autocomplete(channel, "voice speak", "voice", "ali")
+    assert [c["value"] for c in choices] == [voice_id]
+    again = await alice.slash(channel, "voice speak", voice=voice_id, text="Second line.")
+    assert again.followups[-1].attachments[0].filename == "speech.mp3"
+
+
+async def test_refusing_consent_uploads_nothing(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+    asked = await alice.slash(
+        channel, "voice clone", name="Alice", sample=("alice.wav", await speech_wav())
+    )
+    assert asked.response is not None
+    answered = await alice.click(asked.response, label="Cancel")
+    assert answered.response is not None and "nothing was uploaded" in answered.response.content
+    account = await services.members.get(alice.id)
+    assert account is not None
+    assert await services.tada.with_key(account.api_key).list_voice_uploads() == []
+
+
+@pytest.mark.parametrize(
+    ("file_name", "data", "expected"),
+    [
+        ("notes.txt", b"hello", "not an audio file"),
+        ("short.wav", None, "at least 3 s"),
+        ("broken.mp3", b"\x00" * 5000, "could not be decoded"),
+    ],
+)
+async def test_bad_samples_are_answered_ephemerally(
+    simcord_env: simcord.Env,
+    services: BotServices,
+    api: httpx.AsyncClient,
+    file_name: str,
+    data: bytes | None,
+    expected: str,
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+    if data is None:  # one second of a real recording: too short
+        wav = await speech_wav()
+        data = wav[:44] + wav[44 : 44 + 22050 * 2]
+        data = (
+            data[:4]
+            + (len(data) - 8).to_bytes(4, "little")
+            + data[8:40]
+            + (len(data) - 44).to_bytes(4, "little")
+            + data[44:]
+        )
+    asked = await alice.slash(channel, "voice clone", name="X", sample=(file_name, data))
+    result = asked
+    if asked.response is not None and asked.response.components:
+        result = await alice.click(asked.response, label="It's my voice, or I have permission")
+    texts = [m.content for m in ([result.response] if result.response else []) + result.followups]
+    assert any(expected in t for t in texts), texts
+    assert all(m.ephemeral for m in result.followups)
+    assert channel.last_message is None
+    _ = simcord_env.errors  # acknowledged: the handler answered them
