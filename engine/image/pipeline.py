@@ -286,14 +286,12 @@ class ImageModel:
             torch.set_num_threads(threads)
         if settings.base_model is None:
             log.warning("image model: %s", TINY_MODEL_LABEL)
+            # Built in float32: the tiny model is for correctness, not speed.
             pipe = build_tiny_pipeline(
                 settings.tiny_seed, settings.tiny_resolution, settings.tiny_arch
             )
-            dtype = torch.float32
-            pipe = pipe.to(dtype=dtype)
         else:
-            dtype = resolve_dtype(settings.dtype, device)
-            pipe = load_checkpoint(settings.base_model, dtype)
+            pipe = load_checkpoint(settings.base_model, resolve_dtype(settings.dtype, device))
         model = cls(pipe, label=settings.model_label, device=device)
         model.max_adapters = settings.generation.max_loaded_adapters
         return model
