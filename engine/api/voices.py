@@ -73,6 +73,9 @@ def _clean_text(text: str) -> str:
         invalid("body", "text", f"text must be 1-{MAX_TEXT} characters after trimming", text)
     if not any(c.isalnum() for c in value):
         invalid("body", "text", "text must contain something to say (letters or digits)", text)
+    # The synthesiser takes C strings: a NUL would crash the job on every retry.
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+        invalid("body", "text", "text must not contain control characters", text)
     return value
 
 
