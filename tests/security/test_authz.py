@@ -116,6 +116,18 @@ async def test_a_second_users_key_gets_404_for_every_object_of_the_first(
             f"/api/voices/{voice}/generations", json={"text": "Hi, it is me."}, headers=h(alice)
         )
         assert spoken.status_code == 200, spoken.text
+        # Odd text reaches the real synthesiser: RTL override, zero-width, emoji, digits of
+        # another script. A NUL is refused up front (it used to crash the job three times).
+        odd = await api.post(
+            f"/api/voices/{voice}/generations",
+            json={"text": "Hi there \u202eok\u200b 🎤 ١٢٣"},
+            headers=h(alice),
+        )
+        assert odd.status_code == 200, odd.text
+        nul = await api.post(
+            f"/api/voices/{voice}/generations", json={"text": "Hi\x00 there"}, headers=h(alice)
+        )
+        assert nul.status_code == 422, nul.text
         lora_upload = await upload_zip(api, alice, good_zip(4))
         started = await api.post(f"/api/loras/trainings/{lora_upload}", headers=h(alice))
         assert started.status_code == 202, started.text
@@ -125,6 +137,12 @@ async def test_a_second_users_key_gets_404_for_every_object_of_the_first(
             f"/api/loras/{trained['id']}/generations", json={"prompt": "a cat"}, headers=h(alice)
         )
         assert drawn.status_code == 200, drawn.text
+        odd_prompt = await api.post(
+            f"/api/loras/{trained['id']}/generations",
+            json={"prompt": "a cat\x00 \u202e\u200b 🦄 قطة"},
+            headers=h(alice),
+        )
+        assert odd_prompt.status_code == 200, odd_prompt.text
         ids = {
             "voice_upload": second_upload,
             "voice": voice,

@@ -204,7 +204,8 @@ UNKNOWN = "00000000-0000-4000-8000-000000000000"
         (ZWSP * 10, 422),  # nothing to say
         (EMOJI, 422),
         (f"{RTL}hello{ZWSP} world", 404),
-        ("hello\x00world", 404),
+        ("hello\x00world", 422),  # the synthesiser takes C strings
+        ("line one\nline two\tend", 404),
         (f"مرحبا {EMOJI}", 404),
     ],
 )
