@@ -61,8 +61,8 @@ async def list_lora_uploads(user: CurrentUser, session: Session) -> list[LoraUpl
 # Route order matters: the fixed paths (/trainings, /generations/...) come before the
 # per-LoRA paths (/{lora_id}/generations) so that "generations" is never read as an id.
 
-Limit = Annotated[int, Query(ge=1, le=100)]
-Offset = Annotated[int, Query(ge=0)]
+Limit = Annotated[int, Query(ge=1, le=100, description="Number of items to return")]
+Offset = Annotated[int, Query(ge=0, description="Offset for pagination")]
 
 
 @router.post("/trainings/{upload_id}", status_code=202, response_model=LoraTraining)
