@@ -1,0 +1,1 @@
+"""Faults survived with nothing lost: engine killed mid-job, SQLite contention, API failures."""
