@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.voice import world  # noqa: E402
-from engine.voice.audio import encode, load_sample  # noqa: E402
-from engine.voice.reference import CpuReferenceBackend  # noqa: E402
-from engine.voice.settings import AudioFormat, VoiceSettings  # noqa: E402
-from engine.voice.similarity import cosine  # noqa: E402
-from tests.engine.voice.conftest import (  # noqa: E402
+from engine.voice import world
+from engine.voice.audio import encode, load_sample
+from engine.voice.reference import CpuReferenceBackend
+from engine.voice.settings import AudioFormat, VoiceSettings
+from engine.voice.similarity import cosine
+from tests.engine.voice.conftest import (
     GENERATION_TEXT,
     SAMPLE_TEXT,
     median_f0,
@@ -218,6 +217,8 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "processor": platform.processor() or platform.machine(),
+            # Other work on the machine inflates wall times; the best of --runs is kept.
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         },
         "settings": settings.model_dump(mode="json"),
     }
@@ -258,6 +259,7 @@ def main() -> None:
         results["generation"] = bench_generation(backend, profile, args.runs)
         results["similarity"] = bench_similarity(settings, speakers, directory)
         results["total_bench_s"] = round(time.perf_counter() - cold_start, 1)
+        results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "voice.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS / 'voice.json'}")
