@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from bot.store.models import JobRow
+
+
+def aware(moment: datetime) -> datetime:
+    """A datetime with its zone: SQLite gives naive ones back, which are UTC here."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class JobKind(StrEnum):
@@ -82,8 +87,8 @@ class Job:
             progress_message_id=row.progress_message_id,
             result_message_id=row.result_message_id,
             posted_via=Destination(row.posted_via) if row.posted_via else None,
-            created_at=row.created_at,
-            started_at=row.started_at,
+            created_at=aware(row.created_at),
+            started_at=aware(row.started_at) if row.started_at else None,
         )
 
     @property

@@ -33,6 +33,7 @@ from bot.errors import NotLinked, UserFacingError, reply_for
 from bot.gate import Action, Admission, Feature, GateRequest
 from bot.jobs.fairness import FairQueue
 from bot.jobs.models import Destination, Job, JobKind, JobState
+from bot.jobs.models import aware as _aware
 from bot.jobs.render import (
     DEFAULT_FILE_LIMIT,
     Outgoing,
@@ -624,10 +625,3 @@ class JobRunner:
             return
         with contextlib.suppress(discord.HTTPException):
             await interaction.edit_original_response(content="✅ Done.")
-
-
-def _aware(moment: Any) -> Any:
-    """Naive datetimes (SQLite drops the zone) read as UTC."""
-    from datetime import UTC
-
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
