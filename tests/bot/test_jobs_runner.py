@@ -1,0 +1,114 @@
+"""The job runner: fair scheduling, and results that survive Discord failing to take them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import simcord
+from pydantic import SecretStr
+
+from bot.app import BotServices
+from bot.config import BotConfig
+from bot.jobs import Destination, JobState
+from bot.jobs.fairness import FairQueue
+from bot.store import LinkedVia
+from tests.bot.conftest import make_bot_config
+from tests.conftest import register
+
+
+@pytest.fixture
+def bot_config(tmp_path: Path) -> BotConfig:
+    return make_bot_config(
+        tmp_path / "bot", jobs={"poll_seconds": 0.05, "post_backoff_seconds": 0.01}
+    )
+
+
+def test_one_members_burst_does_not_starve_the_others() -> None:
+    queue = FairQueue(max_running=2, per_member=1)
+    for i in range(5):
+        queue.push(1, f"a{i}")
+    queue.push(2, "b0")
+    queue.push(3, "c0")
+    # Bob and Carol, who asked after Alice's burst, are served in the first round.
+    assert queue.position("b0") == 2 and queue.position("c0") == 3
+    assert queue.position("a1") == 4 and queue.position("nope") is None
+    assert queue.pop() == (1, "a0")
+    assert queue.pop() == (2, "b0")
+    assert queue.pop() is None  # both slots taken
+    queue.release(1)
+    # Alice holds no slot now, but Carol's turn comes before Alice's second job.
+    assert queue.pop() == (3, "c0")
+    queue.release(2)
+    assert queue.pop() == (1, "a1")
+    assert queue.pop() is None  # Alice is at her per-member limit
+    assert len(queue) == 3 and queue.running == 2
+
+
+def test_removed_jobs_leave_the_line() -> None:
+    queue = FairQueue(max_running=1, per_member=1)
+    queue.push(1, "a0")
+    queue.push(1, "a1")
+    assert queue.remove(1, "a0") and not queue.remove(1, "a0")
+    assert queue.position("a1") == 1
+
+
+async def linked(env: simcord.Env, services: BotServices, api: httpx.AsyncClient):
+    guild = env.create_guild()
+    channel = guild.create_text_channel("general")
+    alice = guild.add_member(env.create_user("alice"))
+    key = await register(api, "alice@example.com")
+    await services.members.save(alice.id, SecretStr(key), via=LinkedVia.LINK)
+    return channel, alice
+
+
+async def test_discord_500s_on_posting_are_retried_and_posted_once(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+    # The follow-up webhook keeps failing; the channel fails twice, then takes it.
+    simcord_env.inject_error("POST", "/webhooks/*", status=500, times=None)
+    simcord_env.inject_error("POST", "/channels/*/messages", status=500, times=2)
+
+    await alice.slash(channel, "demo tadz", prompt="a cat")
+
+    [job] = await simcord_env.bot.jobs.store.for_member(alice.id)  # type: ignore[attr-defined]
+    # The test engine has no demo model configured: the failure, with its reason, is the
+    # result, and it is delivered like one.
+    assert job.state is JobState.FAILED and "[engine.image.demos.tadz]" in (job.error or "")
+    assert job.posted_via is Destination.CHANNEL
+    posted = [m for m in channel.history() if "failed" in m.content]
+    assert len(posted) == 1 and alice.mention in posted[0].content
+    assert posted[0].id == job.result_message_id
+    _ = simcord_env.errors
+
+
+async def test_a_forbidden_channel_falls_back_to_a_dm(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+    simcord_env.inject_error("POST", "/webhooks/*", status=404, code=10015, times=None)
+    simcord_env.inject_error("POST", "/channels/*/messages", status=403, code=50013, times=1)
+
+    await alice.slash(channel, "demo pudgy", prompt="a penguin")
+
+    [job] = await simcord_env.bot.jobs.store.for_member(alice.id)  # type: ignore[attr-defined]
+    assert job.posted_via is Destination.DM
+    dm = alice.user.dm_channel.last_message
+    assert dm is not None and dm.id == job.result_message_id and "failed" in dm.content
+    assert not any("failed" in m.content for m in channel.history())
+    _ = simcord_env.errors
+
+
+async def test_a_member_without_an_account_is_told_to_link_and_nothing_is_saved(
+    simcord_env: simcord.Env, services: BotServices
+) -> None:
+    guild = simcord_env.create_guild()
+    channel = guild.create_text_channel("general")
+    bob = guild.add_member(simcord_env.create_user("bob"))
+    result = await bob.slash(channel, "demo tadz", prompt="a cat")
+    assert result.ephemeral and result.response is not None
+    assert "/tada link" in result.response.content
+    assert await simcord_env.bot.jobs.store.for_member(bob.id) == []  # type: ignore[attr-defined]
+    _ = simcord_env.errors
