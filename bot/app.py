@@ -27,6 +27,7 @@ from bot.embedded import EmbeddedEngine
 from bot.gate import Gate, OpenGate
 from bot.jobs import JobRunner
 from bot.jobs.buttons import PERSISTENT_BUTTONS
+from bot.policy import PolicyGate, PolicyService, PolicyStore
 from bot.store import MemberStore, Store
 from bot.tada import TadaClient
 from bot.ui import TadaCommandTree
@@ -50,8 +51,10 @@ class BotServices:
     tada: TadaClient
     accounts: AccountService
     engine: EmbeddedEngine | None = None
-    # Admission control for creation commands; the admin policy replaces OpenGate.
+    # Admission control for creation commands; open_services installs the admin policy.
     gate: Gate = field(default_factory=OpenGate)
+    # Server admins' settings, shared keys and usage (``/tada-admin``, ``/quota``).
+    policy: PolicyService | None = None
 
 
 def _http_client(config: BotConfig) -> httpx.AsyncClient:
@@ -110,6 +113,8 @@ async def open_services(
             ),
         )
         members = MemberStore(store, box)
+        policy_store = PolicyStore(store)
+        gate = PolicyGate(policy_store, box)
         yield BotServices(
             config=config,
             store=store,
@@ -117,6 +122,8 @@ async def open_services(
             tada=tada,
             accounts=AccountService(members, tada),
             engine=engine,
+            gate=gate,
+            policy=PolicyService(policy_store, box, tada, gate),
         )
 
 
