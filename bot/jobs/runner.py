@@ -25,7 +25,9 @@ import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import discord
 
@@ -41,6 +43,7 @@ from bot.jobs.render import (
     training_progress,
 )
 from bot.jobs.store import JobStore
+from bot.media import IMAGE_SUFFIXES
 from bot.store.models import utcnow
 from bot.tada import TadaClient
 from bot.tada.errors import (
@@ -201,6 +204,7 @@ class JobRunner:
             shared_key=admission.shared_key,
             application_id=interaction.application_id,
             interaction_token=interaction.token,
+            interaction_at=interaction.created_at,
         )
         await self.services.gate.record(greq)
         self._interactions[job.id] = interaction
@@ -490,7 +494,8 @@ class JobRunner:
         interaction = self._interactions.get(job_id)
         if interaction is None:
             return None
-        if utcnow() - interaction.created_at > TOKEN_LIFETIME:
+        # Discord's clock (the interaction's snowflake time), not ours.
+        if discord.utils.utcnow() - interaction.created_at > TOKEN_LIFETIME:
             self._interactions.pop(job_id, None)
             return None
         return interaction
@@ -504,9 +509,12 @@ class JobRunner:
         if kept is None:
             return None
         application_id, token, issued = kept
-        if utcnow() - _aware(issued) > TOKEN_LIFETIME:
+        if discord.utils.utcnow() - _aware(issued) > TOKEN_LIFETIME:
             return None
-        return discord.Webhook.partial(application_id, token, client=self.client)
+        # What ``Interaction.followup`` builds: an application webhook, so ephemeral
+        # follow-ups stay possible after a restart.
+        payload = {"id": application_id, "type": 3, "token": token}
+        return discord.Webhook.from_state(data=payload, state=self.client._connection)  # type: ignore[arg-type]
 
     def _channel(self, job: Job) -> discord.PartialMessageable | None:
         if job.channel_id is None:
@@ -524,10 +532,11 @@ class JobRunner:
         if job.state is not JobState.FINISHED or not url:
             return (), None
         limit = self._file_limit(job)
+        suffix = PurePosixPath(urlsplit(str(url)).path).suffix.lower()
         if job.kind is JobKind.VOICE_SPEAK:
-            name = f"speech.{result.get('format') or 'mp3'}"
+            name = f"speech.{result.get('format') or suffix.lstrip('.') or 'mp3'}"
         else:
-            name = "image.png"
+            name = f"image{suffix if suffix in IMAGE_SUFFIXES else '.png'}"
         try:
             chunks = [c async for c in self.services.tada.iter_download(str(url), max_bytes=limit)]
         except TadaProtocolError:
@@ -585,8 +594,8 @@ class JobRunner:
                     attempt,
                     exc,
                 )
-            except LookupError:
-                return None  # no such destination for this job
+            except (LookupError, ValueError):
+                return None  # no such destination for this job (or not for this message)
             if attempt < self.config.post_attempts:
                 await asyncio.sleep(delay)
                 delay *= 2
@@ -621,7 +630,7 @@ class JobRunner:
         interaction = self._interactions.pop(job.id, None)
         if interaction is None or job.kind is JobKind.LORA_TRAIN:
             return
-        if utcnow() - interaction.created_at > TOKEN_LIFETIME:
+        if discord.utils.utcnow() - interaction.created_at > TOKEN_LIFETIME:
             return
         with contextlib.suppress(discord.HTTPException):
             await interaction.edit_original_response(content="✅ Done.")

@@ -42,6 +42,7 @@ class JobStore:
         shared_key: SecretStr | None = None,
         application_id: int | None = None,
         interaction_token: str | None = None,
+        interaction_at: datetime | None = None,
     ) -> Job:
         """Save a new QUEUED job and return it."""
         now = utcnow()
@@ -57,7 +58,7 @@ class JobStore:
             shared_key_encrypted=self._keys.encrypt(shared_key) if shared_key else None,
             application_id=application_id,
             interaction_token=interaction_token,
-            interaction_at=now if interaction_token else None,
+            interaction_at=interaction_at if interaction_token else None,
             post_attempts=0,
             created_at=now,
             updated_at=now,
