@@ -14,8 +14,9 @@ from pydantic import SecretStr
 
 from bot.app import BotServices, TadaBot, create_bot
 from bot.gate import Admission, Feature, GateRequest
-from bot.jobs import Destination, JobState
+from bot.jobs import Destination, JobKind, JobState
 from bot.store import LinkedVia
+from bot.store.models import utcnow
 from engine.image.pipeline import ImageModel
 from engine.image.settings import ImageSettings
 from engine.image.types import TrainImage
@@ -129,3 +130,35 @@ async def test_private_results_go_to_the_member_only(
     assert channel.history(viewer=guild.add_member(simcord_env.create_user("bob"))) == []
     [job] = await simcord_env.bot.jobs.store.for_member(alice.id)  # type: ignore[attr-defined]
     assert job.private and job.posted_via is Destination.INTERACTION
+
+
+async def test_a_demo_cut_off_by_a_restart_is_posted_as_interrupted_with_retry(
+    simcord_env: simcord.Env, services: BotServices, gate: DemoChannelGate
+) -> None:
+    guild = simcord_env.create_guild()
+    channel = guild.create_text_channel("demo")
+    gate.demo_channel = channel.id
+    carol = guild.add_member(simcord_env.create_user("carol"))
+    # What a crash leaves: the row says the Ta-da call was in flight.
+    store = simcord_env.bot.jobs.store  # type: ignore[attr-defined]
+    job = await store.create(
+        user_id=carol.id,
+        guild_id=guild.id,
+        channel_id=channel.id,
+        kind=JobKind.DEMO_GENERATE,
+        params={"model": "tadz", "prompt": "a cat"},
+        shared_key=gate.shared_key,
+    )
+    await store.update(job.id, state=JobState.RUNNING, started_at=utcnow())
+
+    await simcord_env.restart_bot(create_bot(replace(services, gate=gate)))
+    await simcord_env.settle()
+
+    job = await store.get(job.id)
+    assert job.state is JobState.INTERRUPTED and job.posted_via is Destination.CHANNEL
+    notice = channel.last_message
+    assert notice is not None and "interrupted" in notice.content
+    assert carol.mention in notice.content
+    retried = await carol.click(notice, label="Retry")
+    assert retried.followups[-1].attachments
+    assert retried.followups[-1].embeds[0].title == "Tadz demo"

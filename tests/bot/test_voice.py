@@ -9,10 +9,11 @@ import pytest
 import simcord
 from pydantic import SecretStr
 
-from bot.app import BotServices
+from bot.app import BotServices, create_bot
 from bot.config import BotConfig
-from bot.jobs import JobState
+from bot.jobs import JobKind, JobState
 from bot.store import LinkedVia
+from bot.store.models import utcnow
 from engine.settings import EngineSettings, JobSettings
 from tests.bot.conftest import make_bot_config
 from tests.bot.media_samples import speech_wav
@@ -129,3 +130,40 @@ async def test_bad_samples_are_answered_ephemerally(
     assert all(m.ephemeral for m in result.followups)
     assert channel.last_message is None
     _ = simcord_env.errors  # acknowledged: the handler answered them
+
+
+async def test_speech_the_engine_finished_during_a_restart_is_posted_after_it(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+    account = await services.members.get(alice.id)
+    assert account is not None
+    tada = services.tada.with_key(account.api_key)
+    target = await tada.create_voice_upload_url("Alice", "alice.wav")
+    await tada.put_upload(target, await speech_wav())
+    voice = await tada.create_voice(target.upload_id)
+    # The bot saved the job and called Ta-da, then died; the engine finished the speech.
+    store = simcord_env.bot.jobs.store  # type: ignore[attr-defined]
+    job = await store.create(
+        user_id=alice.id,
+        guild_id=simcord_env.guild.id,
+        channel_id=channel.id,
+        kind=JobKind.VOICE_SPEAK,
+        params={"voice_id": voice.id, "text": "Said while you were away.", "voice_name": "Alice"},
+    )
+    await store.update(job.id, state=JobState.RUNNING, started_at=utcnow())
+    spoken = await tada.generate_voice(voice.id, "Said while you were away.")
+
+    await simcord_env.restart_bot(create_bot(services))
+    await simcord_env.settle()
+
+    job = await store.get(job.id)
+    assert job.state is JobState.FINISHED and job.tada_id == spoken.id
+    posted = channel.last_message
+    assert posted is not None and posted.id == job.result_message_id
+    assert "Said while you were away." in posted.content
+    assert posted.attachments[0].filename == "speech.mp3"
+    # Posted once: a second start finds nothing left to post.
+    await simcord_env.restart_bot(create_bot(services))
+    await simcord_env.settle()
+    assert sum("Said while" in m.content for m in channel.history()) == 1
