@@ -94,8 +94,10 @@ class JobsConfig(_Section):
     # ``per_member`` of them, so nobody's burst starves the others.
     max_concurrent: int = Field(8, ge=1, le=256)
     per_member: int = Field(2, ge=1, le=64)
-    # How often a training is polled, and its progress message edited (rate limits).
-    poll_seconds: float = Field(5.0, gt=0)
+    # How often a training is polled (a finished training is posted within this), and
+    # how often at most its progress message is edited (Discord rate-limits edits).
+    poll_seconds: float = Field(0.5, gt=0)
+    progress_edit_seconds: float = Field(5.0, ge=0)
     # Attempts per destination when Discord fails to take a result, and the first pause.
     post_attempts: int = Field(4, ge=1, le=20)
     post_backoff_seconds: float = Field(1.0, ge=0)

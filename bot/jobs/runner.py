@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -364,6 +366,7 @@ class JobRunner:
 
     async def _watch_loop(self, job_id: str) -> None:
         shown: str | None = None
+        edited_at = -math.inf
         while True:
             job = await self.store.get(job_id)
             upload_id = str(job.tada_id or job.params["upload_id"])
@@ -388,10 +391,12 @@ class JobRunner:
                 await self._deliver(job_id)
                 return
             text = training_progress(job, training, utcnow())
-            if text != shown:
+            final = training.state in FINAL_TRAINING
+            due = time.monotonic() - edited_at >= self.config.progress_edit_seconds
+            if text != shown and (due or final):
                 await self._show_progress(job, text)
-                shown = text
-            if training.state in FINAL_TRAINING:
+                shown, edited_at = text, time.monotonic()
+            if final:
                 await self._finish_training(job, training)
                 await self._deliver(job_id)
                 return
