@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test check bench lock clean
+.PHONY: setup browser run test check bench lock clean
 
 setup: $(STAMP)
 
@@ -13,13 +13,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel; unpinned, another package would pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[engine,ml,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[engine,ml,dev,sandbox]'
 	touch $(STAMP)
+
+# Debian's Chromium for the sandbox's browser test (tests/sandbox); skipped once installed.
+# Needs root (as in CI); elsewhere install it yourself or the browser test skips (CI fails).
+CHROMIUM := /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null; } || echo "make: could not install chromium"
 
 run: setup
 	$(VENV)/bin/tada-bot
 
-test: setup
+test: setup browser
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/check.sh
 
 bench: setup

@@ -1,16 +1,22 @@
-"""``tada-bot`` / ``python -m bot``: start the Discord bot (and, by default, our engine)."""
+"""``tada-bot`` / ``python -m bot``: start the Discord bot (and, by default, our engine).
+
+Without a Discord token it starts the sandbox instead (:mod:`bot.sandbox`): the same bot in
+a simulated Discord in the browser. ``--no-sandbox`` (or ``TADA_SANDBOX=0``) prints how to
+get a token instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
 import aiohttp
 import discord
 
-from bot.config import TOKEN_ENV, ConfigError, load_bot_config, read_config_file
+from bot.config import TOKEN_ENV, BotConfig, ConfigError, load_bot_config, read_config_file
 from bot.logs import configure_logging
 
 NO_TOKEN = f"""\
@@ -24,7 +30,47 @@ To get one:
      bot to your server.
   4. Start it:  {TOKEN_ENV}=<the token> make run
      (set discord.dev_guild_id in config.toml to your server's id for instant commands)
+
+Without a token, `make run` starts the sandbox: the same bot in a simulated Discord in
+your browser (drop --no-sandbox / TADA_SANDBOX=0).
 """
+SANDBOX_ENV = "TADA_SANDBOX"
+SANDBOX_PORT_ENV = "TADA_SANDBOX_PORT"
+DEFAULT_SANDBOX_PORT = 8200
+
+
+def _sandbox_wanted(args: argparse.Namespace) -> bool:
+    if args.no_sandbox:
+        return False
+    return os.environ.get(SANDBOX_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _sandbox_port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a port is 0 (any free one) to 65535")
+    return port
+
+
+def _run_sandbox(config: BotConfig, args: argparse.Namespace) -> int:
+    from bot.embedded import EngineStartError
+    from bot.sandbox import SandboxChannel, SandboxError, run_sandbox
+
+    try:
+        asyncio.run(
+            run_sandbox(
+                config,
+                config_path=args.config,
+                port=args.sandbox_port,
+                start_channel=SandboxChannel(args.sandbox_channel),
+            )
+        )
+    except KeyboardInterrupt:
+        return 0
+    except (SandboxError, EngineStartError) as exc:
+        print(f"tada-bot: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +82,25 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="config file (default: $TADA_CONFIG or ./config.toml)",
     )
+    parser.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help=f"without {TOKEN_ENV}, say how to get a token instead of starting the sandbox "
+        f"(also {SANDBOX_ENV}=0)",
+    )
+    parser.add_argument(
+        "--sandbox-port",
+        type=_sandbox_port,
+        default=os.environ.get(SANDBOX_PORT_ENV, str(DEFAULT_SANDBOX_PORT)),
+        help=f"the sandbox page's loopback port; 0: any free port (default: ${SANDBOX_PORT_ENV} "
+        f"or {DEFAULT_SANDBOX_PORT})",
+    )
+    parser.add_argument(
+        "--sandbox-channel",
+        choices=["general", "tadz-demo"],
+        default="general",
+        help="the channel the sandbox page shows first",
+    )
     args = parser.parse_args(argv)
     try:
         raw = read_config_file(args.config)
@@ -45,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level)
     if config.discord.token is None:
+        if _sandbox_wanted(args):
+            return _run_sandbox(config, args)
         print(NO_TOKEN, file=sys.stderr)
         return 2
     from bot.app import run_bot

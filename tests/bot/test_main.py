@@ -23,6 +23,7 @@ ROOT = Path(__file__).parents[2]
 def test_without_a_token_it_stops_at_once_saying_how_to_get_one(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "TADA_CONFIG")}
     env["PYTHONPATH"] = str(ROOT)
+    env["TADA_SANDBOX"] = "0"  # without it, no token starts the sandbox (tests/sandbox)
     done = subprocess.run(
         [sys.executable, "-m", "bot"],
         cwd=tmp_path,

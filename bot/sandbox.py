@@ -1,0 +1,424 @@
+"""The sandbox: our real bot (the same composition root, cogs, store and engine) inside a
+simulated Discord, shown in the browser by SimCord's preview. ``tada-bot`` starts it when
+no Discord token is set, so anyone can try every slash command without Discord.
+
+What is real: the bot, every cog :data:`bot.app.EXTENSIONS` loads, its store and the
+embedded engine, all in the data directory, so accounts, voices, LoRAs and jobs persist
+between runs. What is simulated: Discord itself. SimCord keeps the guild, its channels
+and its messages in memory, so the message history starts empty on every run; the guild,
+the member at the keyboard and the channels are rebuilt in the same order each time and
+so keep the same ids (checked against ``<data_dir>/sandbox.json``), which is what lets
+the bot's store recognise the member again.
+
+SimCord's preview shows one channel per session. :class:`Sandbox` serves the sandbox's
+channels one at a time at the same address and access token: ``/sandbox channel`` (a
+command only the sandbox loads) switches, then the page is reloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import signal
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.app import EXTENSIONS, create_bot, open_services
+from bot.config import BotConfig
+
+if TYPE_CHECKING:
+    import simcord
+    from simcord.preview import Preview
+
+    from bot.app import TadaBot
+    from engine.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+# The state of the simulated world kept between runs (ids and the access token).
+STATE_FILE = "sandbox.json"
+# How long one browser action may keep the bot busy before the page shows it as pending;
+# the bot's work goes on after that and the page catches up by itself.
+ACTION_SETTLE_SECONDS = 120.0
+# How long the page keeps showing the old channel after /sandbox channel answered.
+SWITCH_GRACE_SECONDS = 1.0
+
+
+class SandboxChannel(StrEnum):
+    """The channels of the sandbox guild."""
+
+    # An ordinary text channel where members use the commands.
+    GENERAL = "general"
+    # The community demo channel: /demo tadz and /demo pudgy show the product off there.
+    DEMO = "tadz-demo"
+
+
+BOT_NAME = "Ta-da"
+GUILD_NAME = "Ta-da Sandbox"
+ADMIN_ROLE = "Server Admin"
+MEMBER_NAME = "you"
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class SandboxIds:
+    """The ids of the simulated world; the same on every run (SimCord's ids are
+    deterministic when the world is built in the same order)."""
+
+    guild: int
+    member: int
+    admin_role: int
+    channels: dict[str, int]
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    """What ``<data_dir>/sandbox.json`` keeps: the world's ids and the access token."""
+
+    ids: SandboxIds
+    access_token: str
+
+    @classmethod
+    def load(cls, path: Path) -> SandboxState | None:
+        """The saved state, or ``None`` on a first run (or an unreadable file)."""
+        try:
+            raw = json.loads(path.read_text())
+            ids = raw["ids"]
+            return cls(
+                ids=SandboxIds(
+                    guild=int(ids["guild"]),
+                    member=int(ids["member"]),
+                    admin_role=int(ids["admin_role"]),
+                    channels={str(k): int(v) for k, v in ids["channels"].items()},
+                ),
+                access_token=str(raw["access_token"]),
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable %s: %s", path, exc)
+            return None
+
+    def save(self, path: Path) -> None:
+        """Write the state (mode 0600: the access token drives the sandbox)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class SandboxWorld:
+    """The simulated guild and who is in it."""
+
+    guild: simcord.GuildHandle
+    admin_role: simcord.RoleHandle
+    member: simcord.MemberActor
+    channels: dict[SandboxChannel, simcord.ChannelHandle]
+
+    @property
+    def ids(self) -> SandboxIds:
+        """The world's ids, as saved between runs."""
+        return SandboxIds(
+            guild=self.guild.id,
+            member=self.member.id,
+            admin_role=self.admin_role.id,
+            channels={channel.value: handle.id for channel, handle in self.channels.items()},
+        )
+
+
+def build_world(env: simcord.Env) -> SandboxWorld:
+    """A guild with an admin role, the member at the keyboard (an admin) and the channels.
+
+    The order of creation is fixed: SimCord's ids then come out the same on every run.
+    """
+    owner = env.create_user("sandbox-owner")
+    guild = env.create_guild(GUILD_NAME, owner=owner)
+    admin_role = guild.create_role(ADMIN_ROLE, permissions=discord.Permissions(administrator=True))
+    user = env.create_user(MEMBER_NAME, global_name="You")
+    member = guild.add_member(user, roles=[admin_role])
+    channels = {
+        SandboxChannel.GENERAL: guild.create_text_channel(
+            SandboxChannel.GENERAL.value, topic="Try every Ta-da command here."
+        ),
+        SandboxChannel.DEMO: guild.create_text_channel(
+            SandboxChannel.DEMO.value, topic="Community demo channel: /demo tadz, /demo pudgy."
+        ),
+    }
+    return SandboxWorld(guild=guild, admin_role=admin_role, member=member, channels=channels)
+
+
+@dataclass(frozen=True)
+class SandboxAddress:
+    """Where the browser goes: the page URL (the access token is in its fragment)."""
+
+    host: str
+    port: int
+    access_token: str
+
+    @property
+    def url(self) -> str:
+        """Open this in a browser; it carries the access token, keep it to yourself."""
+        return f"http://{self.host}:{self.port}/#{self.access_token}"
+
+
+class Sandbox:
+    """A running sandbox: the bot in SimCord, one preview at a time on a fixed port.
+
+    Build with :func:`open_sandbox`. :meth:`switch` moves the page to another channel
+    (the bot's ``/sandbox channel`` asks for it through ``requests``).
+    """
+
+    def __init__(
+        self,
+        *,
+        env: simcord.Env,
+        world: SandboxWorld,
+        port: int,
+        access_token: str,
+        start_channel: SandboxChannel,
+        requests: asyncio.Queue[SandboxChannel],
+        data_dir: Path,
+    ) -> None:
+        self.env = env
+        self.world = world
+        self._port = port
+        self.access_token = access_token
+        self.channel = start_channel
+        self.requests = requests
+        self.data_dir = data_dir
+        self.preview: Preview | None = None
+
+    @property
+    def address(self) -> SandboxAddress:
+        """The page's address (valid once the sandbox serves)."""
+        return SandboxAddress(host="127.0.0.1", port=self._port, access_token=self.access_token)
+
+    async def _open_preview(self, channel: SandboxChannel) -> Preview:
+        preview = self.env.preview(
+            self.world.channels[channel],
+            viewers=[self.world.member],
+            layout="channel",
+            port=self._port,
+        )
+        # The same token on every run and after every switch: a bookmarked page keeps working.
+        preview.capability = self.access_token
+        LivePublication(self.env, preview).install()
+        await preview.__aenter__()
+        # Port 0 means "any free port": keep the one we got for later switches.
+        self._port = preview._server.port or self._port
+        self.channel = channel
+        return preview
+
+    async def start(self) -> None:
+        """Serve the preview on the start channel."""
+        self.preview = await self._open_preview(self.channel)
+
+    async def switch(self, channel: SandboxChannel) -> None:
+        """Show ``channel`` instead (same address and token; the page is reloaded)."""
+        # Not in the middle of the browser action that asked for it: let it finish, and
+        # give the page a moment to show the answer before its session goes away.
+        while self.env._operation_task is not None:  # noqa: ASYNC110  (SimCord has no event)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(SWITCH_GRACE_SECONDS)
+        if self.preview is not None:
+            await self.preview.close()
+        self.preview = await self._open_preview(channel)
+        log.info("sandbox: now showing #%s", channel.value)
+
+    async def close(self) -> None:
+        """Stop serving the page."""
+        if self.preview is not None:
+            await self.preview.close()
+            self.preview = None
+
+    async def serve_forever(self) -> None:
+        """Serve until interrupted, switching channels when ``/sandbox channel`` asks."""
+        while True:
+            channel = await self.requests.get()
+            if channel is not self.channel:
+                await self.switch(channel)
+
+
+class LivePublication:
+    """Keeps the page current when the bot posts on its own (job results, progress edits).
+
+    SimCord's preview republishes a page only after a browser action or an explicit
+    refresh, and a refresh settles the bot, which blocks browser actions while the bot
+    works. Instead, when the page polls its state and Discord changed since the page was
+    last published, the page is republished right there (no settling; nothing in flight is
+    waited for), so the browser learns the new revision in the same answer.
+    """
+
+    def __init__(self, env: simcord.Env, preview: Preview) -> None:
+        self.env = env
+        self.preview = preview
+        self._published: dict[str, int] = {}
+        self._publish = preview._publish
+        self._payload = preview._page_payload
+
+    def install(self) -> None:
+        """Wrap this preview's publication and state answers."""
+        self.preview._publish = self._record  # type: ignore[method-assign]
+        self.preview._page_payload = self._fresh_payload  # type: ignore[method-assign]
+
+    def _changes(self) -> int:
+        return len(self.env.backend.transcript)
+
+    def _record(self, page: Any, **kwargs: Any) -> None:
+        self._publish(page, **kwargs)
+        self._published[page.id] = self._changes()
+
+    def _fresh_payload(self, page: Any) -> dict[str, Any]:
+        idle = self.env._operation_task is None
+        if idle and self._published.get(page.id, -1) < self._changes():
+            self._record(page, reason="refresh")
+        payload: dict[str, Any] = self._payload(page)
+        return payload
+
+
+def _sandbox_config(config: BotConfig) -> BotConfig:
+    # Commands sync globally inside SimCord (instant there); a dev guild id from a real
+    # config file would not exist in the simulated Discord.
+    return config.model_copy(
+        update={"discord": config.discord.model_copy(update={"dev_guild_id": None})}
+    )
+
+
+@asynccontextmanager
+async def open_sandbox(
+    config: BotConfig,
+    *,
+    engine_settings: EngineSettings | None = None,
+    port: int = 0,
+    start_channel: SandboxChannel = SandboxChannel.GENERAL,
+    extensions: Sequence[str] = EXTENSIONS,
+    on_ready: Callable[[Sandbox], None] | None = None,
+) -> AsyncIterator[Sandbox]:
+    """The whole sandbox: services, the bot in SimCord, the world, the page on ``port``."""
+    try:
+        import simcord
+        from simcord.preview import _require_preview_runtime
+        from simcord.preview._server import PreviewServer  # noqa: F401  (aiohttp present)
+
+        _require_preview_runtime()
+    except (ImportError, simcord.SetupError) as exc:
+        raise SandboxError(
+            f"the sandbox needs SimCord's browser preview: pip install -e '.[sandbox]' ({exc})"
+        ) from exc
+    config = _sandbox_config(config)
+    state_path = config.data_dir / STATE_FILE
+    saved = SandboxState.load(state_path)
+    from cogs.sandbox import SandboxCog
+
+    requests: asyncio.Queue[SandboxChannel] = asyncio.Queue()
+    async with open_services(config, engine_settings=engine_settings) as services:
+        bot: TadaBot = create_bot(services, extensions=extensions)
+        # Before the bot starts, so its start-up sync registers /sandbox with the rest.
+        await bot.add_cog(SandboxCog(requests))
+        # A sandbox must survive a failing command like the real bot does: errors are
+        # answered to the member and logged, never raised at teardown.
+        async with simcord.run(
+            bot, check_errors=False, settle_timeout=ACTION_SETTLE_SECONDS
+        ) as env:
+            # SimCord calls its bot "TestBot"; members should see whose bot this is.
+            env.backend.edit_bot_profile(BOT_NAME)
+            world = build_world(env)
+            if saved is not None and saved.ids != world.ids:
+                log.warning(
+                    "sandbox: the simulated ids changed since the last run (SimCord upgrade?); "
+                    "members must /tada link again"
+                )
+            token = saved.access_token if saved is not None else secrets.token_urlsafe(32)
+            SandboxState(ids=world.ids, access_token=token).save(state_path)
+            sandbox = Sandbox(
+                env=env,
+                world=world,
+                port=port,
+                access_token=token,
+                start_channel=start_channel,
+                requests=requests,
+                data_dir=config.data_dir,
+            )
+            await sandbox.start()
+            try:
+                if on_ready is not None:
+                    on_ready(sandbox)
+                yield sandbox
+            finally:
+                with contextlib.suppress(Exception):
+                    await sandbox.close()
+
+
+def announce(sandbox: Sandbox) -> None:
+    """Tell the person at the keyboard where to go."""
+    address = sandbox.address
+    print(
+        "\n".join(
+            [
+                "",
+                "Ta-da sandbox: the real bot in a simulated Discord (no token needed).",
+                f"  Open:          {address.url}",
+                f"  Access token:  {address.access_token}  (part of the URL; keep it private)",
+                f"  Server:        {GUILD_NAME}, you are '{MEMBER_NAME}' with the "
+                f"'{ADMIN_ROLE}' role",
+                "  Channels:      "
+                + ", ".join(f"#{channel.value}" for channel in SandboxChannel)
+                + f" (showing #{sandbox.channel.value}; /sandbox channel switches, then reload)",
+                "  Start with /tada register. Stop with Ctrl+C; accounts, voices and LoRAs "
+                f"stay in {sandbox.data_dir.resolve()}.",
+                "",
+            ]
+        ),
+        flush=True,
+    )
+
+
+async def run_sandbox(
+    config: BotConfig,
+    *,
+    config_path: Path | None = None,
+    port: int = 0,
+    start_channel: SandboxChannel = SandboxChannel.GENERAL,
+) -> None:
+    """``tada-bot`` without a token: run the sandbox until interrupted."""
+    engine_settings = None
+    if config.tada.embedded:
+        from engine.settings import load_engine_settings
+
+        engine_settings = load_engine_settings(config_path)
+    async with open_sandbox(
+        config,
+        engine_settings=engine_settings,
+        port=port,
+        start_channel=start_channel,
+        on_ready=announce,
+    ) as sandbox:
+        # Ctrl+C or a service manager's SIGTERM: close the page, the bot, the engine and the
+        # store in order (the data directory is left consistent).
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        serving = asyncio.create_task(sandbox.serve_forever())
+        try:
+            await stop.wait()
+        finally:
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+        print("Ta-da sandbox: stopped.", flush=True)
