@@ -38,7 +38,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The cogs loaded as extensions, in order. A new command group adds its module here.
-EXTENSIONS: tuple[str, ...] = ("cogs.account", "cogs.voice", "cogs.lora", "cogs.demo")
+EXTENSIONS: tuple[str, ...] = (
+    "cogs.account",
+    "cogs.voice",
+    "cogs.lora",
+    "cogs.demo",
+    "cogs.admin",
+    "cogs.quota",
+)
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,12 @@ def render_help(tree: app_commands.CommandTree[Any]) -> str:
         "",
     ]
     for command in sorted(tree.get_commands(), key=lambda c: c.name):
+        if command.default_permissions is not None and not isinstance(
+            command, app_commands.ContextMenu
+        ):
+            # Staff commands (``/tada-admin``): one line, members cannot use them anyway.
+            lines.append(f"`/{command.name}`: {command.description} (server managers)")
+            continue
         if isinstance(command, app_commands.Group):
             for sub in command.walk_commands():
                 if isinstance(sub, app_commands.Command):

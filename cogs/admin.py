@@ -1,0 +1,481 @@
+"""``/tada-admin``: server admins set the bot up for their community.
+
+Visible by default only to members with Manage Server (Discord enforces it; a server
+may grant it to other roles in its integration settings), guilds only, and every answer
+is ephemeral. Thin: each command calls :class:`bot.policy.PolicyService` and renders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+from pydantic import SecretStr
+
+from bot.app import TadaBot
+from bot.errors import UserFacingError
+from bot.gate import Action, Feature
+from bot.policy import GuildSettings, Limit, PolicyService, UsageReport
+from bot.policy.moderation import DEFAULT_BLOCKED_WORDS, active_words
+from bot.policy.service import MAX_USAGE_DAYS, SharedKeyInfo
+from bot.policy.settings import FEATURE_NAMES, LIMIT_NAMES
+from bot.ui import TadaModal
+
+FEATURE_CHOICES = [
+    app_commands.Choice(name=FEATURE_NAMES[feature], value=feature.value) for feature in Feature
+]
+LIMIT_CHOICES = [app_commands.Choice(name=LIMIT_NAMES[limit], value=limit.value) for limit in Limit]
+
+# Embed fields hold at most 1024 characters; longer lists are cut with a count.
+FIELD_LIMIT = 1024
+
+ACTION_LABELS: dict[Action, str] = {
+    Action.VOICE_CLONE: "voices cloned",
+    Action.VOICE_SPEAK: "speeches",
+    Action.LORA_UPLOAD: "image sets uploaded",
+    Action.LORA_TRAIN: "trainings",
+    Action.LORA_GENERATE: "images",
+    Action.DEMO_GENERATE: "demo images",
+}
+
+
+def clip(text: str, limit: int = FIELD_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters at a line end, saying that more was left out."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 20].rsplit("\n", 1)[0]
+    return f"{cut}\n… and more"
+
+
+def role_name(guild_id: int, role_id: int) -> str:
+    """A role as shown in a message (@everyone is the guild's id)."""
+    return "@everyone" if role_id == guild_id else f"<@&{role_id}>"
+
+
+def render_settings(guild_id: int, settings: GuildSettings, key: SharedKeyInfo) -> discord.Embed:
+    """The whole configuration on one page."""
+    embed = discord.Embed(title="Ta-da settings for this server", colour=discord.Colour.blurple())
+    channels = []
+    roles = []
+    for feature in Feature:
+        name = FEATURE_NAMES[feature]
+        listed = settings.channels_for(feature)
+        channels.append(f"{name}: " + (", ".join(f"<#{c}>" for c in listed) or "everywhere"))
+        allowed = settings.roles_for(feature)
+        roles.append(
+            f"{name}: " + (", ".join(role_name(guild_id, r) for r in allowed) or "everyone")
+        )
+    embed.add_field(name="Channels", value=clip("\n".join(channels)), inline=False)
+    embed.add_field(name="Roles", value=clip("\n".join(roles)), inline=False)
+    demo = ", ".join(f"<#{c}>" for c in settings.demo_channels) or "none"
+    shared = (
+        f"set {discord.utils.format_dt(key.set_at, 'R')} (never shown)"
+        if key.set_at is not None
+        else "not set (members use their own accounts)"
+    )
+    embed.add_field(
+        name="Community demo channels", value=clip(f"{demo}\nShared key: {shared}"), inline=False
+    )
+    embed.add_field(
+        name="Results",
+        value=(
+            "shown only to the member who asked"
+            if settings.private_results
+            else "posted in the channel for everyone"
+        ),
+        inline=False,
+    )
+    quota_lines = []
+    by_role: dict[int, list[str]] = {}
+    for rule in settings.quotas:
+        amount = "no limit" if rule.amount is None else str(rule.amount)
+        by_role.setdefault(rule.role_id, []).append(
+            f"{FEATURE_NAMES[rule.feature]} {LIMIT_NAMES[rule.limit]}: {amount}"
+        )
+    for role_id, rules in by_role.items():
+        quota_lines.append(f"{role_name(guild_id, role_id)}: " + "; ".join(rules))
+    embed.add_field(
+        name="Quotas (the most generous role applies; reset 00:00 UTC, trainings on the 1st)",
+        value=clip("\n".join(quota_lines) or "none: no limits"),
+        inline=False,
+    )
+    m = settings.moderation
+    built_in = (
+        f"on ({len(DEFAULT_BLOCKED_WORDS) - len(m.exempt_words)} words)"
+        if m.use_default_words
+        else "off"
+    )
+    lines = [f"Built-in word list: {built_in}"]
+    if m.exempt_words:
+        lines.append("Allowed anyway: " + ", ".join(m.exempt_words))
+    lines.append("Your words: " + (", ".join(m.blocked_words) or "none"))
+    lines.append("Your patterns: " + (", ".join(f"`{p}`" for p in m.blocked_patterns) or "none"))
+    lines.append(f"Words in force: {len(active_words(m))}")
+    embed.add_field(name="Moderation", value=clip("\n".join(lines)), inline=False)
+    return embed
+
+
+def render_usage(report: UsageReport) -> str:
+    """``/tada-admin usage``: per feature, then the most active members."""
+    lines = [
+        f"**Use in the last {report.days} day(s)** "
+        f"(since {discord.utils.format_dt(report.since, 'f')})"
+    ]
+    if not report.lines:
+        lines.append("Nothing yet.")
+        return "\n".join(lines)
+    for feature in Feature:
+        parts = []
+        for line in sorted(
+            (x for x in report.lines if x.feature is feature), key=lambda x: x.action.value
+        ):
+            text = f"{line.requests:,} {ACTION_LABELS[line.action]}"
+            if line.action is Action.VOICE_SPEAK:
+                text += f" ({line.cost:,} characters)"
+            if line.on_shared_key:
+                text += f" ({line.on_shared_key:,} on the shared key)"
+            parts.append(text)
+        if parts:
+            lines.append(f"**{FEATURE_NAMES[feature]}**: " + ", ".join(parts))
+    lines.append("**Most active members**")
+    lines += [
+        f"{rank}. <@{top.discord_user_id}>: {top.requests:,} requests"
+        for rank, top in enumerate(report.top, start=1)
+    ]
+    return clip("\n".join(lines), 2000)
+
+
+class SharedKeyModal(TadaModal, title="Shared Ta-da key for demo channels"):
+    """Asks for the guild's shared key privately; checked, encrypted, never shown again."""
+
+    api_key: discord.ui.TextInput[Any] = discord.ui.TextInput(
+        label="API key",
+        custom_id="api_key",
+        placeholder="tada_...",
+        min_length=8,
+        max_length=200,
+    )
+
+    def __init__(self, policy: PolicyService, guild_id: int) -> None:
+        super().__init__()
+        self.policy = policy
+        self.guild_id = guild_id
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        masked = await self.policy.set_shared_key(self.guild_id, SecretStr(self.api_key.value))
+        await interaction.edit_original_response(
+            content=(
+                f"Saved the shared key `{masked}` (encrypted; it will not be shown again). "
+                "`/demo` in the community demo channels now runs on it, so members need no "
+                "account there."
+            )
+        )
+
+
+def _guild(interaction: discord.Interaction[Any]) -> int:
+    if interaction.guild_id is None:
+        raise UserFacingError("Server settings can only be changed in a server.")
+    return interaction.guild_id
+
+
+async def _answer(interaction: discord.Interaction[Any], text: str) -> None:
+    await interaction.response.send_message(text, ephemeral=True)
+
+
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class AdminCog(
+    commands.GroupCog, group_name="tada-admin", group_description="Set up Ta-da for this server"
+):
+    """The ``/tada-admin`` command group and its subgroups."""
+
+    channels = app_commands.Group(name="channels", description="Where each feature works")
+    roles = app_commands.Group(name="roles", description="Who may use each feature")
+    demo = app_commands.Group(name="demo", description="Community demo channels and shared key")
+    quota = app_commands.Group(name="quota", description="Limits per role and feature")
+    moderation = app_commands.Group(name="moderation", description="Blocked words and patterns")
+
+    def __init__(self, policy: PolicyService) -> None:
+        super().__init__()
+        self.policy = policy
+
+    # ------------------------------------------------------------------ overview
+
+    @app_commands.command(name="show")
+    async def show(self, interaction: discord.Interaction[Any]) -> None:
+        """The whole Ta-da configuration of this server on one page."""
+        guild_id = _guild(interaction)
+        settings = await self.policy.settings(guild_id)
+        key = await self.policy.shared_key_info(guild_id)
+        await interaction.response.send_message(
+            embed=render_settings(guild_id, settings, key), ephemeral=True
+        )
+
+    @app_commands.command(name="usage")
+    @app_commands.describe(days=f"How many days back to look (1 to {MAX_USAGE_DAYS}; default 7)")
+    async def usage(
+        self,
+        interaction: discord.Interaction[Any],
+        days: app_commands.Range[int, 1, MAX_USAGE_DAYS] = 7,
+    ) -> None:
+        """Use per feature and the most active members over a period."""
+        report = await self.policy.usage(_guild(interaction), days)
+        await _answer(interaction, render_usage(report))
+
+    @app_commands.command(name="results")
+    @app_commands.describe(private="On: results are shown only to the member who asked")
+    async def results(self, interaction: discord.Interaction[Any], private: bool) -> None:
+        """Post results in the channel, or show them only to the member who asked."""
+        await self.policy.set_private_results(_guild(interaction), private)
+        await _answer(
+            interaction,
+            "Results are now shown only to the member who asked."
+            if private
+            else "Results are now posted in the channel for everyone.",
+        )
+
+    # ------------------------------------------------------------------ channels
+
+    @channels.command(name="allow")
+    @app_commands.describe(feature="The feature", channel="A channel where it should work")
+    @app_commands.choices(feature=FEATURE_CHOICES)
+    async def channels_allow(
+        self,
+        interaction: discord.Interaction[Any],
+        feature: app_commands.Choice[str],
+        channel: discord.TextChannel,
+    ) -> None:
+        """Let a feature work in a channel (once listed, only in listed channels)."""
+        settings = await self.policy.allow_channel(
+            _guild(interaction), Feature(feature.value), channel.id
+        )
+        listed = settings.channels_for(Feature(feature.value))
+        await _answer(
+            interaction,
+            f"{feature.name} now works only in: {', '.join(f'<#{c}>' for c in listed)}.",
+        )
+
+    @channels.command(name="remove")
+    @app_commands.describe(feature="The feature", channel="The channel to take off its list")
+    @app_commands.choices(feature=FEATURE_CHOICES)
+    async def channels_remove(
+        self,
+        interaction: discord.Interaction[Any],
+        feature: app_commands.Choice[str],
+        channel: discord.TextChannel,
+    ) -> None:
+        """Take a channel off a feature's list (an empty list means everywhere)."""
+        settings = await self.policy.remove_channel(
+            _guild(interaction), Feature(feature.value), channel.id
+        )
+        listed = settings.channels_for(Feature(feature.value))
+        where = ", ".join(f"<#{c}>" for c in listed) or "every channel"
+        await _answer(interaction, f"{feature.name} now works in: {where}.")
+
+    @channels.command(name="everywhere")
+    @app_commands.describe(feature="The feature")
+    @app_commands.choices(feature=FEATURE_CHOICES)
+    async def channels_everywhere(
+        self, interaction: discord.Interaction[Any], feature: app_commands.Choice[str]
+    ) -> None:
+        """Let a feature work in every channel again."""
+        await self.policy.channels_everywhere(_guild(interaction), Feature(feature.value))
+        await _answer(interaction, f"{feature.name} now works in every channel.")
+
+    # ------------------------------------------------------------------ roles
+
+    @roles.command(name="allow")
+    @app_commands.describe(feature="The feature", role="A role whose members may use it")
+    @app_commands.choices(feature=FEATURE_CHOICES)
+    async def roles_allow(
+        self,
+        interaction: discord.Interaction[Any],
+        feature: app_commands.Choice[str],
+        role: discord.Role,
+    ) -> None:
+        """Let a role use a feature (once listed, only listed roles may)."""
+        guild_id = _guild(interaction)
+        settings = await self.policy.allow_role(guild_id, Feature(feature.value), role.id)
+        listed = settings.roles_for(Feature(feature.value))
+        await _answer(
+            interaction,
+            f"{feature.name} is now for: {', '.join(role_name(guild_id, r) for r in listed)}.",
+        )
+
+    @roles.command(name="remove")
+    @app_commands.describe(feature="The feature", role="The role to take off its list")
+    @app_commands.choices(feature=FEATURE_CHOICES)
+    async def roles_remove(
+        self,
+        interaction: discord.Interaction[Any],
+        feature: app_commands.Choice[str],
+        role: discord.Role,
+    ) -> None:
+        """Take a role off a feature's list (an empty list means everyone)."""
+        guild_id = _guild(interaction)
+        settings = await self.policy.remove_role(guild_id, Feature(feature.value), role.id)
+        listed = settings.roles_for(Feature(feature.value))
+        who = ", ".join(role_name(guild_id, r) for r in listed) or "everyone"
+        await _answer(interaction, f"{feature.name} is now for: {who}.")
+
+    @roles.command(name="everyone")
+    @app_commands.describe(feature="The feature")
+    @app_commands.choices(feature=FEATURE_CHOICES)
+    async def roles_everyone(
+        self, interaction: discord.Interaction[Any], feature: app_commands.Choice[str]
+    ) -> None:
+        """Let every member use a feature again."""
+        await self.policy.roles_everyone(_guild(interaction), Feature(feature.value))
+        await _answer(interaction, f"{feature.name} is now for everyone.")
+
+    # ------------------------------------------------------------------ demo
+
+    @demo.command(name="add")
+    @app_commands.describe(channel="The channel where anyone may try /demo")
+    async def demo_add(
+        self, interaction: discord.Interaction[Any], channel: discord.TextChannel
+    ) -> None:
+        """Make a channel a community demo channel (/demo there uses the shared key)."""
+        guild_id = _guild(interaction)
+        await self.policy.add_demo_channel(guild_id, channel.id)
+        key = await self.policy.shared_key_info(guild_id)
+        hint = (
+            ""
+            if key.set_at is not None
+            else "\nNo shared key yet: set one with `/tada-admin demo key` so members "
+            "need no account there."
+        )
+        await _answer(interaction, f"{channel.mention} is now a community demo channel.{hint}")
+
+    @demo.command(name="remove")
+    @app_commands.describe(channel="The demo channel to make ordinary again")
+    async def demo_remove(
+        self, interaction: discord.Interaction[Any], channel: discord.TextChannel
+    ) -> None:
+        """Make a community demo channel an ordinary channel again."""
+        await self.policy.remove_demo_channel(_guild(interaction), channel.id)
+        await _answer(interaction, f"{channel.mention} is no longer a community demo channel.")
+
+    @demo.command(name="key")
+    async def demo_key(self, interaction: discord.Interaction[Any]) -> None:
+        """Set the server's shared Ta-da key for demo channels (asked privately)."""
+        await interaction.response.send_modal(SharedKeyModal(self.policy, _guild(interaction)))
+
+    @demo.command(name="forget-key")
+    async def demo_forget_key(self, interaction: discord.Interaction[Any]) -> None:
+        """Delete the server's shared key (demo channels then need members' own accounts)."""
+        had = await self.policy.forget_shared_key(_guild(interaction))
+        await _answer(
+            interaction,
+            "The shared key is deleted." if had else "There was no shared key to delete.",
+        )
+
+    # ------------------------------------------------------------------ quotas
+
+    @quota.command(name="set")
+    @app_commands.describe(
+        role="Whose limit (@everyone for every member)",
+        feature="The feature",
+        limit="What to limit",
+        amount="How many (leave empty for no limit; 0 blocks)",
+    )
+    @app_commands.choices(feature=FEATURE_CHOICES, limit=LIMIT_CHOICES)
+    async def quota_set(
+        self,
+        interaction: discord.Interaction[Any],
+        role: discord.Role,
+        feature: app_commands.Choice[str],
+        limit: app_commands.Choice[str],
+        amount: app_commands.Range[int, 0, 10_000_000] | None = None,
+    ) -> None:
+        """Set a role's limit for a feature; the most generous of a member's roles applies."""
+        guild_id = _guild(interaction)
+        await self.policy.set_quota(
+            guild_id, role.id, Feature(feature.value), Limit(limit.value), amount
+        )
+        value = "no limit" if amount is None else f"{amount:,}"
+        await _answer(
+            interaction,
+            f"{role_name(guild_id, role.id)}: {feature.name} {limit.name} is now {value}.",
+        )
+
+    @quota.command(name="remove")
+    @app_commands.describe(
+        role="Whose rule",
+        feature="The feature",
+        limit="Which limit (leave empty for all of the feature's)",
+    )
+    @app_commands.choices(feature=FEATURE_CHOICES, limit=LIMIT_CHOICES)
+    async def quota_remove(
+        self,
+        interaction: discord.Interaction[Any],
+        role: discord.Role,
+        feature: app_commands.Choice[str],
+        limit: app_commands.Choice[str] | None = None,
+    ) -> None:
+        """Remove a role's rules for a feature (the role then neither gives nor limits)."""
+        guild_id = _guild(interaction)
+        removed = await self.policy.remove_quota(
+            guild_id, role.id, Feature(feature.value), Limit(limit.value) if limit else None
+        )
+        await _answer(
+            interaction,
+            f"Removed {removed} rule(s) of {role_name(guild_id, role.id)} for {feature.name}.",
+        )
+
+    # ------------------------------------------------------------------ moderation
+
+    @moderation.command(name="block")
+    @app_commands.describe(word="A word or phrase (whole words, any case)")
+    async def moderation_block(
+        self, interaction: discord.Interaction[Any], word: app_commands.Range[str, 1, 100]
+    ) -> None:
+        """Block a word or phrase in prompts and spoken text."""
+        await self.policy.block_word(_guild(interaction), word)
+        await _answer(interaction, f"Blocked “{word.strip()}”.")
+
+    @moderation.command(name="pattern")
+    @app_commands.describe(pattern="A regular expression (case-insensitive)")
+    async def moderation_pattern(
+        self, interaction: discord.Interaction[Any], pattern: app_commands.Range[str, 1, 200]
+    ) -> None:
+        """Block a regular expression in prompts and spoken text."""
+        await self.policy.block_pattern(_guild(interaction), pattern)
+        await _answer(interaction, f"Blocked the pattern `{pattern.strip()}`.")
+
+    @moderation.command(name="allow")
+    @app_commands.describe(term="A word or pattern to allow again (built-in words too)")
+    async def moderation_allow(
+        self, interaction: discord.Interaction[Any], term: app_commands.Range[str, 1, 200]
+    ) -> None:
+        """Allow a blocked word or pattern again, including a word of the built-in list."""
+        _, changed = await self.policy.allow_term(_guild(interaction), term)
+        await _answer(
+            interaction,
+            f"“{term.strip()}” is allowed now."
+            if changed
+            else f"“{term.strip()}” was not blocked.",
+        )
+
+    @moderation.command(name="defaults")
+    @app_commands.describe(enabled="Use the built-in list of blocked words")
+    async def moderation_defaults(
+        self, interaction: discord.Interaction[Any], enabled: bool
+    ) -> None:
+        """Turn the built-in blocked-word list on or off."""
+        await self.policy.use_default_words(_guild(interaction), enabled)
+        await _answer(
+            interaction,
+            "The built-in word list is on." if enabled else "The built-in word list is off.",
+        )
+
+
+async def setup(bot: commands.Bot) -> None:
+    """Extension entry point."""
+    if not isinstance(bot, TadaBot) or bot.services.policy is None:
+        raise TypeError("cogs.admin needs a TadaBot whose services have a policy")
+    bot.services.policy.gate.bind(bot)
+    await bot.add_cog(AdminCog(bot.services.policy))
