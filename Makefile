@@ -32,6 +32,7 @@ test: setup browser
 bench: setup
 	$(PY) bench/upload.py
 	$(PY) bench/image.py
+	$(PY) bench/voice.py
 
 # Refresh the lock after changing dependencies (then run `make test`).
 lock:

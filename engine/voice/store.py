@@ -21,10 +21,6 @@ async def get_voice(session: AsyncSession, user_id: str, voice_id: str) -> Voice
     return voice if voice is not None and voice.user_id == user_id else None
 
 
-async def get_voice_by_upload(session: AsyncSession, upload_id: str) -> Voice | None:
-    return await session.scalar(select(Voice).where(Voice.upload_id == upload_id))
-
-
 async def get_generation(
     session: AsyncSession, user_id: str, generation_id: str
 ) -> VoiceGeneration | None:
