@@ -156,6 +156,8 @@ async def create_voice(
         raise HTTPException(
             409, f"this sample was refused ({upload.error}); request a new upload URL"
         )
+    # Give the connection back while the job runs: waiters must not starve the pool.
+    await session.commit()
     job = await services.jobs.submit(CLONE_KIND, {"upload_id": upload.id}, user.id)
     try:
         done = await services.jobs.wait(job.id, within=services.settings.jobs.wait_timeout_seconds)
@@ -221,6 +223,8 @@ async def _generate(
     text = _clean_text(body.text)
     if await store.get_voice(session, user_id, voice_id) is None:
         raise HTTPException(404, "voice not found")
+    # Give the connection back while the job runs: waiters must not starve the pool.
+    await session.commit()
     job = await services.jobs.submit(GENERATE_KIND, {"voice_id": voice_id, "text": text}, user_id)
     try:
         done = await services.jobs.wait(job.id, within=services.settings.jobs.wait_timeout_seconds)

@@ -253,6 +253,8 @@ async def run_generation(
         }
     if demo is not None:
         payload["demo"] = demo
+    # Give the connection back while the job runs: waiters must not starve the pool.
+    await session.commit()
     job = await services.jobs.submit(GENERATE_KIND, payload, user_id)
     try:
         done = await services.jobs.wait(job.id, within=services.settings.jobs.wait_timeout_seconds)
