@@ -45,6 +45,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.demo",
     "cogs.admin",
     "cogs.quota",
+    "cogs.jobs",
 )
 
 

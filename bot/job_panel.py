@@ -1,0 +1,131 @@
+"""What ``/jobs`` shows a member: their queued and running jobs, their recent results,
+and the one thing they may do about them: cancel a job that has not started.
+
+Reads the job runner's rows and queue (``bot.jobs``); cancelling takes the job out of the
+queue first, so a job the runner already picked can never be marked cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import discord
+
+from bot.errors import UserFacingError
+from bot.jobs import Destination, Job, JobKind, JobNotFound, JobRunner, JobState
+
+log = logging.getLogger(__name__)
+
+# Recent results shown, newest first; Discord's 2000 characters bound the rest.
+RECENT = 8
+CANCELED = "Cancelled by you before it started; nothing was sent to Ta-da."
+
+KIND_NAMES: dict[JobKind, str] = {
+    JobKind.VOICE_SPEAK: "Speech",
+    JobKind.LORA_TRAIN: "LoRA training",
+    JobKind.LORA_GENERATE: "Image",
+    JobKind.DEMO_GENERATE: "Demo image",
+}
+
+
+def describe(job: Job, *, limit: int = 60) -> str:
+    """A job in a few words: what it is and its prompt, text or name."""
+    params = job.params
+    detail = (
+        params.get("prompt")
+        or params.get("text")
+        or params.get("lora_name")
+        or params.get("voice_name")
+        or ""
+    )
+    detail = " ".join(str(detail).split())
+    if len(detail) > limit:
+        detail = detail[: limit - 1] + "…"
+    name = KIND_NAMES[job.kind]
+    if job.kind is JobKind.DEMO_GENERATE and params.get("model"):
+        name = f"{name} ({params['model']})"
+    return f"{name} “{detail}”" if detail else name
+
+
+def message_link(
+    guild_id: int | None, channel_id: int | None, message_id: int | None
+) -> str | None:
+    """A jump link to a message in a guild channel."""
+    if guild_id is None or channel_id is None or message_id is None:
+        return None
+    return f"https://discord.com/channels/{guild_id}/{channel_id}/{message_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PanelEntry:
+    """One job as ``/jobs`` lists it."""
+
+    job: Job
+    # 1 = next to run; only for queued jobs.
+    position: int | None = None
+
+    @property
+    def where(self) -> str | None:
+        """Where to look: the result, or the progress message of a running training."""
+        job = self.job
+        if job.state is JobState.RUNNING:
+            return message_link(job.guild_id, job.channel_id, job.progress_message_id)
+        if job.posted_via is Destination.DM:
+            return "sent to you by direct message"
+        if job.private:
+            return "shown to you privately"
+        return message_link(job.guild_id, job.channel_id, job.result_message_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Panel:
+    """A member's jobs, in the three groups ``/jobs`` shows."""
+
+    queued: tuple[PanelEntry, ...]
+    running: tuple[PanelEntry, ...]
+    recent: tuple[PanelEntry, ...]
+
+
+class JobPanel:
+    """Reads and cancels a member's jobs through the bot's job runner."""
+
+    def __init__(self, runner: JobRunner) -> None:
+        self._runner = runner
+
+    def __repr__(self) -> str:
+        return f"<JobPanel {self._runner!r}>"
+
+    async def panel(self, user_id: int) -> Panel:
+        """The member's jobs: waiting (with their place in line), running, recent."""
+        jobs = await self._runner.store.for_member(user_id, limit=50)
+        queued = [
+            PanelEntry(job, self._runner.position(job.id))
+            for job in reversed(jobs)  # oldest first: the order they run in
+            if job.state is JobState.QUEUED
+        ]
+        queued.sort(key=lambda e: e.position if e.position is not None else 1_000_000)
+        running = [PanelEntry(job) for job in reversed(jobs) if job.state is JobState.RUNNING]
+        recent = [
+            PanelEntry(job) for job in jobs if job.state not in (JobState.QUEUED, JobState.RUNNING)
+        ][:RECENT]
+        return Panel(tuple(queued), tuple(running), tuple(recent))
+
+    async def cancel(self, user_id: int, job_id: str) -> Job:
+        """Cancel the member's queued job; a :class:`UserFacingError` when it cannot be."""
+        try:
+            job = await self._runner.store.get(job_id)
+        except JobNotFound as exc:
+            raise UserFacingError("That job no longer exists.") from exc
+        if job.user_id != user_id:
+            raise UserFacingError("That job is not yours.")
+        # Out of the queue first: once it is out, the runner can no longer start it.
+        if job.state is not JobState.QUEUED or not self._runner.queue.remove(user_id, job_id):
+            raise UserFacingError("That job has already started, so it can no longer be cancelled.")
+        canceled = await self._runner.store.update(
+            job_id, state=JobState.FAILED, error=CANCELED, finished_at=discord.utils.utcnow()
+        )
+        # Nothing to post for a cancelled job, now or after a restart.
+        await self._runner.store.mark_posted(job_id, message_id=None, via=Destination.INTERACTION)
+        log.info("member %s cancelled queued job %s", user_id, job_id)
+        return canceled
