@@ -66,6 +66,7 @@ BOT_NAME = "Ta-da"
 GUILD_NAME = "Ta-da Sandbox"
 ADMIN_ROLE = "Server Admin"
 MEMBER_NAME = "you"
+OTHER_MEMBER_NAME = "a-member"
 
 
 class SandboxError(RuntimeError):
@@ -127,6 +128,8 @@ class SandboxWorld:
     guild: simcord.GuildHandle
     admin_role: simcord.RoleHandle
     member: simcord.MemberActor
+    # A member without the admin role: "Viewing as" in the page switches to them.
+    other: simcord.MemberActor
     channels: dict[SandboxChannel, simcord.ChannelHandle]
 
     @property
@@ -141,7 +144,8 @@ class SandboxWorld:
 
 
 def build_world(env: simcord.Env) -> SandboxWorld:
-    """A guild with an admin role, the member at the keyboard (an admin) and the channels.
+    """A guild with an admin role, the member at the keyboard (an admin), the channels and
+    one ordinary member.
 
     The order of creation is fixed: SimCord's ids then come out the same on every run.
     """
@@ -158,7 +162,11 @@ def build_world(env: simcord.Env) -> SandboxWorld:
             SandboxChannel.DEMO.value, topic="Community demo channel: /demo tadz, /demo pudgy."
         ),
     }
-    return SandboxWorld(guild=guild, admin_role=admin_role, member=member, channels=channels)
+    # Last, so the ids above stay what they were before it existed.
+    other = guild.add_member(env.create_user(OTHER_MEMBER_NAME, global_name="A member"))
+    return SandboxWorld(
+        guild=guild, admin_role=admin_role, member=member, other=other, channels=channels
+    )
 
 
 @dataclass(frozen=True)
@@ -210,7 +218,7 @@ class Sandbox:
     async def _open_preview(self, channel: SandboxChannel) -> Preview:
         preview = self.env.preview(
             self.world.channels[channel],
-            viewers=[self.world.member],
+            viewers=[self.world.member, self.world.other],
             layout="channel",
             port=self._port,
         )
@@ -331,16 +339,23 @@ async def open_sandbox(
         await bot.add_cog(SandboxCog(requests))
         # A sandbox must survive a failing command like the real bot does: errors are
         # answered to the member and logged, never raised at teardown.
-        async with simcord.run(
-            bot, check_errors=False, settle_timeout=ACTION_SETTLE_SECONDS
-        ) as env:
-            # SimCord calls its bot "TestBot"; members should see whose bot this is.
-            env.backend.edit_bot_profile(BOT_NAME)
-            world = build_world(env)
-            if saved is not None and saved.ids != world.ids:
-                log.warning(
-                    "sandbox: the simulated ids changed since the last run (SimCord upgrade?); "
-                    "members must /tada link again"
+        env = simcord.Env(bot, check_errors=False, settle_timeout=ACTION_SETTLE_SECONDS)
+        # SimCord calls its bot "TestBot"; members should see whose bot this is.
+        env.backend.edit_bot_profile(BOT_NAME)
+        # The world before the bot starts: its ids then depend on nothing the bot does (each
+        # synced command takes an id), so they stay the same when cogs come and go.
+        world = build_world(env)
+        if saved is not None and saved.ids != world.ids:
+            log.warning(
+                "sandbox: the simulated ids changed since the last run (SimCord upgrade?); "
+                "members must /tada link again"
+            )
+        async with _running(env):
+            if saved is None and services.policy is not None:
+                # First run: #tadz-demo is the community demo channel, as an admin would set
+                # with /tada-admin. Later runs keep whatever the admin changed since.
+                await services.policy.add_demo_channel(
+                    world.guild.id, world.channels[SandboxChannel.DEMO].id
                 )
             token = saved.access_token if saved is not None else secrets.token_urlsafe(32)
             SandboxState(ids=world.ids, access_token=token).save(state_path)
@@ -361,6 +376,17 @@ async def open_sandbox(
             finally:
                 with contextlib.suppress(Exception):
                     await sandbox.close()
+
+
+@asynccontextmanager
+async def _running(env: simcord.Env) -> AsyncIterator[None]:
+    # What ``simcord.run`` does, for an Env whose world was built before the bot started.
+    await env.start()
+    try:
+        with env.time_context():
+            yield
+    finally:
+        await env.shutdown()
 
 
 def announce(sandbox: Sandbox) -> None:

@@ -198,6 +198,14 @@ class SandboxPage:
         suggestion.wait_for(timeout=ACTION_TIMEOUT_MS)
         suggestion.click()
 
+    def autocomplete(self, name: str, typed: str, *, pick: str) -> None:
+        """Type into an autocompleted option and pick the suggestion labelled ``pick``."""
+        field = self.option(name)
+        field.click()
+        field.fill(typed)
+        suggestion = self.page.locator(".command-suggestion").filter(has_text=pick).first
+        suggestion.click(timeout=ACTION_TIMEOUT_MS)
+
     def attach(self, name: str, path: Path) -> None:
         """Upload a file into attachment option ``name`` through the page's file input."""
         self.page.locator(f'input[type="file"][data-option="{name}"]').set_input_files(str(path))

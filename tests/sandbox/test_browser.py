@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.bot.media_samples import _speech_wav
 from tests.sandbox.browser import (
     CHROMIUM,
     CHROMIUM_FLAGS,
@@ -107,12 +108,58 @@ def test_register_in_the_browser_then_the_account_outlives_a_restart(
         page.shot("account-after-restart")
 
 
-def test_switching_to_the_demo_channel(tmp_path: Path, new_page: Callable[[], SandboxPage]) -> None:
+def test_a_first_session_voice_clone_speak_and_the_demo_channel(
+    tmp_path: Path, new_page: Callable[[], SandboxPage]
+) -> None:
+    sample = tmp_path / "my-voice.wav"
+    sample.write_bytes(_speech_wav())  # real speech (the packaged Piper voice), ~14 s
     with sandbox_process(tmp_path, port=free_port()) as sandbox:
         page = new_page()
         page.open(sandbox.url)
+        page.start_command("tada register")
+        page.send()
+        page.dialog.get_by_label("Email address").fill("voice@example.com")
+        page.dialog.get_by_role("button", name="Submit").click()
+        page.message_with("is ready and linked to you")
+
+        # /voice clone: the sample goes through the page's file input, then the consent step.
+        page.start_command("voice clone")
+        page.fill_option("name", "My voice")
+        page.attach("sample", sample)
+        page.shot("clone-composed")
+        page.send()
+        consent = page.message_with("Nothing is uploaded until you confirm")
+        assert consent.locator(".message-ephemeral-note").count() == 1
+        page.shot("consent")
+        consent.get_by_role("button", name="It's my voice, or I have permission").click()
+        page.message_with("Voice cloned from")
+        card = page.message_with("Voice id")
+        assert "My voice" in card.inner_text()
+        page.shot("voice-card")
+
+        # /voice speak: the voice picked from the autocomplete, the audio posted in the channel.
+        page.start_command("voice speak")
+        page.autocomplete("voice", "My", pick="My voice")
+        page.fill_option("text", "Hello from the sandbox.")
+        page.send()
+        spoken = page.message_with("Hello from the sandbox.")
+        audio = spoken.locator('audio[aria-label="speech.mp3"]')
+        audio.wait_for(state="attached")
+        duration = audio.evaluate(
+            "a => new Promise(r => a.readyState >= 1 ? r(a.duration)"
+            " : a.addEventListener('loadedmetadata', () => r(a.duration)))"
+        )
+        assert duration > 0.5  # a real, decodable MP3 of the sentence
+        page.shot("speech-posted")
+
+        # The community demo channel: /sandbox channel switches the page to it.
         page.start_command("sandbox channel")
         page.choose_option("channel", "tadz-demo")
         page.send()
         page.reload_until_channel(sandbox.url, "tadz-demo")
-        page.shot("demo-channel")
+        page.run("demo tadz", prompt="a tadz surfing a wave")
+        # This sandbox's config has no demo model: the member is told what to configure.
+        answer = page.message_with("demo image failed")
+        assert "[engine.image.demos.tadz]" in answer.inner_text()
+        assert "lora_path" in answer.inner_text()
+        page.shot("demo-answer")

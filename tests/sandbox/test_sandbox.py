@@ -1,0 +1,153 @@
+"""The sandbox in-process: its simulated world, what it keeps between runs, channel switches,
+and the page learning about messages the bot posts on its own. (The browser test drives
+the same through Chromium.)"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import discord
+import httpx
+import pytest
+
+from bot.app import TadaBot
+from bot.config import BotConfig
+from bot.sandbox import STATE_FILE, Sandbox, SandboxChannel, SandboxState, open_sandbox
+from engine.settings import EngineSettings
+from tests.bot.conftest import make_bot_config
+from tests.conftest import make_settings
+
+pytest.importorskip("aiohttp")
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture
+def bot_config(tmp_path: Path) -> BotConfig:
+    return make_bot_config(tmp_path / "data")
+
+
+@pytest.fixture
+def engine_settings(tmp_path: Path) -> EngineSettings:
+    return make_settings(tmp_path / "data" / "engine", port=0)
+
+
+def services_of(sandbox: Sandbox) -> Any:
+    bot = sandbox.env.bot
+    assert isinstance(bot, TadaBot)
+    return bot.services
+
+
+async def test_the_world_is_a_guild_with_an_admin_at_the_keyboard_and_two_channels(
+    bot_config: BotConfig, engine_settings: EngineSettings
+) -> None:
+    async with open_sandbox(bot_config, engine_settings=engine_settings) as sandbox:
+        world = sandbox.world
+        guild = sandbox.env.bot.get_guild(world.guild.id)
+        assert guild is not None
+        me = await guild.fetch_member(world.member.id)
+        other = await guild.fetch_member(world.other.id)
+        assert me.guild_permissions.administrator
+        assert not other.guild_permissions.administrator
+        assert {c.name for c in guild.text_channels} == {"general", "tadz-demo"}
+        settings = await services_of(sandbox).policy.settings(world.guild.id)
+        assert settings.demo_channels == (world.channels[SandboxChannel.DEMO].id,)
+        # Every slash command is there, /sandbox included, and runs for the member.
+        help_ = await world.member.slash(world.channels[SandboxChannel.GENERAL], "tada help")
+        assert "/sandbox channel" in help_.response.content
+        assert "/tada register" in help_.response.content
+
+
+async def test_ids_and_access_token_are_the_same_on_the_next_run_whatever_cogs_load(
+    bot_config: BotConfig, engine_settings: EngineSettings
+) -> None:
+    async with open_sandbox(bot_config, engine_settings=engine_settings) as first:
+        ids, token, url = first.world.ids, first.access_token, first.address.url
+        await services_of(first).policy.remove_demo_channel(
+            ids.guild, ids.channels[SandboxChannel.DEMO.value]
+        )
+    saved = SandboxState.load(bot_config.data_dir / STATE_FILE)
+    assert saved == SandboxState(ids=ids, access_token=token)
+    assert (bot_config.data_dir / STATE_FILE).stat().st_mode & 0o077 == 0
+    assert token in url
+
+    # Fewer cogs mean fewer synced commands (each takes a snowflake); the world's ids hold.
+    async with open_sandbox(
+        bot_config, engine_settings=engine_settings, extensions=("cogs.account",)
+    ) as second:
+        assert second.world.ids == ids
+        assert second.access_token == token
+        # The admin's later choice is kept: the demo channel is not forced back.
+        settings = await services_of(second).policy.settings(ids.guild)
+        assert settings.demo_channels == ()
+
+
+async def test_sandbox_channel_moves_the_page_keeping_its_address(
+    bot_config: BotConfig, engine_settings: EngineSettings
+) -> None:
+    async with open_sandbox(bot_config, engine_settings=engine_settings) as sandbox:
+        serving = asyncio.create_task(sandbox.serve_forever())
+        try:
+            before = sandbox.address
+            general = sandbox.world.channels[SandboxChannel.GENERAL]
+            asked = await sandbox.world.member.slash(
+                general, "sandbox channel", channel="tadz-demo"
+            )
+            assert asked.ephemeral and "reload the page" in asked.response.content
+            for _ in range(200):
+                if sandbox.channel is SandboxChannel.DEMO:
+                    break
+                await asyncio.sleep(0.05)
+            assert sandbox.channel is SandboxChannel.DEMO
+            assert sandbox.address == before
+            assert sandbox.preview is not None
+            assert sandbox.preview.channel.id == sandbox.world.channels[SandboxChannel.DEMO].id
+        finally:
+            serving.cancel()
+
+
+async def test_the_page_shows_what_the_bot_posts_on_its_own(
+    bot_config: BotConfig, engine_settings: EngineSettings
+) -> None:
+    async with open_sandbox(bot_config, engine_settings=engine_settings) as sandbox:
+        address = sandbox.address
+        headers = {"X-Simcord-Capability": address.access_token}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{address.port}") as page:
+            opened = (await page.post("/api/pages", json={}, headers=headers)).json()
+            headers["X-Simcord-Context"] = opened["context"]["id"]
+            revision = opened["publishedRevision"]
+
+            # Like a job result: the bot posts without any browser action asking.
+            channel = sandbox.env.bot.get_channel(sandbox.world.channels["general"].id)
+            assert isinstance(channel, discord.TextChannel)
+            await channel.send("Your training finished.")
+
+            state = (await page.get("/api/state", headers=headers)).json()
+            texts = [m.get("content") for m in state["messages"].values()]
+            assert "Your training finished." in texts
+            assert state["publishedRevision"] > revision
+            # Nothing new: polling again does not republish.
+            again = (await page.get("/api/state", headers=headers)).json()
+            assert again["publishedRevision"] == state["publishedRevision"]
+
+
+def test_no_sandbox_flag_says_how_to_get_a_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "TADA_CONFIG")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "--no-sandbox"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "discord.com/developers/applications" in done.stderr
+    assert "sandbox" in done.stderr
+    assert not (tmp_path / "data").exists()
