@@ -68,14 +68,15 @@ class SandboxProcess:
 
 @contextmanager
 def sandbox_process(
-    workdir: Path, *, port: int, channel: str = "general"
+    workdir: Path, *, port: int, channel: str = "general", engine_config: str = ""
 ) -> Iterator[SandboxProcess]:
     """Start the sandbox the way the run command does, in ``workdir`` (its config and data
-    live there); stop it with Ctrl+C (SIGINT) like a person would."""
+    live there); stop it with Ctrl+C (SIGINT) like a person would. ``engine_config`` is
+    TOML added to the config file (e.g. ``[engine.image.training]`` tables)."""
     config = workdir / "config.toml"
     if not config.exists():
         # The engine on any free port: several test runs may share the machine.
-        config.write_text('[general]\ndata_dir = "data"\n\n[engine]\nport = 0\n')
+        config.write_text('[general]\ndata_dir = "data"\n\n[engine]\nport = 0\n\n' + engine_config)
     env = {
         k: v
         for k, v in os.environ.items()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bot.media_samples import _speech_wav
+from tests.bot.media_samples import _speech_wav, picture, zip_of
 from tests.sandbox.browser import (
     CHROMIUM,
     CHROMIUM_FLAGS,
@@ -163,3 +163,64 @@ def test_a_first_session_voice_clone_speak_and_the_demo_channel(
         assert "[engine.image.demos.tadz]" in answer.inner_text()
         assert "lora_path" in answer.inner_text()
         page.shot("demo-answer")
+
+
+# The tiny image model, trained in a few steps: the whole LoRA flow in seconds on a CPU.
+TINY_TRAINING = """
+[engine.image.training]
+steps = 4
+rank = 4
+learning_rate = 1e-2
+batch_size = 2
+
+[engine.image.generation]
+steps = 2
+"""
+
+
+def test_lora_upload_train_with_progress_then_generate_an_image(
+    tmp_path: Path, new_page: Callable[[], SandboxPage]
+) -> None:
+    pictures = tmp_path / "my-pictures.zip"
+    pictures.write_bytes(zip_of({f"img{i}.jpg": picture(i) for i in range(4)}))
+    with sandbox_process(tmp_path, port=free_port(), engine_config=TINY_TRAINING) as sandbox:
+        page = new_page()
+        page.open(sandbox.url)
+        page.start_command("tada register")
+        page.send()
+        page.dialog.get_by_label("Email address").fill("lora@example.com")
+        page.dialog.get_by_role("button", name="Submit").click()
+        page.message_with("is ready and linked to you")
+
+        page.start_command("lora upload")
+        page.fill_option("name", "Cats")
+        page.fill_option("trigger_word", "tadz")
+        page.attach("images", pictures)
+        page.send()
+        sheet = page.message_with("image(s) uploaded")
+        contact = sheet.locator("img")
+        contact.first.wait_for()  # the contact sheet, shown inline
+        page.shot("contact-sheet")
+
+        sheet.get_by_role("button", name="Train").click()
+        progress = page.message_with("Status:")
+        # The progress message is edited in place until the training is done.
+        progress.filter(has_text="100%").wait_for()
+        assert "Elapsed" in progress.inner_text()
+        result = page.message_with("is trained")
+        assert "`tadz`" in result.inner_text() or "tadz" in result.inner_text()
+        page.shot("trained")
+
+        result.get_by_role("button", name="Generate").click()
+        page.dialog.get_by_role("textbox").first.fill("a cat on a sofa")
+        page.dialog.get_by_role("button", name="Submit").click()
+        posted = page.message_with("Enhanced prompt")
+        assert "a cat on a sofa" in posted.inner_text()
+        image = posted.locator(".message-attachments img")
+        image.first.wait_for()
+        width = image.first.evaluate(
+            "i => new Promise(r => i.complete ? r(i.naturalWidth)"
+            " : i.addEventListener('load', () => r(i.naturalWidth)))"
+        )
+        assert width > 0  # a decodable image, drawn in the page
+        page.shot("image-posted")
