@@ -15,15 +15,21 @@ import io
 import math
 import shutil
 import subprocess
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
-from pydub import AudioSegment
 
 from bot.errors import UserFacingError
+
+with warnings.catch_warnings():
+    # pydub looks for a system ffmpeg when imported; it only reads WAV here (our ffmpeg
+    # from the imageio-ffmpeg wheel converts everything else first).
+    warnings.simplefilter("ignore", RuntimeWarning)
+    from pydub import AudioSegment
 
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".flac", ".webm"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
@@ -71,7 +77,8 @@ def suffix_of(file_name: str) -> str:
     return PurePosixPath(file_name).suffix.lower()
 
 
-def _ffmpeg() -> str:
+def ffmpeg_path() -> str:
+    """The ffmpeg binary: the imageio-ffmpeg wheel's, else one on PATH."""
     try:
         import imageio_ffmpeg
 
@@ -85,7 +92,17 @@ def _ffmpeg() -> str:
 
 def _to_wav(data: bytes) -> bytes:
     proc = subprocess.run(  # our own ffmpeg binary, fixed arguments
-        [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-i", "pipe:0", "-f", "wav", "pipe:1"],
+        [
+            ffmpeg_path(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-i",
+            "pipe:0",
+            "-f",
+            "wav",
+            "pipe:1",
+        ],
         input=data,
         capture_output=True,
         timeout=120,

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 
 
 class FairQueue:
-    """Queued job ids per member, served in turn.
+    """Queued job ids per member, served fairly.
 
-    A member with many queued jobs gets one slot per round, like everybody else, and at
-    most ``per_member`` at once: one burst cannot starve the members who asked after it.
-    Pure bookkeeping (no I/O, no awaiting), so positions are exact and cheap.
+    The next job is the first queued job of the member with the fewest jobs running, and
+    among those the one served longest ago (a member never served comes first, then by
+    arrival). A member's burst therefore takes one turn per round like everybody else's
+    requests, and at most ``per_member`` slots at once: it cannot starve the members who
+    asked after it. Pure bookkeeping (no I/O), so positions are exact and cheap.
     """
 
     def __init__(self, *, max_running: int, per_member: int) -> None:
         self.max_running = max_running
         self.per_member = per_member
-        self._queues: OrderedDict[int, deque[str]] = OrderedDict()
+        self._queues: dict[int, deque[str]] = {}
         self._running: dict[int, int] = {}
+        self._served: dict[int, int] = {}
+        self._arrived: dict[int, int] = {}
+        self._seq = 0
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues.values())
@@ -27,24 +32,36 @@ class FairQueue:
         """How many jobs hold a slot."""
         return sum(self._running.values())
 
+    def _tick(self) -> int:
+        self._seq += 1
+        return self._seq
+
     def push(self, member: int, job_id: str) -> None:
         """Queue a job at the end of its member's line."""
-        self._queues.setdefault(member, deque()).append(job_id)
+        if member not in self._queues:
+            self._queues[member] = deque()
+            self._arrived[member] = self._tick()
+        self._queues[member].append(job_id)
+
+    def _order(self, member: int, running: dict[int, int]) -> tuple[int, int, int]:
+        return (running.get(member, 0), self._served.get(member, -1), self._arrived[member])
 
     def pop(self) -> tuple[int, str] | None:
         """The next job to run and take its slot, or ``None`` (nothing queued, or no slot)."""
         if self.running >= self.max_running:
             return None
-        for member in list(self._queues):
-            if self._running.get(member, 0) >= self.per_member:
-                continue
-            line = self._queues.pop(member)
-            job_id = line.popleft()
-            if line:
-                self._queues[member] = line  # back of the round
-            self._running[member] = self._running.get(member, 0) + 1
-            return member, job_id
-        return None
+        ready = [m for m in self._queues if self._running.get(m, 0) < self.per_member]
+        if not ready:
+            return None
+        member = min(ready, key=lambda m: self._order(m, self._running))
+        line = self._queues[member]
+        job_id = line.popleft()
+        if not line:
+            del self._queues[member]
+            del self._arrived[member]
+        self._running[member] = self._running.get(member, 0) + 1
+        self._served[member] = self._tick()
+        return member, job_id
 
     def release(self, member: int) -> None:
         """A job of ``member`` gave its slot back."""
@@ -62,21 +79,34 @@ class FairQueue:
         line.remove(job_id)
         if not line:
             del self._queues[member]
+            del self._arrived[member]
         return True
 
     def position(self, job_id: str) -> int | None:
         """1 when the job runs next, 2 after one other, ...; ``None`` when not queued.
 
-        Serving goes round by round: in each round every member with jobs left gives one,
-        in the current order of members.
+        The serving order is replayed on copies, counting each job handed out as running
+        (slots free up in an unknown order, so this is the order, not a time).
         """
-        lines = [list(q) for q in self._queues.values()]
+        if not any(job_id in line for line in self._queues.values()):
+            return None
+        lines = {m: list(q) for m, q in self._queues.items()}
+        running = dict(self._running)
+        served = dict(self._served)
+        seq = self._seq
         ahead = 0
-        for depth in range(max((len(line) for line in lines), default=0)):
-            for line in lines:
-                if depth >= len(line):
-                    continue
-                ahead += 1
-                if line[depth] == job_id:
-                    return ahead
+        while lines:
+            member = min(
+                lines,
+                key=lambda m: (running.get(m, 0), served.get(m, -1), self._arrived[m]),
+            )
+            picked = lines[member].pop(0)
+            if not lines[member]:
+                del lines[member]
+            ahead += 1
+            if picked == job_id:
+                return ahead
+            running[member] = running.get(member, 0) + 1
+            seq += 1
+            served[member] = seq
         return None

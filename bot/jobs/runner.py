@@ -189,13 +189,18 @@ class JobRunner:
     # ------------------------------------------------------------------ submit
 
     async def submit(self, interaction: discord.Interaction[Any], request: JobRequest) -> Job:
-        """Admit, defer, save the job, count it, queue it, and tell the member where it is."""
+        """Defer, admit, save the job, count it, queue it, and tell the member where it is.
+
+        The deferral comes first (Discord wants an answer within 3 s, the gate and the store
+        may take their time under load) and is ephemeral: the queue note is the member's
+        business; the result is a follow-up, public unless the gate asked for privacy.
+        """
+        if not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=True, thinking=True)
         greq = gate_request(interaction, request)
         admission = await self.services.gate.admit(greq)
         if admission.shared_key is None and await self.services.members.get(greq.user_id) is None:
             raise NotLinked()
-        if not interaction.response.is_done():
-            await interaction.response.defer(ephemeral=admission.private_results, thinking=True)
         job = await self.store.create(
             user_id=greq.user_id,
             guild_id=interaction.guild_id,
@@ -583,7 +588,6 @@ class JobRunner:
         """The posted message's id, or ``None`` when this destination cannot take it."""
         delay = self.config.post_backoff_seconds
         for attempt in range(1, self.config.post_attempts + 1):
-            await self.store.count_attempt(job.id)
             try:
                 return await self._post(job, destination, outgoing)
             except (discord.Forbidden, discord.NotFound):
@@ -592,6 +596,7 @@ class JobRunner:
                 if exc.status < 500 and exc.status != 429:
                     log.warning("job %s: %s refused the result: %s", job.id, destination, exc)
                     return None
+                await self.store.count_attempt(job.id)
                 log.warning(
                     "job %s: posting to %s failed (attempt %d): %s",
                     job.id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from datetime import datetime
@@ -26,6 +27,9 @@ class JobStore:
     def __init__(self, store: Store, keys: KeyBox) -> None:
         self._store = store
         self._keys = keys
+        # One writer at a time: SQLite fails (rather than waits) when two connections'
+        # read-then-write transactions cross, and hundreds of jobs update at once.
+        self._writes = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<JobStore {self._store!r}>"
@@ -63,7 +67,7 @@ class JobStore:
             created_at=now,
             updated_at=now,
         )
-        async with self._store.session() as session:
+        async with self._writes, self._store.session() as session:
             session.add(row)
             await session.commit()
         return Job.of(row)
@@ -95,7 +99,7 @@ class JobStore:
 
     async def update(self, job_id: str, **values: Any) -> Job:
         """Set columns (``params``/``result`` as dicts, enums as themselves); returns the job."""
-        async with self._store.session() as session:
+        async with self._writes, self._store.session() as session:
             row = await session.get(JobRow, job_id)
             if row is None:
                 raise JobNotFound(job_id)
@@ -111,7 +115,7 @@ class JobStore:
 
     async def mark_posted(self, job_id: str, *, message_id: int | None, via: Destination) -> bool:
         """Record a delivery once; ``False`` when the job was already posted (never twice)."""
-        async with self._store.session() as session:
+        async with self._writes, self._store.session() as session:
             row = await session.get(JobRow, job_id)
             if row is None or row.posted_via is not None:
                 return False
@@ -126,7 +130,7 @@ class JobStore:
 
     async def count_attempt(self, job_id: str) -> int:
         """One more posting attempt; returns the count."""
-        async with self._store.session() as session:
+        async with self._writes, self._store.session() as session:
             row = await session.get(JobRow, job_id)
             if row is None:
                 raise JobNotFound(job_id)

@@ -112,3 +112,24 @@ async def test_a_member_without_an_account_is_told_to_link_and_nothing_is_saved(
     assert "/tada link" in result.response.content
     assert await simcord_env.bot.jobs.store.for_member(bob.id) == []  # type: ignore[attr-defined]
     _ = simcord_env.errors
+
+
+async def test_a_member_waiting_for_a_slot_sees_their_place_in_line(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+    runner = simcord_env.bot.jobs  # type: ignore[attr-defined]
+    runner.queue = FairQueue(max_running=1, per_member=1)
+    # Bob's job holds the only slot; another of his waits, queued before Alice asks.
+    runner.queue.push(1, "b" * 32)
+    runner.queue.push(1, "c" * 32)
+    assert runner.queue.pop() == (1, "b" * 32)
+
+    asked = await alice.slash(channel, "demo tadz", prompt="a cat")
+
+    assert asked.ephemeral and asked.response is not None
+    # Round-robin: Alice comes before Bob's second job.
+    assert "number 1 in line" in asked.response.content
+    [job] = await runner.store.for_member(alice.id)
+    assert job.state is JobState.QUEUED and runner.position(job.id) == 1
+    assert runner.position("c" * 32) == 2
