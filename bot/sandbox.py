@@ -317,16 +317,17 @@ async def open_sandbox(
     on_ready: Callable[[Sandbox], None] | None = None,
 ) -> AsyncIterator[Sandbox]:
     """The whole sandbox: services, the bot in SimCord, the world, the page on ``port``."""
+    needs = "the sandbox needs SimCord's browser preview: pip install -e '.[sandbox]'"
     try:
         import simcord
         from simcord.preview import _require_preview_runtime
-        from simcord.preview._server import PreviewServer  # noqa: F401  (aiohttp present)
-
+    except ImportError as exc:
+        raise SandboxError(f"{needs} ({exc})") from exc
+    try:
+        # Checks aiohttp, the Markdown renderers and the bundled fonts.
         _require_preview_runtime()
-    except (ImportError, simcord.SetupError) as exc:
-        raise SandboxError(
-            f"the sandbox needs SimCord's browser preview: pip install -e '.[sandbox]' ({exc})"
-        ) from exc
+    except simcord.SetupError as exc:
+        raise SandboxError(f"{needs} ({exc})") from exc
     config = _sandbox_config(config)
     state_path = config.data_dir / STATE_FILE
     saved = SandboxState.load(state_path)
@@ -368,7 +369,13 @@ async def open_sandbox(
                 requests=requests,
                 data_dir=config.data_dir,
             )
-            await sandbox.start()
+            try:
+                await sandbox.start()
+            except simcord.SetupError as exc:
+                raise SandboxError(
+                    f"the sandbox page cannot listen on 127.0.0.1:{port} ({exc}); pass "
+                    "--sandbox-port with a free port, or 0 for any"
+                ) from exc
             try:
                 if on_ready is not None:
                     on_ready(sandbox)

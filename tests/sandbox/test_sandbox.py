@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,14 @@ import pytest
 
 from bot.app import TadaBot
 from bot.config import BotConfig
-from bot.sandbox import STATE_FILE, Sandbox, SandboxChannel, SandboxState, open_sandbox
+from bot.sandbox import (
+    STATE_FILE,
+    Sandbox,
+    SandboxChannel,
+    SandboxError,
+    SandboxState,
+    open_sandbox,
+)
 from engine.settings import EngineSettings
 from tests.bot.conftest import make_bot_config
 from tests.conftest import make_settings
@@ -151,3 +159,17 @@ def test_no_sandbox_flag_says_how_to_get_a_token(tmp_path: Path) -> None:
     assert "discord.com/developers/applications" in done.stderr
     assert "sandbox" in done.stderr
     assert not (tmp_path / "data").exists()
+
+
+async def test_a_port_in_use_is_a_clear_start_error(
+    bot_config: BotConfig, engine_settings: EngineSettings
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SandboxError) as caught:
+            async with open_sandbox(bot_config, engine_settings=engine_settings, port=port):
+                pass
+    assert f"127.0.0.1:{port}" in str(caught.value)
+    assert "--sandbox-port" in str(caught.value)
