@@ -6,7 +6,8 @@ feature works instead), the member's roles, the bot's own permissions in the cha
 then the cooldown and quotas of the member's most generous role. In a community demo
 channel it lends the guild's shared key. ``record`` counts an accepted request.
 
-In DMs nothing of a guild applies: members use their own keys, without quotas.
+In DMs no guild's settings apply (members use their own keys, without quotas); only
+the built-in blocked words do.
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ class PolicyGate:
     async def admit(self, request: GateRequest) -> Admission:
         """Admit ``request`` or raise a :class:`UserFacingError` saying why and what to do."""
         if request.guild_id is None:
+            # No server's settings apply in DMs, but the built-in word list does: the bot
+            # makes nothing from those words anywhere.
+            await self._check_text(GuildSettings(), request)
             return Admission()
         settings = await self._store.settings(request.guild_id)
         where = self._where(request.channel_id)

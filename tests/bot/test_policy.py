@@ -111,13 +111,18 @@ async def test_no_configuration_admits_everything_publicly(world: World) -> None
         assert (await session.scalars(select(GuildSettingsRow))).all() == []
 
 
-async def test_dms_ignore_guild_rules_and_count_nothing(world: World) -> None:
+async def test_dms_ignore_guild_rules_but_not_the_built_in_words(world: World) -> None:
+    moderation = Moderation(exempt_words=("nude",))
     await world.policy.update(
         GUILD,
-        lambda s: s.model_copy(update={"roles": {Feature.LORA: (ARTISTS,)}}),
+        lambda s: s.model_copy(
+            update={"roles": {Feature.LORA: (ARTISTS,)}, "moderation": moderation}
+        ),
     )
-    admission = await world.gate.admit(ask(guild=None, text="nude"))
-    assert admission.shared_key is None
+    admission = await world.gate.admit(ask(guild=None, text="a cat"))
+    assert admission.shared_key is None and not admission.private_results
+    # A guild's exemption does not follow the member into DMs.
+    assert "“nude”" in await refused(world.gate, ask(guild=None, text="nude"))
     await world.gate.record(ask(guild=None))
     async with world.store.session() as session:
         assert (await session.scalars(select(UsageRow))).all() == []
