@@ -33,6 +33,7 @@ bench: setup
 	$(PY) bench/upload.py
 	$(PY) bench/image.py
 	$(PY) bench/voice.py
+	$(PY) bench/sandbox_start.py
 
 # Refresh the lock after changing dependencies (then run `make test`).
 lock:
