@@ -44,7 +44,7 @@ from bot.jobs.render import (
     render,
     training_progress,
 )
-from bot.jobs.store import JobStore
+from bot.jobs.store import JobNotFound, JobStore
 from bot.media import IMAGE_SUFFIXES
 from bot.store.models import utcnow
 from bot.tada import TadaClient
@@ -272,6 +272,8 @@ class JobRunner:
     async def _slot(self, member: int, job_id: str) -> None:
         try:
             await self._execute(job_id)
+        except JobNotFound:
+            log.info("job %s was deleted (/tada forget) before it ran", job_id)
         finally:
             self.queue.release(member)
             self._pump()
@@ -366,6 +368,8 @@ class JobRunner:
         self._watching.add(job_id)
         try:
             await self._watch_loop(job_id)
+        except JobNotFound:
+            log.info("job %s was deleted (/tada forget); no longer watched", job_id)
         finally:
             self._watching.discard(job_id)
 
@@ -562,7 +566,10 @@ class JobRunner:
             return
         self._delivering.add(job_id)
         try:
-            job = await self.store.get(job_id)
+            try:
+                job = await self.store.get(job_id)
+            except JobNotFound:
+                return  # the member asked the bot to forget them: nothing to post
             if job.posted:
                 return
             files, note = await self._artifacts(job)

@@ -133,3 +133,19 @@ async def test_a_member_waiting_for_a_slot_sees_their_place_in_line(
     [job] = await runner.store.for_member(alice.id)
     assert job.state is JobState.QUEUED and runner.position(job.id) == 1
     assert runner.position("c" * 32) == 2
+
+
+async def test_forget_deletes_the_members_jobs_too(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+    await alice.slash(channel, "demo tadz", prompt="a cat")
+    store = simcord_env.bot.jobs.store  # type: ignore[attr-defined]
+    assert len(await store.for_member(alice.id)) == 1
+
+    asked = await alice.slash(channel, "tada forget")
+    assert asked.response is not None
+    await alice.click(asked.response, label="Delete my data")
+
+    assert await store.for_member(alice.id) == []
+    assert await services.members.get(alice.id) is None
