@@ -292,3 +292,20 @@ async def test_help_lists_tada_admin_as_one_line(server: Server) -> None:
     text = result.response.content
     assert "`/tada-admin`: Set up Ta-da for this server (server managers)" in text
     assert "`/quota`:" in text and "tada-admin show" not in text
+
+
+async def test_a_thread_works_where_its_channel_does(
+    simcord_env: simcord.Env, server: Server, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    art = server.guild.create_text_channel("art")
+    await admin_says(server, "channels allow", feature="demo", channel=art)
+    await link(services, api, server.alice)
+    parent = simcord_env.bot.get_channel(art.id)
+    assert isinstance(parent, discord.TextChannel)
+    await parent.create_thread(name="cats", type=discord.ChannelType.public_thread)
+    [thread] = art.threads
+
+    result = await server.alice.slash(thread, "demo tadz", prompt="a cat")
+
+    posted = result.followups[-1]
+    assert posted.attachments and server.alice.mention in posted.content
