@@ -145,7 +145,7 @@ def load_bot_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = 
     """Build the bot config from a parsed config file and the environment."""
     env = os.environ if environ is None else environ
     general = dict(raw.get("general", {}))
-    sections = {name: dict(raw.get(name, {})) for name in ("discord", "tada", "store")}
+    sections = {name: dict(raw.get(name, {})) for name in ("discord", "tada", "store", "jobs")}
     if "token" in sections["discord"]:
         raise ConfigError(f"discord.token must not be in the config file; set {TOKEN_ENV}")
     for key in ("encryption_key", "encryption_keys"):

@@ -10,7 +10,7 @@ import simcord
 from pydantic import SecretStr
 
 from bot.app import BotServices
-from bot.config import BotConfig
+from bot.config import BotConfig, ConfigError, load_bot_config
 from bot.jobs import Destination, JobState
 from bot.jobs.fairness import FairQueue
 from bot.store import LinkedVia
@@ -149,3 +149,10 @@ async def test_forget_deletes_the_members_jobs_too(
 
     assert await store.for_member(alice.id) == []
     assert await services.members.get(alice.id) is None
+
+
+def test_the_jobs_section_of_the_config_file_is_read_and_checked() -> None:
+    config = load_bot_config({"jobs": {"max_concurrent": 3, "per_member": 1}}, {})
+    assert (config.jobs.max_concurrent, config.jobs.per_member) == (3, 1)
+    with pytest.raises(ConfigError, match="max_concurrent"):
+        load_bot_config({"jobs": {"max_concurrent": 0}}, {})
