@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
@@ -64,13 +65,13 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Image sty
         interaction: discord.Interaction[Any],
         name: str,
         trigger_word: str,
-        prepare: Any,
+        prepare: Callable[[], Awaitable[ImageSet]],
     ) -> None:
         """Admit, check the files, upload the zip, answer with a contact sheet and Train."""
         request = member_request(interaction, Feature.LORA, Action.LORA_UPLOAD, text=name)
         admission, tada = await admit(self.services, interaction, request)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        image_set: ImageSet = await prepare()
+        image_set = await prepare()
         target = await tada.create_lora_upload_url(name, trigger_word, "images.zip")
         await tada.put_upload(target, image_set.zip_bytes)
         await self.services.gate.record(request)

@@ -13,7 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import BotServices, TadaBot
-from bot.errors import UserFacingError
+from bot.errors import NotLinked, UserFacingError
 from bot.gate import Action, Feature, GateRequest
 from bot.jobs.buttons import SpeakButton
 from bot.jobs.render import clip
@@ -107,8 +107,6 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
     async def _tada(self, interaction: discord.Interaction[Any]) -> TadaClient:
         account = await self.services.members.get(interaction.user.id)
         if account is None:
-            from bot.errors import NotLinked
-
             raise NotLinked()
         return self.services.tada.with_key(account.api_key)
 

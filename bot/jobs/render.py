@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,8 +51,6 @@ class Outgoing:
 
     def discord_files(self) -> list[discord.File]:
         """New ``discord.File`` objects (each can be sent once)."""
-        import io
-
         return [discord.File(io.BytesIO(data), filename=name) for name, data in self.files]
 
 
