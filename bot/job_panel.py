@@ -2,7 +2,8 @@
 and the one thing they may do about them: cancel a job that has not started.
 
 Reads the job runner's rows and queue (``bot.jobs``); cancelling takes the job out of the
-queue first, so a job the runner already picked can never be marked cancelled.
+queue first, so a job the runner already picked can never be marked cancelled, and gives
+its quota back.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import discord
 
 from bot.errors import UserFacingError
 from bot.jobs import Destination, Job, JobKind, JobNotFound, JobRunner, JobState
+from bot.jobs.runner import FEATURE_OF
+from bot.policy import PolicyGate
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +93,10 @@ class Panel:
 class JobPanel:
     """Reads and cancels a member's jobs through the bot's job runner."""
 
-    def __init__(self, runner: JobRunner) -> None:
+    def __init__(self, runner: JobRunner, *, gate: PolicyGate | None = None) -> None:
         self._runner = runner
+        # Gives the quota back when a job is cancelled (it never reached Ta-da).
+        self._gate = gate
 
     def __repr__(self) -> str:
         return f"<JobPanel {self._runner!r}>"
@@ -127,5 +132,11 @@ class JobPanel:
         )
         # Nothing to post for a cancelled job, now or after a restart.
         await self._runner.store.mark_posted(job_id, message_id=None, via=Destination.INTERACTION)
+        if self._gate is not None and job.guild_id is not None:
+            _, action = FEATURE_OF[job.kind]
+            cost = self._runner.request_like(job).cost
+            await self._gate.refund(
+                guild_id=job.guild_id, user_id=user_id, action=action, cost=cost
+            )
         log.info("member %s cancelled queued job %s", user_id, job_id)
         return canceled

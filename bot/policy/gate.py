@@ -45,6 +45,14 @@ Clock = Callable[[], datetime]
 # Usage rows are kept this long: a month of trainings and the longest usage report.
 USAGE_RETENTION = timedelta(days=100)
 
+# An admitted request holds its cost until it is recorded (or this long has passed), so
+# requests admitted at the same moment cannot overrun a quota together.
+HOLD_SECONDS = 120
+
+# Admissions of one member (and feature) are checked one at a time; striped locks keep
+# that exact with a fixed amount of memory however many members there are.
+LOCK_STRIPES = 64
+
 # Setting-up steps (a new voice, a new image set) are not slowed by cooldowns; the
 # requests that make something are.
 COOLDOWN_ACTIONS = frozenset(
@@ -93,6 +101,19 @@ def role_list(role_ids: Iterable[int]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _Hold:
+    """An admitted request not recorded yet: what it will count."""
+
+    action: Action
+    cost: int
+    at: datetime
+
+
+# guild, member, feature
+MemberKey = tuple[int, int, Feature]
+
+
+@dataclass(frozen=True, slots=True)
 class FeatureStatus:
     """What ``/quota`` shows for one feature."""
 
@@ -115,6 +136,8 @@ class PolicyGate:
         self._keys = keys
         self._clock = clock
         self._client: discord.Client | None = None
+        self._holds: dict[MemberKey, list[_Hold]] = {}
+        self._locks = tuple(asyncio.Lock() for _ in range(LOCK_STRIPES))
 
     def __repr__(self) -> str:
         return f"<PolicyGate {self._store!r}>"
@@ -144,7 +167,13 @@ class PolicyGate:
         self._check_bot_permissions(request)
         await self._check_text(settings, request)
         if not request.is_admin:
-            await self._check_quotas(settings, request)
+            key: MemberKey = (request.guild_id, request.user_id, request.feature)
+            async with self._locks[hash(key) % LOCK_STRIPES]:
+                now = self.now()
+                holds = self._live_holds(key, now)
+                if await self._check_quotas(settings, request, holds, now):
+                    holds.append(_Hold(request.action, request.cost, now))
+                    self._holds[key] = holds
         shared_key = None
         notes: list[str] = []
         if request.feature is Feature.DEMO and where & set(settings.demo_channels):
@@ -232,20 +261,34 @@ class PolicyGate:
             what = "text" if request.feature is Feature.VOICE else "prompt"
             raise UserFacingError(refusal(blocked, what=what))
 
-    async def _check_quotas(self, settings: GuildSettings, request: GateRequest) -> None:
+    def _live_holds(self, key: MemberKey, now: datetime) -> list[_Hold]:
+        """The member's holds that have not expired (expired ones are dropped)."""
+        live = [h for h in self._holds.pop(key, ()) if now - h.at < timedelta(seconds=HOLD_SECONDS)]
+        if live:
+            self._holds[key] = live
+        return live
+
+    async def _check_quotas(
+        self, settings: GuildSettings, request: GateRequest, holds: list[_Hold], now: datetime
+    ) -> bool:
+        """Refuse what would overrun a limit; whether any limit applies to the request."""
         assert request.guild_id is not None
         held = request.role_ids | {request.guild_id}
-        now = self.now()
         name = FEATURE_NAMES[request.feature]
+        limited = False
         for bound in bounds_for(settings.quotas, held, request.feature):
             if bound.amount is None:
                 continue
             if bound.limit is Limit.COOLDOWN_SECONDS:
                 if request.action not in COOLDOWN_ACTIONS:
                     continue
+                limited = True
                 last = await self._store.last_use(
                     request.guild_id, request.user_id, request.feature, COOLDOWN_ACTIONS
                 )
+                waiting = [h.at for h in holds if h.action in COOLDOWN_ACTIONS]
+                if waiting:
+                    last = max([*waiting, *([last] if last is not None else [])])
                 cooldown = cooldown_from(bound.amount, last)
                 if cooldown.waiting(now) and cooldown.ready_at is not None:
                     wait = max(1, round((cooldown.ready_at - now).total_seconds()))
@@ -255,13 +298,21 @@ class PolicyGate:
                         f"({discord.utils.format_dt(cooldown.ready_at, 'R')})."
                     )
                 continue
-            if request.action not in COUNTED_ACTIONS[bound.limit]:
+            counted = COUNTED_ACTIONS[bound.limit]
+            if request.action not in counted:
                 continue
+            limited = True
             allowance = await self._allowance(
                 request.guild_id, request.user_id, request.feature, bound, now
             )
+            start, _ = period_bounds(PERIOD_OF[bound.limit], now)
+            pending = sum(h.cost for h in holds if h.action in counted and h.at >= start)
+            allowance = Allowance(
+                allowance.limit, allowance.amount, allowance.used + pending, allowance.resets_at
+            )
             if allowance.used + request.cost > allowance.amount:
                 raise UserFacingError(_quota_refusal(name, allowance, request.cost))
+        return limited
 
     async def _allowance(
         self, guild_id: int, user_id: int, feature: Feature, bound: Bound, now: datetime
@@ -280,6 +331,14 @@ class PolicyGate:
         """Count an accepted request against the member's quotas (guilds only)."""
         if request.guild_id is None:
             return
+        key: MemberKey = (request.guild_id, request.user_id, request.feature)
+        holds = self._holds.get(key, [])
+        hold = next((h for h in holds if h.action is request.action), None)
+        if hold is not None:
+            # From now on the row counts, not the hold.
+            holds.remove(hold)
+            if not holds:
+                self._holds.pop(key, None)
         shared = False
         if request.feature is Feature.DEMO:
             settings = await self._store.settings(request.guild_id)
@@ -296,6 +355,11 @@ class PolicyGate:
             at=now,
             prune_before=now - USAGE_RETENTION,
         )
+
+    async def refund(self, *, guild_id: int, user_id: int, action: Action, cost: int) -> bool:
+        """Give back one recorded request (a job cancelled before it reached Ta-da);
+        whether a matching one was found."""
+        return await self._store.remove_latest_usage(guild_id, user_id, action, cost)
 
     # ------------------------------------------------------------------ /quota
 

@@ -134,6 +134,28 @@ class PolicyStore:
                     )
                 )
 
+    async def remove_latest_usage(
+        self, guild_id: int, discord_user_id: int, action: Action, cost: int
+    ) -> bool:
+        """Delete the member's latest row of ``action`` with ``cost``; whether one was there."""
+        latest = (
+            select(UsageRow.id)
+            .where(
+                UsageRow.guild_id == guild_id,
+                UsageRow.discord_user_id == discord_user_id,
+                UsageRow.action == action.value,
+                UsageRow.cost == cost,
+            )
+            .order_by(UsageRow.id.desc())
+            .limit(1)
+        )
+        async with self._store.session() as session, session.begin():
+            row_id = await session.scalar(latest)
+            if row_id is None:
+                return False
+            await session.execute(delete(UsageRow).where(UsageRow.id == row_id))
+        return True
+
     async def used(
         self,
         guild_id: int,

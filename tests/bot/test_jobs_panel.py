@@ -13,8 +13,10 @@ from pydantic import SecretStr
 from bot.app import BotServices
 from bot.config import BotConfig
 from bot.errors import UserFacingError
+from bot.gate import Feature
 from bot.job_panel import CANCELED, JobPanel
 from bot.jobs import JobRunner, JobState
+from bot.policy import Limit
 from bot.store import LinkedVia
 from engine.settings import EngineSettings
 from tests.bot.conftest import make_bot_config
@@ -54,6 +56,12 @@ async def linked_member(
     return channel, member
 
 
+async def quota_text(member: simcord.MemberActor, channel: simcord.ChannelHandle) -> str:
+    result = await member.slash(channel, "quota")
+    assert result.response is not None
+    return result.response.content
+
+
 def runner_of(env: simcord.Env) -> JobRunner:
     runner = env.bot.jobs  # type: ignore[attr-defined]
     assert isinstance(runner, JobRunner)
@@ -90,6 +98,9 @@ async def test_queued_jobs_show_their_place_and_cancel_before_any_ta_da_call(
     simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
 ) -> None:
     channel, alice = await linked_member(simcord_env, services, api, "alice")
+    guild_id = channel.guild.id  # type: ignore[union-attr]
+    assert services.policy is not None
+    await services.policy.set_quota(guild_id, guild_id, Feature.DEMO, Limit.IMAGES_PER_DAY, 5)
     runner = runner_of(simcord_env)
     # Alice's only slot is taken (a long job of hers): what she asks next waits in line.
     runner.queue.push(alice.id, BUSY)
@@ -108,6 +119,7 @@ async def test_queued_jobs_show_their_place_and_cancel_before_any_ta_da_call(
     assert "2. Demo image (pudgy) “a bird” · number 2 in line" in text
     labels = [c["label"] for row in shown.response.components for c in row["components"]]
     assert labels == ["Cancel 1", "Cancel 2"]
+    assert "3 of 5 images per day left" in await quota_text(alice, channel)
 
     # Someone else cannot press Alice's buttons.
     bob = channel.guild.add_member(simcord_env.create_user("bob"))  # type: ignore[union-attr]
@@ -125,6 +137,8 @@ async def test_queued_jobs_show_their_place_and_cancel_before_any_ta_da_call(
     assert dog.state is JobState.FAILED and dog.error == CANCELED and dog.posted
     assert runner.position(dog.id) is None
     assert calls == []
+    # The cancelled image no longer counts against her quota.
+    assert "4 of 5 images per day left" in await quota_text(alice, channel)
 
     # A job that is not waiting any more cannot be cancelled.
     panel = JobPanel(runner)

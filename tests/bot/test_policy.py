@@ -4,6 +4,7 @@ the shared key, and the bot's channel permissions. Discord is not needed for the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from bot.crypto import KeyBox
 from bot.errors import UserFacingError
 from bot.gate import Action, Feature, GateRequest
 from bot.policy import GuildSettingsRow, Limit, PolicyGate, PolicyStore, QuotaRule, UsageRow
+from bot.policy.gate import HOLD_SECONDS
 from bot.policy.moderation import DEFAULT_BLOCKED_WORDS, check_pattern, moderator_for
 from bot.policy.quotas import Period, effective_bound, period_bounds
 from bot.policy.settings import Moderation
@@ -356,3 +358,47 @@ async def test_old_usage_is_pruned(world: World) -> None:
     await world.gate.record(ask())
     async with world.store.session() as session:
         assert len((await session.scalars(select(UsageRow))).all()) == 1
+
+
+async def test_requests_admitted_together_cannot_overrun_a_quota(world: World) -> None:
+    rule = QuotaRule(role_id=GUILD, feature=Feature.LORA, limit=Limit.IMAGES_PER_DAY, amount=1)
+    await world.policy.update(GUILD, lambda s: s.model_copy(update={"quotas": (rule,)}))
+
+    outcomes = await asyncio.gather(
+        *(world.gate.admit(ask()) for _ in range(5)), return_exceptions=True
+    )
+
+    assert sum(isinstance(o, UserFacingError) for o in outcomes) == 4
+    # Admitted but never recorded (the member was not linked, say): the hold expires.
+    world.clock.advance(seconds=HOLD_SECONDS + 1)
+    await world.gate.admit(ask())
+    await world.gate.record(ask())
+    await refused(world.gate, ask())
+    # A recorded request counts once: its hold went when its row came.
+    world.clock.advance(seconds=HOLD_SECONDS + 1)
+    await refused(world.gate, ask())
+
+
+async def test_a_cooldown_holds_for_requests_admitted_together(world: World) -> None:
+    rule = QuotaRule(role_id=GUILD, feature=Feature.DEMO, limit=Limit.COOLDOWN_SECONDS, amount=30)
+    await world.policy.update(GUILD, lambda s: s.model_copy(update={"quotas": (rule,)}))
+    demo = ask(Feature.DEMO, Action.DEMO_GENERATE)
+    outcomes = await asyncio.gather(
+        world.gate.admit(demo), world.gate.admit(demo), return_exceptions=True
+    )
+    assert sum(isinstance(o, UserFacingError) for o in outcomes) == 1
+
+
+async def test_a_refund_gives_one_request_back(world: World) -> None:
+    rule = QuotaRule(role_id=GUILD, feature=Feature.LORA, limit=Limit.IMAGES_PER_DAY, amount=1)
+    await world.policy.update(GUILD, lambda s: s.model_copy(update={"quotas": (rule,)}))
+    await world.gate.admit(ask())
+    await world.gate.record(ask())
+    await refused(world.gate, ask())
+    assert await world.gate.refund(
+        guild_id=GUILD, user_id=ALICE, action=Action.LORA_GENERATE, cost=1
+    )
+    await world.gate.admit(ask())
+    assert not await world.gate.refund(
+        guild_id=GUILD, user_id=ALICE, action=Action.LORA_GENERATE, cost=1
+    )
