@@ -74,6 +74,8 @@ FEATURE_OF = {
     JobKind.LORA_GENERATE: (Feature.LORA, Action.LORA_GENERATE),
     JobKind.DEMO_GENERATE: (Feature.DEMO, Action.DEMO_GENERATE),
 }
+# Pauses before the later delivery rounds when no destination took a result.
+REDELIVERY_DELAYS = (60.0, 300.0, 1800.0)
 FINAL_TRAINING = frozenset(
     {TrainingStatus.SUCCEEDED, TrainingStatus.FAILED, TrainingStatus.CANCELED}
 )
@@ -560,7 +562,7 @@ class JobRunner:
             return (), f"The file could not be fetched from Ta-da; it is here: {url}"
         return ((name, b"".join(chunks)),), None
 
-    async def _deliver(self, job_id: str) -> None:
+    async def _deliver(self, job_id: str, round_: int = 0) -> None:
         """Post a final job's result once, trying each destination with retries."""
         if job_id in self._delivering:
             return
@@ -585,9 +587,17 @@ class JobRunner:
                     await self.store.mark_posted(job.id, message_id=message_id, via=destination)
                     await self._tidy_status(job)
                     return
-            log.error("job %s: no destination took the result; kept for the next start", job.id)
+            log.error("job %s: no destination took the result; trying again later", job.id)
+            if round_ < len(REDELIVERY_DELAYS):
+                self._spawn(self._redeliver(job_id, round_ + 1), f"redeliver {job_id}")
         finally:
             self._delivering.discard(job_id)
+
+    async def _redeliver(self, job_id: str, round_: int) -> None:
+        """Another delivery round after a pause (Discord outage); the next start retries
+        too, since the row stays unposted."""
+        await asyncio.sleep(REDELIVERY_DELAYS[round_ - 1])
+        await self._deliver(job_id, round_)
 
     async def _post_with_retries(
         self, job: Job, destination: Destination, outgoing: Outgoing

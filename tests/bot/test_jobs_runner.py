@@ -156,3 +156,29 @@ def test_the_jobs_section_of_the_config_file_is_read_and_checked() -> None:
     assert (config.jobs.max_concurrent, config.jobs.per_member) == (3, 1)
     with pytest.raises(ConfigError, match="max_concurrent"):
         load_bot_config({"jobs": {"max_concurrent": 0}}, {})
+
+
+async def test_when_discord_takes_nothing_the_result_is_posted_in_a_later_round(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+    for method, path in (
+        ("POST", "/webhooks/*"),
+        ("POST", "/channels/*/messages"),
+        ("POST", "/users/@me/channels"),
+    ):
+        simcord_env.inject_error(method, path, status=503, times=None)
+
+    await alice.slash(channel, "demo tadz", prompt="a cat")
+    store = simcord_env.bot.jobs.store  # type: ignore[attr-defined]
+    [job] = await store.for_member(alice.id)
+    assert job.state is JobState.FAILED and not job.posted
+
+    simcord_env.backend.faults.clear()  # Discord is back
+    await simcord_env.advance_time(60)
+
+    job = await store.get(job.id)
+    # A minute later the interaction's token is still valid: the first choice again.
+    assert job.posted_via is Destination.INTERACTION
+    assert sum("failed" in m.content for m in channel.history()) == 1
+    _ = simcord_env.errors
