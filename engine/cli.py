@@ -13,6 +13,7 @@ from pathlib import Path
 from engine.settings import EngineSettings, SettingsError, load_engine_settings
 
 log = logging.getLogger("engine")
+KEEP_ALIVE_SECONDS = 75
 
 
 def _serve(settings: EngineSettings, host: str | None, port: int | None) -> int:
@@ -26,6 +27,10 @@ def _serve(settings: EngineSettings, host: str | None, port: int | None) -> int:
         host=host or settings.host,
         port=port if port is not None else settings.port,
         log_level="info",
+        # Longer than clients keep idle connections (httpx: 5 s), so the client closes an
+        # idle connection first. With both at 5 s, a request sent just as the server timed
+        # the connection out was lost (ReadError; 11 of 10,000 GETs at 500 clients).
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     return 0
 
