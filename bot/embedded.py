@@ -72,6 +72,9 @@ class EmbeddedEngine:
             log_config=None,
             access_log=False,
             log_level="warning",
+            # Longer than the bot's client keeps idle connections (httpx: 5 s): at equal
+            # timeouts a call sent as uvicorn closed the idle connection was lost.
+            timeout_keep_alive=75,
         )
         server = self._server = _quiet_server(config)
 
