@@ -94,6 +94,19 @@ async def test_zip_upload_train_progress_mention_generate(
     with Image.open(__import__("io").BytesIO(await png.read())) as decoded:
         assert decoded.width > 0
 
+    # The member's lists: sets with their training state, a training's status, images.
+    upload_id = job.tada_id
+    listed = await alice.slash(channel, "lora list")
+    assert listed.response is not None
+    assert f"**Cats** `{upload_id}` trigger `tadz`: succeeded" in listed.response.content
+    status = await alice.slash(channel, "lora status", upload=upload_id)
+    assert status.response is not None and "**succeeded** (100%)" in status.response.content
+    gallery = await alice.slash(channel, "lora gallery")
+    assert gallery.ephemeral and gallery.response is not None
+    assert "a cat on a sofa" in gallery.response.content
+    choices = await alice.autocomplete(channel, "lora generate", "lora", "ca")
+    assert [c["value"] for c in choices] == [upload_id]
+
     # Re-roll asks again with the same prompt; Delete (owner only) removes the post.
     rerolled = await alice.click(image_post, label="Re-roll")
     assert rerolled.followups[-1].attachments

@@ -78,6 +78,17 @@ async def test_clone_then_speak_posts_the_audio_in_the_channel(
     again = await alice.slash(channel, "voice speak", voice=voice_id, text="Second line.")
     assert again.followups[-1].attachments[0].filename == "speech.mp3"
 
+    # The member's lists: voices, the voice's card, and the history of what it said.
+    listed = await alice.slash(channel, "voice list")
+    assert listed.ephemeral and listed.response is not None
+    assert f"**Alice** `{voice_id}`" in listed.response.content
+    info = await alice.slash(channel, "voice info", voice=voice_id)
+    assert info.response is not None and info.response.embeds[0].title == "🎙️ Alice"
+    history = await alice.slash(channel, "voice history", voice=voice_id)
+    assert history.ephemeral and history.response is not None
+    assert "Second line." in history.response.content
+    assert "Hello from Discord." in history.response.content
+
 
 async def test_refusing_consent_uploads_nothing(
     simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
