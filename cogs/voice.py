@@ -6,6 +6,7 @@ render. Speech is a job: it is queued fairly and its audio is posted where it wa
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import discord
@@ -58,6 +59,7 @@ class ConsentView(TadaView):
         self.name = name
         self.sample = sample
         self.private = private
+        self.origin: discord.Interaction[Any] | None = None
 
     async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
         return interaction.user.id == self.request.user_id
@@ -85,6 +87,14 @@ class ConsentView(TadaView):
             content=f"Voice cloned from {info.duration_seconds:.1f} s of audio."
         )
         await interaction.followup.send(embed=embed, view=view, ephemeral=self.private)
+
+    async def on_timeout(self) -> None:
+        if self.origin is not None:
+            # The ephemeral prompt may be gone already; then there is nothing to tidy.
+            with contextlib.suppress(discord.HTTPException):
+                await self.origin.edit_original_response(
+                    content="No answer, so nothing was uploaded.", view=None
+                )
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="voice:no")
     async def cancel(
@@ -147,6 +157,7 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
             view=view,
             ephemeral=True,
         )
+        view.origin = interaction
 
     @app_commands.command(name="list")
     async def list_(self, interaction: discord.Interaction[Any]) -> None:

@@ -178,3 +178,19 @@ async def test_speech_the_engine_finished_during_a_restart_is_posted_after_it(
     await simcord_env.restart_bot(create_bot(services))
     await simcord_env.settle()
     assert sum("Said while" in m.content for m in channel.history()) == 1
+
+
+async def test_no_answer_to_the_consent_step_uploads_nothing(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+    asked = await alice.slash(
+        channel, "voice clone", name="Alice", sample=("alice.wav", await speech_wav())
+    )
+    await simcord_env.advance_time(301)
+    assert asked.response is not None
+    assert asked.response.content == "No answer, so nothing was uploaded."
+    assert not asked.response.components
+    account = await services.members.get(alice.id)
+    assert account is not None
+    assert await services.tada.with_key(account.api_key).list_voice_uploads() == []
