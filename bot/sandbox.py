@@ -6,13 +6,18 @@ What is real: the bot, every cog :data:`bot.app.EXTENSIONS` loads, its store and
 embedded engine, all in the data directory, so accounts, voices, LoRAs and jobs persist
 between runs. What is simulated: Discord itself. SimCord keeps the guild, its channels
 and its messages in memory, so the message history starts empty on every run; the guild,
-the member at the keyboard and the channels are rebuilt in the same order each time and
-so keep the same ids (checked against ``<data_dir>/sandbox.json``), which is what lets
-the bot's store recognise the member again.
+the member at the keyboard and the channels are rebuilt in the same order, before the bot
+starts, and so keep the same ids (checked against ``<data_dir>/sandbox.json``), which is
+what lets the bot's store recognise the member again.
 
 SimCord's preview shows one channel per session. :class:`Sandbox` serves the sandbox's
 channels one at a time at the same address and access token: ``/sandbox channel`` (a
 command only the sandbox loads) switches, then the page is reloaded.
+
+SimCord has no public API for a long-lived preview, so a few of its internals are used
+(the preview's capability token, its publication hooks, the Env's current operation);
+``simcord[preview]`` is pinned to the exact version, and tests/sandbox breaks on an
+upgrade that changes them.
 """
 
 from __future__ import annotations
