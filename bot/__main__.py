@@ -39,8 +39,10 @@ SANDBOX_PORT_ENV = "TADA_SANDBOX_PORT"
 DEFAULT_SANDBOX_PORT = 8200
 
 
-def _sandbox_wanted(args: argparse.Namespace) -> bool:
-    if args.no_sandbox:
+def _sandbox_wanted(args: argparse.Namespace, config: BotConfig) -> bool:
+    # Never in production: a deployment that lost its token must stop loudly, not quietly
+    # serve a sandbox on loopback while its service manager believes the bot is up.
+    if args.no_sandbox or config.mode == "production":
         return False
     return os.environ.get(SANDBOX_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level)
     if config.discord.token is None:
-        if _sandbox_wanted(args):
+        if _sandbox_wanted(args, config):
             return _run_sandbox(config, args)
         print(NO_TOKEN, file=sys.stderr)
         return 2

@@ -173,3 +173,26 @@ async def test_a_port_in_use_is_a_clear_start_error(
                 pass
     assert f"127.0.0.1:{port}" in str(caught.value)
     assert "--sandbox-port" in str(caught.value)
+
+
+def test_production_without_a_token_stops_instead_of_starting_a_sandbox(tmp_path: Path) -> None:
+    from cryptography.fernet import Fernet
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "TADA_CONFIG")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        TADA_MODE="production",
+        TADA_BOT_ENCRYPTION_KEY=Fernet.generate_key().decode(),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "DISCORD_TOKEN" in done.stderr
+    assert "Open:" not in done.stdout
