@@ -40,6 +40,7 @@ class CpuReferenceBackend:
     def __init__(self, settings: VoiceSettings, encoder: SpeakerEncoder | None = None) -> None:
         self.settings = settings
         self.encoder = encoder or SpeakerEncoder()
+        self.f0_method = settings.f0_method
         self._lock = threading.Lock()
         self._piper: PiperBase | None = None
         self._base_stats: world.VoiceStats | None = None
@@ -73,7 +74,7 @@ class CpuReferenceBackend:
         """The base voice's statistics and embedding, computed once."""
         if self._base_stats is None or self._base_embedding is None:
             speech = self.base_speech(BASE_REFERENCE_TEXT)
-            stats = world.speaker_stats(speech.audio, speech.sample_rate)
+            stats = world.speaker_stats(speech.audio, speech.sample_rate, self.f0_method)
             embedding = self.encoder.embed(speech.audio, speech.sample_rate)
             with self._lock:
                 self._base_stats, self._base_embedding = stats, embedding
@@ -82,7 +83,7 @@ class CpuReferenceBackend:
     def analyse(self, sample: Sample) -> SpeakerProfile:
         """F0 statistics, long-term envelope and speaker embedding of a sample."""
         try:
-            stats = world.speaker_stats(sample.audio, sample.sample_rate)
+            stats = world.speaker_stats(sample.audio, sample.sample_rate, self.f0_method)
         except ValueError as exc:
             raise SampleRejected("no voice found in the sample; record yourself speaking") from exc
         active_seconds = max(0.001, sample.speech_seconds)
@@ -133,7 +134,7 @@ class CpuReferenceBackend:
         base_stats, _ = self._base()
         plan = self.conversion(profile)
         chunks = self.piper.sentences(text)
-        tracks = [world.pitch(chunk, self.sample_rate) for chunk in chunks]
+        tracks = [world.pitch(chunk, self.sample_rate, self.f0_method) for chunk in chunks]
         mean, std = world.utterance_f0([f0 for f0, _ in tracks], base_stats)
         plan = replace(plan, source_log_f0_mean=mean, source_log_f0_std=std)
         converted: list[NDArray[np.float32]] = []

@@ -15,6 +15,13 @@ class VoiceBackendName(StrEnum):
     CPU_REFERENCE = "cpu-reference"  # Piper base speech + WORLD conversion, on any CPU
 
 
+class F0Tracker(StrEnum):
+    """Which WORLD F0 tracker measures pitch (samples and base speech alike)."""
+
+    DIO = "dio"  # DIO + StoneMask: fast (~0.015 RTF); the default
+    HARVEST = "harvest"  # steadier on low voices, but 10-40x DIO's cost: RTF well over 0.3
+
+
 class AudioFormat(StrEnum):
     """Container of generated speech."""
 
@@ -43,6 +50,7 @@ class VoiceSettings(BaseModel):
     max_sample_seconds: float = Field(300.0, gt=0)
     # Loudness every sample and every generation is brought to (RMS, dBFS).
     target_dbfs: float = Field(-20.0, ge=-40.0, le=-6.0)
+    f0_method: F0Tracker = F0Tracker.DIO
     # Conversion strength, 0..1: how far F0 spread, formant warp and envelope move.
     f0_spread_weight: float = Field(1.0, ge=0.0, le=1.0)
     warp_weight: float = Field(1.0, ge=0.0, le=1.0)

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from engine.voice.settings import F0Tracker
+
 with warnings.catch_warnings():
     # pyworld 0.3.5 reads its version through the deprecated pkg_resources.
     warnings.simplefilter("ignore")
@@ -110,9 +112,16 @@ class Conversion:
         )
 
 
-def pitch(audio: NDArray[Any], sample_rate: int) -> tuple[Floats, Floats]:
-    """F0 per frame (DIO refined by StoneMask: fast enough for minutes of audio) and times."""
+def pitch(
+    audio: NDArray[Any], sample_rate: int, method: F0Tracker = F0Tracker.DIO
+) -> tuple[Floats, Floats]:
+    """F0 per frame and the frame times."""
     x = np.ascontiguousarray(audio, dtype=np.float64)
+    if method is F0Tracker.HARVEST:
+        f0, t = pyworld.harvest(
+            x, sample_rate, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=FRAME_PERIOD_MS
+        )
+        return f0, t
     f0, t = pyworld.dio(
         x, sample_rate, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=FRAME_PERIOD_MS
     )
@@ -125,6 +134,7 @@ def analyse(
     *,
     aperiodicity: bool = True,
     f0_track: tuple[Floats, Floats] | None = None,
+    method: F0Tracker = F0Tracker.DIO,
 ) -> WorldFeatures:
     """F0, spectral envelope and aperiodicity of ``audio``.
 
@@ -132,7 +142,7 @@ def analyse(
     ``f0_track`` reuses a :func:`pitch` result instead of tracking F0 again.
     """
     x = np.ascontiguousarray(audio, dtype=np.float64)
-    f0, t = f0_track if f0_track is not None else pitch(x, sample_rate)
+    f0, t = f0_track if f0_track is not None else pitch(x, sample_rate, method)
     # WORLD's default envelope floor (71 Hz) keeps the FFT at 1024 bins at 22 kHz: twice
     # as fast as fitting 55 Hz, and F0 below it still gets a usable envelope.
     sp = pyworld.cheaptrick(x, f0, t, sample_rate)
@@ -196,14 +206,19 @@ def _robust_log_f0(f0: Floats) -> tuple[float, float]:
     return median, max(spread, 1e-3)
 
 
-def speaker_stats(audio: NDArray[Any], sample_rate: int, envelope_stride: int = 4) -> VoiceStats:
+def speaker_stats(
+    audio: NDArray[Any],
+    sample_rate: int,
+    method: F0Tracker = F0Tracker.DIO,
+    envelope_stride: int = 4,
+) -> VoiceStats:
     """A speaker's F0 statistics and long-term envelope: F0 on every frame, envelope on a few.
 
     A long-term average needs no 5 ms resolution; fitting a quarter of the frames makes
     the envelope four times cheaper and changes the average by a hair.
     """
     x = np.ascontiguousarray(audio, dtype=np.float64)
-    f0, t = pitch(x, sample_rate)
+    f0, t = pitch(x, sample_rate, method)
     mean, std = _robust_log_f0(f0)
     keep = slice(None, None, envelope_stride)
     sp = pyworld.cheaptrick(

@@ -13,6 +13,7 @@ import pytest
 
 from engine.voice.audio import decode
 from engine.voice.reference import CpuReferenceBackend
+from engine.voice.settings import F0Tracker
 from engine.voice.similarity import cosine
 from engine.voice.world import Conversion, VoiceStats, estimate_warp, plan_conversion
 from tests.engine.voice.conftest import (
@@ -126,3 +127,17 @@ def test_envelope_correction_and_warp_respect_their_limits() -> None:
     assert off.warp == 1.0
     assert not off.correction.any()
     assert off.target_log_f0_std == off.source_log_f0_std
+
+
+@pytest.mark.parametrize("tracker", list(F0Tracker))
+def test_both_pitch_trackers_give_a_usable_track(base_sample: Speaker, tracker: F0Tracker) -> None:
+    from engine.voice import world
+
+    audio = base_sample.audio[: 4 * base_sample.sample_rate]
+    f0, t = world.pitch(audio, base_sample.sample_rate, tracker)
+    assert f0.shape == t.shape
+    assert abs(len(t) * world.FRAME_PERIOD_MS / 1000 - 4.0) < 0.02
+    voiced = f0[f0 > 0]
+    assert voiced.size > 0.2 * f0.size
+    # The packaged voice is a man's: both trackers place him in a male range.
+    assert 70 < float(np.median(voiced)) < 220
