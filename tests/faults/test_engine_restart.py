@@ -89,7 +89,7 @@ def mid_training(body: dict) -> bool:
 
 
 def test_killed_mid_training_it_reruns_after_restart_and_succeeds(tmp_path: Path) -> None:
-    engine = EngineProcess(write_config(tmp_path, max_attempts=3, steps=120), tmp_path / "log")
+    engine = EngineProcess(write_config(tmp_path, max_attempts=3, steps=60), tmp_path / "log")
     with engine:
         with httpx.Client(base_url=engine.url, timeout=30) as api:
             key, upload_id = start_training(api)
