@@ -44,6 +44,8 @@ Clock = Callable[[], datetime]
 
 # Usage rows are kept this long: a month of trainings and the longest usage report.
 USAGE_RETENTION = timedelta(days=100)
+# Old rows are pruned by the first record of a guild after this long, not by every one.
+PRUNE_EVERY = timedelta(hours=1)
 
 # An admitted request holds its cost until it is recorded (or this long has passed), so
 # requests admitted at the same moment cannot overrun a quota together.
@@ -138,6 +140,7 @@ class PolicyGate:
         self._client: discord.Client | None = None
         self._holds: dict[MemberKey, list[_Hold]] = {}
         self._locks = tuple(asyncio.Lock() for _ in range(LOCK_STRIPES))
+        self._pruned: dict[int, datetime] = {}
 
     def __repr__(self) -> str:
         return f"<PolicyGate {self._store!r}>"
@@ -345,6 +348,10 @@ class PolicyGate:
             in_demo_channel = bool(self._where(request.channel_id) & set(settings.demo_channels))
             shared = in_demo_channel and await self._store.shared_key(request.guild_id) is not None
         now = self.now()
+        last_prune = self._pruned.get(request.guild_id)
+        prune = last_prune is None or now - last_prune >= PRUNE_EVERY
+        if prune:
+            self._pruned[request.guild_id] = now
         await self._store.add_usage(
             guild_id=request.guild_id,
             discord_user_id=request.user_id,
@@ -353,7 +360,7 @@ class PolicyGate:
             cost=max(0, request.cost),
             shared_key=shared,
             at=now,
-            prune_before=now - USAGE_RETENTION,
+            prune_before=now - USAGE_RETENTION if prune else None,
         )
 
     async def refund(self, *, guild_id: int, user_id: int, action: Action, cost: int) -> bool:

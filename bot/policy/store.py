@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,27 +43,39 @@ class SharedKeyState:
     set_at: datetime
 
 
+# Settings are read on every request and change rarely: each process keeps them this
+# long (changes made through this process show at once; another process's within this).
+SETTINGS_TTL_SECONDS = 10.0
+
+
 class PolicyStore:
     """Guild settings documents, shared keys (encrypted by the caller) and usage rows."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._cache: dict[int, tuple[float, GuildSettings]] = {}
 
     def __repr__(self) -> str:
         return f"<PolicyStore {self._store!r}>"
 
     async def settings(self, guild_id: int) -> GuildSettings:
         """The guild's settings; the defaults when it never configured anything."""
+        cached = self._cache.get(guild_id)
+        if cached is not None and time.monotonic() - cached[0] < SETTINGS_TTL_SECONDS:
+            return cached[1]
         async with self._store.session() as session:
             row = await session.get(GuildSettingsRow, guild_id)
-        if row is None:
-            return GuildSettings()
-        return GuildSettings.model_validate_json(row.settings)
+        settings = (
+            GuildSettings() if row is None else GuildSettings.model_validate_json(row.settings)
+        )
+        self._cache[guild_id] = (time.monotonic(), settings)
+        return settings
 
     async def update(
         self, guild_id: int, change: Callable[[GuildSettings], GuildSettings]
     ) -> GuildSettings:
         """Apply ``change`` to the guild's settings in one transaction; the new settings."""
+        self._cache.pop(guild_id, None)
         async with self._store.session() as session, session.begin():
             row = await session.get(GuildSettingsRow, guild_id, with_for_update=True)
             current = (
@@ -74,6 +87,7 @@ class PolicyStore:
                 session.add(GuildSettingsRow(guild_id=guild_id, settings=document))
             else:
                 row.settings = document
+        self._cache[guild_id] = (time.monotonic(), updated)
         return updated
 
     async def shared_key(self, guild_id: int) -> SharedKeyState | None:
