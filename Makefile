@@ -34,6 +34,7 @@ bench: setup
 	$(PY) bench/image.py
 	$(PY) bench/voice.py
 	$(PY) bench/sandbox_start.py
+	$(PY) bench/gate.py
 
 # Refresh the lock after changing dependencies (then run `make test`).
 lock:
