@@ -141,7 +141,7 @@ def bench_creation(
     return times
 
 
-VARIANTS: dict[str, dict[str, float]] = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "f0 only": {"f0_spread_weight": 1.0, "warp_weight": 0.0, "envelope_weight": 0.0},
     "f0 + warp": {"f0_spread_weight": 1.0, "warp_weight": 1.0, "envelope_weight": 0.0},
     "f0 + warp + envelope 0.6 (default)": {
@@ -154,6 +154,7 @@ VARIANTS: dict[str, dict[str, float]] = {
         "warp_weight": 1.0,
         "envelope_weight": 1.0,
     },
+    "default, harvest pitch tracker": {"f0_method": "harvest"},
 }
 
 
@@ -203,8 +204,8 @@ def bench_similarity(
     return out
 
 
-def replace_settings(settings: VoiceSettings, weights: dict[str, float]) -> VoiceSettings:
-    return settings.model_copy(update=weights)
+def replace_settings(settings: VoiceSettings, changes: dict[str, Any]) -> VoiceSettings:
+    return VoiceSettings.model_validate({**settings.model_dump(), **changes})
 
 
 def main() -> None:
