@@ -69,7 +69,7 @@ def request_for(
 ) -> GateRequest:
     """The :class:`GateRequest` of a slash command, button or modal interaction.
 
-    In a guild it carries the member's roles, whether they may manage the server, and
+    In a guild it carries the member's roles, whether they are an administrator, and
     the bot's permissions in the channel; in DMs only the member and the channel.
     """
     user = interaction.user
@@ -87,7 +87,8 @@ def request_for(
         action=action,
         cost=cost,
         text=text,
-        is_admin=in_guild and interaction.permissions.manage_guild,
+        # Administrators are not limited by roles or quotas (as the job runner decides).
+        is_admin=isinstance(user, discord.Member) and user.guild_permissions.administrator,
         bot_permissions=interaction.app_permissions if in_guild else None,
     )
 

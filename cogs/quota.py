@@ -25,7 +25,7 @@ def render_status(statuses: list[FeatureStatus], *, now: datetime) -> str:
             continue
         parts = []
         if status.exempt:
-            parts.append("no limits for server managers")
+            parts.append("no limits for server administrators")
         for allowance in status.allowances:
             parts.append(
                 f"{allowance.left:,} of {allowance.amount:,} {LIMIT_NAMES[allowance.limit]} "
@@ -68,7 +68,7 @@ class QuotaCog(commands.Cog):
             interaction.guild_id,
             user.id,
             frozenset(role.id for role in user.roles),
-            is_admin=interaction.permissions.manage_guild,
+            is_admin=user.guild_permissions.administrator,
         )
         await interaction.response.send_message(
             render_status(statuses, now=self.policy.gate.now()), ephemeral=True

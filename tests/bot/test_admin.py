@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import discord
 import httpx
 import pytest
 import simcord
+from discord import app_commands
 from PIL import Image
 from pydantic import SecretStr
 from sqlalchemy import select
 
 from bot.app import BotServices
+from bot.gate import Action, Feature, GateRequest, request_for
 from bot.policy import GuildSettingsRow
 from bot.store import LinkedVia
 from engine.settings import EngineSettings
@@ -309,3 +312,37 @@ async def test_a_thread_works_where_its_channel_does(
 
     posted = result.followups[-1]
     assert posted.attachments and server.alice.mention in posted.content
+
+
+@pytest.mark.simcord(strict_sync=False)
+async def test_request_for_reads_roles_administrators_and_the_bots_permissions(
+    simcord_env: simcord.Env, server: Server
+) -> None:
+    seen: list[GateRequest] = []
+
+    @app_commands.command(name="probe", description="What the gate would see")
+    async def probe(interaction: discord.Interaction[Any]) -> None:
+        seen.append(request_for(interaction, Feature.DEMO, Action.DEMO_GENERATE, text="hi"))
+        await interaction.response.send_message("ok", ephemeral=True)
+
+    simcord_env.bot.tree.add_command(probe)
+    artists = server.guild.create_role("Artists")
+    boss = server.guild.create_role("Boss", permissions=discord.Permissions(administrator=True))
+    painter = server.guild.add_member(simcord_env.create_user("paula"), roles=[artists])
+    owner = server.guild.add_member(simcord_env.create_user("olga"), roles=[boss])
+    me = server.guild.me
+    assert me is not None
+    locked = server.guild.create_text_channel(
+        "no-files", overwrites={me: discord.PermissionOverwrite(attach_files=False)}
+    )
+
+    await painter.slash(locked, "probe")
+    await owner.slash(server.general, "probe")
+
+    member, admin = seen
+    assert member.user_id == painter.id and member.guild_id == server.guild.id
+    assert member.channel_id == locked.id and member.text == "hi"
+    assert artists.id in member.role_ids and not member.is_admin
+    assert member.bot_permissions is not None and not member.bot_permissions.attach_files
+    assert admin.is_admin
+    assert admin.bot_permissions is not None and admin.bot_permissions.attach_files
