@@ -21,7 +21,7 @@ from typing import Any
 
 import discord
 
-from bot.crypto import KeyBox
+from bot.crypto import DecryptionError, KeyBox
 from bot.errors import UserFacingError
 from bot.gate import Action, Admission, Feature, GateRequest
 from bot.policy.moderation import moderator_for, refusal
@@ -182,7 +182,15 @@ class PolicyGate:
         if request.feature is Feature.DEMO and where & set(settings.demo_channels):
             state = await self._store.shared_key(request.guild_id)
             if state is not None:
-                shared_key = self._keys.decrypt(state.ciphertext)
+                try:
+                    shared_key = self._keys.decrypt(state.ciphertext)
+                except DecryptionError as exc:
+                    log.error("guild %s: its shared key cannot be decrypted", request.guild_id)
+                    raise UserFacingError(
+                        "This server's shared demo key can no longer be read (the bot's "
+                        "encryption key changed). A server admin needs to set it again with "
+                        "`/tada-admin demo key`."
+                    ) from exc
             else:
                 notes.append(
                     "This is a community demo channel, but the server has no shared key "

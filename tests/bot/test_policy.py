@@ -402,3 +402,13 @@ async def test_a_refund_gives_one_request_back(world: World) -> None:
     assert not await world.gate.refund(
         guild_id=GUILD, user_id=ALICE, action=Action.LORA_GENERATE, cost=1
     )
+
+
+async def test_an_unreadable_shared_key_asks_admins_to_set_it_again(world: World) -> None:
+    await world.policy.update(GUILD, lambda s: s.model_copy(update={"demo_channels": (DEMO_ROOM,)}))
+    other = KeyBox([SecretStr(Fernet.generate_key().decode())])
+    await world.policy.set_shared_key(
+        GUILD, other.encrypt(SecretStr("tada_guildkey_123456")), world.clock()
+    )
+    text = await refused(world.gate, ask(Feature.DEMO, Action.DEMO_GENERATE, channel=DEMO_ROOM))
+    assert "`/tada-admin demo key`" in text
