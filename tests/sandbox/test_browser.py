@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from tests.bot.media_samples import _speech_wav, picture, zip_of
 from tests.sandbox.browser import (
@@ -23,8 +24,6 @@ from tests.sandbox.browser import (
     free_port,
     sandbox_process,
 )
-
-playwright_api = pytest.importorskip("playwright.sync_api")
 
 if not CHROMIUM.exists():
     # `make test` installs Debian's chromium; CI must never skip the browser test.
@@ -43,8 +42,8 @@ def shots(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
-def browser() -> Iterator[object]:
-    with playwright_api.sync_playwright() as pw:
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
         chromium = pw.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True
         )
@@ -55,12 +54,12 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def new_page(browser: object, shots: Path) -> Iterator[Callable[[], SandboxPage]]:
+def new_page(browser: Browser, shots: Path) -> Iterator[Callable[[], SandboxPage]]:
     """Open browser pages; each one's last state is captured at the end (pass or fail)."""
     opened: list[SandboxPage] = []
 
     def make() -> SandboxPage:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
         opened.append(SandboxPage(page, shots))
         return opened[-1]
 

@@ -66,6 +66,7 @@ async def test_the_world_is_a_guild_with_an_admin_at_the_keyboard_and_two_channe
         assert settings.demo_channels == (world.channels[SandboxChannel.DEMO].id,)
         # Every slash command is there, /sandbox included, and runs for the member.
         help_ = await world.member.slash(world.channels[SandboxChannel.GENERAL], "tada help")
+        assert help_.response is not None
         assert "/sandbox channel" in help_.response.content
         assert "/tada register" in help_.response.content
 
@@ -105,7 +106,8 @@ async def test_sandbox_channel_moves_the_page_keeping_its_address(
             asked = await sandbox.world.member.slash(
                 general, "sandbox channel", channel="tadz-demo"
             )
-            assert asked.ephemeral and "reload the page" in asked.response.content
+            assert asked.ephemeral and asked.response is not None
+            assert "reload the page" in asked.response.content
             for _ in range(200):
                 if sandbox.channel is SandboxChannel.DEMO:
                     break
@@ -130,7 +132,7 @@ async def test_the_page_shows_what_the_bot_posts_on_its_own(
             revision = opened["publishedRevision"]
 
             # Like a job result: the bot posts without any browser action asking.
-            channel = sandbox.env.bot.get_channel(sandbox.world.channels["general"].id)
+            channel = sandbox.env.bot.get_channel(sandbox.world.channels[SandboxChannel.GENERAL].id)
             assert isinstance(channel, discord.TextChannel)
             await channel.send("Your training finished.")
 
