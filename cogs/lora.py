@@ -18,10 +18,10 @@ from discord.ext import commands
 
 from bot.app import BotServices, TadaBot
 from bot.errors import NotLinked, UserFacingError
-from bot.gate import Action, Feature
+from bot.gate import Action, Feature, request_for
 from bot.jobs.buttons import TrainButton
 from bot.jobs.render import clip
-from bot.jobs.runner import JobRunner, admit, member_request
+from bot.jobs.runner import JobRunner, admit
 from bot.media import (
     IMAGE_SUFFIXES,
     MAX_IMAGES,
@@ -68,7 +68,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Image sty
         prepare: Callable[[], Awaitable[ImageSet]],
     ) -> None:
         """Admit, check the files, upload the zip, answer with a contact sheet and Train."""
-        request = member_request(interaction, Feature.LORA, Action.LORA_UPLOAD, text=name)
+        request = request_for(interaction, Feature.LORA, Action.LORA_UPLOAD, text=name)
         admission, tada = await admit(self.services, interaction, request)
         await interaction.response.defer(ephemeral=True, thinking=True)
         image_set = await prepare()

@@ -15,10 +15,10 @@ from discord.ext import commands
 
 from bot.app import BotServices, TadaBot
 from bot.errors import NotLinked, UserFacingError
-from bot.gate import Action, Feature, GateRequest
+from bot.gate import Action, Feature, GateRequest, request_for
 from bot.jobs.buttons import SpeakButton
 from bot.jobs.render import clip
-from bot.jobs.runner import JobRunner, admit, member_request
+from bot.jobs.runner import JobRunner, admit
 from bot.media import AUDIO_SUFFIXES, MAX_AUDIO_BYTES, check_audio_async, suffix_of
 from bot.pages import PagedView, paginate
 from bot.tada import TadaClient
@@ -140,7 +140,7 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
             raise UserFacingError(
                 f"That recording is over {MAX_AUDIO_BYTES // (1024 * 1024)} MB; send a shorter one."
             )
-        request = member_request(interaction, Feature.VOICE, Action.VOICE_CLONE)
+        request = request_for(interaction, Feature.VOICE, Action.VOICE_CLONE)
         admission, tada = await admit(self.services, interaction, request)
         view = ConsentView(
             services=self.services,

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import discord
 
 from bot.errors import NotLinked, UserFacingError, reply_for
-from bot.gate import Action, Admission, Feature, GateRequest
+from bot.gate import Action, Admission, Feature, GateRequest, request_for
 from bot.jobs.fairness import FairQueue
 from bot.jobs.models import Destination, Job, JobKind, JobState
 from bot.jobs.models import aware as _aware
@@ -95,34 +95,12 @@ class JobRequest:
         return max(1, len(self.text or "")) if self.kind is JobKind.VOICE_SPEAK else 1
 
 
-def member_request(
-    interaction: discord.Interaction[Any],
-    feature: Feature,
-    action: Action,
-    *,
-    text: str | None = None,
-    cost: int = 1,
-) -> GateRequest:
-    """The gate's view of a request a member makes through ``interaction``."""
-    user = interaction.user
-    member = user if isinstance(user, discord.Member) else None
-    return GateRequest(
-        user_id=user.id,
-        guild_id=interaction.guild_id,
-        channel_id=interaction.channel_id or 0,
-        role_ids=frozenset(r.id for r in member.roles) if member else frozenset(),
-        feature=feature,
-        action=action,
-        cost=cost,
-        text=text,
-        is_admin=bool(member and member.guild_permissions.administrator),
-    )
-
-
 def gate_request(interaction: discord.Interaction[Any], request: JobRequest) -> GateRequest:
     """The gate's view of a job request made through ``interaction``."""
     feature, action = FEATURE_OF[request.kind]
-    return member_request(interaction, feature, action, text=request.text, cost=request.cost)
+    # request_for also carries the bot's own channel permissions (app_permissions), so the
+    # gate refuses up front where the result could not be posted.
+    return request_for(interaction, feature, action, text=request.text, cost=request.cost)
 
 
 async def admit(

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from bot.app import BotServices
 from bot.gate import Action, Feature, GateRequest, request_for
+from bot.jobs.runner import gate_request
 from bot.policy import GuildSettingsRow
 from bot.store import LinkedVia
 from engine.settings import EngineSettings
@@ -346,3 +347,32 @@ async def test_request_for_reads_roles_administrators_and_the_bots_permissions(
     assert member.bot_permissions is not None and not member.bot_permissions.attach_files
     assert admin.is_admin
     assert admin.bot_permissions is not None and admin.bot_permissions.attach_files
+
+
+@pytest.mark.simcord(strict_sync=False)
+async def test_job_requests_carry_the_bots_permissions_in_the_channel(
+    simcord_env: simcord.Env, server: Server
+) -> None:
+    """The runner asks the gate with Discord's ``app_permissions`` (not the bot's cache)."""
+    seen: list[GateRequest] = []
+    runner = simcord_env.bot.jobs  # type: ignore[attr-defined]
+
+    @app_commands.command(name="probe", description="What the runner's gate would see")
+    async def probe(interaction: discord.Interaction[Any]) -> None:
+        seen.append(gate_request(interaction, runner.demo_request("tadz", "a cat")))
+        await interaction.response.send_message("ok", ephemeral=True)
+
+    simcord_env.bot.tree.add_command(probe)
+    me = server.guild.me
+    assert me is not None
+    locked = server.guild.create_text_channel(
+        "no-files", overwrites={me: discord.PermissionOverwrite(attach_files=False)}
+    )
+
+    await server.alice.slash(locked, "probe")
+    await server.alice.slash(server.general, "probe")
+
+    there, here = seen
+    assert there.text == "a cat" and there.feature is Feature.DEMO
+    assert there.bot_permissions is not None and not there.bot_permissions.attach_files
+    assert here.bot_permissions is not None and here.bot_permissions.attach_files
