@@ -76,6 +76,14 @@ FEATURE_OF = {
 }
 # Pauses before the later delivery rounds when no destination took a result.
 REDELIVERY_DELAYS = (60.0, 300.0, 1800.0)
+# What the member's "accepted" note becomes once the outcome is posted.
+OUTCOME_NOTES = {
+    JobState.FINISHED: "✅ Done: the result is posted.",
+    JobState.FAILED: "❌ Failed: the reason is posted.",
+    JobState.INTERRUPTED: "⚠️ Interrupted: it can be retried from the posted message.",
+    JobState.QUEUED: "⏳ Accepted.",
+    JobState.RUNNING: "⏳ Accepted.",
+}
 FINAL_TRAINING = frozenset(
     {TrainingStatus.SUCCEEDED, TrainingStatus.FAILED, TrainingStatus.CANCELED}
 )
@@ -197,10 +205,11 @@ class JobRunner:
         self._interactions[job.id] = interaction
         position = self.enqueue(job)
         note = "".join(f"\n{n}" for n in admission.notes)
+        # Accepted, not done: the outcome (success or failure) is its own message later.
         if position is None:
-            status = "⏳ Working on it…"
+            status = "⏳ Accepted: working on it…"
         else:
-            status = f"⏳ Queued: you are number {position} in line."
+            status = f"⏳ Accepted and queued: you are number {position} in line."
         with contextlib.suppress(discord.HTTPException):
             await interaction.edit_original_response(content=status + note)
         return job
@@ -631,11 +640,12 @@ class JobRunner:
         return (await user.send(**kwargs)).id
 
     async def _tidy_status(self, job: Job) -> None:
-        """Replace the "queued" note of a quick job by "done" (best effort)."""
+        """Replace the "accepted" note of a quick job by its outcome (best effort): "done"
+        only when it succeeded, never above a failure."""
         interaction = self._interactions.pop(job.id, None)
         if interaction is None or job.kind is JobKind.LORA_TRAIN:
             return
         if discord.utils.utcnow() - interaction.created_at > TOKEN_LIFETIME:
             return
         with contextlib.suppress(discord.HTTPException):
-            await interaction.edit_original_response(content="✅ Done.")
+            await interaction.edit_original_response(content=OUTCOME_NOTES[job.state])

@@ -111,6 +111,8 @@ async def test_demo_in_the_demo_channel_uses_the_shared_key_and_posts_both_promp
     assert [r.channel_id for r in gate.recorded] == [channel.id]
     [job] = await simcord_env.bot.jobs.store.for_member(carol.id)  # type: ignore[attr-defined]
     assert job.has_shared_key and job.state is JobState.FINISHED
+    # The acknowledgement says "Done" only now that the outcome is known to be a success.
+    assert result.response is not None and "Done" in result.response.content
 
 
 async def test_private_results_go_to_the_member_only(

@@ -131,10 +131,13 @@ async def test_a_failed_generation_is_never_sent_twice_and_fails_clearly(
     channel, alice, _ = await linked(simcord_env, services, api)
     faults.script("POST", DEMO, fault)
 
-    await alice.slash(channel, "demo tadz", prompt="a cat")
+    result = await alice.slash(channel, "demo tadz", prompt="a cat")
 
     [job] = await simcord_env.bot.jobs.store.for_member(alice.id)  # type: ignore[attr-defined]
     assert job.state is JobState.FAILED and job.error, job
+    # The acknowledgement never says "Done" above a failure.
+    assert result.response is not None and "Done" not in result.response.content
+    assert "Failed" in result.response.content, result.response.content
     assert "reference" not in job.error or fault is Fault.SERVER_ERROR
     assert faults.sent[f"POST {DEMO}"] == 1  # not idempotent: never repeated
     posted = [m for m in channel.history() if alice.mention in m.content]
