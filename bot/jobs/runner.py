@@ -285,7 +285,15 @@ class JobRunner:
             if job.kind is JobKind.LORA_TRAIN:
                 await self._start_training(tada, job)
                 return
-            result = await self._generate(tada, job)
+            try:
+                result = await self._generate(tada, job)
+            except (TadaTimeout, TadaTransportError) as lost:
+                # The answer was lost, not necessarily the work: Ta-da may have made it.
+                found = await self._look_up_lost(tada, job)
+                if found is None:
+                    raise
+                log.info("job %s: answer lost (%s); found the generation made", job.id, lost)
+                result = found
         except Exception as exc:  # an accepted job ends with a reason, whatever failed
             await self._fail(job, exc)
         else:
@@ -297,6 +305,14 @@ class JobRunner:
                 finished_at=utcnow(),
             )
         await self._deliver(job_id)
+
+    async def _look_up_lost(self, tada: TadaClient, job: Job) -> dict[str, Any] | None:
+        """The generation Ta-da made for ``job`` when its answer was lost, if listed."""
+        try:
+            return await self._find_generation(tada, job)
+        except TadaError as exc:
+            log.warning("job %s: could not look for its generation: %s", job.id, exc)
+            return None
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
         text = reply_for(exc, where=f"job {job.kind.value} {job.id}").text
@@ -462,34 +478,41 @@ class JobRunner:
         await self._deliver(job.id)
 
     async def _find_generation(self, tada: TadaClient, job: Job) -> dict[str, Any] | None:
-        since = (job.started_at or job.created_at) - CLOCK_SKEW
+        """The generation Ta-da made for ``job``: same text, made after the job started
+        (less clock skew), and not already another job's result (a member may ask for the
+        same thing twice in a row); newest first, as Ta-da lists them."""
+        since = _aware((job.started_at or job.created_at) - CLOCK_SKEW)
         p = job.params
+        found: list[dict[str, Any]] = []
         if job.kind is JobKind.VOICE_SPEAK:
             page = await tada.list_voice_generations(str(p["voice_id"]), limit=50)
-            for gen in page.generations:
-                if gen.text == p["text"] and _aware(gen.created_at) >= _aware(since):
-                    return {
-                        "generation_id": gen.id,
-                        "url": gen.audio_url,
-                        "similarity": gen.similarity,
-                        "duration_seconds": gen.duration_seconds,
-                        "format": gen.format,
-                    }
+            found = [
+                {
+                    "generation_id": gen.id,
+                    "url": gen.audio_url,
+                    "similarity": gen.similarity,
+                    "duration_seconds": gen.duration_seconds,
+                    "format": gen.format,
+                }
+                for gen in page.generations
+                if gen.text == p["text"] and _aware(gen.created_at) >= since
+            ]
         elif job.kind is JobKind.LORA_GENERATE:
-            for image in await tada.list_lora_generations(str(p["lora_id"]), limit=50):
-                if (
-                    image.prompt == p["prompt"]
-                    and image.created_at is not None
-                    and _aware(image.created_at) >= _aware(since)
-                ):
-                    return {
-                        "generation_id": image.id,
-                        "url": image.image_url,
-                        "prompt": image.prompt,
-                        "enhanced_prompt": image.enhanced_prompt,
-                    }
+            found = [
+                {
+                    "generation_id": image.id,
+                    "url": image.image_url,
+                    "prompt": image.prompt,
+                    "enhanced_prompt": image.enhanced_prompt,
+                }
+                for image in await tada.list_lora_generations(str(p["lora_id"]), limit=50)
+                if image.prompt == p["prompt"]
+                and image.created_at is not None
+                and _aware(image.created_at) >= since
+            ]
         # Demos have no listing to find them in: they are retried by the member.
-        return None
+        taken = await self.store.claimed({str(f["generation_id"]) for f in found}, besides=job.id)
+        return next((f for f in found if f["generation_id"] not in taken), None)
 
     # ------------------------------------------------------------------ delivery
 

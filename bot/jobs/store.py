@@ -97,6 +97,16 @@ class JobStore:
         assert row.interaction_at is not None
         return row.application_id, row.interaction_token, row.interaction_at
 
+    async def claimed(self, tada_ids: set[str], *, besides: str) -> set[str]:
+        """Those of ``tada_ids`` another job than ``besides`` already holds as its result."""
+        if not tada_ids:
+            return set()
+        async with self._store.session() as session:
+            held = await session.scalars(
+                select(JobRow.tada_id).where(JobRow.tada_id.in_(tada_ids), JobRow.id != besides)
+            )
+            return {tada_id for tada_id in held if tada_id is not None}
+
     async def update(self, job_id: str, **values: Any) -> Job:
         """Set columns (``params``/``result`` as dicts, enums as themselves); returns the job."""
         async with self._writes, self._store.session() as session:

@@ -229,3 +229,38 @@ async def test_discord_429_while_posting_is_waited_out_and_posted_once(
     posted = [m for m in channel.history() if alice.mention in m.content]
     assert len(posted) == 1 and posted[0].id == job.result_message_id
     _ = simcord_env.errors
+
+
+async def test_a_generation_whose_answer_is_lost_is_looked_up_and_posted_once(
+    simcord_env: simcord.Env,
+    services: BotServices,
+    api: httpx.AsyncClient,
+    faults: FaultyTransport,
+) -> None:
+    channel, alice, key = await linked(simcord_env, services, api)
+    lora = await _trained_lora(api, key)
+    path = f"/api/loras/{lora}/generations"
+    store = simcord_env.bot.jobs.store  # type: ignore[attr-defined]
+
+    # The engine made the image, the answer timed out: found in the listing, posted.
+    faults.script("POST", path, Fault.LOST_ANSWER)
+    made = await alice.slash(channel, "lora generate", lora=lora, prompt="a dog")
+    [job] = await store.for_member(alice.id)
+    assert job.state is JobState.FINISHED and job.posted, job
+    assert faults.sent[f"POST {path}"] == 1  # looked up, not sent again
+    listed = (await api.get("/api/loras/generations", headers={"X-API-Key": key})).json()
+    assert [g["prompt"] for g in listed] == ["a dog"] and job.tada_id == listed[0]["id"]
+    assert made.response is not None and "Done" in made.response.content
+
+    # The request timed out before the engine saw it: nothing to find, a clear failure.
+    faults.script("POST", path, Fault.TIMEOUT)
+    await alice.slash(channel, "lora generate", lora=lora, prompt="a dog")
+    second = next(j for j in await store.for_member(alice.id) if j.id != job.id)
+    assert second.state is JobState.FAILED and second.error and second.posted, second
+
+    history = [m for m in channel.history() if alice.mention in m.content]
+    assert [m.id for m in history].count(job.result_message_id) == 1
+    found = next(m for m in history if m.id == job.result_message_id)
+    assert found.attachments and "failed" not in found.content
+    assert [m.id for m in history].count(second.result_message_id) == 1
+    _ = simcord_env.errors
