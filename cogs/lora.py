@@ -68,7 +68,10 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Image sty
         prepare: Callable[[], Awaitable[ImageSet]],
     ) -> None:
         """Admit, check the files, upload the zip, answer with a contact sheet and Train."""
-        request = request_for(interaction, Feature.LORA, Action.LORA_UPLOAD, text=name)
+        # The name and the trigger word are shown to the server: moderated like a prompt.
+        request = request_for(
+            interaction, Feature.LORA, Action.LORA_UPLOAD, text=f"{name}\n{trigger_word}"
+        )
         admission, tada = await admit(self.services, interaction, request)
         await interaction.response.defer(ephemeral=True, thinking=True)
         image_set = await prepare()

@@ -140,7 +140,8 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
             raise UserFacingError(
                 f"That recording is over {MAX_AUDIO_BYTES // (1024 * 1024)} MB; send a shorter one."
             )
-        request = request_for(interaction, Feature.VOICE, Action.VOICE_CLONE)
+        # The voice's name is shown to the server (cards, lists): moderated like a prompt.
+        request = request_for(interaction, Feature.VOICE, Action.VOICE_CLONE, text=name)
         admission, tada = await admit(self.services, interaction, request)
         view = ConsentView(
             services=self.services,

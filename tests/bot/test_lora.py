@@ -217,3 +217,27 @@ async def test_a_restart_during_training_still_posts_the_result(
     # Its Generate button works in the new process (a persistent view).
     shown = await alice.click(posted, label="Generate")
     assert shown.modal is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "trigger_word"), [("Nude cats", "tadz"), ("Cats", "nude")], ids=["name", "word"]
+)
+async def test_upload_names_and_trigger_words_are_moderated(
+    simcord_env: simcord.Env,
+    services: BotServices,
+    api: httpx.AsyncClient,
+    name: str,
+    trigger_word: str,
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+
+    up = await alice.slash(
+        channel, "lora upload", name=name, trigger_word=trigger_word, images=("set.zip", good_set())
+    )
+
+    shown = [m.content for m in [up.response, *up.followups] if m is not None]
+    assert any("nude" in t.lower() for t in shown), shown
+    account = await services.members.get(alice.id)
+    assert account is not None
+    assert await services.tada.with_key(account.api_key).list_lora_uploads() == []
+    _ = simcord_env.errors

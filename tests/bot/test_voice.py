@@ -194,3 +194,20 @@ async def test_no_answer_to_the_consent_step_uploads_nothing(
     account = await services.members.get(alice.id)
     assert account is not None
     assert await services.tada.with_key(account.api_key).list_voice_uploads() == []
+
+
+async def test_a_voice_name_is_moderated_before_anything_is_uploaded(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+
+    asked = await alice.slash(
+        channel, "voice clone", name="Nude Alice", sample=("alice.wav", await speech_wav())
+    )
+
+    assert asked.response is not None and not asked.response.components
+    assert "nude" in asked.response.content.lower(), asked.response.content
+    account = await services.members.get(alice.id)
+    assert account is not None
+    assert await services.tada.with_key(account.api_key).list_voice_uploads() == []
+    _ = simcord_env.errors
