@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import discord
+from pydantic import SecretStr
 
 from bot.errors import NotLinked, UserFacingError, reply_for
 from bot.gate import Action, Admission, Feature, GateRequest, request_for
@@ -198,7 +199,7 @@ class JobRunner:
             private=admission.private_results,
             shared_key=admission.shared_key,
             application_id=interaction.application_id,
-            interaction_token=interaction.token,
+            interaction_token=SecretStr(interaction.token),
             interaction_at=interaction.created_at,
         )
         await self.services.gate.record(greq)
@@ -539,7 +540,7 @@ class JobRunner:
             return None
         # What ``Interaction.followup`` builds: an application webhook, so ephemeral
         # follow-ups stay possible after a restart.
-        payload = {"id": application_id, "type": 3, "token": token}
+        payload = {"id": application_id, "type": 3, "token": token.get_secret_value()}
         return discord.Webhook.from_state(data=payload, state=self.client._connection)  # type: ignore[arg-type]
 
     def _channel(self, job: Job) -> discord.PartialMessageable | None:

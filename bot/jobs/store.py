@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from bot.crypto import KeyBox
+from bot.crypto import DecryptionError, KeyBox
 from bot.jobs.models import FINAL_STATES, Destination, Job, JobKind, JobState
 from bot.store.db import Store
 from bot.store.models import JobRow, utcnow
@@ -22,7 +22,8 @@ class JobNotFound(LookupError):
 
 
 class JobStore:
-    """Reads and writes ``bot_jobs``; a shared key lent to a job is kept encrypted."""
+    """Reads and writes ``bot_jobs``; a shared key lent to a job and the job's interaction
+    token are kept encrypted."""
 
     def __init__(self, store: Store, keys: KeyBox) -> None:
         self._store = store
@@ -45,7 +46,7 @@ class JobStore:
         private: bool = False,
         shared_key: SecretStr | None = None,
         application_id: int | None = None,
-        interaction_token: str | None = None,
+        interaction_token: SecretStr | None = None,
         interaction_at: datetime | None = None,
     ) -> Job:
         """Save a new QUEUED job and return it."""
@@ -61,7 +62,9 @@ class JobStore:
             private=private,
             shared_key_encrypted=self._keys.encrypt(shared_key) if shared_key else None,
             application_id=application_id,
-            interaction_token=interaction_token,
+            interaction_token_encrypted=(
+                self._keys.encrypt(interaction_token) if interaction_token else None
+            ),
             interaction_at=interaction_at if interaction_token else None,
             post_attempts=0,
             created_at=now,
@@ -88,14 +91,20 @@ class JobStore:
             return None
         return self._keys.decrypt(row.shared_key_encrypted)
 
-    async def interaction_token(self, job_id: str) -> tuple[int, str, datetime] | None:
-        """``(application_id, token, issued_at)`` while a token is kept for the job."""
+    async def interaction_token(self, job_id: str) -> tuple[int, SecretStr, datetime] | None:
+        """``(application_id, token, issued_at)`` while a token is kept for the job (and
+        can still be decrypted: a key dropped from the box loses it, the job is posted in
+        its channel instead)."""
         async with self._store.session() as session:
             row = await session.get(JobRow, job_id)
-        if row is None or not row.interaction_token or row.application_id is None:
+        if row is None or not row.interaction_token_encrypted or row.application_id is None:
             return None
         assert row.interaction_at is not None
-        return row.application_id, row.interaction_token, row.interaction_at
+        try:
+            token = self._keys.decrypt(row.interaction_token_encrypted)
+        except DecryptionError:
+            return None
+        return row.application_id, token, row.interaction_at
 
     async def claimed(self, tada_ids: set[str], *, besides: str) -> set[str]:
         """Those of ``tada_ids`` another job than ``besides`` already holds as its result."""
@@ -133,7 +142,7 @@ class JobStore:
             row.posted_via = via.value
             row.posted_at = utcnow()
             # The token is useless after this and is a credential until it expires.
-            row.interaction_token = None
+            row.interaction_token_encrypted = None
             row.updated_at = utcnow()
             await session.commit()
         return True

@@ -75,8 +75,9 @@ class JobRow(Base):
     # A guild's shared demo key (Fernet ciphertext), when the gate lent one for this job.
     shared_key_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     # The interaction's follow-up webhook, valid 15 minutes; cleared once the result is out.
+    # The token is a credential while it lives: Fernet ciphertext, like the members' keys.
     application_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    interaction_token: Mapped[str | None] = mapped_column(Text, nullable=True)
+    interaction_token_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     interaction_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     progress_message_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     result_message_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

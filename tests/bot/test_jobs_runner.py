@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -9,7 +11,7 @@ import pytest
 import simcord
 from pydantic import SecretStr
 
-from bot.app import BotServices
+from bot.app import BotServices, create_bot
 from bot.config import BotConfig, ConfigError, load_bot_config
 from bot.jobs import Destination, JobState
 from bot.jobs.fairness import FairQueue
@@ -181,4 +183,49 @@ async def test_when_discord_takes_nothing_the_result_is_posted_in_a_later_round(
     # A minute later the interaction's token is still valid: the first choice again.
     assert job.posted_via is Destination.INTERACTION
     assert sum("failed" in m.content for m in channel.history()) == 1
+    _ = simcord_env.errors
+
+
+async def test_interaction_tokens_are_kept_encrypted_and_still_post_after_a_restart(
+    simcord_env: simcord.Env,
+    services: BotServices,
+    bot_config: BotConfig,
+    api: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    channel, alice = await linked(simcord_env, services, api)
+    for method, path in (
+        ("POST", "/webhooks/*"),
+        ("POST", "/channels/*/messages"),
+        ("POST", "/users/@me/channels"),
+    ):
+        simcord_env.inject_error(method, path, status=503, times=None)
+
+    await alice.slash(channel, "demo tadz", prompt="a cat")
+    runner = simcord_env.bot.jobs  # type: ignore[attr-defined]
+    [job] = await runner.store.for_member(alice.id)
+    token = runner._interactions[job.id].token
+    assert not job.posted and len(token) > 20
+
+    # While the job waits for Discord, its token is in the store only as ciphertext.
+    db_path = bot_config.data_dir / "bot.sqlite3"
+    raw = b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*"))
+    assert token.encode() not in raw
+    with sqlite3.connect(db_path) as db:
+        assert token not in "\n".join(db.iterdump())
+        [(sealed,)] = db.execute("select interaction_token_encrypted from bot_jobs").fetchall()
+    assert sealed and token.encode() not in sealed
+    assert token not in repr(job) and token not in repr(runner.store)
+
+    # A new process (no live interaction) decrypts it and posts through the interaction.
+    simcord_env.backend.faults.clear()
+    await simcord_env.restart_bot(create_bot(services))
+    await simcord_env.settle()
+    job = await simcord_env.bot.jobs.store.get(job.id)  # type: ignore[attr-defined]
+    assert job.posted_via is Destination.INTERACTION
+    with sqlite3.connect(db_path) as db:
+        [(cleared,)] = db.execute("select interaction_token_encrypted from bot_jobs").fetchall()
+    assert cleared is None
+    assert token not in caplog.text
     _ = simcord_env.errors
