@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import discord
 
@@ -165,104 +165,77 @@ class SpeakModal(discord.ui.Modal, title="Speak with this voice"):
         await report_error(interaction, error)
 
 
-class GenerateButton(
+class OwnedButton(
     _Answering,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"tada:gen:(?P<owner>[0-9]+):(?P<lora>[\w.-]{1,64})",
+    # The base matches no custom id; only its subclasses (one ``kind`` each) are registered.
+    template=r"(?!)",
 ):
+    """A button bound to its owner and one Ta-da id, its custom id
+    ``tada:<kind>:<owner>:<target>``; a subclass names its kind and label
+    (``class X(OwnedButton, kind="gen", label="Generate")``) and does :meth:`run`,
+    which only the owner reaches."""
+
+    kind: ClassVar[str]
+    label: ClassVar[str]
+
+    def __init_subclass__(cls, *, kind: str, label: str, **kwargs: Any) -> None:
+        super().__init_subclass__(
+            template=rf"tada:{kind}:(?P<owner>[0-9]+):(?P<target>[\w.-]{{1,64}})", **kwargs
+        )
+        cls.kind = kind
+        cls.label = label
+
+    def __init__(self, owner: int, target: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=self.label,
+                style=discord.ButtonStyle.success,
+                custom_id=f"tada:{self.kind}:{owner}:{target}",
+            )
+        )
+        self.owner = owner
+        self.target = target
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> Self:
+        return cls(int(match["owner"]), match["target"])
+
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        _check_owner(interaction, self.owner)
+        await self.run(interaction)
+
+    @abstractmethod
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        """What the button does for its owner (``self.target`` is the Ta-da id)."""
+
+
+class GenerateButton(OwnedButton, kind="gen", label="Generate"):
     """Open the prompt modal for a trained LoRA (owner only)."""
 
-    def __init__(self, owner: int, lora_id: str) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Generate",
-                style=discord.ButtonStyle.success,
-                custom_id=f"tada:gen:{owner}:{lora_id}",
-            )
-        )
-        self.owner = owner
-        self.lora_id = lora_id
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> GenerateButton:
-        return cls(int(match["owner"]), match["lora"])
-
-    async def act(self, interaction: discord.Interaction[Any]) -> None:
-        _check_owner(interaction, self.owner)
-        await interaction.response.send_modal(PromptModal(self.lora_id))
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        await interaction.response.send_modal(PromptModal(self.target))
 
 
-class SpeakButton(
-    _Answering,
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"tada:speak:(?P<owner>[0-9]+):(?P<voice>[\w.-]{1,64})",
-):
+class SpeakButton(OwnedButton, kind="speak", label="Speak"):
     """Open the text modal for a voice (owner only)."""
 
-    def __init__(self, owner: int, voice_id: str) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Speak",
-                style=discord.ButtonStyle.success,
-                custom_id=f"tada:speak:{owner}:{voice_id}",
-            )
-        )
-        self.owner = owner
-        self.voice_id = voice_id
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> SpeakButton:
-        return cls(int(match["owner"]), match["voice"])
-
-    async def act(self, interaction: discord.Interaction[Any]) -> None:
-        _check_owner(interaction, self.owner)
-        await interaction.response.send_modal(SpeakModal(self.voice_id))
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        await interaction.response.send_modal(SpeakModal(self.target))
 
 
-class TrainButton(
-    _Answering,
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"tada:train:(?P<owner>[0-9]+):(?P<upload>[\w.-]{1,64})",
-):
+class TrainButton(OwnedButton, kind="train", label="Train"):
     """Start training on an uploaded image set (owner only)."""
 
-    def __init__(self, owner: int, upload_id: str) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Train",
-                style=discord.ButtonStyle.success,
-                custom_id=f"tada:train:{owner}:{upload_id}",
-            )
-        )
-        self.owner = owner
-        self.upload_id = upload_id
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> TrainButton:
-        return cls(int(match["owner"]), match["upload"])
-
-    async def act(self, interaction: discord.Interaction[Any]) -> None:
-        _check_owner(interaction, self.owner)
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
         runner = runner_of(interaction)
-        await runner.submit(interaction, runner.train_request(self.upload_id))
+        await runner.submit(interaction, runner.train_request(self.target))
 
 
 PERSISTENT_BUTTONS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
