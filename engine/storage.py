@@ -1,7 +1,8 @@
 """File storage on local disk: streamed uploads and generated artifacts.
 
-Bytes stream to a temporary file in 1 MiB batches written off the event loop, then
-move into place atomically, so a failed or oversized upload leaves nothing behind.
+Bytes stream to a temporary file in 1 MiB batches written off the event loop, are
+checked there, then move into place atomically, so a failed, oversized, empty or refused
+upload leaves nothing behind and whatever was stored before stays as it was.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio.to_thread
@@ -20,6 +21,14 @@ _BATCH = 1024 * 1024
 
 class TooLarge(Exception):
     """The stream went past its size cap; nothing was kept."""
+
+
+class Refused(Exception):
+    """The bytes arrived but cannot be used (empty, or refused by a check); nothing was kept."""
+
+
+Check = Callable[[Path], str | None]
+"""A blocking check of a complete file: ``None`` when usable, else why not."""
 
 
 class LocalStorage:
@@ -39,8 +48,18 @@ class LocalStorage:
             raise ValueError(f"bad artifact key: {key!r}")
         return self.root / "artifacts" / key
 
-    async def write_stream(self, dest: Path, chunks: AsyncIterator[bytes], max_bytes: int) -> int:
-        """Stream ``chunks`` into ``dest``; raise :class:`TooLarge` past ``max_bytes``."""
+    async def write_stream(
+        self,
+        dest: Path,
+        chunks: AsyncIterator[bytes],
+        max_bytes: int,
+        check: Check | None = None,
+    ) -> int:
+        """Stream ``chunks`` into ``dest``; raise :class:`TooLarge` past ``max_bytes``.
+
+        An empty stream, or one that ``check`` (run in a thread on the complete temporary
+        file) refuses, raises :class:`Refused`; ``dest`` is only replaced by bytes that pass.
+        """
         tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
         fh = await anyio.to_thread.run_sync(open, tmp, "wb")
         total = 0
@@ -57,6 +76,11 @@ class LocalStorage:
             if buf:
                 await anyio.to_thread.run_sync(fh.write, bytes(buf))
             await anyio.to_thread.run_sync(fh.close)
+            if total == 0:
+                raise Refused("the file is empty")
+            problem = await anyio.to_thread.run_sync(check, tmp) if check else None
+            if problem is not None:
+                raise Refused(problem)
             await anyio.to_thread.run_sync(os.replace, tmp, dest)
         except BaseException:
             fh.close()

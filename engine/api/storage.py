@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 
 from engine.api.deps import Services, Session
+from engine.image.service import settings_of
+from engine.image.zipcheck import zip_problems
 from engine.models import Upload, UploadKind, UploadStatus, utcnow
 from engine.schemas import StoredFile
 from engine.security import SignatureError
-from engine.storage import TooLarge
+from engine.storage import Check, Refused, TooLarge
 from engine.uploads import content_type_matches
 
 router = APIRouter(prefix="/storage", tags=["storage"])
@@ -29,7 +32,11 @@ async def put_upload(
     expires: Expires,
     signature: Signature,
 ) -> StoredFile:
-    """Receive the bytes of an upload through its pre-signed URL."""
+    """Receive the bytes of an upload through its pre-signed URL.
+
+    A LoRA zip is checked before it is kept: one that training could not use is 400 with
+    every problem listed, and the upload stays as it was (a fixed zip can be PUT again).
+    """
     try:
         services.signer.verify("PUT", f"upload:{upload_id}", expires, signature)
     except SignatureError as exc:
@@ -49,17 +56,23 @@ async def put_upload(
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap:
         raise HTTPException(413, f"file is larger than the {cap // (1024 * 1024)} MB limit")
+    check: Check | None = None
+    if upload.kind == UploadKind.LORA.value:
+        check = partial(zip_problems, limits=settings_of(services).zip)
     try:
         size = await services.storage.write_stream(
-            services.storage.upload_path(upload.id), request.stream(), cap
+            services.storage.upload_path(upload.id), request.stream(), cap, check
         )
     except TooLarge as exc:
         raise HTTPException(
             413, f"file is larger than the {cap // (1024 * 1024)} MB limit"
         ) from exc
-    if size == 0:
-        services.storage.upload_path(upload.id).unlink(missing_ok=True)
-        raise HTTPException(400, "the file is empty")
+    except Refused as exc:
+        # Kept on the row so that the uploads list says why; the status is unchanged.
+        upload.error = str(exc)
+        upload.updated_at = utcnow()
+        await session.commit()
+        raise HTTPException(400, str(exc)) from exc
     upload.status = UploadStatus.UPLOADED.value
     upload.size_bytes = size
     upload.error = None

@@ -24,7 +24,7 @@ class _Section(BaseModel):
 
 
 class ZipLimits(_Section):
-    """What a training zip may hold; checked when training starts."""
+    """What a training zip may hold; checked when it is uploaded and when training starts."""
 
     min_images: int = Field(4, ge=1, le=1000)
     max_images: int = Field(50, ge=1, le=1000)

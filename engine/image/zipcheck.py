@@ -184,6 +184,15 @@ def inspect_zip(path: Path, limits: ZipLimits) -> ZipReport:
     return ZipReport(tuple(images), tuple(sorted(ignored)), tuple(problems))
 
 
+def zip_problems(path: Path, limits: ZipLimits) -> str | None:
+    """``None`` for a zip training may use, else every problem in one line (a 400's detail).
+
+    The shape of a storage check: the pre-signed PUT runs it on the bytes before keeping them.
+    """
+    report = inspect_zip(path, limits)
+    return None if report.ok else report.summary()
+
+
 def load_examples(path: Path, report: ZipReport, trigger_word: str) -> list[TrainImage]:
     """The images of a zip that passed, captioned ``"<trigger>, <caption>"``."""
     examples: list[TrainImage] = []

@@ -20,6 +20,7 @@ from bot.store import Member
 from bot.tada import TadaTransportError, Unauthorized
 from engine.models import User
 from tests.conftest import register, services_of
+from tests.engine.image.zips import good_zip
 
 
 def world(env: simcord.Env) -> tuple[simcord.ChannelHandle, simcord.MemberActor]:
@@ -150,7 +151,7 @@ async def test_account_summary_counts_what_the_api_holds(
     client = services.tada.with_key(SecretStr(key))
     for name in ("first", "second"):
         target = await client.create_lora_upload_url(name, "tadz", f"{name}.zip")
-        await client.put_upload(target, b"PK\x05\x06" + b"\0" * 18)
+        await client.put_upload(target, good_zip(4, size=256))
     channel, alice = world(simcord_env)
     await alice.submit_modal(await alice.slash(channel, "tada link"), {"api_key": key})
 

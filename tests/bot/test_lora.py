@@ -136,9 +136,11 @@ async def test_image_attachments_are_zipped_upright_without_duplicates_or_small_
         image3=("b-again.jpg", picture(2)),
         image4=("tiny.jpg", picture(3, (100, 100))),
         image5=("notes.txt", b"not an image"),
+        image6=("c.jpg", picture(4)),
+        image7=("d.jpg", picture(5)),
     )
     sheet = up.followups[-1]
-    assert "2 image(s) uploaded" in sheet.content
+    assert "4 image(s) uploaded" in sheet.content
     assert "`b-again.jpg`: duplicate" in sheet.content
     assert "`tiny.jpg`: too small (100x100" in sheet.content
     assert "`notes.txt`: not an image file" in sheet.content
@@ -150,6 +152,12 @@ async def test_image_attachments_are_zipped_upright_without_duplicates_or_small_
         ("set.rar", b"x", "is not a zip"),
         ("set.zip", b"not a zip at all", "not a readable zip"),
         ("set.zip", zip_of({"tiny.png": picture(1, (64, 64))}), "too small"),
+        # Passes the bot's own checks; the engine refuses it when it is uploaded.
+        (
+            "set.zip",
+            zip_of({"a.jpg": picture(1), "b.jpg": picture(2)}),
+            "at least 4 are needed",
+        ),
     ],
 )
 async def test_bad_zips_are_answered_ephemerally(

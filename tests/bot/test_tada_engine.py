@@ -11,6 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from bot.tada import (
+    BadRequest,
     Conflict,
     Forbidden,
     InvalidRequest,
@@ -21,6 +22,7 @@ from bot.tada import (
 )
 from engine.settings import UploadSettings
 from tests.conftest import make_settings, running_engine
+from tests.engine.image.zips import good_zip
 
 BASE = "http://testserver"
 
@@ -30,7 +32,12 @@ def tada(api: httpx.AsyncClient) -> TadaClient:
     return TadaClient(api, base_url=BASE)
 
 
-def tiny_zip() -> bytes:
+def usable_zip() -> bytes:
+    """A zip the engine accepts under its default limits (4 images of 256 px)."""
+    return good_zip(4, size=256)
+
+
+def broken_zip() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("a.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
@@ -81,7 +88,7 @@ async def test_voice_sample_upload_url_put_and_list(tada: TadaClient, tmp_path: 
 async def test_lora_zip_upload_url_put_and_list(tada: TadaClient) -> None:
     me = tada.with_key((await tada.register("alice@example.com")).api_key)
     target = await me.create_lora_upload_url("My style", "tadz", "images.zip")
-    data = tiny_zip()
+    data = usable_zip()
     receipt = await me.put_upload(target, data)
     assert receipt.size_bytes == len(data)
     (upload,) = await me.list_lora_uploads()
@@ -91,7 +98,7 @@ async def test_lora_zip_upload_url_put_and_list(tada: TadaClient) -> None:
 async def test_uploads_belong_to_their_key(tada: TadaClient) -> None:
     alice = tada.with_key((await tada.register("alice@example.com")).api_key)
     bob = tada.with_key((await tada.register("bob@example.com")).api_key)
-    await alice.put_upload(await alice.create_lora_upload_url("a", "tw", "a.zip"), tiny_zip())
+    await alice.put_upload(await alice.create_lora_upload_url("a", "tw", "a.zip"), usable_zip())
     assert await bob.list_lora_uploads() == []
 
 
@@ -109,6 +116,10 @@ async def test_upload_refusals_map_to_their_errors(tada: TadaClient) -> None:
     wrong_type = target.model_copy(update={"headers": {"Content-Type": "image/png"}})
     with pytest.raises(UnsupportedMediaType):
         await me.put_upload(wrong_type, b"RIFF")
+    images = await me.create_lora_upload_url("set", "tadz", "set.zip")
+    with pytest.raises(BadRequest) as unusable:
+        await me.put_upload(images, broken_zip())
+    assert "'a.png': it does not decode" in unusable.value.message
 
 
 async def test_an_upload_over_the_cap_is_payload_too_large(tmp_path: Path) -> None:

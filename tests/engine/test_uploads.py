@@ -180,6 +180,21 @@ async def test_empty_body_is_400_and_nothing_kept(api: httpx.AsyncClient, alice_
     assert resp.status_code == 400
 
 
+async def test_an_empty_put_leaves_the_stored_sample_in_place(
+    engine: tuple[FastAPI, httpx.AsyncClient], alice_key: str
+) -> None:
+    app, api = engine
+    body = await voice_url(api, alice_key)
+    url = path_of(body["upload_url"])
+    sample = b"RIFF" + b"\1" * 100
+    assert (await api.put(url, content=sample, headers=body["headers"])).status_code == 200
+    resp = await api.put(url, content=b"", headers=body["headers"])
+    assert resp.status_code == 400 and "empty" in resp.json()["detail"]
+    assert services_of(app).storage.upload_path(body["id"]).read_bytes() == sample
+    listed = (await api.get("/api/voices/uploads", headers=h(alice_key))).json()
+    assert listed[0]["status"] == "uploaded" and listed[0]["size_bytes"] == len(sample)
+
+
 async def test_over_the_cap_is_413_and_nothing_is_kept(tmp_path) -> None:
     settings: EngineSettings = make_settings(
         tmp_path / "e", uploads=UploadSettings(max_audio_bytes=1000)

@@ -21,8 +21,8 @@ from fastapi import FastAPI
 
 from engine.settings import JobSettings, UploadSettings
 from tests.conftest import make_settings, register, running_engine, services_of
-from tests.engine.image.test_lora_api import h, upload_zip
-from tests.engine.image.zips import build_zip, image_bytes
+from tests.engine.image.test_lora_api import h
+from tests.engine.image.zips import build_zip, good_zip, image_bytes
 from tests.engine.voice.conftest import upload_sample
 
 CAP = 64 * 1024
@@ -110,18 +110,35 @@ async def test_hostile_zips_are_refused_with_the_reason_and_nothing_escapes(
     assert len(data) <= CAP, len(data)  # the cap is not what refuses it
     root = services_of(app).storage.root
     parent_before = files_under(root.parent.parent)
-    upload_id = await upload_zip(api, key, data)
-    resp = await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
+    body = await upload_url(api, key)
+    resp = await api.put(target(body), content=data, headers=body["headers"])
     assert resp.status_code == 400, (case, resp.status_code, resp.text)
     detail = resp.json()["detail"]
     assert detail.startswith("the zip cannot be used"), detail
     assert hint.lower() in detail.lower() or case in ("not a zip", "truncated zip"), detail
-    # Nothing was extracted anywhere: the only new file is the upload itself.
-    new = files_under(root.parent.parent) - parent_before
-    assert new == {services_of(app).storage.upload_path(upload_id)}, new
+    # Nothing was extracted anywhere, and the zip itself was not kept either.
+    assert files_under(root.parent.parent) - parent_before == set()
     assert not (root.parent.parent / "escaped.png").exists()
+    resp = await api.post(f"/api/loras/trainings/{body['id']}", headers=h(key))
+    assert resp.status_code == 400 and "PUT the zip" in resp.json()["detail"]
     trainings = (await api.get("/api/loras/trainings", headers=h(key))).json()
     assert trainings["total"] == 0
+
+
+def zip_of_size(size: int) -> bytes:
+    """A usable training zip of exactly ``size`` bytes (padded with its archive comment)."""
+
+    def build(comment: bytes) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, data in IMAGES.items():
+                zf.writestr(name, data)
+            zf.comment = comment
+        return buf.getvalue()
+
+    data = build(b"x" * (size - len(build(b""))))
+    assert len(data) == size, (len(data), size)
+    return data
 
 
 # -- sizes -----------------------------------------------------------------------------
@@ -143,7 +160,7 @@ async def test_a_file_past_the_cap_is_413_and_nothing_is_kept(
     assert resp.status_code == 413
     assert kept_uploads(app) == []
     # Exactly at the cap is accepted.
-    resp = await api.put(target(body), content=b"x" * CAP, headers=body["headers"])
+    resp = await api.put(target(body), content=zip_of_size(CAP), headers=body["headers"])
     assert resp.status_code == 200 and resp.json()["size_bytes"] == CAP
 
 
@@ -319,8 +336,8 @@ async def test_an_accepted_odd_file_name_never_reaches_a_header(
     assert body["file_name"] == odd
     assert body["headers"] == {"Content-Type": "application/zip"}
     assert all(odd not in v for v in resp.headers.values())
-    put = await api.put(target(body), content=b"PK\x05\x06" + b"\0" * 18, headers=body["headers"])
-    assert put.status_code == 200
+    put = await api.put(target(body), content=good_zip(4, size=256), headers=body["headers"])
+    assert put.status_code == 200, put.text
     assert all("evil" not in v for v in put.headers.values())
 
 

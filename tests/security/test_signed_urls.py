@@ -19,7 +19,8 @@ from tests.conftest import make_settings, register, running_engine, services_of
 from tests.engine.image.test_lora_api import h
 from tests.engine.image.zips import good_zip
 
-ZIP = good_zip(4)
+# Usable under the default limits (images of 256 px): the untouched URL must keep it.
+ZIP = good_zip(4, size=256)
 
 
 async def new_upload(api: httpx.AsyncClient, key: str) -> dict[str, object]:

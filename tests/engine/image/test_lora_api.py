@@ -44,19 +44,30 @@ def settings_for(tmp_path: Path, workers: int = 1, **image: object) -> EngineSet
     )
 
 
-async def upload_zip(
-    api: httpx.AsyncClient, key: str, data: bytes | None, trigger: str = "tadz"
-) -> str:
-    """Ask for an upload URL and PUT ``data`` to it (``None``: leave it pending)."""
+async def lora_upload_url(api: httpx.AsyncClient, key: str, trigger: str = "tadz") -> dict:
+    """A new LoRA upload: its id, pre-signed ``upload_url`` and the ``headers`` to send."""
     resp = await api.post(
         "/api/loras/uploads/url",
         params={"name": "My set", "trigger_word": trigger, "file_name": "set.zip"},
         headers=h(key),
     )
     assert resp.status_code == 200, resp.text
-    body = resp.json()
+    body: dict = resp.json()
+    return body
+
+
+async def put_zip(api: httpx.AsyncClient, target: dict, data: bytes) -> httpx.Response:
+    """PUT ``data`` to the upload URL of ``target`` (from :func:`lora_upload_url`)."""
+    return await api.put(path_of(target["upload_url"]), content=data, headers=target["headers"])
+
+
+async def upload_zip(
+    api: httpx.AsyncClient, key: str, data: bytes | None, trigger: str = "tadz"
+) -> str:
+    """Ask for an upload URL and PUT ``data`` to it (``None``: leave it pending)."""
+    body = await lora_upload_url(api, key, trigger)
     if data is not None:
-        put = await api.put(path_of(body["upload_url"]), content=data, headers=body["headers"])
+        put = await put_zip(api, body, data)
         assert put.status_code == 200, put.text
     return str(body["id"])
 
@@ -143,26 +154,73 @@ async def test_progress_is_written_while_training(tmp_path: Path) -> None:
         assert any(0 < p < 100 for p in processing), seen
 
 
-@pytest.mark.parametrize(
-    ("entries", "expected"),
-    [
-        (
-            {"../x.png": image_bytes(0), **{f"i{i}.png": image_bytes(i) for i in range(4)}},
-            ["'../x.png': unsafe path"],
-        ),
-        ({f"i{i}.png": image_bytes(i) for i in range(2)}, ["2 usable image(s)"]),
-        (
-            {"a.png": b"not a png", "b.jpg": b"nor a jpeg", "c.txt": b"hi"},
-            ["'a.png': it does not decode", "'b.jpg': it does not decode", "0 usable image(s)"],
-        ),
-    ],
-)
-async def test_a_bad_zip_is_400_with_every_problem(
+BAD_ZIPS = [
+    (
+        {"../x.png": image_bytes(0), **{f"i{i}.png": image_bytes(i) for i in range(4)}},
+        ["'../x.png': unsafe path"],
+    ),
+    ({f"i{i}.png": image_bytes(i) for i in range(2)}, ["2 usable image(s)"]),
+    (
+        {"a.png": b"not a png", "b.jpg": b"nor a jpeg", "c.txt": b"hi"},
+        ["'a.png': it does not decode", "'b.jpg': it does not decode", "0 usable image(s)"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("entries", "expected"), BAD_ZIPS)
+async def test_a_bad_zip_is_refused_at_upload_with_every_problem(
     engine_app: tuple[FastAPI, httpx.AsyncClient], entries: dict, expected: list[str]
 ) -> None:
-    _, api = engine_app
+    app, api = engine_app
+    storage = services_of(app).storage
     key = await register(api)
-    upload_id = await upload_zip(api, key, build_zip(entries))
+    target = await lora_upload_url(api, key)
+    resp = await put_zip(api, target, build_zip(entries))
+    assert resp.status_code == 400, resp.text
+    detail = resp.json()["detail"]
+    assert detail.startswith("the zip cannot be used"), detail
+    for part in expected:
+        assert part in detail
+    # Nothing kept, the upload is still waiting for its bytes and says why.
+    assert not storage.upload_path(target["id"]).exists()
+    assert not any((storage.root / "tmp").iterdir())
+    listed = (await api.get("/api/loras/uploads", headers=h(key))).json()
+    assert listed[0]["status"] == "pending" and expected[0] in listed[0]["error"]
+    resp = await api.post(f"/api/loras/trainings/{target['id']}", headers=h(key))
+    assert resp.status_code == 400 and "PUT the zip" in resp.json()["detail"]
+    # A fixed zip PUT to the same URL is kept, and training starts.
+    fixed = await put_zip(api, target, good_zip(4))
+    assert fixed.status_code == 200 and fixed.json()["status"] == "uploaded", fixed.text
+    listed = (await api.get("/api/loras/uploads", headers=h(key))).json()
+    assert listed[0]["status"] == "uploaded" and listed[0]["error"] is None
+    started = await api.post(f"/api/loras/trainings/{target['id']}", headers=h(key))
+    assert started.status_code == 202, started.text
+
+
+async def test_a_bad_zip_put_over_a_good_one_leaves_the_good_one(
+    engine_app: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    app, api = engine_app
+    key = await register(api)
+    target = await lora_upload_url(api, key)
+    good = good_zip(4)
+    assert (await put_zip(api, target, good)).status_code == 200
+    bad = await put_zip(api, target, build_zip({"a.png": image_bytes(0)}))
+    assert bad.status_code == 400 and "1 usable image(s)" in bad.json()["detail"]
+    assert services_of(app).storage.upload_path(target["id"]).read_bytes() == good
+    listed = (await api.get("/api/loras/uploads", headers=h(key))).json()
+    assert listed[0]["status"] == "uploaded" and listed[0]["size_bytes"] == len(good)
+
+
+@pytest.mark.parametrize(("entries", "expected"), BAD_ZIPS)
+async def test_a_stored_bad_zip_is_400_with_every_problem_when_training_starts(
+    engine_app: tuple[FastAPI, httpx.AsyncClient], entries: dict, expected: list[str]
+) -> None:
+    """Zips stored before uploads were checked are checked again when training starts."""
+    app, api = engine_app
+    key = await register(api)
+    upload_id = await upload_zip(api, key, good_zip(4))
+    services_of(app).storage.upload_path(upload_id).write_bytes(build_zip(entries))
     resp = await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
     assert resp.status_code == 400, resp.text
     for part in expected:
@@ -173,16 +231,19 @@ async def test_a_bad_zip_is_400_with_every_problem(
     assert listed[0]["status"] == "uploaded" and expected[0] in listed[0]["error"]
 
 
-async def test_corrupt_and_bomb_zips_are_400(engine_app: tuple[FastAPI, httpx.AsyncClient]) -> None:
-    _, api = engine_app
+async def test_corrupt_and_bomb_zips_are_400_at_upload(
+    engine_app: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    app, api = engine_app
     key = await register(api)
-    corrupt = await upload_zip(api, key, good_zip(4)[:-40])
-    resp = await api.post(f"/api/loras/trainings/{corrupt}", headers=h(key))
+    corrupt = await lora_upload_url(api, key)
+    resp = await put_zip(api, corrupt, good_zip(4)[:-40])
     assert resp.status_code == 400 and "not a readable zip" in resp.json()["detail"]
     bomb = build_zip({**{f"i{i}.png": image_bytes(i) for i in range(4)}, "z.png": b"\0" * 2**27})
-    bomb_id = await upload_zip(api, key, bomb)
-    resp = await api.post(f"/api/loras/trainings/{bomb_id}", headers=h(key))
+    bombed = await lora_upload_url(api, key)
+    resp = await put_zip(api, bombed, bomb)
     assert resp.status_code == 400 and "zip bomb" in resp.json()["detail"]
+    assert not any((services_of(app).storage.root / "uploads").iterdir())
 
 
 async def test_training_needs_bytes_and_an_owned_lora_upload(
