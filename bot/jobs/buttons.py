@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import discord
@@ -16,7 +17,7 @@ import discord
 from bot.errors import UserFacingError, report_error
 
 if TYPE_CHECKING:
-    from bot.jobs.runner import JobRunner
+    from bot.jobs.runner import JobRequest, JobRunner
 
 
 def runner_of(interaction: discord.Interaction[Any]) -> JobRunner:
@@ -115,54 +116,57 @@ class DeleteButton(
             await interaction.message.delete()
 
 
-class PromptModal(discord.ui.Modal, title="Generate an image"):
+class AskModal(discord.ui.Modal):
+    """Asks the member for one text (field ``field``), then queues the job ``make`` builds
+    from it; errors are answered like a command's."""
+
+    def __init__(
+        self,
+        *,
+        title: str,
+        label: str,
+        field: str,
+        make: Callable[[JobRunner, str], JobRequest],
+    ) -> None:
+        super().__init__(title=title)
+        self.answer: discord.ui.TextInput[Any] = discord.ui.TextInput(
+            label=label,
+            custom_id=field,
+            style=discord.TextStyle.paragraph,
+            min_length=1,
+            max_length=1000,
+        )
+        self.add_item(self.answer)
+        self._make = make
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        runner = runner_of(interaction)
+        await runner.submit(interaction, self._make(runner, self.answer.value))
+
+    async def on_error(  # type: ignore[override]  # discord.py's Modal drops ``item``
+        self, interaction: discord.Interaction[Any], error: Exception, /
+    ) -> None:
+        await report_error(interaction, error)
+
+
+def prompt_modal(lora_id: str) -> AskModal:
     """Asks for a prompt, then queues a LoRA generation."""
-
-    prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
+    return AskModal(
+        title="Generate an image",
         label="Prompt",
-        custom_id="prompt",
-        style=discord.TextStyle.paragraph,
-        min_length=1,
-        max_length=1000,
+        field="prompt",
+        make=lambda runner, prompt: runner.generate_request(lora_id, prompt),
     )
 
-    def __init__(self, lora_id: str) -> None:
-        super().__init__()
-        self.lora_id = lora_id
 
-    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
-        runner = runner_of(interaction)
-        await runner.submit(interaction, runner.generate_request(self.lora_id, self.prompt.value))
-
-    async def on_error(  # type: ignore[override]  # discord.py's Modal drops ``item``
-        self, interaction: discord.Interaction[Any], error: Exception, /
-    ) -> None:
-        await report_error(interaction, error)
-
-
-class SpeakModal(discord.ui.Modal, title="Speak with this voice"):
+def speak_modal(voice_id: str) -> AskModal:
     """Asks for a text, then queues speech with the voice."""
-
-    text: discord.ui.TextInput[Any] = discord.ui.TextInput(
+    return AskModal(
+        title="Speak with this voice",
         label="Text to speak",
-        custom_id="text",
-        style=discord.TextStyle.paragraph,
-        min_length=1,
-        max_length=1000,
+        field="text",
+        make=lambda runner, text: runner.speak_request(voice_id, text),
     )
-
-    def __init__(self, voice_id: str) -> None:
-        super().__init__()
-        self.voice_id = voice_id
-
-    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
-        runner = runner_of(interaction)
-        await runner.submit(interaction, runner.speak_request(self.voice_id, self.text.value))
-
-    async def on_error(  # type: ignore[override]  # discord.py's Modal drops ``item``
-        self, interaction: discord.Interaction[Any], error: Exception, /
-    ) -> None:
-        await report_error(interaction, error)
 
 
 class OwnedButton(
@@ -220,14 +224,14 @@ class GenerateButton(OwnedButton, kind="gen", label="Generate"):
     """Open the prompt modal for a trained LoRA (owner only)."""
 
     async def run(self, interaction: discord.Interaction[Any]) -> None:
-        await interaction.response.send_modal(PromptModal(self.target))
+        await interaction.response.send_modal(prompt_modal(self.target))
 
 
 class SpeakButton(OwnedButton, kind="speak", label="Speak"):
     """Open the text modal for a voice (owner only)."""
 
     async def run(self, interaction: discord.Interaction[Any]) -> None:
-        await interaction.response.send_modal(SpeakModal(self.target))
+        await interaction.response.send_modal(speak_modal(self.target))
 
 
 class TrainButton(OwnedButton, kind="train", label="Train"):

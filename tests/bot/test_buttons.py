@@ -17,6 +17,8 @@ from bot.jobs.buttons import (
     OwnedButton,
     SpeakButton,
     TrainButton,
+    prompt_modal,
+    speak_modal,
 )
 
 JOB = "0123456789abcdef0123456789abcdef"
@@ -63,3 +65,10 @@ async def test_owned_buttons_are_rebuilt_from_an_old_custom_id(
     # The abstract base is never registered and matches nothing.
     assert OwnedButton not in PERSISTENT_BUTTONS
     assert not OwnedButton.__discord_ui_compiled_template__.fullmatch(custom_id)  # type: ignore[attr-defined]
+
+
+def test_the_modals_keep_their_titles_and_field_ids() -> None:
+    prompt, speak = prompt_modal("lora-1"), speak_modal("voice-1")
+    assert (prompt.title, prompt.answer.custom_id) == ("Generate an image", "prompt")
+    assert (speak.title, speak.answer.custom_id) == ("Speak with this voice", "text")
+    assert [c.custom_id for c in prompt.children] == ["prompt"]  # type: ignore[attr-defined]
