@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import discord
 
 from bot.errors import UserFacingError, report_error
+from bot.ui import TadaModal
 
 if TYPE_CHECKING:
     from bot.jobs.runner import JobRequest, JobRunner
@@ -116,7 +117,7 @@ class DeleteButton(
             await interaction.message.delete()
 
 
-class AskModal(discord.ui.Modal):
+class AskModal(TadaModal):
     """Asks the member for one text (field ``field``), then queues the job ``make`` builds
     from it; errors are answered like a command's."""
 
@@ -142,11 +143,6 @@ class AskModal(discord.ui.Modal):
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         runner = runner_of(interaction)
         await runner.submit(interaction, self._make(runner, self.answer.value))
-
-    async def on_error(  # type: ignore[override]  # discord.py's Modal drops ``item``
-        self, interaction: discord.Interaction[Any], error: Exception, /
-    ) -> None:
-        await report_error(interaction, error)
 
 
 def prompt_modal(lora_id: str) -> AskModal:
