@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import discord
+from discord import app_commands
 
+from bot.jobs.render import clip
 from bot.ui import TadaView
 
 
@@ -62,3 +64,16 @@ def paginate(lines: Sequence[str], *, per_page: int = 10, limit: int = 1900) -> 
     if current:
         pages.append("\n".join(current))
     return pages
+
+
+def matching_choices(
+    named: Iterable[tuple[str, str]], current: str
+) -> list[app_commands.Choice[str]]:
+    """Autocomplete choices from ``(name, id)`` pairs: those whose name (any case) or id
+    contains what the member typed, names clipped to Discord's 100, at most 25."""
+    needle = current.lower()
+    return [
+        app_commands.Choice(name=clip(name, 100), value=value)
+        for name, value in named
+        if needle in name.lower() or needle in value
+    ][:25]

@@ -32,7 +32,7 @@ from bot.media import (
     inspect_zip_async,
     suffix_of,
 )
-from bot.pages import PagedView, paginate
+from bot.pages import PagedView, matching_choices, paginate
 from bot.tada import TadaClient
 
 
@@ -55,10 +55,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Image sty
         super().__init__()
 
     async def _tada(self, interaction: discord.Interaction[Any]) -> TadaClient:
-        account = await self.services.members.get(interaction.user.id)
-        if account is None:
-            raise NotLinked()
-        return self.services.tada.with_key(account.api_key)
+        return await self.services.accounts.client_for(interaction.user.id)
 
     async def _upload(
         self,
@@ -233,35 +230,26 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Image sty
     async def _uploads(
         self, interaction: discord.Interaction[Any], current: str
     ) -> list[app_commands.Choice[str]]:
-        account = await self.services.members.get(interaction.user.id)
-        if account is None:
+        try:
+            tada = await self._tada(interaction)
+        except NotLinked:
             return []
-        uploads = await self.services.tada.with_key(account.api_key).list_lora_uploads()
-        needle = current.lower()
-        return [
-            app_commands.Choice(name=clip(u.name, 100), value=u.id)
-            for u in uploads
-            if needle in u.name.lower() or needle in u.id
-        ][:25]
+        uploads = await tada.list_lora_uploads()
+        return matching_choices(((u.name, u.id) for u in uploads), current)
 
     @generate.autocomplete("lora")
     async def _loras(
         self, interaction: discord.Interaction[Any], current: str
     ) -> list[app_commands.Choice[str]]:
-        account = await self.services.members.get(interaction.user.id)
-        if account is None:
+        try:
+            tada = await self._tada(interaction)
+        except NotLinked:
             return []
-        tada = self.services.tada.with_key(account.api_key)
         uploads, trainings = await asyncio.gather(
             tada.list_lora_uploads(), tada.list_lora_trainings(limit=100)
         )
         ready = {t.upload_id for t in trainings if t.status == "succeeded"}
-        needle = current.lower()
-        return [
-            app_commands.Choice(name=clip(u.name, 100), value=u.id)
-            for u in uploads
-            if u.id in ready and (needle in u.name.lower() or needle in u.id)
-        ][:25]
+        return matching_choices(((u.name, u.id) for u in uploads if u.id in ready), current)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -20,7 +20,7 @@ from bot.jobs.buttons import SpeakButton
 from bot.jobs.render import clip
 from bot.jobs.runner import JobRunner, admit
 from bot.media import AUDIO_SUFFIXES, MAX_AUDIO_BYTES, check_audio_async, suffix_of
-from bot.pages import PagedView, paginate
+from bot.pages import PagedView, matching_choices, paginate
 from bot.tada import TadaClient
 from bot.tada.models import Voice
 from bot.ui import TadaView
@@ -115,10 +115,7 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
         super().__init__()
 
     async def _tada(self, interaction: discord.Interaction[Any]) -> TadaClient:
-        account = await self.services.members.get(interaction.user.id)
-        if account is None:
-            raise NotLinked()
-        return self.services.tada.with_key(account.api_key)
+        return await self.services.accounts.client_for(interaction.user.id)
 
     @app_commands.command(name="clone")
     @app_commands.describe(
@@ -221,16 +218,11 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
     async def _voices(
         self, interaction: discord.Interaction[Any], current: str
     ) -> list[app_commands.Choice[str]]:
-        account = await self.services.members.get(interaction.user.id)
-        if account is None:
+        try:
+            tada = await self._tada(interaction)
+        except NotLinked:
             return []
-        voices = await self.services.tada.with_key(account.api_key).list_voices()
-        needle = current.lower()
-        return [
-            app_commands.Choice(name=clip(v.name, 100), value=v.id)
-            for v in voices
-            if needle in v.name.lower() or needle in v.id
-        ][:25]
+        return matching_choices(((v.name, v.id) for v in await tada.list_voices()), current)
 
 
 async def setup(bot: commands.Bot) -> None:
