@@ -2,8 +2,8 @@
 
 Route order matters: the fixed paths (``/uploads``, ``/generations``) are declared before
 ``/{voice_id}`` so that they are never read as a voice id. Both revisions of the
-per-voice generation paths are served: the seed's ``/generations/{voice_id}`` and the
-latest ``/{voice_id}/generations``.
+per-voice generation paths are served by one function: the seed's
+``/generations/{voice_id}`` and the latest ``/{voice_id}/generations``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.api.deps import BaseUrl, CurrentUser, Services, Session
 from engine.api.errors import invalid
+from engine.api.jobs import submit_and_wait
 from engine.api.upload_urls import issue_upload_url
-from engine.jobs import JobTimeout
 from engine.models import JobStatus, UploadKind, UploadStatus, as_utc
 from engine.schemas import UploadUrlResponse, VoiceUpload
 from engine.services import EngineServices
@@ -156,15 +156,14 @@ async def create_voice(
         raise HTTPException(
             409, f"this sample was refused ({upload.error}); request a new upload URL"
         )
-    # Give the connection back while the job runs: waiters must not starve the pool.
-    await session.commit()
-    job = await services.jobs.submit(CLONE_KIND, {"upload_id": upload.id}, user.id)
-    try:
-        done = await services.jobs.wait(job.id, within=services.settings.jobs.wait_timeout_seconds)
-    except JobTimeout as exc:
-        raise HTTPException(
-            504, f"still cloning (job {job.id}); the voice will appear in GET /api/voices"
-        ) from exc
+    done = await submit_and_wait(
+        services,
+        session,
+        CLONE_KIND,
+        {"upload_id": upload.id},
+        user.id,
+        still_running="still cloning (job {job_id}); the voice will appear in GET /api/voices",
+    )
     if done.status == JobStatus.SUCCEEDED.value and done.result:
         voice = await store.get_voice(session, user.id, str(done.result["voice_id"]))
         if voice is not None:
@@ -212,49 +211,6 @@ async def get_generation_or_voice_list(
     raise HTTPException(404, "generation not found")
 
 
-async def _generate(
-    services: EngineServices,
-    session: AsyncSession,
-    base: str,
-    user_id: str,
-    voice_id: str,
-    body: VoiceGenerationRequest,
-) -> VoiceGenerationResponse:
-    text = _clean_text(body.text)
-    if await store.get_voice(session, user_id, voice_id) is None:
-        raise HTTPException(404, "voice not found")
-    # Give the connection back while the job runs: waiters must not starve the pool.
-    await session.commit()
-    job = await services.jobs.submit(GENERATE_KIND, {"voice_id": voice_id, "text": text}, user_id)
-    try:
-        done = await services.jobs.wait(job.id, within=services.settings.jobs.wait_timeout_seconds)
-    except JobTimeout as exc:
-        raise HTTPException(
-            504,
-            f"still generating (job {job.id}); it will appear in GET /api/voices/generations",
-        ) from exc
-    if done.status != JobStatus.SUCCEEDED.value or not done.result:
-        raise HTTPException(500, f"generation failed: {done.error or done.status}")
-    row = await store.get_generation(session, user_id, str(done.result["generation_id"]))
-    if row is None:  # pragma: no cover - the handler commits the row before succeeding
-        raise HTTPException(500, "generation finished but its record is missing")
-    generation = _generation(services, base, row)
-    return VoiceGenerationResponse(url=generation.audio_url, **generation.model_dump())
-
-
-@router.post("/generations/{voice_id}", response_model=VoiceGenerationResponse)
-async def generate_seed_path(
-    voice_id: str,
-    body: VoiceGenerationRequest,
-    user: CurrentUser,
-    services: Services,
-    session: Session,
-    base: BaseUrl,
-) -> VoiceGenerationResponse:
-    """Speak ``text`` in the voice (the request waits for the audio)."""
-    return await _generate(services, session, base, user.id, voice_id, body)
-
-
 @router.get("", response_model=list[VoiceClone])
 async def list_voices(user: CurrentUser, session: Session) -> list[VoiceClone]:
     """The caller's cloned voices, newest first."""
@@ -287,6 +243,7 @@ async def list_voice_generations(
 
 
 @router.post("/{voice_id}/generations", response_model=VoiceGenerationResponse)
+@router.post("/generations/{voice_id}", response_model=VoiceGenerationResponse)
 async def generate(
     voice_id: str,
     body: VoiceGenerationRequest,
@@ -296,4 +253,23 @@ async def generate(
     base: BaseUrl,
 ) -> VoiceGenerationResponse:
     """Speak ``text`` in the voice (the request waits for the audio)."""
-    return await _generate(services, session, base, user.id, voice_id, body)
+    text = _clean_text(body.text)
+    if await store.get_voice(session, user.id, voice_id) is None:
+        raise HTTPException(404, "voice not found")
+    done = await submit_and_wait(
+        services,
+        session,
+        GENERATE_KIND,
+        {"voice_id": voice_id, "text": text},
+        user.id,
+        still_running=(
+            "still generating (job {job_id}); it will appear in GET /api/voices/generations"
+        ),
+    )
+    if done.status != JobStatus.SUCCEEDED.value or not done.result:
+        raise HTTPException(500, f"generation failed: {done.error or done.status}")
+    row = await store.get_generation(session, user.id, str(done.result["generation_id"]))
+    if row is None:  # pragma: no cover - the handler commits the row before succeeding
+        raise HTTPException(500, "generation finished but its record is missing")
+    generation = _generation(services, base, row)
+    return VoiceGenerationResponse(url=generation.audio_url, **generation.model_dump())

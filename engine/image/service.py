@@ -15,12 +15,12 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from engine.api.jobs import submit_and_wait
 from engine.image.handlers import GENERATE_KIND, TRAIN_KIND
 from engine.image.models import LoraGenerationRow, LoraTrainingRow
 from engine.image.schemas import LoraGeneration, LoraTraining, LoraTrainingList, TrainingStatus
 from engine.image.settings import ImageSettings, image_settings
 from engine.image.zipcheck import inspect_zip
-from engine.jobs import JobTimeout
 from engine.models import (
     Job,
     JobStatus,
@@ -253,17 +253,15 @@ async def run_generation(
         }
     if demo is not None:
         payload["demo"] = demo
-    # Give the connection back while the job runs: waiters must not starve the pool.
-    await session.commit()
-    job = await services.jobs.submit(GENERATE_KIND, payload, user_id)
-    try:
-        done = await services.jobs.wait(job.id, within=services.settings.jobs.wait_timeout_seconds)
-    except JobTimeout as exc:
-        raise HTTPException(
-            504,
-            f"the image is still being drawn; it will appear in GET /api/loras/generations "
-            f"as {generation_id}",
-        ) from exc
+    done = await submit_and_wait(
+        services,
+        session,
+        GENERATE_KIND,
+        payload,
+        user_id,
+        still_running="the image is still being drawn; it will appear in "
+        f"GET /api/loras/generations as {generation_id}",
+    )
     if done.status != JobStatus.SUCCEEDED.value:
         raise HTTPException(500, f"generation {done.status}: {done.error or 'no reason given'}")
     row = await session.get(LoraGenerationRow, generation_id)

@@ -412,3 +412,29 @@ async def test_canceling_a_running_training_stops_it_and_keeps_no_lora(tmp_path:
         assert final["status"] == "canceled" and final["progress"] < 100
         lora = services.storage.artifact_path(f"loras/{training['id']}.safetensors")
         assert not lora.exists()
+
+
+async def test_a_generation_that_outlives_the_wait_is_504_and_appears_later(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        tmp_path / "engine",
+        jobs=JobSettings(in_process_workers=0, wait_timeout_seconds=0.01),
+        image=IMAGE,
+    )
+    async with running_engine(settings) as (app, api):
+        worker = services_of(app).worker
+        key = await register(api)
+        upload_id = await upload_zip(api, key, good_zip(4))
+        await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
+        assert await anyio.to_thread.run_sync(worker.drain) == 1
+        resp = await api.post(
+            f"/api/loras/generations/{upload_id}", json={"prompt": "a cat"}, headers=h(key)
+        )
+        assert resp.status_code == 504, resp.text
+        detail = resp.json()["detail"]
+        assert detail.startswith("the image is still being drawn"), detail
+        promised = detail.rsplit(" as ", 1)[1]
+        assert await anyio.to_thread.run_sync(worker.drain) == 1
+        listed = (await api.get("/api/loras/generations", headers=h(key))).json()
+        assert [g["id"] for g in listed] == [promised]

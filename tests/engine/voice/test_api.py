@@ -370,7 +370,7 @@ async def test_work_that_outlives_the_wait_is_504_and_finishes_later(
         key = await register(api)
         cloning = await clone(api, key, speakers["low"].wav())
         assert cloning.status_code == 504
-        assert "still cloning" in cloning.json()["detail"]
+        assert "still cloning (job " in cloning.json()["detail"]
         voices = await _poll(api, "/api/voices", key, "")
         assert isinstance(voices, list)
         voice_id = voices[0]["id"]
@@ -378,7 +378,12 @@ async def test_work_that_outlives_the_wait_is_504_and_finishes_later(
             f"/api/voices/{voice_id}/generations", json={"text": "Later."}, headers=h(key)
         )
         assert resp.status_code == 504
-        assert "still generating" in resp.json()["detail"]
+        assert "still generating (job " in resp.json()["detail"]
+        # The seed's path is the same operation.
+        seed = await api.post(
+            f"/api/voices/generations/{voice_id}", json={"text": "Later."}, headers=h(key)
+        )
+        assert seed.status_code == 504 and "still generating (job " in seed.json()["detail"]
         listed = await _poll(api, "/api/voices/generations", key, "total")
         assert isinstance(listed, dict)
         assert listed["generations"][0]["text"] == "Later."
