@@ -101,6 +101,10 @@ class JobsConfig(_Section):
     # Attempts per destination when Discord fails to take a result, and the first pause.
     post_attempts: int = Field(4, ge=1, le=20)
     post_backoff_seconds: float = Field(1.0, ge=0)
+    # A generation whose answer was lost (timeout, dropped connection) may still be made
+    # by Ta-da: its listing is searched for this long, every ``poll_seconds``, before the
+    # member is told it failed.
+    lost_lookup_seconds: float = Field(30.0, ge=0, le=600)
 
 
 class BotConfig(_Section):

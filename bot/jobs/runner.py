@@ -77,6 +77,8 @@ FEATURE_OF = {
 }
 # Pauses before the later delivery rounds when no destination took a result.
 REDELIVERY_DELAYS = (60.0, 300.0, 1800.0)
+# Generations Ta-da lists (so a lost answer can be found); demos are not listed.
+LISTED_KINDS = frozenset({JobKind.VOICE_SPEAK, JobKind.LORA_GENERATE})
 # What the member's "accepted" note becomes once the outcome is posted.
 OUTCOME_NOTES = {
     JobState.FINISHED: "✅ Done: the result is posted.",
@@ -308,12 +310,23 @@ class JobRunner:
         await self._deliver(job_id)
 
     async def _look_up_lost(self, tada: TadaClient, job: Job) -> dict[str, Any] | None:
-        """The generation Ta-da made for ``job`` when its answer was lost, if listed."""
-        try:
-            return await self._find_generation(tada, job)
-        except TadaError as exc:
-            log.warning("job %s: could not look for its generation: %s", job.id, exc)
+        """The generation Ta-da made for ``job`` when its answer was lost, once listed.
+
+        Ta-da may still be working on it (the client gave up, not the engine): the listing
+        is searched for ``lost_lookup_seconds``, every ``poll_seconds``.
+        """
+        if job.kind not in LISTED_KINDS:
             return None
+        deadline = time.monotonic() + self.config.lost_lookup_seconds
+        while True:
+            try:
+                found = await self._find_generation(tada, job)
+            except TadaError as exc:
+                log.warning("job %s: could not look for its generation: %s", job.id, exc)
+                found = None
+            if found is not None or time.monotonic() >= deadline:
+                return found
+            await asyncio.sleep(self.config.poll_seconds)
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
         text = reply_for(exc, where=f"job {job.kind.value} {job.id}").text

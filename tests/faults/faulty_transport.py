@@ -28,6 +28,7 @@ class Fault(StrEnum):
     REFUSED = "refused"  # the connection was refused (nothing was sent)
     HOLD = "hold"  # parked for an hour before reaching the engine (a restart cuts it)
     HOLD_ANSWER = "hold-answer"  # the engine answered; the answer is parked for an hour
+    EARLY_TIMEOUT = "early-timeout"  # timed out at once; the engine goes on with it after
 
 
 @dataclass
@@ -48,6 +49,7 @@ class FaultyTransport(httpx.AsyncBaseTransport):
     rules: list[Rule] = field(default_factory=list)
     sent: Counter[str] = field(default_factory=Counter)
     reached: Counter[str] = field(default_factory=Counter)
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def script(self, method: str, path: str, *faults: Fault) -> None:
         """Apply ``faults`` one per matching request (``path`` is a regex on the URL path)."""
@@ -73,6 +75,12 @@ class FaultyTransport(httpx.AsyncBaseTransport):
         if fault is Fault.HOLD:
             await asyncio.sleep(3600)
         self.reached[route] += 1
+        if fault is Fault.EARLY_TIMEOUT:
+            # The engine works on (the request reached it) while the client gives up.
+            task = asyncio.get_running_loop().create_task(self._finish(request))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            raise httpx.ReadTimeout("injected: gave up while the engine works", request=request)
         response = await self.inner.handle_async_request(request)
         if fault is Fault.LOST_ANSWER:
             await response.aread()
@@ -81,6 +89,12 @@ class FaultyTransport(httpx.AsyncBaseTransport):
             await response.aread()
             await asyncio.sleep(3600)
         return response
+
+    async def _finish(self, request: httpx.Request) -> None:
+        assert self.inner is not None
+        await asyncio.sleep(0.5)  # the engine takes its time: done after the client gave up
+        response = await self.inner.handle_async_request(request)
+        await response.aread()
 
     async def aclose(self) -> None:
         if self.inner is not None:

@@ -55,7 +55,8 @@ def engine_settings(tmp_path: Path) -> EngineSettings:
 @pytest.fixture
 def bot_config(tmp_path: Path) -> BotConfig:
     config = make_bot_config(
-        tmp_path / "bot", jobs={"poll_seconds": 0.05, "post_backoff_seconds": 0.01}
+        tmp_path / "bot",
+        jobs={"poll_seconds": 0.05, "post_backoff_seconds": 0.01, "lost_lookup_seconds": 3},
     )
     tada = config.tada.model_copy(update={"backoff_base_seconds": 0.01, "max_retries": 3})
     return config.model_copy(update={"tada": tada})
@@ -252,10 +253,17 @@ async def test_a_generation_whose_answer_is_lost_is_looked_up_and_posted_once(
     assert [g["prompt"] for g in listed] == ["a dog"] and job.tada_id == listed[0]["id"]
     assert made.response is not None and "Done" in made.response.content
 
+    # The client gave up while the engine still worked: looked for until it is listed.
+    faults.script("POST", path, Fault.EARLY_TIMEOUT)
+    await alice.slash(channel, "lora generate", lora=lora, prompt="a bird")
+    late = next(j for j in await store.for_member(alice.id) if j.params["prompt"] == "a bird")
+    assert late.state is JobState.FINISHED and late.posted, late
+    assert faults.sent[f"POST {path}"] == 2
+
     # The request timed out before the engine saw it: nothing to find, a clear failure.
     faults.script("POST", path, Fault.TIMEOUT)
     await alice.slash(channel, "lora generate", lora=lora, prompt="a dog")
-    second = next(j for j in await store.for_member(alice.id) if j.id != job.id)
+    second = next(j for j in await store.for_member(alice.id) if j.id not in (job.id, late.id))
     assert second.state is JobState.FAILED and second.error and second.posted, second
 
     history = [m for m in channel.history() if alice.mention in m.content]
