@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine.models import as_utc
 
 
 class RegisterResponse(BaseModel):
@@ -35,7 +37,19 @@ class UploadUrlResponse(BaseModel):
     max_bytes: int
 
 
-class VoiceUpload(BaseModel):
+class _UploadView(BaseModel):
+    """An upload as the API lists it, read straight from its ``Upload`` row."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    @field_validator("created_at", check_fields=False)
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        # SQLite hands back naive datetimes; the API always states the zone.
+        return as_utc(value)
+
+
+class VoiceUpload(_UploadView):
     id: str
     name: str
     created_at: datetime
@@ -45,7 +59,7 @@ class VoiceUpload(BaseModel):
     error: str | None = None
 
 
-class LoraUpload(BaseModel):
+class LoraUpload(_UploadView):
     id: str
     name: str
     created_at: datetime

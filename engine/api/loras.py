@@ -10,7 +10,7 @@ from engine.api.deps import BaseUrl, CurrentUser, Services, Session
 from engine.api.upload_urls import issue_upload_url
 from engine.image import service as image_service
 from engine.image.schemas import GenerateLoraRequest, LoraGeneration, LoraTraining, LoraTrainingList
-from engine.models import UploadKind, as_utc
+from engine.models import UploadKind
 from engine.schemas import LoraUpload, UploadUrlResponse
 from engine.uploads import list_uploads
 
@@ -44,17 +44,7 @@ async def create_upload_url(
 async def list_lora_uploads(user: CurrentUser, session: Session) -> list[LoraUpload]:
     """The caller's image zips, newest first."""
     return [
-        LoraUpload(
-            id=u.id,
-            name=u.name,
-            created_at=as_utc(u.created_at),
-            trigger_word=u.trigger_word,
-            status=u.status,
-            file_name=u.file_name,
-            size_bytes=u.size_bytes,
-            error=u.error,
-        )
-        for u in await list_uploads(session, user.id, UploadKind.LORA)
+        LoraUpload.model_validate(u) for u in await list_uploads(session, user.id, UploadKind.LORA)
     ]
 
 

@@ -124,15 +124,7 @@ async def create_voice_upload_url(
 async def list_voice_uploads(user: CurrentUser, session: Session) -> list[VoiceUpload]:
     """The caller's voice samples, newest first."""
     return [
-        VoiceUpload(
-            id=u.id,
-            name=u.name,
-            created_at=as_utc(u.created_at),
-            status=u.status,
-            file_name=u.file_name,
-            size_bytes=u.size_bytes,
-            error=u.error,
-        )
+        VoiceUpload.model_validate(u)
         for u in await list_uploads(session, user.id, UploadKind.VOICE)
     ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -121,6 +122,9 @@ async def test_put_then_list_with_upstream_field_names(
     assert [u["id"] for u in loras] == [lora["id"]]
     assert {"id", "name", "created_at", "trigger_word"} <= set(loras[0])
     assert loras[0]["trigger_word"] == "tadz"
+    # SQLite stores naive datetimes; the lists still state the zone.
+    for item in (listed[0], loras[0]):
+        assert datetime.fromisoformat(item["created_at"]).utcoffset() == timedelta(0), item
 
 
 async def test_second_put_replaces_the_first(api: httpx.AsyncClient, alice_key: str) -> None:
