@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -217,9 +218,14 @@ def test_lora_upload_train_with_progress_then_generate_an_image(
         assert "a cat on a sofa" in posted.inner_text()
         image = posted.locator(".message-attachments img")
         image.first.wait_for()
-        width = image.first.evaluate(
-            "i => new Promise(r => i.complete ? r(i.naturalWidth)"
-            " : i.addEventListener('load', () => r(i.naturalWidth)))"
-        )
+        # The page republishes messages as it polls, so an <img> can be replaced (or be
+        # complete but not yet decoded) at any instant: re-query until one is drawn.
+        width = 0
+        deadline = time.monotonic() + 30
+        while width == 0 and time.monotonic() < deadline:
+            widths = image.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+            width = max(widths, default=0)
+            if width == 0:
+                time.sleep(0.25)
         assert width > 0  # a decodable image, drawn in the page
         page.shot("image-posted")
