@@ -78,7 +78,7 @@ def main() -> int:
         max_bytes = (args.mb + 1) * CHUNK
         (data / "config.toml").write_text(
             f'[engine]\ndata_dir = "{data / "engine"}"\nport = {port}\n'
-            f"[engine.uploads]\nmax_zip_bytes = {max_bytes}\n"
+            f"[engine.uploads]\nmax_audio_bytes = {max_bytes}\n"
         )
         server = subprocess.Popen(
             [sys.executable, "-m", "engine", "--config", str(data / "config.toml"), "serve"],
@@ -99,10 +99,12 @@ def main() -> int:
                 ).json()["api_key"]
                 engine_rates, raw_rates, growths = [], [], []
                 for _ in range(args.runs):
+                    # A voice upload: its PUT stores the bytes as they come (a LoRA zip's PUT
+                    # also runs the zip checks, which these random bytes would fail).
                     target = client.post(
-                        "/api/loras/uploads/url",
+                        "/api/voices/uploads/url",
                         headers={"X-API-Key": key},
-                        params={"name": "bench", "trigger_word": "bench", "file_name": "b.zip"},
+                        params={"name": "bench", "file_name": "b.wav"},
                     ).json()
                     watcher = RssWatcher(server.pid)
                     before = watcher.peak
