@@ -31,7 +31,7 @@ test: setup browser
 
 bench: setup
 	$(PY) bench/upload.py
-	$(PY) bench/image.py
+	$(PY) bench/lora.py
 	$(PY) bench/voice.py
 	$(PY) bench/sandbox_start.py
 	$(PY) bench/gate.py

@@ -5,12 +5,12 @@ worker runs). ``--base-model DIR`` runs a local SD 1.5 / SDXL diffusers checkpoi
 instead (GPU when present). ``--sdxl-unet`` builds an SDXL-architecture UNet from config
 with random weights (no download) and times the part that dominates real SDXL work: a
 30-step denoising loop at 1024x1024 with classifier-free guidance, and LoRA training
-steps on it. Prints the numbers and writes them to bench/results/image[-<mode>].json,
+steps on it. Prints the numbers and writes them to bench/results/lora[-<mode>].json,
 naming the device.
 
-    python bench/image.py [--train-steps 30] [--gen-steps 30] [--runs 3]
-    python bench/image.py --base-model /models/sdxl-base --device cuda
-    python bench/image.py --sdxl-unet --device cuda [--compile]
+    python bench/lora.py [--train-steps 30] [--gen-steps 30] [--runs 3]
+    python bench/lora.py --base-model /models/sdxl-base --device cuda
+    python bench/lora.py --sdxl-unet --device cuda [--compile]
 """
 
 from __future__ import annotations
@@ -251,12 +251,12 @@ def main() -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     name = (
-        "image-sdxl-unet"
+        "lora-sdxl-unet"
         if args.sdxl_unet
-        else ("image" if not args.base_model else "image-checkpoint")
+        else ("lora" if not args.base_model else "lora-checkpoint")
     )
     if not args.sdxl_unet and args.arch == "sdxl" and not args.base_model:
-        name = "image-tiny-sdxl"
+        name = "lora-tiny-sdxl"
     out = args.out or RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
