@@ -51,6 +51,14 @@ log = logging.getLogger(__name__)
 
 HOSTED_BASE_URL = "https://api.ta-da.io/tadzagent"
 API_KEY_HEADER = "X-API-Key"
+MAX_REDIRECTS = 5
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port: what a key is bound to."""
+    return (url.scheme, url.host, url.port)
+
+
 CHUNK = 1024 * 1024
 M = TypeVar("M")
 UploadBody = bytes | Path | AsyncIterable[bytes]
@@ -476,7 +484,7 @@ class TadaClient:
         attempt = 0
         while True:
             try:
-                resp = await self._http.request(
+                resp = await self._request(
                     method,
                     url,
                     params=params,
@@ -520,6 +528,27 @@ class TadaClient:
             await resp.aclose()
             await self._sleep(delay)
             attempt += 1
+
+    async def _request(
+        self, method: str, url: str, *, headers: dict[str, str], **kwargs: Any
+    ) -> httpx.Response:
+        """One request, following redirects ourselves so the key stays with its origin.
+
+        httpx copies every header but ``Authorization`` onto a redirect, wherever it leads;
+        a member's ``X-API-Key`` must never reach another origin (scheme, host and port).
+        """
+        resp = await self._http.request(
+            method, url, headers=headers, follow_redirects=False, **kwargs
+        )
+        for _ in range(MAX_REDIRECTS):
+            nxt = resp.next_request
+            if nxt is None:
+                return resp
+            if _origin(nxt.url) != _origin(resp.request.url):
+                nxt.headers.pop(API_KEY_HEADER, None)
+            await resp.aclose()
+            resp = await self._http.send(nxt, follow_redirects=False)
+        return resp
 
     def _raise_for_status(self, resp: httpx.Response, method: str, path: str) -> None:
         if resp.is_success:
