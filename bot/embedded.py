@@ -43,7 +43,12 @@ class EmbeddedEngine:
     """Start with ``async with EmbeddedEngine(settings) as engine: engine.base_url``."""
 
     def __init__(self, settings: EngineSettings, *, port: int | None = None) -> None:
-        self.settings = settings
+        # Every member reaches this engine through the bot on loopback: per-client rates
+        # would count the whole server as one client (per-member limits still apply).
+        limits = settings.limits.model_copy(
+            update={"exempt_clients": [*settings.limits.exempt_clients, LOOPBACK]}
+        )
+        self.settings = settings.model_copy(update={"limits": limits})
         self.port = settings.port if port is None else port
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -75,6 +80,8 @@ class EmbeddedEngine:
             # Longer than the bot's client keeps idle connections (httpx: 5 s): at equal
             # timeouts a call sent as uvicorn closed the idle connection was lost.
             timeout_keep_alive=75,
+            # Only the bot talks to it, over loopback: no proxy's headers to believe.
+            proxy_headers=False,
         )
         server = self._server = _quiet_server(config)
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 
 from engine.api import demo, loras, storage, users, voices
-from engine.jobs import Handler
+from engine.api.guard import RequestGuard
+from engine.jobs import Handler, TooManyPendingJobs
+from engine.logs import install_access_log_redactor
 from engine.services import EngineServices, build_services
 from engine.settings import EngineSettings
 
@@ -24,6 +30,14 @@ async def start_services(services: EngineServices, *, consumer: bool) -> None:
     if consumer and workers > 0:
         await anyio.to_thread.run_sync(services.worker.recover)
         services.queue.start_consumer(workers)
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON whose strings may hold lone surrogates: they become U+FFFD, never a 500."""
+
+    def render(self, content: object) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode("utf-8", errors="replace")
 
 
 def create_app(
@@ -48,6 +62,21 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    app.add_middleware(RequestGuard, settings=settings.limits)
+    install_access_log_redactor()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input, which may hold text that cannot be
+        # encoded (a lone surrogate in a field of the wrong type): encode it safely.
+        return SafeJSONResponse(status_code=422, content={"detail": jsonable_encoder(exc.errors())})
+
+    @app.exception_handler(TooManyPendingJobs)
+    async def too_many_jobs(request: Request, exc: TooManyPendingJobs) -> Response:
+        return JSONResponse(
+            status_code=429, content={"detail": str(exc)}, headers={"Retry-After": "30"}
+        )
+
     for module in (users, voices, loras, demo, storage):
         app.include_router(module.router)
 

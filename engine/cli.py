@@ -31,6 +31,10 @@ def _serve(settings: EngineSettings, host: str | None, port: int | None) -> int:
         # idle connection first. With both at 5 s, a request sent just as the server timed
         # the connection out was lost (ReadError; 11 of 10,000 GETs at 500 clients).
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        # X-Forwarded-For/-Proto only from the proxies the operator named; by default
+        # (uvicorn trusts 127.0.0.1) any local process could choose its client address.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
     )
     return 0
 

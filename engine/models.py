@@ -36,7 +36,9 @@ class UploadStatus(StrEnum):
     """Lifecycle of an upload."""
 
     PENDING = "pending"  # URL handed out, no bytes yet
+    RECEIVING = "receiving"  # a PUT is streaming its bytes; other PUTs and uses wait (409)
     UPLOADED = "uploaded"  # bytes stored, not used yet (a new PUT replaces them)
+    PROCESSING = "processing"  # taken for use (a clone is running); no PUT replaces it now
     PROCESSED = "processed"  # used: a voice was cloned or a training started from it
     FAILED = "failed"  # processing refused it; `error` says why
 

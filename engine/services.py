@@ -75,7 +75,12 @@ def build_services(
         queue=queue,
         handlers=default_handlers(settings) if handlers is None else handlers,
     )
-    jobs = JobService(sessions=db.session, queue=queue, max_attempts=settings.jobs.max_attempts)
+    jobs = JobService(
+        sessions=db.session,
+        queue=queue,
+        max_attempts=settings.jobs.max_attempts,
+        max_pending_per_user=settings.limits.max_pending_jobs,
+    )
     return EngineServices(
         settings=settings,
         db=db,

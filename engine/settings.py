@@ -36,6 +36,35 @@ class UploadSettings(_Section):
     artifact_url_ttl_seconds: int = Field(24 * 3600, gt=0, le=30 * 24 * 3600)
 
 
+class LimitSettings(_Section):
+    """Bounds that keep one client or member from wearing the engine down.
+
+    Rates use the ``limits`` library's notation ("5/minute;20/hour"); an empty string turns
+    a limit off. ``storage_uri`` is where the counts live: ``memory://`` in one process, or
+    ``redis://host:6379`` so that several API processes share them.
+    """
+
+    # Request bodies other than uploads (JSON): refused past this before they are read.
+    max_json_body_bytes: int = Field(64 * 1024, gt=0)
+    # An upload (or any body) that sends nothing for this long is closed with 408.
+    body_stall_seconds: float = Field(30.0, gt=0)
+    storage_uri: str = "memory://"
+    register_per_client: str = "5/minute;20/hour"
+    register_global: str = "60/minute;600/hour"
+    requests_per_client: str = "600/minute"
+    # Client addresses the rates above do not apply to: the bot's own address, since every
+    # member reaches the engine through it (the embedded engine adds its loopback itself).
+    exempt_clients: list[str] = Field(default_factory=list)
+    # Upload URLs handed out and not yet used, per member.
+    max_pending_uploads: int = Field(20, ge=0)
+    # Bytes of uploads a member may keep (the sum of their kept uploads).
+    max_stored_bytes_per_user: int = Field(5 * 1024 * MiB, gt=0)
+    # Jobs of one member queued or running at once (speech, clones, trainings, images).
+    max_pending_jobs: int = Field(4, ge=0)
+    # Characters of one speech request: longer work would hold a worker for minutes.
+    max_speech_chars: int = Field(1000, ge=1, le=5000)
+
+
 class JobSettings(_Section):
     """The job queue (huey) and its consumer."""
 
@@ -61,7 +90,13 @@ class EngineSettings(_Section):
     secret_key: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = Field(8100, ge=0, le=65535)
+    # Where clients reach the engine: the base of every signed URL. Unset, the address the
+    # server listens on (loopback by default); never the request's Host header.
     public_url: str | None = None
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
+    # forwarded_allow_ips); empty: none, the socket's peer is the client.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    limits: LimitSettings = LimitSettings()
     uploads: UploadSettings = UploadSettings()
     jobs: JobSettings = JobSettings()
     # Back-end sections owned by the voice and image packages; validated there.

@@ -13,8 +13,15 @@ from fastapi import FastAPI
 from engine.app import create_app
 from engine.jobs import Handler
 from engine.services import EngineServices
-from engine.settings import EngineSettings, JobSettings
+from engine.settings import EngineSettings, JobSettings, LimitSettings
 
+RELAXED_LIMITS = LimitSettings(
+    register_per_client="",
+    register_global="",
+    requests_per_client="",
+    max_pending_uploads=100_000,
+    max_pending_jobs=100_000,
+)
 AppFactory = Callable[..., "AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]"]
 
 
@@ -23,6 +30,9 @@ def make_settings(data_dir: Path, **overrides: object) -> EngineSettings:
     values: dict[str, object] = {
         "data_dir": data_dir,
         "jobs": JobSettings(in_process_workers=0, wait_timeout_seconds=30),
+        # Abuse limits are tested on their own (tests/security/test_abuse.py); elsewhere
+        # many calls from one test client are the point, not an attack.
+        "limits": RELAXED_LIMITS,
     }
     values.update(overrides)
     return EngineSettings.model_validate(values)

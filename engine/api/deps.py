@@ -46,9 +46,21 @@ async def get_current_user(
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-def base_url(request: Request) -> str:
-    """Where this request reached us, for absolute signed URLs."""
-    return str(request.base_url)
+def base_url(request: Request, services: Services) -> str:
+    """The base of absolute signed URLs: the configured public URL, else the address the
+    server listens on. Never the request's ``Host`` (or forwarded host) header, which any
+    client sets: signed URLs would point wherever the caller likes.
+    """
+    if services.settings.public_url:
+        return services.settings.public_url.rstrip("/") + "/"
+    server = request.scope.get("server")
+    if server is None:
+        settings = services.settings
+        return f"http://{settings.host}:{settings.port}/"
+    host, port = server[0], server[1]
+    host = f"[{host}]" if ":" in str(host) else host
+    default = port is None or port == 80
+    return f"http://{host}/" if default else f"http://{host}:{port}/"
 
 
 BaseUrl = Annotated[str, Depends(base_url)]

@@ -5,8 +5,11 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.api.deps import Services, Session
 from engine.image.service import settings_of
@@ -14,6 +17,7 @@ from engine.image.zipcheck import zip_problems
 from engine.models import Upload, UploadKind, UploadStatus, utcnow
 from engine.schemas import StoredFile
 from engine.security import SignatureError
+from engine.services import EngineServices
 from engine.storage import Check, Refused, TooLarge
 from engine.uploads import content_type_matches
 
@@ -44,6 +48,12 @@ async def put_upload(
     upload = await session.get(Upload, upload_id)
     if upload is None:
         raise HTTPException(404, "upload not found")
+    if upload.status == UploadStatus.RECEIVING.value:
+        raise HTTPException(
+            409,
+            "another PUT to this upload URL is in progress; wait for it, or request a new "
+            "upload URL if it was interrupted",
+        )
     if upload.status not in (UploadStatus.PENDING.value, UploadStatus.UPLOADED.value):
         raise HTTPException(409, f"upload is already {upload.status}; request a new upload URL")
     sent_type = request.headers.get("content-type")
@@ -56,29 +66,80 @@ async def put_upload(
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap:
         raise HTTPException(413, f"file is larger than the {cap // (1024 * 1024)} MB limit")
+    room = await storage_left(session, services, upload)
+    if room <= 0 or (declared and declared.isdigit() and int(declared) > room):
+        raise HTTPException(413, _storage_full(services))
     check: Check | None = None
     if upload.kind == UploadKind.LORA.value:
         check = partial(zip_problems, limits=settings_of(services).zip)
+    previous = upload.status
+    # One body per upload: claim it atomically, so that a concurrent PUT (or a use of the
+    # upload) sees RECEIVING and is refused instead of replacing bytes under us.
+    if not await _move(session, upload.id, previous, UploadStatus.RECEIVING.value):
+        raise HTTPException(409, "another PUT to this upload URL is in progress")
     try:
         size = await services.storage.write_stream(
-            services.storage.upload_path(upload.id), request.stream(), cap, check
+            services.storage.upload_path(upload.id),
+            request.stream(),
+            min(cap, room),
+            check,
         )
     except TooLarge as exc:
+        await _move(session, upload.id, UploadStatus.RECEIVING.value, previous)
+        if room < cap:
+            raise HTTPException(413, _storage_full(services)) from exc
         raise HTTPException(
             413, f"file is larger than the {cap // (1024 * 1024)} MB limit"
         ) from exc
     except Refused as exc:
         # Kept on the row so that the uploads list says why; the status is unchanged.
-        upload.error = str(exc)
-        upload.updated_at = utcnow()
-        await session.commit()
+        await _move(session, upload.id, UploadStatus.RECEIVING.value, previous, error=str(exc))
         raise HTTPException(400, str(exc)) from exc
-    upload.status = UploadStatus.UPLOADED.value
-    upload.size_bytes = size
-    upload.error = None
-    upload.updated_at = utcnow()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _move(session, upload.id, UploadStatus.RECEIVING.value, previous)
+        raise
+    await _move(
+        session, upload.id, UploadStatus.RECEIVING.value, UploadStatus.UPLOADED.value, size=size
+    )
+    return StoredFile(upload_id=upload.id, status=UploadStatus.UPLOADED.value, size_bytes=size)
+
+
+async def _move(
+    session: AsyncSession,
+    upload_id: str,
+    frm: str,
+    to: str,
+    *,
+    error: str | None = None,
+    size: int | None = None,
+) -> bool:
+    """Atomically move an upload from status ``frm`` to ``to``; False if it was not ``frm``."""
+    values: dict[str, object] = {"status": to, "error": error, "updated_at": utcnow()}
+    if size is not None:
+        values["size_bytes"] = size
+    res = await session.execute(
+        update(Upload).where(Upload.id == upload_id, Upload.status == frm).values(**values)
+    )
     await session.commit()
-    return StoredFile(upload_id=upload.id, status=upload.status, size_bytes=size)
+    return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+async def storage_left(session: AsyncSession, services: EngineServices, upload: Upload) -> int:
+    """Bytes the owner of ``upload`` may still keep (this upload's old bytes are replaced)."""
+    used = await session.scalar(
+        select(func.coalesce(func.sum(Upload.size_bytes), 0)).where(
+            Upload.user_id == upload.user_id, Upload.id != upload.id
+        )
+    )
+    return services.settings.limits.max_stored_bytes_per_user - int(used or 0)
+
+
+def _storage_full(services: EngineServices) -> str:
+    total = services.settings.limits.max_stored_bytes_per_user
+    return (
+        f"this file would take your uploads past your storage limit ({total // (1024 * 1024)} MB)"
+    )
 
 
 @router.get("/artifacts/{key:path}", response_class=FileResponse)

@@ -2,15 +2,46 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from fastapi import HTTPException
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.api.errors import invalid
-from engine.models import UploadKind
+from engine.models import Upload, UploadKind, UploadStatus
 from engine.schemas import UploadUrlResponse
 from engine.services import EngineServices
 from engine.uploads import UploadError, create_upload
+
+
+async def check_pending_uploads(
+    session: AsyncSession, services: EngineServices, user_id: str
+) -> None:
+    """429 when the member holds as many unused upload URLs as they may."""
+    limit = services.settings.limits.max_pending_uploads
+    live = datetime.now(UTC) - timedelta(seconds=services.settings.uploads.url_ttl_seconds)
+    unused = await session.scalar(
+        select(func.count())
+        .select_from(Upload)
+        .where(
+            Upload.user_id == user_id,
+            or_(
+                Upload.status == UploadStatus.UPLOADED.value,
+                and_(
+                    Upload.status.in_([UploadStatus.PENDING.value, UploadStatus.RECEIVING.value]),
+                    Upload.created_at > live,
+                ),
+            ),
+        )
+    )
+    if (unused or 0) >= limit:
+        raise HTTPException(
+            429,
+            f"you have {limit} uploads waiting to be used; use them (clone or train) or let "
+            "their URLs expire before asking for more",
+            headers={"Retry-After": "60"},
+        )
 
 
 async def issue_upload_url(
@@ -24,6 +55,7 @@ async def issue_upload_url(
     file_name: str,
     trigger_word: str | None = None,
 ) -> UploadUrlResponse:
+    await check_pending_uploads(session, services, user_id)
     try:
         upload = await create_upload(
             session,

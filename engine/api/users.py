@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated
 
 from email_validator import EmailNotValidError, validate_email
@@ -18,12 +19,22 @@ from engine.security import generate_api_key, hash_api_key
 router = APIRouter(prefix="/api/users", tags=["users"])
 
 
+MAX_LOCAL_PART = 64  # RFC 5321 section 4.5.3.1.1
+
+
 def normalise_email(raw: str) -> str:
+    """One spelling per address: NFKC (fullwidth and other compatibility forms fold to
+    their plain letters), case-folded, validated, local part at most 64 characters."""
+    folded = unicodedata.normalize("NFKC", raw.strip()).casefold()
     try:
-        info = validate_email(raw.strip(), check_deliverability=False)
+        info = validate_email(folded, check_deliverability=False)
     except EmailNotValidError as exc:
         invalid("query", "email", f"not a valid email address: {exc}", raw)
-    return info.normalized.lower()
+    if len(info.local_part) > MAX_LOCAL_PART:
+        invalid(
+            "query", "email", f"the part before @ must be at most {MAX_LOCAL_PART} characters", raw
+        )
+    return unicodedata.normalize("NFKC", info.normalized).casefold()
 
 
 @router.post("/register", response_model=RegisterResponse)

@@ -17,10 +17,11 @@ from engine.api.deps import BaseUrl, CurrentUser, Services, Session
 from engine.api.errors import invalid
 from engine.api.jobs import submit_and_wait
 from engine.api.upload_urls import issue_upload_url
+from engine.jobs import TooManyPendingJobs
 from engine.models import JobStatus, UploadKind, UploadStatus, as_utc
 from engine.schemas import UploadUrlResponse, VoiceUpload
 from engine.services import EngineServices
-from engine.uploads import get_owned_upload, list_uploads
+from engine.uploads import get_owned_upload, list_uploads, mark_upload
 from engine.voice import store
 from engine.voice.jobs import CLONE_KIND, GENERATE_KIND
 from engine.voice.models import Voice
@@ -35,7 +36,6 @@ from engine.voice.schemas import (
 
 router = APIRouter(prefix="/api/voices", tags=["voices"])
 
-MAX_TEXT = 5000
 Limit = Annotated[int, Query(ge=1, le=100, description="Number of generations to return")]
 Offset = Annotated[int, Query(ge=0, description="Offset for pagination")]
 
@@ -67,10 +67,10 @@ def _generation(services: EngineServices, base: str, row: GenerationRow) -> Voic
     )
 
 
-def _clean_text(text: str) -> str:
+def _clean_text(text: str, max_chars: int) -> str:
     value = text.strip()
-    if not 1 <= len(value) <= MAX_TEXT:
-        invalid("body", "text", f"text must be 1-{MAX_TEXT} characters after trimming", text)
+    if not 1 <= len(value) <= max_chars:
+        invalid("body", "text", f"text must be 1-{max_chars} characters after trimming", text)
     if not any(c.isalnum() for c in value):
         invalid("body", "text", "text must contain something to say (letters or digits)", text)
     # The synthesiser takes C strings: a NUL would crash the job on every retry.
@@ -148,14 +148,26 @@ async def create_voice(
         raise HTTPException(
             409, f"this sample was refused ({upload.error}); request a new upload URL"
         )
-    done = await submit_and_wait(
-        services,
-        session,
-        CLONE_KIND,
-        {"upload_id": upload.id},
-        user.id,
-        still_running="still cloning (job {job_id}); the voice will appear in GET /api/voices",
-    )
+    # Take the upload for this clone atomically: a PUT now gets 409 instead of replacing
+    # the bytes being analysed, and a second clone request of the same upload waits its turn.
+    if not await mark_upload(
+        session, upload.id, UploadStatus.PROCESSING, expect=UploadStatus.UPLOADED
+    ):
+        raise HTTPException(
+            409, "this upload is being received or used by another request; try again shortly"
+        )
+    try:
+        done = await submit_and_wait(
+            services,
+            session,
+            CLONE_KIND,
+            {"upload_id": upload.id},
+            user.id,
+            still_running="still cloning (job {job_id}); the voice will appear in GET /api/voices",
+        )
+    except TooManyPendingJobs:
+        await mark_upload(session, upload.id, UploadStatus.UPLOADED, expect=UploadStatus.PROCESSING)
+        raise
     if done.status == JobStatus.SUCCEEDED.value and done.result:
         voice = await store.get_voice(session, user.id, str(done.result["voice_id"]))
         if voice is not None:
@@ -165,6 +177,8 @@ async def create_voice(
         raise HTTPException(400, upload.error or "the sample was refused")
     if upload.status == UploadStatus.PROCESSED.value:
         raise HTTPException(409, "this upload was already used to clone a voice")
+    # The job failed for another reason: the sample stays usable for another try.
+    await mark_upload(session, upload.id, UploadStatus.UPLOADED, expect=UploadStatus.PROCESSING)
     raise HTTPException(500, f"voice cloning failed: {done.error or done.status}")
 
 
@@ -245,7 +259,7 @@ async def generate(
     base: BaseUrl,
 ) -> VoiceGenerationResponse:
     """Speak ``text`` in the voice (the request waits for the audio)."""
-    text = _clean_text(body.text)
+    text = _clean_text(body.text, services.settings.limits.max_speech_chars)
     if await store.get_voice(session, user.id, voice_id) is None:
         raise HTTPException(404, "voice not found")
     done = await submit_and_wait(

@@ -6,7 +6,7 @@
 """
 
 from engine.jobs.queue import JobQueue, build_huey
-from engine.jobs.service import JobService, JobTimeout
+from engine.jobs.service import JobService, JobTimeout, TooManyPendingJobs
 from engine.jobs.worker import Handler, JobContext, JobFailed, JobWorker
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "JobService",
     "JobTimeout",
     "JobWorker",
+    "TooManyPendingJobs",
     "build_huey",
 ]

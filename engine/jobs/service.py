@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from engine.jobs.queue import JobQueue
@@ -18,18 +18,50 @@ class JobTimeout(Exception):
     """The job did not finish within the wait; it keeps running."""
 
 
+class TooManyPendingJobs(Exception):
+    """The member already has as many jobs queued or running as they may."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"you have {limit} job(s) queued or running; wait for one to finish, then try again"
+        )
+        self.limit = limit
+
+
 class JobService:
     """Create, read, wait for and cancel jobs."""
 
     def __init__(
-        self, *, sessions: async_sessionmaker[AsyncSession], queue: JobQueue, max_attempts: int
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        queue: JobQueue,
+        max_attempts: int,
+        max_pending_per_user: int | None = None,
     ) -> None:
         self.sessions = sessions
         self.queue = queue
         self.max_attempts = max_attempts
+        self.max_pending_per_user = max_pending_per_user
 
     async def submit(self, kind: str, payload: dict[str, Any], user_id: str | None = None) -> Job:
-        """Record a job, then enqueue it. The row exists before any worker can see the id."""
+        """Record a job, then enqueue it. The row exists before any worker can see the id.
+
+        A member (``user_id``) with ``max_pending_per_user`` jobs queued or running gets
+        :class:`TooManyPendingJobs`: one member cannot fill the queue ahead of everyone.
+        """
+        if user_id is not None and self.max_pending_per_user is not None:
+            async with self.sessions() as s:
+                pending = await s.scalar(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(
+                        Job.user_id == user_id,
+                        Job.status.in_([JobStatus.QUEUED.value, JobStatus.PROCESSING.value]),
+                    )
+                )
+            if (pending or 0) >= self.max_pending_per_user:
+                raise TooManyPendingJobs(self.max_pending_per_user)
         job = Job(
             kind=kind,
             user_id=user_id,

@@ -21,6 +21,8 @@ from engine.voice.models import Voice, VoiceGeneration
 from engine.voice.piper_base import BaseVoiceError
 from engine.voice.settings import VoiceBackendName, VoiceSettings, voice_settings
 
+# An upload a clone may use: uploaded, or taken for this clone by the API (processing).
+_USABLE = (UploadStatus.UPLOADED.value, UploadStatus.PROCESSING.value)
 CLONE_KIND = "voice.clone"
 GENERATE_KIND = "voice.generate"
 
@@ -80,7 +82,7 @@ class VoiceJobs:
                 or upload.kind != UploadKind.VOICE.value
             ):
                 raise JobFailed("upload not found")
-            if upload.status != UploadStatus.UPLOADED.value:
+            if upload.status not in _USABLE:
                 raise JobFailed(f"upload is {upload.status}, not uploaded")
             name = upload.name
         s_ = self.settings
@@ -99,16 +101,18 @@ class VoiceJobs:
             with ctx.sessions.begin() as s:
                 s.execute(
                     update(Upload)
-                    .where(Upload.id == upload_id, Upload.status == UploadStatus.UPLOADED.value)
+                    .where(Upload.id == upload_id, Upload.status.in_(_USABLE))
                     .values(status=UploadStatus.FAILED.value, error=str(exc), updated_at=utcnow())
                 )
+            # A refused sample is not kept: nothing can use it, and it counts against no one.
+            ctx.storage.upload_path(upload_id).unlink(missing_ok=True)
             raise JobFailed(str(exc)) from exc
         ctx.report(90)
         voice_id = new_id()
         with ctx.sessions.begin() as s:
             taken = s.execute(
                 update(Upload)
-                .where(Upload.id == upload_id, Upload.status == UploadStatus.UPLOADED.value)
+                .where(Upload.id == upload_id, Upload.status.in_(_USABLE))
                 .values(status=UploadStatus.PROCESSED.value, error=None, updated_at=utcnow())
             ).rowcount  # type: ignore[attr-defined]
             if not taken:

@@ -24,7 +24,7 @@ class VoiceClone(BaseModel):
 
 
 class VoiceGenerationRequest(BaseModel):
-    """The text to speak (1-5000 characters after trimming)."""
+    """The text to speak (1 to `limits.max_speech_chars` characters after trimming)."""
 
     text: str
 

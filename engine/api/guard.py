@@ -1,0 +1,228 @@
+"""The engine's front door: request bodies bounded before they are read, stalled bodies
+closed, lone surrogates refused, and per-client and global rates limited.
+
+One pure ASGI middleware, so that nothing past it (routing, authentication, FastAPI's body
+parsing) ever sees an oversized or malformed body. Uploads through pre-signed URLs keep their
+own per-upload cap (the route checks it); here they only get the stall timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from typing import Any
+
+import anyio
+from limits import RateLimitItem, parse_many
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from engine.settings import LimitSettings
+
+# Escapes that may encode half of a surrogate pair; only these bodies get the full check.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_UPLOAD_PREFIX = "/storage/uploads/"
+_REGISTER = "/api/users/register"
+
+
+class BodyStalled(Exception):
+    """The client stopped sending its body."""
+
+
+def lone_surrogate_path(
+    value: Any, path: tuple[str | int, ...] = ()
+) -> tuple[str | int, ...] | None:
+    """Where in decoded JSON a string holds a lone surrogate (cannot be UTF-8), or None."""
+    if isinstance(value, str):
+        return path if any(0xD800 <= ord(c) <= 0xDFFF for c in value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = lone_surrogate_path(key, path) or lone_surrogate_path(item, (*path, key))
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = lone_surrogate_path(item, (*path, index))
+            if found is not None:
+                return found
+    return None
+
+
+class RateLimits:
+    """Moving-window limits from :class:`LimitSettings`, in the configured storage."""
+
+    def __init__(self, settings: LimitSettings) -> None:
+        uri = settings.storage_uri
+        uri = uri if uri.startswith("async+") else f"async+{uri}"
+        self.limiter = MovingWindowRateLimiter(storage_from_string(uri))
+        self.register_client = _items(settings.register_per_client)
+        self.register_global = _items(settings.register_global)
+        self.per_client = _items(settings.requests_per_client)
+        self.exempt = frozenset(settings.exempt_clients)
+
+    async def retry_after(self, method: str, path: str, client: str) -> int | None:
+        """Seconds until this request would be allowed, or None when it is allowed now."""
+        if client in self.exempt:
+            return None
+        checks: list[tuple[RateLimitItem, str]] = []
+        if path.startswith("/api/"):
+            checks += [(item, f"client:{client}") for item in self.per_client]
+        if method == "POST" and path == _REGISTER:
+            checks += [(item, f"register:{client}") for item in self.register_client]
+            checks += [(item, "register:all") for item in self.register_global]
+        for item, key in checks:
+            if not await self.limiter.hit(item, key):
+                stats = await self.limiter.get_window_stats(item, key)
+                return max(1, math.ceil(stats.reset_time - _now()))
+        return None
+
+
+def _items(spec: str) -> list[RateLimitItem]:
+    return parse_many(spec) if spec.strip() else []
+
+
+def _now() -> float:
+    return time.time()
+
+
+class RequestGuard:
+    """ASGI middleware; see the module docstring."""
+
+    def __init__(self, app: ASGIApp, *, settings: LimitSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.rates = RateLimits(settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        client = scope.get("client") or ("unknown", 0)
+        wait = await self.rates.retry_after(scope["method"], path, str(client[0]))
+        if wait is not None:
+            await _answer(
+                send, 429, "too many requests; try again later", {"retry-after": str(wait)}
+            )
+            return
+        stall = self.settings.body_stall_seconds
+        started = False
+        body_done = False
+
+        async def stalled_receive() -> Message:
+            # Only while the body is incomplete: afterwards receive() waits for a
+            # disconnect, which may rightly take as long as the response does.
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                with anyio.fail_after(stall):
+                    message = await receive()
+            except TimeoutError as exc:
+                raise BodyStalled from exc
+            body_done = message["type"] != "http.request" or not message.get("more_body")
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            if path.startswith(_UPLOAD_PREFIX):
+                await self.app(scope, stalled_receive, guarded_send)
+                return
+            body = await self._read_body(scope, stalled_receive, send)
+            if body is None:
+                return
+            await self.app(scope, _replay(body, receive), guarded_send)
+        except BodyStalled:
+            if not started:
+                await _answer(send, 408, f"the request body stalled for {stall:g} s; send it again")
+
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None after answering 413 / 422 (nothing more is read)."""
+        cap = self.settings.max_json_body_bytes
+        too_large = f"request body is larger than {cap} bytes"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and (not value.isdigit() or int(value) > cap):
+                await _answer(send, 413, too_large)
+                return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > cap:
+                await _answer(send, 413, too_large, close=True)
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if _SURROGATE_ESCAPE.search(body):
+            try:
+                decoded = json.loads(body)
+            except ValueError:
+                return body  # not JSON: FastAPI answers it as it would
+            where = lone_surrogate_path(decoded)
+            if where is not None:
+                await _answer_invalid(send, ["body", *where])
+                return None
+        return body
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _answer(
+    send: Send,
+    status: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    *,
+    close: bool = False,
+) -> None:
+    await _send_json(send, status, {"detail": detail}, headers, close=close)
+
+
+async def _answer_invalid(send: Send, loc: list[str | int]) -> None:
+    error = {
+        "loc": loc,
+        "msg": "text must be valid Unicode: it holds a lone surrogate",
+        "type": "value_error",
+    }
+    await _send_json(send, 422, {"detail": [error]})
+
+
+async def _send_json(
+    send: Send,
+    status: int,
+    content: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    *,
+    close: bool = False,
+) -> None:
+    body = json.dumps(content).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    if close:  # the rest of the body is not read: the connection cannot be reused
+        raw.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
