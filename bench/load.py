@@ -1,50 +1,108 @@
-"""Benchmark: the engine under 10, 100 and 500 concurrent clients on loopback.
+"""Benchmark: the engine's request path under 10, 100 and 500 connections, measured with wrk
+beside bare FastAPI baselines served the same way, in the same run.
 
-A real ``tada-engine serve`` (uvicorn, in-process job workers, the tiny image model) is
-started on a free loopback port. Setup registers members and trains one LoRA each through
-the API. Then, for each level, that many clients run at once:
+The load generator is wrk (C, epoll; Debian's ``wrk`` package, installed by this script's
+set-up when missing and run as root, else it says how): one wrk thread drives far more
+requests than the servers here answer, so the figures describe the servers, not the client.
 
-- metadata: each client sends ``--reads`` GETs, cycling through the list and detail
-  endpoints a member's bot would poll (voices, uploads, trainings, one training,
-  generations);
-- generation: each client sends one ``POST /api/loras/{id}/generations`` and waits for its
-  image (the contract is synchronous; the engine's job workers draw them in turn).
+Servers, each ``uvicorn`` in its own process with the same options (one worker unless
+``--workers``), started one at a time so they never compete:
 
-For each phase: requests, answers by class, 5xx, lost requests (no answer at all:
-connection errors, timeouts), throughput, p50/p99 latency. Afterwards the engine's own
-generation count is compared with the 200 answers (nothing lost, nothing doubled).
-Writes bench/results/load.json.
+- ``bare``: FastAPI ``return {}``, the framework's ceiling;
+- ``orm``: FastAPI + SQLAlchemy async (aiosqlite), one row read per request;
+- ``engine``: ``tada-engine serve`` on a SQLite data dir with members, uploads and a voice.
 
-    python bench/load.py [--levels 10,100,500] [--reads 20] [--workers 2]
+Route classes on the engine: ``auth`` (GET /api/voices of a member with none: the key check
+and an empty list), ``list`` (GET /api/voices/uploads, 10 rows), ``artifact`` (a signed
+GET of a stored file), ``register`` (POST /api/users/register, a new email each request).
+For each cell: rps, p50, p99, non-2xx, socket errors and the server's CPU milliseconds per
+request (psutil, the server's own process tree). Ratios: engine rps / bare rps, same
+connections.
 
-Client and server share this machine's cores, so the figures are a floor.
+    python bench/load.py [--seconds 10] [--levels 10,100,500] [--workers 1]
+
+Writes bench/results/load.json (``--out`` to change).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import io
 import json
 import os
 import platform
+import re
+import shutil
+import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
-import zipfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from PIL import Image, ImageDraw
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-MEMBERS = 10
+
+BARE_APP = """
+from fastapi import FastAPI
+app = FastAPI()
+
+@app.get("/")
+async def root() -> dict:
+    return {}
+"""
+
+ORM_APP = """
+import os
+from fastapi import FastAPI
+from sqlalchemy import String, select
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+class Base(DeclarativeBase):
+    pass
+
+class Row(Base):
+    __tablename__ = "rows"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+engine = create_async_engine("sqlite+aiosqlite:///" + os.environ["BENCH_DB"])
+sessions = async_sessionmaker(engine, expire_on_commit=False)
+app = FastAPI()
+
+@app.on_event("startup")
+async def startup() -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    async with sessions.begin() as s:
+        if await s.get(Row, 1) is None:
+            s.add(Row(id=1, name="one"))
+
+@app.get("/")
+async def root() -> dict:
+    async with sessions() as s:
+        row = await s.scalar(select(Row).where(Row.id == 1))
+        return {"id": row.id, "name": row.name}
+"""
+
+REGISTER_LUA = """
+-- A new address per request: the prefix (one per cell, from the command line) and a count.
+counter = 0
+init = function(args)
+  prefix = args[1]
+end
+request = function()
+  counter = counter + 1
+  local email = prefix .. "-" .. counter .. "@example.com"
+  return wrk.format("POST", "/api/users/register?email=" .. email)
+end
+"""
 
 
 def free_port() -> int:
@@ -53,315 +111,269 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def training_zip() -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for i in range(4):
-            img = Image.new("RGB", (48, 48), (200 - 30 * i, 80, 40 + 40 * i))
-            ImageDraw.Draw(img).ellipse((8, 8, 40, 40), fill=(30, 60 + 30 * i, 220))
-            out = io.BytesIO()
-            img.save(out, format="PNG")
-            zf.writestr(f"img{i}.png", out.getvalue())
-    return buf.getvalue()
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "wrk"],
+            check=False,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+        found = shutil.which("wrk")
+        if found:
+            return found
+    raise SystemExit("bench/load.py needs wrk: apt-get install wrk (or brew install wrk)")
 
 
-def write_config(data: Path, workers: int) -> Path:
+def wait_ready(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+class Server:
+    """A server process on a free loopback port; CPU time read from its process tree."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], probe: str) -> None:
+        self.port = free_port()
+        argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+        wait_ready(self.base + probe)
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        try:
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            return 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def uvicorn_argv(app: str, workers: int, app_dir: Path) -> list[str]:
+    argv = [sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir)]
+    argv += ["--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning"]
+    argv += ["--no-access-log", "--timeout-keep-alive", "75"]
+    return argv + (["--workers", str(workers)] if workers > 1 else [])
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)", text)
+    return round(float(m.group(1)) * _UNITS[m.group(2)], 2) if m else 0.0
+
+
+def run_wrk(
+    wrk: str,
+    url: str,
+    connections: int,
+    seconds: float,
+    headers: dict[str, str],
+    script: Path | None,
+) -> dict[str, float]:
+    argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
+    for k, v in headers.items():
+        argv += ["-H", f"{k}: {v}"]
+    if script is not None:
+        argv += ["-s", str(script)]
+    extra = ["--", f"c{connections}-{time.time_ns()}"] if script is not None else []
+    out = subprocess.run([*argv, url, *extra], capture_output=True, text=True, check=True).stdout
+    result: dict[str, float] = {"requests": 0, "rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0}
+    if m := re.search(r"(\d+) requests in", out):
+        result["requests"] = int(m.group(1))
+    if m := re.search(r"Requests/sec:\s+([\d.]+)", out):
+        result["rps"] = float(m.group(1))
+    if m := re.search(r"\s50%\s+(\S+)", out):
+        result["p50_ms"] = _ms(m.group(1))
+    if m := re.search(r"\s99%\s+(\S+)", out):
+        result["p99_ms"] = _ms(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["socket_errors"] = sum(int(g) for g in m.groups()) if m else 0
+    return result
+
+
+def measure(
+    wrk: str,
+    server: Server,
+    path: str,
+    connections: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    script: Path | None = None,
+) -> dict[str, float]:
+    before = server.cpu_seconds()
+    cell = run_wrk(wrk, server.base + path, connections, seconds, headers or {}, script)
+    cpu = server.cpu_seconds() - before
+    cell["server_cpu_ms_per_request"] = (
+        round(cpu * 1000 / cell["requests"], 3) if cell["requests"] else 0.0
+    )
+    return cell
+
+
+def engine_config(data: Path, workers: int) -> Path:
     config = data / "config.toml"
     config.write_text(
-        f"""
-[engine]
-data_dir = "{data / "engine"}"
+        textwrap.dedent(
+            f"""
+            [engine]
+            data_dir = "{data / "engine"}"
 
-[engine.jobs]
-in_process_workers = {workers}
-wait_timeout_seconds = 900
+            [engine.jobs]
+            in_process_workers = 1
 
-[engine.image.training]
-steps = 4
-rank = 4
-batch_size = 2
-learning_rate = 0.01
-
-[engine.image.zip]
-min_side = 32
-
-[engine.image.generation]
-steps = 1
-"""
+            [engine.limits]
+            # The load generator is one loopback client: rates would measure the limiter.
+            exempt_clients = ["127.0.0.1"]
+            max_pending_uploads = 1000
+            """
+        )
     )
+    del workers
     return config
 
 
-@dataclass
-class Phase:
-    """The outcome of one phase at one concurrency level."""
-
-    name: str
-    clients: int
-    requests: int = 0
-    ok: int = 0
-    status_4xx: int = 0
-    status_5xx: int = 0
-    lost: int = 0
-    seconds: float = 0.0
-    throughput_rps: float = 0.0
-    p50_ms: float = 0.0
-    p99_ms: float = 0.0
-    max_ms: float = 0.0
-    errors: list[str] = field(default_factory=list)
-
-    def finish(self, latencies: list[float], seconds: float) -> None:
-        self.seconds = round(seconds, 3)
-        self.throughput_rps = round(self.requests / seconds, 1) if seconds else 0.0
-        if latencies:
-            ordered = sorted(latencies)
-            self.p50_ms = round(statistics.median(ordered) * 1000, 1)
-            self.p99_ms = round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 1)
-            self.max_ms = round(ordered[-1] * 1000, 1)
-        self.errors = self.errors[:5]
-
-
-@dataclass(frozen=True)
-class Member:
-    key: str
-    lora_id: str
-    upload_id: str
-
-
-async def timed(
-    client: httpx.AsyncClient, phase: Phase, latencies: list[float], method: str, url: str, **kw
-) -> httpx.Response | None:
-    started = time.perf_counter()
-    phase.requests += 1
-    try:
-        resp = await client.request(method, url, **kw)
-    except httpx.HTTPError as exc:
-        phase.lost += 1
-        phase.errors.append(f"{method} {url}: {type(exc).__name__}: {exc}")
-        return None
-    latencies.append(time.perf_counter() - started)
-    if resp.status_code >= 500:
-        phase.status_5xx += 1
-        phase.errors.append(f"{method} {url}: {resp.status_code} {resp.text[:200]}")
-    elif resp.status_code >= 400:
-        phase.status_4xx += 1
-        phase.errors.append(f"{method} {url}: {resp.status_code} {resp.text[:200]}")
-    else:
-        phase.ok += 1
-    return resp
-
-
-async def setup_members(client: httpx.AsyncClient) -> list[Member]:
-    data = training_zip()
-    members = []
-    for n in range(MEMBERS):
-        reg = await client.post("/api/users/register", params={"email": f"load{n}@example.com"})
-        reg.raise_for_status()
-        key = reg.json()["api_key"]
-        h = {"X-API-Key": key}
-        target = (
-            await client.post(
-                "/api/loras/uploads/url",
-                params={"name": f"set {n}", "trigger_word": "tadz", "file_name": "set.zip"},
+def seed_engine(base: str) -> dict[str, str]:
+    """A member with 10 voice uploads and an artifact URL; another with nothing."""
+    with httpx.Client(base_url=base, timeout=60) as c:
+        empty = c.post("/api/users/register", params={"email": "empty@example.com"}).json()
+        full = c.post("/api/users/register", params={"email": "full@example.com"}).json()
+        h = {"X-API-Key": full["api_key"]}
+        for n in range(10):
+            c.post(
+                "/api/voices/uploads/url",
+                params={"name": f"sample {n}", "file_name": "s.wav"},
                 headers=h,
-            )
-        ).json()
-        parts = urlsplit(target["upload_url"])
-        put = await client.put(
-            f"{parts.path}?{parts.query}", content=data, headers=target["headers"]
-        )
-        put.raise_for_status()
-        started = await client.post(f"/api/loras/trainings/{target['id']}", headers=h)
-        assert started.status_code == 202, started.text
-        members.append(Member(key, started.json()["id"], target["id"]))
-    for m in members:
-        while True:
-            body = (
-                await client.get(
-                    f"/api/loras/trainings/{m.upload_id}", headers={"X-API-Key": m.key}
-                )
-            ).json()
-            if body["status"] in ("succeeded", "failed", "canceled"):
-                assert body["status"] == "succeeded", body
-                break
-            await asyncio.sleep(0.2)
-    return members
+            ).raise_for_status()
+    return {"empty_key": empty["api_key"], "key": full["api_key"]}
 
 
-def read_paths(m: Member) -> list[str]:
-    return [
-        "/api/voices",
-        "/api/voices/uploads",
-        "/api/loras/uploads",
-        "/api/loras/trainings",
-        f"/api/loras/trainings/{m.upload_id}",
-        "/api/loras/generations?limit=5",
-        "/api/voices/generations?limit=5",
-    ]
+def artifact_path(data: Path, base: str) -> str:
+    """Store an artifact directly and sign its URL with the engine's own services."""
+    sys.path.insert(0, str(ROOT))
+    from engine.services import build_services
+    from engine.settings import load_engine_settings
+
+    settings = load_engine_settings(data / "config.toml", environ={})
+    services = build_services(settings, handlers={})
+    services.storage.write_artifact("bench/a.json", b"{}")
+    url = services.artifact_url(base + "/", "bench/a.json")
+    services.queue.close()
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
 
 
-async def metadata_phase(
-    client: httpx.AsyncClient, members: list[Member], clients: int, reads: int
-) -> Phase:
-    phase = Phase("metadata", clients)
-    latencies: list[float] = []
-
-    async def one(i: int) -> None:
-        m = members[i % len(members)]
-        paths = read_paths(m)
-        for r in range(reads):
-            await timed(
-                client,
-                phase,
-                latencies,
-                "GET",
-                paths[(i + r) % len(paths)],
-                headers={"X-API-Key": m.key},
-            )
-
-    started = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(clients)))
-    phase.finish(latencies, time.perf_counter() - started)
-    return phase
-
-
-async def generation_phase(
-    client: httpx.AsyncClient, members: list[Member], clients: int
-) -> tuple[Phase, int]:
-    phase = Phase("generation", clients)
-    latencies: list[float] = []
-    answered_ids: list[str] = []
-
-    async def one(i: int) -> None:
-        m = members[i % len(members)]
-        resp = await timed(
-            client,
-            phase,
-            latencies,
-            "POST",
-            f"/api/loras/{m.lora_id}/generations",
-            json={"prompt": f"a blue disc number {i}"},
-            headers={"X-API-Key": m.key},
-        )
-        if resp is not None and resp.status_code == 200:
-            answered_ids.append(resp.json()["id"])
-
-    started = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(clients)))
-    phase.finish(latencies, time.perf_counter() - started)
-    assert len(set(answered_ids)) == len(answered_ids), "a generation id was answered twice"
-    return phase, len(answered_ids)
-
-
-async def stored_generations(client: httpx.AsyncClient, members: list[Member]) -> int:
-    total = 0
-    for m in members:
-        offset = 0
-        while True:
-            page = (
-                await client.get(
-                    "/api/loras/generations",
-                    params={"limit": 100, "offset": offset},
-                    headers={"X-API-Key": m.key},
-                )
-            ).json()
-            total += len(page)
-            if len(page) < 100:
-                break
-            offset += 100
-    return total
-
-
-async def run(levels: list[int], reads: int, url: str) -> dict[str, object]:
-    top = max(levels)
-    limits = httpx.Limits(max_connections=top + 10, max_keepalive_connections=top + 10)
-    timeout = httpx.Timeout(900.0, connect=60.0)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
-        started = time.perf_counter()
-        members = await setup_members(client)
-        setup_s = time.perf_counter() - started
-        rows = []
-        answered_total = 0
-        for clients in levels:
-            meta = await metadata_phase(client, members, clients, reads)
-            gen, answered = await generation_phase(client, members, clients)
-            answered_total += answered
-            for phase in (meta, gen):
-                rows.append(asdict(phase))
-                print(
-                    f"{phase.clients:>4} clients  {phase.name:<10} {phase.requests:>6} req  "
-                    f"{phase.throughput_rps:>8.1f} req/s  p50 {phase.p50_ms:>8.1f} ms  "
-                    f"p99 {phase.p99_ms:>8.1f} ms  5xx {phase.status_5xx}  lost {phase.lost}",
-                    flush=True,
-                )
-        stored = await stored_generations(client, members)
-    return {
-        "levels": levels,
-        "reads_per_client": reads,
-        "setup_seconds": round(setup_s, 1),
-        "phases": rows,
-        "requests_total": sum(int(r["requests"]) for r in rows),  # type: ignore[call-overload]
-        "lost_total": sum(int(r["lost"]) for r in rows),  # type: ignore[call-overload]
-        "status_5xx_total": sum(int(r["status_5xx"]) for r in rows),  # type: ignore[call-overload]
-        "generations_answered_200": answered_total,
-        "generations_stored_by_engine": stored,
-    }
+def run(levels: list[int], seconds: float, workers: int) -> dict[str, object]:
+    wrk = ensure_wrk()
+    results: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="tada-load-") as tmp:
+        work = Path(tmp)
+        (work / "bare_app.py").write_text(BARE_APP)
+        (work / "orm_app.py").write_text(ORM_APP)
+        lua = work / "register.lua"
+        lua.write_text(REGISTER_LUA)
+        env = {"BENCH_DB": str(work / "orm.sqlite3")}
+        for name, app in (("bare", "bare_app:app"), ("orm", "orm_app:app")):
+            server = Server(uvicorn_argv(app, workers, work), env, "/")
+            try:
+                results[name] = {str(c): measure(wrk, server, "/", c, seconds) for c in levels}
+            finally:
+                server.stop()
+            print(name, json.dumps(results[name]), flush=True)
+        config = engine_config(work, workers)
+        argv = [sys.executable, "-m", "engine", "--config", str(config), "serve"]
+        argv += ["--host", "127.0.0.1", "--port", "{port}"]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
+        server = Server(argv, {}, "/healthz")
+        try:
+            seeded = seed_engine(server.base)
+            art = artifact_path(work, server.base)
+            routes = {
+                "auth": ("/api/voices", {"X-API-Key": seeded["empty_key"]}, None),
+                "list": ("/api/voices/uploads", {"X-API-Key": seeded["key"]}, None),
+                "artifact": (art, {}, None),
+                "register": ("/api/users/register", {}, lua),
+            }
+            engine: dict[str, dict[str, object]] = {}
+            for route, (path, headers, script) in routes.items():
+                engine[route] = {
+                    str(c): measure(wrk, server, path, c, seconds, headers, script) for c in levels
+                }
+                print("engine", route, json.dumps(engine[route]), flush=True)
+            results["engine"] = engine
+        finally:
+            server.stop()
+    bare = results["bare"]
+    assert isinstance(bare, dict)
+    ratios: dict[str, dict[str, float]] = {}
+    for route, cells in results["engine"].items():  # type: ignore[union-attr]
+        ratios[route] = {
+            c: round(cell["rps"] / bare[c]["rps"], 3) if bare[c]["rps"] else 0.0
+            for c, cell in cells.items()
+        }
+    results["ratio_engine_to_bare_rps"] = ratios
+    return results
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="10,100,500")
-    parser.add_argument("--reads", type=int, default=20, help="metadata GETs per client")
-    parser.add_argument("--workers", type=int, default=2, help="engine job worker threads")
-    parser.add_argument("--keep-log", type=Path, help="copy the engine's log here")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS / "load.json")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp)
-        config = write_config(data, args.workers)
-        port = free_port()
-        env = {**os.environ, "TADA_CONFIG": str(config)}
-        env.pop("TADA_ENGINE_SECRET_KEY", None)
-        log = (data / "engine.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            else:
-                raise SystemExit("the engine did not start")
-            result = asyncio.run(run(levels, args.reads, url))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-            log.close()
-            if args.keep_log:
-                args.keep_log.write_bytes((data / "engine.log").read_bytes())
-    result |= {
-        "engine_job_workers": args.workers,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}",
-        "server": "uvicorn (one process), SQLite, huey in-process consumer, tiny image model",
+    results = run(levels, args.seconds, args.workers)
+    report = {
+        "bench": "load",
+        "generator": "wrk -t1 (one C thread; the servers saturate first)",
+        "levels": levels,
+        "seconds_per_cell": args.seconds,
+        "uvicorn_workers": args.workers,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_at_end": os.getloadavg(),
+        },
+        **results,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "load.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        f"requests {result['requests_total']}, lost {result['lost_total']}, "
-        f"5xx {result['status_5xx_total']}, generations answered "
-        f"{result['generations_answered_200']} / stored {result['generations_stored_by_engine']}"
-    )
-    return 0 if result["lost_total"] == 0 and result["status_5xx_total"] == 0 else 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
