@@ -14,7 +14,8 @@ from engine.security import hash_api_key
 from engine.services import EngineServices
 
 
-def get_services(request: Request) -> EngineServices:
+async def get_services(request: Request) -> EngineServices:
+    # async: a plain ``def`` dependency costs a threadpool hop on every request.
     services: EngineServices = request.app.state.services
     return services
 
@@ -32,14 +33,21 @@ Session = Annotated[AsyncSession, Depends(get_session)]
 
 async def get_current_user(
     session: Session,
+    services: Services,
     x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
 ) -> User:
     """The user owning ``X-API-Key``; 401 when it is missing or unknown."""
     if not x_api_key:
         raise HTTPException(401, "missing X-API-Key header")
-    user = await session.scalar(select(User).where(User.key_hash == hash_api_key(x_api_key)))
+    digest = hash_api_key(x_api_key)
+    cached = services.keys.get(digest)
+    if cached is not None:
+        # Routes read only the id; a transient row spares the SELECT.
+        return User(id=cached, key_hash=digest)
+    user = await session.scalar(select(User).where(User.key_hash == digest))
     if user is None:
         raise HTTPException(401, "invalid API key")
+    services.keys.put(digest, user.id)
     return user
 
 
