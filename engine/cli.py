@@ -10,7 +10,14 @@ import sys
 import threading
 from pathlib import Path
 
-from engine.settings import EngineSettings, SettingsError, load_engine_settings
+from engine.settings import (
+    EngineSettings,
+    SecretProblem,
+    SettingsError,
+    load_engine_settings,
+    production_secret_problems,
+    read_config_file,
+)
 
 log = logging.getLogger("engine")
 KEEP_ALIVE_SECONDS = 75
@@ -67,6 +74,17 @@ def _migrate(settings: EngineSettings) -> int:
     return 0
 
 
+def _production_refusal(problems: list[SecretProblem]) -> str:
+    """Every secret a production start lacks, in one message."""
+    return "\n".join(
+        [
+            "tada-engine: production mode needs these secrets in the environment:",
+            *(problem.render() for problem in problems),
+            'Set them and start again (README, "Running it for a real server").',
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tada-engine", description=__doc__)
     parser.add_argument(
@@ -88,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        problems = production_secret_problems(read_config_file(args.config))
+        if problems:
+            print(_production_refusal(problems), file=sys.stderr)
+            return 2
         settings = load_engine_settings(args.config)
     except SettingsError as exc:
         print(f"tada-engine: {exc}", file=sys.stderr)
