@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
@@ -44,8 +45,19 @@ To get one:
 
 """
 SANDBOX_ENV = "TADA_SANDBOX"
+# Libraries whose INFO lines are details, not news (Alembic's plugin and migration lines,
+# huey's consumer banner): shown only when log_level = "DEBUG".
+DETAIL_LOGGERS = ("alembic", "huey")
 SANDBOX_PORT_ENV = "TADA_SANDBOX_PORT"
 DEFAULT_SANDBOX_PORT = 8200
+
+
+def quiet_details(level: str) -> None:
+    """Start-up shows the few lines a person needs; library details go to DEBUG."""
+    if logging.getLevelName(level.upper()) == logging.DEBUG:
+        return
+    for name in DETAIL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _sandbox_wanted(args: argparse.Namespace, config: BotConfig) -> bool:
@@ -172,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tada-bot: {engine_error}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
+    quiet_details(config.log_level)
     if config.discord.token is None:
         if _sandbox_wanted(args, config):
             return _run_sandbox(config, args)

@@ -21,6 +21,7 @@ from engine.settings import (
 
 log = logging.getLogger("engine")
 KEEP_ALIVE_SECONDS = 75
+DETAIL_LOGGERS = ("alembic", "huey")
 
 
 def _serve(settings: EngineSettings, host: str | None, port: int | None) -> int:
@@ -57,6 +58,7 @@ def _worker(settings: EngineSettings, drain: bool, workers: int) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     services.queue.start_consumer(workers)
+    services.start_warm_up()
     log.info("worker running with %d thread(s); Ctrl+C to stop", workers)
     stop.wait()
     services.queue.stop_consumer()
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Alembic's plugin and migration lines and huey's consumer banner are details.
+    for name in DETAIL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         problems = production_secret_problems(read_config_file(args.config))
         if problems:
