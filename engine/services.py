@@ -80,6 +80,8 @@ class EngineServices:
         # exits while onnxruntime or torch loads a model in a thread aborts.
         self._warm_up_stop.set()
         if self.warm_up_thread is not None:
+            if self.warm_up_thread.is_alive():
+                log.info("engine: stopping once the model being loaded is in (seconds)")
             await asyncio.to_thread(self.warm_up_thread.join, WARM_UP_JOIN_SECONDS)
         self.queue.close()
         await self.db.dispose()

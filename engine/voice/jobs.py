@@ -34,6 +34,8 @@ _backends_lock = threading.Lock()
 
 def backend_for(settings: VoiceSettings) -> VoiceBackend:
     """The process-wide back end for ``settings`` (models load lazily inside it)."""
+    # Whether models load at start changes nothing about the back end: one instance either way.
+    settings = settings.model_copy(update={"preload": True})
     with _backends_lock:
         backend = _backends.get(settings)
         if backend is None:

@@ -78,5 +78,6 @@ def test_a_stopped_warm_up_loads_nothing() -> None:
     assert backend._piper is None
 
 
-def test_preload_is_on_by_default() -> None:
+def test_preload_is_on_by_default_and_shares_the_back_end() -> None:
     assert VoiceSettings().preload is True
+    assert backend_for(VoiceSettings(preload=False)) is backend_for(VoiceSettings())
