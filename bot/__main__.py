@@ -45,11 +45,11 @@ To get one:
 
 """
 SANDBOX_ENV = "TADA_SANDBOX"
+SANDBOX_PORT_ENV = "TADA_SANDBOX_PORT"
+DEFAULT_SANDBOX_PORT = 8200
 # Libraries whose INFO lines are details, not news (Alembic's plugin and migration lines,
 # huey's consumer banner): shown only when log_level = "DEBUG".
 DETAIL_LOGGERS = ("alembic", "huey")
-SANDBOX_PORT_ENV = "TADA_SANDBOX_PORT"
-DEFAULT_SANDBOX_PORT = 8200
 
 
 def quiet_details(level: str) -> None:
@@ -75,12 +75,12 @@ def _no_sandbox_reason(args: argparse.Namespace, config: BotConfig) -> str:
             "Production mode needs a token: the sandbox never starts there (a deployment\n"
             "that lost its token must stop, not quietly serve a simulated Discord).\n"
         )
-    sandbox_url = "the same bot in a simulated Discord in your browser"
+    sandbox = "the same bot in a simulated Discord in your browser"
     if args.no_sandbox:
-        return f"Without --no-sandbox, `make run` starts the sandbox instead: {sandbox_url}.\n"
+        return f"Without --no-sandbox, `make run` starts the sandbox instead: {sandbox}.\n"
     return (
         f"{SANDBOX_ENV}={os.environ.get(SANDBOX_ENV, '')} is set; without it, `make run` "
-        f"starts the sandbox instead:\n{sandbox_url}.\n"
+        f"starts the sandbox instead:\n{sandbox}.\n"
     )
 
 

@@ -326,11 +326,11 @@ class _SandboxDetail(logging.Filter):
     def __init__(self, parts: tuple[str, ...]) -> None:
         super().__init__()
         # Parts of the message's format string (before its arguments are merged in).
-        self.prefixes = parts
+        self.parts = parts
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
-        if not any(part in message for part in self.prefixes):
+        if not any(part in message for part in self.parts):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger().isEnabledFor(logging.DEBUG)
@@ -342,8 +342,8 @@ def sandbox_logging(
 ) -> Iterator[None]:
     """While the sandbox runs, the warnings that do not apply to it are DEBUG lines."""
     installed = [
-        (logging.getLogger(name), _SandboxDetail(prefixes))
-        for name, prefixes in (SANDBOX_DETAILS if details is None else details).items()
+        (logging.getLogger(name), _SandboxDetail(parts))
+        for name, parts in (SANDBOX_DETAILS if details is None else details).items()
     ]
     for logger, detail in installed:
         logger.addFilter(detail)
