@@ -3,31 +3,67 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# torch's CPU build comes from PyTorch's own CPU index: PyPI's Linux wheel is the CUDA build
+# (3 GB more). The lock pins the public version (torch==2.13.0), which either build
+# satisfies, so the same lock installs from PyPI alone, from this index, or from local wheels.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# `make gpu`: the CUDA build. By default PyPI's own torch wheel (exact version, so that no
+# local "+cpu" build is taken instead); for another CUDA version, e.g.
+#   make gpu TORCH_GPU='torch==2.13.0+cu126' TORCH_GPU_INDEX=https://download.pytorch.org/whl/cu126
+TORCH_GPU ?= torch===2.13.0
+TORCH_GPU_INDEX ?=
 
-.PHONY: setup browser run test check bench lock clean
+.PHONY: setup gpu browser run run-gpu test check-lock check bench lock clean
 
 setup: $(STAMP)
 
+# One line per step, and pip's own progress (Collecting / Downloading) under each: the first
+# set-up downloads about 750 MB and takes a few minutes (README, "The two commands").
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned: the CPU wheel; unpinned, another package would pull a CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[engine,ml,dev,sandbox]'
-	touch $(STAMP)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+		echo "make: Python 3.11 or newer is needed; $(PYTHON) is $$($(PYTHON) --version 2>&1)." \
+		"Run e.g. make PYTHON=python3.12 run"; exit 1; }
+	@echo "== set-up 1/4: virtual environment $(VENV) ($$($(PYTHON) --version))"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "== set-up 2/4: pip"
+	@$(PY) -m pip install -q --upgrade pip
+	@echo "== set-up 3/4: torch 2.13.0, CPU build (about 190 MB; \`make gpu\` installs the CUDA build)"
+	$(PY) -m pip install --retries 1 --no-deps -c constraints.txt --extra-index-url $(TORCH_CPU_INDEX) torch
+	@echo "== set-up 4/4: the project and its pinned dependencies, torch's too (about 560 MB)"
+	$(PY) -m pip install -c constraints.txt -e '.[engine,ml,dev,sandbox]'
+	@touch $(STAMP)
+	@echo "== set-up done: $(VENV) holds $$(du -sh $(VENV) | cut -f1)"
+
+# The CUDA build of torch in place of the CPU one (Linux with an NVIDIA driver); the engine's
+# image back end then runs on the GPU (engine.image.device = "auto"). Skipped when installed.
+gpu: setup
+	@if $(PY) -c 'import sys, torch; sys.exit(torch.version.cuda is None)' 2>/dev/null; then \
+		echo "== torch CUDA build already installed"; else \
+		echo "== torch 2.13.0, CUDA build (about 3 GB with its CUDA libraries)" && \
+		$(PY) -m pip uninstall -q -y torch && \
+		$(PY) -m pip install -c constraints.txt \
+			$(if $(TORCH_GPU_INDEX),--index-url $(TORCH_GPU_INDEX)) '$(TORCH_GPU)'; fi
 
 # Debian's Chromium for the sandbox's browser test (tests/sandbox); skipped once installed.
 # Needs root (as in CI); elsewhere install it yourself or the browser test skips (CI fails).
 CHROMIUM := /usr/bin/chromium
 browser:
-	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	@test -x $(CHROMIUM) || { echo "== Chromium for the browser test (Debian package)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq chromium >/dev/null; } || echo "make: could not install chromium"
 
 run: setup
 	$(VENV)/bin/tada-bot
 
+run-gpu: gpu
+	$(VENV)/bin/tada-bot
+
 test: setup browser
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/check.sh
+
+# The lock against the public index only (also part of `make test`).
+check-lock: setup
+	$(PY) scripts/check_lock.py
 
 bench: setup
 	$(PY) bench/upload.py
@@ -36,9 +72,11 @@ bench: setup
 	$(PY) bench/sandbox_start.py
 	$(PY) bench/gate.py
 
-# Refresh the lock after changing dependencies (then run `make test`).
+# Refresh the lock after changing dependencies (then run `make test`). A local build label
+# (torch's "+cpu") is dropped: the public index has no such version.
 lock:
-	$(PY) -m pip freeze --exclude-editable | grep -v '^tada-discord' > constraints.txt
+	$(PY) -m pip freeze --exclude-editable | grep -v '^tada-discord' \
+		| sed -E 's/^([A-Za-z0-9_.-]+==[^+]+)\+.*$$/\1/' > constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,13 +2,16 @@
 
 Without a Discord token it starts the sandbox instead (:mod:`bot.sandbox`): the same bot in
 a simulated Discord in the browser. ``--no-sandbox`` (or ``TADA_SANDBOX=0``) prints how to
-get a token instead.
+get a token instead. In production mode (``TADA_MODE=production``) it first checks every
+secret and, when some are missing, lists them all with the command that makes each, and
+exits with status 2 before anything starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
@@ -16,7 +19,16 @@ from pathlib import Path
 import aiohttp
 import discord
 
-from bot.config import TOKEN_ENV, BotConfig, ConfigError, load_bot_config, read_config_file
+from bot.config import (
+    MODE_ENV,
+    TOKEN_ENV,
+    BotConfig,
+    ConfigError,
+    SecretProblem,
+    load_bot_config,
+    production_problems,
+    read_config_file,
+)
 from bot.logs import configure_logging
 
 NO_TOKEN = f"""\
@@ -31,12 +43,21 @@ To get one:
   4. Start it:  {TOKEN_ENV}=<the token> make run
      (set discord.dev_guild_id in config.toml to your server's id for instant commands)
 
-Without a token, `make run` starts the sandbox: the same bot in a simulated Discord in
-your browser (drop --no-sandbox / TADA_SANDBOX=0).
 """
 SANDBOX_ENV = "TADA_SANDBOX"
 SANDBOX_PORT_ENV = "TADA_SANDBOX_PORT"
 DEFAULT_SANDBOX_PORT = 8200
+# Libraries whose INFO lines are details, not news (Alembic's plugin and migration lines,
+# huey's consumer banner): shown only when log_level = "DEBUG".
+DETAIL_LOGGERS = ("alembic", "huey")
+
+
+def quiet_details(level: str) -> None:
+    """Start-up shows the few lines a person needs; library details go to DEBUG."""
+    if logging.getLevelName(level.upper()) == logging.DEBUG:
+        return
+    for name in DETAIL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _sandbox_wanted(args: argparse.Namespace, config: BotConfig) -> bool:
@@ -45,6 +66,50 @@ def _sandbox_wanted(args: argparse.Namespace, config: BotConfig) -> bool:
     if args.no_sandbox or config.mode == "production":
         return False
     return os.environ.get(SANDBOX_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _no_sandbox_reason(args: argparse.Namespace, config: BotConfig) -> str:
+    """Why no sandbox started, naming what the operator set."""
+    if config.mode == "production":
+        return (
+            "Production mode needs a token: the sandbox never starts there (a deployment\n"
+            "that lost its token must stop, not quietly serve a simulated Discord).\n"
+        )
+    sandbox = "the same bot in a simulated Discord in your browser"
+    if args.no_sandbox:
+        return f"Without --no-sandbox, `make run` starts the sandbox instead: {sandbox}.\n"
+    return (
+        f"{SANDBOX_ENV}={os.environ.get(SANDBOX_ENV, '')} is set; without it, `make run` "
+        f"starts the sandbox instead:\n{sandbox}.\n"
+    )
+
+
+def _production_refusal(source: str, problems: list[SecretProblem]) -> str:
+    """Everything a production start lacks, in one message."""
+    return "\n".join(
+        [
+            f"tada-bot: production mode ({source}) needs these secrets in the environment:",
+            *(problem.render() for problem in problems),
+            'Set them (an env file: README, "Running it for a real server") and start again.',
+            f"Only trying it out? Leave {MODE_ENV} unset: development mode generates local keys",
+            "into the data directory and, without a token, starts the sandbox.",
+        ]
+    )
+
+
+def _engine_settings_error(config: BotConfig, config_path: Path | None) -> str | None:
+    """The embedded engine's configuration problem, found before anything starts."""
+    if not config.tada.embedded:
+        return None
+    try:
+        from engine.settings import SettingsError, load_engine_settings
+    except ImportError:  # the embedded engine's start says what to install
+        return None
+    try:
+        load_engine_settings(config_path)
+    except SettingsError as exc:
+        return str(exc)
+    return None
 
 
 def _sandbox_port(value: str) -> int:
@@ -106,15 +171,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         raw = read_config_file(args.config)
+        source, problems = production_problems(raw)
+        if problems:
+            print(_production_refusal(source, problems), file=sys.stderr)
+            return 2
         config = load_bot_config(raw)
     except ConfigError as exc:
         print(f"tada-bot: {exc}", file=sys.stderr)
         return 2
+    engine_error = _engine_settings_error(config, args.config)
+    if engine_error is not None:
+        print(f"tada-bot: {engine_error}", file=sys.stderr)
+        return 2
     configure_logging(config.log_level)
+    quiet_details(config.log_level)
     if config.discord.token is None:
         if _sandbox_wanted(args, config):
             return _run_sandbox(config, args)
-        print(NO_TOKEN, file=sys.stderr)
+        print(NO_TOKEN + _no_sandbox_reason(args, config), file=sys.stderr)
         return 2
     from bot.app import run_bot
     from bot.embedded import EngineStartError

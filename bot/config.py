@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,11 +26,91 @@ from bot.tada.client import RetryPolicy
 
 TOKEN_ENV = "DISCORD_TOKEN"
 ENCRYPTION_KEY_ENV = "TADA_BOT_ENCRYPTION_KEY"
+MODE_ENV = "TADA_MODE"
 EMBEDDED = "embedded"
+GENERATE_FERNET_KEY = (
+    "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+)
+GET_TOKEN = "https://discord.com/developers/applications -> your application -> Bot -> Reset Token"
 
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class SecretProblem:
+    """A secret production mode needs and lacks: which variable, what is wrong, the fix."""
+
+    env: str
+    problem: str
+    generate: str
+    # What the second line calls ``generate``: a command to run, or where to get it.
+    action: str = "generate"
+
+    def render(self) -> str:
+        """Two lines for the operator: the variable and what is wrong, then the command."""
+        return f"  {self.env}: {self.problem}\n      {self.action}: {self.generate}"
+
+
+def _bot_mode(raw: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, str]:
+    """The bot's mode and where it was set (for messages)."""
+    if environ.get(MODE_ENV):
+        return environ[MODE_ENV], f"{MODE_ENV}={environ[MODE_ENV]}"
+    mode = str(raw.get("general", {}).get("mode", "development"))
+    return mode, f'general.mode = "{mode}" in the config file'
+
+
+def _fernet_problem(value: str) -> str | None:
+    from cryptography.fernet import Fernet
+
+    what = "the Fernet key(s) that encrypt members' API keys in the bot's store"
+    keys = [part.strip() for part in value.split(",") if part.strip()]
+    if not keys:
+        return f"not set; {what}"
+    for index, key in enumerate(keys, start=1):
+        try:
+            Fernet(key.encode())
+        except ValueError:
+            which = f"key {index} of {len(keys)}" if len(keys) > 1 else "it"
+            return f"{which} is not a Fernet key (32 url-safe base64 bytes); {what}"
+    return None
+
+
+def production_problems(
+    raw: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> tuple[str, list[SecretProblem]]:
+    """Every secret a production start lacks, the engine's too when it is embedded.
+
+    Returns where production mode was set (e.g. ``TADA_MODE=production``) and the problems,
+    all at once ([] outside production), so one start tells the operator everything.
+    """
+    env = os.environ if environ is None else environ
+    mode, source = _bot_mode(raw, env)
+    if mode != "production":
+        return source, []
+    problems: list[SecretProblem] = []
+    if not env.get(TOKEN_ENV, "").strip():
+        problems.append(
+            SecretProblem(
+                TOKEN_ENV, "not set; the bot's token from Discord", GET_TOKEN, action="get it"
+            )
+        )
+    fernet = _fernet_problem(env.get(ENCRYPTION_KEY_ENV, ""))
+    if fernet is not None:
+        problems.append(SecretProblem(ENCRYPTION_KEY_ENV, fernet, GENERATE_FERNET_KEY))
+    base_url = env.get("TADA_API_URL") or raw.get("tada", {}).get("base_url", EMBEDDED)
+    if str(base_url).strip() == EMBEDDED:
+        try:
+            from engine.settings import production_secret_problems
+        except ImportError:  # the embedded engine's start says what to install
+            pass
+        else:
+            problems.extend(
+                SecretProblem(p.env, p.problem, p.generate)
+                for p in production_secret_problems(raw, env)
+            )
+    return source, problems
 
 
 class _Section(BaseModel):
@@ -127,8 +208,8 @@ class BotConfig(_Section):
     def _production_needs_key(self) -> BotConfig:
         if self.mode == "production" and not self.store.encryption_keys:
             raise ValueError(
-                f"production mode needs {ENCRYPTION_KEY_ENV}: generate one with python -c "
-                "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+                f"production mode needs {ENCRYPTION_KEY_ENV}: generate one with "
+                f"{GENERATE_FERNET_KEY}"
             )
         return self
 
@@ -160,8 +241,8 @@ def load_bot_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = 
     data: dict[str, Any] = {
         key: general[key] for key in ("mode", "data_dir", "log_level") if key in general
     }
-    if env.get("TADA_MODE"):
-        data["mode"] = env["TADA_MODE"]
+    if env.get(MODE_ENV):
+        data["mode"] = env[MODE_ENV]
     if env.get("TADA_DATA_DIR"):
         data["data_dir"] = env["TADA_DATA_DIR"]
     if env.get(TOKEN_ENV, "").strip():

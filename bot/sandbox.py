@@ -28,7 +28,7 @@ import json
 import logging
 import secrets
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -303,6 +303,57 @@ class LivePublication:
         return payload
 
 
+# What discord.py and the bot log that is true of a real Discord but not of the simulated
+# one: no voice there, SimCord's probe client has no Guilds intent, its token is a static
+# stand-in, and commands "sync" instantly. Logged at DEBUG in the sandbox instead.
+SANDBOX_DETAILS: dict[str, tuple[str, ...]] = {
+    "discord.client": (
+        "PyNaCl is not installed",
+        "davey is not installed",
+        "logging in using static token",
+    ),
+    "discord.state": ("Guilds intent seems to be disabled",),
+    "bot.app": ("synced ",),
+    # Server settings changes (the demo channel a first run sets up among them): the
+    # page shows what changed.
+    "bot.policy.service": ("settings changed",),
+}
+
+
+class _SandboxDetail(logging.Filter):
+    """Turns a record that does not apply to the sandbox into a DEBUG one."""
+
+    def __init__(self, parts: tuple[str, ...]) -> None:
+        super().__init__()
+        # Parts of the message's format string (before its arguments are merged in).
+        self.parts = parts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if not any(part in message for part in self.parts):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+@contextlib.contextmanager
+def sandbox_logging(
+    details: dict[str, tuple[str, ...]] | None = None,
+) -> Iterator[None]:
+    """While the sandbox runs, the warnings that do not apply to it are DEBUG lines."""
+    installed = [
+        (logging.getLogger(name), _SandboxDetail(parts))
+        for name, parts in (SANDBOX_DETAILS if details is None else details).items()
+    ]
+    for logger, detail in installed:
+        logger.addFilter(detail)
+    try:
+        yield
+    finally:
+        for logger, detail in installed:
+            logger.removeFilter(detail)
+
+
 def _sandbox_config(config: BotConfig) -> BotConfig:
     # Commands sync globally inside SimCord (instant there); a dev guild id from a real
     # config file would not exist in the simulated Discord.
@@ -322,6 +373,28 @@ async def open_sandbox(
     on_ready: Callable[[Sandbox], None] | None = None,
 ) -> AsyncIterator[Sandbox]:
     """The whole sandbox: services, the bot in SimCord, the world, the page on ``port``."""
+    with sandbox_logging():
+        async with _open_sandbox(
+            config,
+            engine_settings=engine_settings,
+            port=port,
+            start_channel=start_channel,
+            extensions=extensions,
+            on_ready=on_ready,
+        ) as sandbox:
+            yield sandbox
+
+
+@asynccontextmanager
+async def _open_sandbox(
+    config: BotConfig,
+    *,
+    engine_settings: EngineSettings | None,
+    port: int,
+    start_channel: SandboxChannel,
+    extensions: Sequence[str],
+    on_ready: Callable[[Sandbox], None] | None,
+) -> AsyncIterator[Sandbox]:
     needs = "the sandbox needs SimCord's browser preview: pip install -e '.[sandbox]'"
     try:
         import simcord

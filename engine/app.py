@@ -24,12 +24,14 @@ log = logging.getLogger(__name__)
 
 
 async def start_services(services: EngineServices, *, consumer: bool) -> None:
-    """Migrate the database; with ``consumer``, recover stranded jobs and start workers."""
+    """Migrate the database; with ``consumer``, recover stranded jobs and start workers
+    (which report their devices and load the voice models in the background)."""
     await anyio.to_thread.run_sync(services.db.migrate)
     workers = services.settings.jobs.in_process_workers
     if consumer and workers > 0:
         await anyio.to_thread.run_sync(services.worker.recover)
         services.queue.start_consumer(workers)
+        services.start_warm_up()
 
 
 class SafeJSONResponse(JSONResponse):

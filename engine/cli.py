@@ -10,10 +10,18 @@ import sys
 import threading
 from pathlib import Path
 
-from engine.settings import EngineSettings, SettingsError, load_engine_settings
+from engine.settings import (
+    EngineSettings,
+    SecretProblem,
+    SettingsError,
+    load_engine_settings,
+    production_secret_problems,
+    read_config_file,
+)
 
 log = logging.getLogger("engine")
 KEEP_ALIVE_SECONDS = 75
+DETAIL_LOGGERS = ("alembic", "huey")
 
 
 def _serve(settings: EngineSettings, host: str | None, port: int | None) -> int:
@@ -54,6 +62,7 @@ def _worker(settings: EngineSettings, drain: bool, workers: int) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     services.queue.start_consumer(workers)
+    services.start_warm_up()
     log.info("worker running with %d thread(s); Ctrl+C to stop", workers)
     stop.wait()
     services.queue.stop_consumer()
@@ -69,6 +78,17 @@ def _migrate(settings: EngineSettings) -> int:
     asyncio.run(db.dispose())
     print(f"database is up to date: {settings.resolved_database_url.split('///')[-1]}")
     return 0
+
+
+def _production_refusal(problems: list[SecretProblem]) -> str:
+    """Every secret a production start lacks, in one message."""
+    return "\n".join(
+        [
+            "tada-engine: production mode needs these secrets in the environment:",
+            *(problem.render() for problem in problems),
+            'Set them and start again (README, "Running it for a real server").',
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Alembic's plugin and migration lines and huey's consumer banner are details.
+    for name in DETAIL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
+        problems = production_secret_problems(read_config_file(args.config))
+        if problems:
+            print(_production_refusal(problems), file=sys.stderr)
+            return 2
         settings = load_engine_settings(args.config)
     except SettingsError as exc:
         print(f"tada-engine: {exc}", file=sys.stderr)

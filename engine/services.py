@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
@@ -16,6 +18,8 @@ from engine.storage import LocalStorage
 from engine.voice.jobs import voice_handlers
 
 log = logging.getLogger(__name__)
+# How long closing waits for a warm-up to reach its next step (one model load).
+WARM_UP_JOIN_SECONDS = 120.0
 
 
 def default_handlers(settings: EngineSettings) -> dict[str, Handler]:
@@ -39,6 +43,9 @@ class EngineServices:
     jobs: JobService
     # API key hash -> user id, for a minute: spares a SELECT per authenticated request.
     keys: KeyCache = field(default_factory=KeyCache)
+    # The background warm-up of a worker (:meth:`start_warm_up`), once started.
+    warm_up_thread: threading.Thread | None = None
+    _warm_up_stop: threading.Event = field(default_factory=threading.Event)
 
     def signed_url(self, base_url: str, method: str, path: str, resource: str, ttl: int) -> str:
         """An absolute URL for ``path`` signed for ``method`` on ``resource``."""
@@ -56,9 +63,47 @@ class EngineServices:
             self.settings.uploads.artifact_url_ttl_seconds,
         )
 
+    def start_warm_up(self) -> threading.Thread:
+        """Where a worker starts: say which device and dtype each back end uses, and load
+        the voice models (``[engine.voice] preload``), in a background thread, so that
+        neither the API's start nor the first member's clone waits for them."""
+        thread = threading.Thread(
+            target=warm_up,
+            args=(self.settings, self._warm_up_stop),
+            name="engine-warm-up",
+            daemon=True,
+        )
+        thread.start()
+        self.warm_up_thread = thread
+        return thread
+
     async def close(self) -> None:
+        # A warm-up still loading stops at its next step and is waited for: a process that
+        # exits while onnxruntime or torch loads a model in a thread aborts.
+        self._warm_up_stop.set()
+        if self.warm_up_thread is not None:
+            if self.warm_up_thread.is_alive():
+                log.info("engine: stopping once the model being loaded is in (seconds)")
+            await asyncio.to_thread(self.warm_up_thread.join, WARM_UP_JOIN_SECONDS)
         self.queue.close()
         await self.db.dispose()
+
+
+def warm_up(settings: EngineSettings, stop: threading.Event | None = None) -> None:
+    """Log the device report, then load the voice models when configured (blocking)."""
+    # Imported here: torch and the voice packages load only where a worker runs.
+    from engine.devices import log_device_report
+    from engine.image.settings import image_settings
+    from engine.voice.jobs import backend_for, warm_up_voice
+    from engine.voice.settings import voice_settings
+
+    voice = voice_settings(settings.voice)
+    try:
+        log_device_report(image_settings(settings.image), voice_line=backend_for(voice).describe())
+        if voice.preload and not (stop is not None and stop.is_set()):
+            warm_up_voice(voice, stop)
+    except Exception:  # a report must never take the worker down; jobs say what is wrong
+        log.exception("engine: warm-up failed")
 
 
 def build_services(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import secrets
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,11 +18,64 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "placeholder"})
 SECRET_ENV = "TADA_ENGINE_SECRET_KEY"
+MODE_ENV = "TADA_MODE"
+MIN_SECRET_CHARS = 32
+GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 MiB = 1024 * 1024
 
 
 class SettingsError(ValueError):
     """The configuration cannot be used; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class SecretProblem:
+    """A secret production mode needs and lacks: which variable, what is wrong, the fix."""
+
+    env: str
+    problem: str
+    generate: str
+    # What the second line calls ``generate``: a command to run, or where to get it.
+    action: str = "generate"
+
+    def render(self) -> str:
+        """Two lines for the operator: the variable and what is wrong, then the command."""
+        return f"  {self.env}: {self.problem}\n      {self.action}: {self.generate}"
+
+
+def engine_secret_problem(value: str | None) -> SecretProblem | None:
+    """What is wrong with ``TADA_ENGINE_SECRET_KEY`` for production (``None``: nothing)."""
+    what = f"the key that signs upload and file URLs ({MIN_SECRET_CHARS}+ random characters)"
+    text = (value or "").strip()
+    if not text:
+        problem = f"not set; {what}"
+    elif text.lower() in PLACEHOLDER_SECRETS:
+        problem = f"a placeholder; {what}"
+    elif len(text) < MIN_SECRET_CHARS:
+        problem = f"only {len(text)} characters; {what}"
+    else:
+        return None
+    return SecretProblem(SECRET_ENV, problem, GENERATE_SECRET)
+
+
+def engine_mode(raw: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """The engine's mode: ``TADA_MODE``, else ``engine.mode``, else ``general.mode``."""
+    if environ.get(MODE_ENV):
+        return environ[MODE_ENV]
+    engine = raw.get("engine", {})
+    general = raw.get("general", {})
+    return str(engine.get("mode", general.get("mode", "development")))
+
+
+def production_secret_problems(
+    raw: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> list[SecretProblem]:
+    """Every secret the engine lacks for production mode ([] outside production)."""
+    env = os.environ if environ is None else environ
+    if engine_mode(raw, env) != "production":
+        return []
+    problem = engine_secret_problem(env.get(SECRET_ENV))
+    return [] if problem is None else [problem]
 
 
 class _Section(BaseModel):
@@ -107,11 +162,11 @@ class EngineSettings(_Section):
     def _secret_allowed(self) -> EngineSettings:
         if self.mode == "production":
             value = self.secret_key.get_secret_value() if self.secret_key else ""
-            if value.strip().lower() in PLACEHOLDER_SECRETS or len(value) < 32:
+            problem = engine_secret_problem(value)
+            if problem is not None:
                 raise ValueError(
-                    f"production mode needs a real secret: set {SECRET_ENV} to at least 32 "
-                    "random characters, e.g. from "
-                    "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                    f"production mode needs {SECRET_ENV}: {problem.problem}; "
+                    f"generate one with {GENERATE_SECRET}"
                 )
         return self
 
@@ -171,8 +226,8 @@ def load_engine_settings(
         raise SettingsError(f"engine.secret_key must not be in the config file; set {SECRET_ENV}")
     if env.get(SECRET_ENV):
         data["secret_key"] = env[SECRET_ENV]
-    if env.get("TADA_MODE"):
-        data["mode"] = env["TADA_MODE"]
+    if env.get(MODE_ENV):
+        data["mode"] = env[MODE_ENV]
     if env.get("TADA_DATA_DIR"):
         data["data_dir"] = env["TADA_DATA_DIR"]
     if env.get("TADA_ENGINE_DATABASE_URL"):

@@ -26,13 +26,15 @@ AppFactory = Callable[..., "AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]"]
 
 
 def make_settings(data_dir: Path, **overrides: object) -> EngineSettings:
-    """Engine settings for tests: no in-process workers, so tests drain jobs explicitly."""
+    """Engine settings for tests: no in-process workers, so tests drain jobs explicitly, and
+    no voice preload (a test that gives in-process workers does not pay for the models)."""
     values: dict[str, object] = {
         "data_dir": data_dir,
         "jobs": JobSettings(in_process_workers=0, wait_timeout_seconds=30),
         # Abuse limits are tested on their own (tests/security/test_abuse.py); elsewhere
         # many calls from one test client are the point, not an attack.
         "limits": RELAXED_LIMITS,
+        "voice": {"preload": False},
     }
     values.update(overrides)
     return EngineSettings.model_validate(values)

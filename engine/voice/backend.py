@@ -6,6 +6,7 @@ zero-shot model on a GPU can implement the same two methods later.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -71,4 +72,18 @@ class VoiceBackend(Protocol):
 
     def similarity(self, speech: Speech, profile: SpeakerProfile) -> float:
         """Cosine of the speaker embeddings of ``speech`` and the profile's sample."""
+        ...
+
+    @property
+    def warm(self) -> bool:
+        """Whether every model is loaded."""
+        ...
+
+    def warm_up(self, stop: threading.Event | None = None) -> None:
+        """Load every model now (blocks; the worker calls it in the background at start);
+        return early, between steps, once ``stop`` is set."""
+        ...
+
+    def describe(self) -> str:
+        """The back end, its models, device and dtype, in one line for the start-up log."""
         ...

@@ -7,7 +7,9 @@ thread and every app in the process.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import update
@@ -21,6 +23,8 @@ from engine.voice.models import Voice, VoiceGeneration
 from engine.voice.piper_base import BaseVoiceError
 from engine.voice.settings import VoiceBackendName, VoiceSettings, voice_settings
 
+log = logging.getLogger(__name__)
+
 # An upload a clone may use: uploaded, or taken for this clone by the API (processing).
 _USABLE = (UploadStatus.UPLOADED.value, UploadStatus.PROCESSING.value)
 CLONE_KIND = "voice.clone"
@@ -32,6 +36,8 @@ _backends_lock = threading.Lock()
 
 def backend_for(settings: VoiceSettings) -> VoiceBackend:
     """The process-wide back end for ``settings`` (models load lazily inside it)."""
+    # Whether models load at start changes nothing about the back end: one instance either way.
+    settings = settings.model_copy(update={"preload": True})
     with _backends_lock:
         backend = _backends.get(settings)
         if backend is None:
@@ -44,6 +50,32 @@ def backend_for(settings: VoiceSettings) -> VoiceBackend:
                 raise ValueError(f"unknown voice back end {settings.backend!r}")
             _backends[settings] = backend
         return backend
+
+
+def warm_up_voice(settings: VoiceSettings, stop: threading.Event | None = None) -> bool:
+    """Load the voice models now (blocking), with a log line before and after.
+
+    Returns whether they loaded; a broken install is logged here and fails each voice job
+    with the reason later. ``stop`` (shutdown) ends it early, between models.
+    """
+    backend = backend_for(settings)
+    if backend.warm:
+        return True
+    log.info(
+        "voice: loading the models in the background (a clone started meanwhile waits for them)"
+    )
+    started = time.monotonic()
+    try:
+        backend.warm_up(stop)
+    except BaseVoiceError as exc:
+        log.error("voice: the back end cannot start: %s", exc)
+        return False
+    if not backend.warm:  # stopped early
+        return False
+    log.info(
+        "voice: models ready in %.1f s; clones and speech start at once", time.monotonic() - started
+    )
+    return True
 
 
 def artifact_key(voice_id: str, generation_id: str, settings: VoiceSettings) -> str:

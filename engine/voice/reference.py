@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -43,6 +44,9 @@ class CpuReferenceBackend:
         self.encoder = encoder or SpeakerEncoder()
         self.f0_method = settings.f0_method
         self._lock = threading.Lock()
+        # Held while the base voice is analysed: a job arriving during warm_up() waits for
+        # it instead of doing the same work again.
+        self._base_lock = threading.Lock()
         self._piper: PiperBase | None = None
         self._base_stats: world.VoiceStats | None = None
         self._base_embedding: NDArray[np.float32] | None = None
@@ -73,13 +77,40 @@ class CpuReferenceBackend:
 
     def _base(self) -> tuple[world.VoiceStats, NDArray[np.float32]]:
         """The base voice's statistics and embedding, computed once."""
-        if self._base_stats is None or self._base_embedding is None:
-            speech = self.base_speech(BASE_REFERENCE_TEXT)
-            stats = world.speaker_stats(speech.audio, speech.sample_rate, self.f0_method)
-            embedding = self.encoder.embed(speech.audio, speech.sample_rate)
-            with self._lock:
+        with self._base_lock:
+            if self._base_stats is None or self._base_embedding is None:
+                speech = self.base_speech(BASE_REFERENCE_TEXT)
+                stats = world.speaker_stats(speech.audio, speech.sample_rate, self.f0_method)
+                embedding = self.encoder.embed(speech.audio, speech.sample_rate)
                 self._base_stats, self._base_embedding = stats, embedding
-        return self._base_stats, self._base_embedding
+            return self._base_stats, self._base_embedding
+
+    @property
+    def warm(self) -> bool:
+        """Whether every model is loaded (a clone or a speech then starts at once)."""
+        return self._base_stats is not None and self._base_embedding is not None
+
+    def warm_up(self, stop: threading.Event | None = None) -> None:
+        """Load Piper, the speaker encoder and the base voice's analysis now, not on the
+        first clone (tens of seconds on a cold machine). Between steps it returns early
+        once ``stop`` is set: the process is shutting down."""
+        steps: list[Callable[[], object]] = [
+            lambda: self.piper,
+            self.encoder.load,
+            self._base,
+        ]
+        for step in steps:
+            if stop is not None and stop.is_set():
+                return
+            step()
+
+    def describe(self) -> str:
+        """What runs, and where, for the start-up report."""
+        voice = self.settings.piper_model.name if self.settings.piper_model else "en_US-joe-medium"
+        return (
+            f"{self.name} (Piper {voice} + WORLD conversion, resemblyzer similarity) "
+            "on cpu, float32"
+        )
 
     def analyse(self, sample: Sample) -> SpeakerProfile:
         """F0 statistics, long-term envelope and speaker embedding of a sample."""

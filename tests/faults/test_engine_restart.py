@@ -42,6 +42,9 @@ min_side = 32
 
 [engine.image.generation]
 steps = 2
+
+[engine.voice]
+preload = false  # these tests train LoRAs; loading the voice models would only cost CPU
 """
     )
     return config
