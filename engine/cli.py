@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
@@ -24,26 +25,62 @@ KEEP_ALIVE_SECONDS = 75
 DETAIL_LOGGERS = ("alembic", "huey")
 
 
-def _serve(settings: EngineSettings, host: str | None, port: int | None) -> int:
+def _uvicorn_options(settings: EngineSettings, host: str | None, port: int | None) -> dict:
+    return {
+        "host": host or settings.host,
+        "port": port if port is not None else settings.port,
+        "log_level": "info",
+        # Longer than clients keep idle connections (httpx: 5 s), so the client closes an
+        # idle connection first. With both at 5 s, a request sent just as the server timed
+        # the connection out was lost (ReadError; 11 of 10,000 GETs at 500 clients).
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        # X-Forwarded-For/-Proto only from the proxies the operator named; by default
+        # (uvicorn trusts 127.0.0.1) any local process could choose its client address.
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": ",".join(settings.trusted_proxies) or None,
+    }
+
+
+def api_process_app() -> object:
+    """The app of one of ``serve --workers N``'s API processes: no job consumer of its own
+    (the serving parent runs the consumers once, for all of them)."""
+    from engine.app import create_app
+
+    settings = load_engine_settings()
+    jobs = settings.jobs.model_copy(update={"in_process_workers": 0})
+    return create_app(settings.model_copy(update={"jobs": jobs}))
+
+
+def _serve(settings: EngineSettings, host: str | None, port: int | None, workers: int = 1) -> int:
     import uvicorn
 
     from engine.app import create_app
 
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=host or settings.host,
-        port=port if port is not None else settings.port,
-        log_level="info",
-        # Longer than clients keep idle connections (httpx: 5 s), so the client closes an
-        # idle connection first. With both at 5 s, a request sent just as the server timed
-        # the connection out was lost (ReadError; 11 of 10,000 GETs at 500 clients).
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        # X-Forwarded-For/-Proto only from the proxies the operator named; by default
-        # (uvicorn trusts 127.0.0.1) any local process could choose its client address.
-        proxy_headers=bool(settings.trusted_proxies),
-        forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
+    options = _uvicorn_options(settings, host, port)
+    if workers <= 1:
+        uvicorn.run(create_app(settings), **options)
+        return 0
+    # N API processes share the socket; the job consumers run here, once: started per
+    # process they would multiply the model memory and the GPU work by N.
+    from engine.services import build_services
+
+    services = build_services(settings)
+    services.db.migrate()
+    consumers = settings.jobs.in_process_workers
+    if consumers > 0:
+        services.worker.recover()
+        services.queue.start_consumer(consumers)
+        services.start_warm_up()
+    log.info(
+        "serving with %d API processes; %d job consumer thread(s) in this process",
+        workers,
+        consumers,
     )
+    try:
+        uvicorn.run("engine.cli:api_process_app", factory=True, workers=workers, **options)
+    finally:
+        services.queue.stop_consumer()
+        asyncio.run(services.close())
     return 0
 
 
@@ -103,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the HTTP API (with in-process workers)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes sharing the port (job consumers still run once, in this one)",
+    )
     work = sub.add_parser("worker", help="run a separate job consumer")
     work.add_argument("--drain", action="store_true", help="run queued jobs, then exit")
     work.add_argument("--workers", type=int, default=1)
@@ -124,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tada-engine: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        return _serve(settings, args.host, args.port)
+        if args.config is not None:  # the API processes read the same file
+            os.environ["TADA_CONFIG"] = str(args.config.resolve())
+        return _serve(settings, args.host, args.port, args.workers)
     if args.command == "worker":
         return _worker(settings, args.drain, args.workers)
     return _migrate(settings)
