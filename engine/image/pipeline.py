@@ -326,6 +326,41 @@ class ImageModel:
         return latents - shift * vae.config.scaling_factor if shift else latents
 
     # -- adapters -------------------------------------------------------------------------
+    #
+    # What holds between jobs, whatever ran before and however it ended: the pipeline holds
+    # exactly the adapters in ``self._adapters`` (no training adapter, nothing half-loaded),
+    # no parameter requires grad, and no parameter is an inference tensor (a module built
+    # under ``torch.inference_mode`` cannot be trained later). Every entry point restores it.
+
+    def _held_adapters(self) -> set[str]:
+        return {a for names in self.pipe.get_list_adapters().values() for a in names}
+
+    def _reconcile(self) -> None:
+        """Drop any adapter the pipeline holds that is not a loaded LoRA (a crash's leftovers)."""
+        stray = sorted(self._held_adapters() - set(self._adapters))
+        if stray:
+            log.warning("image model: removing stray adapters %s", stray)
+            self._delete_adapters(stray)
+
+    def _delete_adapters(self, names: list[str]) -> None:
+        self.pipe.delete_adapters(names)
+        # A failed injection can leave a config entry without layers; drop those too.
+        for module in self._components():
+            config = getattr(module, "peft_config", None)
+            if config is not None:
+                for name in names:
+                    config.pop(name, None)
+
+    def _components(self) -> list[torch.nn.Module]:
+        found = [self.pipe.unet, self.pipe.vae, self.pipe.text_encoder]
+        if self.is_xl:
+            found.append(self.pipe.text_encoder_2)
+        return found
+
+    def _freeze(self) -> None:
+        # peft's set_adapter marks the active adapter trainable; nothing is trained here.
+        for module in self._components():
+            module.requires_grad_(False)
 
     def _load_adapter(self, path: Path) -> str:
         name = lora_fingerprint(path)
@@ -337,7 +372,7 @@ class ImageModel:
                 self.pipe.load_lora_weights(state, adapter_name=name)
             except Exception as exc:
                 with contextlib.suppress(Exception):  # drop whatever half-loaded
-                    self.pipe.delete_adapters([name])
+                    self._delete_adapters([name])
                 raise ModelError(
                     f"the LoRA {path.name} does not fit the base model: {exc}"
                 ) from exc
@@ -345,17 +380,24 @@ class ImageModel:
         # Least recently used adapters leave first: each holds accelerator memory.
         while len(self._adapters) > self.max_adapters:
             old, _ = self._adapters.popitem(last=False)
-            self.pipe.delete_adapters([old])
+            self._delete_adapters([old])
         return name
 
     def _activate(self, lora: Path | None, weight: float) -> None:
-        if lora is None:
-            if self._adapters:
-                self.pipe.disable_lora()
-            return
-        name = self._load_adapter(lora)
-        self.pipe.enable_lora()
-        self.pipe.set_adapters([name], [weight])
+        # Adapter weights made here outlive the call: never as inference tensors, even when
+        # a caller runs in inference mode.
+        with torch.inference_mode(False):
+            try:
+                self._reconcile()
+                if lora is None:
+                    if self._adapters:
+                        self.pipe.disable_lora()
+                    return
+                name = self._load_adapter(lora)
+                self.pipe.enable_lora()
+                self.pipe.set_adapters([name], [weight])
+            finally:
+                self._freeze()
 
     def loaded_adapters(self) -> list[str]:
         """Adapter names currently held in the pipeline (least recently used first)."""
@@ -364,7 +406,9 @@ class ImageModel:
 
     # -- generation -----------------------------------------------------------------------
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: tensors made during a generation (adapter weights,
+    # scheduler state) must stay usable by a later training.
+    @torch.no_grad()
     def generate(
         self,
         prompt: str,
@@ -472,24 +516,31 @@ class ImageModel:
             raise ModelError("no training images")
         size = resolution or self.native_size
         unet = self.pipe.unet
-        with self._lock:
+        with self._lock, torch.inference_mode(False):
+            self._reconcile()
             if self._adapters:
                 self.pipe.disable_lora()
-            latents = self._latents([e.image for e in examples], size, seed)
             with torch.no_grad():
+                latents = self._latents([e.image for e in examples], size, seed)
                 cond = self._encode([e.caption for e in examples], size)
-            unet.add_adapter(
-                LoraConfig(
-                    r=rank,
-                    lora_alpha=rank,
-                    init_lora_weights="gaussian",
-                    target_modules=list(LORA_TARGETS),
-                ),
-                adapter_name=_FIT_ADAPTER,
-            )
             try:
+                # Inside the try: an adapter half-added by a failure here is removed below.
+                # Its initial weights come from ``seed``, not from the global RNG, so one
+                # request trains the same LoRA whatever the worker did before.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    unet.add_adapter(
+                        LoraConfig(
+                            r=rank,
+                            lora_alpha=rank,
+                            init_lora_weights="gaussian",
+                            target_modules=list(LORA_TARGETS),
+                        ),
+                        adapter_name=_FIT_ADAPTER,
+                    )
                 unet.enable_adapters()
                 unet.set_adapter(_FIT_ADAPTER)
+                self._freeze()
                 params = [p for n, p in unet.named_parameters() if f".{_FIT_ADAPTER}." in n]
                 for p in params:
                     # Trainable weights stay float32 even on a half-precision base.
@@ -506,8 +557,9 @@ class ImageModel:
                     for k, v in state.items()
                 }
             finally:
-                unet.delete_adapters(_FIT_ADAPTER)
-                unet.requires_grad_(False)
+                # The fit adapter leaves and the loaded LoRAs stay, as before the training.
+                self._reconcile()
+                self._freeze()
         info = {
             "format": "diffusers-lora",
             "rank": str(rank),
