@@ -30,11 +30,11 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from diffusers.utils import convert_state_dict_to_diffusers
+from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -55,6 +55,8 @@ Pipeline = Any
 Scheduler = Any
 # Adapter name used while training; never "train" (it would shadow nn.Module.train).
 _FIT_ADAPTER = "tada_fit"
+# ``format`` in the metadata of the LoRA files we write (older ones say "diffusers-lora").
+LORA_FILE_FORMAT = "kohya-lora"
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,20 @@ def load_checkpoint(path: Path, dtype: torch.dtype) -> Pipeline:
     )
 
 
+def kohya_lora_state(unet_peft_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A UNet LoRA (peft's state dict) in kohya's key style, the one LoRA files are shared in.
+
+    ``lora_unet_<module path with underscores>.lora_down.weight`` / ``.lora_up.weight`` /
+    ``.alpha``, the module paths being diffusers' (as kohya sd-scripts writes SD 1.x LoRAs):
+    diffusers' ``load_lora_weights`` converts it back, ComfyUI and A1111 read it as is.
+    """
+    prefixed = {f"unet.{k}": v for k, v in unet_peft_state.items()}
+    return {
+        k: v.detach().to("cpu", torch.float32).contiguous()
+        for k, v in convert_state_dict_to_kohya(prefixed).items()
+    }
+
+
 def lora_fingerprint(path: Path) -> str:
     """A short id for a LoRA file's current content: its adapter name in the pipeline."""
     stat = path.stat()
@@ -368,8 +384,15 @@ class ImageModel:
             self._adapters.move_to_end(name)
         else:
             try:
-                state = load_file(str(path), device="cpu")
-                self.pipe.load_lora_weights(state, adapter_name=name)
+                # From the file, not a loaded dict: diffusers then reads the adapter metadata
+                # (lora_alpha) that LoRAs saved by diffusers keep in the safetensors header.
+                self.pipe.load_lora_weights(
+                    str(path.parent),
+                    weight_name=path.name,
+                    adapter_name=name,
+                    use_safetensors=True,
+                    local_files_only=True,
+                )
             except Exception as exc:
                 with contextlib.suppress(Exception):  # drop whatever half-loaded
                     self._delete_adapters([name])
@@ -549,19 +572,19 @@ class ImageModel:
                 losses = self._fit(
                     params, latents, cond, steps, learning_rate, batch_size, seed, on_step
                 )
-                state = convert_state_dict_to_diffusers(
+                tensors = kohya_lora_state(
                     get_peft_model_state_dict(unet, adapter_name=_FIT_ADAPTER)
                 )
-                tensors = {
-                    f"unet.{k}": v.detach().to("cpu", torch.float32).contiguous()
-                    for k, v in state.items()
-                }
             finally:
                 # The fit adapter leaves and the loaded LoRAs stay, as before the training.
                 self._reconcile()
                 self._freeze()
         info = {
-            "format": "diffusers-lora",
+            "format": LORA_FILE_FORMAT,
+            # kohya's own metadata, which A1111 and LoRA managers show.
+            "ss_network_module": "networks.lora",
+            "ss_network_dim": str(rank),
+            "ss_network_alpha": str(rank),
             "rank": str(rank),
             "steps": str(steps),
             "resolution": str(size),
