@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ from transformers import (
 )
 
 from engine.image.settings import TINY_MODEL_LABEL, ImageSettings
-from engine.image.types import LoraFit, ModelError, TrainImage
+from engine.image.types import LoraFit, ModelError, TrainImage, aspect_size
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +312,17 @@ class ImageModel:
         model = cls(pipe, label=settings.model_label, device=device)
         model.max_adapters = settings.generation.max_loaded_adapters
         return model
+
+    def aspect_size(
+        self, ratio: str, width: int | None = None, height: int | None = None
+    ) -> tuple[int, int]:
+        """The size of ``ratio`` for this model, about as many pixels as ``width`` x ``height``
+        (default: the native square)."""
+        side = round(math.sqrt((width or self.native_size) * (height or self.native_size)))
+        # What the VAE and the UNet's downsamplings divide exactly; diffusers wants 8 too.
+        down = len(self.pipe.unet.config.block_out_channels) - 1
+        multiple = math.lcm(8, int(self.pipe.vae_scale_factor) * 2**down)
+        return aspect_size(ratio, side, multiple)
 
     # -- conditioning ---------------------------------------------------------------------
 
