@@ -103,6 +103,7 @@ class ImageBackend:
                 resolution=cfg.resolution,
                 batch_size=cfg.batch_size,
                 seed=cfg.seed,
+                bucketing=cfg.bucketing,
                 metadata={"trigger_word": trigger, "training_id": training_id},
                 on_step=on_step,
             )

@@ -44,7 +44,14 @@ from transformers import (
 )
 
 from engine.image.settings import TINY_MODEL_LABEL, ImageSettings
-from engine.image.types import LoraFit, ModelError, TrainImage, aspect_size
+from engine.image.types import (
+    LoraFit,
+    ModelError,
+    TrainImage,
+    aspect_size,
+    nearest_bucket,
+    training_buckets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +83,15 @@ class _Conditioning:
 
     def select(self, idx: torch.Tensor) -> torch.Tensor:
         return self.embeds[idx]
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    """Training examples of one shape, encoded: latents and their text conditioning."""
+
+    size: tuple[int, int]  # width, height in pixels
+    latents: torch.Tensor
+    cond: _Conditioning
 
 
 def _byte_level_alphabet() -> list[str]:
@@ -319,30 +335,26 @@ class ImageModel:
         """The size of ``ratio`` for this model, about as many pixels as ``width`` x ``height``
         (default: the native square)."""
         side = round(math.sqrt((width or self.native_size) * (height or self.native_size)))
-        # What the VAE and the UNet's downsamplings divide exactly; diffusers wants 8 too.
-        down = len(self.pipe.unet.config.block_out_channels) - 1
-        multiple = math.lcm(8, int(self.pipe.vae_scale_factor) * 2**down)
-        return aspect_size(ratio, side, multiple)
+        return aspect_size(ratio, side, self._multiple())
 
     # -- conditioning ---------------------------------------------------------------------
 
-    def _encode(self, prompts: Sequence[str], size: int) -> _Conditioning:
+    def _encode(self, prompts: Sequence[str], ids: Sequence[Sequence[int]]) -> _Conditioning:
+        """Text conditioning; ``ids`` per prompt are SDXL's size/crop conditioning:
+        original height and width, crop top and left, target height and width."""
         if self.is_xl:
             embeds, _, pooled, _ = self.pipe.encode_prompt(
                 list(prompts), device=self.device, do_classifier_free_guidance=False
             )
-            ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=embeds.dtype)
-            time_ids = ids.repeat(len(prompts), 1).to(self.device)
+            time_ids = torch.tensor([list(r) for r in ids], dtype=embeds.dtype).to(self.device)
             return _Conditioning(embeds, pooled, time_ids)
         embeds, _ = self.pipe.encode_prompt(
             list(prompts), self.device, 1, do_classifier_free_guidance=False
         )
         return _Conditioning(embeds, None, None)
 
-    def _latents(self, images: Sequence[Image.Image], size: int, seed: int) -> torch.Tensor:
+    def _latents(self, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         vae = self.pipe.vae
-        batch = torch.stack([_to_tensor(_square(img, size)) for img in images])
-        gen = torch.Generator(device="cpu").manual_seed(seed)
         out = []
         # VAE encode in small chunks: a 50-image SDXL batch at 1024 px would not fit at once.
         for chunk in batch.split(4):
@@ -352,6 +364,45 @@ class ImageModel:
         latents = torch.cat(out) * vae.config.scaling_factor
         shift = getattr(vae.config, "shift_factor", None)
         return latents - shift * vae.config.scaling_factor if shift else latents
+
+    def _multiple(self) -> int:
+        # What the VAE and the UNet's downsamplings divide exactly; diffusers wants 8 too.
+        down = len(self.pipe.unet.config.block_out_channels) - 1
+        return math.lcm(8, int(self.pipe.vae_scale_factor) * 2**down)
+
+    @torch.no_grad()
+    def _buckets(
+        self, examples: Sequence[TrainImage], size: int, seed: int, bucketing: bool
+    ) -> list[_Bucket]:
+        """The examples encoded once (latents and text), grouped by aspect-ratio bucket.
+
+        Encoded before the first step and reused by every step: the VAE and the text
+        encoders never run in the training loop. Without ``bucketing`` every image is a
+        center-cropped square of ``size``.
+        """
+        shapes = training_buckets(size, self._multiple()) if bucketing else [(size, size)]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, e in enumerate(examples):
+            key = nearest_bucket(*e.image.size, shapes) if bucketing else (size, size)
+            groups.setdefault(key, []).append(i)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        out = []
+        for (bw, bh), members in sorted(groups.items()):
+            tensors, ids = [], []
+            for i in members:
+                img = examples[i].image
+                fitted, top, left = _cover_crop(img, bw, bh)
+                tensors.append(_to_tensor(fitted))
+                # SDXL conditions on the original size and the crop (as SDXL was trained).
+                ids.append(
+                    (img.height, img.width, top, left, bh, bw)
+                    if bucketing
+                    else (size, size, 0, 0, size, size)
+                )
+            latents = self._latents(torch.stack(tensors), gen)
+            cond = self._encode([examples[i].caption for i in members], ids)
+            out.append(_Bucket((bw, bh), latents, cond))
+        return out
 
     # -- adapters -------------------------------------------------------------------------
     #
@@ -485,6 +536,7 @@ class ImageModel:
         resolution: int | None = None,
         seed: int = 0,
         samples: int = 8,
+        bucketing: bool = True,
     ) -> float:
         """Mean noise-prediction loss on ``examples`` over fixed noise and timesteps.
 
@@ -494,18 +546,20 @@ class ImageModel:
         size = resolution or self.native_size
         with self._lock:
             self._activate(lora, 1.0)
-            latents = self._latents([e.image for e in examples], size, seed)
-            cond = self._encode([e.caption for e in examples], size)
+            buckets = self._buckets(examples, size, seed, bucketing)
             sched = DDPMScheduler.from_config(self.pipe.scheduler.config)
             gen = torch.Generator(device="cpu").manual_seed(seed + 1)
             total = 0.0
             for _ in range(samples):
-                noise = torch.randn(latents.shape, generator=gen).to(self.device, latents.dtype)
-                t = torch.randint(
-                    0, sched.config.num_train_timesteps, (len(examples),), generator=gen
-                ).to(self.device)
-                pred, target = self._predict(sched, latents, noise, t, cond, None)
-                total += float(torch.nn.functional.mse_loss(pred.float(), target.float()))
+                for b in buckets:
+                    latents = b.latents
+                    noise = torch.randn(latents.shape, generator=gen).to(self.device, latents.dtype)
+                    t = torch.randint(
+                        0, sched.config.num_train_timesteps, (len(latents),), generator=gen
+                    ).to(self.device)
+                    pred, target = self._predict(sched, latents, noise, t, b.cond, None)
+                    loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+                    total += float(loss) * len(latents) / len(examples)
             if lora is not None:
                 self.pipe.disable_lora()
         return total / samples
@@ -539,13 +593,17 @@ class ImageModel:
         resolution: int | None = None,
         batch_size: int = 1,
         seed: int = 0,
+        bucketing: bool = True,
         metadata: dict[str, str] | None = None,
         on_step: Callable[[int, int, float], None] | None = None,
     ) -> LoraFit:
         """Train a LoRA on the UNet attention projections and save it as safetensors.
 
-        ``on_step(step, steps, loss)`` runs after every step (progress, cancellation: an
-        exception it raises stops training, and the base model is left clean either way).
+        With ``bucketing`` each image keeps its shape: it trains in the aspect-ratio bucket
+        nearest to it (about ``resolution``² pixels), a batch drawing from one bucket;
+        without, every image is center-cropped to a square. ``on_step(step, steps, loss)``
+        runs after every step (progress, cancellation: an exception it raises stops
+        training, and the base model is left clean either way).
         """
         if not examples:
             raise ModelError("no training images")
@@ -555,9 +613,7 @@ class ImageModel:
             self._reconcile()
             if self._adapters:
                 self.pipe.disable_lora()
-            with torch.no_grad():
-                latents = self._latents([e.image for e in examples], size, seed)
-                cond = self._encode([e.caption for e in examples], size)
+            buckets = self._buckets(examples, size, seed, bucketing)
             try:
                 # Inside the try: an adapter half-added by a failure here is removed below.
                 # Its initial weights come from ``seed``, not from the global RNG, so one
@@ -581,9 +637,7 @@ class ImageModel:
                     # Trainable weights stay float32 even on a half-precision base.
                     p.data = p.data.float()
                     p.requires_grad_(True)
-                losses = self._fit(
-                    params, latents, cond, steps, learning_rate, batch_size, seed, on_step
-                )
+                losses = self._fit(params, buckets, steps, learning_rate, batch_size, seed, on_step)
                 tensors = kohya_lora_state(
                     get_peft_model_state_dict(unet, adapter_name=_FIT_ADAPTER)
                 )
@@ -600,6 +654,7 @@ class ImageModel:
             "rank": str(rank),
             "steps": str(steps),
             "resolution": str(size),
+            "buckets": " ".join(f"{w}x{h}" for w, h in (b.size for b in buckets)),
             "base_model": self.label,
             **(metadata or {}),
         }
@@ -612,8 +667,7 @@ class ImageModel:
     def _fit(
         self,
         params: list[torch.nn.Parameter],
-        latents: torch.Tensor,
-        cond: _Conditioning,
+        buckets: list[_Bucket],
         steps: int,
         learning_rate: float,
         batch_size: int,
@@ -625,19 +679,24 @@ class ImageModel:
         optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-2)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         autocast = self.device.type == "cuda" and self.dtype != torch.float32
-        n = latents.shape[0]
+        # A bucket is drawn in proportion to its images: each image is seen equally often.
+        weights = torch.tensor([float(len(b.latents)) for b in buckets])
         losses: list[float] = []
         unet.train()
         try:
             for step in range(1, steps + 1):
+                b = buckets[0]
+                if len(buckets) > 1:
+                    b = buckets[int(torch.multinomial(weights, 1, generator=gen))]
+                n = b.latents.shape[0]
                 idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(self.device)
-                batch = latents[idx]
+                batch = b.latents[idx]
                 noise = torch.randn(batch.shape, generator=gen).to(self.device, batch.dtype)
                 t = torch.randint(
                     0, sched.config.num_train_timesteps, (batch.shape[0],), generator=gen
                 ).to(self.device)
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
-                    pred, target = self._predict(sched, batch, noise, t, cond, idx)
+                    pred, target = self._predict(sched, batch, noise, t, b.cond, idx)
                 loss = torch.nn.functional.mse_loss(pred.float(), target.float())
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -651,17 +710,17 @@ class ImageModel:
         return losses
 
 
-def _square(image: Image.Image, size: int) -> Image.Image:
-    """Resize the short side to ``size`` and center-crop to a square."""
+def _cover_crop(image: Image.Image, width: int, height: int) -> tuple[Image.Image, int, int]:
+    """Resize to cover ``width`` x ``height`` and center-crop the excess; the crop's top, left."""
     image = image.convert("RGB")
     w, h = image.size
-    scale = size / min(w, h)
+    scale = max(width / w, height / h)
     resized = image.resize(
-        (max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC
+        (max(width, round(w * scale)), max(height, round(h * scale))), Image.Resampling.BICUBIC
     )
-    left = (resized.width - size) // 2
-    top = (resized.height - size) // 2
-    return resized.crop((left, top, left + size, top + size))
+    left = (resized.width - width) // 2
+    top = (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height)), top, left
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:

@@ -52,3 +52,26 @@ def aspect_size(ratio: str, side: int, multiple: int) -> tuple[int, int]:
         return max(multiple, round(x / multiple) * multiple)
 
     return snap(side * math.sqrt(r)), snap(side / math.sqrt(r))
+
+
+def training_buckets(side: int, multiple: int, max_ratio: float = 2.0) -> list[tuple[int, int]]:
+    """Aspect-ratio buckets (width, height) of at most ``side``² pixels, kohya-style.
+
+    Every width from ``side / max_ratio`` up in steps of ``multiple``, each with the
+    largest height that keeps the area; shapes longer than ``max_ratio`` are left out.
+    """
+    buckets: set[tuple[int, int]] = set()
+    w = max(multiple, (int(side / max_ratio) // multiple) * multiple)
+    while w <= side * max_ratio:
+        h = (side * side // w) // multiple * multiple
+        if h >= multiple and max(w / h, h / w) <= max_ratio:
+            buckets.update({(w, h), (h, w)})
+        w += multiple
+    buckets.add((side, side))
+    return sorted(buckets)
+
+
+def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose shape is closest to ``width`` x ``height`` (log aspect ratio)."""
+    target = math.log(width / height)
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - target), -b[0] * b[1]))
