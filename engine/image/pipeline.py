@@ -643,6 +643,8 @@ class ImageModel:
                 )
             finally:
                 # The fit adapter leaves and the loaded LoRAs stay, as before the training.
+                if _FIT_ADAPTER in self._held_adapters():
+                    self._delete_adapters([_FIT_ADAPTER])
                 self._reconcile()
                 self._freeze()
         info = {

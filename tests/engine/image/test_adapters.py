@@ -181,7 +181,7 @@ def test_a_failed_training_in_between_poisons_nothing(reference: Reference, tmp_
 
 
 def test_an_adapter_left_behind_by_a_crashed_training_is_cleared(
-    reference: Reference, tmp_path: Path
+    reference: Reference, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """What the old code left after a failure inside ``add_adapter``: a stray adapter."""
     from peft import LoraConfig
@@ -194,10 +194,18 @@ def test_an_adapter_left_behind_by_a_crashed_training_is_cleared(
         LoraConfig(r=2, lora_alpha=2, target_modules=list(LORA_TARGETS)), adapter_name="tada_fit"
     )
     dest = tmp_path / "b.safetensors"
-    model.train_lora(B, dest, seed=1, **TRAIN)
+    with caplog.at_level("WARNING", logger="engine.image.pipeline"):
+        model.train_lora(B, dest, seed=1, **TRAIN)
     same_file(dest, reference.b)
     assert_clean(model)
     check_image(model, reference.a, reference.a_image)
+    assert [r.getMessage() for r in caplog.records if "stray" in r.getMessage()] == [
+        "image model: removing stray adapters ['tada_fit']"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="engine.image.pipeline"):
+        model.train_lora(B, dest, seed=1, **TRAIN)  # an ordinary training has no strays
+    assert not [r for r in caplog.records if "stray" in r.getMessage()]
 
 
 def test_a_lora_that_fails_to_load_leaves_nothing_half_loaded(
