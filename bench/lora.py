@@ -11,6 +11,12 @@ naming the device.
     python bench/lora.py [--train-steps 30] [--gen-steps 30] [--runs 3]
     python bench/lora.py --base-model /models/sdxl-base --device cuda
     python bench/lora.py --sdxl-unet --device cuda [--compile]
+    python bench/lora.py --buckets [--arch sdxl]   # square crops vs buckets vs no cache
+
+``--buckets`` trains the same mixed-shape set three ways in one process, interleaved run
+by run: center-cropped squares (the loop before bucketing), aspect-ratio buckets, and
+buckets with the VAE and text encoders run again on every step's batch (what training
+costs without cached latents and text embeddings).
 """
 
 from __future__ import annotations
@@ -135,6 +141,93 @@ def bench_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def mixed_images(n: int, size: int) -> list[Image.Image]:
+    """Photos as members send them: landscape, portrait and square, larger than the model."""
+    shapes = ((3, 2), (2, 3), (1, 1), (16, 9), (9, 16), (4, 3))
+    images = []
+    for i, img in enumerate(sample_images(n, 2 * size)):
+        a, b = shapes[i % len(shapes)]
+        scale = 2 * size / max(a, b)
+        images.append(img.resize((round(a * scale), round(b * scale))))
+    return images
+
+
+def bench_buckets(args: argparse.Namespace) -> dict[str, Any]:
+    """Steps/s of square crops, buckets, and buckets without the latent/text cache."""
+    settings = ImageSettings(device=args.device, dtype=args.dtype, tiny_arch=args.arch)
+    model = ImageModel.from_settings(settings)
+    size = args.resolution or model.native_size
+    examples = [TrainImage(img, "tadz, a disc") for img in mixed_images(12, size)]
+    batch_size = 2
+    ways = ("square", "buckets", "buckets_no_cache")
+    rates: dict[str, list[float]] = {w: [] for w in ways}
+    walls: dict[str, list[float]] = {w: [] for w in ways}
+    buckets_used = ""
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in range(args.runs):
+            for way in ways:
+                stamps: list[float] = []
+
+                def on_step(
+                    step: int, steps: int, loss: float, way: str = way, stamps: list[float] = stamps
+                ) -> None:
+                    if way == "buckets_no_cache":
+                        # An uncached trainer decodes nothing more, but encodes the step's
+                        # batch (VAE + text encoders) before its forward pass.
+                        batch = [
+                            examples[(step * batch_size + j) % len(examples)]
+                            for j in range(batch_size)
+                        ]
+                        model._buckets(batch, size, step, True)
+                    sync(model.device)
+                    stamps.append(time.perf_counter())
+
+                t0 = time.perf_counter()
+                fit = model.train_lora(
+                    examples,
+                    Path(tmp) / f"{way}.safetensors",
+                    rank=args.rank,
+                    steps=args.train_steps,
+                    learning_rate=1e-4,
+                    resolution=size,
+                    batch_size=batch_size,
+                    seed=run,
+                    bucketing=way != "square",
+                    on_step=on_step,
+                )
+                walls[way].append(time.perf_counter() - t0)
+                timed = stamps[1:]
+                rates[way].append((len(timed) - 1) / (timed[-1] - timed[0]))
+                if way == "buckets":
+                    from safetensors import safe_open
+
+                    with safe_open(str(fit.path), "pt") as fh:
+                        buckets_used = fh.metadata()["buckets"]
+    med = {w: statistics.median(rates[w]) for w in ways}
+    return {
+        "mode": "buckets",
+        "model": model.label,
+        "device": device_name(model.device),
+        "resolution": size,
+        "images": len(examples),
+        "image_shapes": "3:2, 2:3, 1:1, 16:9, 9:16, 4:3 at twice the resolution",
+        "buckets": buckets_used,
+        "batch_size": batch_size,
+        "lora_rank": args.rank,
+        "train_steps": args.train_steps,
+        "runs": args.runs,
+        "train_steps_per_s_square": round(med["square"], 2),
+        "train_steps_per_s_buckets": round(med["buckets"], 2),
+        "train_steps_per_s_buckets_no_cache": round(med["buckets_no_cache"], 2),
+        "buckets_vs_square": round(med["buckets"] / med["square"], 3),
+        "cache_speedup": round(med["buckets"] / med["buckets_no_cache"], 3),
+        "train_wall_s_square": round(statistics.median(walls["square"]), 3),
+        "train_wall_s_buckets": round(statistics.median(walls["buckets"]), 3),
+        "all_runs_steps_per_s": {w: [round(r, 2) for r in rates[w]] for w in ways},
+    }
+
+
 def bench_sdxl_unet(args: argparse.Namespace) -> dict[str, Any]:
     """An SDXL UNet from config (random weights): 30-step CFG denoising and LoRA training."""
     from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
@@ -234,6 +327,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base-model", type=Path, default=None)
     parser.add_argument("--sdxl-unet", action="store_true")
+    parser.add_argument("--buckets", action="store_true", help="square vs buckets vs no cache")
     parser.add_argument("--arch", choices=("sd15", "sdxl"), default="sd15", help="tiny layout")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -245,7 +339,10 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile (sdxl-unet)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    result = bench_sdxl_unet(args) if args.sdxl_unet else bench_pipeline(args)
+    if args.buckets:
+        result = bench_buckets(args)
+    else:
+        result = bench_sdxl_unet(args) if args.sdxl_unet else bench_pipeline(args)
     result |= {
         "torch": torch.__version__,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -257,6 +354,8 @@ def main() -> int:
     )
     if not args.sdxl_unet and args.arch == "sdxl" and not args.base_model:
         name = "lora-tiny-sdxl"
+    if args.buckets:
+        name = "lora-buckets" if args.arch == "sd15" else "lora-buckets-sdxl"
     out = args.out or RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -38,9 +38,7 @@ async def _demo(
     base: str,
 ) -> LoraGeneration:
     _require_demo(services, name)
-    return await image_service.run_generation(
-        services, session, base, user_id, body.prompt, demo=name
-    )
+    return await image_service.run_generation(services, session, base, user_id, body, demo=name)
 
 
 @router.post("/tadz", response_model=LoraGeneration)

@@ -118,9 +118,7 @@ async def generate_with_upload(
 ) -> LoraGeneration:
     """Generate an image with the LoRA trained on ``upload_id`` (waits for the image)."""
     lora = await image_service.ready_lora(session, user.id, upload_id)
-    return await image_service.run_generation(
-        services, session, base, user.id, body.prompt, lora=lora
-    )
+    return await image_service.run_generation(services, session, base, user.id, body, lora=lora)
 
 
 @router.post("/{lora_id}/generations", response_model=LoraGeneration)
@@ -134,9 +132,7 @@ async def generate_with_lora(
 ) -> LoraGeneration:
     """Generate an image with a LoRA (its training id or its upload id; waits for the image)."""
     lora = await image_service.ready_lora(session, user.id, lora_id)
-    return await image_service.run_generation(
-        services, session, base, user.id, body.prompt, lora=lora
-    )
+    return await image_service.run_generation(services, session, base, user.id, body, lora=lora)
 
 
 @router.get("/{lora_id}/generations", response_model=list[LoraGeneration])

@@ -6,6 +6,7 @@ loads the base model on its first job and keeps it; LoRAs are swapped in as adap
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 
-from engine.image.enhancer import PromptEnhancer, build_enhancer
+from engine.image.enhancer import EnhancedPrompt, EnhancerSource, PromptEnhancer, build_enhancer
 from engine.image.models import LoraGenerationRow, LoraTrainingRow
 from engine.image.settings import ImageSettings, image_settings
 from engine.image.types import ModelError
@@ -102,6 +103,7 @@ class ImageBackend:
                 resolution=cfg.resolution,
                 batch_size=cfg.batch_size,
                 seed=cfg.seed,
+                bucketing=cfg.bucketing,
                 metadata={"trigger_word": trigger, "training_id": training_id},
                 on_step=on_step,
             )
@@ -145,8 +147,23 @@ class ImageBackend:
         if not lora_path.is_file():
             raise JobFailed(f"the LoRA file {lora_path.name} is missing")
         seed = int(p["seed"])
-        enhanced = self.enhancer.enhance(str(p["prompt"]), trigger, seed)
+        if "enhanced_prompt" in p:  # a variation: its parent's prompt as the model got it
+            enhanced = EnhancedPrompt(
+                str(p["enhanced_prompt"]),
+                str(p["full_negative_prompt"]),
+                EnhancerSource(str(p["enhancer"])),
+            )
+        else:
+            enhanced = self.enhancer.enhance(str(p["prompt"]), trigger, seed)
+            if p.get("negative_prompt"):
+                negative = f"{p['negative_prompt']}, {enhanced.negative_prompt}"
+                enhanced = dataclasses.replace(enhanced, negative_prompt=negative)
         model = self.model()
+        width, height = gen_cfg.width, gen_cfg.height
+        if "width" in p and "height" in p:
+            width, height = int(p["width"]), int(p["height"])
+        elif p.get("aspect_ratio"):
+            width, height = model.aspect_size(str(p["aspect_ratio"]), width, height)
         try:
             pixels = model.generate(
                 enhanced.prompt,
@@ -156,8 +173,8 @@ class ImageBackend:
                 seed=seed,
                 steps=gen_cfg.steps,
                 guidance_scale=gen_cfg.guidance_scale,
-                width=gen_cfg.width,
-                height=gen_cfg.height,
+                width=width,
+                height=height,
             )
         except ModelError as exc:
             raise JobFailed(str(exc)) from exc
@@ -186,6 +203,7 @@ class ImageBackend:
                         height=height,
                         model=model.label,
                         image_key=image_key,
+                        variation_of=p.get("variation_of"),
                     )
                 )
         return {"generation_id": generation_id, "image_key": image_key}

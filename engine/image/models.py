@@ -60,3 +60,5 @@ class LoraGenerationRow(Base):
     model: Mapped[str] = mapped_column(String(255))
     image_key: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The generation this one varies (same prompt, new seed); an id of the same member.
+    variation_of: Mapped[str | None] = mapped_column(String(36), nullable=True)

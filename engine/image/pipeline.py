@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -30,11 +31,11 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from diffusers.utils import convert_state_dict_to_diffusers
+from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -43,7 +44,14 @@ from transformers import (
 )
 
 from engine.image.settings import TINY_MODEL_LABEL, ImageSettings
-from engine.image.types import LoraFit, ModelError, TrainImage
+from engine.image.types import (
+    LoraFit,
+    ModelError,
+    TrainImage,
+    aspect_size,
+    nearest_bucket,
+    training_buckets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,8 @@ Pipeline = Any
 Scheduler = Any
 # Adapter name used while training; never "train" (it would shadow nn.Module.train).
 _FIT_ADAPTER = "tada_fit"
+# ``format`` in the metadata of the LoRA files we write (older ones say "diffusers-lora").
+LORA_FILE_FORMAT = "kohya-lora"
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,15 @@ class _Conditioning:
 
     def select(self, idx: torch.Tensor) -> torch.Tensor:
         return self.embeds[idx]
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    """Training examples of one shape, encoded: latents and their text conditioning."""
+
+    size: tuple[int, int]  # width, height in pixels
+    latents: torch.Tensor
+    cond: _Conditioning
 
 
 def _byte_level_alphabet() -> list[str]:
@@ -249,6 +268,20 @@ def load_checkpoint(path: Path, dtype: torch.dtype) -> Pipeline:
     )
 
 
+def kohya_lora_state(unet_peft_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A UNet LoRA (peft's state dict) in kohya's key style, the one LoRA files are shared in.
+
+    ``lora_unet_<module path with underscores>.lora_down.weight`` / ``.lora_up.weight`` /
+    ``.alpha``, the module paths being diffusers' (as kohya sd-scripts writes SD 1.x LoRAs):
+    diffusers' ``load_lora_weights`` converts it back, ComfyUI and A1111 read it as is.
+    """
+    prefixed = {f"unet.{k}": v for k, v in unet_peft_state.items()}
+    return {
+        k: v.detach().to("cpu", torch.float32).contiguous()
+        for k, v in convert_state_dict_to_kohya(prefixed).items()
+    }
+
+
 def lora_fingerprint(path: Path) -> str:
     """A short id for a LoRA file's current content: its adapter name in the pipeline."""
     stat = path.stat()
@@ -296,25 +329,32 @@ class ImageModel:
         model.max_adapters = settings.generation.max_loaded_adapters
         return model
 
+    def aspect_size(
+        self, ratio: str, width: int | None = None, height: int | None = None
+    ) -> tuple[int, int]:
+        """The size of ``ratio`` for this model, about as many pixels as ``width`` x ``height``
+        (default: the native square)."""
+        side = round(math.sqrt((width or self.native_size) * (height or self.native_size)))
+        return aspect_size(ratio, side, self._multiple())
+
     # -- conditioning ---------------------------------------------------------------------
 
-    def _encode(self, prompts: Sequence[str], size: int) -> _Conditioning:
+    def _encode(self, prompts: Sequence[str], ids: Sequence[Sequence[int]]) -> _Conditioning:
+        """Text conditioning; ``ids`` per prompt are SDXL's size/crop conditioning:
+        original height and width, crop top and left, target height and width."""
         if self.is_xl:
             embeds, _, pooled, _ = self.pipe.encode_prompt(
                 list(prompts), device=self.device, do_classifier_free_guidance=False
             )
-            ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=embeds.dtype)
-            time_ids = ids.repeat(len(prompts), 1).to(self.device)
+            time_ids = torch.tensor([list(r) for r in ids], dtype=embeds.dtype).to(self.device)
             return _Conditioning(embeds, pooled, time_ids)
         embeds, _ = self.pipe.encode_prompt(
             list(prompts), self.device, 1, do_classifier_free_guidance=False
         )
         return _Conditioning(embeds, None, None)
 
-    def _latents(self, images: Sequence[Image.Image], size: int, seed: int) -> torch.Tensor:
+    def _latents(self, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         vae = self.pipe.vae
-        batch = torch.stack([_to_tensor(_square(img, size)) for img in images])
-        gen = torch.Generator(device="cpu").manual_seed(seed)
         out = []
         # VAE encode in small chunks: a 50-image SDXL batch at 1024 px would not fit at once.
         for chunk in batch.split(4):
@@ -325,7 +365,81 @@ class ImageModel:
         shift = getattr(vae.config, "shift_factor", None)
         return latents - shift * vae.config.scaling_factor if shift else latents
 
+    def _multiple(self) -> int:
+        # What the VAE and the UNet's downsamplings divide exactly; diffusers wants 8 too.
+        down = len(self.pipe.unet.config.block_out_channels) - 1
+        return math.lcm(8, int(self.pipe.vae_scale_factor) * 2**down)
+
+    @torch.no_grad()
+    def _buckets(
+        self, examples: Sequence[TrainImage], size: int, seed: int, bucketing: bool
+    ) -> list[_Bucket]:
+        """The examples encoded once (latents and text), grouped by aspect-ratio bucket.
+
+        Encoded before the first step and reused by every step: the VAE and the text
+        encoders never run in the training loop. Without ``bucketing`` every image is a
+        center-cropped square of ``size``.
+        """
+        shapes = training_buckets(size, self._multiple()) if bucketing else [(size, size)]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, e in enumerate(examples):
+            key = nearest_bucket(*e.image.size, shapes) if bucketing else (size, size)
+            groups.setdefault(key, []).append(i)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        out = []
+        for (bw, bh), members in sorted(groups.items()):
+            tensors, ids = [], []
+            for i in members:
+                img = examples[i].image
+                fitted, top, left = _cover_crop(img, bw, bh)
+                tensors.append(_to_tensor(fitted))
+                # SDXL conditions on the original size and the crop (as SDXL was trained).
+                ids.append(
+                    (img.height, img.width, top, left, bh, bw)
+                    if bucketing
+                    else (size, size, 0, 0, size, size)
+                )
+            latents = self._latents(torch.stack(tensors), gen)
+            cond = self._encode([examples[i].caption for i in members], ids)
+            out.append(_Bucket((bw, bh), latents, cond))
+        return out
+
     # -- adapters -------------------------------------------------------------------------
+    #
+    # What holds between jobs, whatever ran before and however it ended: the pipeline holds
+    # exactly the adapters in ``self._adapters`` (no training adapter, nothing half-loaded),
+    # no parameter requires grad, and no parameter is an inference tensor (a module built
+    # under ``torch.inference_mode`` cannot be trained later). Every entry point restores it.
+
+    def _held_adapters(self) -> set[str]:
+        return {a for names in self.pipe.get_list_adapters().values() for a in names}
+
+    def _reconcile(self) -> None:
+        """Drop any adapter the pipeline holds that is not a loaded LoRA (a crash's leftovers)."""
+        stray = sorted(self._held_adapters() - set(self._adapters))
+        if stray:
+            log.warning("image model: removing stray adapters %s", stray)
+            self._delete_adapters(stray)
+
+    def _delete_adapters(self, names: list[str]) -> None:
+        self.pipe.delete_adapters(names)
+        # A failed injection can leave a config entry without layers; drop those too.
+        for module in self._components():
+            config = getattr(module, "peft_config", None)
+            if config is not None:
+                for name in names:
+                    config.pop(name, None)
+
+    def _components(self) -> list[torch.nn.Module]:
+        found = [self.pipe.unet, self.pipe.vae, self.pipe.text_encoder]
+        if self.is_xl:
+            found.append(self.pipe.text_encoder_2)
+        return found
+
+    def _freeze(self) -> None:
+        # peft's set_adapter marks the active adapter trainable; nothing is trained here.
+        for module in self._components():
+            module.requires_grad_(False)
 
     def _load_adapter(self, path: Path) -> str:
         name = lora_fingerprint(path)
@@ -333,11 +447,18 @@ class ImageModel:
             self._adapters.move_to_end(name)
         else:
             try:
-                state = load_file(str(path), device="cpu")
-                self.pipe.load_lora_weights(state, adapter_name=name)
+                # From the file, not a loaded dict: diffusers then reads the adapter metadata
+                # (lora_alpha) that LoRAs saved by diffusers keep in the safetensors header.
+                self.pipe.load_lora_weights(
+                    str(path.parent),
+                    weight_name=path.name,
+                    adapter_name=name,
+                    use_safetensors=True,
+                    local_files_only=True,
+                )
             except Exception as exc:
                 with contextlib.suppress(Exception):  # drop whatever half-loaded
-                    self.pipe.delete_adapters([name])
+                    self._delete_adapters([name])
                 raise ModelError(
                     f"the LoRA {path.name} does not fit the base model: {exc}"
                 ) from exc
@@ -345,17 +466,24 @@ class ImageModel:
         # Least recently used adapters leave first: each holds accelerator memory.
         while len(self._adapters) > self.max_adapters:
             old, _ = self._adapters.popitem(last=False)
-            self.pipe.delete_adapters([old])
+            self._delete_adapters([old])
         return name
 
     def _activate(self, lora: Path | None, weight: float) -> None:
-        if lora is None:
-            if self._adapters:
-                self.pipe.disable_lora()
-            return
-        name = self._load_adapter(lora)
-        self.pipe.enable_lora()
-        self.pipe.set_adapters([name], [weight])
+        # Adapter weights made here outlive the call: never as inference tensors, even when
+        # a caller runs in inference mode.
+        with torch.inference_mode(False):
+            try:
+                self._reconcile()
+                if lora is None:
+                    if self._adapters:
+                        self.pipe.disable_lora()
+                    return
+                name = self._load_adapter(lora)
+                self.pipe.enable_lora()
+                self.pipe.set_adapters([name], [weight])
+            finally:
+                self._freeze()
 
     def loaded_adapters(self) -> list[str]:
         """Adapter names currently held in the pipeline (least recently used first)."""
@@ -364,7 +492,9 @@ class ImageModel:
 
     # -- generation -----------------------------------------------------------------------
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: tensors made during a generation (adapter weights,
+    # scheduler state) must stay usable by a later training.
+    @torch.no_grad()
     def generate(
         self,
         prompt: str,
@@ -406,6 +536,7 @@ class ImageModel:
         resolution: int | None = None,
         seed: int = 0,
         samples: int = 8,
+        bucketing: bool = True,
     ) -> float:
         """Mean noise-prediction loss on ``examples`` over fixed noise and timesteps.
 
@@ -415,18 +546,20 @@ class ImageModel:
         size = resolution or self.native_size
         with self._lock:
             self._activate(lora, 1.0)
-            latents = self._latents([e.image for e in examples], size, seed)
-            cond = self._encode([e.caption for e in examples], size)
+            buckets = self._buckets(examples, size, seed, bucketing)
             sched = DDPMScheduler.from_config(self.pipe.scheduler.config)
             gen = torch.Generator(device="cpu").manual_seed(seed + 1)
             total = 0.0
             for _ in range(samples):
-                noise = torch.randn(latents.shape, generator=gen).to(self.device, latents.dtype)
-                t = torch.randint(
-                    0, sched.config.num_train_timesteps, (len(examples),), generator=gen
-                ).to(self.device)
-                pred, target = self._predict(sched, latents, noise, t, cond, None)
-                total += float(torch.nn.functional.mse_loss(pred.float(), target.float()))
+                for b in buckets:
+                    latents = b.latents
+                    noise = torch.randn(latents.shape, generator=gen).to(self.device, latents.dtype)
+                    t = torch.randint(
+                        0, sched.config.num_train_timesteps, (len(latents),), generator=gen
+                    ).to(self.device)
+                    pred, target = self._predict(sched, latents, noise, t, b.cond, None)
+                    loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+                    total += float(loss) * len(latents) / len(examples)
             if lora is not None:
                 self.pipe.disable_lora()
         return total / samples
@@ -460,59 +593,70 @@ class ImageModel:
         resolution: int | None = None,
         batch_size: int = 1,
         seed: int = 0,
+        bucketing: bool = True,
         metadata: dict[str, str] | None = None,
         on_step: Callable[[int, int, float], None] | None = None,
     ) -> LoraFit:
         """Train a LoRA on the UNet attention projections and save it as safetensors.
 
-        ``on_step(step, steps, loss)`` runs after every step (progress, cancellation: an
-        exception it raises stops training, and the base model is left clean either way).
+        With ``bucketing`` each image keeps its shape: it trains in the aspect-ratio bucket
+        nearest to it (about ``resolution``² pixels), a batch drawing from one bucket;
+        without, every image is center-cropped to a square. ``on_step(step, steps, loss)``
+        runs after every step (progress, cancellation: an exception it raises stops
+        training, and the base model is left clean either way).
         """
         if not examples:
             raise ModelError("no training images")
         size = resolution or self.native_size
         unet = self.pipe.unet
-        with self._lock:
+        with self._lock, torch.inference_mode(False):
+            self._reconcile()
             if self._adapters:
                 self.pipe.disable_lora()
-            latents = self._latents([e.image for e in examples], size, seed)
-            with torch.no_grad():
-                cond = self._encode([e.caption for e in examples], size)
-            unet.add_adapter(
-                LoraConfig(
-                    r=rank,
-                    lora_alpha=rank,
-                    init_lora_weights="gaussian",
-                    target_modules=list(LORA_TARGETS),
-                ),
-                adapter_name=_FIT_ADAPTER,
-            )
+            buckets = self._buckets(examples, size, seed, bucketing)
             try:
+                # Inside the try: an adapter half-added by a failure here is removed below.
+                # Its initial weights come from ``seed``, not from the global RNG, so one
+                # request trains the same LoRA whatever the worker did before.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    unet.add_adapter(
+                        LoraConfig(
+                            r=rank,
+                            lora_alpha=rank,
+                            init_lora_weights="gaussian",
+                            target_modules=list(LORA_TARGETS),
+                        ),
+                        adapter_name=_FIT_ADAPTER,
+                    )
                 unet.enable_adapters()
                 unet.set_adapter(_FIT_ADAPTER)
+                self._freeze()
                 params = [p for n, p in unet.named_parameters() if f".{_FIT_ADAPTER}." in n]
                 for p in params:
                     # Trainable weights stay float32 even on a half-precision base.
                     p.data = p.data.float()
                     p.requires_grad_(True)
-                losses = self._fit(
-                    params, latents, cond, steps, learning_rate, batch_size, seed, on_step
-                )
-                state = convert_state_dict_to_diffusers(
+                losses = self._fit(params, buckets, steps, learning_rate, batch_size, seed, on_step)
+                tensors = kohya_lora_state(
                     get_peft_model_state_dict(unet, adapter_name=_FIT_ADAPTER)
                 )
-                tensors = {
-                    f"unet.{k}": v.detach().to("cpu", torch.float32).contiguous()
-                    for k, v in state.items()
-                }
             finally:
-                unet.delete_adapters(_FIT_ADAPTER)
-                unet.requires_grad_(False)
+                # The fit adapter leaves and the loaded LoRAs stay, as before the training.
+                if _FIT_ADAPTER in self._held_adapters():
+                    self._delete_adapters([_FIT_ADAPTER])
+                self._reconcile()
+                self._freeze()
         info = {
-            "format": "diffusers-lora",
+            "format": LORA_FILE_FORMAT,
+            # kohya's own metadata, which A1111 and LoRA managers show.
+            "ss_network_module": "networks.lora",
+            "ss_network_dim": str(rank),
+            "ss_network_alpha": str(rank),
             "rank": str(rank),
             "steps": str(steps),
             "resolution": str(size),
+            "buckets": " ".join(f"{w}x{h}" for w, h in (b.size for b in buckets)),
             "base_model": self.label,
             **(metadata or {}),
         }
@@ -525,8 +669,7 @@ class ImageModel:
     def _fit(
         self,
         params: list[torch.nn.Parameter],
-        latents: torch.Tensor,
-        cond: _Conditioning,
+        buckets: list[_Bucket],
         steps: int,
         learning_rate: float,
         batch_size: int,
@@ -538,19 +681,24 @@ class ImageModel:
         optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-2)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         autocast = self.device.type == "cuda" and self.dtype != torch.float32
-        n = latents.shape[0]
+        # A bucket is drawn in proportion to its images: each image is seen equally often.
+        weights = torch.tensor([float(len(b.latents)) for b in buckets])
         losses: list[float] = []
         unet.train()
         try:
             for step in range(1, steps + 1):
+                b = buckets[0]
+                if len(buckets) > 1:
+                    b = buckets[int(torch.multinomial(weights, 1, generator=gen))]
+                n = b.latents.shape[0]
                 idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(self.device)
-                batch = latents[idx]
+                batch = b.latents[idx]
                 noise = torch.randn(batch.shape, generator=gen).to(self.device, batch.dtype)
                 t = torch.randint(
                     0, sched.config.num_train_timesteps, (batch.shape[0],), generator=gen
                 ).to(self.device)
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
-                    pred, target = self._predict(sched, batch, noise, t, cond, idx)
+                    pred, target = self._predict(sched, batch, noise, t, b.cond, idx)
                 loss = torch.nn.functional.mse_loss(pred.float(), target.float())
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -564,17 +712,17 @@ class ImageModel:
         return losses
 
 
-def _square(image: Image.Image, size: int) -> Image.Image:
-    """Resize the short side to ``size`` and center-crop to a square."""
+def _cover_crop(image: Image.Image, width: int, height: int) -> tuple[Image.Image, int, int]:
+    """Resize to cover ``width`` x ``height`` and center-crop the excess; the crop's top, left."""
     image = image.convert("RGB")
     w, h = image.size
-    scale = size / min(w, h)
+    scale = max(width / w, height / h)
     resized = image.resize(
-        (max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC
+        (max(width, round(w * scale)), max(height, round(h * scale))), Image.Resampling.BICUBIC
     )
-    left = (resized.width - size) // 2
-    top = (resized.height - size) // 2
-    return resized.crop((left, top, left + size, top + size))
+    left = (resized.width - width) // 2
+    top = (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height)), top, left
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:

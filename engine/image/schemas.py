@@ -6,8 +6,17 @@ from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import JsonDict
 
+from engine.image.types import AspectRatio
 from engine.models import JobStatus
+
+# Seeds fit a signed 32-bit column (PostgreSQL's INTEGER).
+MAX_SEED = 2**31 - 1
+# OpenAPI marker of what the hosted Ta-da API does not have: a client reads our document
+# (x-tada-extension: true) to know which controls this API offers.
+EXTENSION: JsonDict = {"x-tada-extension": True}
+_EXT = "Engine extension (not in the hosted Ta-da API). "
 
 
 class TrainingStatus(StrEnum):
@@ -57,9 +66,44 @@ class LoraTrainingList(BaseModel):
 
 
 class GenerateLoraRequest(BaseModel):
-    """Body of the generation and demo endpoints."""
+    """Body of the generation and demo endpoints.
+
+    ``prompt`` is the hosted contract; the other fields are optional engine extensions.
+    """
 
     prompt: str = Field(min_length=1, max_length=1000)
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description=_EXT + "The noise seed; every answer returns the seed it used, and the "
+        "same seed with the same prompt, LoRA and settings draws the same image. "
+        "Default: a random one.",
+        json_schema_extra=EXTENSION,
+    )
+    negative_prompt: str | None = Field(
+        None,
+        max_length=1000,
+        description=_EXT + "What the image should not show; put before the enhancer's "
+        "default negative terms.",
+        json_schema_extra=EXTENSION,
+    )
+    aspect_ratio: AspectRatio | None = Field(
+        None,
+        description=_EXT + "Width:height; the size keeps about the base model's native "
+        "pixel count (e.g. 16:9 is 1344x768 on SDXL, 704x384 on SD 1.5). Default: the "
+        "configured size (square at the native size).",
+        json_schema_extra=EXTENSION,
+    )
+    variation_of: str | None = Field(
+        None,
+        min_length=1,
+        max_length=36,
+        description=_EXT + "Id of one of your generations with the same LoRA (or demo) to "
+        "vary: its prompt as enhanced, negative prompt and size with a new seed; the answer "
+        "records it in `variation_of`. Send its `prompt` and nothing else but this field.",
+        json_schema_extra=EXTENSION,
+    )
 
 
 class LoraGeneration(BaseModel):
@@ -78,3 +122,8 @@ class LoraGeneration(BaseModel):
     width: int
     height: int
     model: str = Field(description="the base model; 'tiny-random ...' draws noise")
+    variation_of: str | None = Field(
+        None,
+        description=_EXT + "The generation this one is a variation of.",
+        json_schema_extra=EXTENSION,
+    )

@@ -15,10 +15,18 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from engine.api.errors import invalid
 from engine.api.jobs import submit_and_wait
 from engine.image.handlers import GENERATE_KIND, TRAIN_KIND
 from engine.image.models import LoraGenerationRow, LoraTrainingRow
-from engine.image.schemas import LoraGeneration, LoraTraining, LoraTrainingList, TrainingStatus
+from engine.image.schemas import (
+    MAX_SEED,
+    GenerateLoraRequest,
+    LoraGeneration,
+    LoraTraining,
+    LoraTrainingList,
+    TrainingStatus,
+)
 from engine.image.settings import ImageSettings, image_settings
 from engine.image.zipcheck import inspect_zip
 from engine.models import (
@@ -224,7 +232,57 @@ def generation_view(services: EngineServices, base: str, row: LoraGenerationRow)
         width=row.width,
         height=row.height,
         model=row.model,
+        variation_of=row.variation_of,
     )
+
+
+async def _variation_payload(
+    session: AsyncSession,
+    user_id: str,
+    request: GenerateLoraRequest,
+    lora: LoraTrainingRow | None,
+    demo: str | None,
+) -> dict[str, Any]:
+    """What a variation takes from its parent; 422 when the request cannot be one."""
+    assert request.variation_of is not None
+    for field in ("seed", "negative_prompt", "aspect_ratio"):
+        if getattr(request, field) is not None:
+            invalid(
+                "body",
+                field,
+                f"a variation takes {field} from the generation it varies; leave {field} out",
+                getattr(request, field),
+            )
+    parent = await session.get(LoraGenerationRow, request.variation_of)
+    if parent is None or parent.user_id != user_id:
+        # Another member's id reads as absent, as everywhere.
+        invalid("body", "variation_of", "no generation of yours has this id", request.variation_of)
+    if (parent.training_id, parent.demo) != (lora.id if lora else None, demo):
+        invalid(
+            "body",
+            "variation_of",
+            "that generation was drawn with another LoRA; vary it through its own LoRA's path",
+            request.variation_of,
+        )
+    if request.prompt != parent.prompt:
+        invalid(
+            "body",
+            "prompt",
+            f"a variation keeps its parent's prompt: send {parent.prompt!r}",
+            request.prompt,
+        )
+    seed = parent.seed
+    while seed == parent.seed:
+        seed = secrets.randbelow(MAX_SEED + 1)
+    return {
+        "seed": seed,
+        "variation_of": parent.id,
+        "enhanced_prompt": parent.enhanced_prompt,
+        "full_negative_prompt": parent.negative_prompt,
+        "enhancer": parent.enhancer,
+        "width": parent.width,
+        "height": parent.height,
+    }
 
 
 async def run_generation(
@@ -232,18 +290,29 @@ async def run_generation(
     session: AsyncSession,
     base: str,
     user_id: str,
-    prompt: str,
+    request: GenerateLoraRequest,
     *,
     lora: LoraTrainingRow | None = None,
     demo: str | None = None,
 ) -> LoraGeneration:
-    """Queue one generation, wait for it (the contract is synchronous), answer it."""
+    """Queue one generation, wait for it (the contract is synchronous), answer it.
+
+    The engine extensions of ``request`` (seed, negative prompt, aspect ratio, variation)
+    travel in the job's payload; the worker maps the aspect ratio to its model's sizes.
+    """
     generation_id = new_id()
-    payload: dict[str, Any] = {
-        "generation_id": generation_id,
-        "prompt": prompt,
-        "seed": secrets.randbelow(2**31),
-    }
+    payload: dict[str, Any] = {"generation_id": generation_id, "prompt": request.prompt}
+    if request.variation_of is not None:
+        payload |= await _variation_payload(session, user_id, request, lora, demo)
+    else:
+        payload["seed"] = (
+            request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        )
+        negative = (request.negative_prompt or "").strip()
+        if negative:
+            payload["negative_prompt"] = negative
+        if request.aspect_ratio is not None:
+            payload["aspect_ratio"] = request.aspect_ratio
     if lora is not None:
         payload |= {
             "training_id": lora.id,

@@ -50,6 +50,10 @@ class TrainingSettings(_Section):
         None, ge=8, le=2048, description="default: the base model's native size"
     )
     batch_size: int = Field(1, ge=1, le=64)
+    bucketing: bool = Field(
+        True,
+        description="aspect-ratio buckets (each image keeps its shape); false: square crops",
+    )
     seed: int = 0
     report_every: int = Field(1, ge=1, description="write progress every N steps")
 

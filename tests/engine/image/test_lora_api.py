@@ -438,3 +438,33 @@ async def test_a_generation_that_outlives_the_wait_is_504_and_appears_later(
         assert await anyio.to_thread.run_sync(worker.drain) == 1
         listed = (await api.get("/api/loras/generations", headers=h(key))).json()
         assert [g["id"] for g in listed] == [promised]
+
+
+async def test_members_train_and_generate_in_any_order_through_one_worker(
+    engine_app: tuple[FastAPI, httpx.AsyncClient], trained: tuple[str, str, dict]
+) -> None:
+    """Issue 12 item 3: after one generation, every later training failed for everyone."""
+    _, api = engine_app
+    alice, a_upload, _ = trained
+
+    async def generate(key: str, upload_id: str) -> None:
+        resp = await api.post(
+            f"/api/loras/generations/{upload_id}", json={"prompt": "a cat"}, headers=h(key)
+        )
+        assert resp.status_code == 200, resp.text
+
+    async def train(key: str, upload_id: str) -> None:
+        started = await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
+        assert started.status_code == 202, started.text
+        final = await wait_final(api, key, upload_id)
+        assert final["status"] == "succeeded", final
+
+    await generate(alice, a_upload)
+    bob = await register(api, "bob@example.com")
+    b_upload = await upload_zip(api, bob, good_zip(5), trigger="pudgy")
+    await train(bob, b_upload)
+    await generate(alice, a_upload)
+    await generate(bob, b_upload)
+    second = await upload_zip(api, alice, good_zip(4))
+    await train(alice, second)
+    await generate(bob, b_upload)

@@ -64,8 +64,9 @@ def test_the_saved_lora_is_safetensors_with_unet_attention_weights(trained: Path
     with safe_open(str(trained), "pt") as fh:
         keys = list(fh.keys())
         meta = fh.metadata()
-    assert keys and all(k.startswith("unet.") for k in keys)
-    assert {k.split(".lora")[0].rsplit(".", 1)[-1] for k in keys} <= {"to_q", "to_k", "to_v", "0"}
+    # kohya's key style (see test_lora_files.py): lora_unet_<module>.lora_down.weight, ...
+    assert keys and all(k.startswith("lora_unet_") for k in keys)
+    assert {k.split(".")[0].rsplit("_", 1)[-1] for k in keys} == {"q", "k", "v", "0"}
     assert meta["rank"] == "4" and meta["trigger_word"] == "tadz"
     assert meta["base_model"] == TINY_MODEL_LABEL
 
