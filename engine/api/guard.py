@@ -135,6 +135,10 @@ class RequestGuard:
             if path.startswith(_UPLOAD_PREFIX):
                 await self.app(scope, stalled_receive, guarded_send)
                 return
+            if not _has_body(scope):
+                # Most reads (GET) carry no body: nothing to bound or replay.
+                await self.app(scope, receive, send)
+                return
             body = await self._read_body(scope, stalled_receive, send)
             if body is None:
                 return
@@ -176,6 +180,13 @@ class RequestGuard:
                 await _answer_invalid(send, ["body", *where])
                 return None
         return body
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", []):
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
