@@ -120,6 +120,26 @@ class LimitSettings(_Section):
     max_speech_chars: int = Field(1000, ge=1, le=5000)
 
 
+REGISTRATION_TOKEN_ENV = "TADA_ENGINE_REGISTRATION_TOKEN"
+
+
+class RegistrationSettings(_Section):
+    """Who may create accounts (``POST /api/users/register``)."""
+
+    # "open": anyone who reaches the engine; "token": only with the X-Registration-Token
+    # header equal to TADA_ENGINE_REGISTRATION_TOKEN; "closed": no new accounts.
+    mode: Literal["open", "token", "closed"] = "open"
+    token: SecretStr | None = None  # from the environment only
+
+    @model_validator(mode="after")
+    def _token_needed(self) -> RegistrationSettings:
+        if self.mode == "token" and not (self.token and len(self.token.get_secret_value()) >= 16):
+            raise ValueError(
+                f"registration.mode = 'token' needs {REGISTRATION_TOKEN_ENV} (16+ characters)"
+            )
+        return self
+
+
 class JobSettings(_Section):
     """The job queue (huey) and its consumer."""
 
@@ -152,6 +172,7 @@ class EngineSettings(_Section):
     # forwarded_allow_ips); empty: none, the socket's peer is the client.
     trusted_proxies: list[str] = Field(default_factory=list)
     limits: LimitSettings = LimitSettings()
+    registration: RegistrationSettings = RegistrationSettings()
     uploads: UploadSettings = UploadSettings()
     jobs: JobSettings = JobSettings()
     # Back-end sections owned by the voice and image packages; validated there.
@@ -228,6 +249,10 @@ def load_engine_settings(
         data["secret_key"] = env[SECRET_ENV]
     if env.get(MODE_ENV):
         data["mode"] = env[MODE_ENV]
+    if env.get(REGISTRATION_TOKEN_ENV):
+        registration = dict(data.get("registration", {}))
+        registration["token"] = env[REGISTRATION_TOKEN_ENV]
+        data["registration"] = registration
     if env.get("TADA_DATA_DIR"):
         data["data_dir"] = env["TADA_DATA_DIR"]
     if env.get("TADA_ENGINE_DATABASE_URL"):

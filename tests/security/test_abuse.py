@@ -440,3 +440,42 @@ def test_serve_believes_forwarded_headers_only_from_configured_proxies(
     cli._serve(make_settings(tmp_path / "b", trusted_proxies=["10.1.2.3"]), None, None)
     assert seen[0]["proxy_headers"] is False
     assert seen[1]["proxy_headers"] is True and seen[1]["forwarded_allow_ips"] == "10.1.2.3"
+
+
+@pytest.mark.parametrize(
+    ("mode", "headers", "status"),
+    [
+        ("open", {}, 200),
+        ("closed", {}, 403),
+        ("token", {}, 403),
+        ("token", {"X-Registration-Token": "wrong-token-wrong-token"}, 403),
+        ("token", {"X-Registration-Token": "s3cret-registration-token"}, 200),
+    ],
+)
+async def test_registration_can_be_closed_or_need_a_token(
+    tmp_path: Path, mode: str, headers: dict[str, str], status: int
+) -> None:
+    from engine.settings import RegistrationSettings
+
+    registration = RegistrationSettings.model_validate(
+        {"mode": mode, "token": "s3cret-registration-token" if mode == "token" else None}
+    )
+    settings = make_settings(tmp_path / "engine", registration=registration)
+    async with running_engine(settings) as (_, api):
+        resp = await api.post(
+            "/api/users/register", params={"email": "x@example.com"}, headers=headers
+        )
+        assert resp.status_code == status, resp.text
+
+
+def test_token_mode_without_a_token_is_refused_at_start(tmp_path: Path) -> None:
+    from engine.settings import SettingsError, load_engine_settings
+
+    config = tmp_path / "c.toml"
+    config.write_text('[engine.registration]\nmode = "token"\n')
+    with pytest.raises(SettingsError, match="TADA_ENGINE_REGISTRATION_TOKEN"):
+        load_engine_settings(config, environ={})
+    ok = load_engine_settings(
+        config, environ={"TADA_ENGINE_REGISTRATION_TOKEN": "a-long-enough-token"}
+    )
+    assert ok.registration.mode == "token"
