@@ -1,10 +1,11 @@
 """Checks and transforms of members' files, before anything reaches Ta-da.
 
-Audio samples are decoded with pydub (ffmpeg from the imageio-ffmpeg wheel turns any
-format into WAV first); image sets are decoded with Pillow, turned upright (EXIF
-orientation), de-duplicated, checked for size and zipped; a contact sheet shows the
-member what was kept. Every function here blocks: callers run them in a thread (the
-``*_async`` wrappers do).
+Audio samples are decoded with pydub (ffmpeg from the imageio-ffmpeg wheel turns the
+other accepted containers into WAV first, with the container detected from the bytes and
+forced, so that a script or playlist posing as audio cannot make it read other files);
+image sets are decoded with Pillow, turned upright (EXIF orientation), de-duplicated,
+checked for size and zipped; a contact sheet shows the member what was kept. Every
+function here blocks: callers run them in a thread (the ``*_async`` wrappers do).
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import io
 import math
 import shutil
 import subprocess
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from bot.errors import UserFacingError
+from engine.voice.container import AudioContainer, ContainerRefused, detect, ffmpeg_input
 
 with warnings.catch_warnings():
     # pydub looks for a system ffmpeg when imported; it only reads WAV here (our ffmpeg
@@ -90,29 +93,54 @@ def ffmpeg_path() -> str:
         return found
 
 
-def _to_wav(data: bytes) -> bytes:
-    proc = subprocess.run(  # our own ffmpeg binary, fixed arguments
-        [
-            ffmpeg_path(),
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-i",
-            "pipe:0",
-            "-f",
-            "wav",
-            "pipe:1",
-        ],
-        input=data,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    if proc.returncode != 0 or not proc.stdout:
+_UNDECODABLE = (
+    "That file could not be decoded as audio. Send a WAV, MP3, OGG, M4A, FLAC or WebM "
+    "recording of your voice."
+)
+
+
+def _container(data: bytes) -> AudioContainer:
+    try:
+        return detect(io.BytesIO(data))
+    except ContainerRefused as exc:
+        if "other files" in str(exc):
+            raise MediaRejected(
+                "That recording refers to media in other files. Send one self-contained "
+                "WAV, MP3, OGG, M4A, FLAC or WebM recording."
+            ) from exc
         raise MediaRejected(
-            "That file could not be decoded as audio. Send a WAV, MP3, OGG, M4A or FLAC "
-            "recording of your voice."
+            "That file could not be decoded as audio: it is not a WAV, MP3, OGG, M4A, FLAC "
+            "or WebM recording."
+        ) from exc
+
+
+def _to_wav(data: bytes, container: AudioContainer, max_seconds: float) -> bytes:
+    # A file, not stdin: an m4a's index often comes last, and reading it needs seeking.
+    # ffmpeg may open that one file only (see engine.voice.container.ffmpeg_input).
+    with tempfile.TemporaryDirectory(prefix="tada-audio-") as tmp:
+        source = Path(tmp) / "sample"
+        source.write_bytes(data)
+        proc = subprocess.run(  # our own ffmpeg binary, fixed arguments
+            [
+                ffmpeg_path(),
+                "-nostdin",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                *ffmpeg_input(container, f"file:{source}"),
+                # Stop just past the limit: hours of low-bitrate audio must not unpack whole.
+                "-t",
+                f"{max_seconds + 1.0:.3f}",
+                "-f",
+                "wav",
+                "pipe:1",
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
         )
+    if proc.returncode != 0 or not proc.stdout:
+        raise MediaRejected(_UNDECODABLE)
     return proc.stdout
 
 
@@ -134,14 +162,13 @@ def check_audio(
         raise MediaRejected(f"That recording is over {max_bytes // (1024 * 1024)} MB.")
     if not data:
         raise MediaRejected("That file is empty.")
-    wav = data if data[:4] == b"RIFF" and data[8:12] == b"WAVE" else _to_wav(data)
+    container = _container(data)
+    # pydub reads WAV itself (in Python); only the other containers go through ffmpeg.
+    wav = data if container is AudioContainer.WAV else _to_wav(data, container, max_seconds)
     try:
         segment = AudioSegment.from_wav(io.BytesIO(wav))
     except Exception as exc:  # pydub raises bare exceptions for broken headers
-        raise MediaRejected(
-            "That file could not be decoded as audio. Send a WAV, MP3, OGG, M4A or FLAC "
-            "recording of your voice."
-        ) from exc
+        raise MediaRejected(_UNDECODABLE) from exc
     seconds = len(segment) / 1000.0
     if seconds < min_seconds:
         raise MediaRejected(
