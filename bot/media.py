@@ -239,8 +239,9 @@ def _decode_one(open_file: Opener, min_side: int, bounds: ImageBounds) -> Image.
             return decode(img, MAX_KEPT_SIDE)
     except NotAnImage as exc:
         raise ImageRefused("could not be decoded") from exc
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ImageRefused("could not be unpacked (its size or checksum is wrong)") from exc
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+        # RuntimeError: an encrypted entry; NotImplementedError: an unknown compression.
+        raise ImageRefused("could not be unpacked from the zip") from exc
 
 
 def _build(

@@ -135,7 +135,9 @@ def decode_cost(img: Image.Image, short_side: int | None) -> int:
         return width * height * _WEBP_BYTES_PER_PIXEL + out
     bpp = _BYTES_PER_PIXEL.get(img.mode, 4)
     converted = 0 if img.mode in _REDUCIBLE else width * height * 4
-    return width * height * bpp + converted + out
+    # Reducing or resizing with alpha works on a premultiplied copy (RGBA -> RGBa).
+    premultiplied = width * height * bpp if img.mode in ("RGBA", "LA") else 0
+    return width * height * bpp + converted + premultiplied + out
 
 
 def check_header(img: Image.Image, bounds: ImageBounds, short_side: int | None) -> ImageHeader:

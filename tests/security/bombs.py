@@ -45,6 +45,17 @@ def palette_png(side: int = 13000, seed: int = 0) -> bytes:
     )
 
 
+def blank_png(side: int, *, alpha: bool) -> bytes:
+    """A real ``side`` x ``side`` RGB or RGBA PNG (black): 3 or 4 bytes a pixel decoded."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 6 if alpha else 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", _blank_rows(side, side, 4 if alpha else 3))
+        + _chunk(b"IEND", b"")
+    )
+
+
 def rgba_png_header_only(width: int, height: int) -> bytes:
     """An RGBA PNG that declares ``width`` x ``height`` but holds one row (truncated data)."""
     comp = zlib.compress(b"\0" * (width * 4 + 1))
@@ -128,7 +139,15 @@ def animated_gif(frames: int = 500, side: int = 400) -> bytes:
 def animated_webp(frames: int = 60, side: int = 512) -> bytes:
     images = [Image.new("RGB", (side, side), (i * 4, 255 - i * 4, 0)) for i in range(frames)]
     buf = io.BytesIO()
-    images[0].save(buf, "WEBP", save_all=True, append_images=images[1:], quality=10, minimize_size=False, allow_mixed=False)
+    images[0].save(
+        buf,
+        "WEBP",
+        save_all=True,
+        append_images=images[1:],
+        quality=10,
+        minimize_size=False,
+        allow_mixed=False,
+    )
     return buf.getvalue()
 
 
@@ -209,6 +228,18 @@ def bomb_zips() -> dict[str, tuple[str, bytes]]:
             zip_of({**good, **{f"set/bomb{i}.png": palette_png(13000, i) for i in range(6)}}),
         ),
         "palette PNG 9000x9000": ("huge image", zip_of({**good, "set/b.png": palette_png(9000)})),
+        "RGB PNG 7000x7000 (accepted, at the pixel bound)": (
+            "huge image",
+            zip_of({**good, "set/b.png": blank_png(7000, alpha=False)}),
+        ),
+        "RGBA PNG 6800x6800": (
+            "huge image",
+            zip_of({**good, "set/b.png": blank_png(6800, alpha=True)}),
+        ),
+        "RGBA PNG 4800x4800 (accepted, at the decode bound)": (
+            "huge image",
+            zip_of({**good, "set/b.png": blank_png(4800, alpha=True)}),
+        ),
         "RGBA PNG declaring 30000x30000": (
             "huge image",
             zip_of({**good, "set/b.png": rgba_png_header_only(30000, 30000)}),

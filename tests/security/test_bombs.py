@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from bench.hostile import TARGET_MB, run_child
 from bot.app import BotServices
-from bot.media import MAX_KEPT_SIDE, inspect_zip
+from bot.media import MAX_KEPT_SIDE, build_image_set, inspect_zip
 from bot.store import LinkedVia
 from engine.image.settings import ZipLimits
 from engine.image.zipcheck import inspect_zip as engine_inspect_zip
@@ -41,6 +41,9 @@ LIMITS = ZipLimits()
 ENGINE_OUTCOMES = {
     "six 13000x13000 palette PNGs": "'set/bomb0.png': it is 13000x13000 (169 megapixels)",
     "palette PNG 9000x9000": "it is 9000x9000 (81 megapixels); at most 50",
+    "RGB PNG 7000x7000 (accepted, at the pixel bound)": "ok",
+    "RGBA PNG 6800x6800": "'set/b.png': it is 6800x6800 PNG, which takes about",
+    "RGBA PNG 4800x4800 (accepted, at the decode bound)": "ok",
     "RGBA PNG declaring 30000x30000": "'set/b.png': it declares more than 179 megapixels",
     "JPEG declaring 60000x60000": "'set/b.jpg': it declares more than 179 megapixels",
     "real JPEG 7000x7000": "ok",
@@ -140,6 +143,22 @@ def test_a_big_photo_is_kept_at_a_bounded_size_and_trained_at_the_training_size(
     assert all(min(e.image.size) == 64 for e in examples)
 
 
+def test_bomb_attachments_are_left_out_and_the_good_ones_kept() -> None:
+    files = [
+        ("good0.png", image_bytes(0, 320)),
+        ("bomb.png", bombs.palette_png(13000)),
+        ("huge.jpg", bombs.jpeg_declaring(60000, 60000)),
+        ("anim.png", bombs.apng(1_000_000)),
+        ("good1.png", image_bytes(1, 320)),
+    ]
+    got = build_image_set(files)
+    assert got.kept == ("good0.png", "good1.png")
+    reasons = {r.name: r.reason for r in got.refused}
+    assert reasons["bomb.png"].startswith("it is 13000x13000 (169 megapixels)")
+    assert reasons["huge.jpg"] == "it declares more than 179 megapixels"
+    assert reasons["anim.png"].startswith("it is an animation of 1000000 frames")
+
+
 def test_zip_paths_with_dot_dot_are_listed_as_left_out() -> None:
     good = {f"set/good{i}.png": image_bytes(i, 320) for i in range(4)}
     data = bombs.zip_of(
@@ -158,6 +177,22 @@ def test_zip_paths_with_dot_dot_are_listed_as_left_out() -> None:
     for name in ("../../evil.png", "..\\..\\evil2.png", "set/../../evil3.png", "/etc/evil4.png"):
         assert reasons.get(name) == "unsafe path (absolute or with '..')", (name, reasons)
     assert "set/.hidden.png" not in reasons  # a desktop tool's hidden file: skipped quietly
+
+
+def test_an_entry_that_cannot_be_unpacked_is_left_out_not_a_crash(tmp_path: Path) -> None:
+    good = bombs.good_images()
+    data = bytearray(bombs.zip_of({**good, "set/odd.png": image_bytes(7, 320)}))
+    # Give the last entry an unknown compression method (99: AES) in both of its headers.
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        at = data.rfind(signature)
+        data[at + offset : at + offset + 2] = (99).to_bytes(2, "little")
+    got = inspect_zip(bytes(data))
+    assert got.kept == tuple(good)
+    assert {r.name: r.reason for r in got.refused} == {
+        "set/odd.png": "could not be unpacked from the zip"
+    }
+    report = engine_inspect_zip(write(tmp_path, bytes(data)), LIMITS)
+    assert "'set/odd.png': it does not decode" in report.summary()
 
 
 # -- through the engine's API ------------------------------------------------------------
@@ -197,6 +232,10 @@ WORST = [
     ("200000 entries", "engine-put"),
     ("entry declaring 1 KiB, inflating to 256 MiB", "bot-check"),
     ("real JPEG 7000x7000", "engine-train"),
+    # The largest images accepted: what decoding one really costs.
+    ("RGB PNG 7000x7000 (accepted, at the pixel bound)", "engine-put"),
+    ("RGB PNG 7000x7000 (accepted, at the pixel bound)", "bot-check"),
+    ("RGBA PNG 4800x4800 (accepted, at the decode bound)", "engine-train"),
 ]
 
 
