@@ -179,6 +179,27 @@ def test_zip_paths_with_dot_dot_are_listed_as_left_out() -> None:
     assert "set/.hidden.png" not in reasons  # a desktop tool's hidden file: skipped quietly
 
 
+def test_the_engine_check_names_dot_dot_entries_and_a_bomb_among_good_images(
+    tmp_path: Path,
+) -> None:
+    good = bombs.good_images()
+    data = bombs.zip_of(
+        {
+            **good,
+            "..\\..\\evil.png": image_bytes(7, 320),
+            "set/../../evil2.png": image_bytes(8, 320),
+            "set/bomb.png": bombs.palette_png(13000),
+        }
+    )
+    report = engine_inspect_zip(write(tmp_path, data), LIMITS)
+    assert [i.name for i in report.images] == list(good)  # the good ones still count
+    summary = report.summary()
+    assert "'..\\\\..\\\\evil.png': unsafe path" in summary, summary
+    assert "'set/../../evil2.png': unsafe path" in summary
+    assert "'set/bomb.png': it is 13000x13000 (169 megapixels)" in summary
+    assert len(report.problems) == 3
+
+
 def test_an_entry_that_cannot_be_unpacked_is_left_out_not_a_crash(tmp_path: Path) -> None:
     good = bombs.good_images()
     data = bytearray(bombs.zip_of({**good, "set/odd.png": image_bytes(7, 320)}))
