@@ -71,6 +71,7 @@ bench: setup
 	$(PY) bench/voice.py
 	$(PY) bench/sandbox_start.py
 	$(PY) bench/gate.py
+	$(PY) bench/hostile.py
 
 # Refresh the lock after changing dependencies (then run `make test`). A local build label
 # (torch's "+cpu") is dropped: the public index has no such version.

@@ -1,29 +1,46 @@
 """Checks and transforms of members' files, before anything reaches Ta-da.
 
-Audio samples are decoded with pydub (ffmpeg from the imageio-ffmpeg wheel turns any
-format into WAV first); image sets are decoded with Pillow, turned upright (EXIF
-orientation), de-duplicated, checked for size and zipped; a contact sheet shows the
-member what was kept. Every function here blocks: callers run them in a thread (the
-``*_async`` wrappers do).
+Audio samples are decoded with pydub (ffmpeg from the imageio-ffmpeg wheel turns the
+other accepted containers into WAV first, with the container detected from the bytes and
+forced, so that a script or playlist posing as audio cannot make it read other files);
+image sets are decoded with Pillow, turned upright (EXIF orientation), de-duplicated,
+checked for size and zipped; a contact sheet shows the member what was kept. Every
+function here blocks: callers run them in a thread (the ``*_async`` wrappers do).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import math
 import shutil
 import subprocess
+import tempfile
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import IO
 
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps
 
 from bot.errors import UserFacingError
+from engine.image.untrusted import (
+    ImageBounds,
+    ImageRefused,
+    NotAnImage,
+    check_header,
+    decode,
+    is_archive,
+    is_unsafe_path,
+    open_image,
+    zip_end,
+)
+from engine.voice.container import AudioContainer, ContainerRefused, detect, ffmpeg_input
 
 with warnings.catch_warnings():
     # pydub looks for a system ffmpeg when imported; it only reads WAV here (our ffmpeg
@@ -39,6 +56,18 @@ MAX_AUDIO_SECONDS = 300.0
 MAX_ZIP_BYTES = 200 * 1024 * 1024
 MIN_IMAGE_SIDE = 256
 MAX_IMAGES = 10
+# Kept images are stored with their short side at most this: the largest native size
+# of the models Ta-da trains on (SDXL); bigger photos are decoded at reduced size.
+MAX_KEPT_SIDE = 1024
+MAX_SET_IMAGES = 50  # what Ta-da trains on at most
+MAX_SET_PIXELS = MAX_SET_IMAGES * MAX_KEPT_SIDE * MAX_KEPT_SIDE * 4
+# What a zip may declare before anything in it is read.
+MAX_ZIP_ENTRIES = 2000
+MAX_ENTRY_BYTES = 100 * 1024 * 1024
+MAX_UNPACKED_BYTES = 512 * 1024 * 1024
+MAX_COMPRESSION_RATIO = 100
+IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
+IMAGE_BOUNDS = ImageBounds()
 
 
 class MediaRejected(UserFacingError):
@@ -90,29 +119,54 @@ def ffmpeg_path() -> str:
         return found
 
 
-def _to_wav(data: bytes) -> bytes:
-    proc = subprocess.run(  # our own ffmpeg binary, fixed arguments
-        [
-            ffmpeg_path(),
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-i",
-            "pipe:0",
-            "-f",
-            "wav",
-            "pipe:1",
-        ],
-        input=data,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    if proc.returncode != 0 or not proc.stdout:
+_UNDECODABLE = (
+    "That file could not be decoded as audio. Send a WAV, MP3, OGG, M4A, FLAC or WebM "
+    "recording of your voice."
+)
+
+
+def _container(data: bytes) -> AudioContainer:
+    try:
+        return detect(io.BytesIO(data))
+    except ContainerRefused as exc:
+        if "other files" in str(exc):
+            raise MediaRejected(
+                "That recording refers to media in other files. Send one self-contained "
+                "WAV, MP3, OGG, M4A, FLAC or WebM recording."
+            ) from exc
         raise MediaRejected(
-            "That file could not be decoded as audio. Send a WAV, MP3, OGG, M4A or FLAC "
-            "recording of your voice."
+            "That file could not be decoded as audio: it is not a WAV, MP3, OGG, M4A, FLAC "
+            "or WebM recording."
+        ) from exc
+
+
+def _to_wav(data: bytes, container: AudioContainer, max_seconds: float) -> bytes:
+    # A file, not stdin: an m4a's index often comes last, and reading it needs seeking.
+    # ffmpeg may open that one file only (see engine.voice.container.ffmpeg_input).
+    with tempfile.TemporaryDirectory(prefix="tada-audio-") as tmp:
+        source = Path(tmp) / "sample"
+        source.write_bytes(data)
+        proc = subprocess.run(  # our own ffmpeg binary, fixed arguments
+            [
+                ffmpeg_path(),
+                "-nostdin",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                *ffmpeg_input(container, f"file:{source}"),
+                # Stop just past the limit: hours of low-bitrate audio must not unpack whole.
+                "-t",
+                f"{max_seconds + 1.0:.3f}",
+                "-f",
+                "wav",
+                "pipe:1",
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
         )
+    if proc.returncode != 0 or not proc.stdout:
+        raise MediaRejected(_UNDECODABLE)
     return proc.stdout
 
 
@@ -134,14 +188,13 @@ def check_audio(
         raise MediaRejected(f"That recording is over {max_bytes // (1024 * 1024)} MB.")
     if not data:
         raise MediaRejected("That file is empty.")
-    wav = data if data[:4] == b"RIFF" and data[8:12] == b"WAVE" else _to_wav(data)
+    container = _container(data)
+    # pydub reads WAV itself (in Python); only the other containers go through ffmpeg.
+    wav = data if container is AudioContainer.WAV else _to_wav(data, container, max_seconds)
     try:
         segment = AudioSegment.from_wav(io.BytesIO(wav))
     except Exception as exc:  # pydub raises bare exceptions for broken headers
-        raise MediaRejected(
-            "That file could not be decoded as audio. Send a WAV, MP3, OGG, M4A or FLAC "
-            "recording of your voice."
-        ) from exc
+        raise MediaRejected(_UNDECODABLE) from exc
     seconds = len(segment) / 1000.0
     if seconds < min_seconds:
         raise MediaRejected(
@@ -171,34 +224,55 @@ def _thumbnail(image: Image.Image, side: int = 160) -> bytes:
     return out.getvalue()
 
 
-def build_image_set(
-    files: Sequence[tuple[str, bytes]], *, min_side: int = MIN_IMAGE_SIDE
-) -> ImageSet:
-    """Decode, turn upright, de-duplicate and zip images (PNG inside, numbered).
+Opener = Callable[[], AbstractContextManager[IO[bytes]]]
+"""Opens one file of a set for reading (an attachment's bytes, or a zip entry streamed)."""
 
-    Raises :class:`MediaRejected` when no image is usable, naming what was wrong.
-    """
+
+def _decode_one(open_file: Opener, min_side: int, bounds: ImageBounds) -> Image.Image:
+    """One image, upright, its short side at most :data:`MAX_KEPT_SIDE`; or ImageRefused."""
+    try:
+        with open_file() as fh, open_image(fh, IMAGE_FORMATS) as img:
+            width, height = img.size
+            if min(width, height) < min_side:
+                raise ImageRefused(f"too small ({width}x{height}, need {min_side} px)")
+            check_header(img, bounds, MAX_KEPT_SIDE)
+            return decode(img, MAX_KEPT_SIDE)
+    except NotAnImage as exc:
+        raise ImageRefused("could not be decoded") from exc
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+        # RuntimeError: an encrypted entry; NotImplementedError: an unknown compression.
+        raise ImageRefused("could not be unpacked from the zip") from exc
+
+
+def _build(
+    files: Iterable[tuple[str, Opener]],
+    refused: list[Refused],
+    *,
+    min_side: int,
+    bounds: ImageBounds = IMAGE_BOUNDS,
+) -> ImageSet:
+    """Decode, turn upright, de-duplicate and zip images (PNG inside, numbered)."""
     seen: set[str] = set()
     kept: list[str] = []
-    refused: list[Refused] = []
     thumbs: list[bytes] = []
+    set_pixels = 0
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in files:
+        for name, open_file in files:
             if suffix_of(name) not in IMAGE_SUFFIXES:
                 refused.append(Refused(name, "not an image file"))
                 continue
-            try:
-                with Image.open(io.BytesIO(data)) as opened:
-                    opened.load()
-                    image = ImageOps.exif_transpose(opened).convert("RGB")
-            except (UnidentifiedImageError, OSError, ValueError):
-                refused.append(Refused(name, "could not be decoded"))
+            if len(kept) >= MAX_SET_IMAGES:
+                refused.append(Refused(name, f"more than {MAX_SET_IMAGES} images in the set"))
                 continue
-            if min(image.size) < min_side:
-                refused.append(
-                    Refused(name, f"too small ({image.width}x{image.height}, need {min_side} px)")
-                )
+            try:
+                image = _decode_one(open_file, min_side, bounds)
+            except ImageRefused as exc:
+                refused.append(Refused(name, str(exc)))
+                continue
+            set_pixels += image.width * image.height
+            if set_pixels > MAX_SET_PIXELS:
+                refused.append(Refused(name, "the set is already as large as the bot takes"))
                 continue
             digest = hashlib.sha256(image.tobytes()).hexdigest()
             if digest in seen:
@@ -216,22 +290,82 @@ def build_image_set(
     return ImageSet(out.getvalue(), tuple(kept), tuple(refused), tuple(thumbs))
 
 
+def build_image_set(
+    files: Sequence[tuple[str, bytes]], *, min_side: int = MIN_IMAGE_SIDE
+) -> ImageSet:
+    """Decode, turn upright, de-duplicate and zip images (PNG inside, numbered).
+
+    Each image's header is checked before it is decoded (pixels, frames, the memory its
+    decoding takes); larger ones are decoded at reduced size, first frame only. Raises
+    :class:`MediaRejected` when no image is usable, naming what was wrong.
+    """
+
+    def opener(data: bytes) -> Opener:
+        return lambda: contextlib.nullcontext(io.BytesIO(data))
+
+    return _build([(name, opener(data)) for name, data in files], [], min_side=min_side)
+
+
+def _zip_entries(archive: zipfile.ZipFile, refused: list[Refused]) -> Iterator[tuple[str, Opener]]:
+    """The entries worth decoding, each streamed; the others go to ``refused`` with a reason."""
+    infos = archive.infolist()
+    declared = sum(i.file_size for i in infos)
+    packed = sum(i.compress_size for i in infos)
+    if declared > MAX_UNPACKED_BYTES:
+        raise MediaRejected(
+            f"That zip unpacks to {declared // (1024 * 1024)} MB; the bot takes at most "
+            f"{MAX_UNPACKED_BYTES // (1024 * 1024)} MB."
+        )
+    if declared > 1024 * 1024 and declared > packed * MAX_COMPRESSION_RATIO:
+        raise MediaRejected("That zip unpacks to far more than its size (a zip bomb?).")
+    for info in infos:
+        name = info.filename
+        if info.is_dir() or "__MACOSX" in name:
+            continue
+        if is_unsafe_path(name):
+            refused.append(Refused(name, "unsafe path (absolute or with '..')"))
+            continue
+        if PurePosixPath(name).name.startswith("."):
+            continue  # hidden files of desktop tools (.DS_Store, ._img.png)
+        if is_archive(name):
+            refused.append(Refused(name, "zips inside the zip are not taken"))
+            continue
+        if info.flag_bits & 0x1:
+            refused.append(Refused(name, "encrypted"))
+            continue
+        if info.file_size > MAX_ENTRY_BYTES:
+            refused.append(
+                Refused(name, f"over {MAX_ENTRY_BYTES // (1024 * 1024)} MB once unpacked")
+            )
+            continue
+
+        def opener(entry: zipfile.ZipInfo = info) -> AbstractContextManager[IO[bytes]]:
+            return archive.open(entry)
+
+        yield name, opener
+
+
 def inspect_zip(data: bytes, *, min_side: int = MIN_IMAGE_SIDE) -> ImageSet:
-    """Check a member's zip the same way and re-zip what is usable."""
+    """Check a member's zip the same way and re-zip what is usable.
+
+    What the zip declares is checked before anything is read (entries, sizes, ratio);
+    entries are streamed one at a time, never unpacked whole.
+    """
     if len(data) > MAX_ZIP_BYTES:
         raise MediaRejected(f"That zip is over {MAX_ZIP_BYTES // (1024 * 1024)} MB.")
+    end = zip_end(io.BytesIO(data))
+    if end is not None and (
+        end.entries > MAX_ZIP_ENTRIES or end.directory_bytes > MAX_ZIP_ENTRIES * 4096
+    ):
+        raise MediaRejected(
+            f"That zip holds {end.entries} entries; the bot takes at most {MAX_ZIP_ENTRIES}."
+        )
+    refused: list[Refused] = []
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            files = [
-                (info.filename, archive.read(info))
-                for info in archive.infolist()
-                if not info.is_dir()
-                and not PurePosixPath(info.filename).name.startswith(".")
-                and "__MACOSX" not in info.filename
-            ]
+            return _build(_zip_entries(archive, refused), refused, min_side=min_side)
     except (zipfile.BadZipFile, OSError) as exc:
         raise MediaRejected("That file is not a readable zip archive.") from exc
-    return build_image_set(files, min_side=min_side)
 
 
 def contact_sheet(thumbnails: Sequence[bytes], *, columns: int = 5, side: int = 160) -> bytes:

@@ -18,6 +18,7 @@ from engine.image.enhancer import EnhancedPrompt, EnhancerSource, PromptEnhancer
 from engine.image.models import LoraGenerationRow, LoraTrainingRow
 from engine.image.settings import ImageSettings, image_settings
 from engine.image.types import ModelError
+from engine.image.untrusted import ImageRefused
 from engine.image.zipcheck import inspect_zip, load_examples
 from engine.jobs import Handler, JobContext, JobFailed
 from engine.settings import EngineSettings
@@ -78,10 +79,20 @@ class ImageBackend:
         if not report.ok:
             raise JobFailed(report.summary())
         ctx.report(1)
-        examples = load_examples(upload_path, report, trigger)
         model = self.model()
-        ctx.report(3)
         cfg = self.settings.training
+        # Decoded at the training size: a set of large photos costs what training needs.
+        try:
+            examples = load_examples(
+                upload_path,
+                report,
+                trigger,
+                short_side=cfg.resolution or model.native_size,
+                limits=self.settings.zip,
+            )
+        except ImageRefused as exc:
+            raise JobFailed(str(exc)) from exc
+        ctx.report(3)
         last_check = time.monotonic()
 
         def on_step(step: int, steps: int, loss: float) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.image.untrusted import ImageBounds
 from engine.settings import MiB, SettingsError
 
 TINY_MODEL_LABEL = "tiny-random (built-in test model with random weights: it draws noise)"
@@ -32,6 +33,24 @@ class ZipLimits(_Section):
     max_uncompressed_bytes: int = Field(1024 * MiB, gt=0)
     max_compression_ratio: float = Field(100.0, gt=1)
     max_entries: int = Field(2000, ge=1)
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="pixels one image may declare (width x height)"
+    )
+    max_set_pixels: int = Field(
+        1_000_000_000, ge=1, description="pixels all images of a zip may declare together"
+    )
+    max_decode_mib: int = Field(
+        192, ge=1, description="memory one image may take to decode (estimated from its header)"
+    )
+    max_frames: int = Field(100, ge=1, description="frames an animated image may have")
+
+    def image_bounds(self) -> ImageBounds:
+        """The per-image bounds, for :mod:`engine.image.untrusted`."""
+        return ImageBounds(
+            max_pixels=self.max_image_pixels,
+            max_decode_bytes=self.max_decode_mib * MiB,
+            max_frames=self.max_frames,
+        )
 
     @model_validator(mode="after")
     def _order(self) -> ZipLimits:

@@ -1,26 +1,42 @@
 """Checks on a training zip, and reading its images once it passed.
 
 A member's zip is untrusted: entry paths may try to escape (``..``, absolute paths),
-entries may be links, sizes may lie (zip bombs), images may not decode. Every problem is
-collected, so the member fixes the zip once rather than once per problem. Blocking code:
-call it in a thread or in the worker.
+entries may be links, sizes may lie (zip bombs), the directory may hold millions of
+entries, zips may nest, images may declare more pixels than memory holds or not decode.
+What the zip and each image declare is checked before anything is read, images are
+streamed from the zip and decoded at the size they are needed at
+(:mod:`engine.image.untrusted`). Every problem is collected, so the member fixes the zip
+once rather than once per problem. Blocking code: call it in a thread or in the worker.
 """
 
 from __future__ import annotations
 
-import io
 import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from PIL import Image
-
 from engine.image.settings import ZipLimits
 from engine.image.types import TrainImage
+from engine.image.untrusted import (
+    ImageBounds,
+    ImageRefused,
+    check_header,
+    decode,
+    drain,
+    is_archive,
+    is_unsafe_path,
+    open_image,
+    read_entry,
+    zip_end,
+)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 IMAGE_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+# Formats recognised only to name them in a refusal (never decoded).
+_NAMED_FORMATS = IMAGE_FORMATS | {"GIF", "BMP", "TIFF"}
+# A central directory bigger than this is not a set of images (names of 4 KiB each).
+_DIRECTORY_BYTES_PER_ENTRY = 4096
 MAX_CAPTION_CHARS = 1000
 # Archive clutter from desktop tools: skipped without a mention.
 _JUNK_PREFIXES = ("__MACOSX/",)
@@ -63,10 +79,7 @@ class ZipReport:
 
 
 def _unsafe_path(name: str) -> bool:
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return True
-    parts = name.replace("\\", "/").split("/")
-    return any(part == ".." for part in parts)
+    return is_unsafe_path(name)
 
 
 def _is_link(info: zipfile.ZipInfo) -> bool:
@@ -76,25 +89,47 @@ def _is_link(info: zipfile.ZipInfo) -> bool:
 
 def _read_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
     """Read an entry, refusing more bytes than its header declares (lying headers)."""
-    with zf.open(info) as fh:
-        data = fh.read(min(info.file_size, cap) + 1)
-    if len(data) > info.file_size or len(data) > cap:
-        raise ValueError("it holds more data than its header declares")
-    return data
+    try:
+        return read_entry(zf, info, cap)
+    except ImageRefused as exc:
+        raise ValueError(str(exc)) from exc
 
 
-def _check_image(data: bytes, limits: ZipLimits) -> tuple[int, int]:
-    with Image.open(io.BytesIO(data)) as img:
-        fmt = img.format
-        img.verify()
-    if fmt not in IMAGE_FORMATS:
-        raise ValueError(f"it is {fmt or 'not an image'}, not jpg, png or webp")
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        width, height = img.size
-    if min(width, height) < limits.min_side:
-        raise ValueError(f"it is {width}x{height}; each side needs at least {limits.min_side} px")
+def _check_image(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ZipLimits, bounds: ImageBounds
+) -> tuple[int, int]:
+    """Decode one entry (streamed, at the smallest size accepted) or say why it cannot be."""
+    try:
+        with zf.open(info) as fh:
+            with open_image(fh, _NAMED_FORMATS) as img:
+                if img.format not in IMAGE_FORMATS:
+                    raise ValueError(f"it is {img.format}, not jpg, png or webp")
+                width, height = img.size
+                if min(width, height) < limits.min_side:
+                    raise ValueError(
+                        f"it is {width}x{height}; each side needs at least {limits.min_side} px"
+                    )
+                check_header(img, bounds, limits.min_side)
+                decode(img, limits.min_side, upright=False)
+            drain(fh)  # the rest of the entry: its declared size and CRC are checked
+    except ImageRefused as exc:
+        raise ValueError(str(exc)) from exc
+    except zipfile.BadZipFile as exc:
+        raise ValueError("it holds more data than its header declares") from exc
     return width, height
+
+
+def _directory_problem(path: Path, limits: ZipLimits) -> str | None:
+    """Too many entries, said by the zip's end record before Python parses its directory."""
+    with path.open("rb") as fh:
+        end = zip_end(fh)
+    if end is None:
+        return None
+    if end.entries > limits.max_entries:
+        return f"{end.entries} entries; at most {limits.max_entries} are accepted"
+    if end.directory_bytes > limits.max_entries * _DIRECTORY_BYTES_PER_ENTRY:
+        return f"its directory of entries is {end.directory_bytes} bytes, too large for a set"
+    return None
 
 
 def inspect_zip(path: Path, limits: ZipLimits) -> ZipReport:
@@ -102,6 +137,9 @@ def inspect_zip(path: Path, limits: ZipLimits) -> ZipReport:
     problems: list[str] = []
     ignored: list[str] = []
     try:
+        directory = _directory_problem(path, limits)
+        if directory is not None:
+            return ZipReport((), (), (directory,))
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         return ZipReport((), (), (f"not a readable zip file ({exc})",))
@@ -144,7 +182,12 @@ def inspect_zip(path: Path, limits: ZipLimits) -> ZipReport:
             if name.startswith(_JUNK_PREFIXES) or pure.name in _JUNK_NAMES:
                 continue
             suffix = pure.suffix.lower()
-            if suffix in IMAGE_SUFFIXES:
+            if is_archive(name):
+                problems.append(
+                    f"{name!r}: zips or archives inside the zip are not accepted; "
+                    "put the images in the zip itself"
+                )
+            elif suffix in IMAGE_SUFFIXES:
                 candidates[name] = info
             elif suffix == ".txt":
                 texts[str(pure.with_suffix(""))] = info
@@ -152,12 +195,21 @@ def inspect_zip(path: Path, limits: ZipLimits) -> ZipReport:
                 ignored.append(name)
         images: list[ZipImage] = []
         cap = limits.max_uncompressed_bytes
+        bounds = limits.image_bounds()
+        set_pixels = 0
         for name, info in candidates.items():
             try:
-                width, height = _check_image(_read_capped(zf, info, cap), limits)
+                width, height = _check_image(zf, info, limits, bounds)
             except Exception as exc:
                 reason = str(exc) if isinstance(exc, ValueError) else "it does not decode"
                 problems.append(f"{name!r}: {reason}")
+                continue
+            set_pixels += width * height
+            if set_pixels > limits.max_set_pixels:
+                problems.append(
+                    f"{name!r}: the images hold more than {limits.max_set_pixels // 1_000_000} "
+                    "megapixels in all; send fewer or smaller images"
+                )
                 continue
             caption = None
             text_info = texts.pop(str(PurePosixPath(name).with_suffix("")), None)
@@ -193,13 +245,31 @@ def zip_problems(path: Path, limits: ZipLimits) -> str | None:
     return None if report.ok else report.summary()
 
 
-def load_examples(path: Path, report: ZipReport, trigger_word: str) -> list[TrainImage]:
-    """The images of a zip that passed, captioned ``"<trigger>, <caption>"``."""
+def load_examples(
+    path: Path,
+    report: ZipReport,
+    trigger_word: str,
+    *,
+    short_side: int | None = None,
+    limits: ZipLimits | None = None,
+) -> list[TrainImage]:
+    """The images of a zip that passed, captioned ``"<trigger>, <caption>"``.
+
+    Each is streamed from the zip and decoded with its short side brought down to
+    ``short_side`` (the training resolution), so a set of large photos costs what the
+    training needs, not what the camera took. The header bounds are checked again: the
+    zip on disk is not trusted because an earlier check passed (:class:`ImageRefused`).
+    """
+    bounds = (limits or ZipLimits()).image_bounds()
     examples: list[TrainImage] = []
     with zipfile.ZipFile(path) as zf:
         for item in report.images:
-            with zf.open(item.name) as fh, Image.open(io.BytesIO(fh.read())) as img:
-                rgb = img.convert("RGB")
+            try:
+                with zf.open(item.name) as fh, open_image(fh, IMAGE_FORMATS) as img:
+                    check_header(img, bounds, short_side)
+                    rgb = decode(img, short_side)
+            except ImageRefused as exc:
+                raise ImageRefused(f"the zip cannot be used: {item.name!r}: {exc}") from exc
             caption = f"{trigger_word}, {item.caption}" if item.caption else trigger_word
             examples.append(TrainImage(rgb, caption))
     return examples

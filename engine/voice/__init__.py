@@ -1,6 +1,8 @@
 """Voice cloning and generation.
 
 - :mod:`engine.voice.settings`: ``[engine.voice]``, validated.
+- :mod:`engine.voice.container`: which accepted container a file is (from its bytes), and
+  the ffmpeg arguments that read only that file.
 - :mod:`engine.voice.audio`: decode (bundled ffmpeg), judge, normalise and encode audio.
 - :mod:`engine.voice.backend`: the back-end protocol (analyse a sample, synthesise text).
 - :mod:`engine.voice.reference`: the CPU reference back end, built from

@@ -1,4 +1,8 @@
-"""Audio in and out: decode any sample with the bundled ffmpeg, judge it, normalise, encode.
+"""Audio in and out: decode a sample with the bundled ffmpeg, judge it, normalise, encode.
+
+A sample is decoded only as one self-contained file of a container detected from its own
+bytes (:mod:`engine.voice.container`): ffmpeg never picks a demuxer itself, so a script,
+playlist or manifest posing as audio cannot make it read other files.
 
 Blocking code (subprocesses, numpy): the job worker calls it, never the event loop.
 """
@@ -20,6 +24,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
     from pydub import AudioSegment
 
+from engine.voice.container import ContainerRefused, detect, ffmpeg_input
 from engine.voice.settings import AudioFormat
 
 FloatAudio = NDArray[np.float32]
@@ -57,11 +62,18 @@ def ffmpeg_exe() -> str:
 
 
 def decode(path: Path, sample_rate: int, max_seconds: float | None = None) -> FloatAudio:
-    """Decode any audio file ffmpeg reads to mono float32 at ``sample_rate``.
+    """Decode one recording (wav, mp3, ogg, flac, m4a, webm) to mono float32 at ``sample_rate``.
 
-    With ``max_seconds``, decoding stops just past it: a small file of hours of
-    low-bitrate audio must not unpack into gigabytes of samples only to be refused.
+    The container is detected from the file's bytes and forced on ffmpeg, which may open
+    no file but this one; anything else raises :class:`SampleRejected`. With
+    ``max_seconds``, decoding stops just past it: a small file of hours of low-bitrate
+    audio must not unpack into gigabytes of samples only to be refused.
     """
+    try:
+        with path.open("rb") as fh:
+            container = detect(fh)
+    except ContainerRefused as exc:
+        raise SampleRejected(str(exc)) from exc
     limit = ["-t", f"{max_seconds + 1.0:.3f}"] if max_seconds is not None else []
     cmd = [
         ffmpeg_exe(),
@@ -69,8 +81,7 @@ def decode(path: Path, sample_rate: int, max_seconds: float | None = None) -> Fl
         "-hide_banner",
         "-loglevel",
         "error",
-        "-i",
-        str(path),
+        *ffmpeg_input(container, f"file:{path.resolve()}"),
         *limit,
         "-vn",
         "-ac",
