@@ -253,6 +253,10 @@ def engine_config(data: Path, workers: int) -> Path:
             [engine.jobs]
             in_process_workers = 1
 
+            [engine.voice]
+            # No model warm-up competing with the first cells (no voice work is measured).
+            preload = false
+
             [engine.limits]
             # The load generator is one loopback client: rates would measure the limiter.
             exempt_clients = ["127.0.0.1"]
