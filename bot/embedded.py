@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
 from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -49,6 +51,15 @@ class EmbeddedEngine:
             update={"exempt_clients": [*settings.limits.exempt_clients, LOOPBACK]}
         )
         self.settings = settings.model_copy(update={"limits": limits})
+        jobs = settings.jobs
+        # Model work in a child process: in the bot's process it would hold the event loop
+        # (and the GIL) while members wait for their interactions to be acknowledged.
+        self.worker_threads = jobs.in_process_workers if jobs.embedded_worker_process else 0
+        if self.worker_threads:
+            api_only = jobs.model_copy(update={"in_process_workers": 0})
+            self.settings = self.settings.model_copy(update={"jobs": api_only})
+        self._child_settings = settings
+        self._worker: asyncio.subprocess.Process | None = None
         self.port = settings.port if port is None else port
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -104,10 +115,43 @@ class EmbeddedEngine:
         port = sockets[0].getsockname()[1] if sockets else self.port
         self.base_url = f"http://{LOOPBACK}:{port}"
         log.info("embedded Ta-da engine at %s (data in %s)", self.base_url, self.settings.data_dir)
+        if self.worker_threads:
+            await self._start_worker()
         return self.base_url
+
+    async def _start_worker(self) -> None:
+        """``tada-engine worker`` as a child, with these settings (the API migrated first)."""
+        from engine.cli import PARENT_PID_ENV
+        from engine.settings import SETTINGS_ENV, settings_for_child
+
+        env = {
+            **os.environ,
+            SETTINGS_ENV: settings_for_child(self._child_settings),
+            PARENT_PID_ENV: str(os.getpid()),
+        }
+        argv = ["-m", "engine", "worker", "--workers", str(self.worker_threads)]
+        self._worker = await asyncio.create_subprocess_exec(sys.executable, *argv, env=env)
+        log.info(
+            "embedded engine's job worker: process %d, %d thread(s)",
+            self._worker.pid,
+            self.worker_threads,
+        )
+
+    async def _stop_worker(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is None or worker.returncode is not None:
+            return
+        worker.terminate()  # the worker finishes its current step and re-queues the rest
+        try:
+            await asyncio.wait_for(worker.wait(), timeout=30)
+        except TimeoutError:
+            log.warning("embedded engine's worker slow to stop; killing it")
+            worker.kill()
+            await worker.wait()
 
     async def stop(self) -> None:
         """Finish in-flight requests, run the app's shutdown (workers, database), stop."""
+        await self._stop_worker()
         if self._server is None or self._task is None:
             return
         self._server.should_exit = True

@@ -18,6 +18,7 @@ from engine.settings import (
     load_engine_settings,
     production_secret_problems,
     read_config_file,
+    settings_from_parent,
 )
 
 log = logging.getLogger("engine")
@@ -98,6 +99,10 @@ def _worker(settings: EngineSettings, drain: bool, workers: int) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    parent = os.environ.get(PARENT_PID_ENV)
+    if parent:
+        # A child of the bot's embedded engine: stop with it, even if it was killed.
+        threading.Thread(target=_stop_when_orphaned, args=(int(parent), stop), daemon=True).start()
     services.queue.start_consumer(workers)
     services.start_warm_up()
     log.info("worker running with %d thread(s); Ctrl+C to stop", workers)
@@ -105,6 +110,16 @@ def _worker(settings: EngineSettings, drain: bool, workers: int) -> int:
     services.queue.stop_consumer()
     asyncio.run(services.close())
     return 0
+
+
+PARENT_PID_ENV = "TADA_ENGINE_PARENT_PID"
+
+
+def _stop_when_orphaned(parent: int, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            log.info("the parent process is gone; stopping")
+            stop.set()
 
 
 def _migrate(settings: EngineSettings) -> int:
@@ -158,11 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in DETAIL_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        problems = production_secret_problems(read_config_file(args.config))
+        # A worker started by the bot's embedded engine gets its parent's checked settings.
+        inherited = settings_from_parent(os.environ)
+        problems = [] if inherited else production_secret_problems(read_config_file(args.config))
         if problems:
             print(_production_refusal(problems), file=sys.stderr)
             return 2
-        settings = load_engine_settings(args.config)
+        settings = inherited or load_engine_settings(args.config)
     except SettingsError as exc:
         print(f"tada-engine: {exc}", file=sys.stderr)
         return 2

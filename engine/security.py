@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 API_KEY_PREFIX = "tada_"
@@ -50,34 +49,3 @@ class UrlSigner:
             raise SignatureError("signature does not match")
         if expires < int(time.time()):
             raise SignatureError("URL has expired")
-
-
-class KeyCache:
-    """Recently seen API key hashes and the user id each belongs to, for ``ttl`` seconds.
-
-    Every authenticated request would otherwise read the user row first. Keys are never
-    revoked or reassigned through the API, so a short-lived entry cannot grant what the
-    database would refuse; unknown keys are not cached (a wrong key always reads the row).
-    Bounded: past ``size`` entries the oldest is dropped.
-    """
-
-    def __init__(self, ttl: float = 60.0, size: int = 10_000) -> None:
-        self.ttl = ttl
-        self.size = size
-        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
-
-    def get(self, key_hash: str) -> str | None:
-        entry = self._entries.get(key_hash)
-        if entry is None:
-            return None
-        user_id, expires = entry
-        if expires < time.monotonic():
-            del self._entries[key_hash]
-            return None
-        return user_id
-
-    def put(self, key_hash: str, user_id: str) -> None:
-        self._entries[key_hash] = (user_id, time.monotonic() + self.ttl)
-        self._entries.move_to_end(key_hash)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)

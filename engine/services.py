@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 from engine.db import Database
 from engine.image.handlers import image_handlers
 from engine.jobs import Handler, JobQueue, JobService, JobWorker, build_huey
-from engine.security import KeyCache, UrlSigner
+from engine.security import UrlSigner
 from engine.settings import EngineSettings
 from engine.storage import LocalStorage
 from engine.voice.jobs import voice_handlers
@@ -41,8 +41,6 @@ class EngineServices:
     queue: JobQueue
     worker: JobWorker
     jobs: JobService
-    # API key hash -> user id, for a minute: spares a SELECT per authenticated request.
-    keys: KeyCache = field(default_factory=KeyCache)
     # The background warm-up of a worker (:meth:`start_warm_up`), once started.
     warm_up_thread: threading.Thread | None = None
     _warm_up_stop: threading.Event = field(default_factory=threading.Event)

@@ -6,6 +6,7 @@ mode a missing or placeholder secret is refused at start-up.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import tomllib
@@ -148,6 +149,9 @@ class JobSettings(_Section):
     in_process_workers: int = Field(1, ge=0, le=32)
     max_attempts: int = Field(3, ge=1, le=20)
     wait_timeout_seconds: float = Field(600.0, gt=0)
+    # The embedded engine (tada-bot) runs its consumers in a child process (`tada-engine
+    # worker`), so model work never competes with the bot's event loop; false: threads.
+    embedded_worker_process: bool = True
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> JobSettings:
@@ -261,3 +265,23 @@ def load_engine_settings(
         return EngineSettings.model_validate(data)
     except ValueError as exc:
         raise SettingsError(f"invalid engine settings: {exc}") from exc
+
+
+SETTINGS_ENV = "TADA_ENGINE_SETTINGS_JSON"
+
+
+def settings_for_child(settings: EngineSettings) -> str:
+    """The settings as JSON for a child process's environment (secrets included: the
+    environment of a child is as private as this process's memory)."""
+    data = settings.model_dump(mode="json")
+    if settings.secret_key is not None:
+        data["secret_key"] = settings.secret_key.get_secret_value()
+    token = settings.registration.token
+    data["registration"]["token"] = token.get_secret_value() if token else None
+    return json.dumps(data)
+
+
+def settings_from_parent(environ: Mapping[str, str]) -> EngineSettings | None:
+    """The settings a parent passed in :data:`SETTINGS_ENV`, if any."""
+    raw = environ.get(SETTINGS_ENV)
+    return EngineSettings.model_validate_json(raw) if raw else None

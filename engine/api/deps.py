@@ -33,21 +33,16 @@ Session = Annotated[AsyncSession, Depends(get_session)]
 
 async def get_current_user(
     session: Session,
-    services: Services,
     x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
 ) -> User:
     """The user owning ``X-API-Key``; 401 when it is missing or unknown."""
     if not x_api_key:
         raise HTTPException(401, "missing X-API-Key header")
-    digest = hash_api_key(x_api_key)
-    cached = services.keys.get(digest)
-    if cached is not None:
-        # Routes read only the id; a transient row spares the SELECT.
-        return User(id=cached, key_hash=digest)
-    user = await session.scalar(select(User).where(User.key_hash == digest))
+    # Read every time: an account deleted (or a key replaced) must stop working at once,
+    # in every API process; a per-process cache would keep it alive.
+    user = await session.scalar(select(User).where(User.key_hash == hash_api_key(x_api_key)))
     if user is None:
         raise HTTPException(401, "invalid API key")
-    services.keys.put(digest, user.id)
     return user
 
 

@@ -81,3 +81,57 @@ async def test_a_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
         assert "port" in str(caught.value)
     finally:
         await first.stop()
+
+
+async def test_the_embedded_engines_jobs_run_in_a_child_process_that_stops_with_it(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    import psutil
+
+    from engine.settings import JobSettings
+    from tests.engine.image.zips import good_zip
+
+    settings = make_settings(
+        tmp_path / "engine",
+        port=0,
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=60),
+        image={"zip": {"min_side": 32}, "training": {"steps": 2, "rank": 4}},
+    )
+    engine = EmbeddedEngine(settings)
+    base = await engine.start()
+    try:
+        children = psutil.Process().children()
+        workers = [c for c in children if "worker" in c.cmdline()]
+        assert len(workers) == 1, [c.cmdline() for c in children]
+        assert engine.settings.jobs.in_process_workers == 0  # no consumer in the bot
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            key = (
+                await http.post("/api/users/register", params={"email": "w@example.com"})
+            ).json()["api_key"]
+            h = {"X-API-Key": key}
+            target = (
+                await http.post(
+                    "/api/loras/uploads/url",
+                    params={"name": "s", "trigger_word": "tadz", "file_name": "s.zip"},
+                    headers=h,
+                )
+            ).json()
+            path = target["upload_url"].split(base, 1)[1]
+            put = await http.put(path, content=good_zip(4, size=64), headers=target["headers"])
+            assert put.status_code == 200, put.text
+            assert (
+                await http.post(f"/api/loras/trainings/{target['id']}", headers=h)
+            ).status_code == 202
+            status = ""
+            for _ in range(400):
+                body = (await http.get(f"/api/loras/trainings/{target['id']}", headers=h)).json()
+                status = body["status"]
+                if status in ("succeeded", "failed", "canceled"):
+                    break
+                await asyncio.sleep(0.25)
+            assert status == "succeeded", body
+    finally:
+        await engine.stop()
+    assert not workers[0].is_running() or workers[0].status() == psutil.STATUS_ZOMBIE
