@@ -122,6 +122,9 @@ def engine_values(root: Path, lora: Path, workers: int, port: int) -> dict[str, 
         "data_dir": str(root / "engine"),
         "port": port,
         "jobs": {"in_process_workers": workers, "wait_timeout_seconds": 600},
+        # The bot is the engine's one client (as the embedded engine exempts it itself).
+        "limits": {"exempt_clients": ["127.0.0.1"]},
+        "voice": {"preload": False},
         "image": {
             "generation": {"steps": 2},
             "demos": {"tadz": {"lora_path": str(lora), "trigger_word": "tadz"}},
@@ -146,7 +149,17 @@ async def engine_client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the engine: in this process (ASGI, like the embedded engine shares the
     bot's process) or a separate ``tada-engine serve`` process on loopback."""
+    if mode == "embedded":
+        # Today's embedded default: the API in this process, the job consumers in a child
+        # ``tada-engine worker`` (bot/embedded.py), so models never hold the bot's loop.
+        from bot.embedded import EmbeddedEngine
+
+        async with EmbeddedEngine(EngineSettings.model_validate(values)) as embedded:
+            async with httpx.AsyncClient(base_url=embedded.base_url, timeout=600) as client:
+                yield client
+        return
     if mode == "inprocess":
+        # The former embedded design: API and job threads in the bot's process.
         from engine.app import create_app
 
         app = create_app(EngineSettings.model_validate(values))
@@ -334,9 +347,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--engine", choices=("inprocess", "process", "both"), default="both")
+    parser.add_argument(
+        "--engine", choices=("inprocess", "embedded", "process", "all"), default="all"
+    )
     args = parser.parse_args()
-    modes = ("inprocess", "process") if args.engine == "both" else (args.engine,)
+    modes = ("inprocess", "embedded", "process") if args.engine == "all" else (args.engine,)
     results = [asyncio.run(run(args.members, args.workers, mode)) for mode in modes]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bot_load.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -116,7 +116,8 @@ class LimitSettings(_Section):
     # Bytes of uploads a member may keep (the sum of their kept uploads).
     max_stored_bytes_per_user: int = Field(5 * 1024 * MiB, gt=0)
     # Jobs of one member queued or running at once (speech, clones, trainings, images).
-    max_pending_jobs: int = Field(4, ge=0)
+    # (A community demo channel shares one key: above the bot's 8 concurrent jobs.)
+    max_pending_jobs: int = Field(16, ge=0)
     # Characters of one speech request: longer work would hold a worker for minutes.
     max_speech_chars: int = Field(1000, ge=1, le=5000)
 
