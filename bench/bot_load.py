@@ -154,9 +154,12 @@ async def engine_client(
         # ``tada-engine worker`` (bot/embedded.py), so models never hold the bot's loop.
         from bot.embedded import EmbeddedEngine
 
-        async with EmbeddedEngine(EngineSettings.model_validate(values)) as embedded:
-            async with httpx.AsyncClient(base_url=embedded.base_url, timeout=600) as client:
-                yield client
+        settings = EngineSettings.model_validate(values)
+        async with (
+            EmbeddedEngine(settings) as embedded,
+            httpx.AsyncClient(base_url=embedded.base_url, timeout=600) as client,
+        ):
+            yield client
         return
     if mode == "inprocess":
         # The former embedded design: API and job threads in the bot's process.
