@@ -112,6 +112,41 @@ def _worker(settings: EngineSettings, drain: bool, workers: int) -> int:
     return 0
 
 
+def _models(settings: EngineSettings, args: argparse.Namespace) -> int:
+    from engine import model_store
+
+    if args.models_command == "list":
+        pulled = model_store.list_models(settings.data_dir)
+        configured = settings.image.get("base_model")
+        for model in pulled:
+            mark = (
+                "  <- [engine.image] base_model"
+                if configured in (model.name, str(model.path))
+                else ""
+            )
+            print(f"{model.name}\t{model.size_bytes / 1e6:.1f} MB\t{model.path}{mark}")
+        if not pulled:
+            print(f"nothing pulled yet under {model_store.models_dir(settings.data_dir)}")
+        return 0
+    try:
+        model = model_store.pull(
+            args.source,
+            settings.data_dir,
+            revision=args.revision,
+            endpoint=args.endpoint,
+            sha256=args.sha256,
+        )
+    except model_store.PullError as exc:
+        print(f"tada-engine: {exc}", file=sys.stderr)
+        return 1
+    print(f"pulled {model.name}: {model.size_bytes / 1e6:.1f} MB in {model.path}")
+    if (model.path / "model_index.json").is_file():
+        print(f'use it: [engine.image] base_model = "{model.name}"')
+    elif model.path.suffix == ".safetensors":
+        print(f'use it as a LoRA: [engine.image.demos.tadz] lora_path = "{model.path}"')
+    return 0
+
+
 PARENT_PID_ENV = "TADA_ENGINE_PARENT_PID"
 
 
@@ -165,6 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     work.add_argument("--drain", action="store_true", help="run queued jobs, then exit")
     work.add_argument("--workers", type=int, default=1)
     sub.add_parser("migrate", help="apply database migrations and exit")
+    models = sub.add_parser("models", help="fetch model weights once (never at request time)")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    pull = models_sub.add_parser("pull", help="download a hub repository or one https file")
+    pull.add_argument("source", help="hub id (org/name) or https:// URL")
+    pull.add_argument("--revision", help="hub branch, tag or commit")
+    pull.add_argument("--endpoint", help="hub endpoint (default: $HF_ENDPOINT or the hub)")
+    pull.add_argument("--sha256", help="expected SHA-256 of a URL's file")
+    models_sub.add_parser("list", help="what was pulled, and what the config points at")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -189,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings, args.host, args.port, args.workers)
     if args.command == "worker":
         return _worker(settings, args.drain, args.workers)
+    if args.command == "models":
+        return _models(settings, args)
     return _migrate(settings)
 
 

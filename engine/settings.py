@@ -184,6 +184,24 @@ class EngineSettings(_Section):
     voice: dict[str, Any] = Field(default_factory=dict)
     image: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pulled_models(cls, data: Any) -> Any:
+        """``[engine.image] base_model = "org/name"``: the folder ``models pull`` made."""
+        if not isinstance(data, dict):
+            return data
+        image = data.get("image")
+        if not isinstance(image, dict):
+            return data
+        base = image.get("base_model")
+        if isinstance(base, str) and not Path(base).exists():
+            from engine.model_store import resolve_pulled
+
+            pulled = resolve_pulled(Path(data.get("data_dir", "data")), base)
+            if pulled is not None:
+                data = {**data, "image": {**image, "base_model": str(pulled)}}
+        return data
+
     @model_validator(mode="after")
     def _secret_allowed(self) -> EngineSettings:
         if self.mode == "production":

@@ -1,0 +1,235 @@
+"""``tada-engine models pull``: a loopback server laid out like the hub serves a tiny
+random-weight diffusers checkpoint; pull it, resume after a cut, reject a corrupted file,
+then generate with what was pulled (named in config by its hub id)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request, Response
+
+from engine import model_store
+from engine.cli import main as engine_cli
+from engine.image.pipeline import build_tiny_pipeline
+from tests.conftest import make_settings
+
+REPO = "tiny-org/tiny-sd"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@dataclass
+class Hub:
+    """The files of one repository, and the faults to inject."""
+
+    root: Path
+    cuts: dict[str, int] = field(default_factory=dict)  # GETs left that send half, then close
+    corrupt: set[str] = field(default_factory=set)  # served bytes differ from the metadata
+    ranges: list[str] = field(default_factory=list)
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.root.rglob("*") if p.is_file())
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/api/models/{org}/{name}/revision/{rev}")
+        @app.get("/api/models/{org}/{name}")
+        async def info(org: str, name: str, rev: str = "main") -> dict[str, object]:
+            siblings = []
+            for path in self.files():
+                data = path.read_bytes()
+                entry: dict[str, object] = {
+                    "rfilename": path.relative_to(self.root).as_posix(),
+                    "size": len(data),
+                }
+                if path.suffix == ".safetensors":
+                    sha = hashlib.sha256(data).hexdigest()
+                    entry["lfs"] = {"size": len(data), "sha256": sha, "pointerSize": 130}
+                siblings.append(entry)
+            return {"id": f"{org}/{name}", "sha": COMMIT, "siblings": siblings}
+
+        @app.get("/api/models/{org}/{name}/tree/{rev}")
+        async def tree(org: str, name: str, rev: str) -> list[dict[str, object]]:
+            entries: list[dict[str, object]] = []
+            for path in self.files():
+                data = path.read_bytes()
+                entry: dict[str, object] = {
+                    "type": "file",
+                    "path": path.relative_to(self.root).as_posix(),
+                    "size": len(data),
+                    "oid": hashlib.sha1(data).hexdigest(),
+                }
+                if path.suffix == ".safetensors":
+                    sha = hashlib.sha256(data).hexdigest()
+                    entry["lfs"] = {"size": len(data), "oid": sha, "pointerSize": 130}
+                entries.append(entry)
+            return entries
+
+        @app.api_route("/{org}/{name}/resolve/{rev}/{path:path}", methods=["GET", "HEAD"])
+        async def resolve(org: str, name: str, rev: str, path: str, request: Request) -> Response:
+            data = (self.root / path).read_bytes()
+            if path in self.corrupt:
+                data = data[:-8] + b"\x00" * 8
+            headers = {
+                "X-Repo-Commit": COMMIT,
+                "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                "Content-Length": str(len(data)),
+                "Accept-Ranges": "bytes",
+            }
+            if request.method == "HEAD":
+                return Response(status_code=200, headers=headers)
+            start = 0
+            if rng := request.headers.get("range"):
+                self.ranges.append(f"{path} {rng}")
+                start = int(rng.split("=", 1)[1].split("-", 1)[0])
+            body = data[start:]
+            if self.cuts.get(path, 0) > 0:
+                self.cuts[path] -= 1
+
+                async def half() -> Iterator[bytes]:  # type: ignore[misc]
+                    yield body[: len(body) // 2]
+                    raise ConnectionResetError("cut")
+
+                from fastapi.responses import StreamingResponse
+
+                headers["Content-Length"] = str(len(body))
+                return StreamingResponse(
+                    half(),  # type: ignore[arg-type]
+                    status_code=206 if start else 200,
+                    headers=headers,
+                )
+            headers["Content-Length"] = str(len(body))
+            status = 206 if start else 200
+            return Response(content=body, status_code=status, headers=headers)
+
+        return app
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-sd")
+    build_tiny_pipeline(7, 32).save_pretrained(root, safe_serialization=True)
+    return root
+
+
+@pytest.fixture
+def hub(checkpoint: Path) -> Iterator[tuple[Hub, str]]:
+    state = Hub(checkpoint)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(state.app(), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.02)
+    yield state, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_pull_then_generate_with_the_pulled_id(
+    hub: tuple[Hub, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state, endpoint = hub
+    data = tmp_path / "data"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[engine]\ndata_dir = "{data}"\n')
+    assert (
+        engine_cli(["--config", str(config), "models", "pull", REPO, "--endpoint", endpoint]) == 0
+    )
+    out = capsys.readouterr().out
+    assert f'base_model = "{REPO}"' in out
+    pulled = data / "models" / "tiny-org--tiny-sd"
+    assert (pulled / "model_index.json").is_file()
+    weights = {p.relative_to(state.root) for p in state.files() if p.suffix == ".safetensors"}
+    assert weights and all((pulled / w).is_file() for w in weights)
+    assert engine_cli(["--config", str(config), "models", "list"]) == 0
+    assert REPO in capsys.readouterr().out
+
+
+def test_the_pulled_model_trains_and_generates(hub: tuple[Hub, str], tmp_path: Path) -> None:
+    from PIL import Image
+
+    from engine.image.pipeline import ImageModel
+    from engine.image.settings import image_settings
+    from engine.image.types import TrainImage
+
+    _, endpoint = hub
+    data = tmp_path / "engine"
+    model_store.pull(REPO, data, endpoint=endpoint)
+    settings = make_settings(data, image={"base_model": REPO})  # named by its hub id
+    pulled = data / "models" / "tiny-org--tiny-sd"
+    assert settings.image["base_model"] == str(pulled)
+    model = ImageModel.from_settings(image_settings(settings.image))
+    assert model.label == str(pulled)
+    original = build_tiny_pipeline(7, 32).unet.state_dict()
+    for key, value in model.pipe.unet.state_dict().items():
+        assert (value == original[key]).all(), key  # the pulled weights, not new ones
+    examples = [
+        TrainImage(Image.new("RGB", (32, 32), (40 * i, 90, 200 - 40 * i)), "tadz, a square")
+        for i in range(4)
+    ]
+    fit = model.train_lora(
+        examples, tmp_path / "lora.safetensors", rank=4, steps=2, learning_rate=1e-3
+    )
+    del fit
+    image = model.generate("tadz", lora=tmp_path / "lora.safetensors", steps=1)
+    assert image.shape == (32, 32, 3)
+
+
+def test_a_cut_download_resumes(hub: tuple[Hub, str], tmp_path: Path) -> None:
+    state, endpoint = hub
+    big = max(
+        (p for p in state.files() if p.suffix == ".safetensors"), key=lambda p: p.stat().st_size
+    )
+    name = big.relative_to(state.root).as_posix()
+    state.cuts[name] = 1  # dropped once half-way: the same pull goes on
+    model = model_store.pull(REPO, tmp_path / "a", endpoint=endpoint)
+    assert (model.path / name).read_bytes() == big.read_bytes()
+    state.cuts[name] = 100  # every try dropped: the pull fails, keeping what it has
+    with pytest.raises(model_store.PullError, match="again"):
+        model_store.pull(REPO, tmp_path, endpoint=endpoint)
+    state.cuts[name] = 0
+    model = model_store.pull(REPO, tmp_path, endpoint=endpoint)
+    assert (model.path / name).read_bytes() == big.read_bytes()
+    assert any(r.startswith(name) for r in state.ranges), state.ranges  # resumed, not restarted
+
+
+def test_a_corrupted_file_is_deleted_and_the_pull_fails(
+    hub: tuple[Hub, str], tmp_path: Path
+) -> None:
+    state, endpoint = hub
+    victim = next(p for p in state.files() if p.suffix == ".safetensors")
+    name = victim.relative_to(state.root).as_posix()
+    state.corrupt.add(name)
+    with pytest.raises(model_store.PullError, match="sha256"):
+        model_store.pull(REPO, tmp_path, endpoint=endpoint)
+    assert not (tmp_path / "models" / "tiny-org--tiny-sd" / name).exists()
+    assert model_store.resolve_pulled(tmp_path, REPO) is None  # not usable until pulled whole
+
+
+def test_a_url_file_resumes_and_checks_its_sha256(hub: tuple[Hub, str], tmp_path: Path) -> None:
+    state, endpoint = hub
+    victim = next(p for p in state.files() if p.suffix == ".safetensors")
+    name = victim.relative_to(state.root).as_posix()
+    url = f"{endpoint}/{REPO}/resolve/main/{name}"
+    digest = hashlib.sha256(victim.read_bytes()).hexdigest()
+    with pytest.raises(model_store.PullError, match="SHA-256"):
+        model_store.pull(url, tmp_path, sha256="0" * 64)
+    model = model_store.pull(url, tmp_path, sha256=digest)
+    assert model.path.read_bytes() == victim.read_bytes()
+    with pytest.raises(model_store.PullError, match="https"):
+        model_store.pull("http://example.com/x.safetensors", tmp_path)
