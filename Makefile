@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run test check bench lock clean
+.PHONY: setup browser voice-data run test check bench lock clean
 
 setup: $(STAMP)
 
@@ -23,16 +23,25 @@ browser:
 	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq chromium >/dev/null; } || echo "make: could not install chromium"
 
+# Debian packages whose recordings and voices are the voice quality evaluation's speakers
+# (tests/engine/voice/test_voice_quality.py, bench/voice_quality.py); test-only, like Chromium.
+VOICE_DATA := /usr/bin/flite /usr/share/pocketsphinx/test/data/librivox /usr/share/sounds/alsa/Front_Center.wav
+voice-data:
+	@for f in $(VOICE_DATA); do test -e $$f || missing=1; done; test -z "$$missing" || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		flite pocketsphinx-testdata alsa-utils >/dev/null; } || echo "make: could not install the voice evaluation data"
+
 run: setup
 	$(VENV)/bin/tada-bot
 
-test: setup browser
+test: setup browser voice-data
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/check.sh
 
-bench: setup
+bench: setup voice-data
 	$(PY) bench/upload.py
 	$(PY) bench/lora.py
 	$(PY) bench/voice.py
+	$(PY) bench/voice_quality.py
 	$(PY) bench/sandbox_start.py
 	$(PY) bench/gate.py
 
