@@ -17,6 +17,7 @@ import pytest
 from bench import voice_quality as vq
 from engine.voice.reference import CpuReferenceBackend
 from engine.voice.settings import VoiceSettings
+from engine.voice.similarity import DVECTOR, RESEMBLYZER, Calibration, Likeness, likeness
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +80,18 @@ def test_word_error_rate_counts_word_edits() -> None:
     assert vq.wer("the cat sat", "the cat sat") == 0.0
     assert vq.wer("the cat sat", "a cat sat down") == pytest.approx(2 / 3)
     assert vq.wer("Ten of clubs.", "10 of clubs") == 0.0
+
+
+@pytest.mark.parametrize("calibration", [RESEMBLYZER, DVECTOR], ids=lambda c: c.encoder)
+def test_the_member_facing_calibration_matches_the_evaluation(
+    evaluation: vq.Evaluation, calibration: Calibration
+) -> None:
+    """The constants in engine/voice/similarity.py come from this evaluation; keep them so."""
+    measured = evaluation.calibration[calibration.encoder]
+    assert abs(calibration.same - measured["same_speaker_median"]) < 0.05, measured
+    assert abs(calibration.different - measured["different_speakers_median"]) < 0.06, measured
+    # A typical stranger reads near 0 %, and nine in ten strangers below "close".
+    assert calibration.percent(measured["different_speakers_median"]) <= 5
+    assert likeness(calibration.percent(measured["different_speakers_p90"]) or 0) is not (
+        Likeness.CLOSE
+    )
