@@ -63,17 +63,22 @@ def test_the_judge_tells_speakers_apart(evaluation: vq.Evaluation) -> None:
 
 
 def test_clones_stay_intelligible_and_fast(evaluation: vq.Evaluation) -> None:
+    # One sentence per speaker, and Piper samples its speech: a word or two moves WER by
+    # 0.05-0.1 from run to run, hence per-speaker bounds above the mean's.
     for r in evaluation.speakers:
         assert r.wer_base <= 0.15, r
-        assert r.wer_clone <= 0.35, (r.speaker, r.wer_clone, r.transcripts)
+        assert r.wer_clone <= 0.5, (r.speaker, r.wer_clone, r.transcripts)
         assert r.rtf < 1.0, r.speaker  # 0.3 on a quiet machine; CI shares its 2 cores
-        assert r.create_seconds < 20.0, r.speaker
+        assert r.create_seconds < 25.0, r.speaker
+    assert evaluation.summary()["all"]["wer_clone"] <= 0.25
 
 
 def test_cloning_moves_toward_the_speaker_on_held_out_speech(evaluation: vq.Evaluation) -> None:
     summary = evaluation.summary()
-    assert summary["all"]["judge_gain"] > 0.0, summary
-    assert summary["all"]["own_clone"] > summary["all"]["own_base"] + 0.05, summary
+    # bench/results/voice_quality.json: +0.19 on average (+0.12 before the spectral mapping).
+    assert summary["all"]["judge_gain"] > 0.08, summary
+    assert sum(r.judge_gain >= 0.1 for r in evaluation.speakers) >= 3, evaluation.speakers
+    assert summary["all"]["own_clone"] > summary["all"]["own_base"] + 0.08, summary
 
 
 def test_word_error_rate_counts_word_edits() -> None:
