@@ -13,7 +13,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_GPU ?= torch===2.13.0
 TORCH_GPU_INDEX ?=
 
-.PHONY: setup gpu browser run run-gpu test check-lock check bench lock clean
+.PHONY: setup gpu browser voice-data run run-gpu test check-lock check bench lock clean
 
 setup: $(STAMP)
 
@@ -52,23 +52,32 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq chromium >/dev/null; } || echo "make: could not install chromium"
 
+# Debian packages whose recordings and voices are the voice quality evaluation's speakers
+# (tests/engine/voice/test_voice_quality.py, bench/voice_quality.py); test-only, like Chromium.
+VOICE_DATA := /usr/bin/flite /usr/share/pocketsphinx/test/data/librivox /usr/share/sounds/alsa/Front_Center.wav
+voice-data:
+	@for f in $(VOICE_DATA); do test -e $$f || missing=1; done; test -z "$$missing" || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		flite pocketsphinx-testdata alsa-utils >/dev/null; } || echo "make: could not install the voice evaluation data"
+
 run: setup
 	$(VENV)/bin/tada-bot
 
 run-gpu: gpu
 	$(VENV)/bin/tada-bot
 
-test: setup browser
+test: setup browser voice-data
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/check.sh
 
 # The lock against the public index only (also part of `make test`).
 check-lock: setup
 	$(PY) scripts/check_lock.py
 
-bench: setup
+bench: setup voice-data
 	$(PY) bench/upload.py
 	$(PY) bench/lora.py
 	$(PY) bench/voice.py
+	$(PY) bench/voice_quality.py
 	$(PY) bench/sandbox_start.py
 	$(PY) bench/gate.py
 	$(PY) bench/hostile.py

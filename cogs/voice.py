@@ -31,8 +31,12 @@ def voice_card(voice: Voice, owner: int) -> tuple[discord.Embed, discord.ui.View
     embed = discord.Embed(title=f"🎙️ {clip(voice.name, 200)}")
     if voice.duration_seconds:
         embed.add_field(name="Sample length", value=f"{voice.duration_seconds:.1f} s")
-    if voice.base_similarity is not None:
-        embed.add_field(name="Similarity", value=f"{voice.base_similarity:.0%}")
+    if voice.base_similarity_score is not None:
+        # Calibrated: 0% is where a stranger scores, 100% a second recording of the member.
+        words = f" ({voice.base_likeness})" if voice.base_likeness else ""
+        embed.add_field(
+            name="Likeness before cloning", value=f"{voice.base_similarity_score}%{words}"
+        )
     embed.add_field(name="Voice id", value=f"`{voice.id}`", inline=False)
     view = discord.ui.View(timeout=None)
     view.add_item(SpeakButton(owner, voice.id))

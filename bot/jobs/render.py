@@ -117,6 +117,17 @@ def _prompt_embed(title: str, prompt: str, enhanced: str | None) -> discord.Embe
     return embed
 
 
+def likeness_line(score: Any, words: Any, base_score: Any) -> str:
+    """The calibrated likeness of speech (0% = a stranger, 100% = the same person), with the
+    base voice's beside it; nothing when the API gives no calibrated figure (a raw cosine
+    reads about 60% for a stranger, which flatters)."""
+    if not isinstance(score, int):
+        return ""
+    said = f" ({words})" if words else ""
+    base = f" · the voice before cloning: {base_score}%" if isinstance(base_score, int) else ""
+    return f"\nLikeness to your sample: **{score}%**{said}{base}"
+
+
 def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = None) -> Outgoing:
     """What to post for a final job (``files``: the downloaded artifacts, if any)."""
     mention = f"<@{job.user_id}>"
@@ -142,8 +153,9 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
             items=(AgainButton(job.id, label="Retry"),),
         )
     if job.kind is JobKind.VOICE_SPEAK:
-        similarity = result.get("similarity")
-        score = f"\nSimilarity to your sample: **{similarity:.0%}**" if similarity else ""
+        score = likeness_line(
+            result.get("similarity_score"), result.get("likeness"), p.get("voice_base_score")
+        )
         voice = clip(str(p.get("voice_name") or p.get("voice_id")), 100)
         text = clip(str(p.get("text", "")), 1500)
         return Outgoing(

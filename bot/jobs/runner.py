@@ -335,15 +335,20 @@ class JobRunner:
     async def _generate(self, tada: TadaClient, job: Job) -> dict[str, Any]:
         p = job.params
         if job.kind is JobKind.VOICE_SPEAK:
-            if not p.get("voice_name"):
-                # The card shows the voice's name; a command or button gave only its id.
+            if not p.get("voice_name") or "voice_base_score" not in p:
+                # The post shows the voice's name and its base voice's score beside the
+                # clone's; a command or button gave only the voice's id.
                 voice = await tada.get_voice(str(p["voice_id"]))
-                await self.store.update(job.id, params={**p, "voice_name": voice.name})
+                named = {"voice_name": p.get("voice_name") or voice.name}
+                base = {"voice_base_score": voice.base_similarity_score}
+                await self.store.update(job.id, params={**p, **named, **base})
             spoken = await tada.generate_voice(str(p["voice_id"]), str(p["text"]))
             return {
                 "generation_id": spoken.id,
                 "url": spoken.url,
                 "similarity": spoken.similarity,
+                "similarity_score": spoken.similarity_score,
+                "likeness": spoken.likeness,
                 "duration_seconds": spoken.duration_seconds,
                 "format": spoken.format,
             }
@@ -505,6 +510,8 @@ class JobRunner:
                     "generation_id": gen.id,
                     "url": gen.audio_url,
                     "similarity": gen.similarity,
+                    "similarity_score": gen.similarity_score,
+                    "likeness": gen.likeness,
                     "duration_seconds": gen.duration_seconds,
                     "format": gen.format,
                 }

@@ -84,6 +84,9 @@ class Voice(TadaModel):
     status: str | None = None
     duration_seconds: float | None = None
     base_similarity: float | None = None
+    # Our engine's calibrated figure (0 = a stranger, 100 = the same person) and its words.
+    base_similarity_score: int | None = None
+    base_likeness: str | None = None
 
 
 class VoiceGeneration(TadaModel):
@@ -95,6 +98,8 @@ class VoiceGeneration(TadaModel):
     audio_url: str
     created_at: datetime
     similarity: float | None = None
+    similarity_score: int | None = None
+    likeness: str | None = None
     duration_seconds: float | None = None
     format: str | None = None
 
@@ -116,6 +121,8 @@ class SpokenAudio(TadaModel):
     voice_id: str | None = None
     text: str | None = None
     similarity: float | None = None
+    similarity_score: int | None = None
+    likeness: str | None = None
     duration_seconds: float | None = None
     format: str | None = None
     created_at: datetime | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -9,13 +10,15 @@ from dataclasses import replace
 import numpy as np
 from numpy.typing import NDArray
 
-from engine.voice import world
+from engine.voice import parallel, world
 from engine.voice.audio import Sample, SampleRejected, normalise
 from engine.voice.backend import Progress, SpeakerProfile, Speech
 from engine.voice.piper_base import PiperBase
 from engine.voice.settings import VoiceSettings
 from engine.voice.similarity import SpeakerEncoder, cosine
+from engine.voice.transcribe import Transcriber, TranscriberUnavailable
 
+log = logging.getLogger(__name__)
 NAME = "cpu-reference"
 # Phonetically rich text (the Rainbow Passage) that the base voice reads once per process:
 # its F0 statistics and long-term envelope are the "source" side of every conversion.
@@ -32,6 +35,8 @@ SIMILARITY_SECONDS = 30.0
 MIN_VOICED_SHARE = 0.15
 # A steady tone has almost no pitch movement; speech moves by semitones.
 MIN_F0_SPREAD = 0.02
+# Fewer heard words than this give too little parallel speech for a mapping.
+MIN_TRANSCRIPT_WORDS = 4
 
 
 class CpuReferenceBackend:
@@ -39,9 +44,15 @@ class CpuReferenceBackend:
 
     name = NAME
 
-    def __init__(self, settings: VoiceSettings, encoder: SpeakerEncoder | None = None) -> None:
+    def __init__(
+        self,
+        settings: VoiceSettings,
+        encoder: SpeakerEncoder | None = None,
+        transcriber: Transcriber | None = None,
+    ) -> None:
         self.settings = settings
         self.encoder = encoder or SpeakerEncoder()
+        self.transcriber = transcriber or Transcriber()
         self.f0_method = settings.f0_method
         self._lock = threading.Lock()
         # Held while the base voice is analysed: a job arriving during warm_up() waits for
@@ -130,21 +141,63 @@ class CpuReferenceBackend:
             )
         embedding = self.encoder.embed(sample.audio, sample.sample_rate)
         _, base_embedding = self._base()
+        params: dict[str, object] = {"stats": stats.to_json()}
+        if self.settings.spectral_mapping:
+            mapping = self._learn_mapping(sample, stats)
+            if mapping is not None:
+                params["mapping"] = mapping.to_json()
         return SpeakerProfile(
             backend=self.name,
             embedding=[round(float(v), 6) for v in embedding],
             median_f0_hz=round(stats.median_f0_hz, 2),
             base_similarity=round(cosine(embedding, base_embedding), 4),
-            params={"stats": stats.to_json()},
+            params=params,
         )
+
+    def _learn_mapping(
+        self, sample: Sample, stats: world.VoiceStats
+    ) -> parallel.SpectralMapping | None:
+        """The base voice reads the sample's transcript; learn base-to-speaker envelopes.
+
+        The mapping is learnt on top of the long-term conversion (its "change nothing" is
+        that conversion). Without a transcript or enough aligned voicing, there is none.
+        """
+        try:
+            said = self.transcriber.transcribe(sample.audio, sample.sample_rate)
+        except TranscriberUnavailable as exc:
+            log.warning("voice: no spectral mapping, long-term envelope only: %s", exc)
+            return None
+        if len(said.split()) < MIN_TRANSCRIPT_WORDS:
+            log.info("voice: too few words heard in the sample for a spectral mapping")
+            return None
+        rate = sample.sample_rate
+        read = self.base_speech(said)
+        source = world.analyse(read.audio, rate, aperiodicity=False, method=self.f0_method)
+        target = world.analyse(sample.audio, rate, aperiodicity=False, method=self.f0_method)
+        converted = world.convert(source, self._plan(stats))
+        try:
+            return parallel.fit(
+                converted.sp,
+                source.f0,
+                target.sp,
+                target.f0,
+                rate,
+                ridge=self.settings.mapping_ridge,
+            )
+        except ValueError as exc:
+            log.info("voice: no spectral mapping: %s", exc)
+            return None
 
     def conversion(self, profile: SpeakerProfile) -> world.Conversion:
         """The base-to-speaker mapping for ``profile`` under the current settings."""
+        return self._plan(world.VoiceStats.from_json(profile.params["stats"]))
+
+    def _plan(self, target: world.VoiceStats) -> world.Conversion:
         base_stats, _ = self._base()
         s = self.settings
         return world.plan_conversion(
             base_stats,
-            world.VoiceStats.from_json(profile.params["stats"]),
+            target,
             self.sample_rate,
             f0_spread_weight=s.f0_spread_weight,
             warp_weight=s.warp_weight,
@@ -169,10 +222,14 @@ class CpuReferenceBackend:
         tracks = [world.pitch(chunk, self.sample_rate, self.f0_method) for chunk in chunks]
         mean, std = world.utterance_f0([f0 for f0, _ in tracks], base_stats)
         plan = replace(plan, source_log_f0_mean=mean, source_log_f0_std=std)
+        raw_mapping = profile.params.get("mapping") if self.settings.spectral_mapping else None
+        mapping = parallel.SpectralMapping.from_json(raw_mapping) if raw_mapping else None
         converted: list[NDArray[np.float32]] = []
         for i, (chunk, track) in enumerate(zip(chunks, tracks, strict=True)):
-            features = world.analyse(chunk, self.sample_rate, f0_track=track)
-            converted.append(world.synthesise(world.convert(features, plan)))
+            features = world.convert(world.analyse(chunk, self.sample_rate, f0_track=track), plan)
+            if mapping is not None:
+                features = parallel.apply_voiced(features, mapping)
+            converted.append(world.synthesise(features))
             if progress is not None:
                 progress((i + 1) / len(chunks))
         audio = normalise(self._join(converted), self.sample_rate, self.settings.target_dbfs)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
+
+from engine.voice.similarity import RESEMBLYZER, Likeness, likeness
+
+# Every back end's similarity is resemblyzer's cosine to the sample (engine.voice.backend).
+_CALIBRATION = RESEMBLYZER
+
+
+def _words(percent: int | None) -> Likeness | None:
+    return None if percent is None else likeness(percent)
 
 
 class VoiceClone(BaseModel):
@@ -21,6 +30,21 @@ class VoiceClone(BaseModel):
         description="resemblyzer cosine of the unconverted base voice to the sample"
     )
     backend: str
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description=(
+            "base_similarity calibrated: 0 = where a different speaker typically scores, "
+            "100 = where a second recording of the same speaker does"
+        )
+    )
+    @property
+    def base_similarity_score(self) -> int | None:
+        return _CALIBRATION.percent(self.base_similarity)
+
+    @computed_field(description="base_similarity_score in words")  # type: ignore[prop-decorator]
+    @property
+    def base_likeness(self) -> Likeness | None:
+        return _words(self.base_similarity_score)
 
 
 class VoiceGenerationRequest(BaseModel):
@@ -42,6 +66,21 @@ class VoiceGeneration(BaseModel):
     similarity: float | None = Field(
         description="resemblyzer cosine of this speech to the voice's sample (1.0 = same voice)"
     )
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description=(
+            "similarity calibrated: 0 = where a different speaker typically scores, "
+            "100 = where a second recording of the same speaker does"
+        )
+    )
+    @property
+    def similarity_score(self) -> int | None:
+        return _CALIBRATION.percent(self.similarity)
+
+    @computed_field(description="similarity_score in words")  # type: ignore[prop-decorator]
+    @property
+    def likeness(self) -> Likeness | None:
+        return _words(self.similarity_score)
 
 
 class VoiceGenerationResponse(VoiceGeneration):

@@ -61,6 +61,11 @@ class VoiceSettings(BaseModel):
     # Safety limits that keep converted speech intelligible.
     max_warp: float = Field(1.2, ge=1.0, le=1.5)
     max_envelope_db: float = Field(9.0, ge=0.0, le=24.0)
+    # Learn a per-speaker spectral mapping from the sample read again by the base voice
+    # (Whisper transcript + DTW + ridge regression); off: long-term envelope only.
+    spectral_mapping: bool = True
+    # How hard the mapping is held to "change nothing" (higher: safer, less like the speaker).
+    mapping_ridge: float = Field(1000.0, gt=0.0)
     audio_format: AudioFormat = AudioFormat.MP3
     mp3_bitrate_kbps: int = Field(96, ge=32, le=320)
 

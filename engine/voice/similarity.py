@@ -1,9 +1,16 @@
-"""Speaker similarity with resemblyzer's voice encoder (its weights ship in the wheel)."""
+"""Speaker similarity with resemblyzer's voice encoder (its weights ship in the wheel).
+
+A raw cosine means little to a member (two strangers score about 0.55 on resemblyzer):
+:class:`Calibration` maps it to 0-100 % between "a different speaker" and "the same
+speaker", measured on the evaluation set, and :func:`likeness` puts that in words.
+"""
 
 from __future__ import annotations
 
 import threading
 import warnings
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -67,3 +74,52 @@ def cosine(a: NDArray[Any], b: NDArray[Any]) -> float:
     if na == 0 or nb == 0:
         return 0.0
     return float(np.dot(a, b) / (na * nb))
+
+
+class Likeness(StrEnum):
+    """A calibrated similarity in words, for members."""
+
+    CLOSE = "close"  # where two recordings of one person usually land
+    SOMEWHAT = "somewhat"  # clearly nearer than a stranger, clearly not the same voice
+    FAR = "far"  # where a different person usually lands
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where one encoder's cosine lands for different speakers and for the same speaker.
+
+    Measured by ``bench/voice_quality.py`` on its evaluation speakers (none made from the
+    base voice): ``different`` is the median cosine of one speaker's recording against
+    another's, ``same`` the median of two recordings of one speaker. A score maps the
+    first to 0 and the second to 1, so a stranger reads about 0% instead of "60%".
+    """
+
+    encoder: str
+    different: float
+    same: float
+
+    def score(self, cos: float) -> float:
+        """0.0 (a typical different speaker) .. 1.0 (a second recording of the speaker)."""
+        return float(min(1.0, max(0.0, (cos - self.different) / (self.same - self.different))))
+
+    def percent(self, cos: float | None) -> int | None:
+        return None if cos is None else round(100 * self.score(cos))
+
+
+def likeness(percent: int) -> Likeness:
+    """Words for a calibrated percentage.
+
+    Below about a third, a different speaker often scores as much (the evaluation's 90th
+    percentile of different-speaker pairs sits near 30% on both encoders).
+    """
+    if percent >= 70:
+        return Likeness.CLOSE
+    if percent >= 35:
+        return Likeness.SOMEWHAT
+    return Likeness.FAR
+
+
+# From bench/results/voice_quality.json ("calibration"); tests/engine/voice/
+# test_voice_quality.py checks them against a fresh evaluation.
+RESEMBLYZER = Calibration("resemblyzer", different=0.56, same=0.95)
+DVECTOR = Calibration("voicefilter-dvector", different=0.23, same=0.93)

@@ -64,7 +64,20 @@ async def test_clone_then_speak_posts_the_audio_in_the_channel(
     spoken = await alice.submit_modal(shown, {"text": "Hello from Discord."})
     posted = spoken.followups[-1]
     assert "Alice" in posted.content and "Hello from Discord." in posted.content
-    assert "Similarity" in posted.content
+    # The calibrated likeness (not the raw cosine), next to the base voice's.
+    account = await services.members.get(alice.id)
+    assert account is not None
+    key = {"X-API-Key": account.api_key.get_secret_value()}
+    voice_base_score = (await api.get(f"/api/voices/{voice_id}", headers=key)).json()[
+        "base_similarity_score"
+    ]
+    [made] = (await api.get("/api/voices/generations", headers=key)).json()["generations"]
+    base = next(f.value for f in card.embeds[0].fields if f.name == "Likeness before cloning")
+    assert base.startswith(f"{voice_base_score}%")
+    assert (
+        f"Likeness to your sample: **{made['similarity_score']}%** ({made['likeness']})"
+        f" · the voice before cloning: {voice_base_score}%"
+    ) in posted.content
     [audio] = posted.attachments
     assert audio.filename == "speech.mp3"
     data = await audio.read()

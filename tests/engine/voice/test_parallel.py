@@ -1,0 +1,85 @@
+"""The parallel-data spectral mapping: learnt from two readings, falls back when it cannot."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from engine.voice import parallel, world
+from engine.voice.audio import Sample
+from engine.voice.reference import CpuReferenceBackend
+from engine.voice.settings import VoiceSettings
+from engine.voice.transcribe import TranscriberUnavailable
+from tests.engine.voice.conftest import Speaker
+
+
+def _warped(features: world.WorldFeatures, warp: float) -> world.WorldFeatures:
+    plan = world.Conversion(0.0, 1.0, 0.0, 1.0, warp, np.zeros(world.N_BANDS))
+    return world.convert(features, plan)
+
+
+def test_a_learnt_mapping_moves_envelopes_toward_the_target(base_sample: Speaker) -> None:
+    rate = base_sample.sample_rate
+    source = world.analyse(base_sample.audio, rate, aperiodicity=False)
+    target = _warped(source, 1.12)  # the same words, formants 12 % up
+    mapping = parallel.fit(source.sp, source.f0, target.sp, target.f0, rate, ridge=10.0)
+    assert mapping.pairs > 300  # voiced 10 ms frames of a 12 s reading
+
+    voiced = source.voiced
+    coded_target = parallel.code(target.sp[voiced], rate)
+    before = np.mean((parallel.code(source.sp[voiced], rate) - coded_target) ** 2)
+    mapped = parallel.apply_voiced(source, mapping)
+    after = np.mean((parallel.code(mapped.sp[voiced], rate) - coded_target) ** 2)
+    assert after < 0.6 * before, (before, after)
+    # Unvoiced frames are left alone; the round trip through JSON keeps the mapping.
+    assert np.array_equal(mapped.sp[~voiced], source.sp[~voiced])
+    again = parallel.SpectralMapping.from_json(mapping.to_json())
+    assert np.allclose(again.weights, mapping.weights, atol=1e-4)
+
+
+def test_a_strong_ridge_changes_almost_nothing(base_sample: Speaker) -> None:
+    rate = base_sample.sample_rate
+    source = world.analyse(base_sample.audio, rate, aperiodicity=False)
+    target = _warped(source, 1.12)
+    mapping = parallel.fit(source.sp, source.f0, target.sp, target.f0, rate, ridge=1e9)
+    # The matrix stays the identity; only the unpenalised offset (a fixed tilt) is learnt.
+    assert np.abs(mapping.weights[:-1] - np.eye(parallel.DIM)).max() < 1e-3
+
+
+def test_too_little_speech_is_refused(base_sample: Speaker) -> None:
+    rate = base_sample.sample_rate
+    short = world.analyse(base_sample.audio[: rate // 2], rate, aperiodicity=False)
+    with pytest.raises(ValueError, match="too little"):
+        parallel.fit(short.sp, short.f0, short.sp, short.f0, rate)
+
+
+class _NoWhisper:
+    def transcribe(self, audio: object, sample_rate: int) -> str:
+        raise TranscriberUnavailable("faster-whisper is not installed")
+
+
+def test_without_a_transcriber_the_clone_falls_back_with_a_log_line(
+    reference_backend: CpuReferenceBackend, base_sample: Speaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = CpuReferenceBackend(
+        VoiceSettings(),
+        encoder=reference_backend.encoder,
+        transcriber=_NoWhisper(),  # type: ignore[arg-type]
+    )
+    backend._piper = reference_backend.piper
+    sample = Sample(base_sample.audio, base_sample.sample_rate, 10.0, 10.0)
+    with caplog.at_level(logging.WARNING, logger="engine.voice.reference"):
+        profile = backend.analyse(sample)
+    assert "mapping" not in profile.params
+    assert "long-term envelope only" in caplog.text
+    assert backend.synthesise("Still speaks.", profile).seconds > 0.5
+
+
+def test_a_clone_keeps_its_mapping(
+    reference_backend: CpuReferenceBackend, speakers: dict[str, Speaker]
+) -> None:
+    high = speakers["high"]
+    profile = reference_backend.analyse(Sample(high.audio, high.sample_rate, 12.0, 12.0))
+    assert profile.params["mapping"]["pairs"] > 4 * parallel.DIM
