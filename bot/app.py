@@ -150,6 +150,9 @@ class TadaBot(commands.Bot):
             intents=intents or discord.Intents.default(),
             tree_cls=TadaCommandTree,
             help_command=None,
+            # Members' text (spoken text, prompts, names) is in many of the bot's messages:
+            # by default nothing pings; a message that means to ping its requester says so.
+            allowed_mentions=discord.AllowedMentions.none(),
         )
         self.services = services
         self.extension_names = tuple(extensions)

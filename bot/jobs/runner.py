@@ -106,6 +106,13 @@ class JobRequest:
         return max(1, len(self.text or "")) if self.kind is JobKind.VOICE_SPEAK else 1
 
 
+def requester_only(user_id: int) -> discord.AllowedMentions:
+    """Mentions that ping the requester and nobody else, whatever the text holds."""
+    return discord.AllowedMentions(
+        everyone=False, users=[discord.Object(user_id)], roles=False, replied_user=False
+    )
+
+
 def gate_request(interaction: discord.Interaction[Any], request: JobRequest) -> GateRequest:
     """The gate's view of a job request made through ``interaction``."""
     feature, action = FEATURE_OF[request.kind]
@@ -653,7 +660,7 @@ class JobRunner:
         return None
 
     async def _post(self, job: Job, destination: Destination, outgoing: Outgoing) -> int:
-        mentions = discord.AllowedMentions(users=[discord.Object(job.user_id)], roles=False)
+        mentions = requester_only(job.user_id)
         kwargs: dict[str, Any] = {"content": outgoing.content, "allowed_mentions": mentions}
         if outgoing.embed is not None:
             kwargs["embed"] = outgoing.embed

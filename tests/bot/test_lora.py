@@ -19,6 +19,7 @@ from bot.store import LinkedVia
 from engine.settings import EngineSettings, JobSettings
 from tests.bot.conftest import make_bot_config
 from tests.bot.media_samples import picture, zip_of
+from tests.bot.mentions import assert_pings_at_most
 from tests.conftest import make_settings, register
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
@@ -85,7 +86,7 @@ async def test_zip_upload_train_progress_mention_generate(
 
     shown = await alice.click(result, label="Generate")
     assert shown.modal is not None
-    made = await alice.submit_modal(shown, {"prompt": "a cat on a sofa"})
+    made = await alice.submit_modal(shown, {"prompt": "a cat on a sofa @everyone"})
     image_post = made.followups[-1]
     embed = image_post.embeds[0]
     assert "a cat on a sofa" in (embed.description or "")
@@ -115,6 +116,8 @@ async def test_zip_upload_train_progress_mention_generate(
     assert refused.ephemeral
     await alice.click(image_post, label="Delete")
     assert image_post.id not in [m.id for m in channel.history()]
+    # Progress posts and edits, results, prompts and enhanced prompts: nobody else pinged.
+    assert assert_pings_at_most(simcord_env, {alice.id}) >= 8
     _ = simcord_env.errors
 
 
