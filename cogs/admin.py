@@ -21,6 +21,7 @@ from bot.policy import GuildSettings, Limit, PolicyService, UsageReport
 from bot.policy.moderation import DEFAULT_BLOCKED_WORDS, active_words
 from bot.policy.service import MAX_USAGE_DAYS, SharedKeyInfo
 from bot.policy.settings import FEATURE_NAMES, LIMIT_NAMES
+from bot.policy.store import UsageLine
 from bot.ui import TadaModal
 
 FEATURE_CHOICES = [
@@ -31,13 +32,14 @@ LIMIT_CHOICES = [app_commands.Choice(name=LIMIT_NAMES[limit], value=limit.value)
 # Embed fields hold at most 1024 characters; longer lists are cut with a count.
 FIELD_LIMIT = 1024
 
-ACTION_LABELS: dict[Action, str] = {
-    Action.VOICE_CLONE: "voices cloned",
-    Action.VOICE_SPEAK: "speeches",
-    Action.LORA_UPLOAD: "image sets uploaded",
-    Action.LORA_TRAIN: "trainings",
-    Action.LORA_GENERATE: "images",
-    Action.DEMO_GENERATE: "demo images",
+# What ``/tada-admin usage`` calls each action: one, several.
+ACTION_LABELS: dict[Action, tuple[str, str]] = {
+    Action.VOICE_CLONE: ("voice cloned", "voices cloned"),
+    Action.VOICE_SPEAK: ("speech", "speeches"),
+    Action.LORA_UPLOAD: ("image set uploaded", "image sets uploaded"),
+    Action.LORA_TRAIN: ("training", "trainings"),
+    Action.LORA_GENERATE: ("image", "images"),
+    Action.DEMO_GENERATE: ("demo image", "demo images"),
 }
 
 
@@ -117,6 +119,23 @@ def render_settings(guild_id: int, settings: GuildSettings, key: SharedKeyInfo) 
     return embed
 
 
+def usage_part(line: UsageLine) -> str:
+    """One action's use: how many were asked and, when some were not, how many delivered
+    (failed and cancelled requests do not count against quotas)."""
+    singular, plural = ACTION_LABELS[line.action]
+    text = f"{line.requests:,} {singular if line.requests == 1 else plural}"
+    if line.delivered != line.requests:
+        text += f" asked, {line.delivered:,} delivered"
+    if line.action is Action.VOICE_SPEAK:
+        if line.delivered_cost != line.cost:
+            text += f" ({line.cost:,} characters asked, {line.delivered_cost:,} delivered)"
+        else:
+            text += f" ({line.cost:,} characters)"
+    if line.on_shared_key:
+        text += f" ({line.on_shared_key:,} on the shared key)"
+    return text
+
+
 def render_usage(report: UsageReport) -> str:
     """``/tada-admin usage``: per feature, then the most active members."""
     lines = [
@@ -131,17 +150,13 @@ def render_usage(report: UsageReport) -> str:
         for line in sorted(
             (x for x in report.lines if x.feature is feature), key=lambda x: x.action.value
         ):
-            text = f"{line.requests:,} {ACTION_LABELS[line.action]}"
-            if line.action is Action.VOICE_SPEAK:
-                text += f" ({line.cost:,} characters)"
-            if line.on_shared_key:
-                text += f" ({line.on_shared_key:,} on the shared key)"
-            parts.append(text)
+            parts.append(usage_part(line))
         if parts:
             lines.append(f"**{FEATURE_NAMES[feature]}**: " + ", ".join(parts))
     lines.append("**Most active members**")
     lines += [
-        f"{rank}. <@{top.discord_user_id}>: {top.requests:,} requests"
+        f"{rank}. <@{top.discord_user_id}>: {top.requests:,} "
+        + ("request" if top.requests == 1 else "requests")
         for rank, top in enumerate(report.top, start=1)
     ]
     return clip("\n".join(lines), 2000)

@@ -37,7 +37,7 @@ from pydantic import SecretStr
 from bot.errors import NotLinked, UserFacingError, reply_for
 from bot.gate import Action, Admission, Feature, GateRequest, request_for
 from bot.jobs.fairness import FairQueue
-from bot.jobs.models import Destination, Job, JobKind, JobState
+from bot.jobs.models import FINAL_STATES, Destination, Job, JobKind, JobState
 from bot.jobs.models import aware as _aware
 from bot.jobs.render import (
     DEFAULT_FILE_LIMIT,
@@ -211,7 +211,8 @@ class JobRunner:
             interaction_token=SecretStr(interaction.token),
             interaction_at=interaction.created_at,
         )
-        await self.services.gate.record(greq)
+        # Pending until the outcome: a failure or a cancel gives the allowance back.
+        await self.services.gate.record(greq, job_id=job.id)
         self._interactions[job.id] = interaction
         position = self.enqueue(job)
         note = "".join(f"\n{n}" for n in admission.notes)
@@ -603,6 +604,9 @@ class JobRunner:
                 job = await self.store.get(job_id)
             except JobNotFound:
                 return  # the member asked the bot to forget them: nothing to post
+            if job.state in FINAL_STATES:
+                # Only what the member got counts against their quota.
+                await self.services.gate.settle(job.id, delivered=job.state is JobState.FINISHED)
             if job.posted:
                 return
             files, note = await self._artifacts(job)
