@@ -7,6 +7,7 @@ callback reach the member through :func:`bot.errors.report_error`, like command 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import discord
 
-from bot.errors import UserFacingError, report_error
+from bot.errors import NotLinked, UserFacingError, report_error
+from bot.jobs.store import JobNotFound
 from bot.ui import TadaModal
 
 if TYPE_CHECKING:
@@ -29,6 +31,20 @@ def runner_of(interaction: discord.Interaction[Any]) -> JobRunner:
     if not isinstance(runner, JobRunner):
         raise RuntimeError("this bot has no job runner")
     return runner
+
+
+# What a button on an old result says when its job row is gone (/tada forget deletes a
+# member's jobs; the message stays in the channel).
+JOB_GONE = (
+    "The bot no longer keeps the request behind this message (its owner may have asked "
+    "the bot to forget them), so it cannot be repeated from here. Ask again with the command."
+)
+
+
+async def _check_linked(interaction: discord.Interaction[Any]) -> None:
+    """Before a modal: a member without an account is told to link, not shown a form."""
+    if await runner_of(interaction).services.members.get(interaction.user.id) is None:
+        raise NotLinked()
 
 
 def _check_owner(interaction: discord.Interaction[Any], owner: int) -> None:
@@ -77,7 +93,10 @@ class AgainButton(
 
     async def act(self, interaction: discord.Interaction[Any]) -> None:
         runner = runner_of(interaction)
-        job = await runner.store.get(self.job_id)
+        try:
+            job = await runner.store.get(self.job_id)
+        except JobNotFound as exc:
+            raise UserFacingError(JOB_GONE) from exc
         _check_owner(interaction, job.user_id)
         await runner.submit(interaction, runner.request_like(job))
 
@@ -114,7 +133,9 @@ class DeleteButton(
         _check_owner(interaction, self.owner)
         await interaction.response.defer()
         if interaction.message is not None:
-            await interaction.message.delete()
+            # Deleted already (another press, a moderator): nothing left to do.
+            with contextlib.suppress(discord.NotFound):
+                await interaction.message.delete()
 
 
 class AskModal(TadaModal):
@@ -220,6 +241,7 @@ class GenerateButton(OwnedButton, kind="gen", label="Generate"):
     """Open the prompt modal for a trained LoRA (owner only)."""
 
     async def run(self, interaction: discord.Interaction[Any]) -> None:
+        await _check_linked(interaction)
         await interaction.response.send_modal(prompt_modal(self.target))
 
 
@@ -227,6 +249,7 @@ class SpeakButton(OwnedButton, kind="speak", label="Speak"):
     """Open the text modal for a voice (owner only)."""
 
     async def run(self, interaction: discord.Interaction[Any]) -> None:
+        await _check_linked(interaction)
         await interaction.response.send_modal(speak_modal(self.target))
 
 
