@@ -28,6 +28,7 @@ from bot.gate import Gate, OpenGate
 from bot.jobs import JobRunner
 from bot.jobs.buttons import PERSISTENT_BUTTONS
 from bot.policy import PolicyGate, PolicyService, PolicyStore
+from bot.readiness import EngineReadiness
 from bot.store import MemberStore, Store
 from bot.tada import TadaClient
 from bot.ui import TadaCommandTree
@@ -63,6 +64,8 @@ class BotServices:
     gate: Gate = field(default_factory=OpenGate)
     # Server admins' settings, shared keys and usage (``/tada-admin``, ``/quota``).
     policy: PolicyService | None = None
+    # What the engine lacks (no demo model, the random test model), for admins.
+    readiness: EngineReadiness = field(default_factory=EngineReadiness)
 
 
 def _http_client(config: BotConfig) -> httpx.AsyncClient:
@@ -132,6 +135,11 @@ async def open_services(
             engine=engine,
             gate=gate,
             policy=PolicyService(policy_store, box, tada, gate),
+            readiness=(
+                EngineReadiness.of_embedded(engine_settings)
+                if engine is not None and engine_settings is not None
+                else EngineReadiness()
+            ),
         )
 
 

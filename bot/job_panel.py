@@ -89,6 +89,9 @@ class Panel:
     recent: tuple[PanelEntry, ...]
 
 
+JOB_NOT_YOURS = "That is not one of yours: `/jobs` lists your jobs and their ids."
+
+
 class JobPanel:
     """Reads and cancels a member's jobs through the bot's job runner."""
 
@@ -120,9 +123,10 @@ class JobPanel:
         try:
             job = await self._runner.store.get(job_id)
         except JobNotFound as exc:
-            raise UserFacingError("That job no longer exists.") from exc
+            raise UserFacingError(JOB_NOT_YOURS) from exc
         if job.user_id != user_id:
-            raise UserFacingError("That job is not yours.")
+            # The same words as for a missing job: whether another's job exists is theirs.
+            raise UserFacingError(JOB_NOT_YOURS)
         # Out of the queue first: once it is out, the runner can no longer start it.
         if job.state is not JobState.QUEUED or not self._runner.queue.remove(user_id, job_id):
             raise UserFacingError("That job has already started, so it can no longer be cancelled.")

@@ -22,6 +22,7 @@ from bot.policy.moderation import DEFAULT_BLOCKED_WORDS, active_words
 from bot.policy.service import MAX_USAGE_DAYS, SharedKeyInfo
 from bot.policy.settings import FEATURE_NAMES, LIMIT_NAMES
 from bot.policy.store import UsageLine
+from bot.readiness import EngineReadiness
 from bot.ui import TadaModal
 
 FEATURE_CHOICES = [
@@ -56,8 +57,13 @@ def role_name(guild_id: int, role_id: int) -> str:
     return "@everyone" if role_id == guild_id else f"<@&{role_id}>"
 
 
-def render_settings(guild_id: int, settings: GuildSettings, key: SharedKeyInfo) -> discord.Embed:
-    """The whole configuration on one page."""
+def render_settings(
+    guild_id: int,
+    settings: GuildSettings,
+    key: SharedKeyInfo,
+    readiness: EngineReadiness | None = None,
+) -> discord.Embed:
+    """The whole configuration on one page, with what the engine lacks."""
     embed = discord.Embed(title="Ta-da settings for this server", colour=discord.Colour.blurple())
     channels = []
     roles = []
@@ -116,7 +122,29 @@ def render_settings(guild_id: int, settings: GuildSettings, key: SharedKeyInfo) 
     lines.append("Your patterns: " + (", ".join(f"`{p}`" for p in m.blocked_patterns) or "none"))
     lines.append(f"Words in force: {len(active_words(m))}")
     embed.add_field(name="Moderation", value=clip("\n".join(lines)), inline=False)
+    lacks = readiness.lacks() if readiness is not None else []
+    if lacks:
+        embed.add_field(
+            name="⚠️ The Ta-da engine is missing",
+            value=clip(
+                "\n".join(f"• {lack.what}" for lack in lacks)
+                + "\nThe bot's operator can see how to set it up in the bot's log."
+            ),
+            inline=False,
+        )
     return embed
+
+
+def demo_warning(readiness: EngineReadiness) -> str:
+    """A warning for admins setting up demos on an engine without demo models."""
+    missing = readiness.missing_demos()
+    if not missing:
+        return ""
+    return (
+        f"\n⚠️ The Ta-da engine has no {' or '.join(missing)} model configured, so `/demo` "
+        "fails there until the bot's operator sets it up (`/tada-admin show` lists what "
+        "is missing)."
+    )
 
 
 def usage_part(line: UsageLine) -> str:
@@ -173,10 +201,13 @@ class SharedKeyModal(TadaModal, title="Shared Ta-da key for demo channels"):
         max_length=200,
     )
 
-    def __init__(self, policy: PolicyService, guild_id: int) -> None:
+    def __init__(
+        self, policy: PolicyService, guild_id: int, readiness: EngineReadiness | None = None
+    ) -> None:
         super().__init__()
         self.policy = policy
         self.guild_id = guild_id
+        self.readiness = readiness or EngineReadiness()
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -185,7 +216,7 @@ class SharedKeyModal(TadaModal, title="Shared Ta-da key for demo channels"):
             content=(
                 f"Saved the shared key `{masked}` (encrypted; it will not be shown again). "
                 "`/demo` in the community demo channels now runs on it, so members need no "
-                "account there."
+                "account there." + demo_warning(self.readiness)
             )
         )
 
@@ -213,9 +244,10 @@ class AdminCog(
     quota = app_commands.Group(name="quota", description="Limits per role and feature")
     moderation = app_commands.Group(name="moderation", description="Blocked words and patterns")
 
-    def __init__(self, policy: PolicyService) -> None:
+    def __init__(self, policy: PolicyService, readiness: EngineReadiness | None = None) -> None:
         super().__init__()
         self.policy = policy
+        self.readiness = readiness or EngineReadiness()
 
     # ------------------------------------------------------------------ overview
 
@@ -226,7 +258,7 @@ class AdminCog(
         settings = await self.policy.settings(guild_id)
         key = await self.policy.shared_key_info(guild_id)
         await interaction.response.send_message(
-            embed=render_settings(guild_id, settings, key), ephemeral=True
+            embed=render_settings(guild_id, settings, key, self.readiness), ephemeral=True
         )
 
     @app_commands.command(name="usage")
@@ -363,7 +395,11 @@ class AdminCog(
             else "\nNo shared key yet: set one with `/tada-admin demo key` so members "
             "need no account there."
         )
-        await _answer(interaction, f"{channel.mention} is now a community demo channel.{hint}")
+        await _answer(
+            interaction,
+            f"{channel.mention} is now a community demo channel.{hint}"
+            + demo_warning(self.readiness),
+        )
 
     @demo.command(name="remove")
     @app_commands.describe(channel="The demo channel to make ordinary again")
@@ -377,7 +413,9 @@ class AdminCog(
     @demo.command(name="key")
     async def demo_key(self, interaction: discord.Interaction[Any]) -> None:
         """Set the server's shared Ta-da key for demo channels (asked privately)."""
-        await interaction.response.send_modal(SharedKeyModal(self.policy, _guild(interaction)))
+        await interaction.response.send_modal(
+            SharedKeyModal(self.policy, _guild(interaction), self.readiness)
+        )
 
     @demo.command(name="forget-key")
     async def demo_forget_key(self, interaction: discord.Interaction[Any]) -> None:
@@ -493,4 +531,4 @@ async def setup(bot: commands.Bot) -> None:
     if not isinstance(bot, TadaBot) or bot.services.policy is None:
         raise TypeError("cogs.admin needs a TadaBot whose services have a policy")
     bot.services.policy.gate.bind(bot)
-    await bot.add_cog(AdminCog(bot.services.policy))
+    await bot.add_cog(AdminCog(bot.services.policy, bot.services.readiness))

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import discord
 from pydantic import SecretStr
 
-from bot.errors import NotLinked, UserFacingError, reply_for
+from bot.errors import NotLinked, UserFacingError, caused_by_member, reply_for
 from bot.gate import Action, Admission, Feature, GateRequest, request_for
 from bot.jobs.fairness import FairQueue
 from bot.jobs.models import FINAL_STATES, Destination, Job, JobKind, JobState
@@ -47,6 +47,7 @@ from bot.jobs.render import (
 )
 from bot.jobs.store import JobNotFound, JobStore
 from bot.media import IMAGE_SUFFIXES
+from bot.readiness import is_test_model
 from bot.store.models import utcnow
 from bot.tada import TadaClient
 from bot.tada.errors import (
@@ -337,8 +338,18 @@ class JobRunner:
             await asyncio.sleep(self.config.poll_seconds)
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
+        """End the job with a member-facing reason. A failure the member's own input or
+        account caused is theirs alone: it is answered privately, not in the channel."""
         text = reply_for(exc, where=f"job {job.kind.value} {job.id}").text
-        await self.store.update(job.id, state=JobState.FAILED, error=text, finished_at=utcnow())
+        if isinstance(exc, ServiceUnavailable) and job.kind is JobKind.DEMO_GENERATE:
+            self.services.readiness.demo_missing(str(job.params.get("model")), exc.message)
+        await self.store.update(
+            job.id,
+            state=JobState.FAILED,
+            error=text,
+            private=job.private or caused_by_member(exc),
+            finished_at=utcnow(),
+        )
 
     async def _generate(self, tada: TadaClient, job: Job) -> dict[str, Any]:
         p = job.params
@@ -362,11 +373,19 @@ class JobRunner:
             image = await demo(str(p["prompt"]))
         else:
             raise ValueError(f"{job.kind} is not a generation")
+        readiness = self.services.readiness
+        if job.kind is JobKind.DEMO_GENERATE:
+            readiness.demo_works(str(p.get("model")))
+        if is_test_model(image.model):
+            readiness.test_model_seen(f"the engine drew it with {image.model}")
+        elif image.model:
+            readiness.real_model_seen()
         return {
             "generation_id": image.id,
             "url": image.image_url,
             "prompt": image.prompt or p.get("prompt"),
             "enhanced_prompt": image.enhanced_prompt,
+            "model": image.model,
         }
 
     async def _start_training(self, tada: TadaClient, job: Job) -> None:
