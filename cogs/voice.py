@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import BotServices, TadaBot
-from bot.errors import NotLinked, UserFacingError
+from bot.errors import NotLinked, UserFacingError, reply_for
 from bot.gate import Action, Feature, GateRequest, request_for
 from bot.jobs.buttons import SpeakButton
 from bot.jobs.render import clip
@@ -76,11 +76,20 @@ class ConsentView(TadaView):
         await interaction.response.edit_message(
             content="Checking your recording and cloning the voice…", view=None
         )
-        data = await self.sample.read()
-        info = await check_audio_async(data, self.sample.filename)
-        target = await self.tada.create_voice_upload_url(self.name, self.sample.filename)
-        await self.tada.put_upload(target, data)
-        voice = await self.tada.create_voice(target.upload_id)
+        try:
+            data = await self.sample.read()
+            info = await check_audio_async(data, self.sample.filename)
+            target = await self.tada.create_voice_upload_url(self.name, self.sample.filename)
+            await self.tada.put_upload(target, data)
+            voice = await self.tada.create_voice(target.upload_id)
+        except Exception as exc:
+            # The progress text ends in a final state; the reason is the reply itself.
+            reply = reply_for(exc, where="voice clone")
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(
+                    content=f"❌ Nothing was cloned: {reply.text}"
+                )
+            return
         await self.services.gate.record(self.request)
         embed, view = voice_card(voice, self.request.user_id)
         await interaction.edit_original_response(

@@ -105,6 +105,15 @@ def training_progress(job: Job, training: LoraTraining, now: datetime) -> str:
     return "\n".join(lines)
 
 
+def stopped_progress(job: Job) -> str:
+    """The final progress message of a training the bot could no longer follow."""
+    name = job.params.get("name") or "your LoRA"
+    reason = clip(job.error or "no reason given", 500)
+    return (
+        f"🧪 Training **{clip(str(name), 100)}** for <@{job.user_id}>\nStatus: ❌ stopped: {reason}"
+    )
+
+
 def _prompt_embed(title: str, prompt: str, enhanced: str | None) -> discord.Embed:
     embed = discord.Embed(
         title=clip(title, EMBED_TITLE_LIMIT),

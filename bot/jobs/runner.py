@@ -43,6 +43,7 @@ from bot.jobs.render import (
     DEFAULT_FILE_LIMIT,
     Outgoing,
     render,
+    stopped_progress,
     training_progress,
 )
 from bot.jobs.store import JobNotFound, JobStore
@@ -439,10 +440,12 @@ class JobRunner:
                     self.enqueue(job)
                     return
                 await self._fail(job, UserFacingError("Ta-da no longer knows this training."))
+                await self._end_progress(job_id)
                 await self._deliver(job_id)
                 return
             except Exception as exc:  # e.g. the member's key was revoked: say so
                 await self._fail(job, exc)
+                await self._end_progress(job_id)
                 await self._deliver(job_id)
                 return
             text = training_progress(job, training, utcnow())
@@ -471,10 +474,20 @@ class JobRunner:
                 job.id, state=JobState.FAILED, error=reason, finished_at=utcnow()
             )
 
+    async def _end_progress(self, job_id: str) -> None:
+        """A training no longer followed: its progress message says so (never left on
+        "training")."""
+        job = await self.store.get(job_id)
+        if job.progress_message_id is None and not job.private:
+            return  # no progress was shown
+        await self._show_progress(job, stopped_progress(job))
+
     async def _show_progress(self, job: Job, text: str) -> None:
         """Edit the training's progress message (post it first); best effort."""
         try:
-            if job.private:
+            # A private job's progress is its interaction's note; a failure made private
+            # later still ends the message already posted in the channel.
+            if job.private and job.progress_message_id is None:
                 interaction = self._live_interaction(job.id)
                 if interaction is not None:
                     await interaction.edit_original_response(content=text)
