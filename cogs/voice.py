@@ -20,6 +20,7 @@ from bot.jobs.buttons import SpeakButton
 from bot.jobs.render import clip
 from bot.jobs.runner import JobRunner, admit
 from bot.media import AUDIO_SUFFIXES, MAX_AUDIO_BYTES, check_audio_async, suffix_of
+from bot.names import check_shown_name, visible
 from bot.pages import PagedView, matching_choices, paginate
 from bot.tada import TadaClient
 from bot.tada.models import Voice
@@ -28,7 +29,7 @@ from bot.ui import TadaView
 
 def voice_card(voice: Voice, owner: int) -> tuple[discord.Embed, discord.ui.View]:
     """The card of a voice: name, length, id, and a Speak button."""
-    embed = discord.Embed(title=f"🎙️ {clip(voice.name, 200)}")
+    embed = discord.Embed(title=f"🎙️ {clip(visible(voice.name), 200)}")
     if voice.duration_seconds:
         embed.add_field(name="Sample length", value=f"{voice.duration_seconds:.1f} s")
     if voice.base_similarity is not None:
@@ -146,6 +147,7 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
             raise UserFacingError(
                 f"That recording is over {MAX_AUDIO_BYTES // (1024 * 1024)} MB; send a shorter one."
             )
+        check_shown_name(name, "The name")
         # The voice's name is shown to the server (cards, lists): moderated like a prompt.
         request = request_for(interaction, Feature.VOICE, Action.VOICE_CLONE, text=name)
         admission, tada = await admit(self.services, interaction, request)
@@ -173,7 +175,7 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
         await interaction.response.defer(ephemeral=True, thinking=True)
         voices = await tada.list_voices()
         lines = [
-            f"• **{clip(v.name, 80)}** `{v.id}`"
+            f"• **{clip(visible(v.name), 80)}** `{v.id}`"
             + (f" ({v.duration_seconds:.0f} s sample)" if v.duration_seconds else "")
             for v in voices
         ]

@@ -15,6 +15,7 @@ from bot.jobs.buttons import (
     GenerateButton,
 )
 from bot.jobs.models import Job, JobKind, JobState
+from bot.names import visible
 from bot.tada.models import LoraTraining, TrainingStatus
 
 # Discord's limits (https://discord.com/developers/docs/resources/message).
@@ -80,7 +81,7 @@ def _duration(seconds: float) -> str:
 
 def training_progress(job: Job, training: LoraTraining, now: datetime) -> str:
     """The live progress message of a training: status, bar, elapsed, estimate."""
-    name = job.params.get("name") or "your LoRA"
+    name = visible(str(job.params.get("name") or "your LoRA"))
     status = training.state
     started = training.started_at or job.started_at or job.created_at
     elapsed = (now - started).total_seconds() if started else 0.0
@@ -107,7 +108,7 @@ def training_progress(job: Job, training: LoraTraining, now: datetime) -> str:
 
 def stopped_progress(job: Job) -> str:
     """The final progress message of a training the bot could no longer follow."""
-    name = job.params.get("name") or "your LoRA"
+    name = visible(str(job.params.get("name") or "your LoRA"))
     reason = clip(job.error or "no reason given", 500)
     return (
         f"🧪 Training **{clip(str(name), 100)}** for <@{job.user_id}>\nStatus: ❌ stopped: {reason}"
@@ -153,7 +154,7 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
     if job.kind is JobKind.VOICE_SPEAK:
         similarity = result.get("similarity")
         score = f"\nSimilarity to your sample: **{similarity:.0%}**" if similarity else ""
-        voice = clip(str(p.get("voice_name") or p.get("voice_id")), 100)
+        voice = clip(visible(str(p.get("voice_name") or p.get("voice_id"))), 100)
         text = clip(str(p.get("text", "")), 1500)
         return Outgoing(
             content=clip(f"{mention} 🗣️ **{voice}** says:\n> {text}{score}{extra}", CONTENT_LIMIT),
@@ -161,11 +162,11 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
             items=(AgainButton(job.id, label="Speak again"), DeleteButton(job.id, owner)),
         )
     if job.kind is JobKind.LORA_TRAIN:
-        trigger = p.get("trigger_word")
+        trigger = visible(str(p.get("trigger_word") or ""))
         hint = f" Use the trigger word `{trigger}` in your prompts." if trigger else ""
         return Outgoing(
             content=(
-                f"{mention} ✅ Your LoRA **{clip(str(p.get('name') or 'LoRA'), 100)}** "
+                f"{mention} ✅ Your LoRA **{clip(visible(str(p.get('name') or 'LoRA')), 100)}** "
                 f"is trained.{hint}"
             ),
             items=(GenerateButton(owner, str(result.get("lora_id") or job.tada_id)),),
