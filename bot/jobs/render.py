@@ -16,6 +16,7 @@ from bot.jobs.buttons import (
 )
 from bot.jobs.models import Job, JobKind, JobState
 from bot.names import visible
+from bot.readiness import is_test_model
 from bot.tada.models import LoraTraining, TrainingStatus
 
 # Discord's limits (https://discord.com/developers/docs/resources/message).
@@ -25,6 +26,14 @@ EMBED_FIELD_LIMIT = 1024
 EMBED_TITLE_LIMIT = 256
 DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
 BAR_WIDTH = 20
+
+
+# Under an image the engine drew with its built-in random-weight model: it is noise.
+TEST_MODEL_NOTE = (
+    "ℹ️ This Ta-da engine has no real image model configured: this image comes from its "
+    "built-in random test model, so it is noise. The server admins can see this in "
+    "`/tada-admin show`."
+)
 
 
 def clip(text: str, limit: int) -> str:
@@ -176,7 +185,9 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
     if job.kind is JobKind.DEMO_GENERATE:
         title = f"{str(p.get('model', 'demo')).title()} demo"
     else:
-        title = f"LoRA {clip(str(p.get('lora_name') or p.get('lora_id')), 100)}"
+        title = f"🎨 {clip(visible(str(p.get('lora_name') or 'Your LoRA')), 100)}"
+    if is_test_model(result.get("model")):
+        extra += f"\n{TEST_MODEL_NOTE}"
     return Outgoing(
         content=f"{mention}{extra}",
         embed=_prompt_embed(title, prompt, enhanced if isinstance(enhanced, str) else None),

@@ -368,6 +368,16 @@ class JobRunner:
                 "format": spoken.format,
             }
         if job.kind is JobKind.LORA_GENERATE:
+            if not p.get("lora_name"):
+                # The result is titled by the LoRA's name; a command or button gave its id.
+                try:
+                    name = await self._lora_name(tada, str(p["lora_id"]))
+                except TadaError as exc:  # a title is not worth failing the image for
+                    log.info("job %s: no LoRA name: %s", job.id, exc)
+                    name = None
+                if name:
+                    p = {**p, "lora_name": name}
+                    await self.store.update(job.id, params=p)
             image = await tada.generate_lora(str(p["lora_id"]), str(p["prompt"]))
         elif job.kind is JobKind.DEMO_GENERATE:
             demo = tada.demo_pudgy if p.get("model") == "pudgy" else tada.demo_tadz
@@ -388,6 +398,16 @@ class JobRunner:
             "enhanced_prompt": image.enhanced_prompt,
             "model": image.model,
         }
+
+    async def _lora_name(self, tada: TadaClient, lora_id: str) -> str | None:
+        """The name of the LoRA ``lora_id`` (its upload's id or its training's id)."""
+        uploads = {u.id: u.name for u in await tada.list_lora_uploads()}
+        if lora_id in uploads:
+            return uploads[lora_id]
+        for training in await tada.list_lora_trainings(limit=100):
+            if training.id == lora_id:
+                return training.name or uploads.get(str(training.upload_id))
+        return None
 
     async def _start_training(self, tada: TadaClient, job: Job) -> None:
         upload_id = str(job.params["upload_id"])

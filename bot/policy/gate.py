@@ -39,7 +39,13 @@ from bot.policy.quotas import (
     cooldown_from,
     period_bounds,
 )
-from bot.policy.settings import COUNTED_ACTIONS, FEATURE_NAMES, LIMIT_NAMES, GuildSettings, Limit
+from bot.policy.settings import (
+    COUNTED_ACTIONS,
+    FEATURE_NAMES,
+    GuildSettings,
+    Limit,
+    limit_name,
+)
 from bot.policy.store import MemberRef, PolicyStore
 
 log = logging.getLogger(__name__)
@@ -434,7 +440,7 @@ class PolicyGate:
 
 def _quota_refusal(feature_name: str, allowance: Allowance, cost: int) -> str:
     resets = discord.utils.format_dt(allowance.resets_at, "R")
-    what = LIMIT_NAMES[allowance.limit]
+    what = limit_name(allowance.limit, allowance.amount)
     if allowance.left <= 0:
         return (
             f"You have used all your {feature_name} allowance on this server "

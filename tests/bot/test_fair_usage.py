@@ -76,7 +76,7 @@ async def test_failed_requests_do_not_use_up_the_quota(
     # Both of each were admitted (the failures gave their allowance back) and failed.
     assert len(jobs) == 4 and all(j.state is JobState.FAILED for j in jobs)
     text = await quota_text(server)
-    assert "1 of 1 image per day left" in text or "1 of 1 images per day left" in text
+    assert "1 of 1 image per day left" in text
     assert "20 of 20 voice characters per day left" in text
     usage = await admin_says(server, "usage", days=1)
     assert "2 demo images asked, 0 delivered" in usage, usage

@@ -89,6 +89,9 @@ async def test_zip_upload_train_progress_mention_generate(
     made = await alice.submit_modal(shown, {"prompt": "a cat on a sofa @everyone"})
     image_post = made.followups[-1]
     embed = image_post.embeds[0]
+    # Titled by the LoRA's name (the button gave only its id); the test model is named.
+    assert embed.title == "🎨 Cats"
+    assert "no real image model" in image_post.content
     assert "a cat on a sofa" in (embed.description or "")
     assert embed.fields and embed.fields[0].name == "Enhanced prompt"
     [png] = image_post.attachments

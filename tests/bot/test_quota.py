@@ -187,7 +187,7 @@ async def test_forget_then_link_again_does_not_reset_the_quota(
 
     key = await register(api, "alice2@example.com")
     await services.members.save(server.alice.id, SecretStr(key), via=LinkedVia.LINK)
-    assert "0 of 1 images per day left" in await quota_text(server.alice, server.general)
+    assert "0 of 1 image per day left" in await quota_text(server.alice, server.general)
     refused = await server.alice.slash(server.general, "demo tadz", prompt="a dog")
     assert refused.response is not None
     assert "used all your Demo allowance" in refused.response.content
