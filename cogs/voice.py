@@ -7,6 +7,8 @@ render. Speech is a job: it is queued fairly and its audio is posted where it wa
 from __future__ import annotations
 
 import contextlib
+import io
+from collections.abc import Sequence
 from typing import Any
 
 import discord
@@ -16,14 +18,15 @@ from discord.ext import commands
 from bot.app import BotServices, TadaBot
 from bot.errors import NotLinked, UserFacingError, reply_for
 from bot.gate import Action, Feature, GateRequest, request_for
-from bot.jobs.buttons import SpeakButton
-from bot.jobs.render import clip
+from bot.jobs.buttons import RepostButton, SpeakButton
+from bot.jobs.render import DEFAULT_FILE_LIMIT, clip
 from bot.jobs.runner import JobRunner, admit
 from bot.media import AUDIO_SUFFIXES, MAX_AUDIO_BYTES, check_audio_async, suffix_of
 from bot.names import check_shown_name, visible
 from bot.pages import PagedView, matching_choices, paginate
+from bot.replay import fetch_speech
 from bot.tada import TadaClient
-from bot.tada.models import Voice
+from bot.tada.models import Voice, VoiceGeneration
 from bot.ui import TadaView
 
 
@@ -113,6 +116,38 @@ class ConsentView(TadaView):
         self.stop()
         await interaction.response.edit_message(
             content="Cancelled: nothing was uploaded.", view=None
+        )
+
+
+class ReplaySelect(discord.ui.Select[PagedView]):
+    """Plays one of the history's entries again, privately, with a button that posts it in
+    the channel (no new generation: no quota used)."""
+
+    def __init__(self, generations: Sequence[VoiceGeneration], tada: TadaClient) -> None:
+        super().__init__(
+            placeholder="Play one again…",
+            options=[
+                discord.SelectOption(
+                    label=clip(visible(g.text), 100) or "…",
+                    value=g.id,
+                    description=g.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+                )
+                for g in generations
+            ],
+        )
+        self.tada = tada
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        limit = interaction.guild.filesize_limit if interaction.guild else DEFAULT_FILE_LIMIT
+        replay = await fetch_speech(self.tada, self.values[0], max_bytes=limit)
+        view = discord.ui.View(timeout=None)
+        view.add_item(RepostButton(interaction.user.id, replay.generation.id))
+        await interaction.followup.send(
+            f"🔁 “{clip(replay.generation.text, 1500)}”",
+            file=discord.File(io.BytesIO(replay.data), filename=replay.filename),
+            view=view,
+            ephemeral=True,
         )
 
 
@@ -221,6 +256,8 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
             for g in page.generations
         ]
         view = PagedView(paginate(lines), interaction.user.id)
+        if page.generations:
+            view.add_item(ReplaySelect(page.generations[:25], tada))
         await interaction.edit_original_response(content=view.page(), view=view)
 
     @info.autocomplete("voice")

@@ -8,6 +8,7 @@ callback reach the member through :func:`bot.errors.report_error`, like command 
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import discord
 
 from bot.errors import NotLinked, UserFacingError, report_error
 from bot.jobs.store import JobNotFound
+from bot.replay import Replay, fetch_speech
 from bot.ui import TadaModal
 
 if TYPE_CHECKING:
@@ -261,10 +263,52 @@ class TrainButton(OwnedButton, kind="train", label="Train"):
         await runner.submit(interaction, runner.train_request(self.target))
 
 
+class RepostButton(OwnedButton, kind="repost", label="Post in channel"):
+    """Post a past speech (from ``/voice history``) in the channel (owner only); no new
+    generation, so no quota is used."""
+
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        from bot.jobs.render import DEFAULT_FILE_LIMIT
+
+        services = runner_of(interaction).services
+        tada = await services.accounts.client_for(interaction.user.id)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        limit = interaction.guild.filesize_limit if interaction.guild else DEFAULT_FILE_LIMIT
+        replay = await fetch_speech(tada, self.target, max_bytes=limit)
+        voice = await tada.get_voice(replay.generation.voice_id)
+        channel = interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):
+            raise UserFacingError("This recording can only be posted in a channel.")
+        try:
+            await self._post(channel, replay, voice.name)
+        except discord.Forbidden as exc:
+            raise UserFacingError(
+                "I am not allowed to post in this channel (I need Send Messages and Attach "
+                "Files here)."
+            ) from exc
+        await interaction.edit_original_response(content="Posted in the channel.")
+
+    async def _post(self, channel: discord.abc.Messageable, replay: Replay, name: str) -> None:
+        from bot.jobs.render import CONTENT_LIMIT, clip
+        from bot.jobs.runner import requester_only
+        from bot.names import visible
+
+        await channel.send(
+            clip(
+                f"<@{self.owner}> 🔁 **{clip(visible(name), 100)}** said:\n"
+                f"> {clip(replay.generation.text, 1500)}",
+                CONTENT_LIMIT,
+            ),
+            file=discord.File(io.BytesIO(replay.data), filename=replay.filename),
+            allowed_mentions=requester_only(self.owner),
+        )
+
+
 PERSISTENT_BUTTONS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     AgainButton,
     DeleteButton,
     GenerateButton,
     SpeakButton,
     TrainButton,
+    RepostButton,
 )
