@@ -95,6 +95,15 @@ def render_settings(
         ),
         inline=False,
     )
+    embed.add_field(
+        name="Speech",
+        value=(
+            "as voice messages (an MP3 where the bot may not post one)"
+            if settings.voice_messages
+            else "as MP3 attachments"
+        ),
+        inline=False,
+    )
     quota_lines = []
     by_role: dict[int, list[str]] = {}
     for rule in settings.quotas:
@@ -282,6 +291,19 @@ class AdminCog(
             "Results are now shown only to the member who asked."
             if private
             else "Results are now posted in the channel for everyone.",
+        )
+
+    @app_commands.command(name="voice-messages")
+    @app_commands.describe(enabled="On: speech is posted as Discord voice messages")
+    async def voice_messages(self, interaction: discord.Interaction[Any], enabled: bool) -> None:
+        """Post speech as Discord voice messages (with an MP3 where that is not possible)."""
+        await self.policy.set_voice_messages(_guild(interaction), enabled)
+        await _answer(
+            interaction,
+            "Speech is now posted as voice messages where I have **Send Voice Messages** "
+            "(as an MP3 elsewhere, and for private results)."
+            if enabled
+            else "Speech is now posted as MP3 attachments.",
         )
 
     # ------------------------------------------------------------------ channels

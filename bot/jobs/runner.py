@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import subprocess
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from bot.jobs.render import (
     training_progress,
 )
 from bot.jobs.store import JobNotFound, JobStore
-from bot.media import IMAGE_SUFFIXES
+from bot.media import IMAGE_SUFFIXES, MediaRejected
 from bot.readiness import is_test_model
 from bot.store.models import utcnow
 from bot.tada import TadaClient
@@ -60,12 +61,15 @@ from bot.tada.errors import (
     TadaTransportError,
 )
 from bot.tada.models import LoraTraining, TrainingStatus
+from bot.voice_message import VoiceMessageError, make_voice_message_async, post_voice_message
 
 if TYPE_CHECKING:
     from bot.app import BotServices
 
 log = logging.getLogger(__name__)
 
+# Under a speech card whose audio went out as a voice message just before it.
+VOICE_MESSAGE_NOTE = "🔊 The speech is the voice message above."
 # Discord invalidates interaction tokens after 15 minutes; stop using them a bit before.
 TOKEN_LIFETIME = timedelta(minutes=14)
 # A generation listed by Ta-da within this much before the job started is still ours
@@ -662,6 +666,9 @@ class JobRunner:
             if job.posted:
                 return
             files, note = await self._artifacts(job)
+            if files and await self._as_voice_message(job, files[0][1]):
+                # The voice message holds the audio; the card below says where it is.
+                files, note = (), VOICE_MESSAGE_NOTE
             outgoing = render(job, files, note)
             destinations = (
                 (Destination.INTERACTION, Destination.DM)
@@ -679,6 +686,42 @@ class JobRunner:
                 self._spawn(self._redeliver(job_id, round_ + 1), f"redeliver {job_id}")
         finally:
             self._delivering.discard(job_id)
+
+    async def _as_voice_message(self, job: Job, audio: bytes) -> bool:
+        """Post a speech's audio as a voice message in its channel when the server asks for
+        voice messages and the bot may post one; whether it is there (posted now or by an
+        earlier delivery round). Any failure means the MP3 attachment instead."""
+        if (
+            job.kind is not JobKind.VOICE_SPEAK
+            or job.state is not JobState.FINISHED
+            or job.private
+            or job.channel_id is None
+            or job.guild_id is None
+            or self.services.policy is None
+        ):
+            return False
+        if (job.result or {}).get("voice_message_id"):
+            return True
+        if not (await self.services.policy.settings(job.guild_id)).voice_messages:
+            return False
+        channel = self.client.get_channel(job.channel_id)
+        if isinstance(channel, discord.abc.GuildChannel | discord.Thread):
+            allowed = channel.permissions_for(channel.guild.me)
+            if not (allowed.send_voice_messages and allowed.attach_files):
+                return False
+        try:
+            voice_message = await make_voice_message_async(audio)
+            message_id = await post_voice_message(self.client, job.channel_id, voice_message)
+        except (VoiceMessageError, MediaRejected, OSError, subprocess.SubprocessError) as exc:
+            log.warning("job %s: no voice message (%s); posting the MP3", job.id, exc)
+            return False
+        except discord.HTTPException as exc:
+            log.warning("job %s: Discord refused the voice message: %s", job.id, exc)
+            return False
+        await self.store.update(
+            job.id, result={**(job.result or {}), "voice_message_id": message_id}
+        )
+        return True
 
     async def _redeliver(self, job_id: str, round_: int) -> None:
         """Another delivery round after a pause (Discord outage); the next start retries

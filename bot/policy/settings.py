@@ -119,6 +119,8 @@ class GuildSettings(BaseModel):
     moderation: Moderation = Field(default_factory=Moderation)
     # Results shown only to the member who asked instead of posted in the channel.
     private_results: bool = False
+    # Speech posted as Discord voice messages (where the bot may), not MP3 attachments.
+    voice_messages: bool = False
 
     def channels_for(self, feature: Feature) -> tuple[int, ...]:
         """The channels ``feature`` is limited to (empty: everywhere).
