@@ -32,6 +32,7 @@ from bot.readiness import EngineReadiness
 from bot.store import MemberStore, Store
 from bot.tada import TadaClient
 from bot.ui import TadaCommandTree
+from bot.voice_channel import VoiceChannelPlayer
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
@@ -164,8 +165,10 @@ class TadaBot(commands.Bot):
         )
         self.services = services
         self.extension_names = tuple(extensions)
+        # Speech played in voice channels (``/voice say``), a queue per guild.
+        self.voice_player = VoiceChannelPlayer(self)
         # Members' requests: run fairly, posted where asked, resumed after a restart.
-        self.jobs = JobRunner(client=self, services=services)
+        self.jobs = JobRunner(client=self, services=services, player=self.voice_player)
 
     async def setup_hook(self) -> None:
         """Load the cogs, resume jobs, then sync slash commands (instantly to a dev guild)."""
@@ -189,6 +192,7 @@ class TadaBot(commands.Bot):
     async def close(self) -> None:
         """Stop the job runner (its rows keep the state), then disconnect."""
         await self.jobs.stop()
+        await self.voice_player.close()
         await super().close()
 
 

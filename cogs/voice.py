@@ -43,6 +43,27 @@ def voice_card(voice: Voice, owner: int) -> tuple[discord.Embed, discord.ui.View
     return embed, view
 
 
+def voice_channel_of(
+    interaction: discord.Interaction[Any],
+) -> discord.VoiceChannel | discord.StageChannel:
+    """The voice channel the member is in, where the bot may speak; else a short refusal."""
+    state = interaction.user.voice if isinstance(interaction.user, discord.Member) else None
+    room = state.channel if state is not None else None
+    if not isinstance(room, discord.VoiceChannel | discord.StageChannel):
+        raise UserFacingError(
+            "Join a voice channel first: `/voice say` speaks in the voice channel you are in. "
+            "(`/voice speak` posts the speech here instead.)"
+        )
+    me = room.guild.me
+    allowed = room.permissions_for(me) if me is not None else None
+    if allowed is not None and not (allowed.connect and allowed.speak):
+        raise UserFacingError(
+            f"I cannot speak in {room.mention}: I need **Connect** and **Speak** there. "
+            "Ask a server admin, or use another voice channel."
+        )
+    return room
+
+
 class ConsentView(TadaView):
     """The consent step of ``/voice clone``: nothing is uploaded unless the member confirms."""
 
@@ -238,6 +259,50 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
         """Have one of your voices say something; the audio is posted here."""
         await self.runner.submit(interaction, self.runner.speak_request(voice, text))
 
+    @app_commands.command(name="say")
+    @app_commands.describe(voice="One of your voices", text="What the voice should say")
+    @app_commands.guild_only()
+    async def say(
+        self,
+        interaction: discord.Interaction[Any],
+        voice: str,
+        text: app_commands.Range[str, 1, 1000],
+    ) -> None:
+        """Have one of your voices say something in your voice channel (posted here too)."""
+        room = voice_channel_of(interaction)
+        await self.runner.submit(
+            interaction, self.runner.speak_request(voice, text, play_in=room.id)
+        )
+
+    @app_commands.command(name="skip")
+    @app_commands.guild_only()
+    async def skip(self, interaction: discord.Interaction[Any]) -> None:
+        """Skip the speech playing in the voice channel."""
+        player = self.runner.player
+        skipped = (
+            player is not None
+            and interaction.guild_id is not None
+            and player.skip(interaction.guild_id)
+        )
+        await interaction.response.send_message(
+            "Skipped." if skipped else "Nothing is playing.", ephemeral=True
+        )
+
+    @app_commands.command(name="stop")
+    @app_commands.guild_only()
+    async def stop(self, interaction: discord.Interaction[Any]) -> None:
+        """Stop speaking in the voice channel, drop what waits, and leave."""
+        player = self.runner.player
+        left = (
+            player is not None
+            and interaction.guild_id is not None
+            and await player.stop(interaction.guild_id)
+        )
+        await interaction.response.send_message(
+            "Stopped and left the voice channel." if left else "I am not in a voice channel.",
+            ephemeral=True,
+        )
+
     @app_commands.command(name="history")
     @app_commands.describe(voice="Only this voice (all voices when left out)")
     async def history(
@@ -262,6 +327,7 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
 
     @info.autocomplete("voice")
     @speak.autocomplete("voice")
+    @say.autocomplete("voice")
     @history.autocomplete("voice")
     async def _voices(
         self, interaction: discord.Interaction[Any], current: str

@@ -61,6 +61,7 @@ from bot.tada.errors import (
     TadaTransportError,
 )
 from bot.tada.models import LoraTraining, TrainingStatus
+from bot.voice_channel import Clip, QueueFull, VoiceChannelPlayer
 from bot.voice_message import VoiceMessageError, make_voice_message_async, post_voice_message
 
 if TYPE_CHECKING:
@@ -144,9 +145,17 @@ class JobRunner:
     """Runs, watches and posts jobs for one bot; build it with the bot, start it in
     ``setup_hook``, stop it when the bot closes."""
 
-    def __init__(self, *, client: discord.Client, services: BotServices) -> None:
+    def __init__(
+        self,
+        *,
+        client: discord.Client,
+        services: BotServices,
+        player: VoiceChannelPlayer | None = None,
+    ) -> None:
         self.client = client
         self.services = services
+        # Plays speech asked with ``/voice say`` in the member's voice channel.
+        self.player = player
         self.config = services.config.jobs
         self.store = JobStore(services.store, services.members.keys)
         self.queue = FairQueue(
@@ -164,9 +173,18 @@ class JobRunner:
 
     # ------------------------------------------------------------------ requests
 
-    def speak_request(self, voice_id: str, text: str, voice_name: str | None = None) -> JobRequest:
-        """Speech with a voice."""
-        params = {"voice_id": voice_id, "text": text, "voice_name": voice_name}
+    def speak_request(
+        self,
+        voice_id: str,
+        text: str,
+        voice_name: str | None = None,
+        *,
+        play_in: int | None = None,
+    ) -> JobRequest:
+        """Speech with a voice (``play_in``: also played in that voice channel)."""
+        params: dict[str, Any] = {"voice_id": voice_id, "text": text, "voice_name": voice_name}
+        if play_in is not None:
+            params["play_in"] = play_in
         return JobRequest(JobKind.VOICE_SPEAK, params, text=text)
 
     def generate_request(
@@ -666,6 +684,8 @@ class JobRunner:
             if job.posted:
                 return
             files, note = await self._artifacts(job)
+            if files:
+                await self._play_in_voice(job, files[0][1])
             if files and await self._as_voice_message(job, files[0][1]):
                 # The voice message holds the audio; the card below says where it is.
                 files, note = (), VOICE_MESSAGE_NOTE
@@ -686,6 +706,26 @@ class JobRunner:
                 self._spawn(self._redeliver(job_id, round_ + 1), f"redeliver {job_id}")
         finally:
             self._delivering.discard(job_id)
+
+    async def _play_in_voice(self, job: Job, audio: bytes) -> None:
+        """Queue a ``/voice say`` speech in its voice channel, once (best effort: the
+        speech is posted in the text channel in any case)."""
+        channel_id = job.params.get("play_in")
+        result = job.result or {}
+        if (
+            channel_id is None
+            or self.player is None
+            or job.guild_id is None
+            or job.state is not JobState.FINISHED
+            or result.get("played")
+        ):
+            return
+        await self.store.update(job.id, result={**result, "played": True})
+        clip = Clip(audio, int(channel_id), job.user_id, label=f"job {job.id}")
+        try:
+            self.player.enqueue(job.guild_id, clip)
+        except QueueFull:
+            log.warning("job %s: the voice queue of guild %s is full", job.id, job.guild_id)
 
     async def _as_voice_message(self, job: Job, audio: bytes) -> bool:
         """Post a speech's audio as a voice message in its channel when the server asks for
@@ -718,9 +758,8 @@ class JobRunner:
         except discord.HTTPException as exc:
             log.warning("job %s: Discord refused the voice message: %s", job.id, exc)
             return False
-        await self.store.update(
-            job.id, result={**(job.result or {}), "voice_message_id": message_id}
-        )
+        current = (await self.store.get(job.id)).result or {}
+        await self.store.update(job.id, result={**current, "voice_message_id": message_id})
         return True
 
     async def _redeliver(self, job_id: str, round_: int) -> None:
