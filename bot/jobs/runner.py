@@ -298,6 +298,9 @@ class JobRunner:
             await self._execute(job_id)
         except JobNotFound:
             log.info("job %s was deleted (/tada forget) before it ran", job_id)
+            # Nothing was delivered: its usage row (kept without the member's id) gives
+            # its allowance back.
+            await self.services.gate.settle(job_id, delivered=False)
         finally:
             self.queue.release(member)
             self._pump()
@@ -459,6 +462,7 @@ class JobRunner:
             await self._watch_loop(job_id)
         except JobNotFound:
             log.info("job %s was deleted (/tada forget); no longer watched", job_id)
+            await self.services.gate.settle(job_id, delivered=False)
         finally:
             self._watching.discard(job_id)
 

@@ -105,3 +105,29 @@ async def test_a_cancelled_job_is_given_back(simcord_env: simcord.Env, server: S
     assert "1 of 1" in await quota_text(server)
     usage = await admin_says(server, "usage", days=1)
     assert "1 demo image asked, 0 delivered" in usage, usage
+
+
+async def test_a_job_forgotten_before_it_ran_gives_its_request_back(
+    simcord_env: simcord.Env, server: Server, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    await admin_says(
+        server,
+        "quota set",
+        role=server.guild.default_role,
+        feature="demo",
+        limit="images_per_day",
+        amount=1,
+    )
+    runner = simcord_env.bot.jobs  # type: ignore[attr-defined]
+    runner.queue.max_running = 0
+    await server.alice.slash(server.general, "demo tadz", prompt="a cat")
+    asked = await server.alice.slash(server.general, "tada forget")
+    assert asked.response is not None
+    await server.alice.click(asked.response, label="Delete my data")
+    # A slot frees up: the job is gone, so it never runs, and nothing counts.
+    runner.queue.max_running = 1
+    runner._pump()
+    await simcord_env.settle()
+    key = await register(api, "alice2@example.com")
+    await services.members.save(server.alice.id, SecretStr(key), via=LinkedVia.LINK)
+    assert "1 of 1 image per day left" in await quota_text(server)
