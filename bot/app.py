@@ -28,9 +28,11 @@ from bot.gate import Gate, OpenGate
 from bot.jobs import JobRunner
 from bot.jobs.buttons import PERSISTENT_BUTTONS
 from bot.policy import PolicyGate, PolicyService, PolicyStore
+from bot.readiness import EngineReadiness
 from bot.store import MemberStore, Store
 from bot.tada import TadaClient
 from bot.ui import TadaCommandTree
+from bot.voice_channel import VoiceChannelPlayer
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
@@ -63,6 +65,8 @@ class BotServices:
     gate: Gate = field(default_factory=OpenGate)
     # Server admins' settings, shared keys and usage (``/tada-admin``, ``/quota``).
     policy: PolicyService | None = None
+    # What the engine lacks (no demo model, the random test model), for admins.
+    readiness: EngineReadiness = field(default_factory=EngineReadiness)
 
 
 def _http_client(config: BotConfig) -> httpx.AsyncClient:
@@ -132,6 +136,11 @@ async def open_services(
             engine=engine,
             gate=gate,
             policy=PolicyService(policy_store, box, tada, gate),
+            readiness=(
+                EngineReadiness.of_embedded(engine_settings)
+                if engine is not None and engine_settings is not None
+                else EngineReadiness()
+            ),
         )
 
 
@@ -150,11 +159,16 @@ class TadaBot(commands.Bot):
             intents=intents or discord.Intents.default(),
             tree_cls=TadaCommandTree,
             help_command=None,
+            # Members' text (spoken text, prompts, names) is in many of the bot's messages:
+            # by default nothing pings; a message that means to ping its requester says so.
+            allowed_mentions=discord.AllowedMentions.none(),
         )
         self.services = services
         self.extension_names = tuple(extensions)
+        # Speech played in voice channels (``/voice say``), a queue per guild.
+        self.voice_player = VoiceChannelPlayer(self)
         # Members' requests: run fairly, posted where asked, resumed after a restart.
-        self.jobs = JobRunner(client=self, services=services)
+        self.jobs = JobRunner(client=self, services=services, player=self.voice_player)
 
     async def setup_hook(self) -> None:
         """Load the cogs, resume jobs, then sync slash commands (instantly to a dev guild)."""
@@ -178,6 +192,7 @@ class TadaBot(commands.Bot):
     async def close(self) -> None:
         """Stop the job runner (its rows keep the state), then disconnect."""
         await self.jobs.stop()
+        await self.voice_player.close()
         await super().close()
 
 

@@ -6,6 +6,8 @@ so a key can be rotated without losing stored API keys (:meth:`KeyBox.rotate`).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +35,12 @@ class KeyBox:
                 f"{ENCRYPTION_KEY_ENV} must be Fernet keys (32 url-safe base64-encoded bytes)"
             ) from exc
         self._fernet = MultiFernet(fernets)
+        # Keys of the pseudonyms (one per configured key, the first one for new rows);
+        # derived, so a pseudonym reveals nothing about the encryption key.
+        self._pseudonym_keys = tuple(
+            hashlib.sha256(b"tada-bot pseudonym\0" + k.get_secret_value().encode()).digest()
+            for k in keys
+        )
 
     def __repr__(self) -> str:
         return "<KeyBox>"
@@ -49,6 +57,17 @@ class KeyBox:
             raise DecryptionError(
                 "stored secret cannot be decrypted with the configured keys"
             ) from exc
+
+    def pseudonym(self, value: str) -> str:
+        """A keyed hash of ``value`` (HMAC-SHA256 under the first key): the same value
+        gives the same pseudonym, and without the bot's key it cannot be traced back."""
+        return self.pseudonyms(value)[0]
+
+    def pseudonyms(self, value: str) -> tuple[str, ...]:
+        """The pseudonyms of ``value`` under every configured key (first key first), so
+        rows written before a key rotation are still found."""
+        data = value.encode()
+        return tuple(hmac.new(k, data, hashlib.sha256).hexdigest() for k in self._pseudonym_keys)
 
     def rotate(self, token: bytes) -> bytes:
         """Re-encrypt ``token`` under the first key."""

@@ -78,6 +78,35 @@ def unwrap(error: BaseException) -> BaseException:
     return error
 
 
+# Someone else's id and a missing one read the same: an id's existence is not revealed.
+NOT_YOURS = "That is not one of yours. `/voice list` and `/lora list` show the ids you can use."
+
+
+def member_message(error: TadaHTTPError) -> str:
+    """The engine's explanation without field names (``text: text must ...`` reads as
+    ``text must ...``) or pydantic's ``Value error,`` prefix."""
+    if isinstance(error, InvalidRequest) and error.errors:
+        texts = [str(item.get("msg", "")).removeprefix("Value error, ") for item in error.errors]
+        return "; ".join(t for t in texts if t) or error.message
+    return error.message
+
+
+def caused_by_member(error: BaseException) -> bool:
+    """Whether the member's own input or account made this fail (explained privately)."""
+    error = unwrap(error)
+    return isinstance(
+        error,
+        UserFacingError
+        | Unauthorized
+        | NotFound
+        | BadRequest
+        | InvalidRequest
+        | Conflict
+        | PayloadTooLarge
+        | UnsupportedMediaType,
+    )
+
+
 def _tada_text(error: TadaError) -> str | None:
     """A member-facing text for a Ta-da error that the member can act on, else ``None``."""
     if isinstance(error, Unauthorized):
@@ -93,13 +122,18 @@ def _tada_text(error: TadaError) -> str | None:
     if isinstance(error, TadaTransportError):
         return "The Ta-da API cannot be reached right now. Try again in a minute."
     if isinstance(error, NotFound):
-        return "Ta-da has no such item for your account (it may have been deleted)."
+        return NOT_YOURS
     if isinstance(
         error, BadRequest | InvalidRequest | Conflict | PayloadTooLarge | UnsupportedMediaType
     ):
-        return f"Ta-da refused that: {error.message}"
+        return f"Ta-da refused that: {member_message(error)}"
     if isinstance(error, ServiceUnavailable):
-        return f"Ta-da cannot do that right now: {error.message}"
+        # Its detail is for the operator (which config section to fill in): logged.
+        return (
+            "Ta-da cannot do that right now: the engine is not set up for it yet, or is "
+            "busy. Try again later; if it keeps failing, tell the server admins (they can "
+            "see what is missing in `/tada-admin show`)."
+        )
     if isinstance(error, Forbidden):
         return "The upload link expired or was refused. Please try again."
     return None
@@ -117,6 +151,8 @@ def reply_for(error: BaseException, *, where: str) -> ErrorReply:
         if text is not None:
             if isinstance(error, TadaTransportError):
                 log.warning("%s: Ta-da unreachable: %s", where, error)
+            elif isinstance(error, ServiceUnavailable):
+                log.warning("%s: Ta-da cannot do it (for the operator): %s", where, error.message)
             return ErrorReply(text)
     reference = new_reference()
     status = f" (HTTP {error.status})" if isinstance(error, TadaHTTPError) else ""

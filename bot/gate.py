@@ -4,8 +4,10 @@ Creation commands (voice, LoRA, demo) build a :class:`GateRequest` and ask
 ``services.gate.admit(request)``; a refusal is a :class:`~bot.errors.UserFacingError`
 whose message tells the member what to do. Once the work is accepted they call
 ``record(request)`` so quotas count it. :class:`OpenGate` admits everything (no server
-configuration); the server-admin policy (channels, roles, quotas, moderation, shared demo
-key) implements the same protocol and replaces it in the composition root.
+configuration); ``settle(job_id, delivered=...)`` gives back what a job did not deliver
+(failed, cancelled, interrupted). The server-admin policy (channels, roles, quotas,
+moderation, shared demo key) implements the same protocol and replaces it in the
+composition root.
 """
 
 from __future__ import annotations
@@ -114,8 +116,13 @@ class Gate(Protocol):
         """Admit the request or raise ``UserFacingError`` saying why not and what to do."""
         ...
 
-    async def record(self, request: GateRequest) -> None:
-        """Count an accepted request against the member's quotas."""
+    async def record(self, request: GateRequest, *, job_id: str | None = None) -> None:
+        """Count an accepted request against the member's quotas; with ``job_id`` it is
+        pending until :meth:`settle`."""
+        ...
+
+    async def settle(self, job_id: str, *, delivered: bool) -> None:
+        """Whether the job's request reached the member (else its count is given back)."""
         ...
 
 
@@ -125,5 +132,8 @@ class OpenGate:
     async def admit(self, request: GateRequest) -> Admission:
         return Admission()
 
-    async def record(self, request: GateRequest) -> None:
+    async def record(self, request: GateRequest, *, job_id: str | None = None) -> None:
+        return None
+
+    async def settle(self, job_id: str, *, delivered: bool) -> None:
         return None

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import discord
 
 from bot.errors import UserFacingError
+from bot.gate import Gate
 from bot.jobs import Destination, Job, JobKind, JobNotFound, JobRunner, JobState
-from bot.jobs.runner import FEATURE_OF
-from bot.policy import PolicyGate
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +89,13 @@ class Panel:
     recent: tuple[PanelEntry, ...]
 
 
+JOB_NOT_YOURS = "That is not one of yours: `/jobs` lists your jobs and their ids."
+
+
 class JobPanel:
     """Reads and cancels a member's jobs through the bot's job runner."""
 
-    def __init__(self, runner: JobRunner, *, gate: PolicyGate | None = None) -> None:
+    def __init__(self, runner: JobRunner, *, gate: Gate | None = None) -> None:
         self._runner = runner
         # Gives the quota back when a job is cancelled (it never reached Ta-da).
         self._gate = gate
@@ -121,9 +123,10 @@ class JobPanel:
         try:
             job = await self._runner.store.get(job_id)
         except JobNotFound as exc:
-            raise UserFacingError("That job no longer exists.") from exc
+            raise UserFacingError(JOB_NOT_YOURS) from exc
         if job.user_id != user_id:
-            raise UserFacingError("That job is not yours.")
+            # The same words as for a missing job: whether another's job exists is theirs.
+            raise UserFacingError(JOB_NOT_YOURS)
         # Out of the queue first: once it is out, the runner can no longer start it.
         if job.state is not JobState.QUEUED or not self._runner.queue.remove(user_id, job_id):
             raise UserFacingError("That job has already started, so it can no longer be cancelled.")
@@ -132,11 +135,7 @@ class JobPanel:
         )
         # Nothing to post for a cancelled job, now or after a restart.
         await self._runner.store.mark_posted(job_id, message_id=None, via=Destination.INTERACTION)
-        if self._gate is not None and job.guild_id is not None:
-            _, action = FEATURE_OF[job.kind]
-            cost = self._runner.request_like(job).cost
-            await self._gate.refund(
-                guild_id=job.guild_id, user_id=user_id, action=action, cost=cost
-            )
+        if self._gate is not None:
+            await self._gate.settle(job_id, delivered=False)
         log.info("member %s cancelled queued job %s", user_id, job_id)
         return canceled

@@ -21,6 +21,8 @@ from bot.policy import GuildSettings, Limit, PolicyService, UsageReport
 from bot.policy.moderation import DEFAULT_BLOCKED_WORDS, active_words
 from bot.policy.service import MAX_USAGE_DAYS, SharedKeyInfo
 from bot.policy.settings import FEATURE_NAMES, LIMIT_NAMES
+from bot.policy.store import UsageLine
+from bot.readiness import EngineReadiness
 from bot.ui import TadaModal
 
 FEATURE_CHOICES = [
@@ -31,13 +33,14 @@ LIMIT_CHOICES = [app_commands.Choice(name=LIMIT_NAMES[limit], value=limit.value)
 # Embed fields hold at most 1024 characters; longer lists are cut with a count.
 FIELD_LIMIT = 1024
 
-ACTION_LABELS: dict[Action, str] = {
-    Action.VOICE_CLONE: "voices cloned",
-    Action.VOICE_SPEAK: "speeches",
-    Action.LORA_UPLOAD: "image sets uploaded",
-    Action.LORA_TRAIN: "trainings",
-    Action.LORA_GENERATE: "images",
-    Action.DEMO_GENERATE: "demo images",
+# What ``/tada-admin usage`` calls each action: one, several.
+ACTION_LABELS: dict[Action, tuple[str, str]] = {
+    Action.VOICE_CLONE: ("voice cloned", "voices cloned"),
+    Action.VOICE_SPEAK: ("speech", "speeches"),
+    Action.LORA_UPLOAD: ("image set uploaded", "image sets uploaded"),
+    Action.LORA_TRAIN: ("training", "trainings"),
+    Action.LORA_GENERATE: ("image", "images"),
+    Action.DEMO_GENERATE: ("demo image", "demo images"),
 }
 
 
@@ -54,8 +57,13 @@ def role_name(guild_id: int, role_id: int) -> str:
     return "@everyone" if role_id == guild_id else f"<@&{role_id}>"
 
 
-def render_settings(guild_id: int, settings: GuildSettings, key: SharedKeyInfo) -> discord.Embed:
-    """The whole configuration on one page."""
+def render_settings(
+    guild_id: int,
+    settings: GuildSettings,
+    key: SharedKeyInfo,
+    readiness: EngineReadiness | None = None,
+) -> discord.Embed:
+    """The whole configuration on one page, with what the engine lacks."""
     embed = discord.Embed(title="Ta-da settings for this server", colour=discord.Colour.blurple())
     channels = []
     roles = []
@@ -87,6 +95,15 @@ def render_settings(guild_id: int, settings: GuildSettings, key: SharedKeyInfo) 
         ),
         inline=False,
     )
+    embed.add_field(
+        name="Speech",
+        value=(
+            "as voice messages (an MP3 where the bot may not post one)"
+            if settings.voice_messages
+            else "as MP3 attachments"
+        ),
+        inline=False,
+    )
     quota_lines = []
     by_role: dict[int, list[str]] = {}
     for rule in settings.quotas:
@@ -114,7 +131,46 @@ def render_settings(guild_id: int, settings: GuildSettings, key: SharedKeyInfo) 
     lines.append("Your patterns: " + (", ".join(f"`{p}`" for p in m.blocked_patterns) or "none"))
     lines.append(f"Words in force: {len(active_words(m))}")
     embed.add_field(name="Moderation", value=clip("\n".join(lines)), inline=False)
+    lacks = readiness.lacks() if readiness is not None else []
+    if lacks:
+        embed.add_field(
+            name="⚠️ The Ta-da engine is missing",
+            value=clip(
+                "\n".join(f"• {lack.what}" for lack in lacks)
+                + "\nThe bot's operator can see how to set it up in the bot's log."
+            ),
+            inline=False,
+        )
     return embed
+
+
+def demo_warning(readiness: EngineReadiness) -> str:
+    """A warning for admins setting up demos on an engine without demo models."""
+    missing = readiness.missing_demos()
+    if not missing:
+        return ""
+    return (
+        f"\n⚠️ The Ta-da engine has no {' or '.join(missing)} model configured, so `/demo` "
+        "fails there until the bot's operator sets it up (`/tada-admin show` lists what "
+        "is missing)."
+    )
+
+
+def usage_part(line: UsageLine) -> str:
+    """One action's use: how many were asked and, when some were not, how many delivered
+    (failed and cancelled requests do not count against quotas)."""
+    singular, plural = ACTION_LABELS[line.action]
+    text = f"{line.requests:,} {singular if line.requests == 1 else plural}"
+    if line.delivered != line.requests:
+        text += f" asked, {line.delivered:,} delivered"
+    if line.action is Action.VOICE_SPEAK:
+        if line.delivered_cost != line.cost:
+            text += f" ({line.cost:,} characters asked, {line.delivered_cost:,} delivered)"
+        else:
+            text += f" ({line.cost:,} characters)"
+    if line.on_shared_key:
+        text += f" ({line.on_shared_key:,} on the shared key)"
+    return text
 
 
 def render_usage(report: UsageReport) -> str:
@@ -131,17 +187,13 @@ def render_usage(report: UsageReport) -> str:
         for line in sorted(
             (x for x in report.lines if x.feature is feature), key=lambda x: x.action.value
         ):
-            text = f"{line.requests:,} {ACTION_LABELS[line.action]}"
-            if line.action is Action.VOICE_SPEAK:
-                text += f" ({line.cost:,} characters)"
-            if line.on_shared_key:
-                text += f" ({line.on_shared_key:,} on the shared key)"
-            parts.append(text)
+            parts.append(usage_part(line))
         if parts:
             lines.append(f"**{FEATURE_NAMES[feature]}**: " + ", ".join(parts))
     lines.append("**Most active members**")
     lines += [
-        f"{rank}. <@{top.discord_user_id}>: {top.requests:,} requests"
+        f"{rank}. <@{top.discord_user_id}>: {top.requests:,} "
+        + ("request" if top.requests == 1 else "requests")
         for rank, top in enumerate(report.top, start=1)
     ]
     return clip("\n".join(lines), 2000)
@@ -158,10 +210,13 @@ class SharedKeyModal(TadaModal, title="Shared Ta-da key for demo channels"):
         max_length=200,
     )
 
-    def __init__(self, policy: PolicyService, guild_id: int) -> None:
+    def __init__(
+        self, policy: PolicyService, guild_id: int, readiness: EngineReadiness | None = None
+    ) -> None:
         super().__init__()
         self.policy = policy
         self.guild_id = guild_id
+        self.readiness = readiness or EngineReadiness()
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -170,7 +225,7 @@ class SharedKeyModal(TadaModal, title="Shared Ta-da key for demo channels"):
             content=(
                 f"Saved the shared key `{masked}` (encrypted; it will not be shown again). "
                 "`/demo` in the community demo channels now runs on it, so members need no "
-                "account there."
+                "account there." + demo_warning(self.readiness)
             )
         )
 
@@ -198,9 +253,10 @@ class AdminCog(
     quota = app_commands.Group(name="quota", description="Limits per role and feature")
     moderation = app_commands.Group(name="moderation", description="Blocked words and patterns")
 
-    def __init__(self, policy: PolicyService) -> None:
+    def __init__(self, policy: PolicyService, readiness: EngineReadiness | None = None) -> None:
         super().__init__()
         self.policy = policy
+        self.readiness = readiness or EngineReadiness()
 
     # ------------------------------------------------------------------ overview
 
@@ -211,7 +267,7 @@ class AdminCog(
         settings = await self.policy.settings(guild_id)
         key = await self.policy.shared_key_info(guild_id)
         await interaction.response.send_message(
-            embed=render_settings(guild_id, settings, key), ephemeral=True
+            embed=render_settings(guild_id, settings, key, self.readiness), ephemeral=True
         )
 
     @app_commands.command(name="usage")
@@ -235,6 +291,19 @@ class AdminCog(
             "Results are now shown only to the member who asked."
             if private
             else "Results are now posted in the channel for everyone.",
+        )
+
+    @app_commands.command(name="voice-messages")
+    @app_commands.describe(enabled="On: speech is posted as Discord voice messages")
+    async def voice_messages(self, interaction: discord.Interaction[Any], enabled: bool) -> None:
+        """Post speech as Discord voice messages (with an MP3 where that is not possible)."""
+        await self.policy.set_voice_messages(_guild(interaction), enabled)
+        await _answer(
+            interaction,
+            "Speech is now posted as voice messages where I have **Send Voice Messages** "
+            "(as an MP3 elsewhere, and for private results)."
+            if enabled
+            else "Speech is now posted as MP3 attachments.",
         )
 
     # ------------------------------------------------------------------ channels
@@ -348,7 +417,11 @@ class AdminCog(
             else "\nNo shared key yet: set one with `/tada-admin demo key` so members "
             "need no account there."
         )
-        await _answer(interaction, f"{channel.mention} is now a community demo channel.{hint}")
+        await _answer(
+            interaction,
+            f"{channel.mention} is now a community demo channel.{hint}"
+            + demo_warning(self.readiness),
+        )
 
     @demo.command(name="remove")
     @app_commands.describe(channel="The demo channel to make ordinary again")
@@ -362,7 +435,9 @@ class AdminCog(
     @demo.command(name="key")
     async def demo_key(self, interaction: discord.Interaction[Any]) -> None:
         """Set the server's shared Ta-da key for demo channels (asked privately)."""
-        await interaction.response.send_modal(SharedKeyModal(self.policy, _guild(interaction)))
+        await interaction.response.send_modal(
+            SharedKeyModal(self.policy, _guild(interaction), self.readiness)
+        )
 
     @demo.command(name="forget-key")
     async def demo_forget_key(self, interaction: discord.Interaction[Any]) -> None:
@@ -478,4 +553,4 @@ async def setup(bot: commands.Bot) -> None:
     if not isinstance(bot, TadaBot) or bot.services.policy is None:
         raise TypeError("cogs.admin needs a TadaBot whose services have a policy")
     bot.services.policy.gate.bind(bot)
-    await bot.add_cog(AdminCog(bot.services.policy))
+    await bot.add_cog(AdminCog(bot.services.policy, bot.services.readiness))

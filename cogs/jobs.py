@@ -16,7 +16,6 @@ from bot.app import TadaBot
 from bot.errors import UserFacingError
 from bot.job_panel import JobPanel, Panel, PanelEntry, describe
 from bot.jobs import JobState
-from bot.policy import PolicyGate
 from bot.ui import TadaView
 
 # Discord allows 25 buttons on a message (5 rows of 5).
@@ -138,6 +137,5 @@ async def setup(bot: commands.Bot) -> None:
     """Extension entry point."""
     if not isinstance(bot, TadaBot):
         raise TypeError("cogs.jobs needs a TadaBot (it reads bot.jobs)")
-    gate = bot.services.gate
-    panel = JobPanel(bot.jobs, gate=gate if isinstance(gate, PolicyGate) else None)
+    panel = JobPanel(bot.jobs, gate=bot.services.gate)
     await bot.add_cog(JobsCog(panel))

@@ -32,6 +32,7 @@ from bot.media import (
     inspect_zip_async,
     suffix_of,
 )
+from bot.names import check_shown_name, visible
 from bot.pages import PagedView, matching_choices, paginate
 from bot.tada import TadaClient
 
@@ -65,6 +66,8 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Image sty
         prepare: Callable[[], Awaitable[ImageSet]],
     ) -> None:
         """Admit, check the files, upload the zip, answer with a contact sheet and Train."""
+        check_shown_name(name, "The name")
+        check_shown_name(trigger_word, "The trigger word")
         # The name and the trigger word are shown to the server: moderated like a prompt.
         request = request_for(
             interaction, Feature.LORA, Action.LORA_UPLOAD, text=f"{name}\n{trigger_word}"
@@ -184,8 +187,8 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Image sty
         )
         status = {t.upload_id: t.status for t in trainings}
         lines = [
-            f"• **{clip(u.name, 80)}** `{u.id}` trigger `{u.trigger_word}`: "
-            f"{status.get(u.id) or 'not trained'}"
+            f"• **{clip(visible(u.name), 80)}** `{u.id}` "
+            f"trigger `{visible(u.trigger_word or '')}`: {status.get(u.id) or 'not trained'}"
             for u in uploads
         ]
         text = "\n".join(lines) or "No image sets yet: `/lora upload` starts one."

@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.app import TadaBot
 from bot.policy import FeatureStatus, PolicyService
-from bot.policy.settings import FEATURE_NAMES, LIMIT_NAMES
+from bot.policy.settings import FEATURE_NAMES, limit_name
 
 
 def render_status(statuses: list[FeatureStatus], *, now: datetime) -> str:
@@ -27,9 +27,10 @@ def render_status(statuses: list[FeatureStatus], *, now: datetime) -> str:
         if status.exempt:
             parts.append("no limits for server administrators")
         for allowance in status.allowances:
+            what = limit_name(allowance.limit, allowance.amount)
             parts.append(
-                f"{allowance.left:,} of {allowance.amount:,} {LIMIT_NAMES[allowance.limit]} "
-                f"left, resets {discord.utils.format_dt(allowance.resets_at, 'R')}"
+                f"{allowance.left:,} of {allowance.amount:,} {what} left, "
+                f"resets {discord.utils.format_dt(allowance.resets_at, 'R')}"
             )
         if status.cooldown is not None:
             if status.cooldown.ready_at is not None and status.cooldown.waiting(now):

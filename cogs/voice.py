@@ -7,6 +7,8 @@ render. Speech is a job: it is queued fairly and its audio is posted where it wa
 from __future__ import annotations
 
 import contextlib
+import io
+from collections.abc import Sequence
 from typing import Any
 
 import discord
@@ -14,21 +16,23 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import BotServices, TadaBot
-from bot.errors import NotLinked, UserFacingError
+from bot.errors import NotLinked, UserFacingError, reply_for
 from bot.gate import Action, Feature, GateRequest, request_for
-from bot.jobs.buttons import SpeakButton
-from bot.jobs.render import clip
+from bot.jobs.buttons import RepostButton, SpeakButton
+from bot.jobs.render import DEFAULT_FILE_LIMIT, clip
 from bot.jobs.runner import JobRunner, admit
 from bot.media import AUDIO_SUFFIXES, MAX_AUDIO_BYTES, check_audio_async, suffix_of
+from bot.names import check_shown_name, visible
 from bot.pages import PagedView, matching_choices, paginate
+from bot.replay import fetch_speech
 from bot.tada import TadaClient
-from bot.tada.models import Voice
+from bot.tada.models import Voice, VoiceGeneration
 from bot.ui import TadaView
 
 
 def voice_card(voice: Voice, owner: int) -> tuple[discord.Embed, discord.ui.View]:
     """The card of a voice: name, length, id, and a Speak button."""
-    embed = discord.Embed(title=f"🎙️ {clip(voice.name, 200)}")
+    embed = discord.Embed(title=f"🎙️ {clip(visible(voice.name), 200)}")
     if voice.duration_seconds:
         embed.add_field(name="Sample length", value=f"{voice.duration_seconds:.1f} s")
     if voice.base_similarity_score is not None:
@@ -41,6 +45,27 @@ def voice_card(voice: Voice, owner: int) -> tuple[discord.Embed, discord.ui.View
     view = discord.ui.View(timeout=None)
     view.add_item(SpeakButton(owner, voice.id))
     return embed, view
+
+
+def voice_channel_of(
+    interaction: discord.Interaction[Any],
+) -> discord.VoiceChannel | discord.StageChannel:
+    """The voice channel the member is in, where the bot may speak; else a short refusal."""
+    state = interaction.user.voice if isinstance(interaction.user, discord.Member) else None
+    room = state.channel if state is not None else None
+    if not isinstance(room, discord.VoiceChannel | discord.StageChannel):
+        raise UserFacingError(
+            "Join a voice channel first: `/voice say` speaks in the voice channel you are in. "
+            "(`/voice speak` posts the speech here instead.)"
+        )
+    me = room.guild.me
+    allowed = room.permissions_for(me) if me is not None else None
+    if allowed is not None and not (allowed.connect and allowed.speak):
+        raise UserFacingError(
+            f"I cannot speak in {room.mention}: I need **Connect** and **Speak** there. "
+            "Ask a server admin, or use another voice channel."
+        )
+    return room
 
 
 class ConsentView(TadaView):
@@ -80,11 +105,20 @@ class ConsentView(TadaView):
         await interaction.response.edit_message(
             content="Checking your recording and cloning the voice…", view=None
         )
-        data = await self.sample.read()
-        info = await check_audio_async(data, self.sample.filename)
-        target = await self.tada.create_voice_upload_url(self.name, self.sample.filename)
-        await self.tada.put_upload(target, data)
-        voice = await self.tada.create_voice(target.upload_id)
+        try:
+            data = await self.sample.read()
+            info = await check_audio_async(data, self.sample.filename)
+            target = await self.tada.create_voice_upload_url(self.name, self.sample.filename)
+            await self.tada.put_upload(target, data)
+            voice = await self.tada.create_voice(target.upload_id)
+        except Exception as exc:
+            # The progress text ends in a final state; the reason is the reply itself.
+            reply = reply_for(exc, where="voice clone")
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(
+                    content=f"❌ Nothing was cloned: {reply.text}"
+                )
+            return
         await self.services.gate.record(self.request)
         embed, view = voice_card(voice, self.request.user_id)
         await interaction.edit_original_response(
@@ -107,6 +141,38 @@ class ConsentView(TadaView):
         self.stop()
         await interaction.response.edit_message(
             content="Cancelled: nothing was uploaded.", view=None
+        )
+
+
+class ReplaySelect(discord.ui.Select[PagedView]):
+    """Plays one of the history's entries again, privately, with a button that posts it in
+    the channel (no new generation: no quota used)."""
+
+    def __init__(self, generations: Sequence[VoiceGeneration], tada: TadaClient) -> None:
+        super().__init__(
+            placeholder="Play one again…",
+            options=[
+                discord.SelectOption(
+                    label=clip(visible(g.text), 100) or "…",
+                    value=g.id,
+                    description=g.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+                )
+                for g in generations
+            ],
+        )
+        self.tada = tada
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        limit = interaction.guild.filesize_limit if interaction.guild else DEFAULT_FILE_LIMIT
+        replay = await fetch_speech(self.tada, self.values[0], max_bytes=limit)
+        view = discord.ui.View(timeout=None)
+        view.add_item(RepostButton(interaction.user.id, replay.generation.id))
+        await interaction.followup.send(
+            f"🔁 “{clip(replay.generation.text, 1500)}”",
+            file=discord.File(io.BytesIO(replay.data), filename=replay.filename),
+            view=view,
+            ephemeral=True,
         )
 
 
@@ -141,6 +207,7 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
             raise UserFacingError(
                 f"That recording is over {MAX_AUDIO_BYTES // (1024 * 1024)} MB; send a shorter one."
             )
+        check_shown_name(name, "The name")
         # The voice's name is shown to the server (cards, lists): moderated like a prompt.
         request = request_for(interaction, Feature.VOICE, Action.VOICE_CLONE, text=name)
         admission, tada = await admit(self.services, interaction, request)
@@ -168,7 +235,7 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
         await interaction.response.defer(ephemeral=True, thinking=True)
         voices = await tada.list_voices()
         lines = [
-            f"• **{clip(v.name, 80)}** `{v.id}`"
+            f"• **{clip(visible(v.name), 80)}** `{v.id}`"
             + (f" ({v.duration_seconds:.0f} s sample)" if v.duration_seconds else "")
             for v in voices
         ]
@@ -196,6 +263,50 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
         """Have one of your voices say something; the audio is posted here."""
         await self.runner.submit(interaction, self.runner.speak_request(voice, text))
 
+    @app_commands.command(name="say")
+    @app_commands.describe(voice="One of your voices", text="What the voice should say")
+    @app_commands.guild_only()
+    async def say(
+        self,
+        interaction: discord.Interaction[Any],
+        voice: str,
+        text: app_commands.Range[str, 1, 1000],
+    ) -> None:
+        """Have one of your voices say something in your voice channel (posted here too)."""
+        room = voice_channel_of(interaction)
+        await self.runner.submit(
+            interaction, self.runner.speak_request(voice, text, play_in=room.id)
+        )
+
+    @app_commands.command(name="skip")
+    @app_commands.guild_only()
+    async def skip(self, interaction: discord.Interaction[Any]) -> None:
+        """Skip the speech playing in the voice channel."""
+        player = self.runner.player
+        skipped = (
+            player is not None
+            and interaction.guild_id is not None
+            and player.skip(interaction.guild_id)
+        )
+        await interaction.response.send_message(
+            "Skipped." if skipped else "Nothing is playing.", ephemeral=True
+        )
+
+    @app_commands.command(name="stop")
+    @app_commands.guild_only()
+    async def stop(self, interaction: discord.Interaction[Any]) -> None:
+        """Stop speaking in the voice channel, drop what waits, and leave."""
+        player = self.runner.player
+        left = (
+            player is not None
+            and interaction.guild_id is not None
+            and await player.stop(interaction.guild_id)
+        )
+        await interaction.response.send_message(
+            "Stopped and left the voice channel." if left else "I am not in a voice channel.",
+            ephemeral=True,
+        )
+
     @app_commands.command(name="history")
     @app_commands.describe(voice="Only this voice (all voices when left out)")
     async def history(
@@ -214,10 +325,13 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
             for g in page.generations
         ]
         view = PagedView(paginate(lines), interaction.user.id)
+        if page.generations:
+            view.add_item(ReplaySelect(page.generations[:25], tada))
         await interaction.edit_original_response(content=view.page(), view=view)
 
     @info.autocomplete("voice")
     @speak.autocomplete("voice")
+    @say.autocomplete("voice")
     @history.autocomplete("voice")
     async def _voices(
         self, interaction: discord.Interaction[Any], current: str

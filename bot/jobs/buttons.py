@@ -7,6 +7,8 @@ callback reach the member through :func:`bot.errors.report_error`, like command 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -14,7 +16,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import discord
 
-from bot.errors import UserFacingError, report_error
+from bot.errors import NotLinked, UserFacingError, report_error
+from bot.jobs.store import JobNotFound
+from bot.replay import Replay, fetch_speech
 from bot.ui import TadaModal
 
 if TYPE_CHECKING:
@@ -29,6 +33,20 @@ def runner_of(interaction: discord.Interaction[Any]) -> JobRunner:
     if not isinstance(runner, JobRunner):
         raise RuntimeError("this bot has no job runner")
     return runner
+
+
+# What a button on an old result says when its job row is gone (/tada forget deletes a
+# member's jobs; the message stays in the channel).
+JOB_GONE = (
+    "The bot no longer keeps the request behind this message (its owner may have asked "
+    "the bot to forget them), so it cannot be repeated from here. Ask again with the command."
+)
+
+
+async def _check_linked(interaction: discord.Interaction[Any]) -> None:
+    """Before a modal: a member without an account is told to link, not shown a form."""
+    if await runner_of(interaction).services.members.get(interaction.user.id) is None:
+        raise NotLinked()
 
 
 def _check_owner(interaction: discord.Interaction[Any], owner: int) -> None:
@@ -77,7 +95,10 @@ class AgainButton(
 
     async def act(self, interaction: discord.Interaction[Any]) -> None:
         runner = runner_of(interaction)
-        job = await runner.store.get(self.job_id)
+        try:
+            job = await runner.store.get(self.job_id)
+        except JobNotFound as exc:
+            raise UserFacingError(JOB_GONE) from exc
         _check_owner(interaction, job.user_id)
         await runner.submit(interaction, runner.request_like(job))
 
@@ -114,7 +135,9 @@ class DeleteButton(
         _check_owner(interaction, self.owner)
         await interaction.response.defer()
         if interaction.message is not None:
-            await interaction.message.delete()
+            # Deleted already (another press, a moderator): nothing left to do.
+            with contextlib.suppress(discord.NotFound):
+                await interaction.message.delete()
 
 
 class AskModal(TadaModal):
@@ -220,6 +243,7 @@ class GenerateButton(OwnedButton, kind="gen", label="Generate"):
     """Open the prompt modal for a trained LoRA (owner only)."""
 
     async def run(self, interaction: discord.Interaction[Any]) -> None:
+        await _check_linked(interaction)
         await interaction.response.send_modal(prompt_modal(self.target))
 
 
@@ -227,6 +251,7 @@ class SpeakButton(OwnedButton, kind="speak", label="Speak"):
     """Open the text modal for a voice (owner only)."""
 
     async def run(self, interaction: discord.Interaction[Any]) -> None:
+        await _check_linked(interaction)
         await interaction.response.send_modal(speak_modal(self.target))
 
 
@@ -238,10 +263,52 @@ class TrainButton(OwnedButton, kind="train", label="Train"):
         await runner.submit(interaction, runner.train_request(self.target))
 
 
+class RepostButton(OwnedButton, kind="repost", label="Post in channel"):
+    """Post a past speech (from ``/voice history``) in the channel (owner only); no new
+    generation, so no quota is used."""
+
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        from bot.jobs.render import DEFAULT_FILE_LIMIT
+
+        services = runner_of(interaction).services
+        tada = await services.accounts.client_for(interaction.user.id)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        limit = interaction.guild.filesize_limit if interaction.guild else DEFAULT_FILE_LIMIT
+        replay = await fetch_speech(tada, self.target, max_bytes=limit)
+        voice = await tada.get_voice(replay.generation.voice_id)
+        channel = interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):
+            raise UserFacingError("This recording can only be posted in a channel.")
+        try:
+            await self._post(channel, replay, voice.name)
+        except discord.Forbidden as exc:
+            raise UserFacingError(
+                "I am not allowed to post in this channel (I need Send Messages and Attach "
+                "Files here)."
+            ) from exc
+        await interaction.edit_original_response(content="Posted in the channel.")
+
+    async def _post(self, channel: discord.abc.Messageable, replay: Replay, name: str) -> None:
+        from bot.jobs.render import CONTENT_LIMIT, clip
+        from bot.jobs.runner import requester_only
+        from bot.names import visible
+
+        await channel.send(
+            clip(
+                f"<@{self.owner}> 🔁 **{clip(visible(name), 100)}** said:\n"
+                f"> {clip(replay.generation.text, 1500)}",
+                CONTENT_LIMIT,
+            ),
+            file=discord.File(io.BytesIO(replay.data), filename=replay.filename),
+            allowed_mentions=requester_only(self.owner),
+        )
+
+
 PERSISTENT_BUTTONS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     AgainButton,
     DeleteButton,
     GenerateButton,
     SpeakButton,
     TrainButton,
+    RepostButton,
 )

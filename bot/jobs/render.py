@@ -15,6 +15,8 @@ from bot.jobs.buttons import (
     GenerateButton,
 )
 from bot.jobs.models import Job, JobKind, JobState
+from bot.names import visible
+from bot.readiness import is_test_model
 from bot.tada.models import LoraTraining, TrainingStatus
 
 # Discord's limits (https://discord.com/developers/docs/resources/message).
@@ -24,6 +26,14 @@ EMBED_FIELD_LIMIT = 1024
 EMBED_TITLE_LIMIT = 256
 DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
 BAR_WIDTH = 20
+
+
+# Under an image the engine drew with its built-in random-weight model: it is noise.
+TEST_MODEL_NOTE = (
+    "ℹ️ This Ta-da engine has no real image model configured: this image comes from its "
+    "built-in random test model, so it is noise. The server admins can see this in "
+    "`/tada-admin show`."
+)
 
 
 def clip(text: str, limit: int) -> str:
@@ -80,7 +90,7 @@ def _duration(seconds: float) -> str:
 
 def training_progress(job: Job, training: LoraTraining, now: datetime) -> str:
     """The live progress message of a training: status, bar, elapsed, estimate."""
-    name = job.params.get("name") or "your LoRA"
+    name = visible(str(job.params.get("name") or "your LoRA"))
     status = training.state
     started = training.started_at or job.started_at or job.created_at
     elapsed = (now - started).total_seconds() if started else 0.0
@@ -103,6 +113,15 @@ def training_progress(job: Job, training: LoraTraining, now: datetime) -> str:
         remaining = elapsed / fraction * (1.0 - fraction)
         lines.append(f"Estimated time left: about {_duration(remaining)}")
     return "\n".join(lines)
+
+
+def stopped_progress(job: Job) -> str:
+    """The final progress message of a training the bot could no longer follow."""
+    name = visible(str(job.params.get("name") or "your LoRA"))
+    reason = clip(job.error or "no reason given", 500)
+    return (
+        f"🧪 Training **{clip(str(name), 100)}** for <@{job.user_id}>\nStatus: ❌ stopped: {reason}"
+    )
 
 
 def _prompt_embed(title: str, prompt: str, enhanced: str | None) -> discord.Embed:
@@ -156,7 +175,7 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
         score = likeness_line(
             result.get("similarity_score"), result.get("likeness"), p.get("voice_base_score")
         )
-        voice = clip(str(p.get("voice_name") or p.get("voice_id")), 100)
+        voice = clip(visible(str(p.get("voice_name") or p.get("voice_id"))), 100)
         text = clip(str(p.get("text", "")), 1500)
         return Outgoing(
             content=clip(f"{mention} 🗣️ **{voice}** says:\n> {text}{score}{extra}", CONTENT_LIMIT),
@@ -164,11 +183,11 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
             items=(AgainButton(job.id, label="Speak again"), DeleteButton(job.id, owner)),
         )
     if job.kind is JobKind.LORA_TRAIN:
-        trigger = p.get("trigger_word")
+        trigger = visible(str(p.get("trigger_word") or ""))
         hint = f" Use the trigger word `{trigger}` in your prompts." if trigger else ""
         return Outgoing(
             content=(
-                f"{mention} ✅ Your LoRA **{clip(str(p.get('name') or 'LoRA'), 100)}** "
+                f"{mention} ✅ Your LoRA **{clip(visible(str(p.get('name') or 'LoRA')), 100)}** "
                 f"is trained.{hint}"
             ),
             items=(GenerateButton(owner, str(result.get("lora_id") or job.tada_id)),),
@@ -178,7 +197,9 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
     if job.kind is JobKind.DEMO_GENERATE:
         title = f"{str(p.get('model', 'demo')).title()} demo"
     else:
-        title = f"LoRA {clip(str(p.get('lora_name') or p.get('lora_id')), 100)}"
+        title = f"🎨 {clip(visible(str(p.get('lora_name') or 'Your LoRA')), 100)}"
+    if is_test_model(result.get("model")):
+        extra += f"\n{TEST_MODEL_NOTE}"
     return Outgoing(
         content=f"{mention}{extra}",
         embed=_prompt_embed(title, prompt, enhanced if isinstance(enhanced, str) else None),

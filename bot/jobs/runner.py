@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import subprocess
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -34,19 +35,21 @@ from urllib.parse import urlsplit
 import discord
 from pydantic import SecretStr
 
-from bot.errors import NotLinked, UserFacingError, reply_for
+from bot.errors import NotLinked, UserFacingError, caused_by_member, reply_for
 from bot.gate import Action, Admission, Feature, GateRequest, request_for
 from bot.jobs.fairness import FairQueue
-from bot.jobs.models import Destination, Job, JobKind, JobState
+from bot.jobs.models import FINAL_STATES, Destination, Job, JobKind, JobState
 from bot.jobs.models import aware as _aware
 from bot.jobs.render import (
     DEFAULT_FILE_LIMIT,
     Outgoing,
     render,
+    stopped_progress,
     training_progress,
 )
 from bot.jobs.store import JobNotFound, JobStore
-from bot.media import IMAGE_SUFFIXES
+from bot.media import IMAGE_SUFFIXES, MediaRejected
+from bot.readiness import is_test_model
 from bot.store.models import utcnow
 from bot.tada import TadaClient
 from bot.tada.errors import (
@@ -58,12 +61,16 @@ from bot.tada.errors import (
     TadaTransportError,
 )
 from bot.tada.models import LoraTraining, TrainingStatus
+from bot.voice_channel import Clip, QueueFull, VoiceChannelPlayer
+from bot.voice_message import VoiceMessageError, make_voice_message_async, post_voice_message
 
 if TYPE_CHECKING:
     from bot.app import BotServices
 
 log = logging.getLogger(__name__)
 
+# Under a speech card whose audio went out as a voice message just before it.
+VOICE_MESSAGE_NOTE = "🔊 The speech is the voice message above."
 # Discord invalidates interaction tokens after 15 minutes; stop using them a bit before.
 TOKEN_LIFETIME = timedelta(minutes=14)
 # A generation listed by Ta-da within this much before the job started is still ours
@@ -106,6 +113,13 @@ class JobRequest:
         return max(1, len(self.text or "")) if self.kind is JobKind.VOICE_SPEAK else 1
 
 
+def requester_only(user_id: int) -> discord.AllowedMentions:
+    """Mentions that ping the requester and nobody else, whatever the text holds."""
+    return discord.AllowedMentions(
+        everyone=False, users=[discord.Object(user_id)], roles=False, replied_user=False
+    )
+
+
 def gate_request(interaction: discord.Interaction[Any], request: JobRequest) -> GateRequest:
     """The gate's view of a job request made through ``interaction``."""
     feature, action = FEATURE_OF[request.kind]
@@ -131,9 +145,17 @@ class JobRunner:
     """Runs, watches and posts jobs for one bot; build it with the bot, start it in
     ``setup_hook``, stop it when the bot closes."""
 
-    def __init__(self, *, client: discord.Client, services: BotServices) -> None:
+    def __init__(
+        self,
+        *,
+        client: discord.Client,
+        services: BotServices,
+        player: VoiceChannelPlayer | None = None,
+    ) -> None:
         self.client = client
         self.services = services
+        # Plays speech asked with ``/voice say`` in the member's voice channel.
+        self.player = player
         self.config = services.config.jobs
         self.store = JobStore(services.store, services.members.keys)
         self.queue = FairQueue(
@@ -151,9 +173,18 @@ class JobRunner:
 
     # ------------------------------------------------------------------ requests
 
-    def speak_request(self, voice_id: str, text: str, voice_name: str | None = None) -> JobRequest:
-        """Speech with a voice."""
-        params = {"voice_id": voice_id, "text": text, "voice_name": voice_name}
+    def speak_request(
+        self,
+        voice_id: str,
+        text: str,
+        voice_name: str | None = None,
+        *,
+        play_in: int | None = None,
+    ) -> JobRequest:
+        """Speech with a voice (``play_in``: also played in that voice channel)."""
+        params: dict[str, Any] = {"voice_id": voice_id, "text": text, "voice_name": voice_name}
+        if play_in is not None:
+            params["play_in"] = play_in
         return JobRequest(JobKind.VOICE_SPEAK, params, text=text)
 
     def generate_request(
@@ -204,7 +235,8 @@ class JobRunner:
             interaction_token=SecretStr(interaction.token),
             interaction_at=interaction.created_at,
         )
-        await self.services.gate.record(greq)
+        # Pending until the outcome: a failure or a cancel gives the allowance back.
+        await self.services.gate.record(greq, job_id=job.id)
         self._interactions[job.id] = interaction
         position = self.enqueue(job)
         note = "".join(f"\n{n}" for n in admission.notes)
@@ -266,6 +298,9 @@ class JobRunner:
             await self._execute(job_id)
         except JobNotFound:
             log.info("job %s was deleted (/tada forget) before it ran", job_id)
+            # Nothing was delivered: its usage row (kept without the member's id) gives
+            # its allowance back.
+            await self.services.gate.settle(job_id, delivered=False)
         finally:
             self.queue.release(member)
             self._pump()
@@ -329,8 +364,18 @@ class JobRunner:
             await asyncio.sleep(self.config.poll_seconds)
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
+        """End the job with a member-facing reason. A failure the member's own input or
+        account caused is theirs alone: it is answered privately, not in the channel."""
         text = reply_for(exc, where=f"job {job.kind.value} {job.id}").text
-        await self.store.update(job.id, state=JobState.FAILED, error=text, finished_at=utcnow())
+        if isinstance(exc, ServiceUnavailable) and job.kind is JobKind.DEMO_GENERATE:
+            self.services.readiness.demo_missing(str(job.params.get("model")), exc.message)
+        await self.store.update(
+            job.id,
+            state=JobState.FAILED,
+            error=text,
+            private=job.private or caused_by_member(exc),
+            finished_at=utcnow(),
+        )
 
     async def _generate(self, tada: TadaClient, job: Job) -> dict[str, Any]:
         p = job.params
@@ -353,18 +398,46 @@ class JobRunner:
                 "format": spoken.format,
             }
         if job.kind is JobKind.LORA_GENERATE:
+            if not p.get("lora_name"):
+                # The result is titled by the LoRA's name; a command or button gave its id.
+                try:
+                    name = await self._lora_name(tada, str(p["lora_id"]))
+                except TadaError as exc:  # a title is not worth failing the image for
+                    log.info("job %s: no LoRA name: %s", job.id, exc)
+                    name = None
+                if name:
+                    p = {**p, "lora_name": name}
+                    await self.store.update(job.id, params=p)
             image = await tada.generate_lora(str(p["lora_id"]), str(p["prompt"]))
         elif job.kind is JobKind.DEMO_GENERATE:
             demo = tada.demo_pudgy if p.get("model") == "pudgy" else tada.demo_tadz
             image = await demo(str(p["prompt"]))
         else:
             raise ValueError(f"{job.kind} is not a generation")
+        readiness = self.services.readiness
+        if job.kind is JobKind.DEMO_GENERATE:
+            readiness.demo_works(str(p.get("model")))
+        if is_test_model(image.model):
+            readiness.test_model_seen(f"the engine drew it with {image.model}")
+        elif image.model:
+            readiness.real_model_seen()
         return {
             "generation_id": image.id,
             "url": image.image_url,
             "prompt": image.prompt or p.get("prompt"),
             "enhanced_prompt": image.enhanced_prompt,
+            "model": image.model,
         }
+
+    async def _lora_name(self, tada: TadaClient, lora_id: str) -> str | None:
+        """The name of the LoRA ``lora_id`` (its upload's id or its training's id)."""
+        uploads = {u.id: u.name for u in await tada.list_lora_uploads()}
+        if lora_id in uploads:
+            return uploads[lora_id]
+        for training in await tada.list_lora_trainings(limit=100):
+            if training.id == lora_id:
+                return training.name or uploads.get(str(training.upload_id))
+        return None
 
     async def _start_training(self, tada: TadaClient, job: Job) -> None:
         upload_id = str(job.params["upload_id"])
@@ -394,6 +467,7 @@ class JobRunner:
             await self._watch_loop(job_id)
         except JobNotFound:
             log.info("job %s was deleted (/tada forget); no longer watched", job_id)
+            await self.services.gate.settle(job_id, delivered=False)
         finally:
             self._watching.discard(job_id)
 
@@ -417,10 +491,12 @@ class JobRunner:
                     self.enqueue(job)
                     return
                 await self._fail(job, UserFacingError("Ta-da no longer knows this training."))
+                await self._end_progress(job_id)
                 await self._deliver(job_id)
                 return
             except Exception as exc:  # e.g. the member's key was revoked: say so
                 await self._fail(job, exc)
+                await self._end_progress(job_id)
                 await self._deliver(job_id)
                 return
             text = training_progress(job, training, utcnow())
@@ -449,10 +525,20 @@ class JobRunner:
                 job.id, state=JobState.FAILED, error=reason, finished_at=utcnow()
             )
 
+    async def _end_progress(self, job_id: str) -> None:
+        """A training no longer followed: its progress message says so (never left on
+        "training")."""
+        job = await self.store.get(job_id)
+        if job.progress_message_id is None and not job.private:
+            return  # no progress was shown
+        await self._show_progress(job, stopped_progress(job))
+
     async def _show_progress(self, job: Job, text: str) -> None:
         """Edit the training's progress message (post it first); best effort."""
         try:
-            if job.private:
+            # A private job's progress is its interaction's note; a failure made private
+            # later still ends the message already posted in the channel.
+            if job.private and job.progress_message_id is None:
                 interaction = self._live_interaction(job.id)
                 if interaction is not None:
                     await interaction.edit_original_response(content=text)
@@ -603,9 +689,17 @@ class JobRunner:
                 job = await self.store.get(job_id)
             except JobNotFound:
                 return  # the member asked the bot to forget them: nothing to post
+            if job.state in FINAL_STATES:
+                # Only what the member got counts against their quota.
+                await self.services.gate.settle(job.id, delivered=job.state is JobState.FINISHED)
             if job.posted:
                 return
             files, note = await self._artifacts(job)
+            if files:
+                await self._play_in_voice(job, files[0][1])
+            if files and await self._as_voice_message(job, files[0][1]):
+                # The voice message holds the audio; the card below says where it is.
+                files, note = (), VOICE_MESSAGE_NOTE
             outgoing = render(job, files, note)
             destinations = (
                 (Destination.INTERACTION, Destination.DM)
@@ -623,6 +717,61 @@ class JobRunner:
                 self._spawn(self._redeliver(job_id, round_ + 1), f"redeliver {job_id}")
         finally:
             self._delivering.discard(job_id)
+
+    async def _play_in_voice(self, job: Job, audio: bytes) -> None:
+        """Queue a ``/voice say`` speech in its voice channel, once (best effort: the
+        speech is posted in the text channel in any case)."""
+        channel_id = job.params.get("play_in")
+        result = job.result or {}
+        if (
+            channel_id is None
+            or self.player is None
+            or job.guild_id is None
+            or job.state is not JobState.FINISHED
+            or result.get("played")
+        ):
+            return
+        await self.store.update(job.id, result={**result, "played": True})
+        clip = Clip(audio, int(channel_id), job.user_id, label=f"job {job.id}")
+        try:
+            self.player.enqueue(job.guild_id, clip)
+        except QueueFull:
+            log.warning("job %s: the voice queue of guild %s is full", job.id, job.guild_id)
+
+    async def _as_voice_message(self, job: Job, audio: bytes) -> bool:
+        """Post a speech's audio as a voice message in its channel when the server asks for
+        voice messages and the bot may post one; whether it is there (posted now or by an
+        earlier delivery round). Any failure means the MP3 attachment instead."""
+        if (
+            job.kind is not JobKind.VOICE_SPEAK
+            or job.state is not JobState.FINISHED
+            or job.private
+            or job.channel_id is None
+            or job.guild_id is None
+            or self.services.policy is None
+        ):
+            return False
+        if (job.result or {}).get("voice_message_id"):
+            return True
+        if not (await self.services.policy.settings(job.guild_id)).voice_messages:
+            return False
+        channel = self.client.get_channel(job.channel_id)
+        if isinstance(channel, discord.abc.GuildChannel | discord.Thread):
+            allowed = channel.permissions_for(channel.guild.me)
+            if not (allowed.send_voice_messages and allowed.attach_files):
+                return False
+        try:
+            voice_message = await make_voice_message_async(audio)
+            message_id = await post_voice_message(self.client, job.channel_id, voice_message)
+        except (VoiceMessageError, MediaRejected, OSError, subprocess.SubprocessError) as exc:
+            log.warning("job %s: no voice message (%s); posting the MP3", job.id, exc)
+            return False
+        except discord.HTTPException as exc:
+            log.warning("job %s: Discord refused the voice message: %s", job.id, exc)
+            return False
+        current = (await self.store.get(job.id)).result or {}
+        await self.store.update(job.id, result={**current, "voice_message_id": message_id})
+        return True
 
     async def _redeliver(self, job_id: str, round_: int) -> None:
         """Another delivery round after a pause (Discord outage); the next start retries
@@ -660,7 +809,7 @@ class JobRunner:
         return None
 
     async def _post(self, job: Job, destination: Destination, outgoing: Outgoing) -> int:
-        mentions = discord.AllowedMentions(users=[discord.Object(job.user_id)], roles=False)
+        mentions = requester_only(job.user_id)
         kwargs: dict[str, Any] = {"content": outgoing.content, "allowed_mentions": mentions}
         if outgoing.embed is not None:
             kwargs["embed"] = outgoing.embed

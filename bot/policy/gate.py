@@ -4,7 +4,10 @@
 feature works instead), the member's roles, the bot's own permissions in the channel
 (so nothing fails after the work), the text against the blocked words and patterns,
 then the cooldown and quotas of the member's most generous role. In a community demo
-channel it lends the guild's shared key. ``record`` counts an accepted request.
+channel it lends the guild's shared key. ``record`` counts an accepted request; a job's
+request stays pending until ``settle`` says whether the member got it (a failure or a
+cancel gives it back). Usage rows know members by a keyed hash (``KeyBox.pseudonym`` of
+guild and member), so ``/tada forget`` clears their id without resetting their quotas.
 
 In DMs no guild's settings apply (members use their own keys, without quotas); only
 the built-in blocked words do.
@@ -24,6 +27,7 @@ import discord
 from bot.crypto import DecryptionError, KeyBox
 from bot.errors import UserFacingError
 from bot.gate import Action, Admission, Feature, GateRequest
+from bot.policy.models import UsageOutcome
 from bot.policy.moderation import moderator_for, refusal
 from bot.policy.quotas import (
     PERIOD_OF,
@@ -35,8 +39,14 @@ from bot.policy.quotas import (
     cooldown_from,
     period_bounds,
 )
-from bot.policy.settings import COUNTED_ACTIONS, FEATURE_NAMES, LIMIT_NAMES, GuildSettings, Limit
-from bot.policy.store import PolicyStore
+from bot.policy.settings import (
+    COUNTED_ACTIONS,
+    FEATURE_NAMES,
+    GuildSettings,
+    Limit,
+    limit_name,
+)
+from bot.policy.store import MemberRef, PolicyStore
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +305,10 @@ class PolicyGate:
                     continue
                 limited = True
                 last = await self._store.last_use(
-                    request.guild_id, request.user_id, request.feature, COOLDOWN_ACTIONS
+                    request.guild_id,
+                    self.member(request.guild_id, request.user_id),
+                    request.feature,
+                    COOLDOWN_ACTIONS,
                 )
                 waiting = [h.at for h in holds if h.action in COOLDOWN_ACTIONS]
                 if waiting:
@@ -332,14 +345,19 @@ class PolicyGate:
         assert bound.amount is not None
         start, reset = period_bounds(PERIOD_OF[bound.limit], now)
         used = await self._store.used(
-            guild_id, user_id, feature, COUNTED_ACTIONS[bound.limit], start
+            guild_id, self.member(guild_id, user_id), feature, COUNTED_ACTIONS[bound.limit], start
         )
         return Allowance(bound.limit, bound.amount, used, reset)
 
     # ------------------------------------------------------------------ record
 
-    async def record(self, request: GateRequest) -> None:
-        """Count an accepted request against the member's quotas (guilds only)."""
+    def member(self, guild_id: int, user_id: int) -> MemberRef:
+        """How usage rows know the member in this guild."""
+        return MemberRef(user_id, self._keys.pseudonyms(f"{guild_id}:{user_id}"))
+
+    async def record(self, request: GateRequest, *, job_id: str | None = None) -> None:
+        """Count an accepted request against the member's quotas (guilds only); with a
+        ``job_id`` it is pending until :meth:`settle`."""
         if request.guild_id is None:
             return
         key: MemberKey = (request.guild_id, request.user_id, request.feature)
@@ -362,19 +380,21 @@ class PolicyGate:
             self._pruned[request.guild_id] = now
         await self._store.add_usage(
             guild_id=request.guild_id,
-            discord_user_id=request.user_id,
+            member=self.member(request.guild_id, request.user_id),
             feature=request.feature,
             action=request.action,
             cost=max(0, request.cost),
             shared_key=shared,
             at=now,
+            job_id=job_id,
             prune_before=now - USAGE_RETENTION if prune else None,
         )
 
-    async def refund(self, *, guild_id: int, user_id: int, action: Action, cost: int) -> bool:
-        """Give back one recorded request (a job cancelled before it reached Ta-da);
-        whether a matching one was found."""
-        return await self._store.remove_latest_usage(guild_id, user_id, action, cost)
+    async def settle(self, job_id: str, *, delivered: bool) -> None:
+        """The job's request was delivered (it keeps counting) or not (failed, cancelled,
+        interrupted: it is given back). Settling twice changes nothing."""
+        outcome = UsageOutcome.DELIVERED if delivered else UsageOutcome.RELEASED
+        await self._store.settle(job_id, outcome)
 
     # ------------------------------------------------------------------ /quota
 
@@ -397,7 +417,7 @@ class PolicyGate:
                         continue
                     if bound.limit is Limit.COOLDOWN_SECONDS:
                         last = await self._store.last_use(
-                            guild_id, user_id, feature, COOLDOWN_ACTIONS
+                            guild_id, self.member(guild_id, user_id), feature, COOLDOWN_ACTIONS
                         )
                         cooldown = cooldown_from(bound.amount, last)
                         if not cooldown.waiting(now):
@@ -420,7 +440,7 @@ class PolicyGate:
 
 def _quota_refusal(feature_name: str, allowance: Allowance, cost: int) -> str:
     resets = discord.utils.format_dt(allowance.resets_at, "R")
-    what = LIMIT_NAMES[allowance.limit]
+    what = limit_name(allowance.limit, allowance.amount)
     if allowance.left <= 0:
         return (
             f"You have used all your {feature_name} allowance on this server "

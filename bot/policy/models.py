@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
@@ -36,22 +37,45 @@ class GuildSettingsRow(Base):
         return f"<GuildSettingsRow {self.guild_id}>"
 
 
+class UsageOutcome(StrEnum):
+    """What became of a counted request."""
+
+    PENDING = "pending"  # a job on its way: counts, so parallel requests cannot overrun
+    DELIVERED = "delivered"  # the member got it: counts
+    RELEASED = "released"  # failed or cancelled: counts for nothing but "asked" in reports
+
+
 class UsageRow(Base):
     """One accepted request, counted for quotas, cooldowns and ``/tada-admin usage``.
 
     Quotas are sums over rows since the start of the period (day or month, UTC), so they
     reset on schedule without a job; rows older than the retention are pruned.
+
+    ``/tada forget`` clears ``discord_user_id`` but keeps the row (``info["on_forget"]``):
+    quotas find the member again by ``member_key``, a keyed hash of guild and member that
+    only the bot's key links to a member, so forgetting does not reset a quota.
     """
 
     __tablename__ = "bot_usage"
     __table_args__ = (
         Index("ix_bot_usage_member", "guild_id", "discord_user_id", "feature", "created_at"),
+        Index("ix_bot_usage_member_key", "guild_id", "member_key", "feature", "created_at"),
         Index("ix_bot_usage_guild_time", "guild_id", "created_at"),
+        Index("ix_bot_usage_job", "job_id"),
+        {"info": {"on_forget": "unlink"}},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     guild_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    discord_user_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # The member while they are known to the bot; cleared by /tada forget.
+    discord_user_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # KeyBox.pseudonym of "<guild_id>:<member id>" (NULL on rows older than migration 0005).
+    member_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The job that made the request, so its outcome can settle the row.
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    outcome: Mapped[str] = mapped_column(
+        String(16), nullable=False, default=UsageOutcome.DELIVERED.value
+    )
     feature: Mapped[str] = mapped_column(String(16), nullable=False)
     action: Mapped[str] = mapped_column(String(32), nullable=False)
     # Images or trainings: 1; speech: its characters.

@@ -322,6 +322,14 @@ class PolicyService:
 
         return await self._change(guild_id, change)
 
+    async def set_voice_messages(self, guild_id: int, enabled: bool) -> GuildSettings:
+        """Post speech as Discord voice messages (``True``) or as MP3 attachments."""
+
+        def change(s: GuildSettings) -> GuildSettings:
+            return s.model_copy(update={"voice_messages": enabled})
+
+        return await self._change(guild_id, change)
+
     async def set_private_results(self, guild_id: int, private: bool) -> GuildSettings:
         """Post results in the channel (``False``) or show them to the member only."""
 

@@ -60,6 +60,19 @@ LIMIT_NAMES: dict[Limit, str] = {
     Limit.COOLDOWN_SECONDS: "seconds between requests",
 }
 
+# The same names for an amount of one ("1 image per day").
+LIMIT_NAMES_ONE: dict[Limit, str] = {
+    Limit.IMAGES_PER_DAY: "image per day",
+    Limit.VOICE_CHARACTERS_PER_DAY: "voice character per day",
+    Limit.TRAININGS_PER_MONTH: "training per month",
+    Limit.COOLDOWN_SECONDS: "second between requests",
+}
+
+
+def limit_name(limit: Limit, amount: int) -> str:
+    """What ``amount`` of ``limit`` is called: "1 image per day", "2 images per day"."""
+    return (LIMIT_NAMES_ONE if amount == 1 else LIMIT_NAMES)[limit]
+
 
 class QuotaRule(BaseModel):
     """One limit for the members holding ``role_id`` (the guild's id is @everyone).
@@ -106,6 +119,8 @@ class GuildSettings(BaseModel):
     moderation: Moderation = Field(default_factory=Moderation)
     # Results shown only to the member who asked instead of posted in the channel.
     private_results: bool = False
+    # Speech posted as Discord voice messages (where the bot may), not MP3 attachments.
+    voice_messages: bool = False
 
     def channels_for(self, feature: Feature) -> tuple[int, ...]:
         """The channels ``feature`` is limited to (empty: everywhere).

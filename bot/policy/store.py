@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Integer, cast, delete, func, select
+from sqlalchemy import ColumnElement, Integer, and_, case, cast, delete, func, or_, select, update
 
 from bot.gate import Action, Feature
-from bot.policy.models import GuildSettingsRow, UsageRow
+from bot.policy.models import GuildSettingsRow, UsageOutcome, UsageRow
 from bot.policy.quotas import as_utc
 from bot.policy.settings import GuildSettings
 from bot.store import Store
@@ -22,9 +22,31 @@ class UsageLine:
 
     feature: Feature
     action: Action
-    requests: int
+    requests: int  # asked (admitted), whatever became of them
     cost: int
     on_shared_key: int
+    delivered: int = 0  # of ``requests``, those the member got
+    delivered_cost: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRef:
+    """A member as usage rows know them: by id while linked, by pseudonym always
+    (``keys``: the pseudonyms under every configured key, the first for new rows)."""
+
+    user_id: int
+    keys: tuple[str, ...]
+
+    def matches(self) -> ColumnElement[bool]:
+        """The rows of this member (rows older than pseudonyms: by id)."""
+        return or_(
+            UsageRow.member_key.in_(self.keys),
+            and_(UsageRow.member_key.is_(None), UsageRow.discord_user_id == self.user_id),
+        )
+
+
+# Rows that count against quotas and cooldowns: everything not given back.
+COUNTS = UsageRow.outcome != UsageOutcome.RELEASED.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,20 +142,25 @@ class PolicyStore:
         self,
         *,
         guild_id: int,
-        discord_user_id: int,
+        member: MemberRef,
         feature: Feature,
         action: Action,
         cost: int,
         shared_key: bool,
         at: datetime,
+        job_id: str | None = None,
         prune_before: datetime | None = None,
     ) -> None:
-        """Count one accepted request; drop the guild's rows older than ``prune_before``."""
+        """Count one accepted request (pending until its job settles it, when it has one);
+        drop the guild's rows older than ``prune_before``."""
         async with self._store.session() as session, session.begin():
             session.add(
                 UsageRow(
                     guild_id=guild_id,
-                    discord_user_id=discord_user_id,
+                    discord_user_id=member.user_id,
+                    member_key=member.keys[0],
+                    job_id=job_id,
+                    outcome=(UsageOutcome.PENDING if job_id else UsageOutcome.DELIVERED).value,
                     feature=feature.value,
                     action=action.value,
                     cost=cost,
@@ -148,40 +175,33 @@ class PolicyStore:
                     )
                 )
 
-    async def remove_latest_usage(
-        self, guild_id: int, discord_user_id: int, action: Action, cost: int
-    ) -> bool:
-        """Delete the member's latest row of ``action`` with ``cost``; whether one was there."""
-        latest = (
-            select(UsageRow.id)
-            .where(
-                UsageRow.guild_id == guild_id,
-                UsageRow.discord_user_id == discord_user_id,
-                UsageRow.action == action.value,
-                UsageRow.cost == cost,
-            )
-            .order_by(UsageRow.id.desc())
-            .limit(1)
-        )
+    async def settle(self, job_id: str, outcome: UsageOutcome) -> int:
+        """Set the outcome of the job's pending rows; how many there were."""
         async with self._store.session() as session, session.begin():
-            row_id = await session.scalar(latest)
-            if row_id is None:
-                return False
-            await session.execute(delete(UsageRow).where(UsageRow.id == row_id))
-        return True
+            result = await session.execute(
+                update(UsageRow)
+                .where(
+                    UsageRow.job_id == job_id,
+                    UsageRow.outcome == UsageOutcome.PENDING.value,
+                )
+                .values(outcome=outcome.value)
+            )
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def used(
         self,
         guild_id: int,
-        discord_user_id: int,
+        member: MemberRef,
         feature: Feature,
         actions: Iterable[Action],
         since: datetime,
     ) -> int:
-        """The member's total cost of ``actions`` of ``feature`` since ``since``."""
+        """The member's total cost of ``actions`` of ``feature`` since ``since`` (what was
+        delivered or is on its way; not what was given back)."""
         query = select(func.coalesce(func.sum(UsageRow.cost), 0)).where(
             UsageRow.guild_id == guild_id,
-            UsageRow.discord_user_id == discord_user_id,
+            member.matches(),
+            COUNTS,
             UsageRow.feature == feature.value,
             UsageRow.action.in_([a.value for a in actions]),
             UsageRow.created_at >= since,
@@ -190,12 +210,14 @@ class PolicyStore:
             return int(await session.scalar(query) or 0)
 
     async def last_use(
-        self, guild_id: int, discord_user_id: int, feature: Feature, actions: Iterable[Action]
+        self, guild_id: int, member: MemberRef, feature: Feature, actions: Iterable[Action]
     ) -> datetime | None:
-        """When the member last made one of ``actions`` of ``feature`` here."""
+        """When the member last made one of ``actions`` of ``feature`` here (not counting
+        requests given back)."""
         query = select(func.max(UsageRow.created_at)).where(
             UsageRow.guild_id == guild_id,
-            UsageRow.discord_user_id == discord_user_id,
+            member.matches(),
+            COUNTS,
             UsageRow.feature == feature.value,
             UsageRow.action.in_([a.value for a in actions]),
         )
@@ -204,8 +226,9 @@ class PolicyStore:
         return as_utc(last) if last is not None else None
 
     async def usage(self, guild_id: int, since: datetime) -> list[UsageLine]:
-        """Requests and cost per action in the guild since ``since``."""
+        """Requests and cost per action in the guild since ``since``: asked, and delivered."""
         shared = func.sum(cast(UsageRow.shared_key, Integer))
+        delivered = UsageRow.outcome == UsageOutcome.DELIVERED.value
         query = (
             select(
                 UsageRow.feature,
@@ -213,6 +236,8 @@ class PolicyStore:
                 func.count(UsageRow.id),
                 func.sum(UsageRow.cost),
                 shared,
+                func.sum(case((delivered, 1), else_=0)),
+                func.sum(case((delivered, UsageRow.cost), else_=0)),
             )
             .where(UsageRow.guild_id == guild_id, UsageRow.created_at >= since)
             .group_by(UsageRow.feature, UsageRow.action)
@@ -220,20 +245,27 @@ class PolicyStore:
         async with self._store.session() as session:
             rows = (await session.execute(query)).all()
         return [
-            UsageLine(Feature(f), Action(a), int(n), int(c or 0), int(s or 0))
-            for f, a, n, c, s in rows
+            UsageLine(
+                Feature(f), Action(a), int(n), int(c or 0), int(s or 0), int(d or 0), int(dc or 0)
+            )
+            for f, a, n, c, s, d, dc in rows
         ]
 
     async def top_members(self, guild_id: int, since: datetime, limit: int) -> list[TopMember]:
-        """The members with the most requests in the guild since ``since``."""
+        """The members with the most requests in the guild since ``since`` (forgotten
+        members, whose rows have no id any more, are not listed)."""
         count = func.count(UsageRow.id)
         query = (
             select(UsageRow.discord_user_id, count)
-            .where(UsageRow.guild_id == guild_id, UsageRow.created_at >= since)
+            .where(
+                UsageRow.guild_id == guild_id,
+                UsageRow.created_at >= since,
+                UsageRow.discord_user_id.is_not(None),
+            )
             .group_by(UsageRow.discord_user_id)
             .order_by(count.desc(), UsageRow.discord_user_id)
             .limit(limit)
         )
         async with self._store.session() as session:
             rows = (await session.execute(query)).all()
-        return [TopMember(int(user), int(n)) for user, n in rows]
+        return [TopMember(int(user), int(n)) for user, n in rows if user is not None]

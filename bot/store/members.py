@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import SecretStr
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from bot.crypto import KeyBox
 from bot.store.db import Store
@@ -99,7 +99,8 @@ class MemberStore:
         """Delete every row the bot keeps about the member; returns how many went.
 
         Every table with a ``discord_user_id`` column is included, so tables added later
-        (jobs, usage counters) are covered without touching this method.
+        (jobs, usage counters) are covered without touching this method. A table whose
+        ``info["on_forget"]`` is ``"unlink"`` keeps its rows with that column cleared.
         """
         deleted = 0
         async with self._store.session() as session:
@@ -107,7 +108,13 @@ class MemberStore:
                 column = table.columns.get(MEMBER_COLUMN)
                 if column is None:
                     continue
-                result = await session.execute(delete(table).where(column == discord_user_id))
+                if table.info.get("on_forget") == "unlink":
+                    # Kept without the member's id (usage counts, found by pseudonym).
+                    result = await session.execute(
+                        update(table).where(column == discord_user_id).values({column.name: None})
+                    )
+                else:
+                    result = await session.execute(delete(table).where(column == discord_user_id))
                 deleted += int(getattr(result, "rowcount", 0) or 0)
             await session.commit()
         return deleted

@@ -269,8 +269,8 @@ async def test_demo_in_a_demo_channel_runs_on_the_guild_key_for_a_member_without
     assert shared not in str([f.value for f in page.response.embeds[0].fields])
     # Usage says what ran on the shared key.
     usage = await admin_says(server, "usage", days=1)
-    assert "1 demo images (1 on the shared key)" in usage
-    assert f"1. <@{carol.id}>: 1 requests" in usage
+    assert "1 demo image (1 on the shared key)" in usage
+    assert f"1. <@{carol.id}>: 1 request" in usage
     # Outside the demo channel the same member needs an account.
     elsewhere = await carol.slash(server.general, "demo pudgy", prompt="on a beach")
     assert elsewhere.response is not None and "/tada register" in elsewhere.response.content

@@ -15,6 +15,7 @@ from bot.jobs.buttons import (
     DeleteButton,
     GenerateButton,
     OwnedButton,
+    RepostButton,
     SpeakButton,
     TrainButton,
     prompt_modal,
@@ -32,6 +33,7 @@ JOB = "0123456789abcdef0123456789abcdef"
         (GenerateButton(42, "lora-1"), "tada:gen:42:lora-1"),
         (SpeakButton(42, "voice_1"), "tada:speak:42:voice_1"),
         (TrainButton(42, "up.1"), "tada:train:42:up.1"),
+        (RepostButton(42, "gen_1"), "tada:repost:42:gen_1"),
     ],
 )
 def test_custom_ids_keep_their_formats(button: discord.ui.DynamicItem[Any], custom_id: str) -> None:

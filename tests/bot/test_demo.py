@@ -75,8 +75,11 @@ class DemoChannelGate:
             return Admission(shared_key=self.shared_key)
         return Admission(private_results=True)
 
-    async def record(self, request: GateRequest) -> None:
+    async def record(self, request: GateRequest, *, job_id: str | None = None) -> None:
         self.recorded.append(request)
+
+    async def settle(self, job_id: str, *, delivered: bool) -> None:
+        return None
 
 
 @pytest.fixture

@@ -145,5 +145,5 @@ async def test_queued_jobs_show_their_place_and_cancel_before_any_ta_da_call(
     with pytest.raises(UserFacingError, match="already started"):
         await panel.cancel(alice.id, dog.id)
     bird = next(j for j in jobs if j.params["prompt"] == "a bird")
-    with pytest.raises(UserFacingError, match="not yours"):
+    with pytest.raises(UserFacingError, match="not one of yours"):
         await panel.cancel(bob.id, bird.id)

@@ -19,6 +19,7 @@ from bot.store import LinkedVia
 from engine.settings import EngineSettings, JobSettings
 from tests.bot.conftest import make_bot_config
 from tests.bot.media_samples import picture, zip_of
+from tests.bot.mentions import assert_pings_at_most
 from tests.conftest import make_settings, register
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
@@ -85,9 +86,12 @@ async def test_zip_upload_train_progress_mention_generate(
 
     shown = await alice.click(result, label="Generate")
     assert shown.modal is not None
-    made = await alice.submit_modal(shown, {"prompt": "a cat on a sofa"})
+    made = await alice.submit_modal(shown, {"prompt": "a cat on a sofa @everyone"})
     image_post = made.followups[-1]
     embed = image_post.embeds[0]
+    # Titled by the LoRA's name (the button gave only its id); the test model is named.
+    assert embed.title == "🎨 Cats"
+    assert "no real image model" in image_post.content
     assert "a cat on a sofa" in (embed.description or "")
     assert embed.fields and embed.fields[0].name == "Enhanced prompt"
     [png] = image_post.attachments
@@ -115,6 +119,8 @@ async def test_zip_upload_train_progress_mention_generate(
     assert refused.ephemeral
     await alice.click(image_post, label="Delete")
     assert image_post.id not in [m.id for m in channel.history()]
+    # Progress posts and edits, results, prompts and enhanced prompts: nobody else pinged.
+    assert assert_pings_at_most(simcord_env, {alice.id}) >= 8
     _ = simcord_env.errors
 
 
@@ -248,4 +254,38 @@ async def test_upload_names_and_trigger_words_are_moderated(
     account = await services.members.get(alice.id)
     assert account is not None
     assert await services.tada.with_key(account.api_key).list_lora_uploads() == []
+    _ = simcord_env.errors
+
+
+async def test_a_training_that_cannot_be_followed_ends_its_progress_message(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+    up = await alice.slash(
+        channel, "lora upload", name="Cats", trigger_word="tadz", images=("set.zip", good_set())
+    )
+    upload_id = up.followups[-1].components[0]["components"][0]["custom_id"].split(":")[-1]
+    simcord_env.settle_timeout = 20
+    slow = replace(
+        services,
+        config=services.config.model_copy(
+            update={"jobs": services.config.jobs.model_copy(update={"poll_seconds": 60})}
+        ),
+    )
+    await simcord_env.restart_bot(create_bot(slow))
+    await alice.slash(channel, "lora train", upload=upload_id)
+    store = simcord_env.bot.jobs.store  # type: ignore[attr-defined]
+    [job] = await store.for_member(alice.id)
+    assert job.progress_message_id is not None
+    # Alice links another account: the training is not one of hers any more.
+    other = await register(api, "alice-new@example.com")
+    await services.members.save(alice.id, SecretStr(other), via=LinkedVia.LINK)
+    for _ in range(50):
+        await simcord_env.advance_time(60)
+        job = await store.get(job.id)
+        if job.posted:
+            break
+    assert job.state is JobState.FAILED
+    progress = next(m for m in channel.history() if m.id == job.progress_message_id)
+    assert "Status: training" not in progress.content and "❌" in progress.content
     _ = simcord_env.errors

@@ -389,19 +389,20 @@ async def test_a_cooldown_holds_for_requests_admitted_together(world: World) -> 
     assert sum(isinstance(o, UserFacingError) for o in outcomes) == 1
 
 
-async def test_a_refund_gives_one_request_back(world: World) -> None:
+async def test_a_job_that_is_not_delivered_gives_its_request_back(world: World) -> None:
     rule = QuotaRule(role_id=GUILD, feature=Feature.LORA, limit=Limit.IMAGES_PER_DAY, amount=1)
     await world.policy.update(GUILD, lambda s: s.model_copy(update={"quotas": (rule,)}))
     await world.gate.admit(ask())
-    await world.gate.record(ask())
+    await world.gate.record(ask(), job_id="a" * 32)
+    # Pending: it counts while the job runs.
     await refused(world.gate, ask())
-    assert await world.gate.refund(
-        guild_id=GUILD, user_id=ALICE, action=Action.LORA_GENERATE, cost=1
-    )
+    await world.gate.settle("a" * 32, delivered=False)
     await world.gate.admit(ask())
-    assert not await world.gate.refund(
-        guild_id=GUILD, user_id=ALICE, action=Action.LORA_GENERATE, cost=1
-    )
+    await world.gate.record(ask(), job_id="b" * 32)
+    await world.gate.settle("b" * 32, delivered=True)
+    # Delivered counts; settling again (a second delivery round) changes nothing.
+    await world.gate.settle("b" * 32, delivered=False)
+    await refused(world.gate, ask())
 
 
 async def test_an_unreadable_shared_key_asks_admins_to_set_it_again(world: World) -> None:

@@ -158,3 +158,39 @@ async def test_quota_in_direct_messages_explains_there_are_no_server_limits(
     result = await user.slash("quota")
     assert result.ephemeral and result.response is not None
     assert "no server limits" in result.response.content
+
+
+async def test_forget_then_link_again_does_not_reset_the_quota(
+    simcord_env: simcord.Env, server: Server, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    await admin_says(
+        server,
+        "quota set",
+        role=server.guild.default_role,
+        feature="demo",
+        limit="images_per_day",
+        amount=1,
+    )
+    made = await server.alice.slash(server.general, "demo tadz", prompt="a cat")
+    assert made.followups[-1].attachments
+
+    asked = await server.alice.slash(server.general, "tada forget")
+    assert asked.response is not None
+    await server.alice.click(asked.response, label="Delete my data")
+    assert await services.members.get(server.alice.id) is None
+    # No personal data is left in the usage rows: the member's id is gone from them.
+    async with services.store.session() as session:
+        from sqlalchemy import text
+
+        ids = (await session.execute(text("select discord_user_id from bot_usage"))).all()
+    assert ids and all(row[0] is None for row in ids)
+
+    key = await register(api, "alice2@example.com")
+    await services.members.save(server.alice.id, SecretStr(key), via=LinkedVia.LINK)
+    assert "0 of 1 image per day left" in await quota_text(server.alice, server.general)
+    refused = await server.alice.slash(server.general, "demo tadz", prompt="a dog")
+    assert refused.response is not None
+    assert "used all your Demo allowance" in refused.response.content
+    take_refusals(simcord_env)
+    # The admin's report still counts the image.
+    assert "1 demo image" in await admin_says(server, "usage", days=1)

@@ -6,6 +6,7 @@ import logging
 import os
 import sqlite3
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -161,3 +162,36 @@ async def test_forgotten_keys_are_overwritten_in_the_file(
         async with services.store.engine.begin() as conn:
             await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     assert bytes(row[0]) not in _files_of(bot_config.data_dir / "bot.sqlite3")
+
+
+async def test_usage_counted_before_migration_0005_still_counts_after_it(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from bot.gate import Action, Feature
+    from bot.policy import PolicyGate, PolicyStore
+    from bot.store.db import sync_url
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    engine = create_engine(sync_url(url))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004_bot_job_token_encrypted")
+        conn.exec_driver_sql(
+            "insert into bot_usage (guild_id, discord_user_id, feature, action, cost, "
+            "shared_key, created_at) values (1, 7, 'lora', 'lora_generate', 1, 0, "
+            "'2026-12-01 00:00:00.000000')"
+        )
+    engine.dispose()
+
+    store = Store(url)
+    await store.migrate()
+    gate = PolicyGate(PolicyStore(store), KeyBox([SecretStr(Fernet.generate_key().decode())]))
+    policy = PolicyStore(store)
+    since = datetime(2026, 11, 30, tzinfo=UTC)
+    # The old row counts as delivered and is found by the member's id.
+    assert await policy.used(1, gate.member(1, 7), Feature.LORA, [Action.LORA_GENERATE], since) == 1
+    assert (await policy.usage(1, since))[0].delivered == 1
+    await store.close()

@@ -152,6 +152,9 @@ async def test_bad_samples_are_answered_ephemerally(
     texts = [m.content for m in ([result.response] if result.response else []) + result.followups]
     assert any(expected in t for t in texts), texts
     assert all(m.ephemeral for m in result.followups)
+    # The consent message ends in a final state, never left on its progress text.
+    assert asked.response is not None and "Checking your recording" not in asked.response.content
+    assert "Nothing was cloned" in asked.response.content or not asked.response.components
     assert channel.last_message is None
     _ = simcord_env.errors  # acknowledged: the handler answered them
 

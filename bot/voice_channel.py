@@ -1,0 +1,195 @@
+"""Speech played in voice channels: one queue per guild, skip and stop, and the bot
+leaves when it has been idle a while.
+
+The bot joins the member's voice channel through discord.py (``VoiceChannel.connect``;
+PyNaCl and davey are what discord.py's voice needs) and plays each clip with
+``FFmpegOpusAudio`` (the imageio-ffmpeg wheel's ffmpeg encodes Opus, so no system libopus
+is needed). A clip that cannot be played is skipped with a warning in the log; the
+speech itself was already posted in the text channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import discord
+
+from bot.media import ffmpeg_path
+
+log = logging.getLogger(__name__)
+
+# Leave a voice channel after this long with nothing to say.
+IDLE_SECONDS = 120.0
+# At most this many clips wait per guild; more are refused.
+MAX_QUEUE = 20
+
+Connect = Callable[[discord.VoiceChannel | discord.StageChannel], Awaitable[discord.VoiceClient]]
+
+
+@dataclass(frozen=True, slots=True)
+class Clip:
+    """One speech to play: its audio, where, and for whom (for the log)."""
+
+    audio: bytes
+    channel_id: int
+    user_id: int
+    label: str = ""
+
+
+@dataclass
+class _Guild:
+    clips: deque[Clip] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+    idle: asyncio.TimerHandle | None = None
+    voice: discord.VoiceClient | None = None
+
+
+class QueueFull(Exception):
+    """The guild's queue has :data:`MAX_QUEUE` clips waiting."""
+
+
+async def _connect(channel: discord.VoiceChannel | discord.StageChannel) -> discord.VoiceClient:
+    return await channel.connect(self_deaf=True)
+
+
+def _source(clip: Clip) -> discord.AudioSource:
+    return discord.FFmpegOpusAudio(
+        io.BytesIO(clip.audio),
+        pipe=True,
+        executable=ffmpeg_path(),
+        before_options="-hide_banner -loglevel error",
+    )
+
+
+class VoiceChannelPlayer:
+    """Plays clips in voice channels, guild by guild, in the order they came."""
+
+    def __init__(
+        self,
+        client: discord.Client,
+        *,
+        idle_seconds: float = IDLE_SECONDS,
+        connect: Connect = _connect,
+        source: Callable[[Clip], discord.AudioSource] = _source,
+    ) -> None:
+        self.client = client
+        self.idle_seconds = idle_seconds
+        self._connect = connect
+        self._source = source
+        self._guilds: dict[int, _Guild] = {}
+
+    def __repr__(self) -> str:
+        return f"<VoiceChannelPlayer guilds={len(self._guilds)}>"
+
+    def waiting(self, guild_id: int) -> int:
+        """How many clips wait in the guild (not counting the one playing)."""
+        guild = self._guilds.get(guild_id)
+        return len(guild.clips) if guild else 0
+
+    def enqueue(self, guild_id: int, clip: Clip) -> int:
+        """Queue ``clip``; its place (1 = next). Raises :class:`QueueFull`."""
+        guild = self._guilds.setdefault(guild_id, _Guild())
+        if len(guild.clips) >= MAX_QUEUE:
+            raise QueueFull(guild_id)
+        guild.clips.append(clip)
+        if guild.task is None or guild.task.done():
+            guild.task = asyncio.get_running_loop().create_task(
+                self._run(guild_id, guild), name=f"tada-voice {guild_id}"
+            )
+        return len(guild.clips)
+
+    def skip(self, guild_id: int) -> bool:
+        """Stop the clip playing now (the next one starts); whether one was playing."""
+        guild = self._guilds.get(guild_id)
+        if guild is None or guild.voice is None or not guild.voice.is_playing():
+            return False
+        guild.voice.stop()
+        return True
+
+    async def stop(self, guild_id: int) -> bool:
+        """Drop the queue, stop playing and leave; whether the bot was in a voice channel."""
+        guild = self._guilds.pop(guild_id, None)
+        if guild is None:
+            return False
+        guild.clips.clear()
+        was_in = guild.voice is not None
+        if guild.idle is not None:
+            guild.idle.cancel()
+        if guild.task is not None:
+            guild.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await guild.task
+        await self._leave(guild)
+        return was_in
+
+    async def close(self) -> None:
+        """Leave every voice channel (bot shutdown)."""
+        for guild_id in list(self._guilds):
+            await self.stop(guild_id)
+
+    async def _leave(self, guild: _Guild) -> None:
+        if guild.voice is not None:
+            with contextlib.suppress(Exception):
+                await guild.voice.disconnect(force=True)
+            guild.voice = None
+
+    async def _run(self, guild_id: int, guild: _Guild) -> None:
+        """Play the guild's clips in order; then stay connected ``idle_seconds`` (a timer,
+        cancelled by the next clip) before leaving."""
+        if guild.idle is not None:
+            guild.idle.cancel()
+            guild.idle = None
+        try:
+            while guild.clips:
+                clip = guild.clips.popleft()
+                try:
+                    await self._play(guild, clip)
+                except Exception:  # one clip's failure must not stop the queue
+                    log.warning("guild %s: could not play %s", guild_id, clip.label, exc_info=True)
+        except asyncio.CancelledError:
+            await self._leave(guild)
+            raise
+        if guild.voice is None or not guild.voice.is_connected():
+            await self._leave(guild)
+            if self._guilds.get(guild_id) is guild and not guild.clips:
+                self._guilds.pop(guild_id, None)
+            return
+        loop = asyncio.get_running_loop()
+        guild.idle = loop.call_later(
+            self.idle_seconds,
+            lambda: loop.create_task(self._leave_if_idle(guild_id, guild)),
+        )
+
+    async def _leave_if_idle(self, guild_id: int, guild: _Guild) -> None:
+        guild.idle = None
+        if guild.clips or (guild.task is not None and not guild.task.done()):
+            return
+        log.info("guild %s: idle in voice, leaving", guild_id)
+        await self._leave(guild)
+        if self._guilds.get(guild_id) is guild:
+            self._guilds.pop(guild_id, None)
+
+    async def _play(self, guild: _Guild, clip: Clip) -> None:
+        channel = self.client.get_channel(clip.channel_id)
+        if not isinstance(channel, discord.VoiceChannel | discord.StageChannel):
+            raise LookupError(f"voice channel {clip.channel_id} is gone")
+        if guild.voice is None or not guild.voice.is_connected():
+            guild.voice = await self._connect(channel)
+        elif guild.voice.channel.id != channel.id:
+            await guild.voice.move_to(channel)
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def finished(error: Exception | None) -> None:
+            if error is not None:
+                log.warning("voice playback ended with %s", error)
+            loop.call_soon_threadsafe(done.set)
+
+        guild.voice.play(self._source(clip), after=finished)
+        await done.wait()
