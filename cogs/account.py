@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from bot.accounts import AccountService, AccountSummary
 from bot.app import TadaBot
 from bot.errors import UserFacingError
+from bot.jobs.render import clip
 from bot.ui import TadaModal, TadaView
 
 NEXT_STEPS = (
@@ -143,28 +144,37 @@ def render_summary(summary: AccountSummary) -> str:
     return "\n".join(lines)
 
 
-def render_help(tree: app_commands.CommandTree[Any]) -> str:
-    """Every slash command with its description, read from the command tree."""
-    lines = [
+def render_help(tree: app_commands.CommandTree[Any], limit: int = 2000) -> str:
+    """Every slash command with its description, read from the command tree, in one
+    message: descriptions are shortened (never a command left out) to fit ``limit``."""
+    intro = [
         "**Ta-da for Discord**: clone your voice and make it speak, train an image style "
         "(LoRA) on your pictures and generate with it, right here.",
         "Start with `/tada register` (new account) or `/tada link` (existing API key).",
         "",
     ]
+    entries: list[tuple[str, str]] = []
     for command in sorted(tree.get_commands(), key=lambda c: c.name):
         if command.default_permissions is not None and not isinstance(
             command, app_commands.ContextMenu
         ):
             # Staff commands (``/tada-admin``): one line, members cannot use them anyway.
-            lines.append(f"`/{command.name}`: {command.description} (server managers)")
+            entries.append((command.name, f"{command.description} (server managers)"))
             continue
         if isinstance(command, app_commands.Group):
             for sub in command.walk_commands():
                 if isinstance(sub, app_commands.Command):
-                    lines.append(f"`/{sub.qualified_name}`: {sub.description}")
+                    entries.append((sub.qualified_name, sub.description))
         elif isinstance(command, app_commands.Command):
-            lines.append(f"`/{command.qualified_name}`: {command.description}")
-    return "\n".join(lines)
+            entries.append((command.qualified_name, command.description))
+    for width in (1000, 90, 70, 50, 35, 0):
+        lines = [
+            f"`/{name}`: {clip(text, width)}" if width else f"`/{name}`" for name, text in entries
+        ]
+        body = "\n".join(intro + lines)
+        if len(body) <= limit:
+            return body
+    return clip(body, limit)
 
 
 class AccountCog(commands.GroupCog, group_name="tada", group_description="Your Ta-da account"):

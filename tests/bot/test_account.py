@@ -315,3 +315,28 @@ async def test_a_revoked_key_asks_the_member_to_link_a_current_one(
     assert "refused your API key" in result.response.content
     assert "/tada link" in result.response.content
     acknowledge(simcord_env, Unauthorized)
+
+
+def test_help_fits_one_message_whatever_the_number_of_commands() -> None:
+    import discord
+    from discord import app_commands
+
+    from cogs.account import render_help
+
+    tree = app_commands.CommandTree(discord.Client(intents=discord.Intents.none()))
+    for g in range(6):
+        group = app_commands.Group(name=f"group{g}", description="a group")
+        for c in range(8):
+
+            async def run(interaction: discord.Interaction) -> None:  # pragma: no cover
+                del interaction
+
+            group.add_command(
+                app_commands.Command(
+                    name=f"command{c}", description="does something useful " * 5, callback=run
+                )
+            )
+        tree.add_command(group)
+    text = render_help(tree)
+    assert len(text) <= 2000
+    assert all(f"/group{g} command{c}" in text for g in range(6) for c in range(8))
