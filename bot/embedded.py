@@ -1,5 +1,9 @@
-"""Our engine started beside the bot: ``create_app(settings)`` under uvicorn on loopback,
-as a task of the bot's own event loop.
+"""Our engine started beside the bot, on loopback.
+
+By default (``[engine] embedded_child_process = true``) it is a child process,
+``tada-engine serve`` with these settings: its API and its models' work never hold the
+bot's event loop, and it stops with the bot (also when the bot is killed). Otherwise it is
+``create_app(settings)`` under uvicorn as a task of the bot's own event loop.
 
 Imports of ``engine`` and ``uvicorn`` happen here, lazily: a bot installed without the
 ``engine`` extra can still talk to the hosted API.
@@ -11,7 +15,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import sys
+import time
 from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -23,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
+START_TIMEOUT_SECONDS = 120.0
+STOP_TIMEOUT_SECONDS = 30.0
 
 
 class EngineStartError(RuntimeError):
@@ -41,6 +49,40 @@ def _quiet_server(config: uvicorn.Config) -> uvicorn.Server:
     return _Server(config)
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+async def _healthy(port: int) -> bool:
+    """``GET /healthz`` answered 200 (a bare request: no client, nothing logged)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port), 2.0)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: engine\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 2.0)
+        return status.split(b" ")[1:2] == [b"200"]
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
 class EmbeddedEngine:
     """Start with ``async with EmbeddedEngine(settings) as engine: engine.base_url``."""
 
@@ -50,35 +92,88 @@ class EmbeddedEngine:
         limits = settings.limits.model_copy(
             update={"exempt_clients": [*settings.limits.exempt_clients, LOOPBACK]}
         )
-        self.settings = settings.model_copy(update={"limits": limits})
-        jobs = settings.jobs
-        # Model work in a child process: in the bot's process it would hold the event loop
-        # (and the GIL) while members wait for their interactions to be acknowledged.
-        self.worker_threads = jobs.in_process_workers if jobs.embedded_worker_process else 0
-        if self.worker_threads:
-            api_only = jobs.model_copy(update={"in_process_workers": 0})
-            self.settings = self.settings.model_copy(update={"jobs": api_only})
-        self._child_settings = settings
-        self._worker: asyncio.subprocess.Process | None = None
+        self.settings = settings.model_copy(update={"limits": limits, "host": LOOPBACK})
         self.port = settings.port if port is None else port
+        self.child_process = settings.embedded_child_process
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self._child: asyncio.subprocess.Process | None = None
         self.base_url = ""
 
     def __repr__(self) -> str:
         return f"<EmbeddedEngine {self.base_url or 'stopped'}>"
 
     async def start(self) -> str:
-        """Serve the engine app and wait until it accepts connections; returns its URL."""
+        """Start the engine and wait until it accepts connections; returns its URL."""
         try:
-            import uvicorn
+            import uvicorn  # noqa: F401
 
-            from engine.app import create_app
+            from engine.app import create_app  # noqa: F401
         except ImportError as exc:
             raise EngineStartError(
                 "tada.base_url = 'embedded' needs the engine installed: "
                 "pip install -e '.[engine,ml]' (or set tada.base_url to a Ta-da API URL)"
             ) from exc
+        if self.child_process:
+            await self._start_child()
+        else:
+            await self._start_in_loop()
+        log.info("embedded Ta-da engine at %s (data in %s)", self.base_url, self.settings.data_dir)
+        return self.base_url
+
+    # ------------------------------------------------------------------ child process
+
+    async def _start_child(self) -> None:
+        from engine.cli import PARENT_PID_ENV
+        from engine.settings import SETTINGS_ENV, settings_for_child
+
+        port = self.port or _free_port()
+        if not _port_is_free(port):
+            raise EngineStartError(
+                f"the embedded engine could not listen on {LOOPBACK}:{port} "
+                "(port in use? change engine.port in config.toml)"
+            )
+        env = {
+            **os.environ,
+            SETTINGS_ENV: settings_for_child(self.settings),
+            PARENT_PID_ENV: str(os.getpid()),
+        }
+        argv = ["-m", "engine", "serve", "--host", LOOPBACK, "--port", str(port)]
+        self._child = await asyncio.create_subprocess_exec(sys.executable, *argv, env=env)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not await _healthy(port):
+            if self._child.returncode is not None:
+                self._child = None
+                raise EngineStartError(
+                    "the embedded engine stopped during start-up; see the log above"
+                )
+            if time.monotonic() > deadline:
+                await self._stop_child()
+                raise EngineStartError(
+                    f"the embedded engine did not answer within {START_TIMEOUT_SECONDS:g} s"
+                )
+            await asyncio.sleep(0.1)
+        self.base_url = f"http://{LOOPBACK}:{port}"
+
+    async def _stop_child(self) -> None:
+        child, self._child = self._child, None
+        if child is None or child.returncode is not None:
+            return
+        child.terminate()  # uvicorn finishes requests in flight; workers re-queue their jobs
+        try:
+            await asyncio.wait_for(child.wait(), timeout=STOP_TIMEOUT_SECONDS)
+        except TimeoutError:
+            log.warning("embedded engine slow to stop; killing it")
+            child.kill()
+            await child.wait()
+
+    # ------------------------------------------------------------------ in this loop
+
+    async def _start_in_loop(self) -> None:
+        import uvicorn
+
+        from engine.app import create_app
+
         app = create_app(self.settings)
         config = uvicorn.Config(
             app,
@@ -114,53 +209,20 @@ class EmbeddedEngine:
         sockets = [sock for srv in server.servers for sock in (srv.sockets or ())]
         port = sockets[0].getsockname()[1] if sockets else self.port
         self.base_url = f"http://{LOOPBACK}:{port}"
-        log.info("embedded Ta-da engine at %s (data in %s)", self.base_url, self.settings.data_dir)
-        if self.worker_threads:
-            await self._start_worker()
-        return self.base_url
-
-    async def _start_worker(self) -> None:
-        """``tada-engine worker`` as a child, with these settings (the API migrated first)."""
-        from engine.cli import PARENT_PID_ENV
-        from engine.settings import SETTINGS_ENV, settings_for_child
-
-        env = {
-            **os.environ,
-            SETTINGS_ENV: settings_for_child(self._child_settings),
-            PARENT_PID_ENV: str(os.getpid()),
-        }
-        argv = ["-m", "engine", "worker", "--workers", str(self.worker_threads)]
-        self._worker = await asyncio.create_subprocess_exec(sys.executable, *argv, env=env)
-        log.info(
-            "embedded engine's job worker: process %d, %d thread(s)",
-            self._worker.pid,
-            self.worker_threads,
-        )
-
-    async def _stop_worker(self) -> None:
-        worker, self._worker = self._worker, None
-        if worker is None or worker.returncode is not None:
-            return
-        worker.terminate()  # the worker finishes its current step and re-queues the rest
-        try:
-            await asyncio.wait_for(worker.wait(), timeout=30)
-        except TimeoutError:
-            log.warning("embedded engine's worker slow to stop; killing it")
-            worker.kill()
-            await worker.wait()
 
     async def stop(self) -> None:
-        """Finish in-flight requests, run the app's shutdown (workers, database), stop."""
-        await self._stop_worker()
-        if self._server is None or self._task is None:
-            return
-        self._server.should_exit = True
+        """Finish in-flight requests, run the engine's shutdown (workers, database), stop."""
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=30)
-        except TimeoutError:
-            log.warning("embedded engine slow to stop; forcing it")
-            self._server.force_exit = True
-            await self._task
+            await self._stop_child()
+            if self._server is None or self._task is None:
+                return
+            self._server.should_exit = True
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=STOP_TIMEOUT_SECONDS)
+            except TimeoutError:
+                log.warning("embedded engine slow to stop; forcing it")
+                self._server.force_exit = True
+                await self._task
         finally:
             self._server = None
             self._task = None

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from engine.settings import (
@@ -23,6 +24,8 @@ from engine.settings import (
 
 log = logging.getLogger("engine")
 KEEP_ALIVE_SECONDS = 75
+# Set by the bot for its embedded engine: the child stops when that process is gone.
+PARENT_PID_ENV = "TADA_ENGINE_PARENT_PID"
 DETAIL_LOGGERS = ("alembic", "huey")
 
 
@@ -58,6 +61,13 @@ def _serve(settings: EngineSettings, host: str | None, port: int | None, workers
     from engine.app import create_app
 
     options = _uvicorn_options(settings, host, port)
+    parent = os.environ.get(PARENT_PID_ENV)
+    if parent:
+        # The bot's embedded engine: as quiet as it is inside the bot (its start-up lines
+        # are the bot's), and it stops (cleanly, as on Ctrl+C) when the bot is gone.
+        options.update(log_level="warning", access_log=False)
+        logging.getLogger("engine.jobs.queue").setLevel(logging.WARNING)
+        threading.Thread(target=_interrupt_when_orphaned, args=(int(parent),), daemon=True).start()
     if workers <= 1:
         uvicorn.run(create_app(settings), **options)
         return 0
@@ -147,14 +157,18 @@ def _models(settings: EngineSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-PARENT_PID_ENV = "TADA_ENGINE_PARENT_PID"
-
-
 def _stop_when_orphaned(parent: int, stop: threading.Event) -> None:
     while not stop.wait(1.0):
         if os.getppid() != parent:
             log.info("the parent process is gone; stopping")
             stop.set()
+
+
+def _interrupt_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    log.info("the parent process is gone; stopping")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _migrate(settings: EngineSettings) -> int:

@@ -150,9 +150,6 @@ class JobSettings(_Section):
     in_process_workers: int = Field(1, ge=0, le=32)
     max_attempts: int = Field(3, ge=1, le=20)
     wait_timeout_seconds: float = Field(600.0, gt=0)
-    # The embedded engine (tada-bot) runs its consumers in a child process (`tada-engine
-    # worker`), so model work never competes with the bot's event loop; false: threads.
-    embedded_worker_process: bool = True
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> JobSettings:
@@ -176,6 +173,9 @@ class EngineSettings(_Section):
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
     # forwarded_allow_ips); empty: none, the socket's peer is the client.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # tada-bot's embedded engine runs as a child process (`tada-engine serve` on loopback):
+    # its API and models never hold the bot's event loop. false: inside the bot's loop.
+    embedded_child_process: bool = True
     limits: LimitSettings = LimitSettings()
     registration: RegistrationSettings = RegistrationSettings()
     uploads: UploadSettings = UploadSettings()

@@ -83,7 +83,7 @@ async def test_a_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
         await first.stop()
 
 
-async def test_the_embedded_engines_jobs_run_in_a_child_process_that_stops_with_it(
+async def test_the_embedded_engine_is_a_child_process_that_stops_with_the_bot(
     tmp_path: Path,
 ) -> None:
     import asyncio
@@ -96,16 +96,15 @@ async def test_the_embedded_engines_jobs_run_in_a_child_process_that_stops_with_
     settings = make_settings(
         tmp_path / "engine",
         port=0,
+        embedded_child_process=True,
         jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=60),
         image={"zip": {"min_side": 32}, "training": {"steps": 2, "rank": 4}},
     )
     engine = EmbeddedEngine(settings)
     base = await engine.start()
     try:
-        children = psutil.Process().children()
-        workers = [c for c in children if "worker" in c.cmdline()]
-        assert len(workers) == 1, [c.cmdline() for c in children]
-        assert engine.settings.jobs.in_process_workers == 0  # no consumer in the bot
+        children = [c for c in psutil.Process().children() if "serve" in c.cmdline()]
+        assert len(children) == 1, [c.cmdline() for c in psutil.Process().children()]
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
             key = (
                 await http.post("/api/users/register", params={"email": "w@example.com"})
@@ -121,10 +120,9 @@ async def test_the_embedded_engines_jobs_run_in_a_child_process_that_stops_with_
             path = target["upload_url"].split(base, 1)[1]
             put = await http.put(path, content=good_zip(4, size=64), headers=target["headers"])
             assert put.status_code == 200, put.text
-            assert (
-                await http.post(f"/api/loras/trainings/{target['id']}", headers=h)
-            ).status_code == 202
-            status = ""
+            started = await http.post(f"/api/loras/trainings/{target['id']}", headers=h)
+            assert started.status_code == 202
+            status, body = "", {}
             for _ in range(400):
                 body = (await http.get(f"/api/loras/trainings/{target['id']}", headers=h)).json()
                 status = body["status"]
@@ -134,4 +132,40 @@ async def test_the_embedded_engines_jobs_run_in_a_child_process_that_stops_with_
             assert status == "succeeded", body
     finally:
         await engine.stop()
-    assert not workers[0].is_running() or workers[0].status() == psutil.STATUS_ZOMBIE
+    assert not children[0].is_running() or children[0].status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_embedded_engine_stops_when_the_bot_is_killed(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import psutil
+
+    script = tmp_path / "fake_bot.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from bot.embedded import EmbeddedEngine\n"
+        "from tests.conftest import make_settings\n"
+        "async def main():\n"
+        f"    e = EmbeddedEngine(make_settings(__import__('pathlib').Path({str(tmp_path)!r}) / 'e',"
+        " port=0, embedded_child_process=True))\n"
+        "    await e.start()\n"
+        "    print('up', flush=True)\n"
+        "    await asyncio.sleep(3600)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    bot = subprocess.Popen(
+        [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert bot.stdout is not None and bot.stdout.readline().strip() == "up"
+        (child,) = psutil.Process(bot.pid).children()
+        bot.send_signal(signal.SIGKILL)
+        bot.wait(10)
+        deadline = time.monotonic() + 30
+        while child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the engine outlived the bot"
+            time.sleep(0.2)
+    finally:
+        bot.kill()
