@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from engine.models import JobStatus
 
@@ -60,6 +60,14 @@ class GenerateLoraRequest(BaseModel):
     """Body of the generation and demo endpoints."""
 
     prompt: str = Field(min_length=1, max_length=1000)
+
+    @field_validator("prompt")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        # PostgreSQL's text cannot hold a NUL, and it means nothing to a text encoder.
+        if "\x00" in value:
+            raise ValueError("prompt must not contain NUL characters")
+        return value
 
 
 class LoraGeneration(BaseModel):
