@@ -31,6 +31,7 @@ async def start_services(services: EngineServices, *, consumer: bool) -> None:
     if consumer and workers > 0:
         await anyio.to_thread.run_sync(services.worker.recover)
         services.queue.start_consumer(workers)
+        services.worker.start_heartbeat()
         services.start_warm_up()
 
 
@@ -56,6 +57,7 @@ def create_app(
             yield
         finally:
             await anyio.to_thread.run_sync(services.queue.stop_consumer)
+            await anyio.to_thread.run_sync(services.worker.stop_heartbeat)
             await services.close()
             await rates.close()
 

@@ -62,10 +62,12 @@ def _worker(settings: EngineSettings, drain: bool, workers: int) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     services.queue.start_consumer(workers)
+    services.worker.start_heartbeat()
     services.start_warm_up()
     log.info("worker running with %d thread(s); Ctrl+C to stop", workers)
     stop.wait()
     services.queue.stop_consumer()
+    services.worker.stop_heartbeat()
     asyncio.run(services.close())
     return 0
 

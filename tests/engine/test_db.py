@@ -15,7 +15,7 @@ from engine.db import Database, sync_url
 from engine.models import Base
 from tests.conftest import database_backend, database_dump, register, services_of
 
-HEADS = {"0002_lora", "0002_voice"}
+HEADS = {"0002_lora", "0002_voice", "0003_job_heartbeat"}
 
 
 @pytest.fixture
