@@ -3,7 +3,7 @@
 The engine database is a SQLite file by default. With ``TADA_TEST_DB=postgres`` (the
 PostgreSQL pass of ``scripts/check.sh``) one real PostgreSQL server is started for the
 session and every test gets a fresh database of its own, a copy of one migrated by the
-engine's Alembic migrations; tests marked ``sqlite_only`` are skipped there.
+engine's Alembic migrations.
 """
 
 from __future__ import annotations
@@ -114,8 +114,6 @@ def engine_database(
     if database_backend() != "postgres":
         yield None
         return
-    if request.node.get_closest_marker("sqlite_only"):
-        pytest.skip("tests the SQLite back end only")
     server: PostgresServer = request.getfixturevalue("postgres")
     template: str = request.getfixturevalue("migrated_template")
     name = f"test_{uuid.uuid4().hex[:16]}"
