@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from engine.api import demo, loras, storage, users, voices
-from engine.api.guard import RequestGuard
+from engine.api.guard import RateLimits, RequestGuard
 from engine.jobs import Handler, TooManyPendingJobs
 from engine.logs import install_access_log_redactor
 from engine.services import EngineServices, build_services
@@ -31,6 +31,7 @@ async def start_services(services: EngineServices, *, consumer: bool) -> None:
     if consumer and workers > 0:
         await anyio.to_thread.run_sync(services.worker.recover)
         services.queue.start_consumer(workers)
+        services.worker.start_heartbeat()
         services.start_warm_up()
 
 
@@ -47,6 +48,7 @@ def create_app(
 ) -> FastAPI:
     """Build the engine app. Services start in the lifespan and close when it ends."""
     services = build_services(settings, handlers=handlers)
+    rates = RateLimits(settings.limits)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,7 +57,9 @@ def create_app(
             yield
         finally:
             await anyio.to_thread.run_sync(services.queue.stop_consumer)
+            await anyio.to_thread.run_sync(services.worker.stop_heartbeat)
             await services.close()
+            await rates.close()
 
     app = FastAPI(
         title="Ta-da engine",
@@ -64,7 +68,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
-    app.add_middleware(RequestGuard, settings=settings.limits)
+    app.add_middleware(RequestGuard, settings=settings.limits, rates=rates)
     install_access_log_redactor()
 
     @app.exception_handler(RequestValidationError)

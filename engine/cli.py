@@ -114,10 +114,12 @@ def _worker(settings: EngineSettings, drain: bool, workers: int) -> int:
         # A child of the bot's embedded engine: stop with it, even if it was killed.
         threading.Thread(target=_stop_when_orphaned, args=(int(parent), stop), daemon=True).start()
     services.queue.start_consumer(workers)
+    services.worker.start_heartbeat()
     services.start_warm_up()
     log.info("worker running with %d thread(s); Ctrl+C to stop", workers)
     stop.wait()
     services.queue.stop_consumer()
+    services.worker.stop_heartbeat()
     asyncio.run(services.close())
     return 0
 

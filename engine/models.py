@@ -115,6 +115,9 @@ class Job(Base):
     )
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Written every few seconds by the worker running the job: one that stopped beating
+    # died, and another worker may take the job back (engine/jobs/worker.py).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 def as_utc(dt: datetime) -> datetime:

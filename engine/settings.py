@@ -150,11 +150,21 @@ class JobSettings(_Section):
     in_process_workers: int = Field(1, ge=0, le=32)
     max_attempts: int = Field(3, ge=1, le=20)
     wait_timeout_seconds: float = Field(600.0, gt=0)
+    # A worker writes a heartbeat on the jobs it runs this often. On Redis (any number of
+    # workers) a job whose heartbeat is older than stale_after_seconds lost its worker and
+    # is taken back by another; on SQLite (one consumer process) a restart takes back all.
+    heartbeat_seconds: float = Field(10.0, gt=0, le=600)
+    stale_after_seconds: float = Field(60.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> JobSettings:
         if self.backend == "redis" and not self.redis_url:
             raise ValueError("jobs.backend = 'redis' needs jobs.redis_url")
+        if self.stale_after_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError(
+                "jobs.stale_after_seconds must be at least 3 x jobs.heartbeat_seconds, "
+                "or a slow heartbeat would hand a live worker's job to another"
+            )
         return self
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every check, locally and in CI: format, lint, type-check, the lock, tests.
+# Every check, locally and in CI: format, lint, type-check, the lock, tests (SQLite, then
+# the engine's PostgreSQL pass).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== ruff format"
@@ -14,3 +15,13 @@ echo "== pip check: the installed dependencies agree with each other"
 python -m pip check
 echo "== pytest"
 pytest -q "$@"
+# The engine and security suites again with the engine database on a real PostgreSQL, which
+# the tests start themselves (tests/servers.py). Skipped when pytest was given arguments.
+if [ "$#" -eq 0 ]; then
+    echo "== pytest, PostgreSQL pass: tests/engine and tests/security on PostgreSQL"
+    # (the voice evaluation and the model pulls never touch the database: once is enough)
+    TADA_TEST_DB=postgres pytest -q tests/engine tests/security \
+        --ignore=tests/engine/voice/test_voice_quality.py --ignore=tests/engine/test_model_store.py
+else
+    echo "== pytest, PostgreSQL pass: skipped (pytest was given arguments)"
+fi

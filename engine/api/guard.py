@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import anyio
+import redis.asyncio
 from limits import RateLimitItem, parse_many
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
@@ -57,11 +58,27 @@ class RateLimits:
     def __init__(self, settings: LimitSettings) -> None:
         uri = settings.storage_uri
         uri = uri if uri.startswith("async+") else f"async+{uri}"
-        self.limiter = MovingWindowRateLimiter(storage_from_string(uri))
+        # limits talks to Redis through coredis unless told otherwise; redis-py is the
+        # client the engine already has (huey's Redis queue uses it). A plain redis:// or
+        # rediss:// URL gets a connection pool of ours, so that close() can release it.
+        options: dict[str, Any] = {}
+        self._pool: redis.asyncio.ConnectionPool | None = None
+        scheme = uri.split("://", 1)[0]
+        if scheme.startswith("async+redis"):
+            options["implementation"] = "redispy"
+        if scheme in ("async+redis", "async+rediss"):
+            self._pool = redis.asyncio.ConnectionPool.from_url(uri.removeprefix("async+"))
+            options["connection_pool"] = self._pool
+        self.limiter = MovingWindowRateLimiter(storage_from_string(uri, **options))
         self.register_client = _items(settings.register_per_client)
         self.register_global = _items(settings.register_global)
         self.per_client = _items(settings.requests_per_client)
         self.exempt = frozenset(settings.exempt_clients)
+
+    async def close(self) -> None:
+        """Release the connections to a shared store (nothing to do in memory)."""
+        if self._pool is not None:
+            await self._pool.aclose()
 
     async def retry_after(self, method: str, path: str, client: str) -> int | None:
         """Seconds until this request would be allowed, or None when it is allowed now."""
@@ -91,10 +108,13 @@ def _now() -> float:
 class RequestGuard:
     """ASGI middleware; see the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, settings: LimitSettings) -> None:
+    def __init__(
+        self, app: ASGIApp, *, settings: LimitSettings, rates: RateLimits | None = None
+    ) -> None:
         self.app = app
         self.settings = settings
-        self.rates = RateLimits(settings)
+        # The app passes its own, to close it when it stops (a Redis pool).
+        self.rates = rates if rates is not None else RateLimits(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

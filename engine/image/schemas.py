@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic.json_schema import JsonDict
 
 from engine.image.types import AspectRatio
@@ -104,6 +104,14 @@ class GenerateLoraRequest(BaseModel):
         "records it in `variation_of`. Send its `prompt` and nothing else but this field.",
         json_schema_extra=EXTENSION,
     )
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        # PostgreSQL's text cannot hold a NUL, and it means nothing to a text encoder.
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class LoraGeneration(BaseModel):

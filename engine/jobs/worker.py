@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.jobs.queue import JobQueue
-from engine.models import Job, JobStatus, utcnow
+from engine.models import Job, JobStatus, as_utc, utcnow
 from engine.settings import EngineSettings
 from engine.storage import LocalStorage
 
@@ -77,7 +79,17 @@ class JobWorker:
         self.storage = storage
         self.queue = queue
         self.handlers = dict(handlers)
+        # The jobs this process is running now: its heartbeat keeps them its own.
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_stop = threading.Event()
         queue.bind(self.execute)
+
+    @property
+    def shared_queue(self) -> bool:
+        """True when other worker processes may consume the same queue (Redis)."""
+        return self.settings.jobs.backend == "redis"
 
     def _claim(self, job_id: str) -> Job | None:
         with self.sessions.begin() as s:
@@ -88,6 +100,7 @@ class JobWorker:
                     status=JobStatus.PROCESSING.value,
                     attempts=Job.attempts + 1,
                     started_at=utcnow(),
+                    heartbeat_at=utcnow(),
                     error=None,
                 )
             ).rowcount  # type: ignore[attr-defined]
@@ -95,23 +108,34 @@ class JobWorker:
                 return None
             return s.get(Job, job_id)
 
-    def _finish(self, job_id: str, **values: Any) -> None:
+    def _finish(self, job_id: str, attempt: int | None = None, **values: Any) -> None:
+        """Record the outcome, unless the job was taken back meanwhile (a later attempt)."""
+        conditions = [Job.id == job_id, Job.status == JobStatus.PROCESSING.value]
+        if attempt is not None:
+            conditions.append(Job.attempts == attempt)
         with self.sessions.begin() as s:
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.PROCESSING.value)
-                .values(finished_at=utcnow(), **values)
-            )
+            s.execute(update(Job).where(*conditions).values(finished_at=utcnow(), **values))
 
     def execute(self, job_id: str) -> None:
         """Claim and run one job. A message for a job already taken is a no-op."""
         job = self._claim(job_id)
         if job is None:
             return
+        with self._running_lock:
+            self._running.add(job_id)
+        try:
+            self._run(job)
+        finally:
+            with self._running_lock:
+                self._running.discard(job_id)
+
+    def _run(self, job: Job) -> None:
+        job_id = job.id
         handler = self.handlers.get(job.kind)
         if handler is None:
             self._finish(
                 job_id,
+                job.attempts,
                 status=JobStatus.FAILED.value,
                 error=f"no handler for job kind {job.kind!r} on this worker",
             )
@@ -131,7 +155,9 @@ class JobWorker:
         except JobCanceled:
             log.info("job %s canceled while running", job_id)
         except JobFailed as exc:
-            self._finish(job_id, status=JobStatus.FAILED.value, error=str(exc) or "failed")
+            self._finish(
+                job_id, job.attempts, status=JobStatus.FAILED.value, error=str(exc) or "failed"
+            )
         except Exception as exc:
             log.exception("job %s (%s) attempt %d crashed", job_id, job.kind, job.attempts)
             if job.attempts < job.max_attempts:
@@ -139,13 +165,18 @@ class JobWorker:
             else:
                 self._finish(
                     job_id,
+                    job.attempts,
                     status=JobStatus.FAILED.value,
                     error=f"internal error after {job.attempts} attempt(s): "
                     f"{type(exc).__name__}: {exc}"[:2000],
                 )
         else:
             self._finish(
-                job_id, status=JobStatus.SUCCEEDED.value, progress=100, result=result or {}
+                job_id,
+                job.attempts,
+                status=JobStatus.SUCCEEDED.value,
+                progress=100,
+                result=result or {},
             )
 
     def _requeue(self, job_id: str) -> None:
@@ -153,39 +184,93 @@ class JobWorker:
             s.execute(
                 update(Job)
                 .where(Job.id == job_id)
-                .values(status=JobStatus.QUEUED.value, started_at=None)
+                .values(status=JobStatus.QUEUED.value, started_at=None, heartbeat_at=None)
             )
         self.queue.enqueue(job_id)
 
     def recover(self) -> tuple[int, int]:
-        """After a crash: re-queue jobs left processing (or fail them past the limit).
+        """At start: take back jobs left processing (or fail them past the limit).
 
         Jobs still queued are enqueued again too: if their message was lost they would
         otherwise wait forever, and a duplicate message is harmless (claiming is atomic).
+        On a shared queue (Redis) a job another worker still beats for is left to it.
         Returns ``(requeued, failed)``.
         """
+        return self._take_back(include_queued=True)
+
+    def reap(self) -> tuple[int, int]:
+        """Take back the processing jobs whose worker stopped beating (shared queue only)."""
+        if not self.shared_queue:
+            return (0, 0)
+        return self._take_back(include_queued=False)
+
+    def _take_back(self, *, include_queued: bool) -> tuple[int, int]:
+        statuses = [JobStatus.PROCESSING.value]
+        if include_queued:
+            statuses.append(JobStatus.QUEUED.value)
+        cutoff = utcnow() - timedelta(seconds=self.settings.jobs.stale_after_seconds)
+        with self._running_lock:
+            mine = set(self._running)
         requeued: list[str] = []
         failed = 0
         with self.sessions.begin() as s:
-            rows = s.scalars(
-                select(Job).where(
-                    Job.status.in_([JobStatus.PROCESSING.value, JobStatus.QUEUED.value])
-                )
-            ).all()
+            rows = s.scalars(select(Job).where(Job.status.in_(statuses))).all()
             for job in rows:
-                if job.status == JobStatus.PROCESSING.value and job.attempts >= job.max_attempts:
-                    job.status = JobStatus.FAILED.value
-                    job.finished_at = utcnow()
-                    job.error = f"interrupted by a restart {job.attempts} time(s); gave up"
-                    failed += 1
-                else:
-                    job.status = JobStatus.QUEUED.value
-                    requeued.append(job.id)
+                if job.status == JobStatus.PROCESSING.value:
+                    if job.id in mine or (self.shared_queue and _beating(job, cutoff)):
+                        continue
+                    if job.attempts >= job.max_attempts:
+                        job.status = JobStatus.FAILED.value
+                        job.finished_at = utcnow()
+                        job.error = f"interrupted by a restart {job.attempts} time(s); gave up"
+                        failed += 1
+                        continue
+                    job.started_at = None
+                    job.heartbeat_at = None
+                job.status = JobStatus.QUEUED.value
+                requeued.append(job.id)
         for job_id in requeued:
             self.queue.enqueue(job_id)
         if requeued or failed:
             log.warning("recovered jobs: %d re-queued, %d failed", len(requeued), failed)
         return len(requeued), failed
+
+    def beat(self) -> None:
+        """Write the heartbeat of every job this process is running."""
+        with self._running_lock:
+            running = list(self._running)
+        if not running:
+            return
+        with self.sessions.begin() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id.in_(running), Job.status == JobStatus.PROCESSING.value)
+                .values(heartbeat_at=utcnow())
+            )
+
+    def start_heartbeat(self) -> None:
+        """Beat for this process's jobs and, on a shared queue, reap dead workers' jobs."""
+        if self._heartbeat is not None:
+            return
+        self._heartbeat_stop.clear()
+        self._heartbeat = threading.Thread(
+            target=self._heartbeat_loop, name="engine-job-heartbeat", daemon=True
+        )
+        self._heartbeat.start()
+
+    def stop_heartbeat(self) -> None:
+        thread, self._heartbeat = self._heartbeat, None
+        if thread is not None:
+            self._heartbeat_stop.set()
+            thread.join(timeout=30)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._heartbeat_stop.wait(self.settings.jobs.heartbeat_seconds):
+            try:
+                self.beat()
+                self.reap()
+            except Exception:  # the database may be away a moment; the next beat retries
+                log.exception("job heartbeat failed")
 
     def drain(self) -> int:
         """Run queued messages in this thread until the queue is empty; return how many ran."""
@@ -193,3 +278,8 @@ class JobWorker:
         while self.queue.run_one():
             ran += 1
         return ran
+
+
+def _beating(job: Job, cutoff: datetime) -> bool:
+    """Whether the job's worker wrote a heartbeat after ``cutoff`` (it is alive)."""
+    return job.heartbeat_at is not None and as_utc(job.heartbeat_at) > cutoff

@@ -60,3 +60,11 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path: Path) -> None:
         load_engine_settings(write(tmp_path, "[engine.uploads]\nmax_zip_bytes = -1\n"), environ={})
     with pytest.raises(SettingsError, match="valid TOML"):
         load_engine_settings(write(tmp_path, "[engine\n"), environ={})
+
+
+def test_a_heartbeat_too_slow_for_its_staleness_is_refused(tmp_path: Path) -> None:
+    text = "[engine.jobs]\nheartbeat_seconds = 30\nstale_after_seconds = 60\n"
+    with pytest.raises(SettingsError, match="stale_after_seconds must be at least 3 x"):
+        load_engine_settings(write(tmp_path, text), environ={})
+    ok = "[engine.jobs]\nheartbeat_seconds = 20\nstale_after_seconds = 60\n"
+    assert load_engine_settings(write(tmp_path, ok), environ={}).jobs.heartbeat_seconds == 20

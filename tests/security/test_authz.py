@@ -139,10 +139,18 @@ async def test_a_second_users_key_gets_404_for_every_object_of_the_first(
         assert drawn.status_code == 200, drawn.text
         odd_prompt = await api.post(
             f"/api/loras/{trained['id']}/generations",
-            json={"prompt": "a cat\x00 \u202e\u200b 🦄 قطة"},
+            json={"prompt": "a cat \u202e\u200b 🦄 قطة"},
             headers=h(alice),
         )
         assert odd_prompt.status_code == 200, odd_prompt.text
+        # A NUL is refused up front: no database text column can keep it.
+        nul_prompt = await api.post(
+            f"/api/loras/{trained['id']}/generations",
+            json={"prompt": "a cat\x00"},
+            headers=h(alice),
+        )
+        assert nul_prompt.status_code == 422, nul_prompt.text
+        assert nul_prompt.json()["detail"][0]["loc"] == ["body", "prompt"]
         ids = {
             "voice_upload": second_upload,
             "voice": voice,

@@ -29,7 +29,7 @@ from bot.jobs import JobState
 from engine.settings import EngineSettings, JobSettings
 from tests.bot.conftest import make_bot_config
 from tests.bot.media_samples import picture, zip_of
-from tests.conftest import make_settings, register
+from tests.conftest import database_dump, make_settings, register
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
 
@@ -111,7 +111,7 @@ async def test_no_secret_in_logs_files_or_messages_during_a_session(
     bot_config: BotConfig,
     engine_settings: EngineSettings,
 ) -> None:
-    _, api = engine
+    app, api = engine
     guild = simcord_env.create_guild()
     channel = guild.create_text_channel("general")
     alice = guild.add_member(simcord_env.create_user("alice"))
@@ -186,9 +186,13 @@ async def test_no_secret_in_logs_files_or_messages_during_a_session(
     assert not leaks, "\n".join(leaks)
     assert not shaped, "\n".join(shaped)
 
-    # Files: the engine keeps only hashes, the bot only ciphertext.
+    # Files: the engine keeps only hashes, the bot only ciphertext. The engine database's
+    # rows are read through SQL too: on PostgreSQL they are not in the data directory.
     on_disk = files_bytes(engine_settings.data_dir) | files_bytes(bot_config.data_dir)
     assert any(p.name.endswith(".sqlite3") for p in on_disk)
+    rows = database_dump(app)
+    assert "alice" in rows  # the dump really holds the engine's users
+    on_disk[Path("engine database rows")] = rows.encode()
     for path, data in on_disk.items():
         for what, secret in secrets.items():
             assert secret.encode() not in data, f"{what} in clear in {path}"
