@@ -15,7 +15,20 @@ from engine.db import Database, sync_url
 from engine.models import Base
 from tests.conftest import database_backend, database_dump, register, services_of
 
-HEADS = {"0002_lora", "0002_voice", "0003_job_heartbeat"}
+
+def _heads() -> set[str]:
+    """Every head of the engine's migration scripts, read from the scripts themselves."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from engine.db import MIGRATIONS_DIR
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return set(ScriptDirectory.from_config(cfg).get_heads())
+
+
+HEADS = _heads()
 
 
 @pytest.fixture
