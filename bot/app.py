@@ -27,6 +27,7 @@ from bot.embedded import EmbeddedEngine
 from bot.gate import Gate, OpenGate
 from bot.jobs import JobRunner
 from bot.jobs.buttons import PERSISTENT_BUTTONS
+from bot.jobs.panel import JobPanel
 from bot.policy import PolicyGate, PolicyService, PolicyStore
 from bot.readiness import EngineReadiness
 from bot.store import MemberStore, Store
@@ -169,6 +170,12 @@ class TadaBot(commands.Bot):
         self.voice_player = VoiceChannelPlayer(self)
         # Members' requests: run fairly, posted where asked, resumed after a restart.
         self.jobs = JobRunner(client=self, services=services, player=self.voice_player)
+        # ``/jobs``: a member's queue and recent results, cancelling what has not started.
+        self.job_panel = JobPanel(self.jobs, gate=services.gate)
+        if services.policy is not None:
+            # The admin policy reads the bot's cache (thread parents, the bot's own channel
+            # permissions) whichever cogs are loaded.
+            services.policy.gate.bind(self)
 
     async def setup_hook(self) -> None:
         """Load the cogs, resume jobs, then sync slash commands (instantly to a dev guild)."""

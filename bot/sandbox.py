@@ -56,6 +56,9 @@ STATE_FILE = "sandbox.json"
 ACTION_SETTLE_SECONDS = 120.0
 # How long the page keeps showing the old channel after /sandbox channel answered.
 SWITCH_GRACE_SECONDS = 1.0
+# The sandbox's own commands (``/sandbox channel``), and the cog that keeps their requests.
+SANDBOX_EXTENSION = "cogs.sandbox"
+SANDBOX_COG = "SandboxCog"
 
 
 class SandboxChannel(StrEnum):
@@ -409,13 +412,12 @@ async def _open_sandbox(
     config = _sandbox_config(config)
     state_path = config.data_dir / STATE_FILE
     saved = SandboxState.load(state_path)
-    from cogs.sandbox import SandboxCog
-
-    requests: asyncio.Queue[SandboxChannel] = asyncio.Queue()
     async with open_services(config, engine_settings=engine_settings) as services:
         bot: TadaBot = create_bot(services, extensions=extensions)
-        # Before the bot starts, so its start-up sync registers /sandbox with the rest.
-        await bot.add_cog(SandboxCog(requests))
+        # Before the bot starts, so its start-up sync registers /sandbox with the rest. By
+        # name, like every cog: bot/ never imports cogs/.
+        await bot.load_extension(SANDBOX_EXTENSION)
+        requests = _channel_requests(bot)
         # A sandbox must survive a failing command like the real bot does: errors are
         # answered to the member and logged, never raised at teardown.
         env = simcord.Env(bot, check_errors=False, settle_timeout=ACTION_SETTLE_SECONDS)
@@ -461,6 +463,14 @@ async def _open_sandbox(
             finally:
                 with contextlib.suppress(Exception):
                     await sandbox.close()
+
+
+def _channel_requests(bot: TadaBot) -> asyncio.Queue[SandboxChannel]:
+    """The queue ``/sandbox channel`` puts its requests on (``cogs.sandbox.SandboxCog``)."""
+    requests = getattr(bot.get_cog(SANDBOX_COG), "requests", None)
+    if not isinstance(requests, asyncio.Queue):
+        raise SandboxError(f"{SANDBOX_EXTENSION} did not add its {SANDBOX_COG}")
+    return requests
 
 
 @asynccontextmanager

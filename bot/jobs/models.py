@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -95,3 +95,17 @@ class Job:
     def posted(self) -> bool:
         """Whether the result (or failure) reached the member."""
         return self.result_message_id is not None or self.posted_via is not None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """What a member asks for: the job's kind and parameters, and what the gate sees."""
+
+    kind: JobKind
+    params: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None
+
+    @property
+    def cost(self) -> int:
+        """Quota cost: characters for speech, one for everything else."""
+        return max(1, len(self.text or "")) if self.kind is JobKind.VOICE_SPEAK else 1

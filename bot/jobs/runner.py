@@ -26,10 +26,9 @@ import math
 import subprocess
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import discord
@@ -37,11 +36,11 @@ from pydantic import SecretStr
 
 from bot.errors import NotLinked, UserFacingError, caused_by_member, reply_for
 from bot.gate import Action, Admission, Feature, GateRequest, request_for
+from bot.jobs.deps import JobServices
 from bot.jobs.fairness import FairQueue
-from bot.jobs.models import FINAL_STATES, Destination, Job, JobKind, JobState
+from bot.jobs.models import FINAL_STATES, Destination, Job, JobKind, JobRequest, JobState
 from bot.jobs.models import aware as _aware
 from bot.jobs.render import (
-    DEFAULT_FILE_LIMIT,
     Outgoing,
     render,
     stopped_progress,
@@ -49,6 +48,7 @@ from bot.jobs.render import (
 )
 from bot.jobs.store import JobNotFound, JobStore
 from bot.media import IMAGE_SUFFIXES, MediaRejected
+from bot.messages import DEFAULT_FILE_LIMIT, requester_only
 from bot.readiness import is_test_model
 from bot.store.models import utcnow
 from bot.tada import TadaClient
@@ -63,9 +63,6 @@ from bot.tada.errors import (
 from bot.tada.models import LoraTraining, TrainingStatus
 from bot.voice_channel import Clip, QueueFull, VoiceChannelPlayer
 from bot.voice_message import VoiceMessageError, make_voice_message_async, post_voice_message
-
-if TYPE_CHECKING:
-    from bot.app import BotServices
 
 log = logging.getLogger(__name__)
 
@@ -99,27 +96,6 @@ FINAL_TRAINING = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class JobRequest:
-    """What a member asks for: the job's kind and parameters, and what the gate sees."""
-
-    kind: JobKind
-    params: dict[str, Any] = field(default_factory=dict)
-    text: str | None = None
-
-    @property
-    def cost(self) -> int:
-        """Quota cost: characters for speech, one for everything else."""
-        return max(1, len(self.text or "")) if self.kind is JobKind.VOICE_SPEAK else 1
-
-
-def requester_only(user_id: int) -> discord.AllowedMentions:
-    """Mentions that ping the requester and nobody else, whatever the text holds."""
-    return discord.AllowedMentions(
-        everyone=False, users=[discord.Object(user_id)], roles=False, replied_user=False
-    )
-
-
 def gate_request(interaction: discord.Interaction[Any], request: JobRequest) -> GateRequest:
     """The gate's view of a job request made through ``interaction``."""
     feature, action = FEATURE_OF[request.kind]
@@ -129,7 +105,7 @@ def gate_request(interaction: discord.Interaction[Any], request: JobRequest) -> 
 
 
 async def admit(
-    services: BotServices, interaction: discord.Interaction[Any], request: GateRequest
+    services: JobServices, interaction: discord.Interaction[Any], request: GateRequest
 ) -> tuple[Admission, TadaClient]:
     """Ask the gate, then pick the key: the shared demo key it lent, or the member's own."""
     admission = await services.gate.admit(request)
@@ -149,7 +125,7 @@ class JobRunner:
         self,
         *,
         client: discord.Client,
-        services: BotServices,
+        services: JobServices,
         player: VoiceChannelPlayer | None = None,
     ) -> None:
         self.client = client
