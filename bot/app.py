@@ -80,6 +80,18 @@ def _http_client(config: BotConfig) -> httpx.AsyncClient:
     )
 
 
+def embedded_engine_settings(
+    config: BotConfig, config_path: Path | None = None
+) -> EngineSettings | None:
+    """The embedded engine's settings (``[engine]`` of the same config file), ``None`` when
+    the bot talks to an outside Ta-da API. The one place bot/ reads them."""
+    if not config.tada.embedded:
+        return None
+    from engine.settings import load_engine_settings
+
+    return load_engine_settings(config_path)
+
+
 @asynccontextmanager
 async def open_services(
     config: BotConfig,
@@ -104,9 +116,8 @@ async def open_services(
         if base_url is None:
             if config.tada.embedded:
                 if engine_settings is None:
-                    from engine.settings import load_engine_settings
-
-                    engine_settings = load_engine_settings()
+                    engine_settings = embedded_engine_settings(config)
+                assert engine_settings is not None  # config.tada.embedded
                 engine = EmbeddedEngine(engine_settings)
                 await stack.enter_async_context(engine)
                 base_url = engine.base_url
@@ -212,11 +223,7 @@ async def run_bot(config: BotConfig, *, config_path: Path | None = None) -> None
     """Run until Discord disconnects or the process is interrupted; close in order."""
     if config.discord.token is None:
         raise ValueError("run_bot needs config.discord.token")
-    engine_settings = None
-    if config.tada.embedded:
-        from engine.settings import load_engine_settings
-
-        engine_settings = load_engine_settings(config_path)
+    engine_settings = embedded_engine_settings(config, config_path)
     async with open_services(config, engine_settings=engine_settings) as services:
         bot = create_bot(services)
         async with bot:

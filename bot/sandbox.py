@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.app import EXTENSIONS, create_bot, open_services
+from bot.app import EXTENSIONS, create_bot, embedded_engine_settings, open_services
 from bot.config import BotConfig
 
 if TYPE_CHECKING:
@@ -516,11 +516,7 @@ async def run_sandbox(
     start_channel: SandboxChannel = SandboxChannel.GENERAL,
 ) -> None:
     """``tada-bot`` without a token: run the sandbox until interrupted."""
-    engine_settings = None
-    if config.tada.embedded:
-        from engine.settings import load_engine_settings
-
-        engine_settings = load_engine_settings(config_path)
+    engine_settings = embedded_engine_settings(config, config_path)
     async with open_sandbox(
         config,
         engine_settings=engine_settings,

@@ -170,10 +170,9 @@ def render_help(tree: app_commands.CommandTree[Any]) -> str:
 class AccountCog(commands.GroupCog, group_name="tada", group_description="Your Ta-da account"):
     """The ``/tada`` command group."""
 
-    def __init__(self, accounts: AccountService, tree: app_commands.CommandTree[Any]) -> None:
+    def __init__(self, accounts: AccountService) -> None:
         super().__init__()
         self.accounts = accounts
-        self.tree = tree
 
     @app_commands.command(name="register")
     async def register(self, interaction: discord.Interaction[Any]) -> None:
@@ -227,4 +226,4 @@ async def setup(bot: commands.Bot) -> None:
     """Extension entry point."""
     if not isinstance(bot, TadaBot):
         raise TypeError("cogs.account needs a TadaBot (it reads bot.services)")
-    await bot.add_cog(AccountCog(bot.services.accounts, bot.tree))
+    await bot.add_cog(AccountCog(bot.services.accounts))

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import discord
 from pydantic import SecretStr
 
-from bot.errors import NotLinked, UserFacingError, caused_by_member, reply_for
+from bot.errors import UserFacingError, caused_by_member, reply_for
 from bot.gate import Action, Admission, Feature, GateRequest, request_for
 from bot.jobs.deps import JobServices
 from bot.jobs.fairness import FairQueue
@@ -109,12 +109,8 @@ async def admit(
 ) -> tuple[Admission, TadaClient]:
     """Ask the gate, then pick the key: the shared demo key it lent, or the member's own."""
     admission = await services.gate.admit(request)
-    if admission.shared_key is not None:
-        return admission, services.tada.with_key(admission.shared_key)
-    account = await services.members.get(interaction.user.id)
-    if account is None:
-        raise NotLinked()
-    return admission, services.tada.with_key(account.api_key)
+    tada = await services.accounts.client_for(interaction.user.id, shared_key=admission.shared_key)
+    return admission, tada
 
 
 class JobRunner:
@@ -197,8 +193,8 @@ class JobRunner:
             await interaction.response.defer(ephemeral=True, thinking=True)
         greq = gate_request(interaction, request)
         admission = await self.services.gate.admit(greq)
-        if admission.shared_key is None and await self.services.members.get(greq.user_id) is None:
-            raise NotLinked()
+        # Whose key it will use: the member without one is told to link before anything is saved.
+        await self.services.accounts.client_for(greq.user_id, shared_key=admission.shared_key)
         job = await self.store.create(
             user_id=greq.user_id,
             guild_id=interaction.guild_id,
@@ -285,12 +281,7 @@ class JobRunner:
 
     async def _client_for(self, job: Job) -> TadaClient:
         shared = await self.store.shared_key(job.id) if job.has_shared_key else None
-        if shared is not None:
-            return self.services.tada.with_key(shared)
-        account = await self.services.members.get(job.user_id)
-        if account is None:
-            raise NotLinked()
-        return self.services.tada.with_key(account.api_key)
+        return await self.services.accounts.client_for(job.user_id, shared_key=shared)
 
     async def _execute(self, job_id: str) -> None:
         job = await self.store.update(job_id, state=JobState.RUNNING, started_at=utcnow())
