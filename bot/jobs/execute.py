@@ -12,7 +12,7 @@ from typing import Any
 from bot.config import JobsConfig
 from bot.errors import caused_by_member, reply_for
 from bot.jobs.deliver import Delivery
-from bot.jobs.models import Job, JobKind, JobState
+from bot.jobs.models import Job, JobKind, JobState, speech_result
 from bot.jobs.recover import find_generation
 from bot.jobs.store import JobStore
 from bot.readiness import EngineReadiness, is_test_model
@@ -106,15 +106,7 @@ class Execution:
                 base = {"voice_base_score": voice.base_similarity_score}
                 await self.store.update(job.id, params={**p, **named, **base})
             spoken = await tada.generate_voice(str(p["voice_id"]), str(p["text"]))
-            return {
-                "generation_id": spoken.id,
-                "url": spoken.url,
-                "similarity": spoken.similarity,
-                "similarity_score": spoken.similarity_score,
-                "likeness": spoken.likeness,
-                "duration_seconds": spoken.duration_seconds,
-                "format": spoken.format,
-            }
+            return speech_result(spoken)
         if job.kind is JobKind.LORA_GENERATE:
             if not p.get("lora_name"):
                 # The result is titled by the LoRA's name; a command or button gave its id.

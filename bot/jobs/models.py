@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from bot.store.models import JobRow
+from bot.tada.models import SpokenAudio, VoiceGeneration
 
 
 def aware(moment: datetime) -> datetime:
@@ -109,3 +110,17 @@ class JobRequest:
     def cost(self) -> int:
         """Quota cost: characters for speech, one for everything else."""
         return max(1, len(self.text or "")) if self.kind is JobKind.VOICE_SPEAK else 1
+
+
+def speech_result(speech: SpokenAudio | VoiceGeneration) -> dict[str, Any]:
+    """A speech job's result row, from Ta-da's answer or from its listing (a lost answer
+    found again): the same keys either way."""
+    return {
+        "generation_id": speech.id,
+        "url": speech.url if isinstance(speech, SpokenAudio) else speech.audio_url,
+        "similarity": speech.similarity,
+        "similarity_score": speech.similarity_score,
+        "likeness": speech.likeness,
+        "duration_seconds": speech.duration_seconds,
+        "format": speech.format,
+    }

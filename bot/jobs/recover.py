@@ -13,7 +13,7 @@ from typing import Any
 
 from bot.errors import UserFacingError
 from bot.jobs.deliver import Delivery
-from bot.jobs.models import Job, JobKind, JobState
+from bot.jobs.models import Job, JobKind, JobState, speech_result
 from bot.jobs.models import aware as _aware
 from bot.jobs.store import JobStore
 from bot.store.models import utcnow
@@ -37,15 +37,7 @@ async def find_generation(tada: TadaClient, job: Job, store: JobStore) -> dict[s
     if job.kind is JobKind.VOICE_SPEAK:
         page = await tada.list_voice_generations(str(p["voice_id"]), limit=50)
         found = [
-            {
-                "generation_id": gen.id,
-                "url": gen.audio_url,
-                "similarity": gen.similarity,
-                "similarity_score": gen.similarity_score,
-                "likeness": gen.likeness,
-                "duration_seconds": gen.duration_seconds,
-                "format": gen.format,
-            }
+            speech_result(gen)
             for gen in page.generations
             if gen.text == p["text"] and _aware(gen.created_at) >= since
         ]
