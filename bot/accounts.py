@@ -55,8 +55,14 @@ class AccountService:
         """The member's linked account, if any."""
         return await self._members.get(discord_user_id)
 
-    async def client_for(self, discord_user_id: int) -> TadaClient:
-        """A Ta-da client acting as the member; :class:`NotLinked` when they have no key."""
+    async def client_for(
+        self, discord_user_id: int, *, shared_key: SecretStr | None = None
+    ) -> TadaClient:
+        """A Ta-da client acting for the member: with ``shared_key`` (a guild's demo key the
+        gate lent) when given, else with their own key; :class:`NotLinked` when they have
+        none. The one place the bot chooses whose key a call uses."""
+        if shared_key is not None:
+            return self._tada.with_key(shared_key)
         account = await self._members.get(discord_user_id)
         if account is None:
             raise NotLinked()

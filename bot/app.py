@@ -27,6 +27,7 @@ from bot.embedded import EmbeddedEngine
 from bot.gate import Gate, OpenGate
 from bot.jobs import JobRunner
 from bot.jobs.buttons import PERSISTENT_BUTTONS
+from bot.jobs.panel import JobPanel
 from bot.policy import PolicyGate, PolicyService, PolicyStore
 from bot.readiness import EngineReadiness
 from bot.store import MemberStore, Store
@@ -79,6 +80,18 @@ def _http_client(config: BotConfig) -> httpx.AsyncClient:
     )
 
 
+def embedded_engine_settings(
+    config: BotConfig, config_path: Path | None = None
+) -> EngineSettings | None:
+    """The embedded engine's settings (``[engine]`` of the same config file), ``None`` when
+    the bot talks to an outside Ta-da API. The one place bot/ reads them."""
+    if not config.tada.embedded:
+        return None
+    from engine.settings import load_engine_settings
+
+    return load_engine_settings(config_path)
+
+
 @asynccontextmanager
 async def open_services(
     config: BotConfig,
@@ -103,9 +116,8 @@ async def open_services(
         if base_url is None:
             if config.tada.embedded:
                 if engine_settings is None:
-                    from engine.settings import load_engine_settings
-
-                    engine_settings = load_engine_settings()
+                    engine_settings = embedded_engine_settings(config)
+                assert engine_settings is not None  # config.tada.embedded
                 engine = EmbeddedEngine(engine_settings)
                 await stack.enter_async_context(engine)
                 base_url = engine.base_url
@@ -169,6 +181,12 @@ class TadaBot(commands.Bot):
         self.voice_player = VoiceChannelPlayer(self)
         # Members' requests: run fairly, posted where asked, resumed after a restart.
         self.jobs = JobRunner(client=self, services=services, player=self.voice_player)
+        # ``/jobs``: a member's queue and recent results, cancelling what has not started.
+        self.job_panel = JobPanel(self.jobs, gate=services.gate)
+        if services.policy is not None:
+            # The admin policy reads the bot's cache (thread parents, the bot's own channel
+            # permissions) whichever cogs are loaded.
+            services.policy.gate.bind(self)
 
     async def setup_hook(self) -> None:
         """Load the cogs, resume jobs, then sync slash commands (instantly to a dev guild)."""
@@ -205,11 +223,7 @@ async def run_bot(config: BotConfig, *, config_path: Path | None = None) -> None
     """Run until Discord disconnects or the process is interrupted; close in order."""
     if config.discord.token is None:
         raise ValueError("run_bot needs config.discord.token")
-    engine_settings = None
-    if config.tada.embedded:
-        from engine.settings import load_engine_settings
-
-        engine_settings = load_engine_settings(config_path)
+    engine_settings = embedded_engine_settings(config, config_path)
     async with open_services(config, engine_settings=engine_settings) as services:
         bot = create_bot(services)
         async with bot:

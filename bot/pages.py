@@ -8,7 +8,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.jobs.render import clip
+from bot.messages import clip
 from bot.ui import TadaView
 
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.app import EXTENSIONS, create_bot, open_services
+from bot.app import EXTENSIONS, create_bot, embedded_engine_settings, open_services
 from bot.config import BotConfig
 
 if TYPE_CHECKING:
@@ -56,6 +56,9 @@ STATE_FILE = "sandbox.json"
 ACTION_SETTLE_SECONDS = 120.0
 # How long the page keeps showing the old channel after /sandbox channel answered.
 SWITCH_GRACE_SECONDS = 1.0
+# The sandbox's own commands (``/sandbox channel``), and the cog that keeps their requests.
+SANDBOX_EXTENSION = "cogs.sandbox"
+SANDBOX_COG = "SandboxCog"
 
 
 class SandboxChannel(StrEnum):
@@ -409,13 +412,12 @@ async def _open_sandbox(
     config = _sandbox_config(config)
     state_path = config.data_dir / STATE_FILE
     saved = SandboxState.load(state_path)
-    from cogs.sandbox import SandboxCog
-
-    requests: asyncio.Queue[SandboxChannel] = asyncio.Queue()
     async with open_services(config, engine_settings=engine_settings) as services:
         bot: TadaBot = create_bot(services, extensions=extensions)
-        # Before the bot starts, so its start-up sync registers /sandbox with the rest.
-        await bot.add_cog(SandboxCog(requests))
+        # Before the bot starts, so its start-up sync registers /sandbox with the rest. By
+        # name, like every cog: bot/ never imports cogs/.
+        await bot.load_extension(SANDBOX_EXTENSION)
+        requests = _channel_requests(bot)
         # A sandbox must survive a failing command like the real bot does: errors are
         # answered to the member and logged, never raised at teardown.
         env = simcord.Env(bot, check_errors=False, settle_timeout=ACTION_SETTLE_SECONDS)
@@ -463,6 +465,14 @@ async def _open_sandbox(
                     await sandbox.close()
 
 
+def _channel_requests(bot: TadaBot) -> asyncio.Queue[SandboxChannel]:
+    """The queue ``/sandbox channel`` puts its requests on (``cogs.sandbox.SandboxCog``)."""
+    requests = getattr(bot.get_cog(SANDBOX_COG), "requests", None)
+    if not isinstance(requests, asyncio.Queue):
+        raise SandboxError(f"{SANDBOX_EXTENSION} did not add its {SANDBOX_COG}")
+    return requests
+
+
 @asynccontextmanager
 async def _running(env: simcord.Env) -> AsyncIterator[None]:
     # What ``simcord.run`` does, for an Env whose world was built before the bot started.
@@ -506,11 +516,7 @@ async def run_sandbox(
     start_channel: SandboxChannel = SandboxChannel.GENERAL,
 ) -> None:
     """``tada-bot`` without a token: run the sandbox until interrupted."""
-    engine_settings = None
-    if config.tada.embedded:
-        from engine.settings import load_engine_settings
-
-        engine_settings = load_engine_settings(config_path)
+    engine_settings = embedded_engine_settings(config, config_path)
     async with open_sandbox(
         config,
         engine_settings=engine_settings,

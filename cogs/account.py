@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from bot.accounts import AccountService, AccountSummary
 from bot.app import TadaBot
 from bot.errors import UserFacingError
-from bot.jobs.render import clip
+from bot.messages import clip
 from bot.ui import TadaModal, TadaView
 
 NEXT_STEPS = (
@@ -180,10 +180,9 @@ def render_help(tree: app_commands.CommandTree[Any], limit: int = 2000) -> str:
 class AccountCog(commands.GroupCog, group_name="tada", group_description="Your Ta-da account"):
     """The ``/tada`` command group."""
 
-    def __init__(self, accounts: AccountService, tree: app_commands.CommandTree[Any]) -> None:
+    def __init__(self, accounts: AccountService) -> None:
         super().__init__()
         self.accounts = accounts
-        self.tree = tree
 
     @app_commands.command(name="register")
     async def register(self, interaction: discord.Interaction[Any]) -> None:
@@ -237,4 +236,4 @@ async def setup(bot: commands.Bot) -> None:
     """Extension entry point."""
     if not isinstance(bot, TadaBot):
         raise TypeError("cogs.account needs a TadaBot (it reads bot.services)")
-    await bot.add_cog(AccountCog(bot.services.accounts, bot.tree))
+    await bot.add_cog(AccountCog(bot.services.accounts))

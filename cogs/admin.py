@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from bot.app import TadaBot
 from bot.errors import UserFacingError
 from bot.gate import Action, Feature
+from bot.messages import CONTENT_LIMIT, EMBED_FIELD_LIMIT, clip_lines
 from bot.policy import GuildSettings, Limit, PolicyService, UsageReport
 from bot.policy.moderation import DEFAULT_BLOCKED_WORDS, active_words
 from bot.policy.service import MAX_USAGE_DAYS, SharedKeyInfo
@@ -31,7 +32,6 @@ FEATURE_CHOICES = [
 LIMIT_CHOICES = [app_commands.Choice(name=LIMIT_NAMES[limit], value=limit.value) for limit in Limit]
 
 # Embed fields hold at most 1024 characters; longer lists are cut with a count.
-FIELD_LIMIT = 1024
 
 # What ``/tada-admin usage`` calls each action: one, several.
 ACTION_LABELS: dict[Action, tuple[str, str]] = {
@@ -44,12 +44,9 @@ ACTION_LABELS: dict[Action, tuple[str, str]] = {
 }
 
 
-def clip(text: str, limit: int = FIELD_LIMIT) -> str:
-    """``text`` cut to ``limit`` characters at a line end, saying that more was left out."""
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 20].rsplit("\n", 1)[0]
-    return f"{cut}\n… and more"
+def clip(text: str, limit: int = EMBED_FIELD_LIMIT) -> str:
+    """An embed field's text cut at a line end (:func:`bot.messages.clip_lines`)."""
+    return clip_lines(text, limit)
 
 
 def role_name(guild_id: int, role_id: int) -> str:
@@ -196,7 +193,7 @@ def render_usage(report: UsageReport) -> str:
         + ("request" if top.requests == 1 else "requests")
         for rank, top in enumerate(report.top, start=1)
     ]
-    return clip("\n".join(lines), 2000)
+    return clip("\n".join(lines), CONTENT_LIMIT)
 
 
 class SharedKeyModal(TadaModal, title="Shared Ta-da key for demo channels"):
@@ -552,5 +549,4 @@ async def setup(bot: commands.Bot) -> None:
     """Extension entry point."""
     if not isinstance(bot, TadaBot) or bot.services.policy is None:
         raise TypeError("cogs.admin needs a TadaBot whose services have a policy")
-    bot.services.policy.gate.bind(bot)
     await bot.add_cog(AdminCog(bot.services.policy, bot.services.readiness))

@@ -1,6 +1,6 @@
 """``/jobs``: a member's queued and running jobs, with cancel buttons, and recent results.
 
-Thin: :class:`bot.job_panel.JobPanel` reads and cancels; this cog renders. Ephemeral:
+Thin: :class:`bot.jobs.panel.JobPanel` reads and cancels; this cog renders. Ephemeral:
 nobody else needs to see a member's queue.
 """
 
@@ -14,13 +14,13 @@ from discord.ext import commands
 
 from bot.app import TadaBot
 from bot.errors import UserFacingError
-from bot.job_panel import JobPanel, Panel, PanelEntry, describe
 from bot.jobs import JobState
+from bot.jobs.panel import JobPanel, Panel, PanelEntry, describe
+from bot.messages import CONTENT_LIMIT, clip_lines
 from bot.ui import TadaView
 
 # Discord allows 25 buttons on a message (5 rows of 5).
 MAX_BUTTONS = 25
-MESSAGE_LIMIT = 2000
 
 STATE_MARKS: dict[JobState, str] = {
     JobState.FINISHED: "✅",
@@ -73,9 +73,7 @@ def render_panel(panel: Panel) -> str:
         lines.append("**Recent**")
         lines += [_line(e) for e in panel.recent]
     text = "\n".join(lines)
-    if len(text) > MESSAGE_LIMIT:
-        text = text[: MESSAGE_LIMIT - 20].rsplit("\n", 1)[0] + "\n… and more"
-    return text
+    return clip_lines(text, CONTENT_LIMIT)
 
 
 class CancelButton(discord.ui.Button["JobsView"]):
@@ -136,6 +134,5 @@ class JobsCog(commands.Cog):
 async def setup(bot: commands.Bot) -> None:
     """Extension entry point."""
     if not isinstance(bot, TadaBot):
-        raise TypeError("cogs.jobs needs a TadaBot (it reads bot.jobs)")
-    panel = JobPanel(bot.jobs, gate=bot.services.gate)
-    await bot.add_cog(JobsCog(panel))
+        raise TypeError("cogs.jobs needs a TadaBot (it reads bot.job_panel)")
+    await bot.add_cog(JobsCog(bot.job_panel))

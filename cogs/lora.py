@@ -20,7 +20,6 @@ from bot.app import BotServices, TadaBot
 from bot.errors import NotLinked, UserFacingError
 from bot.gate import Action, Feature, request_for
 from bot.jobs.buttons import TrainButton
-from bot.jobs.render import clip
 from bot.jobs.runner import JobRunner, admit
 from bot.media import (
     IMAGE_SUFFIXES,
@@ -32,6 +31,7 @@ from bot.media import (
     inspect_zip_async,
     suffix_of,
 )
+from bot.messages import CONTENT_LIMIT, clip
 from bot.names import check_shown_name, visible
 from bot.pages import PagedView, matching_choices, paginate
 from bot.tada import TadaClient
@@ -88,7 +88,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Image sty
         )
         await interaction.edit_original_response(content="Uploaded.")
         await interaction.followup.send(
-            content=clip(text, 2000),
+            content=clip(text, CONTENT_LIMIT),
             file=discord.File(io.BytesIO(sheet), filename="contact-sheet.png"),
             view=view,
             ephemeral=admission.private_results,
@@ -192,7 +192,7 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Image sty
             for u in uploads
         ]
         text = "\n".join(lines) or "No image sets yet: `/lora upload` starts one."
-        await interaction.edit_original_response(content=clip(text, 2000))
+        await interaction.edit_original_response(content=clip(text, CONTENT_LIMIT))
 
     @app_commands.command(name="status")
     @app_commands.describe(upload="One of your image sets")

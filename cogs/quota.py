@@ -80,5 +80,4 @@ async def setup(bot: commands.Bot) -> None:
     """Extension entry point."""
     if not isinstance(bot, TadaBot) or bot.services.policy is None:
         raise TypeError("cogs.quota needs a TadaBot whose services have a policy")
-    bot.services.policy.gate.bind(bot)
     await bot.add_cog(QuotaCog(bot.services.policy))

@@ -1,8 +1,8 @@
 """``/sandbox``: commands that exist only in the sandbox (``tada-bot`` without a token).
 
 SimCord's browser preview shows one channel at a time; ``/sandbox channel`` asks the
-sandbox to show another one (the page is then reloaded). Added by :mod:`bot.sandbox`,
-never loaded on real Discord.
+sandbox to show another one (the page is then reloaded). Loaded by name by
+:mod:`bot.sandbox` (which reads :attr:`SandboxCog.requests`), never on real Discord.
 """
 
 from __future__ import annotations
@@ -41,3 +41,8 @@ class SandboxCog(
             ephemeral=True,
         )
         self.requests.put_nowait(target)
+
+
+async def setup(bot: commands.Bot) -> None:
+    """Extension entry point: the sandbox reads the cog's ``requests``."""
+    await bot.add_cog(SandboxCog(asyncio.Queue()))

@@ -19,9 +19,9 @@ from bot.app import BotServices, TadaBot
 from bot.errors import NotLinked, UserFacingError, reply_for
 from bot.gate import Action, Feature, GateRequest, request_for
 from bot.jobs.buttons import RepostButton, SpeakButton
-from bot.jobs.render import DEFAULT_FILE_LIMIT, clip
 from bot.jobs.runner import JobRunner, admit
 from bot.media import AUDIO_SUFFIXES, MAX_AUDIO_BYTES, check_audio_async, suffix_of
+from bot.messages import CONTENT_LIMIT, DEFAULT_FILE_LIMIT, clip
 from bot.names import check_shown_name, visible
 from bot.pages import PagedView, matching_choices, paginate
 from bot.replay import fetch_speech
@@ -240,7 +240,7 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
             for v in voices
         ]
         text = "\n".join(lines) or "You have no voices yet: `/voice clone` makes one."
-        await interaction.edit_original_response(content=clip(text, 2000))
+        await interaction.edit_original_response(content=clip(text, CONTENT_LIMIT))
 
     @app_commands.command(name="info")
     @app_commands.describe(voice="One of your voices")

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from engine.api import demo, loras, storage, users, voices
+from engine.api.errors import install_error_handlers
 from engine.api.guard import RateLimits, RequestGuard
 from engine.jobs import Handler, TooManyPendingJobs
 from engine.logs import install_access_log_redactor
@@ -76,6 +77,8 @@ def create_app(
         # FastAPI's own handler echoes the input, which may hold text that cannot be
         # encoded (a lone surrogate in a field of the wrong type): encode it safely.
         return SafeJSONResponse(status_code=422, content={"detail": jsonable_encoder(exc.errors())})
+
+    install_error_handlers(app, validation=invalid_request)
 
     @app.exception_handler(TooManyPendingJobs)
     async def too_many_jobs(request: Request, exc: TooManyPendingJobs) -> Response:

@@ -17,20 +17,25 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import discord
 
 from bot.errors import NotLinked, UserFacingError, report_error
+from bot.jobs.deps import JobActions
 from bot.jobs.store import JobNotFound
+from bot.messages import CONTENT_LIMIT, DEFAULT_FILE_LIMIT, clip, requester_only
+from bot.names import visible
 from bot.replay import Replay, fetch_speech
 from bot.ui import TadaModal
 
 if TYPE_CHECKING:
-    from bot.jobs.runner import JobRequest, JobRunner
+    from bot.jobs.models import JobRequest
 
 
-def runner_of(interaction: discord.Interaction[Any]) -> JobRunner:
-    """The job runner of the bot that received ``interaction``."""
-    from bot.jobs.runner import JobRunner
+def runner_of(interaction: discord.Interaction[Any]) -> JobActions:
+    """The job runner of the bot that received ``interaction``.
 
+    discord.py rebuilds a persistent button from its custom id alone, so the runner is the
+    one the composition root put on the bot (``TadaBot.jobs``).
+    """
     runner = getattr(interaction.client, "jobs", None)
-    if not isinstance(runner, JobRunner):
+    if not isinstance(runner, JobActions):
         raise RuntimeError("this bot has no job runner")
     return runner
 
@@ -150,7 +155,7 @@ class AskModal(TadaModal):
         title: str,
         label: str,
         field: str,
-        make: Callable[[JobRunner, str], JobRequest],
+        make: Callable[[JobActions, str], JobRequest],
     ) -> None:
         super().__init__(title=title)
         self.answer: discord.ui.TextInput[Any] = discord.ui.TextInput(
@@ -268,8 +273,6 @@ class RepostButton(OwnedButton, kind="repost", label="Post in channel"):
     generation, so no quota is used."""
 
     async def run(self, interaction: discord.Interaction[Any]) -> None:
-        from bot.jobs.render import DEFAULT_FILE_LIMIT
-
         services = runner_of(interaction).services
         tada = await services.accounts.client_for(interaction.user.id)
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -289,10 +292,6 @@ class RepostButton(OwnedButton, kind="repost", label="Post in channel"):
         await interaction.edit_original_response(content="Posted in the channel.")
 
     async def _post(self, channel: discord.abc.Messageable, replay: Replay, name: str) -> None:
-        from bot.jobs.render import CONTENT_LIMIT, clip
-        from bot.jobs.runner import requester_only
-        from bot.names import visible
-
         await channel.send(
             clip(
                 f"<@{self.owner}> 🔁 **{clip(visible(name), 100)}** said:\n"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from bot.store.models import JobRow
+from bot.tada.models import SpokenAudio, VoiceGeneration
 
 
 def aware(moment: datetime) -> datetime:
@@ -95,3 +96,31 @@ class Job:
     def posted(self) -> bool:
         """Whether the result (or failure) reached the member."""
         return self.result_message_id is not None or self.posted_via is not None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """What a member asks for: the job's kind and parameters, and what the gate sees."""
+
+    kind: JobKind
+    params: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None
+
+    @property
+    def cost(self) -> int:
+        """Quota cost: characters for speech, one for everything else."""
+        return max(1, len(self.text or "")) if self.kind is JobKind.VOICE_SPEAK else 1
+
+
+def speech_result(speech: SpokenAudio | VoiceGeneration) -> dict[str, Any]:
+    """A speech job's result row, from Ta-da's answer or from its listing (a lost answer
+    found again): the same keys either way."""
+    return {
+        "generation_id": speech.id,
+        "url": speech.url if isinstance(speech, SpokenAudio) else speech.audio_url,
+        "similarity": speech.similarity,
+        "similarity_score": speech.similarity_score,
+        "likeness": speech.likeness,
+        "duration_seconds": speech.duration_seconds,
+        "format": speech.format,
+    }

@@ -15,16 +15,17 @@ from bot.jobs.buttons import (
     GenerateButton,
 )
 from bot.jobs.models import Job, JobKind, JobState
+from bot.messages import (
+    CONTENT_LIMIT,
+    EMBED_DESCRIPTION_LIMIT,
+    EMBED_FIELD_LIMIT,
+    EMBED_TITLE_LIMIT,
+    clip,
+)
 from bot.names import visible
 from bot.readiness import is_test_model
 from bot.tada.models import LoraTraining, TrainingStatus
 
-# Discord's limits (https://discord.com/developers/docs/resources/message).
-CONTENT_LIMIT = 2000
-EMBED_DESCRIPTION_LIMIT = 4096
-EMBED_FIELD_LIMIT = 1024
-EMBED_TITLE_LIMIT = 256
-DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
 BAR_WIDTH = 20
 
 
@@ -34,11 +35,6 @@ TEST_MODEL_NOTE = (
     "built-in random test model, so it is noise. The server admins can see this in "
     "`/tada-admin show`."
 )
-
-
-def clip(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, with an ellipsis when cut."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -160,7 +156,9 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
             items = (AgainButton(job.id, label="Retry"),)
         what = _what(job)
         return Outgoing(
-            content=clip(f"{mention} {what} failed: {job.error or 'no reason given'}", 2000),
+            content=clip(
+                f"{mention} {what} failed: {job.error or 'no reason given'}", CONTENT_LIMIT
+            ),
             items=items,
         )
     if job.state is JobState.INTERRUPTED:

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from bot.crypto import DecryptionError, KeyBox
-from bot.jobs.models import FINAL_STATES, Destination, Job, JobKind, JobState
+from bot.jobs.models import Destination, Job, JobKind, JobState
 from bot.store.db import Store
 from bot.store.models import JobRow, utcnow
 
@@ -181,8 +181,3 @@ class JobStore:
                 )
             ).all()
         return [Job.of(row) for row in rows]
-
-
-def is_final(job: Job) -> bool:
-    """Whether Ta-da's part of the job is over."""
-    return job.state in FINAL_STATES

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import HTTPException
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.jobs import JobTimeout
+from engine.jobs import submit_and_wait as _submit_and_wait
 from engine.models import Job
 from engine.services import EngineServices
 
@@ -21,15 +20,17 @@ async def submit_and_wait(
     *,
     still_running: str,
 ) -> Job:
-    """Queue a job and wait until it is final; past the configured wait, 504.
+    """Queue a job and wait the configured time until it is final; past it, 504
+    (:class:`engine.errors.StillRunning`, mapped in :mod:`engine.api.errors`).
 
-    ``still_running`` is the 504's ``detail`` (``{job_id}`` names the job in it): tell the
-    caller where the result will appear, since the job goes on without them.
+    ``still_running`` is the 504's ``detail`` (``{job_id}`` names the job in it).
     """
-    # Give the connection back while the job runs: waiters must not starve the pool.
-    await session.commit()
-    job = await services.jobs.submit(kind, payload, user_id)
-    try:
-        return await services.jobs.wait(job.id, within=services.settings.jobs.wait_timeout_seconds)
-    except JobTimeout as exc:
-        raise HTTPException(504, still_running.format(job_id=job.id)) from exc
+    return await _submit_and_wait(
+        services.jobs,
+        session,
+        kind,
+        payload,
+        user_id,
+        within=services.settings.jobs.wait_timeout_seconds,
+        still_running=still_running,
+    )

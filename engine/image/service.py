@@ -1,22 +1,22 @@
 """The API side of images: trainings and generations as the routers need them.
 
 Async code only: zip checks run in a thread, models run in the job worker. Errors are
-``HTTPException`` with a ``detail`` a member can act on; another user's ids read as absent.
+:mod:`engine.errors` with a ``detail`` a member can act on (``engine/api/errors.py`` maps
+them to HTTP); another user's ids read as absent. The composition root is reached only
+through :class:`ImageServices`, the part of it this module uses.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
-from fastapi import HTTPException
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.api.errors import invalid
-from engine.api.jobs import submit_and_wait
+from engine.errors import Conflict, InvalidField, JobOutcomeError, NotFound, Rejected
 from engine.image.handlers import GENERATE_KIND, TRAIN_KIND
 from engine.image.models import LoraGenerationRow, LoraTrainingRow
 from engine.image.schemas import (
@@ -29,6 +29,7 @@ from engine.image.schemas import (
 )
 from engine.image.settings import ImageSettings, image_settings
 from engine.image.zipcheck import inspect_zip
+from engine.jobs import JobService, submit_and_wait
 from engine.models import (
     Job,
     JobStatus,
@@ -39,13 +40,33 @@ from engine.models import (
     as_utc_or_none,
     new_id,
 )
-from engine.services import EngineServices
 from engine.uploads import get_owned_upload, mark_upload
+
+if TYPE_CHECKING:
+    from engine.settings import EngineSettings
+    from engine.storage import LocalStorage
 
 _RETRYABLE = (TrainingStatus.FAILED, TrainingStatus.CANCELED)
 
 
-def settings_of(services: EngineServices) -> ImageSettings:
+class ImageServices(Protocol):
+    """What this module uses of the composition root (``engine.services.EngineServices``)."""
+
+    @property
+    def settings(self) -> EngineSettings: ...
+
+    @property
+    def storage(self) -> LocalStorage: ...
+
+    @property
+    def jobs(self) -> JobService: ...
+
+    def artifact_url(self, base_url: str, key: str) -> str:
+        """A signed, expiring GET URL for a stored artifact."""
+        ...
+
+
+def settings_of(services: ImageServices) -> ImageSettings:
     """The validated ``[engine.image]`` section."""
     return image_settings(services.settings.image)
 
@@ -114,25 +135,25 @@ async def list_trainings(
 
 
 async def start_training(
-    services: EngineServices, session: AsyncSession, user_id: str, upload_id: str
+    services: ImageServices, session: AsyncSession, user_id: str, upload_id: str
 ) -> LoraTraining:
     """Check the zip and queue its training; an upload already training returns its record."""
     upload = await get_owned_upload(session, user_id, upload_id, UploadKind.LORA)
     if upload is None:
-        raise HTTPException(404, "LoRA upload not found")
+        raise NotFound("LoRA upload not found")
     existing = await get_training(session, user_id, upload_id)
     if existing is not None and existing.status not in _RETRYABLE:
         return existing
     if upload.status == UploadStatus.PENDING.value:
-        raise HTTPException(400, "nothing uploaded yet: PUT the zip to its upload URL first")
+        raise Rejected("nothing uploaded yet: PUT the zip to its upload URL first")
     path = services.storage.upload_path(upload.id)
     if not path.is_file():
-        raise HTTPException(400, "the uploaded zip is missing; request a new upload URL")
+        raise Rejected("the uploaded zip is missing; request a new upload URL")
     report = await anyio.to_thread.run_sync(inspect_zip, path, settings_of(services).zip)
     if not report.ok:
         # The upload stays replaceable: a fixed zip can be PUT to the same URL.
         await mark_upload(session, upload.id, UploadStatus(upload.status), report.summary())
-        raise HTTPException(400, report.summary())
+        raise Rejected(report.summary())
     if existing is None:
         if not await mark_upload(
             session, upload.id, UploadStatus.PROCESSED, expect=UploadStatus.UPLOADED
@@ -140,7 +161,7 @@ async def start_training(
             raced = await get_training(session, user_id, upload_id)
             if raced is not None:
                 return raced
-            raise HTTPException(409, f"upload is {upload.status}; it cannot be trained")
+            raise Conflict(f"upload is {upload.status}; it cannot be trained")
         row = LoraTrainingRow(
             user_id=user_id, upload_id=upload.id, trigger_word=upload.trigger_word or ""
         )
@@ -202,7 +223,7 @@ async def ready_lora(session: AsyncSession, user_id: str, lora_id: str) -> LoraT
     """A LoRA whose training succeeded; 404 when unknown, 400 while not ready."""
     row = await find_lora(session, user_id, lora_id)
     if row is None:
-        raise HTTPException(404, "LoRA not found")
+        raise NotFound("LoRA not found")
     job = await session.get(Job, row.job_id) if row.job_id else None
     status = TrainingStatus.of_job(job.status if job else None)
     if status is not TrainingStatus.SUCCEEDED or not row.lora_key:
@@ -212,11 +233,11 @@ async def ready_lora(session: AsyncSession, user_id: str, lora_id: str) -> LoraT
             TrainingStatus.FAILED: "its training failed; start it again",
             TrainingStatus.CANCELED: "its training was canceled; start it again",
         }.get(status, "it is not trained")
-        raise HTTPException(400, f"this LoRA cannot generate yet: {hint}")
+        raise Rejected(f"this LoRA cannot generate yet: {hint}")
     return row
 
 
-def generation_view(services: EngineServices, base: str, row: LoraGenerationRow) -> LoraGeneration:
+def generation_view(services: ImageServices, base: str, row: LoraGenerationRow) -> LoraGeneration:
     """A generation row as the API shows it, with a fresh signed URL."""
     return LoraGeneration(
         id=row.id,
@@ -247,7 +268,7 @@ async def _variation_payload(
     assert request.variation_of is not None
     for field in ("seed", "negative_prompt", "aspect_ratio"):
         if getattr(request, field) is not None:
-            invalid(
+            raise InvalidField(
                 "body",
                 field,
                 f"a variation takes {field} from the generation it varies; leave {field} out",
@@ -256,16 +277,18 @@ async def _variation_payload(
     parent = await session.get(LoraGenerationRow, request.variation_of)
     if parent is None or parent.user_id != user_id:
         # Another member's id reads as absent, as everywhere.
-        invalid("body", "variation_of", "no generation of yours has this id", request.variation_of)
+        raise InvalidField(
+            "body", "variation_of", "no generation of yours has this id", request.variation_of
+        )
     if (parent.training_id, parent.demo) != (lora.id if lora else None, demo):
-        invalid(
+        raise InvalidField(
             "body",
             "variation_of",
             "that generation was drawn with another LoRA; vary it through its own LoRA's path",
             request.variation_of,
         )
     if request.prompt != parent.prompt:
-        invalid(
+        raise InvalidField(
             "body",
             "prompt",
             f"a variation keeps its parent's prompt: send {parent.prompt!r}",
@@ -286,7 +309,7 @@ async def _variation_payload(
 
 
 async def run_generation(
-    services: EngineServices,
+    services: ImageServices,
     session: AsyncSession,
     base: str,
     user_id: str,
@@ -323,24 +346,25 @@ async def run_generation(
     if demo is not None:
         payload["demo"] = demo
     done = await submit_and_wait(
-        services,
+        services.jobs,
         session,
         GENERATE_KIND,
         payload,
         user_id,
+        within=services.settings.jobs.wait_timeout_seconds,
         still_running="the image is still being drawn; it will appear in "
         f"GET /api/loras/generations as {generation_id}",
     )
     if done.status != JobStatus.SUCCEEDED.value:
-        raise HTTPException(500, f"generation {done.status}: {done.error or 'no reason given'}")
+        raise JobOutcomeError(f"generation {done.status}: {done.error or 'no reason given'}")
     row = await session.get(LoraGenerationRow, generation_id)
     if row is None:  # pragma: no cover - the handler writes it before succeeding
-        raise HTTPException(500, "generation finished without a record")
+        raise JobOutcomeError("generation finished without a record")
     return generation_view(services, base, row)
 
 
 async def list_generations(
-    services: EngineServices,
+    services: ImageServices,
     session: AsyncSession,
     base: str,
     user_id: str,
@@ -362,10 +386,10 @@ async def list_generations(
 
 
 async def get_generation(
-    services: EngineServices, session: AsyncSession, base: str, user_id: str, generation_id: str
+    services: ImageServices, session: AsyncSession, base: str, user_id: str, generation_id: str
 ) -> LoraGeneration:
     """One of the caller's generations; 404 otherwise."""
     row = await session.get(LoraGenerationRow, generation_id)
     if row is None or row.user_id != user_id:
-        raise HTTPException(404, "generation not found")
+        raise NotFound("generation not found")
     return generation_view(services, base, row)

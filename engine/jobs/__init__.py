@@ -6,7 +6,7 @@
 """
 
 from engine.jobs.queue import JobQueue, build_huey
-from engine.jobs.service import JobService, JobTimeout, TooManyPendingJobs
+from engine.jobs.service import JobService, JobTimeout, TooManyPendingJobs, submit_and_wait
 from engine.jobs.worker import Handler, JobContext, JobFailed, JobWorker
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "JobWorker",
     "TooManyPendingJobs",
     "build_huey",
+    "submit_and_wait",
 ]

@@ -10,6 +10,7 @@ import anyio.to_thread
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from engine.errors import StillRunning
 from engine.jobs.queue import JobQueue
 from engine.models import Job, JobStatus, utcnow
 
@@ -107,3 +108,27 @@ class JobService:
                 .values(status=JobStatus.CANCELED.value, finished_at=utcnow())
             )
         return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+async def submit_and_wait(
+    jobs: JobService,
+    session: AsyncSession,
+    kind: str,
+    payload: dict[str, Any],
+    user_id: str,
+    *,
+    within: float,
+    still_running: str,
+) -> Job:
+    """Queue a job and wait until it is final; past ``within`` seconds, :class:`StillRunning`.
+
+    ``still_running`` is the error's ``detail`` (``{job_id}`` names the job in it): tell the
+    caller where the result will appear, since the job goes on without them.
+    """
+    # Give the connection back while the job runs: waiters must not starve the pool.
+    await session.commit()
+    job = await jobs.submit(kind, payload, user_id)
+    try:
+        return await jobs.wait(job.id, within=within)
+    except JobTimeout as exc:
+        raise StillRunning(still_running.format(job_id=job.id), job.id) from exc

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import discord
 import httpx
 import simcord
 from fastapi import FastAPI
+from pydantic import SecretStr
 
-from bot.app import create_bot, open_services
+from bot.app import BotServices, create_bot, open_services
 from bot.config import BotConfig, DiscordConfig
+from bot.gate import Feature
+from bot.store import LinkedVia
 from tests.bot.conftest import ENGINE_URL
+from tests.conftest import register
 
 DEV_GUILD = 1456074443980812345
 
@@ -49,3 +54,34 @@ async def test_without_a_development_guild_commands_sync_globally(
     assert {"tada register", "tada link", "tada account", "tada forget", "tada help"} <= set(
         alice.available_commands(channel)
     )
+
+
+async def test_the_gate_reads_threads_whichever_cogs_are_loaded(
+    services: BotServices, api: httpx.AsyncClient
+) -> None:
+    # Only /demo: neither /tada-admin nor /quota, whose set-up once bound the gate to the bot.
+    env = simcord.Env(create_bot(services, extensions=("cogs.demo",)))
+    await env.start()
+    try:
+        guild = env.create_guild("art club")
+        art = guild.create_text_channel("art")
+        alice = guild.add_member(env.create_user("alice"))
+        assert services.policy is not None
+        await services.policy.allow_channel(guild.id, Feature.DEMO, art.id)
+        key = await register(api, "alice@example.com")
+        await services.members.save(alice.id, SecretStr(key), via=LinkedVia.LINK)
+        parent = env.bot.get_channel(art.id)
+        assert isinstance(parent, discord.TextChannel)
+        await parent.create_thread(name="cats", type=discord.ChannelType.public_thread)
+        [thread] = art.threads
+
+        # A thread works where its channel does: the gate must see the thread's parent.
+        result = await alice.slash(thread, "demo tadz", prompt="a cat")
+
+        # Admitted (the refusal would say "`/demo` does not work in this channel"): the job
+        # ran, and its outcome replaced the note (this engine has no demo model).
+        assert result.response is not None
+        assert "does not work in this channel" not in result.response.content
+        assert result.followups and "demo image" in result.followups[-1].content
+    finally:
+        await env.shutdown()

@@ -98,7 +98,7 @@ async def test_a_cancelled_job_is_given_back(simcord_env: simcord.Env, server: S
     runner.queue.max_running = 0
     await server.alice.slash(server.general, "demo tadz", prompt="a cat")
     [job] = await runner.store.for_member(server.alice.id)
-    from bot.job_panel import JobPanel
+    from bot.jobs.panel import JobPanel
 
     panel = JobPanel(runner, gate=simcord_env.bot.services.policy.gate)  # type: ignore[attr-defined]
     await panel.cancel(server.alice.id, job.id)

@@ -14,8 +14,8 @@ from bot.app import BotServices
 from bot.config import BotConfig
 from bot.errors import UserFacingError
 from bot.gate import Feature
-from bot.job_panel import CANCELED, JobPanel
 from bot.jobs import JobRunner, JobState
+from bot.jobs.panel import CANCELED, JobPanel
 from bot.policy import Limit
 from bot.store import LinkedVia
 from engine.settings import EngineSettings

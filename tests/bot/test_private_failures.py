@@ -113,7 +113,7 @@ async def test_someone_elses_job_reads_like_a_missing_one(
     simcord_env: simcord.Env, server: Server
 ) -> None:
     from bot.errors import UserFacingError
-    from bot.job_panel import JobPanel
+    from bot.jobs.panel import JobPanel
 
     runner = simcord_env.bot.jobs  # type: ignore[attr-defined]
     runner.queue.max_running = 0

@@ -1,0 +1,143 @@
+"""Trainings outlive interactions: after the start call the training is polled and one
+progress message edited, then the result is posted with a mention."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import discord
+
+from bot.config import JobsConfig
+from bot.errors import UserFacingError
+from bot.gate import Gate
+from bot.jobs.deliver import Delivery, Spawn
+from bot.jobs.models import Job, JobState
+from bot.jobs.render import training_progress
+from bot.jobs.store import JobNotFound, JobStore
+from bot.store.models import utcnow
+from bot.tada import TadaClient
+from bot.tada.errors import NotFound, ServiceUnavailable, TadaTimeout, TadaTransportError
+from bot.tada.models import LoraTraining, TrainingStatus
+
+log = logging.getLogger(__name__)
+
+FINAL_TRAINING = frozenset(
+    {TrainingStatus.SUCCEEDED, TrainingStatus.FAILED, TrainingStatus.CANCELED}
+)
+
+
+class Trainings:
+    """Starts and watches LoRA trainings for one runner."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        config: JobsConfig,
+        gate: Gate,
+        delivery: Delivery,
+        client_for: Callable[[Job], Awaitable[TadaClient]],
+        fail: Callable[[Job, BaseException], Awaitable[None]],
+        requeue: Callable[[Job], Any],
+        spawn: Spawn,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.delivery = delivery
+        self._gate = gate
+        self._client_for = client_for
+        self._fail = fail
+        # A training whose start never reached Ta-da goes back into the queue.
+        self._requeue = requeue
+        self._spawn = spawn
+        self._watching: set[str] = set()
+
+    async def start(self, tada: TadaClient, job: Job) -> None:
+        upload_id = str(job.params["upload_id"])
+        params = dict(job.params)
+        if not params.get("name"):
+            for upload in await tada.list_lora_uploads():
+                if upload.id == upload_id:
+                    params.update(name=upload.name, trigger_word=upload.trigger_word)
+        training = await tada.start_lora_training(upload_id)
+        await self.store.update(job.id, params=params, tada_id=training.upload_id or upload_id)
+        interaction = self.delivery.live_interaction(job.id)
+        if interaction is not None and not job.private:
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(
+                    content="🧪 Training started; its progress is posted in this channel."
+                )
+        self._spawn(self.watch(job.id), f"watch {job.id}")
+
+    async def watch(self, job_id: str) -> None:
+        """Poll a training until it ends, editing its progress message as it goes."""
+        if job_id in self._watching:
+            return
+        self._watching.add(job_id)
+        try:
+            await self._watch_loop(job_id)
+        except JobNotFound:
+            log.info("job %s was deleted (/tada forget); no longer watched", job_id)
+            await self._gate.settle(job_id, delivered=False)
+        finally:
+            self._watching.discard(job_id)
+
+    async def _watch_loop(self, job_id: str) -> None:
+        shown: str | None = None
+        edited_at = -math.inf
+        while True:
+            job = await self.store.get(job_id)
+            upload_id = str(job.tada_id or job.params["upload_id"])
+            try:
+                tada = await self._client_for(job)
+                training = await tada.get_lora_training(upload_id)
+            except (TadaTransportError, TadaTimeout, ServiceUnavailable):
+                # Ta-da is down or restarting: the training goes on there; keep watching.
+                await asyncio.sleep(self.config.poll_seconds)
+                continue
+            except NotFound:
+                if job.tada_id is None:
+                    # The start call never reached Ta-da (restart in between): start it now.
+                    await self.store.update(job_id, state=JobState.QUEUED)
+                    self._requeue(job)
+                    return
+                await self._fail(job, UserFacingError("Ta-da no longer knows this training."))
+                await self.delivery.end_progress(job_id)
+                await self.delivery.deliver(job_id)
+                return
+            except Exception as exc:  # e.g. the member's key was revoked: say so
+                await self._fail(job, exc)
+                await self.delivery.end_progress(job_id)
+                await self.delivery.deliver(job_id)
+                return
+            text = training_progress(job, training, utcnow())
+            final = training.state in FINAL_TRAINING
+            due = time.monotonic() - edited_at >= self.config.progress_edit_seconds
+            if text != shown and (due or final):
+                await self.delivery.show_progress(job, text)
+                shown, edited_at = text, time.monotonic()
+            if final:
+                await self._finish_training(job, training)
+                await self.delivery.deliver(job_id)
+                return
+            await asyncio.sleep(self.config.poll_seconds)
+
+    async def _finish_training(self, job: Job, training: LoraTraining) -> None:
+        if training.state is TrainingStatus.SUCCEEDED:
+            await self.store.update(
+                job.id,
+                state=JobState.FINISHED,
+                result={"lora_id": training.id or job.tada_id, "status": training.status},
+                finished_at=utcnow(),
+            )
+        else:
+            reason = training.error or f"the training ended as {training.status}"
+            await self.store.update(
+                job.id, state=JobState.FAILED, error=reason, finished_at=utcnow()
+            )
