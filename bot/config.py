@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from bot.tada.client import RetryPolicy
+
+# One shape for every missing secret, the bot's and the embedded engine's (engine.settings
+# needs only pydantic, like this module).
+from engine.settings import SecretProblem
 
 TOKEN_ENV = "DISCORD_TOKEN"
 ENCRYPTION_KEY_ENV = "TADA_BOT_ENCRYPTION_KEY"
@@ -36,21 +39,6 @@ GET_TOKEN = "https://discord.com/developers/applications -> your application -> 
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class SecretProblem:
-    """A secret production mode needs and lacks: which variable, what is wrong, the fix."""
-
-    env: str
-    problem: str
-    generate: str
-    # What the second line calls ``generate``: a command to run, or where to get it.
-    action: str = "generate"
-
-    def render(self) -> str:
-        """Two lines for the operator: the variable and what is wrong, then the command."""
-        return f"  {self.env}: {self.problem}\n      {self.action}: {self.generate}"
 
 
 def _bot_mode(raw: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, str]:
