@@ -3,39 +3,21 @@ in everything the bot posts (issue 15, defect 1)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 import simcord
 from pydantic import SecretStr
 
 from bot.app import BotServices, create_bot
-from bot.config import BotConfig
 from bot.jobs import Destination, JobKind, JobState
 from bot.store import LinkedVia
 from bot.store.models import utcnow
-from engine.settings import EngineSettings, JobSettings
-from tests.bot.conftest import make_bot_config
 from tests.bot.media_samples import speech_wav
 from tests.bot.mentions import assert_pings_at_most, pinged
-from tests.conftest import make_settings, register
+from tests.bot.worker_world import bot_config, engine_settings  # noqa: F401
+from tests.conftest import register
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
-
-
-@pytest.fixture
-def engine_settings(tmp_path: Path) -> EngineSettings:
-    return make_settings(
-        tmp_path / "engine", jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120)
-    )
-
-
-@pytest.fixture
-def bot_config(tmp_path: Path) -> BotConfig:
-    return make_bot_config(
-        tmp_path / "bot", jobs={"poll_seconds": 0.05, "post_backoff_seconds": 0.01}
-    )
 
 
 async def test_spoken_text_and_voice_names_ping_nobody_on_any_path(

@@ -4,7 +4,6 @@ with the MP3 attachment as the fallback (issue 15, voice-bot features)."""
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import httpx
 import pytest
@@ -12,31 +11,15 @@ import simcord
 from pydantic import SecretStr
 
 from bot.app import BotServices
-from bot.config import BotConfig
 from bot.store import LinkedVia
 from bot.voice_message import VOICE_MESSAGE_FLAG, make_voice_message_async
-from engine.settings import EngineSettings, JobSettings
-from tests.bot.conftest import make_bot_config
 from tests.bot.media_samples import speech_wav
 from tests.bot.mentions import assert_pings_at_most
 from tests.bot.policy_world import Server, admin_says, make_server
-from tests.conftest import make_settings, register
+from tests.bot.worker_world import bot_config, engine_settings  # noqa: F401
+from tests.conftest import register
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
-
-
-@pytest.fixture
-def engine_settings(tmp_path: Path) -> EngineSettings:
-    return make_settings(
-        tmp_path / "engine", jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120)
-    )
-
-
-@pytest.fixture
-def bot_config(tmp_path: Path) -> BotConfig:
-    return make_bot_config(
-        tmp_path / "bot", jobs={"poll_seconds": 0.05, "post_backoff_seconds": 0.01}
-    )
 
 
 async def test_audio_becomes_ogg_opus_with_a_waveform_and_its_duration() -> None:
