@@ -1,4 +1,11 @@
-"""``tada-engine``: serve the API, run a job worker, or apply migrations."""
+"""``tada-engine``: serve the API, run a job worker, or apply migrations.
+
+The roles of a production layout (README, "Production"): ``serve --no-consumers`` is an API
+process only (any number, behind one address); ``worker --queues image`` takes only the
+image jobs (a GPU machine) and ``worker --queues voice`` only the voice jobs, once
+``[engine.jobs] split_queues = true``. Plain ``serve`` is the one-machine default: the API
+and its job consumers in one process.
+"""
 
 from __future__ import annotations
 
@@ -50,16 +57,29 @@ def api_process_app() -> object:
     (the serving parent runs the consumers once, for all of them)."""
     from engine.app import create_app
 
-    settings = load_engine_settings()
+    return create_app(without_consumers(load_engine_settings()))
+
+
+def without_consumers(settings: EngineSettings) -> EngineSettings:
+    """The settings of an API process that runs no job of its own."""
     jobs = settings.jobs.model_copy(update={"in_process_workers": 0})
-    return create_app(settings.model_copy(update={"jobs": jobs}))
+    return settings.model_copy(update={"jobs": jobs})
 
 
-def _serve(settings: EngineSettings, host: str | None, port: int | None, workers: int = 1) -> int:
+def _serve(
+    settings: EngineSettings,
+    host: str | None,
+    port: int | None,
+    workers: int = 1,
+    *,
+    consumers: bool = True,
+) -> int:
     import uvicorn
 
     from engine.app import create_app
 
+    if not consumers:
+        settings = without_consumers(settings)
     options = _uvicorn_options(settings, host, port)
     parent = os.environ.get(PARENT_PID_ENV)
     if parent:
@@ -77,15 +97,15 @@ def _serve(settings: EngineSettings, host: str | None, port: int | None, workers
 
     services = build_services(settings)
     services.db.migrate()
-    consumers = settings.jobs.in_process_workers
-    if consumers > 0:
+    threads = settings.jobs.in_process_workers
+    if threads > 0:
         services.worker.recover()
-        services.queue.start_consumer(consumers)
+        services.queue.start_consumer(threads)
         services.start_warm_up()
     log.info(
         "serving with %d API processes; %d job consumer thread(s) in this process",
         workers,
-        consumers,
+        threads,
     )
     try:
         uvicorn.run("engine.cli:api_process_app", factory=True, workers=workers, **options)
@@ -95,14 +115,31 @@ def _serve(settings: EngineSettings, host: str | None, port: int | None, workers
     return 0
 
 
-def _worker(settings: EngineSettings, drain: bool, workers: int) -> int:
+def parse_queues(value: str) -> list[str]:
+    """``--queues voice,image``: the names, in order, without blanks or repeats."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one queue, e.g. --queues image")
+    return list(dict.fromkeys(names))
+
+
+def _worker(
+    settings: EngineSettings, drain: bool, workers: int, queues: list[str] | None = None
+) -> int:
+    from engine.jobs import UnknownQueue
     from engine.services import build_services
 
     services = build_services(settings)
+    try:
+        chosen = services.queue.select(queues)
+    except UnknownQueue as exc:
+        print(f"tada-engine: --queues: {exc}", file=sys.stderr)
+        asyncio.run(services.close())
+        return 2
     services.db.migrate()
     services.worker.recover()
     if drain:
-        ran = services.worker.drain()
+        ran = services.worker.drain(chosen)
         log.info("drained %d job message(s)", ran)
         asyncio.run(services.close())
         return 0
@@ -113,10 +150,14 @@ def _worker(settings: EngineSettings, drain: bool, workers: int) -> int:
     if parent:
         # A child of the bot's embedded engine: stop with it, even if it was killed.
         threading.Thread(target=_stop_when_orphaned, args=(int(parent), stop), daemon=True).start()
-    services.queue.start_consumer(workers)
+    services.queue.start_consumer(workers, chosen)
     services.worker.start_heartbeat()
     services.start_warm_up()
-    log.info("worker running with %d thread(s); Ctrl+C to stop", workers)
+    log.info(
+        "worker running with %d thread(s) per queue on %s; Ctrl+C to stop",
+        workers,
+        ", ".join(chosen),
+    )
     stop.wait()
     services.queue.stop_consumer()
     services.worker.stop_heartbeat()
@@ -212,9 +253,22 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="API processes sharing the port (job consumers still run once, in this one)",
     )
+    serve.add_argument(
+        "--no-consumers",
+        action="store_true",
+        help="an API process only: no job runs here (separate `tada-engine worker` processes "
+        "on a Redis queue run them)",
+    )
     work = sub.add_parser("worker", help="run a separate job consumer")
     work.add_argument("--drain", action="store_true", help="run queued jobs, then exit")
-    work.add_argument("--workers", type=int, default=1)
+    work.add_argument("--workers", type=int, default=1, help="consumer threads per queue")
+    work.add_argument(
+        "--queues",
+        type=parse_queues,
+        default=None,
+        help="only these queues, comma-separated: voice, image (needs [engine.jobs] "
+        "split_queues = true; default: every queue)",
+    )
     sub.add_parser("migrate", help="apply database migrations and exit")
     models = sub.add_parser("models", help="fetch model weights once (never at request time)")
     models_sub = models.add_subparsers(dest="models_command", required=True)
@@ -245,9 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         if args.config is not None:  # the API processes read the same file
             os.environ["TADA_CONFIG"] = str(args.config.resolve())
-        return _serve(settings, args.host, args.port, args.workers)
+        return _serve(settings, args.host, args.port, args.workers, consumers=not args.no_consumers)
     if args.command == "worker":
-        return _worker(settings, args.drain, args.workers)
+        return _worker(settings, args.drain, args.workers, args.queues)
     if args.command == "models":
         return _models(settings, args)
     return _migrate(settings)

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from engine.db import Database
 from engine.image.handlers import image_handlers
-from engine.jobs import Handler, JobQueue, JobService, JobWorker, build_huey
+from engine.jobs import Handler, JobQueue, JobService, JobWorker, build_hueys
 from engine.security import UrlSigner
 from engine.settings import EngineSettings
 from engine.storage import LocalStorage
@@ -112,7 +112,7 @@ def build_services(
     db = Database(settings.resolved_database_url)
     storage = LocalStorage(settings.data_dir / "files")
     signer = UrlSigner(settings.signing_key())
-    queue = JobQueue(build_huey(settings))
+    queue = JobQueue(build_hueys(settings))
     worker = JobWorker(
         settings=settings,
         sessions=db.sync_session,

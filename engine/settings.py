@@ -148,6 +148,10 @@ class JobSettings(_Section):
     backend: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str | None = None
     in_process_workers: int = Field(1, ge=0, le=32)
+    # One queue per job family (voice, image) instead of one for all, so that a worker can
+    # take only some (`tada-engine worker --queues image` on a GPU machine). Every API and
+    # worker process of one deployment must agree on it.
+    split_queues: bool = False
     max_attempts: int = Field(3, ge=1, le=20)
     wait_timeout_seconds: float = Field(600.0, gt=0)
     # A worker writes a heartbeat on the jobs it runs this often. On Redis (any number of

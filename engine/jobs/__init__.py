@@ -5,11 +5,12 @@
 - :class:`JobService` is the async face the API uses: submit, read, wait, cancel.
 """
 
-from engine.jobs.queue import JobQueue, build_huey
+from engine.jobs.queue import QUEUES, JobQueue, UnknownQueue, build_huey, build_hueys, queue_of
 from engine.jobs.service import JobService, JobTimeout, TooManyPendingJobs, submit_and_wait
 from engine.jobs.worker import Handler, JobContext, JobFailed, JobWorker
 
 __all__ = [
+    "QUEUES",
     "Handler",
     "JobContext",
     "JobFailed",
@@ -18,6 +19,9 @@ __all__ = [
     "JobTimeout",
     "JobWorker",
     "TooManyPendingJobs",
+    "UnknownQueue",
     "build_huey",
+    "build_hueys",
+    "queue_of",
     "submit_and_wait",
 ]

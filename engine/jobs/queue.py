@@ -1,9 +1,15 @@
-"""Transport of job ids over huey, and its in-process consumer."""
+"""Transport of job ids over huey, and its in-process consumer.
+
+One queue carries every job by default. With ``[engine.jobs] split_queues = true`` each job
+kind's family has a queue of its own (:data:`QUEUES`: ``voice.*`` jobs on ``voice``,
+``image.*`` on ``image``), so that ``tada-engine worker --queues image`` takes only image
+jobs (a GPU machine) while another worker takes the voice jobs (a CPU machine).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from huey import Huey, RedisHuey, SqliteHuey
@@ -13,15 +19,36 @@ from engine.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 TASK_NAME = "tada.run_job"
+# The queues of ``split_queues``, named after the job kinds' prefixes (``voice.clone``).
+QUEUES = ("voice", "image")
+# The one queue of the default layout: every kind.
+ALL_QUEUES = "all"
 
 
-def build_huey(settings: EngineSettings) -> Huey:
-    """The huey instance named by ``[engine.jobs]``: a SQLite file or Redis."""
+class UnknownQueue(ValueError):
+    """A queue name that this engine's layout does not have; the message lists those it has."""
+
+
+def queue_of(kind: str) -> str:
+    """The split queue a job kind travels on (its prefix; unknown kinds go with voice)."""
+    prefix = kind.split(".", 1)[0]
+    return prefix if prefix in QUEUES else QUEUES[0]
+
+
+def build_huey(settings: EngineSettings, name: str = "tada") -> Huey:
+    """A huey instance on ``[engine.jobs]``'s back end (a SQLite file or Redis)."""
     if settings.jobs.backend == "redis":
-        return RedisHuey("tada", url=settings.jobs.redis_url, results=False)
+        return RedisHuey(name, url=settings.jobs.redis_url, results=False)
     path = Path(settings.data_dir) / "queue.sqlite3"
     path.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey("tada", filename=str(path), results=False)
+    return SqliteHuey(name, filename=str(path), results=False)
+
+
+def build_hueys(settings: EngineSettings) -> dict[str, Huey]:
+    """The queues of ``[engine.jobs]``: one for all jobs, or one per :data:`QUEUES` entry."""
+    if not settings.jobs.split_queues:
+        return {ALL_QUEUES: build_huey(settings)}
+    return {name: build_huey(settings, f"tada-{name}") for name in QUEUES}
 
 
 class _QuietConsumer(Consumer):
@@ -32,13 +59,41 @@ class _QuietConsumer(Consumer):
 
 
 class JobQueue:
-    """Enqueue job ids; run them through the executor bound with :meth:`bind`."""
+    """Enqueue job ids; run them through the executor bound with :meth:`bind`.
 
-    def __init__(self, huey: Huey) -> None:
-        self.huey = huey
+    ``hueys``: one huey (every job on it) or the split queues by name (:func:`build_hueys`).
+    """
+
+    def __init__(self, hueys: Huey | Mapping[str, Huey]) -> None:
+        self.hueys = dict(hueys) if isinstance(hueys, Mapping) else {ALL_QUEUES: hueys}
+        self.huey = next(iter(self.hueys.values()))
         self._executor: Callable[[str], None] | None = None
-        self._task = huey.task(name=TASK_NAME)(self._run)
-        self._consumer: Consumer | None = None
+        self._tasks = {
+            name: huey.task(name=TASK_NAME)(self._run) for name, huey in self.hueys.items()
+        }
+        self._consumers: list[Consumer] = []
+
+    @property
+    def names(self) -> list[str]:
+        """The queues of this layout (``["all"]`` or :data:`QUEUES`)."""
+        return list(self.hueys)
+
+    def select(self, queues: Iterable[str] | None) -> list[str]:
+        """The named queues (all when ``None``); :class:`UnknownQueue` for a name not here."""
+        if queues is None:
+            return self.names
+        chosen = list(dict.fromkeys(queues))
+        unknown = [q for q in chosen if q not in self.hueys]
+        if unknown or not chosen:
+            have = ", ".join(self.names)
+            hint = (
+                "; one queue carries every job unless [engine.jobs] split_queues = true "
+                "(in every API and worker process's config)"
+                if self.names == [ALL_QUEUES]
+                else ""
+            )
+            raise UnknownQueue(f"no queue {', '.join(unknown) or '(none)'}: have {have}{hint}")
+        return chosen
 
     def bind(self, executor: Callable[[str], None]) -> None:
         self._executor = executor
@@ -48,45 +103,52 @@ class JobQueue:
             raise RuntimeError("JobQueue has no executor bound")
         self._executor(job_id)
 
-    def enqueue(self, job_id: str) -> None:
-        """Blocking: put the id on the queue (call from a thread in async code)."""
-        self._task(job_id)
+    def enqueue(self, job_id: str, kind: str | None = None) -> None:
+        """Blocking: put the id on its kind's queue (call from a thread in async code).
 
-    def pending(self) -> int:
-        return int(self.huey.pending_count())
+        ``kind`` chooses the queue when they are split; without it, the first one."""
+        name = ALL_QUEUES if ALL_QUEUES in self.hueys else queue_of(kind or "")
+        self._tasks[name](job_id)
 
-    def run_one(self) -> bool:
-        """Run the next queued message in this thread; False when the queue is empty."""
-        task = self.huey.dequeue()
-        if task is None:
-            return False
-        self.huey.execute(task)
-        return True
+    def pending(self, queues: Iterable[str] | None = None) -> int:
+        return sum(int(self.hueys[q].pending_count()) for q in self.select(queues))
 
-    def start_consumer(self, workers: int) -> None:
-        """Start ``workers`` consumer threads in this process."""
-        if workers <= 0 or self._consumer is not None:
+    def run_one(self, queues: Iterable[str] | None = None) -> bool:
+        """Run the next queued message in this thread; False when the queues are empty."""
+        for name in self.select(queues):
+            huey = self.hueys[name]
+            task = huey.dequeue()
+            if task is not None:
+                huey.execute(task)
+                return True
+        return False
+
+    def start_consumer(self, workers: int, queues: Iterable[str] | None = None) -> None:
+        """Start ``workers`` consumer threads per queue (``queues``: all by default)."""
+        if workers <= 0 or self._consumers:
             return
-        self._consumer = _QuietConsumer(
-            self.huey,
-            workers=workers,
-            worker_type="thread",
-            periodic=False,
-            initial_delay=0.05,
-            max_delay=0.5,
-            check_worker_health=False,
-        )
-        self._consumer.start()
-        log.info("in-process job consumer started with %d worker(s)", workers)
+        for name in self.select(queues):
+            consumer = _QuietConsumer(
+                self.hueys[name],
+                workers=workers,
+                worker_type="thread",
+                periodic=False,
+                initial_delay=0.05,
+                max_delay=0.5,
+                check_worker_health=False,
+            )
+            consumer.start()
+            self._consumers.append(consumer)
+            log.info("job consumer started on queue %s with %d worker(s)", name, workers)
 
     def stop_consumer(self) -> None:
-        if self._consumer is not None:
-            self._consumer.stop(graceful=True)
-            self._consumer = None
+        consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            consumer.stop(graceful=True)
 
     def close(self) -> None:
         self.stop_consumer()
-        storage = self.huey.storage
-        close = getattr(storage, "close", None)
-        if callable(close):
-            close()
+        for huey in self.hueys.values():
+            close = getattr(huey.storage, "close", None)
+            if callable(close):
+                close()

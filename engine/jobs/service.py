@@ -74,7 +74,7 @@ class JobService:
         )
         async with self.sessions.begin() as s:
             s.add(job)
-        await anyio.to_thread.run_sync(self.queue.enqueue, job.id)
+        await anyio.to_thread.run_sync(self.queue.enqueue, job.id, job.kind)
         return job
 
     async def get(self, job_id: str) -> Job | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -161,7 +161,7 @@ class JobWorker:
         except Exception as exc:
             log.exception("job %s (%s) attempt %d crashed", job_id, job.kind, job.attempts)
             if job.attempts < job.max_attempts:
-                self._requeue(job_id)
+                self._requeue(job_id, job.kind)
             else:
                 self._finish(
                     job_id,
@@ -179,14 +179,14 @@ class JobWorker:
                 result=result or {},
             )
 
-    def _requeue(self, job_id: str) -> None:
+    def _requeue(self, job_id: str, kind: str) -> None:
         with self.sessions.begin() as s:
             s.execute(
                 update(Job)
                 .where(Job.id == job_id)
                 .values(status=JobStatus.QUEUED.value, started_at=None, heartbeat_at=None)
             )
-        self.queue.enqueue(job_id)
+        self.queue.enqueue(job_id, kind)
 
     def recover(self) -> tuple[int, int]:
         """At start: take back jobs left processing (or fail them past the limit).
@@ -211,7 +211,7 @@ class JobWorker:
         cutoff = utcnow() - timedelta(seconds=self.settings.jobs.stale_after_seconds)
         with self._running_lock:
             mine = set(self._running)
-        requeued: list[str] = []
+        requeued: list[tuple[str, str]] = []
         failed = 0
         with self.sessions.begin() as s:
             rows = s.scalars(select(Job).where(Job.status.in_(statuses))).all()
@@ -228,9 +228,9 @@ class JobWorker:
                     job.started_at = None
                     job.heartbeat_at = None
                 job.status = JobStatus.QUEUED.value
-                requeued.append(job.id)
-        for job_id in requeued:
-            self.queue.enqueue(job_id)
+                requeued.append((job.id, job.kind))
+        for job_id, kind in requeued:
+            self.queue.enqueue(job_id, kind)
         if requeued or failed:
             log.warning("recovered jobs: %d re-queued, %d failed", len(requeued), failed)
         return len(requeued), failed
@@ -272,10 +272,11 @@ class JobWorker:
             except Exception:  # the database may be away a moment; the next beat retries
                 log.exception("job heartbeat failed")
 
-    def drain(self) -> int:
-        """Run queued messages in this thread until the queue is empty; return how many ran."""
+    def drain(self, queues: Iterable[str] | None = None) -> int:
+        """Run queued messages in this thread until the queues (all by default) are empty;
+        return how many ran."""
         ran = 0
-        while self.queue.run_one():
+        while self.queue.run_one(queues):
             ran += 1
         return ran
 
