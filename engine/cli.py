@@ -235,7 +235,8 @@ def _production_refusal(problems: list[SecretProblem]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: each role a sub-command (and its flags)."""
     parser = argparse.ArgumentParser(prog="tada-engine", description=__doc__)
     parser.add_argument(
         "--config",
@@ -278,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     pull.add_argument("--endpoint", help="hub endpoint (default: $HF_ENDPOINT or the hub)")
     pull.add_argument("--sha256", help="expected SHA-256 of a URL's file")
     models_sub.add_parser("list", help="what was pulled, and what the config points at")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
