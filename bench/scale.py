@@ -122,7 +122,11 @@ def main() -> None:
     args = parser.parse_args()
     sample = short_sample(asyncio.run(speech_wav()))
     result: dict[str, object] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
+        },
         "layout": "2 API processes (serve --no-consumers), N workers (worker --queues "
         "voice,image), PostgreSQL, Redis (split queues), local storage in one directory",
     }
@@ -144,6 +148,7 @@ def main() -> None:
                     reads(Path(tmp), url, redis.url(), apis, args.seconds, args.connections)
                 )
                 print(json.dumps(read_cells[-1]), flush=True)
+    result["machine"]["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]  # type: ignore[index]
     result["throughput"] = runs
     result["throughput_ratio_2_vs_1_workers"] = round(
         runs[1]["jobs_per_s"] / runs[0]["jobs_per_s"], 2

@@ -263,13 +263,18 @@ class Cluster:
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         """Rows of one read on the engine database (the truth about every job)."""
-        parts = urlsplit(self.database_url)
-        conninfo = (
-            f"host={parts.hostname} port={parts.port} user={parts.username} "
-            f"dbname={parts.path.lstrip('/')}"
-        )
-        with psycopg.connect(conninfo) as conn:
-            return list(conn.execute(sql.encode()).fetchall())
+        return query(self.database_url, sql)
+
+
+def query(database_url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one read on a PostgreSQL database given by its SQLAlchemy URL."""
+    parts = urlsplit(database_url)
+    conninfo = (
+        f"host={parts.hostname} port={parts.port} user={parts.username} "
+        f"dbname={parts.path.lstrip('/')}"
+    )
+    with psycopg.connect(conninfo) as conn:
+        return list(conn.execute(sql.encode()).fetchall())
 
 
 @contextmanager
@@ -297,6 +302,15 @@ def cluster(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO)]))}
     for name in ("TADA_CONFIG", "TADA_TEST_DATABASE_URL", "TADA_ENGINE_SETTINGS_JSON"):
         env.pop(name, None)
+    # Once, before any role starts: processes that migrate an empty database at the same
+    # moment race to create Alembic's own table (DuplicateTable).
+    subprocess.run(
+        [*ENGINE, "--config", str(config), "migrate"],
+        env=env,
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
     built = Cluster(root=root, config=config, database_url=database_url, env=env)
     try:
         for _ in range(apis):
