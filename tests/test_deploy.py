@@ -1,6 +1,7 @@
 """deploy/: the production layout's files say what the code does. Its config loads for both
 halves as a production layout; every command in the compose file and the Procfile is a
-valid role of ``tada-engine``; every job family has a worker; the bot starts no engine."""
+valid role of ``tada-engine``; the migrations run once, apart; every job family has a
+worker; the bot starts no engine."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_the_config_is_a_production_layout_for_both_halves() -> None:
 
 def test_every_command_is_a_role_and_every_queue_has_a_worker() -> None:
     commands = _commands()
-    served, taken = 0, []
+    served, migrations, taken = 0, 0, []
     for command in commands:
         if command[0] == "tada-bot":
             assert "--no-sandbox" in command
@@ -55,8 +56,11 @@ def test_every_command_is_a_role_and_every_queue_has_a_worker() -> None:
         if args.command == "serve":
             assert args.no_consumers, command  # API processes run no jobs
             served += 1
+        elif args.command == "migrate":
+            migrations += 1
         elif args.command == "worker":
             assert args.queues, command
             taken += args.queues
     assert served >= 4  # two API processes in each file
+    assert migrations == 2  # once, before the roles start, in each file
     assert sorted(set(taken)) == sorted(QUEUES)
