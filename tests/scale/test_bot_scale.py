@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import simcord
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
