@@ -1,7 +1,7 @@
 """The composition root: every long-lived object is built here, passed by keyword, and
 closed in order (bot, HTTP client, embedded engine, store).
 
-``open_services`` builds what the bot needs; ``create_bot`` builds the ``commands.Bot``
+``open_services`` builds what the bot needs; ``create_bot`` builds the ``commands.AutoShardedBot``
 around it; ``run_bot`` ties them to a Discord token. Tests and the sandbox build the same
 objects with a temporary data directory and an in-process engine.
 """
@@ -156,8 +156,14 @@ async def open_services(
         )
 
 
-class TadaBot(commands.Bot):
-    """The Discord bot: slash commands only; services come in by keyword."""
+class TadaBot(commands.AutoShardedBot):
+    """The Discord bot: slash commands only; services come in by keyword.
+
+    Sharded (``[discord] shard_count`` / ``shard_ids``): one process runs some or all of
+    the shards. Jobs are claimed globally, not per shard: any process may run and post any
+    job (posting is REST, which needs no gateway), so a dead process's jobs are taken over
+    by the others after their lease; see :mod:`bot.jobs.runner`.
+    """
 
     def __init__(
         self,
@@ -166,7 +172,11 @@ class TadaBot(commands.Bot):
         extensions: Sequence[str] = EXTENSIONS,
         intents: discord.Intents | None = None,
     ) -> None:
+        shards = services.config.discord
         super().__init__(
+            shard_count=shards.shard_count,
+            # None: every shard (discord.py's default for AutoShardedBot).
+            shard_ids=list(shards.shard_ids) if shards.shard_ids is not None else None,  # type: ignore[arg-type]
             command_prefix=commands.when_mentioned,
             intents=intents or discord.Intents.default(),
             tree_cls=TadaCommandTree,

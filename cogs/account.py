@@ -225,7 +225,7 @@ class AccountCog(commands.GroupCog, group_name="tada", group_description="Your T
         await interaction.response.send_message(
             render_help(
                 interaction.client.tree
-                if isinstance(interaction.client, commands.Bot)
+                if isinstance(interaction.client, commands.Bot | commands.AutoShardedBot)
                 else app_commands.CommandTree(interaction.client)
             ),
             ephemeral=True,

@@ -4,6 +4,23 @@ A result goes to the interaction while its token lives, else to the channel as a
 message mentioning the member, else by DM. Each destination is retried on Discord errors;
 the row records the delivery once, so a result is never posted twice, and a result not
 delivered stays undelivered on the row, where the next start finds it.
+
+Across bot processes (the guarantees, in order of a post):
+
+1. Only the process holding the job's claim posts: :meth:`JobStore.begin_post` is a
+   conditional update on ``claimed_by`` and an unexpired lease, made right before each
+   post, and it notes the destination (``post_attempt_via``). A process that lost its
+   claim (it hung past its lease and another took over) finds out there and posts nothing.
+2. The delivery is recorded by one conditional update (``posted_via IS NULL``): of two
+   recorders exactly one wins, and a recorded job is never posted again.
+3. A process killed between Discord taking a post and the record (a window of one
+   database round trip) leaves the post "in doubt". Whoever takes the job over posts it
+   again, to the same destination when it is the channel or a DM, with the same nonce
+   (derived from the job id, ``enforce_nonce``): Discord then answers with the message
+   already made instead of a second one, within its nonce window (minutes; a takeover
+   comes after ``lease_seconds``, 30 s by default). An interaction follow-up has no nonce,
+   so one in doubt is sent again as a channel (or DM) post with the nonce: at least once.
+   That one case may show twice; every other path posts exactly once.
 """
 
 from __future__ import annotations
@@ -12,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import subprocess
+import zlib
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import PurePosixPath
@@ -52,6 +70,11 @@ OUTCOME_NOTES = {
 Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 
 
+def post_nonce(job_id: str) -> int:
+    """The nonce of a job's channel and DM posts (Discord takes up to 25 characters)."""
+    return int(job_id[:15], 16) if len(job_id) >= 15 else zlib.crc32(job_id.encode())
+
+
 class Delivery:
     """Posts results and progress for one runner (built by :class:`~bot.jobs.runner.JobRunner`)."""
 
@@ -65,6 +88,8 @@ class Delivery:
         player: VoiceChannelPlayer | None,
         interactions: dict[str, discord.Interaction[Any]],
         spawn: Spawn,
+        owner: str,
+        posted: Callable[[str], None],
     ) -> None:
         self.client = client
         self.services = services
@@ -74,6 +99,9 @@ class Delivery:
         # The runner's live interactions of jobs asked in this process (shared).
         self._interactions = interactions
         self._spawn = spawn
+        # This process's claims (see JobStore.claim); told when a job's post is recorded.
+        self._owner = owner
+        self._posted = posted
         self._delivering: set[str] = set()
 
     def live_interaction(self, job_id: str) -> discord.Interaction[Any] | None:
@@ -100,7 +128,9 @@ class Delivery:
                 # Only what the member got counts against their quota.
                 await self.services.gate.settle(job.id, delivered=job.state is JobState.FINISHED)
             if job.posted:
+                self._posted(job.id)
                 return
+            doubt = await self.store.in_doubt(job.id)
             files, note = await self._artifacts(job)
             if files:
                 await self._play_in_voice(job, files[0][1])
@@ -108,17 +138,32 @@ class Delivery:
                 # The voice message holds the audio; the card below says where it is.
                 files, note = (), VOICE_MESSAGE_NOTE
             outgoing = render(job, files, note)
-            destinations = (
+            destinations: tuple[Destination, ...] = (
                 (Destination.INTERACTION, Destination.DM)
                 if job.private
                 else (Destination.INTERACTION, Destination.CHANNEL, Destination.DM)
             )
+            if doubt is not None:
+                # A post begun by a process that died before recording it: again where
+                # Discord can tell it is the same post (the nonce), never as a follow-up.
+                log.warning("job %s: a post to %s is in doubt; posting again", job.id, doubt.via)
+                first = doubt.via if doubt.via is not Destination.INTERACTION else None
+                rest = [d for d in destinations if d not in (first, Destination.INTERACTION)]
+                destinations = tuple([first, *rest] if first is not None else rest)
             for destination in destinations:
+                try:
+                    await self.store.begin_post(job.id, self._owner, destination)
+                except JobNotFound:
+                    log.info("job %s: no longer this process's to post", job.id)
+                    return
                 message_id = await self._post_with_retries(job, destination, outgoing)
                 if message_id is not None:
                     await self.store.mark_posted(job.id, message_id=message_id, via=destination)
+                    self._posted(job.id)
                     await self._tidy_status(job)
                     return
+                # Discord refused it: not in doubt, the next destination (or round) may go.
+                await self.store.end_attempt(job.id, self._owner)
             log.error("job %s: no destination took the result; trying again later", job.id)
             if round_ < len(REDELIVERY_DELAYS):
                 self._spawn(self._redeliver(job_id, round_ + 1), f"redeliver {job_id}")
@@ -310,6 +355,9 @@ class Delivery:
                 raise LookupError("no live interaction")
             sent = await webhook.send(wait=True, ephemeral=job.private, **kwargs)
             return sent.id
+        # The same nonce for every post of this job: Discord (enforce_nonce) answers a
+        # repeat with the message it already made (a post in doubt after a crash).
+        kwargs["nonce"] = post_nonce(job.id)
         if destination is Destination.CHANNEL:
             channel = self._channel(job)
             if channel is None:

@@ -107,7 +107,7 @@ class JobPanel:
         """The member's jobs: waiting (with their place in line), running, recent."""
         jobs = await self._runner.store.for_member(user_id, limit=50)
         queued = [
-            PanelEntry(job, self._runner.position(job.id))
+            PanelEntry(job, await self._runner.position(job.id))
             for job in reversed(jobs)  # oldest first: the order they run in
             if job.state is JobState.QUEUED
         ]
@@ -127,8 +127,9 @@ class JobPanel:
         if job.user_id != user_id:
             # The same words as for a missing job: whether another's job exists is theirs.
             raise UserFacingError(JOB_NOT_YOURS)
-        # Out of the queue first: once it is out, the runner can no longer start it.
-        if job.state is not JobState.QUEUED or not self._runner.queue.remove(user_id, job_id):
+        # Claimed first (in the store, against every process): once claimed here, no
+        # runner can start it.
+        if job.state is not JobState.QUEUED or not await self._runner.cancel_queued(job_id):
             raise UserFacingError("That job has already started, so it can no longer be cancelled.")
         canceled = await self._runner.store.update(
             job_id, state=JobState.FAILED, error=CANCELED, finished_at=discord.utils.utcnow()

@@ -9,7 +9,6 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import discord
 
@@ -44,8 +43,9 @@ class Trainings:
         delivery: Delivery,
         client_for: Callable[[Job], Awaitable[TadaClient]],
         fail: Callable[[Job, BaseException], Awaitable[None]],
-        requeue: Callable[[Job], Any],
+        requeue: Callable[[Job], Awaitable[None]],
         spawn: Spawn,
+        owns: Callable[[str], bool],
     ) -> None:
         self.store = store
         self.config = config
@@ -56,6 +56,8 @@ class Trainings:
         # A training whose start never reached Ta-da goes back into the queue.
         self._requeue = requeue
         self._spawn = spawn
+        # Whether this process still holds a job's claim: a watch stops when it does not.
+        self._owns = owns
         self._watching: set[str] = set()
 
     async def start(self, tada: TadaClient, job: Job) -> None:
@@ -92,6 +94,9 @@ class Trainings:
         shown: str | None = None
         edited_at = -math.inf
         while True:
+            if not self._owns(job_id):
+                log.info("job %s: another process watches it now", job_id)
+                return
             job = await self.store.get(job_id)
             upload_id = str(job.tada_id or job.params["upload_id"])
             try:
@@ -104,8 +109,7 @@ class Trainings:
             except NotFound:
                 if job.tada_id is None:
                     # The start call never reached Ta-da (restart in between): start it now.
-                    await self.store.update(job_id, state=JobState.QUEUED)
-                    self._requeue(job)
+                    await self._requeue(job)
                     return
                 await self._fail(job, UserFacingError("Ta-da no longer knows this training."))
                 await self.delivery.end_progress(job_id)

@@ -13,10 +13,10 @@ from pydantic import SecretStr
 
 from bot.app import BotServices, create_bot
 from bot.config import BotConfig, ConfigError, load_bot_config
-from bot.jobs import Destination, JobState
+from bot.jobs import Destination, JobKind, JobState
 from bot.jobs.fairness import FairQueue
 from bot.store import LinkedVia
-from tests.bot.conftest import make_bot_config
+from tests.bot.conftest import busy_job, make_bot_config
 from tests.conftest import register
 
 
@@ -122,11 +122,12 @@ async def test_a_member_waiting_for_a_slot_sees_their_place_in_line(
 ) -> None:
     channel, alice = await linked(simcord_env, services, api)
     runner = simcord_env.bot.jobs  # type: ignore[attr-defined]
-    runner.queue = FairQueue(max_running=1, per_member=1)
-    # Bob's job holds the only slot; another of his waits, queued before Alice asks.
-    runner.queue.push(1, "b" * 32)
-    runner.queue.push(1, "c" * 32)
-    assert runner.queue.pop() == (1, "b" * 32)
+    runner.queue.max_running = 0  # this process's slots are all taken
+    # Bob's job runs in another process; another of his waits, queued before Alice asks.
+    await busy_job(runner, 1)
+    waiting = await runner.store.create(
+        user_id=1, guild_id=None, channel_id=None, kind=JobKind.DEMO_GENERATE, params={}
+    )
 
     asked = await alice.slash(channel, "demo tadz", prompt="a cat")
 
@@ -134,8 +135,8 @@ async def test_a_member_waiting_for_a_slot_sees_their_place_in_line(
     # Round-robin: Alice comes before Bob's second job.
     assert "number 1 in line" in asked.response.content
     [job] = await runner.store.for_member(alice.id)
-    assert job.state is JobState.QUEUED and runner.position(job.id) == 1
-    assert runner.position("c" * 32) == 2
+    assert job.state is JobState.QUEUED and await runner.position(job.id) == 1
+    assert await runner.position(waiting.id) == 2
 
 
 async def test_forget_deletes_the_members_jobs_too(
