@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import discord
 import pytest
@@ -58,8 +57,8 @@ class World:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}")
+async def world(bot_store_url: str) -> AsyncIterator[World]:
+    store = Store(bot_store_url)
     await store.migrate()
     keys = KeyBox([SecretStr(Fernet.generate_key().decode())])
     clock = ManualClock(datetime(2026, 3, 31, 22, 0, tzinfo=UTC))

@@ -16,7 +16,7 @@ from bot.config import BotConfig, ConfigError, load_bot_config
 from bot.jobs import Destination
 from bot.store import LinkedVia
 from tests.bot.conftest import make_bot_config
-from tests.conftest import register
+from tests.conftest import database_backend, register
 
 
 @pytest.fixture
@@ -42,6 +42,8 @@ async def test_a_sharded_bot_runs_and_posts_a_job_once(
     simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
 ) -> None:
     bot = simcord_env.bot
+    # The PostgreSQL pass runs this on a real PostgreSQL bot store.
+    assert services.store.is_sqlite is (database_backend() != "postgres")
     assert bot.shard_count == 2 and sorted(bot.shards) == [0, 1]  # type: ignore[attr-defined]
     guild = simcord_env.create_guild()
     channel = guild.create_text_channel("general")

@@ -6,11 +6,9 @@ live in one process's memory: claims, deliveries, quota holds, cooldowns, settin
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
@@ -24,8 +22,6 @@ from bot.jobs.fairness import fair_order
 from bot.policy import Limit, PolicyGate, PolicyStore, QuotaRule
 from bot.store import Store
 from bot.store.models import utcnow
-from tests.conftest import database_backend
-from tests.servers import PostgresServer
 
 GUILD = 1000
 ALICE = 42
@@ -48,20 +44,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.moment
-
-
-@pytest.fixture
-def bot_store_url(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
-    """The shared bot store: a SQLite file, or with ``TADA_TEST_DB=postgres`` a fresh
-    database on the session's real PostgreSQL (the PostgreSQL pass)."""
-    if database_backend() != "postgres":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
-        return
-    server: PostgresServer = request.getfixturevalue("postgres")
-    name = f"bot_{uuid.uuid4().hex[:16]}"
-    url = server.create_database(name)
-    yield url
-    server.drop_database(name)
 
 
 @pytest.fixture
