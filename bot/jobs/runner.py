@@ -267,6 +267,7 @@ class JobRunner:
     async def start(self) -> None:
         """Pick up what the last run left (queued, running, finished-but-not-posted jobs,
         this process's and any dead process's), then sweep every ``sweep_seconds``."""
+        await self.store.release_queued(self.owner)
         await self.sweep()
         if not self._sweeper.is_running():
             self._sweeper.start()
@@ -279,6 +280,11 @@ class JobRunner:
         for task in tasks_:
             task.cancel()
         await asyncio.gather(*tasks_, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Wait until every task this runner started has ended (tests; a sweep's work)."""
+        while pending := [t for t in self._tasks if not t.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _sweep_tick(self) -> None:
         if self._sweeper.current_loop == 0:

@@ -244,6 +244,17 @@ class JobStore:
             )
             await session.commit()
 
+    async def release_queued(self, owner: str) -> None:
+        """Give up ``owner``'s claims on jobs that never started (an earlier life of this
+        process claimed them; at start nothing runs here yet): back in the shared queue."""
+        async with self._writes, self._store.session() as session:
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.claimed_by == owner, JobRow.state == JobState.QUEUED.value)
+                .values(claimed_by=None, lease_until=None)
+            )
+            await session.commit()
+
     async def holds(self, job_id: str, owner: str) -> bool:
         """Whether ``owner`` holds an unexpired claim on the job."""
         async with self._store.session() as session:
