@@ -273,13 +273,19 @@ class JobRunner:
             self._sweeper.start()
 
     async def stop(self) -> None:
-        """Cancel the runner's tasks (rows keep the state and the claims, which lapse
-        after their lease; the next start resumes)."""
+        """Cancel the runner's tasks and give up its claims (rows keep the state; this or
+        any other process resumes them)."""
         self._sweeper.cancel()
         tasks_ = list(self._tasks)
         for task in tasks_:
             task.cancel()
         await asyncio.gather(*tasks_, return_exceptions=True)
+        # A process stopped on purpose hands its jobs over at once (a rolling restart);
+        # one that dies keeps them until their leases run out. A post cut off here is
+        # "in doubt" on its row, and handled as such by whoever delivers it next.
+        with contextlib.suppress(Exception):
+            await self.store.release_all(self.owner, set(self._claimed))
+        self._claimed.clear()
 
     async def drain(self) -> None:
         """Wait until every task this runner started has ended (tests; a sweep's work)."""

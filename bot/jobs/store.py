@@ -244,6 +244,18 @@ class JobStore:
             )
             await session.commit()
 
+    async def release_all(self, owner: str, job_ids: set[str]) -> None:
+        """Give up ``owner``'s claims on ``job_ids`` (the process stops)."""
+        if not job_ids:
+            return
+        async with self._writes, self._store.session() as session:
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.id.in_(job_ids), JobRow.claimed_by == owner)
+                .values(claimed_by=None, lease_until=None)
+            )
+            await session.commit()
+
     async def release_queued(self, owner: str) -> None:
         """Give up ``owner``'s claims on jobs that never started (an earlier life of this
         process claimed them; at start nothing runs here yet): back in the shared queue."""

@@ -19,7 +19,7 @@ from bot.jobs.fairness import FairQueue
 from bot.store import LinkedVia
 from bot.store.models import utcnow
 from tests.bot.conftest import busy_job, make_bot_config
-from tests.conftest import register
+from tests.conftest import database_backend, register
 
 
 @pytest.fixture
@@ -190,6 +190,9 @@ async def test_when_discord_takes_nothing_the_result_is_posted_in_a_later_round(
     _ = simcord_env.errors
 
 
+@pytest.mark.skipif(
+    database_backend() == "postgres", reason="reads the bot's SQLite file (SQLite pass only)"
+)
 async def test_interaction_tokens_are_kept_encrypted_and_still_post_after_a_restart(
     simcord_env: simcord.Env,
     services: BotServices,
