@@ -262,6 +262,13 @@ class Delivery:
             or result.get("played")
         ):
             return
+        if self.client.get_guild(job.guild_id) is None:
+            # Jobs are claimed globally; a voice connection needs the guild's shard, which
+            # another bot process runs. The speech is posted in the text channel as usual.
+            log.info(
+                "job %s: guild %s is on another process's shards; not played", job.id, job.guild_id
+            )
+            return
         await self.store.update(job.id, result={**result, "played": True})
         clip = Clip(audio, int(channel_id), job.user_id, label=f"job {job.id}")
         try:

@@ -30,6 +30,9 @@ def test_shards_come_from_the_config_file_and_the_flags() -> None:
     with pytest.raises(ConfigError, match="shard_ids"):
         load_bot_config({"discord": {"shard_count": 2, "shard_ids": [2]}}, {})
 
+    with pytest.raises(ConfigError, match="lease_seconds"):
+        load_bot_config({"jobs": {"lease_seconds": 5, "sweep_seconds": 5}}, {})
+
     class Args:
         shard_count = 4
         shard_ids = _shard_ids("2,3")
