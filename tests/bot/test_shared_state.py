@@ -6,9 +6,12 @@ live in one process's memory: claims, deliveries, quota holds, cooldowns, settin
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
@@ -215,3 +218,56 @@ async def test_the_shared_queue_is_served_in_one_fair_order(two: tuple[Process, 
     assert (
         next(j for _, j in fair_order(snapshot.waiting, snapshot.running, snapshot.served)) == bob
     )
+
+
+CLAIMER = """
+import asyncio, sys
+from datetime import timedelta
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
+from bot.crypto import KeyBox
+from bot.jobs import JobStore
+from bot.store import Store
+
+async def main(url, owner, ids):
+    store = Store(url)
+    jobs = JobStore(store, KeyBox([SecretStr(Fernet.generate_key().decode())]))
+    await jobs.get(ids[0])  # connected
+    print("ready", flush=True)
+    sys.stdin.readline()  # both start together
+    won = [j for j in ids if await jobs.claim(j, owner, lease=timedelta(seconds=60))]
+    await store.close()
+    print(" ".join(won), flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3].split(",")))
+"""
+
+
+async def test_two_real_processes_claim_each_job_exactly_once(
+    two: tuple[Process, Process], bot_store_url: str
+) -> None:
+    a, _ = two
+    ids = [await new_job(a, member=n % 7) for n in range(60)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CLAIMER,
+            bot_store_url,
+            f"process-{n}",
+            # One from each end: they meet in the middle, claiming the same rows at once.
+            ",".join(ids if n == 0 else ids[::-1]),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        for n in range(2)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"ready"
+    outs = await asyncio.gather(*(asyncio.wait_for(p.communicate(b"go\n"), 60) for p in procs))
+    assert all(p.returncode == 0 for p in procs)
+    first, second = (set(out.decode().split()) for out, _ in outs)
+    assert first | second == set(ids) and not first & second
