@@ -89,7 +89,7 @@ class Delivery:
         interactions: dict[str, discord.Interaction[Any]],
         spawn: Spawn,
         owner: str,
-        posted: Callable[[str], None],
+        done: Callable[[str], None],
     ) -> None:
         self.client = client
         self.services = services
@@ -99,9 +99,10 @@ class Delivery:
         # The runner's live interactions of jobs asked in this process (shared).
         self._interactions = interactions
         self._spawn = spawn
-        # This process's claims (see JobStore.claim); told when a job's post is recorded.
+        # This process's claims (see JobStore.claim); ``done`` tells the runner a job is no
+        # longer this process's to work on (posted, or its claim is gone).
         self._owner = owner
-        self._posted = posted
+        self._done = done
         self._delivering: set[str] = set()
 
     def live_interaction(self, job_id: str) -> discord.Interaction[Any] | None:
@@ -128,7 +129,7 @@ class Delivery:
                 # Only what the member got counts against their quota.
                 await self.services.gate.settle(job.id, delivered=job.state is JobState.FINISHED)
             if job.posted:
-                self._posted(job.id)
+                self._done(job.id)
                 return
             doubt = await self.store.in_doubt(job.id)
             files, note = await self._artifacts(job)
@@ -154,12 +155,14 @@ class Delivery:
                 try:
                     await self.store.begin_post(job.id, self._owner, destination)
                 except JobNotFound:
+                    # Its claim lapsed: the next sweep (here or elsewhere) claims it again.
                     log.info("job %s: no longer this process's to post", job.id)
+                    self._done(job.id)
                     return
                 message_id = await self._post_with_retries(job, destination, outgoing)
                 if message_id is not None:
                     await self.store.mark_posted(job.id, message_id=message_id, via=destination)
-                    self._posted(job.id)
+                    self._done(job.id)
                     await self._tidy_status(job)
                     return
                 # Discord refused it: not in doubt, the next destination (or round) may go.

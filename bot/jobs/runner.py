@@ -141,7 +141,7 @@ class JobRunner:
             interactions=self._interactions,
             spawn=self._spawn,
             owner=self.owner,
-            posted=self._done_with,
+            done=self._done_with,
         )
         fail = functools.partial(fail_job, store=self.store, readiness=services.readiness)
         self.trainings = Trainings(
@@ -378,7 +378,8 @@ class JobRunner:
             self._pump()
 
     def _done_with(self, job_id: str) -> None:
-        """The job is posted (its claim ended with the record): nothing more to renew."""
+        """The job is posted (its claim ended with the record) or no longer held here:
+        nothing more to renew."""
         self._claimed.discard(job_id)
 
     async def _requeue(self, job: Job) -> None:
