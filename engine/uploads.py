@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath, PureWindowsPath
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.models import Upload, UploadKind, UploadStatus, utcnow
@@ -105,12 +105,16 @@ async def create_upload(
     return upload
 
 
+# Built once, run with parameters: see engine.api.deps._USER_BY_KEY.
+_UPLOADS_OF = (
+    select(Upload)
+    .where(Upload.user_id == bindparam("user_id"), Upload.kind == bindparam("kind"))
+    .order_by(Upload.created_at.desc(), Upload.id)
+)
+
+
 async def list_uploads(session: AsyncSession, user_id: str, kind: UploadKind) -> list[Upload]:
-    rows = await session.scalars(
-        select(Upload)
-        .where(Upload.user_id == user_id, Upload.kind == kind.value)
-        .order_by(Upload.created_at.desc(), Upload.id)
-    )
+    rows = await session.scalars(_UPLOADS_OF, {"user_id": user_id, "kind": kind.value})
     return list(rows)
 
 

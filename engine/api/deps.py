@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.models import User
@@ -30,6 +30,10 @@ async def get_session(services: Services) -> AsyncIterator[AsyncSession]:
 
 Session = Annotated[AsyncSession, Depends(get_session)]
 
+# Built once: building the expression is most of the cost of a one-row read (SQLAlchemy then
+# finds the compiled form in its statement cache by this object's key).
+_USER_BY_KEY = select(User).where(User.key_hash == bindparam("key_hash"))
+
 
 async def get_current_user(
     session: Session,
@@ -40,7 +44,7 @@ async def get_current_user(
         raise HTTPException(401, "missing X-API-Key header")
     # Read every time: an account deleted (or a key replaced) must stop working at once,
     # in every API process; a per-process cache would keep it alive.
-    user = await session.scalar(select(User).where(User.key_hash == hash_api_key(x_api_key)))
+    user = await session.scalar(_USER_BY_KEY, {"key_hash": hash_api_key(x_api_key)})
     if user is None:
         raise HTTPException(401, "invalid API key")
     return user
