@@ -34,6 +34,7 @@ def _uvicorn_options(settings: EngineSettings, host: str | None, port: int | Non
         "host": host or settings.host,
         "port": port if port is not None else settings.port,
         "log_level": "info",
+        "access_log": settings.access_log,
         # Longer than clients keep idle connections (httpx: 5 s), so the client closes an
         # idle connection first. With both at 5 s, a request sent just as the server timed
         # the connection out was lost (ReadError; 11 of 10,000 GETs at 500 clients).

@@ -183,6 +183,9 @@ class EngineSettings(_Section):
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
     # forwarded_allow_ips); empty: none, the socket's peer is the client.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # uvicorn's access log (one line per request, signatures and emails redacted): about
+    # 5% of a metadata read's CPU under load; off where a proxy in front logs requests.
+    access_log: bool = True
     # tada-bot's embedded engine runs as a child process (`tada-engine serve` on loopback):
     # its API and models never hold the bot's event loop. false: inside the bot's loop.
     embedded_child_process: bool = True
