@@ -411,6 +411,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    loadavg_at_start = os.getloadavg()
     results = run(levels, args.seconds, args.workers, not args.no_scaling)
     report = {
         "bench": "load",
@@ -421,6 +422,8 @@ def main() -> int:
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            # Others' work on a shared machine shows here; the ratios are within one run.
+            "loadavg_at_start": loadavg_at_start,
             "loadavg_at_end": os.getloadavg(),
         },
         **results,
