@@ -135,6 +135,7 @@ async def open_services(
             transfer_timeout=httpx.Timeout(
                 config.tada.transfer_timeout_seconds, connect=config.tada.connect_timeout_seconds
             ),
+            offer_ttl=config.tada.offer_ttl_seconds,
         )
         members = MemberStore(store, box)
         policy_store = PolicyStore(store)
