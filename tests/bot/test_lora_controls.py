@@ -136,6 +136,13 @@ async def test_seed_aspect_ratio_and_negative_prompt_reach_the_engine_and_show_o
 ) -> None:
     channel, alice, key, lora = await member_with_lora(simcord_env, services, api)
     bodies = sent_bodies(api)
+    documents: list[str] = []
+
+    async def note(request: httpx.Request) -> None:
+        if request.url.path == "/openapi.json":
+            documents.append(request.url.path)
+
+    api.event_hooks["request"].append(note)
 
     made = await alice.slash(
         channel,
@@ -169,6 +176,8 @@ async def test_seed_aspect_ratio_and_negative_prompt_reach_the_engine_and_show_o
     # Re-roll draws a new image: the same request, the seed left to the engine.
     await alice.click(post, label="Re-roll")
     assert bodies[-1] == {"prompt": "a cat", "aspect_ratio": "16:9", "negative_prompt": "dogs"}
+    # The API's document was read once for both (cached per base URL).
+    assert documents == ["/openapi.json"]
     _ = simcord_env.errors
 
 
