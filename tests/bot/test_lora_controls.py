@@ -24,9 +24,10 @@ from bot.jobs.images import ASPECT_RATIOS
 from bot.store import LinkedVia
 from engine.image.types import ASPECT_RATIOS as ENGINE_RATIOS
 from engine.settings import EngineSettings, JobSettings
-from tests.bot.conftest import ENGINE_URL, make_bot_config
+from tests.bot.conftest import ENGINE_URL
 from tests.bot.media_samples import picture, zip_of
 from tests.bot.policy_world import admin_says, make_server
+from tests.bot.worker_world import bot_config  # noqa: F401
 from tests.conftest import make_settings, register
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
@@ -39,18 +40,11 @@ GENERATIONS = "/generations"
 
 
 @pytest.fixture
-def engine_settings(tmp_path: Path) -> EngineSettings:
+def engine_settings(tmp_path: Path) -> EngineSettings:  # worker_world's, with quick trainings
     return make_settings(
         tmp_path / "engine",
         jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
         image=IMAGE,
-    )
-
-
-@pytest.fixture
-def bot_config(tmp_path: Path) -> BotConfig:
-    return make_bot_config(
-        tmp_path / "bot", jobs={"poll_seconds": 0.05, "post_backoff_seconds": 0.01}
     )
 
 
@@ -318,12 +312,12 @@ async def hosted_services(
 @pytest.mark.parametrize("document", [hosted_document(), None], ids=["hosted", "no-document"])
 async def test_against_the_hosted_contract_only_the_prompt_is_sent(
     simcord_env: simcord.Env,
-    bot_config: BotConfig,
+    services: BotServices,
     engine: tuple[FastAPI, httpx.AsyncClient],
     document: dict[str, Any] | None,
 ) -> None:
     app, api = engine
-    async with hosted_services(bot_config, app, document) as (hosted, bodies):
+    async with hosted_services(services.config, app, document) as (hosted, bodies):
         await simcord_env.restart_bot(create_bot(hosted))
         channel, alice, _, lora = await member_with_lora(simcord_env, hosted, api)
 
