@@ -29,13 +29,17 @@ log = logging.getLogger(__name__)
 _USABLE = (UploadStatus.UPLOADED.value, UploadStatus.PROCESSING.value)
 CLONE_KIND = "voice.clone"
 GENERATE_KIND = "voice.generate"
+# How often a generation checks for cancellation (a DB read), in seconds.
+_CANCEL_CHECK_SECONDS = 1.0
 
 
 def build_backend(settings: VoiceSettings) -> VoiceBackend:
     """The back end ``settings`` name; its models load later (``warm_up`` or first use)."""
     # Imported here: pyworld, Piper, torch and transformers load only where voice work runs.
-    if settings.backend is not VoiceBackendName.CPU_REFERENCE:  # pragma: no cover
-        raise ValueError(f"unknown voice back end {settings.backend!r}")
+    if settings.backend is VoiceBackendName.NEURAL:
+        from engine.voice.neural import NeuralBackend
+
+        return NeuralBackend(settings)
     from engine.voice.reference import CpuReferenceBackend
 
     return CpuReferenceBackend(settings)
@@ -178,7 +182,20 @@ class VoiceHandlers:
                 raise JobFailed("voice not found")
             profile = SpeakerProfile.model_validate(voice.profile)
         backend = self._ready_backend()
-        speech = backend.synthesise(text, profile, lambda done: ctx.report(round(5 + 80 * done)))
+        last_check = time.monotonic()
+
+        def progress(done: float) -> None:
+            nonlocal last_check
+            ctx.report(round(5 + 80 * done))
+            # A canceled job stops mid-speech (JobCanceled comes out of synthesise).
+            if time.monotonic() - last_check >= _CANCEL_CHECK_SECONDS:
+                last_check = time.monotonic()
+                ctx.check_canceled()
+
+        try:
+            speech = backend.synthesise(text, profile, progress)
+        except BaseVoiceError as exc:
+            raise JobFailed(str(exc)) from exc
         if speech.audio.size == 0:
             raise JobFailed("the text has nothing to say aloud")
         ctx.check_canceled()
