@@ -205,3 +205,23 @@ async def test_clone_and_speak_through_the_api(
         audio = await fetch(api, body["url"])
         assert audio.status_code == 200 and len(audio.content) > 1000
         assert isinstance(audio, httpx.Response)
+
+
+def test_the_written_down_full_config_is_the_published_size() -> None:
+    # bench/voice_gpu.sh builds this one on a GPU; no download can check it, so its size
+    # does: VibeVoice-1.5B has 2.70 B parameters (1.54 B of them Qwen2.5-1.5B's).
+    from transformers import VibeVoiceConfig, VibeVoiceForConditionalGeneration
+
+    from engine.voice import random_model
+
+    config = VibeVoiceConfig(
+        text_config=dict(random_model.FULL_TEXT),
+        audio_config=dict(random_model.FULL_AUDIO),
+        semantic_model_config=dict(random_model.FULL_SEMANTIC),
+        diffusion_head_config=dict(random_model.FULL_HEAD),
+    )
+    with torch.device("meta"):
+        model = VibeVoiceForConditionalGeneration(config)
+    total = sum(p.numel() for p in model.parameters())
+    text = sum(p.numel() for p in model.model.language_model.parameters())
+    assert 2.65e9 < total < 2.75e9 and 1.5e9 < text < 1.6e9
