@@ -197,19 +197,21 @@ class EngineSettings(_Section):
     @model_validator(mode="before")
     @classmethod
     def _pulled_models(cls, data: Any) -> Any:
-        """``[engine.image] base_model = "org/name"``: the folder ``models pull`` made."""
+        """``[engine.image] base_model`` or ``[engine.voice] neural_model = "org/name"``: the
+        folder ``models pull`` made."""
         if not isinstance(data, dict):
             return data
-        image = data.get("image")
-        if not isinstance(image, dict):
-            return data
-        base = image.get("base_model")
-        if isinstance(base, str) and not Path(base).exists():
-            from engine.model_store import resolve_pulled
+        for section, key in (("image", "base_model"), ("voice", "neural_model")):
+            values = data.get(section)
+            if not isinstance(values, dict):
+                continue
+            named = values.get(key)
+            if isinstance(named, str) and not Path(named).exists():
+                from engine.model_store import resolve_pulled
 
-            pulled = resolve_pulled(Path(data.get("data_dir", "data")), base)
-            if pulled is not None:
-                data = {**data, "image": {**image, "base_model": str(pulled)}}
+                pulled = resolve_pulled(Path(data.get("data_dir", "data")), named)
+                if pulled is not None:
+                    data = {**data, section: {**values, key: str(pulled)}}
         return data
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ engine's Alembic migrations.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -25,6 +26,9 @@ from engine.db import Database
 from engine.jobs import Handler
 from engine.services import EngineServices
 from engine.settings import EngineSettings, JobSettings, LimitSettings
+from engine.voice.backend import VoiceBackend
+from engine.voice.handlers import build_backend
+from engine.voice.settings import VoiceSettings, voice_settings
 from tests.servers import PostgresServer, RedisServer, postgres_server, redis_server
 
 # Which database the engine tests run on: "sqlite" (default) or "postgres".
@@ -123,12 +127,27 @@ def engine_database(
     server.drop_database(name)
 
 
+@functools.cache
+def _shared_backend(settings: VoiceSettings) -> VoiceBackend:
+    return build_backend(settings)
+
+
+def backend_for(settings: VoiceSettings) -> VoiceBackend:
+    """One voice back end per distinct settings for the whole test session, which every
+    :func:`running_engine` of those settings is given: its models load once per test
+    process, as they load once per worker process in production (``preload`` is when they
+    load, not which back end)."""
+    return _shared_backend(settings.model_copy(update={"preload": True}))
+
+
 @asynccontextmanager
 async def running_engine(
     settings: EngineSettings, handlers: Mapping[str, Handler] | None = None
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """Start the app (lifespan included) and a client that talks to it in-process."""
-    app = create_app(settings, handlers=handlers)
+    app = create_app(
+        settings, handlers=handlers, voice_backend=backend_for(voice_settings(settings.voice))
+    )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

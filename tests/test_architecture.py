@@ -209,7 +209,7 @@ def test_no_arrow_runs_back_up(rule: object) -> None:
         ("bot.__main__", "bot.app", None),
         ("bot.jobs.runner", "bot.app", up_to_bot_root),
         ("bot.sandbox", "cogs.sandbox", bot_to_cogs),
-        ("engine.voice.jobs", "discord", engine_to_bot),
+        ("engine.voice.handlers", "discord", engine_to_bot),
         ("engine.image.service", "engine.api.errors", engine_domain_up),
         ("engine.image.service", "engine.services", engine_domain_up),
         ("engine.image.service", "fastapi", engine_domain_up),

@@ -27,10 +27,9 @@ from numpy.typing import NDArray
 from engine.settings import JobSettings
 from engine.voice import world
 from engine.voice.audio import ffmpeg_exe
-from engine.voice.jobs import backend_for
 from engine.voice.reference import CpuReferenceBackend
 from engine.voice.settings import VoiceSettings
-from tests.conftest import make_settings, register, running_engine
+from tests.conftest import backend_for, make_settings, register, running_engine
 
 SAMPLE_TEXT = (
     "Please call Stella. Ask her to bring these things with her from the store: six spoons "
