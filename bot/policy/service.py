@@ -18,7 +18,7 @@ from bot.accounts import verified_key
 from bot.crypto import KeyBox
 from bot.errors import UserFacingError
 from bot.gate import Feature
-from bot.policy.gate import PolicyGate
+from bot.policy.admission import PolicyGate
 from bot.policy.moderation import DEFAULT_BLOCKED_WORDS, check_pattern, clean_word, normalize
 from bot.policy.settings import (
     FEATURE_NAMES,
