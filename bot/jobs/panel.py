@@ -23,13 +23,6 @@ log = logging.getLogger(__name__)
 RECENT = 8
 CANCELED = "Cancelled by you before it started; nothing was sent to Ta-da."
 
-KIND_NAMES: dict[JobKind, str] = {
-    JobKind.VOICE_SPEAK: "Speech",
-    JobKind.LORA_TRAIN: "LoRA training",
-    JobKind.LORA_GENERATE: "Image",
-    JobKind.DEMO_GENERATE: "Demo image",
-}
-
 
 def describe(job: Job, *, limit: int = 60) -> str:
     """A job in a few words: what it is and its prompt, text or name."""
@@ -44,7 +37,7 @@ def describe(job: Job, *, limit: int = 60) -> str:
     detail = " ".join(str(detail).split())
     if len(detail) > limit:
         detail = detail[: limit - 1] + "…"
-    name = KIND_NAMES[job.kind]
+    name = job.kind.label
     if job.kind is JobKind.DEMO_GENERATE and params.get("model"):
         name = f"{name} ({params['model']})"
     return f"{name} “{detail}”" if detail else name
