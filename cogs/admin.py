@@ -551,6 +551,6 @@ class AdminCog(
 
 async def setup(bot: commands.Bot) -> None:
     """Extension entry point."""
-    if not isinstance(bot, TadaBot) or bot.services.policy is None:
-        raise TypeError("cogs.admin needs a TadaBot whose services have a policy")
+    if not isinstance(bot, TadaBot):
+        raise TypeError("cogs.admin needs a TadaBot (it reads bot.services.policy)")
     await bot.add_cog(AdminCog(bot.services.policy, bot.services.readiness))
