@@ -157,7 +157,7 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
         items: tuple[discord.ui.Item[Any], ...] = ()
         if job.kind is not JobKind.LORA_TRAIN:
             items = (AgainButton(job.id, label="Retry"),)
-        what = _what(job)
+        what = job.kind.yours
         return Outgoing(
             content=clip(
                 f"{mention} {what} failed: {job.error or 'no reason given'}", CONTENT_LIMIT
@@ -167,7 +167,7 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
     if job.state is JobState.INTERRUPTED:
         return Outgoing(
             content=(
-                f"{mention} {_what(job)} was interrupted by a restart of the bot before "
+                f"{mention} {job.kind.yours} was interrupted by a restart of the bot before "
                 "Ta-da answered. Press Retry to ask again."
             ),
             items=(AgainButton(job.id, label="Retry"),),
@@ -219,12 +219,3 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
         files=files,
         items=tuple(buttons),
     )
-
-
-def _what(job: Job) -> str:
-    return {
-        JobKind.VOICE_SPEAK: "Your speech",
-        JobKind.LORA_TRAIN: "Your training",
-        JobKind.LORA_GENERATE: "Your image",
-        JobKind.DEMO_GENERATE: "Your demo image",
-    }[job.kind]

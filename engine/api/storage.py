@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -13,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.api.deps import Services, Session
 from engine.image.service import settings_of
-from engine.image.zipcheck import zip_problems
+from engine.image.zipcheck import InspectingCheck
 from engine.models import Upload, UploadKind, UploadStatus, utcnow
 from engine.schemas import StoredFile
 from engine.security import SignatureError
@@ -38,8 +37,9 @@ async def put_upload(
 ) -> StoredFile:
     """Receive the bytes of an upload through its pre-signed URL.
 
-    A LoRA zip is checked before it is kept: one that training could not use is 400 with
-    every problem listed, and the upload stays as it was (a fixed zip can be PUT again).
+    A LoRA zip is inspected before it is kept, once: one that training could not use is 400
+    with every problem listed, and the upload stays as it was (a fixed zip can be PUT again);
+    the report of one kept is kept with it, for training to use.
     """
     try:
         services.signer.verify("PUT", f"upload:{upload_id}", expires, signature)
@@ -70,8 +70,9 @@ async def put_upload(
     if room <= 0 or (declared and declared.isdigit() and int(declared) > room):
         raise HTTPException(413, _storage_full(services))
     check: Check | None = None
+    inspection: InspectingCheck | None = None
     if upload.kind == UploadKind.LORA.value:
-        check = partial(zip_problems, limits=settings_of(services).zip)
+        check = inspection = InspectingCheck(settings_of(services).zip)
     previous = upload.status
     # One body per upload: claim it atomically, so that a concurrent PUT (or a use of the
     # upload) sees RECEIVING and is refused instead of replacing bytes under us.
@@ -99,8 +100,14 @@ async def put_upload(
         with anyio.CancelScope(shield=True):
             await _move(session, upload.id, UploadStatus.RECEIVING.value, previous)
         raise
+    kept = inspection.kept if inspection is not None else None
     await _move(
-        session, upload.id, UploadStatus.RECEIVING.value, UploadStatus.UPLOADED.value, size=size
+        session,
+        upload.id,
+        UploadStatus.RECEIVING.value,
+        UploadStatus.UPLOADED.value,
+        size=size,
+        inspection=kept.to_json() if kept is not None else None,
     )
     return StoredFile(upload_id=upload.id, status=UploadStatus.UPLOADED.value, size_bytes=size)
 
@@ -113,11 +120,16 @@ async def _move(
     *,
     error: str | None = None,
     size: int | None = None,
+    inspection: dict[str, Any] | None = None,
 ) -> bool:
-    """Atomically move an upload from status ``frm`` to ``to``; False if it was not ``frm``."""
+    """Atomically move an upload from status ``frm`` to ``to``; False if it was not ``frm``.
+
+    New bytes (``size``) replace the kept inspection: with theirs, or with none.
+    """
     values: dict[str, object] = {"status": to, "error": error, "updated_at": utcnow()}
     if size is not None:
         values["size_bytes"] = size
+        values["inspection"] = inspection
     res = await session.execute(
         update(Upload).where(Upload.id == upload_id, Upload.status == frm).values(**values)
     )

@@ -12,15 +12,16 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from engine.image.enhancer import EnhancedPrompt, EnhancerSource, PromptEnhancer, build_enhancer
 from engine.image.models import LoraGenerationRow, LoraTrainingRow
 from engine.image.settings import ImageSettings, image_settings
 from engine.image.types import ModelError
 from engine.image.untrusted import ImageRefused
-from engine.image.zipcheck import inspect_zip, load_examples
+from engine.image.zipcheck import KeptReport, load_examples
 from engine.jobs import Handler, JobContext, JobFailed
+from engine.models import Upload
 from engine.settings import EngineSettings
 
 if TYPE_CHECKING:  # torch loads in the worker on the first job, not in API processes
@@ -69,13 +70,21 @@ class ImageBackend:
         return {TRAIN_KIND: self.train, GENERATE_KIND: self.generate}
 
     def train(self, ctx: JobContext) -> dict[str, Any]:
-        """Train the LoRA of ``payload.training_id`` on its upload's zip."""
+        """Train the LoRA of ``payload.training_id`` on its upload's zip, reading the images
+        its kept inspection report lists (the zip is not inspected again)."""
         training_id = str(ctx.payload["training_id"])
-        upload_path = ctx.storage.upload_path(str(ctx.payload["upload_id"]))
+        upload_id = str(ctx.payload["upload_id"])
+        upload_path = ctx.storage.upload_path(upload_id)
         trigger = str(ctx.payload["trigger_word"])
         if not upload_path.is_file():
             raise JobFailed("the uploaded zip is gone; upload it again")
-        report = inspect_zip(upload_path, self.settings.zip)
+        with ctx.sessions() as s:
+            kept = KeptReport.from_json(
+                s.scalar(select(Upload.inspection).where(Upload.id == upload_id))
+            )
+        if kept is None or not kept.describes(upload_path):
+            raise JobFailed("the uploaded zip changed after its check; start the training again")
+        report = kept.report
         if not report.ok:
             raise JobFailed(report.summary())
         ctx.report(1)

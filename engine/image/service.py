@@ -28,7 +28,7 @@ from engine.image.schemas import (
     TrainingStatus,
 )
 from engine.image.settings import ImageSettings, image_settings
-from engine.image.zipcheck import inspect_zip
+from engine.image.zipcheck import KeptReport, inspect
 from engine.jobs import JobService, submit_and_wait
 from engine.models import (
     Job,
@@ -137,7 +137,8 @@ async def list_trainings(
 async def start_training(
     services: ImageServices, session: AsyncSession, user_id: str, upload_id: str
 ) -> LoraTraining:
-    """Check the zip and queue its training; an upload already training returns its record."""
+    """Queue the training of an upload whose zip passed its inspection (the report kept on
+    the upload row); an upload already training returns its record."""
     upload = await get_owned_upload(session, user_id, upload_id, UploadKind.LORA)
     if upload is None:
         raise NotFound("LoRA upload not found")
@@ -149,7 +150,16 @@ async def start_training(
     path = services.storage.upload_path(upload.id)
     if not path.is_file():
         raise Rejected("the uploaded zip is missing; request a new upload URL")
-    report = await anyio.to_thread.run_sync(inspect_zip, path, settings_of(services).zip)
+    kept = KeptReport.from_json(upload.inspection)
+    if kept is None or not await anyio.to_thread.run_sync(kept.describes, path):
+        # Bytes no kept report describes (stored before reports were kept, or arrived
+        # without passing the engine's PUT): inspected now, once, and the report kept.
+        kept = await anyio.to_thread.run_sync(inspect, path, settings_of(services).zip)
+        await session.execute(
+            update(Upload).where(Upload.id == upload.id).values(inspection=kept.to_json())
+        )
+        await session.commit()
+    report = kept.report
     if not report.ok:
         # The upload stays replaceable: a fixed zip can be PUT to the same URL.
         await mark_upload(session, upload.id, UploadStatus(upload.status), report.summary())
