@@ -21,7 +21,7 @@ from engine.jobs import TooManyPendingJobs
 from engine.models import JobStatus, UploadKind, UploadStatus, as_utc
 from engine.schemas import UploadUrlResponse, VoiceUpload
 from engine.services import EngineServices
-from engine.uploads import get_owned_upload, list_uploads, mark_upload
+from engine.uploads import get_owned_upload, list_uploads, mark_upload, receive_direct_upload
 from engine.voice import store
 from engine.voice.jobs import CLONE_KIND, GENERATE_KIND
 from engine.voice.models import Voice
@@ -141,7 +141,11 @@ async def create_voice(
     if upload is None:
         raise HTTPException(404, "upload not found")
     if upload.status == UploadStatus.PENDING.value:
-        raise HTTPException(400, "not uploaded: PUT the sample to its upload URL first")
+        if not services.storage.direct_uploads:
+            raise HTTPException(400, "not uploaded: PUT the sample to its upload URL first")
+        # The sample went straight to object storage: size, type and the owner's storage
+        # are checked now (a refused one is deleted); its sound is judged by the clone.
+        await receive_direct_upload(session, services.storage, services.settings, upload)
     if upload.status == UploadStatus.PROCESSED.value:
         raise HTTPException(409, "this upload was already used to clone a voice")
     if upload.status == UploadStatus.FAILED.value:

@@ -9,6 +9,7 @@ through :class:`ImageServices`, the part of it this module uses.
 from __future__ import annotations
 
 import secrets
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
@@ -16,7 +17,14 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.errors import Conflict, InvalidField, JobOutcomeError, NotFound, Rejected
+from engine.errors import (
+    Conflict,
+    InvalidField,
+    JobOutcomeError,
+    NotFound,
+    Rejected,
+    TooLargeUpload,
+)
 from engine.image.handlers import GENERATE_KIND, TRAIN_KIND
 from engine.image.models import LoraGenerationRow, LoraTrainingRow
 from engine.image.schemas import (
@@ -27,8 +35,8 @@ from engine.image.schemas import (
     LoraTrainingList,
     TrainingStatus,
 )
-from engine.image.settings import ImageSettings, image_settings
-from engine.image.zipcheck import inspect_zip
+from engine.image.settings import ImageSettings, ZipLimits, image_settings
+from engine.image.zipcheck import ZipReport, inspect_zip, zip_problems
 from engine.jobs import JobService, submit_and_wait
 from engine.models import (
     Job,
@@ -40,11 +48,18 @@ from engine.models import (
     as_utc_or_none,
     new_id,
 )
-from engine.uploads import get_owned_upload, mark_upload
+from engine.storage import NotStored, TooLarge
+from engine.uploads import (
+    get_owned_upload,
+    mark_upload,
+    receive_direct_upload,
+    size_cap,
+    too_large_detail,
+)
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
-    from engine.storage import LocalStorage
+    from engine.storage import Storage
 
 _RETRYABLE = (TrainingStatus.FAILED, TrainingStatus.CANCELED)
 
@@ -56,7 +71,7 @@ class ImageServices(Protocol):
     def settings(self) -> EngineSettings: ...
 
     @property
-    def storage(self) -> LocalStorage: ...
+    def storage(self) -> Storage: ...
 
     @property
     def jobs(self) -> JobService: ...
@@ -144,16 +159,21 @@ async def start_training(
     existing = await get_training(session, user_id, upload_id)
     if existing is not None and existing.status not in _RETRYABLE:
         return existing
+    limits = settings_of(services).zip
     if upload.status == UploadStatus.PENDING.value:
-        raise Rejected("nothing uploaded yet: PUT the zip to its upload URL first")
-    path = services.storage.upload_path(upload.id)
-    if not path.is_file():
-        raise Rejected("the uploaded zip is missing; request a new upload URL")
-    report = await anyio.to_thread.run_sync(inspect_zip, path, settings_of(services).zip)
-    if not report.ok:
-        # The upload stays replaceable: a fixed zip can be PUT to the same URL.
-        await mark_upload(session, upload.id, UploadStatus(upload.status), report.summary())
-        raise Rejected(report.summary())
+        if not services.storage.direct_uploads:
+            raise Rejected("nothing uploaded yet: PUT the zip to its upload URL first")
+        # The zip went straight to object storage: the checks the engine's own PUT makes
+        # run now, on a downloaded copy (a refused zip is deleted; a fixed one can be PUT).
+        await receive_direct_upload(
+            session,
+            services.storage,
+            services.settings,
+            upload,
+            partial(zip_problems, limits=limits),
+        )
+    else:
+        await _check_zip_again(services, session, upload, limits)
     if existing is None:
         if not await mark_upload(
             session, upload.id, UploadStatus.PROCESSED, expect=UploadStatus.UPLOADED
@@ -206,6 +226,28 @@ async def start_training(
     view = await get_training(session, user_id, upload_id)
     assert view is not None
     return view
+
+
+async def _check_zip_again(
+    services: ImageServices, session: AsyncSession, upload: Upload, limits: ZipLimits
+) -> None:
+    """Inspect an uploaded zip before (re)training it; a bad one stays replaceable."""
+    cap = size_cap(services.settings, upload.kind)
+
+    def inspect() -> ZipReport:
+        with services.storage.local_upload(upload.id, cap) as path:
+            return inspect_zip(path, limits)
+
+    try:
+        report = await anyio.to_thread.run_sync(inspect)
+    except NotStored as exc:
+        raise Rejected("the uploaded zip is missing; request a new upload URL") from exc
+    except TooLarge as exc:
+        raise TooLargeUpload(too_large_detail(cap)) from exc
+    if not report.ok:
+        # The upload stays replaceable: a fixed zip can be PUT to the same URL.
+        await mark_upload(session, upload.id, UploadStatus(upload.status), report.summary())
+        raise Rejected(report.summary())
 
 
 async def find_lora(session: AsyncSession, user_id: str, lora_id: str) -> LoraTrainingRow | None:

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from engine.image.handlers import TRAIN_KIND
 from engine.models import Job
 from engine.settings import EngineSettings, JobSettings
-from tests.conftest import make_settings, register, running_engine, services_of
+from tests.conftest import make_settings, put_to, register, running_engine, services_of
 from tests.engine.image.zips import build_zip, good_zip, image_bytes
 
 IMAGE = {
@@ -58,7 +58,7 @@ async def lora_upload_url(api: httpx.AsyncClient, key: str, trigger: str = "tadz
 
 async def put_zip(api: httpx.AsyncClient, target: dict, data: bytes) -> httpx.Response:
     """PUT ``data`` to the upload URL of ``target`` (from :func:`lora_upload_url`)."""
-    return await api.put(path_of(target["upload_url"]), content=data, headers=target["headers"])
+    return await put_to(api, target["upload_url"], data, target["headers"])
 
 
 async def upload_zip(
