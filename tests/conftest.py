@@ -114,6 +114,12 @@ def engine_storage(
     return storage
 
 
+local_storage_only = pytest.mark.skipif(
+    storage_backend() == "s3",
+    reason="about the engine's own upload route or data-directory files (local storage)",
+)
+
+
 def is_engine_url(url: str) -> bool:
     """Whether a URL the engine handed out points at the engine itself (the test client)."""
     return httpx.URL(url).host in ("", "testserver")

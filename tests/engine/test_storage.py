@@ -200,7 +200,16 @@ async def test_an_upload_url_is_the_stores_own_and_the_engine_takes_no_bytes(
         wrong = await put_to(api, body["upload_url"], b"RIFF", {"Content-Type": "audio/mpeg"})
         assert wrong.status_code == 403  # the type is bound into the signature
         assert seaweedfs.keys(prefix) == []
-        del app
+        # An artifact URL the engine signed (before a switch to S3) moves to the store's.
+        services = services_of(app)
+        await anyio.to_thread.run_sync(services.storage.write_artifact, "images/old.png", b"old")
+        expires, sig = services.signer.issue("GET", "artifact:images/old.png", 60)
+        moved = await api.get(
+            "/storage/artifacts/images/old.png", params={"expires": expires, "signature": sig}
+        )
+        assert moved.status_code == 307, moved.text
+        assert moved.headers["location"].startswith(seaweedfs.endpoint_url)
+        assert (await get_from(api, moved.headers["location"])).content == b"old"
 
 
 async def test_a_too_large_or_mistyped_upload_is_refused_at_use_and_deleted(
