@@ -235,9 +235,15 @@ async def _look_at_direct_upload(
     check: Check | None,
 ) -> int:
     what = "sample" if upload.kind == UploadKind.VOICE.value else "zip"
+    # The words of the engine's own answers before any PUT (voices and LoRAs differ).
+    nothing = (
+        "not uploaded: PUT the sample to its upload URL first"
+        if upload.kind == UploadKind.VOICE.value
+        else "nothing uploaded yet: PUT the zip to its upload URL first"
+    )
     found = await storage.stat_upload(upload.id)
     if found is None:
-        raise NothingUploaded(f"nothing uploaded yet: PUT the {what} to its upload URL first")
+        raise NothingUploaded(nothing)
     cap = size_cap(settings, upload.kind)
     if found.size > cap:
         raise TooLargeUpload(too_large_detail(cap))
@@ -259,9 +265,7 @@ async def _look_at_direct_upload(
         try:
             problem = await anyio.to_thread.run_sync(run_check)
         except NotStored as exc:
-            raise NothingUploaded(
-                f"nothing uploaded yet: PUT the {what} to its upload URL first"
-            ) from exc
+            raise NothingUploaded(nothing) from exc
         except TooLarge as exc:  # replaced by a larger file since the HEAD
             raise TooLargeUpload(too_large_detail(cap)) from exc
         if problem is not None:
