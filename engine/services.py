@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
@@ -14,7 +15,8 @@ from engine.image.handlers import image_handlers
 from engine.jobs import Handler, JobQueue, JobService, JobWorker, build_huey
 from engine.security import UrlSigner
 from engine.settings import EngineSettings
-from engine.storage import LocalStorage
+from engine.storage import Storage
+from engine.storage.local import LocalStorage
 from engine.voice.backend import VoiceBackend
 from engine.voice.handlers import VoiceHandlers
 from engine.voice.settings import voice_settings
@@ -38,7 +40,7 @@ class EngineServices:
 
     settings: EngineSettings
     db: Database
-    storage: LocalStorage
+    storage: Storage
     signer: UrlSigner
     queue: JobQueue
     worker: JobWorker
@@ -56,14 +58,31 @@ class EngineServices:
         return f"{base}{path}?{urlencode({'expires': expires, 'signature': sig})}"
 
     def artifact_url(self, base_url: str, key: str) -> str:
-        """A signed, expiring GET URL for a stored artifact (audio, image)."""
+        """A signed, expiring GET URL for a stored artifact (audio, image): the object
+        store's own when it has one, else the engine's."""
+        ttl = self.settings.uploads.artifact_url_ttl_seconds
+        direct = self.storage.presigned_get(key, ttl)
+        if direct is not None:
+            return direct
         return self.signed_url(
             base_url,
             "GET",
             f"/storage/artifacts/{key}",
             f"artifact:{key}",
-            self.settings.uploads.artifact_url_ttl_seconds,
+            ttl,
         )
+
+    def upload_url(self, base_url: str, upload_id: str, content_type: str) -> tuple[str, int]:
+        """Where a client PUTs an upload, and when that URL expires (epoch seconds): the
+        object store's own pre-signed URL when it has one, else the engine's."""
+        ttl = self.settings.uploads.url_ttl_seconds
+        direct = self.storage.presigned_put(upload_id, content_type, ttl)
+        if direct is not None:
+            return direct, int(time.time()) + ttl
+        expires, sig = self.signer.issue("PUT", f"upload:{upload_id}", ttl)
+        base = (self.settings.public_url or base_url).rstrip("/")
+        query = urlencode({"expires": expires, "signature": sig})
+        return f"{base}/storage/uploads/{upload_id}?{query}", expires
 
     def start_warm_up(self) -> threading.Thread:
         """Where a worker starts: say which device and dtype each back end uses, and load
@@ -107,6 +126,17 @@ def warm_up(
         log.exception("engine: warm-up failed")
 
 
+def build_storage(settings: EngineSettings) -> Storage:
+    """The file store ``[engine.storage]`` names: the data directory, or an S3 bucket."""
+    root = settings.data_dir / "files"
+    if settings.storage.backend == "s3":
+        # Imported here: boto3 loads only where object storage is configured.
+        from engine.storage.s3 import S3Storage
+
+        return S3Storage(settings.storage, scratch=root / "tmp", cache=root / "cache")
+    return LocalStorage(root)
+
+
 def build_services(
     settings: EngineSettings,
     *,
@@ -118,7 +148,7 @@ def build_services(
     back end between many engines of one process)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url)
-    storage = LocalStorage(settings.data_dir / "files")
+    storage = build_storage(settings)
     signer = UrlSigner(settings.signing_key())
     queue = JobQueue(build_huey(settings))
     voice = VoiceHandlers(voice_settings(settings.voice), backend=voice_backend)

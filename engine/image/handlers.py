@@ -6,10 +6,13 @@ loads the base model on its first job and keeps it; LoRAs are swapped in as adap
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
@@ -23,6 +26,7 @@ from engine.image.zipcheck import KeptReport, load_examples
 from engine.jobs import Handler, JobContext, JobFailed
 from engine.models import Upload
 from engine.settings import EngineSettings
+from engine.storage import NotStored, TooLarge
 
 if TYPE_CHECKING:  # torch loads in the worker on the first job, not in API processes
     from engine.image.pipeline import ImageModel
@@ -74,31 +78,37 @@ class ImageBackend:
         its kept inspection report lists (the zip is not inspected again)."""
         training_id = str(ctx.payload["training_id"])
         upload_id = str(ctx.payload["upload_id"])
-        upload_path = ctx.storage.upload_path(upload_id)
         trigger = str(ctx.payload["trigger_word"])
-        if not upload_path.is_file():
-            raise JobFailed("the uploaded zip is gone; upload it again")
+        cap = ctx.settings.uploads.max_zip_bytes
         with ctx.sessions() as s:
             kept = KeptReport.from_json(
                 s.scalar(select(Upload.inspection).where(Upload.id == upload_id))
             )
-        if kept is None or not kept.describes(upload_path):
-            raise JobFailed("the uploaded zip changed after its check; start the training again")
-        report = kept.report
-        if not report.ok:
-            raise JobFailed(report.summary())
-        ctx.report(1)
-        model = self.model()
-        cfg = self.settings.training
-        # Decoded at the training size: a set of large photos costs what training needs.
         try:
-            examples = load_examples(
-                upload_path,
-                report,
-                trigger,
-                short_side=cfg.resolution or model.native_size,
-                limits=self.settings.zip,
-            )
+            # On object storage a downloaded copy, deleted when the block ends.
+            with ctx.storage.local_upload(upload_id, cap) as upload_path:
+                if kept is None or not kept.describes(upload_path):
+                    raise JobFailed(
+                        "the uploaded zip changed after its check; start the training again"
+                    )
+                report = kept.report
+                if not report.ok:
+                    raise JobFailed(report.summary())
+                ctx.report(1)
+                model = self.model()
+                cfg = self.settings.training
+                # Decoded at the training size: a set of large photos costs what training needs.
+                examples = load_examples(
+                    upload_path,
+                    report,
+                    trigger,
+                    short_side=cfg.resolution or model.native_size,
+                    limits=self.settings.zip,
+                )
+        except NotStored as exc:
+            raise JobFailed("the uploaded zip is gone; upload it again") from exc
+        except TooLarge as exc:
+            raise JobFailed(f"the uploaded zip is larger than the {cap // 2**20} MB limit") from exc
         except ImageRefused as exc:
             raise JobFailed(str(exc)) from exc
         ctx.report(3)
@@ -114,19 +124,21 @@ class ImageBackend:
 
         key = lora_key(training_id)
         try:
-            fit = model.train_lora(
-                examples,
-                ctx.storage.artifact_path(key),
-                rank=cfg.rank,
-                steps=cfg.steps,
-                learning_rate=cfg.learning_rate,
-                resolution=cfg.resolution,
-                batch_size=cfg.batch_size,
-                seed=cfg.seed,
-                bucketing=cfg.bucketing,
-                metadata={"trigger_word": trigger, "training_id": training_id},
-                on_step=on_step,
-            )
+            # On object storage the file is uploaded when training ends without error.
+            with ctx.storage.artifact_file(key) as dest:
+                fit = model.train_lora(
+                    examples,
+                    dest,
+                    rank=cfg.rank,
+                    steps=cfg.steps,
+                    learning_rate=cfg.learning_rate,
+                    resolution=cfg.resolution,
+                    batch_size=cfg.batch_size,
+                    seed=cfg.seed,
+                    bucketing=cfg.bucketing,
+                    metadata={"trigger_word": trigger, "training_id": training_id},
+                    on_step=on_step,
+                )
         except ModelError as exc:
             raise JobFailed(str(exc)) from exc
         with ctx.sessions.begin() as s:
@@ -157,15 +169,18 @@ class ImageBackend:
             demo_cfg = self.settings.demos.get(str(demo))
             if demo_cfg is None:
                 raise JobFailed(f"demo {demo!r} is not configured on this worker")
-            lora_path = demo_cfg.lora_path
+            if not demo_cfg.lora_path.is_file():
+                raise JobFailed(f"the LoRA file {demo_cfg.lora_path.name} is missing")
+            lora_name = demo_cfg.lora_path.name
+            lora_file: AbstractContextManager[Path] = contextlib.nullcontext(demo_cfg.lora_path)
             trigger: str | None = demo_cfg.trigger_word
             weight = demo_cfg.weight
         else:
-            lora_path = ctx.storage.artifact_path(str(p["lora_key"]))
+            lora_name = Path(str(p["lora_key"])).name
+            # On object storage a worker-local copy, refreshed when the LoRA changes.
+            lora_file = ctx.storage.local_artifact(str(p["lora_key"]))
             trigger = p.get("trigger_word")
             weight = gen_cfg.lora_weight
-        if not lora_path.is_file():
-            raise JobFailed(f"the LoRA file {lora_path.name} is missing")
         seed = int(p["seed"])
         if "enhanced_prompt" in p:  # a variation: its parent's prompt as the model got it
             enhanced = EnhancedPrompt(
@@ -185,17 +200,20 @@ class ImageBackend:
         elif p.get("aspect_ratio"):
             width, height = model.aspect_size(str(p["aspect_ratio"]), width, height)
         try:
-            pixels = model.generate(
-                enhanced.prompt,
-                negative_prompt=enhanced.negative_prompt,
-                lora=lora_path,
-                weight=weight,
-                seed=seed,
-                steps=gen_cfg.steps,
-                guidance_scale=gen_cfg.guidance_scale,
-                width=width,
-                height=height,
-            )
+            with lora_file as lora_path:
+                pixels = model.generate(
+                    enhanced.prompt,
+                    negative_prompt=enhanced.negative_prompt,
+                    lora=lora_path,
+                    weight=weight,
+                    seed=seed,
+                    steps=gen_cfg.steps,
+                    guidance_scale=gen_cfg.guidance_scale,
+                    width=width,
+                    height=height,
+                )
+        except NotStored as exc:
+            raise JobFailed(f"the LoRA file {lora_name} is missing") from exc
         except ModelError as exc:
             raise JobFailed(str(exc)) from exc
         from engine.image.pipeline import to_image_bytes

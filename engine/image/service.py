@@ -16,7 +16,14 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.errors import Conflict, InvalidField, JobOutcomeError, NotFound, Rejected
+from engine.errors import (
+    Conflict,
+    InvalidField,
+    JobOutcomeError,
+    NotFound,
+    Rejected,
+    TooLargeUpload,
+)
 from engine.image.handlers import GENERATE_KIND, TRAIN_KIND
 from engine.image.models import LoraGenerationRow, LoraTrainingRow
 from engine.image.schemas import (
@@ -27,8 +34,8 @@ from engine.image.schemas import (
     LoraTrainingList,
     TrainingStatus,
 )
-from engine.image.settings import ImageSettings, image_settings
-from engine.image.zipcheck import KeptReport, inspect
+from engine.image.settings import ImageSettings, ZipLimits, image_settings
+from engine.image.zipcheck import InspectingCheck, KeptReport, inspect
 from engine.jobs import JobService, submit_and_wait
 from engine.models import (
     Job,
@@ -40,11 +47,18 @@ from engine.models import (
     as_utc_or_none,
     new_id,
 )
-from engine.uploads import get_owned_upload, mark_upload
+from engine.storage import NotStored, TooLarge
+from engine.uploads import (
+    get_owned_upload,
+    mark_upload,
+    receive_direct_upload,
+    size_cap,
+    too_large_detail,
+)
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
-    from engine.storage import LocalStorage
+    from engine.storage import Storage
 
 _RETRYABLE = (TrainingStatus.FAILED, TrainingStatus.CANCELED)
 
@@ -56,7 +70,7 @@ class ImageServices(Protocol):
     def settings(self) -> EngineSettings: ...
 
     @property
-    def storage(self) -> LocalStorage: ...
+    def storage(self) -> Storage: ...
 
     @property
     def jobs(self) -> JobService: ...
@@ -145,25 +159,19 @@ async def start_training(
     existing = await get_training(session, user_id, upload_id)
     if existing is not None and existing.status not in _RETRYABLE:
         return existing
+    limits = settings_of(services).zip
     if upload.status == UploadStatus.PENDING.value:
-        raise Rejected("nothing uploaded yet: PUT the zip to its upload URL first")
-    path = services.storage.upload_path(upload.id)
-    if not path.is_file():
-        raise Rejected("the uploaded zip is missing; request a new upload URL")
-    kept = KeptReport.from_json(upload.inspection)
-    if kept is None or not await anyio.to_thread.run_sync(kept.describes, path):
-        # Bytes no kept report describes (stored before reports were kept, or arrived
-        # without passing the engine's PUT): inspected now, once, and the report kept.
-        kept = await anyio.to_thread.run_sync(inspect, path, settings_of(services).zip)
-        await session.execute(
-            update(Upload).where(Upload.id == upload.id).values(inspection=kept.to_json())
-        )
-        await session.commit()
-    report = kept.report
-    if not report.ok:
-        # The upload stays replaceable: a fixed zip can be PUT to the same URL.
-        await mark_upload(session, upload.id, UploadStatus(upload.status), report.summary())
-        raise Rejected(report.summary())
+        if not services.storage.direct_uploads:
+            raise Rejected("nothing uploaded yet: PUT the zip to its upload URL first")
+        # The zip went straight to object storage: the checks the engine's own PUT makes
+        # run now, on a downloaded copy (a refused zip is deleted; a fixed one can be PUT),
+        # and that one inspection's report is kept, as the PUT route keeps its own.
+        check = InspectingCheck(limits)
+        await receive_direct_upload(session, services.storage, services.settings, upload, check)
+        if check.kept is not None:
+            await _keep_report(session, upload, check.kept)
+    else:
+        await _check_zip_again(services, session, upload, limits)
     if existing is None:
         if not await mark_upload(
             session, upload.id, UploadStatus.PROCESSED, expect=UploadStatus.UPLOADED
@@ -216,6 +224,44 @@ async def start_training(
     view = await get_training(session, user_id, upload_id)
     assert view is not None
     return view
+
+
+async def _check_zip_again(
+    services: ImageServices, session: AsyncSession, upload: Upload, limits: ZipLimits
+) -> None:
+    """Before (re)training: the kept inspection report when it still describes the stored
+    bytes, else one inspection now, kept. A bad zip stays replaceable."""
+    cap = size_cap(services.settings, upload.kind)
+    kept = KeptReport.from_json(upload.inspection)
+
+    def still_or_again() -> tuple[KeptReport, bool]:
+        with services.storage.local_upload(upload.id, cap) as path:
+            if kept is not None and kept.describes(path):
+                return kept, False
+            # Bytes no kept report describes (stored before reports were kept, or
+            # replaced since): inspected now, once.
+            return inspect(path, limits), True
+
+    try:
+        report, fresh = await anyio.to_thread.run_sync(still_or_again)
+    except NotStored as exc:
+        raise Rejected("the uploaded zip is missing; request a new upload URL") from exc
+    except TooLarge as exc:
+        raise TooLargeUpload(too_large_detail(cap)) from exc
+    if fresh:
+        await _keep_report(session, upload, report)
+    if not report.report.ok:
+        # The upload stays replaceable: a fixed zip can be PUT to the same URL.
+        summary = report.report.summary()
+        await mark_upload(session, upload.id, UploadStatus(upload.status), summary)
+        raise Rejected(summary)
+
+
+async def _keep_report(session: AsyncSession, upload: Upload, kept: KeptReport) -> None:
+    await session.execute(
+        update(Upload).where(Upload.id == upload.id).values(inspection=kept.to_json())
+    )
+    await session.commit()
 
 
 async def find_lora(session: AsyncSession, user_id: str, lora_id: str) -> LoraTrainingRow | None:

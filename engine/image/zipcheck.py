@@ -11,6 +11,7 @@ once rather than once per problem. Blocking code: call it in a thread or in the 
 
 from __future__ import annotations
 
+import hashlib
 import stat
 import zipfile
 from dataclasses import asdict, dataclass
@@ -241,25 +242,28 @@ def inspect_zip(path: Path, limits: ZipLimits) -> ZipReport:
 class KeptReport:
     """A :class:`ZipReport` and the file it was made from, as the upload row keeps it.
 
-    The file is known by its size and modification time: bytes replaced on disk since the
-    inspection (an old upload, bytes that arrived another way) are not described by it.
+    The file is known by its size and SHA-256, so the report describes the same bytes
+    wherever they are read from (the data dir, or a copy downloaded from object storage),
+    and bytes replaced since the inspection (an old upload, bytes that arrived another way)
+    are not described by it.
     """
 
     report: ZipReport
     size: int
-    mtime_ns: int
+    sha256: str
 
     def describes(self, path: Path) -> bool:
-        """True when ``path`` is still the file that was inspected."""
+        """True when ``path`` holds the bytes that were inspected (blocking: reads them)."""
         try:
-            st = path.stat()
+            if path.stat().st_size != self.size:
+                return False
+            return _sha256(path) == self.sha256
         except OSError:
             return False
-        return (st.st_size, st.st_mtime_ns) == (self.size, self.mtime_ns)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON kept in ``uploads.inspection``."""
-        return {"size": self.size, "mtime_ns": self.mtime_ns, "report": asdict(self.report)}
+        return {"size": self.size, "sha256": self.sha256, "report": asdict(self.report)}
 
     @classmethod
     def from_json(cls, data: object) -> KeptReport | None:
@@ -275,7 +279,7 @@ class KeptReport:
                     tuple(str(problem) for problem in report["problems"]),
                 ),
                 int(data["size"]),
-                int(data["mtime_ns"]),
+                str(data["sha256"]),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -288,8 +292,12 @@ def inspect(path: Path, limits: ZipLimits) -> KeptReport:
     PUT), or at first use for bytes no kept report describes
     (:func:`engine.image.service.start_training`).
     """
-    st = path.stat()
-    return KeptReport(inspect_zip(path, limits), st.st_size, st.st_mtime_ns)
+    return KeptReport(inspect_zip(path, limits), path.stat().st_size, _sha256(path))
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class InspectingCheck:

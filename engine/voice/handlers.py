@@ -17,6 +17,7 @@ from sqlalchemy import update
 
 from engine.jobs import Handler, JobContext, JobFailed
 from engine.models import Upload, UploadKind, UploadStatus, new_id, utcnow
+from engine.storage import NotStored, TooLarge
 from engine.voice.audio import CONTENT_TYPES, SampleRejected, encode, load_sample
 from engine.voice.backend import SpeakerProfile, VoiceBackend
 from engine.voice.models import Voice, VoiceGeneration
@@ -126,16 +127,20 @@ class VoiceHandlers:
         s_ = self.settings
         backend = self._ready_backend()
         try:
-            sample = load_sample(
-                ctx.storage.upload_path(upload_id),
-                sample_rate=backend.sample_rate,
-                min_seconds=s_.min_sample_seconds,
-                max_seconds=s_.max_sample_seconds,
-                target_dbfs=s_.target_dbfs,
-            )
+            # On object storage a downloaded copy, deleted when the block ends.
+            with ctx.storage.local_upload(upload_id, ctx.settings.uploads.max_audio_bytes) as path:
+                sample = load_sample(
+                    path,
+                    sample_rate=backend.sample_rate,
+                    min_seconds=s_.min_sample_seconds,
+                    max_seconds=s_.max_sample_seconds,
+                    target_dbfs=s_.target_dbfs,
+                )
             ctx.report(30)
             profile = backend.analyse(sample)
-        except SampleRejected as exc:
+        except NotStored as exc:
+            raise JobFailed("the uploaded sample is gone; upload it again") from exc
+        except (SampleRejected, TooLarge) as exc:
             with ctx.sessions.begin() as s:
                 s.execute(
                     update(Upload)
@@ -143,7 +148,7 @@ class VoiceHandlers:
                     .values(status=UploadStatus.FAILED.value, error=str(exc), updated_at=utcnow())
                 )
             # A refused sample is not kept: nothing can use it, and it counts against no one.
-            ctx.storage.upload_path(upload_id).unlink(missing_ok=True)
+            ctx.storage.delete_upload(upload_id)
             raise JobFailed(str(exc)) from exc
         ctx.report(90)
         voice_id = new_id()

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from engine.errors import Conflict, InvalidField, JobOutcomeError, NotFound, Rejected
 from engine.jobs import JobService, TooManyPendingJobs, submit_and_wait
 from engine.models import JobStatus, UploadKind, UploadStatus, as_utc
-from engine.uploads import get_owned_upload, mark_upload
+from engine.uploads import get_owned_upload, mark_upload, receive_direct_upload
 from engine.voice import store
 from engine.voice.handlers import CLONE_KIND, GENERATE_KIND
 from engine.voice.models import Voice
@@ -29,6 +29,7 @@ from engine.voice.schemas import (
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
+    from engine.storage import Storage
 
 
 class VoiceServices(Protocol):
@@ -39,6 +40,9 @@ class VoiceServices(Protocol):
 
     @property
     def jobs(self) -> JobService: ...
+
+    @property
+    def storage(self) -> Storage: ...
 
     def artifact_url(self, base_url: str, key: str) -> str:
         """A signed, expiring GET URL for a stored artifact."""
@@ -147,7 +151,11 @@ async def create_voice(
     if upload is None:
         raise NotFound("upload not found")
     if upload.status == UploadStatus.PENDING.value:
-        raise Rejected("not uploaded: PUT the sample to its upload URL first")
+        if not services.storage.direct_uploads:
+            raise Rejected("not uploaded: PUT the sample to its upload URL first")
+        # The sample went straight to object storage: size, type and the owner's storage
+        # are checked now (a refused one is deleted); its sound is judged by the clone.
+        await receive_direct_upload(session, services.storage, services.settings, upload)
     if upload.status == UploadStatus.PROCESSED.value:
         raise Conflict("this upload was already used to clone a voice")
     if upload.status == UploadStatus.FAILED.value:
