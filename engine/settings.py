@@ -197,20 +197,22 @@ class EngineSettings(_Section):
     @model_validator(mode="before")
     @classmethod
     def _pulled_models(cls, data: Any) -> Any:
-        """``[engine.image] base_model = "org/name"``: the folder ``models pull`` made."""
+        """``[engine.image] base_model = "org/name"`` (and ``single_file_config``): the
+        folder ``models pull`` made."""
         if not isinstance(data, dict):
             return data
         image = data.get("image")
         if not isinstance(image, dict):
             return data
-        base = image.get("base_model")
-        if isinstance(base, str) and not Path(base).exists():
-            from engine.model_store import resolve_pulled
+        from engine.model_store import resolve_pulled
 
-            pulled = resolve_pulled(Path(data.get("data_dir", "data")), base)
-            if pulled is not None:
-                data = {**data, "image": {**image, "base_model": str(pulled)}}
-        return data
+        for field in ("base_model", "single_file_config"):
+            value = image.get(field)
+            if isinstance(value, str) and not Path(value).exists():
+                pulled = resolve_pulled(Path(data.get("data_dir", "data")), value)
+                if pulled is not None:
+                    image = {**image, field: str(pulled)}
+        return {**data, "image": image}
 
     @model_validator(mode="after")
     def _secret_allowed(self) -> EngineSettings:

@@ -1,10 +1,10 @@
 """The diffusion model the worker keeps loaded: generation, LoRA training and adapter swaps.
 
-One :class:`ImageModel` per worker process holds the base pipeline (SD 1.5 or SDXL class,
-or the built-in tiny random model). LoRAs are loaded into it as named peft adapters and
-switched per request, so the base weights are read from disk once. Everything here is
-blocking torch code: it runs in job worker threads, serialised by one lock because a single
-accelerator runs one thing at a time.
+One :class:`ImageModel` per worker process holds the base pipeline (SD 1.5, SDXL or FLUX.1
+class, or a built-in tiny random model of one of them). LoRAs are loaded into it as named
+peft adapters and switched per request, so the base weights are read from disk once.
+Everything here is blocking torch code: it runs in job worker threads, serialised by one lock
+because a single accelerator runs one thing at a time.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     DDPMScheduler,
+    FluxPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -43,6 +44,7 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from engine.image import flux
 from engine.image.settings import TINY_MODEL_LABEL, ImageSettings
 from engine.image.types import (
     LoraFit,
@@ -55,7 +57,8 @@ from engine.image.types import (
 
 log = logging.getLogger(__name__)
 
-# The UNet attention projections the LoRA adapts (diffusers' names, SD 1.5 and SDXL alike).
+# The attention projections the LoRA adapts (diffusers' names; the UNet's of SD 1.5 and SDXL,
+# the transformer's of FLUX: its single blocks have no ``to_out``, their MLP fuses it).
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 # diffusers' lazy module exports read as dummy classes to mypy: pipelines and schedulers
 # are typed loosely here, and their real types are checked at run time.
@@ -65,14 +68,18 @@ Scheduler = Any
 _FIT_ADAPTER = "tada_fit"
 # ``format`` in the metadata of the LoRA files we write (older ones say "diffusers-lora").
 LORA_FILE_FORMAT = "kohya-lora"
+# ... and of the FLUX LoRAs we write, in diffusers' layout (see :func:`flux_lora_file`).
+FLUX_LORA_FILE_FORMAT = "diffusers-lora"
 
 
 @dataclass(frozen=True)
 class _Conditioning:
     embeds: torch.Tensor
-    # SDXL only: pooled text embeddings and the size/crop "time ids".
+    # SDXL and FLUX: pooled text embeddings; SDXL: the size/crop "time ids".
     pooled: torch.Tensor | None
     time_ids: torch.Tensor | None
+    # FLUX: the text tokens' position ids (one set for the whole batch).
+    text_ids: torch.Tensor | None = None
 
     def added_kwargs(self, idx: torch.Tensor | None = None) -> dict[str, Any] | None:
         if self.pooled is None or self.time_ids is None:
@@ -159,13 +166,16 @@ def _tiny_text_config(vocab_size: int) -> CLIPTextConfig:
 def build_tiny_pipeline(seed: int, resolution: int, arch: str = "sd15") -> Pipeline:
     """A Stable Diffusion-shaped pipeline with random weights: tests and development only.
 
-    ``arch`` is ``sd15`` (one text encoder) or ``sdxl`` (two, pooled embeddings and size
-    conditioning), so both code paths run on a CPU. Seeded, so every worker builds the
+    ``arch`` is ``sd15`` (one text encoder), ``sdxl`` (two, pooled embeddings and size
+    conditioning) or ``flux`` (:func:`engine.image.flux.build_tiny_flux`), so every code path
+    runs on a CPU. Seeded, so every worker builds the
     same weights and a LoRA trained by one process fits the base of another. It draws
     noise, by design.
     """
     if arch == "sdxl":
         return _build_tiny_xl(seed, resolution)
+    if arch == "flux":
+        return flux.build_tiny_flux(seed, resolution)
     tokenizer = offline_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -250,21 +260,62 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+_PIPELINES: dict[str, Any] = {
+    "sd15": StableDiffusionPipeline,
+    "sdxl": StableDiffusionXLPipeline,
+    "flux": FluxPipeline,
+}
+
+
 def load_checkpoint(path: Path, dtype: torch.dtype) -> Pipeline:
-    """A local SD 1.5 / SDXL diffusers checkpoint; never downloads."""
+    """A local SD 1.5 / SDXL / FLUX.1 diffusers checkpoint, the architecture read from its
+    ``model_index.json``; never downloads."""
+    arch = flux.arch_of_folder(path)
     index = json.loads((path / "model_index.json").read_text())
-    cls_name = index.get("_class_name", "")
-    classes: dict[str, Any] = {
-        "StableDiffusionPipeline": StableDiffusionPipeline,
-        "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
-    }
-    if cls_name not in classes:
-        raise ModelError(f"{path}: unsupported pipeline {cls_name!r}; use an SD 1.5 or SDXL one")
     extra: dict[str, Any] = {}
     if "safety_checker" in index:
         extra = {"safety_checker": None, "requires_safety_checker": False}
-    return classes[cls_name].from_pretrained(
+    return _PIPELINES[arch].from_pretrained(
         str(path), torch_dtype=dtype, local_files_only=True, **extra
+    )
+
+
+def load_single_file(path: Path, config: Path | None, dtype: torch.dtype) -> Pipeline:
+    """A single-file ``.safetensors`` checkpoint (SD 1.5 / SDXL, or a FLUX.1 transformer),
+    the architecture read from its tensor names; never downloads.
+
+    A single file holds weights only: ``config`` is a local diffusers folder of the same
+    architecture (a pulled base repository) that gives the component configs and the
+    tokenizers, and for FLUX the text encoders and VAE the file does not hold. Without it
+    diffusers would fetch configs from the hub, which the engine never does at run time.
+    """
+    arch = flux.arch_of_single_file(path)
+    if config is None:
+        raise ModelError(
+            f"{path} is a single-file {arch} checkpoint: set image.single_file_config to a "
+            f"diffusers folder of the same architecture (its configs and tokenizers), e.g. "
+            f"one `tada-engine models pull` fetched"
+        )
+    if flux.arch_of_folder(config) != arch:
+        raise ModelError(f"{path} is a {arch} checkpoint but {config} is not a {arch} folder")
+    if arch == "flux":
+        from diffusers import FluxTransformer2DModel
+
+        transformer = FluxTransformer2DModel.from_single_file(
+            str(path),
+            config=str(config),
+            subfolder="transformer",
+            torch_dtype=dtype,
+            local_files_only=True,
+        )
+        return FluxPipeline.from_pretrained(
+            str(config), transformer=transformer, torch_dtype=dtype, local_files_only=True
+        )
+    extra: dict[str, Any] = {}
+    if arch == "sd15":
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    return _PIPELINES[arch].from_single_file(
+        str(path), config=str(config), torch_dtype=dtype, local_files_only=True, **extra
     )
 
 
@@ -282,6 +333,38 @@ def kohya_lora_state(unet_peft_state: dict[str, torch.Tensor]) -> dict[str, torc
     }
 
 
+def flux_lora_file(
+    transformer_peft_state: dict[str, torch.Tensor], rank: int
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A FLUX LoRA's tensors and safetensors metadata exactly as diffusers'
+    ``FluxPipeline.save_lora_weights`` writes them (``transformer.<module>.lora_A.weight`` /
+    ``lora_B``, the adapter config in the ``lora_adapter_metadata`` header), which diffusers'
+    ``load_lora_weights`` and ComfyUI read. Written by diffusers itself, then read back, so
+    the layout is always diffusers' own."""
+    import tempfile
+
+    from safetensors import safe_open
+
+    state = {
+        k: v.detach().to("cpu", torch.float32).contiguous()
+        for k, v in transformer_peft_state.items()
+    }
+    config = {"r": rank, "lora_alpha": rank, "target_modules": list(LORA_TARGETS)}
+    with tempfile.TemporaryDirectory() as tmp:
+        FluxPipeline.save_lora_weights(
+            tmp,
+            transformer_lora_layers=state,
+            transformer_lora_adapter_metadata=config,
+            weight_name="lora.safetensors",
+        )
+        with safe_open(str(Path(tmp) / "lora.safetensors"), "pt") as fh:
+            names = fh.keys()
+            tensors = {k: fh.get_tensor(k) for k in names}
+            meta = dict(fh.metadata() or {})
+    meta.pop("format", None)
+    return tensors, meta
+
+
 def lora_fingerprint(path: Path) -> str:
     """A short id for a LoRA file's current content: its adapter name in the pipeline."""
     stat = path.stat()
@@ -297,16 +380,27 @@ class ImageModel:
         self.pipe.set_progress_bar_config(disable=True)
         self.label = label
         self.device = device
-        self.dtype: torch.dtype = self.pipe.unet.dtype
         self.is_xl = isinstance(pipe, StableDiffusionXLPipeline)
-        self.native_size = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+        self.is_flux = isinstance(pipe, FluxPipeline)
+        self.arch = "flux" if self.is_flux else "sdxl" if self.is_xl else "sd15"
+        # What the LoRA adapts: FLUX's transformer, SD's UNet.
+        self.denoiser: Any = pipe.transformer if self.is_flux else pipe.unet
+        self.dtype: torch.dtype = self.denoiser.dtype
+        if self.is_flux:
+            # FLUX's VAE config names the native size (1024); the transformer has none.
+            self.native_size = int(self.pipe.vae.config.sample_size)
+        else:
+            self.native_size = int(self.pipe.unet.config.sample_size) * int(
+                self.pipe.vae_scale_factor
+            )
         self._lock = threading.RLock()
         self._adapters: OrderedDict[str, Path] = OrderedDict()
         self.max_adapters = 8
-        for module in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
-            module.requires_grad_(False)
-        if self.is_xl:
-            self.pipe.text_encoder_2.requires_grad_(False)
+        for module in self._components():
+            # Models built from config start in training mode (T5's dropout would make
+            # every image differ); from_pretrained's are in eval mode already.
+            module.eval()
+        self._freeze()
 
     @classmethod
     def from_settings(cls, settings: ImageSettings) -> ImageModel:
@@ -322,6 +416,12 @@ class ImageModel:
             # Built in float32: the tiny model is for correctness, not speed.
             pipe = build_tiny_pipeline(
                 settings.tiny_seed, settings.tiny_resolution, settings.tiny_arch
+            )
+        elif settings.base_model.is_file():
+            pipe = load_single_file(
+                settings.base_model,
+                settings.single_file_config,
+                resolve_dtype(settings.dtype, device),
             )
         else:
             pipe = load_checkpoint(settings.base_model, resolve_dtype(settings.dtype, device))
@@ -342,6 +442,9 @@ class ImageModel:
     def _encode(self, prompts: Sequence[str], ids: Sequence[Sequence[int]]) -> _Conditioning:
         """Text conditioning; ``ids`` per prompt are SDXL's size/crop conditioning:
         original height and width, crop top and left, target height and width."""
+        if self.is_flux:
+            embeds, pooled, text_ids = flux.encode(self.pipe, list(prompts), self.device)
+            return _Conditioning(embeds, pooled, None, text_ids)
         if self.is_xl:
             embeds, _, pooled, _ = self.pipe.encode_prompt(
                 list(prompts), device=self.device, do_classifier_free_guidance=False
@@ -366,7 +469,10 @@ class ImageModel:
         return latents - shift * vae.config.scaling_factor if shift else latents
 
     def _multiple(self) -> int:
-        # What the VAE and the UNet's downsamplings divide exactly; diffusers wants 8 too.
+        # What the VAE and the UNet's downsamplings (FLUX: its 2x2 patches) divide exactly;
+        # diffusers wants 8 too.
+        if self.is_flux:
+            return math.lcm(8, int(self.pipe.vae_scale_factor) * 2)
         down = len(self.pipe.unet.config.block_out_channels) - 1
         return math.lcm(8, int(self.pipe.vae_scale_factor) * 2**down)
 
@@ -431,8 +537,8 @@ class ImageModel:
                     config.pop(name, None)
 
     def _components(self) -> list[torch.nn.Module]:
-        found = [self.pipe.unet, self.pipe.vae, self.pipe.text_encoder]
-        if self.is_xl:
+        found = [self.denoiser, self.pipe.vae, self.pipe.text_encoder]
+        if self.is_xl or self.is_flux:
             found.append(self.pipe.text_encoder_2)
         return found
 
@@ -512,15 +618,20 @@ class ImageModel:
         with self._lock:
             self._activate(lora, weight)
             gen = torch.Generator(device="cpu").manual_seed(seed)
+            extra: dict[str, Any] = {"negative_prompt": negative_prompt}
+            if self.is_flux:
+                # FLUX is guidance-distilled: ``guidance_scale`` is its guidance embedding and
+                # a negative prompt would need true CFG (twice the cost); it is not used.
+                extra = {"max_sequence_length": flux.max_sequence_length(self.pipe)}
             out = self.pipe(
                 prompt=prompt,
-                negative_prompt=negative_prompt,
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
                 width=width or self.native_size,
                 height=height or self.native_size,
                 generator=gen,
                 output_type="np",
+                **extra,
             )
             image: np.ndarray = np.asarray(out.images[0], dtype=np.float32)
         return image
@@ -547,22 +658,34 @@ class ImageModel:
         with self._lock:
             self._activate(lora, 1.0)
             buckets = self._buckets(examples, size, seed, bucketing)
-            sched = DDPMScheduler.from_config(self.pipe.scheduler.config)
+            sched = self._train_scheduler()
             gen = torch.Generator(device="cpu").manual_seed(seed + 1)
             total = 0.0
             for _ in range(samples):
                 for b in buckets:
                     latents = b.latents
                     noise = torch.randn(latents.shape, generator=gen).to(self.device, latents.dtype)
-                    t = torch.randint(
-                        0, sched.config.num_train_timesteps, (len(latents),), generator=gen
-                    ).to(self.device)
+                    t = self._draw_t(sched, len(latents), gen)
                     pred, target = self._predict(sched, latents, noise, t, b.cond, None)
                     loss = torch.nn.functional.mse_loss(pred.float(), target.float())
                     total += float(loss) * len(latents) / len(examples)
             if lora is not None:
                 self.pipe.disable_lora()
         return total / samples
+
+    def _train_scheduler(self) -> Scheduler:
+        """SD's DDPM noise schedule; FLUX (rectified flow) needs none: ``None``."""
+        if self.is_flux:
+            return None
+        return DDPMScheduler.from_config(self.pipe.scheduler.config)
+
+    def _draw_t(self, sched: Scheduler, n: int, gen: torch.Generator) -> torch.Tensor:
+        """Training timesteps: DDPM's integer steps, or FLUX's noise levels in (0, 1)."""
+        if sched is None:
+            return flux.draw_sigmas(n, gen).to(self.device)
+        return torch.randint(0, sched.config.num_train_timesteps, (n,), generator=gen).to(
+            self.device
+        )
 
     def _predict(
         self,
@@ -573,8 +696,12 @@ class ImageModel:
         cond: _Conditioning,
         idx: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        noisy = sched.add_noise(latents, noise, t)
         embeds = cond.embeds if idx is None else cond.select(idx)
+        if self.is_flux:
+            assert cond.pooled is not None and cond.text_ids is not None
+            pooled = cond.pooled if idx is None else cond.pooled[idx]
+            return flux.flow_predict(self.pipe, latents, noise, t, embeds, pooled, cond.text_ids)
+        noisy = sched.add_noise(latents, noise, t)
         pred = self.pipe.unet(
             noisy, t, embeds, added_cond_kwargs=cond.added_kwargs(idx), return_dict=False
         )[0]
@@ -608,7 +735,7 @@ class ImageModel:
         if not examples:
             raise ModelError("no training images")
         size = resolution or self.native_size
-        unet = self.pipe.unet
+        unet = self.denoiser
         with self._lock, torch.inference_mode(False):
             self._reconcile()
             if self._adapters:
@@ -638,9 +765,7 @@ class ImageModel:
                     p.data = p.data.float()
                     p.requires_grad_(True)
                 losses = self._fit(params, buckets, steps, learning_rate, batch_size, seed, on_step)
-                tensors = kohya_lora_state(
-                    get_peft_model_state_dict(unet, adapter_name=_FIT_ADAPTER)
-                )
+                peft_state = get_peft_model_state_dict(unet, adapter_name=_FIT_ADAPTER)
             finally:
                 # The fit adapter leaves and the loaded LoRAs stay, as before the training.
                 if _FIT_ADAPTER in self._held_adapters():
@@ -650,7 +775,7 @@ class ImageModel:
         info = {
             "format": LORA_FILE_FORMAT,
             # kohya's own metadata, which A1111 and LoRA managers show.
-            "ss_network_module": "networks.lora",
+            "ss_network_module": "networks.lora_flux" if self.is_flux else "networks.lora",
             "ss_network_dim": str(rank),
             "ss_network_alpha": str(rank),
             "rank": str(rank),
@@ -662,6 +787,11 @@ class ImageModel:
         }
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".part")
+        if self.is_flux:
+            tensors, adapter_meta = flux_lora_file(peft_state, rank)
+            info = {**info, **adapter_meta, "format": FLUX_LORA_FILE_FORMAT}
+        else:
+            tensors = kohya_lora_state(peft_state)
         save_file(tensors, str(tmp), metadata=info)
         tmp.replace(dest)
         return LoraFit(dest, tuple(losses), rank, steps, size)
@@ -676,8 +806,8 @@ class ImageModel:
         seed: int,
         on_step: Callable[[int, int, float], None] | None,
     ) -> list[float]:
-        unet = self.pipe.unet
-        sched = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        unet = self.denoiser
+        sched = self._train_scheduler()
         optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-2)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         autocast = self.device.type == "cuda" and self.dtype != torch.float32
@@ -694,9 +824,7 @@ class ImageModel:
                 idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(self.device)
                 batch = b.latents[idx]
                 noise = torch.randn(batch.shape, generator=gen).to(self.device, batch.dtype)
-                t = torch.randint(
-                    0, sched.config.num_train_timesteps, (batch.shape[0],), generator=gen
-                ).to(self.device)
+                t = self._draw_t(sched, batch.shape[0], gen)
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
                     pred, target = self._predict(sched, batch, noise, t, b.cond, idx)
                 loss = torch.nn.functional.mse_loss(pred.float(), target.float())

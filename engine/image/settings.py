@@ -3,7 +3,8 @@
 With nothing configured the engine uses the built-in *tiny random* pipeline: a Stable
 Diffusion-shaped model built from config with random weights and an offline tokenizer. It
 exercises every code path on a CPU in seconds and **draws noise**; set ``base_model`` to a
-local diffusers checkpoint (SD 1.5 or SDXL class) for real images.
+pulled hub id, a local diffusers folder or a single-file ``.safetensors`` checkpoint (SD 1.5,
+SDXL or FLUX.1: the architecture is read from the checkpoint) for real images.
 """
 
 from __future__ import annotations
@@ -118,7 +119,13 @@ class ImageSettings(_Section):
     """Everything the image back end reads; built by :func:`image_settings`."""
 
     base_model: Path | None = Field(
-        None, description="local diffusers checkpoint dir; None = tiny random model (noise)"
+        None,
+        description="diffusers folder or single .safetensors file; None = tiny random model",
+    )
+    single_file_config: Path | None = Field(
+        None,
+        description="with a single-file base_model: a diffusers folder of the same "
+        "architecture (configs, tokenizers; FLUX: text encoders and VAE)",
     )
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda:0', ...")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -127,7 +134,7 @@ class ImageSettings(_Section):
     )
     tiny_seed: int = Field(1234, description="seed of the tiny random model's weights")
     tiny_resolution: int = Field(32, ge=8, le=256, description="tiny model's native size")
-    tiny_arch: Literal["sd15", "sdxl"] = Field("sd15", description="tiny model's layout")
+    tiny_arch: Literal["sd15", "sdxl", "flux"] = Field("sd15", description="tiny model's layout")
     zip: ZipLimits = ZipLimits()
     training: TrainingSettings = TrainingSettings()
     generation: GenerationSettings = GenerationSettings()
@@ -139,10 +146,15 @@ class ImageSettings(_Section):
         unknown = set(self.demos) - set(DEMO_NAMES)
         if unknown:
             raise ValueError(f"unknown demo(s) {sorted(unknown)}; known: {list(DEMO_NAMES)}")
-        if self.base_model is not None and not (self.base_model / "model_index.json").is_file():
+        base = self.base_model
+        if base is not None and not (
+            (base / "model_index.json").is_file()
+            or (base.is_file() and base.suffix == ".safetensors")
+        ):
             raise ValueError(
-                f"image.base_model {self.base_model} is not a diffusers checkpoint "
-                "(no model_index.json); nothing is downloaded at run time"
+                f"image.base_model {base} is neither a diffusers checkpoint folder (with "
+                "model_index.json) nor a single-file .safetensors checkpoint; nothing is "
+                "downloaded at run time (`tada-engine models pull` fetches one)"
             )
         return self
 
@@ -155,7 +167,9 @@ class ImageSettings(_Section):
     def model_label(self) -> str:
         """What the outputs were drawn with, shown in API answers and logs."""
         if self.base_model is None:
-            return TINY_MODEL_LABEL if self.tiny_arch == "sd15" else f"{TINY_MODEL_LABEL} [sdxl]"
+            if self.tiny_arch == "sd15":
+                return TINY_MODEL_LABEL
+            return f"{TINY_MODEL_LABEL} [{self.tiny_arch}]"
         return str(self.base_model)
 
 
