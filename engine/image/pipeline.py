@@ -429,6 +429,13 @@ class ImageModel:
         model.max_adapters = settings.generation.max_loaded_adapters
         return model
 
+    @property
+    def defaults_key(self) -> str:
+        """The :data:`engine.image.settings.ARCH_DEFAULTS` entry of this model."""
+        if self.is_flux and not self.pipe.transformer.config.guidance_embeds:
+            return "flux-schnell"
+        return self.arch
+
     def aspect_size(
         self, ratio: str, width: int | None = None, height: int | None = None
     ) -> tuple[int, int]:
@@ -723,17 +730,21 @@ class ImageModel:
         bucketing: bool = True,
         metadata: dict[str, str] | None = None,
         on_step: Callable[[int, int, float], None] | None = None,
+        options: TrainOptions | None = None,
     ) -> LoraFit:
-        """Train a LoRA on the UNet attention projections and save it as safetensors.
+        """Train a LoRA on the attention projections and save it as safetensors.
 
         With ``bucketing`` each image keeps its shape: it trains in the aspect-ratio bucket
         nearest to it (about ``resolution``² pixels), a batch drawing from one bucket;
         without, every image is center-cropped to a square. ``on_step(step, steps, loss)``
         runs after every step (progress, cancellation: an exception it raises stops
-        training, and the base model is left clean either way).
+        training, and the base model is left clean either way). ``options``: precision,
+        memory, checkpoints (a training cut off resumes from its checkpoint file at the saved
+        step) and the validation image rendered at each checkpoint.
         """
         if not examples:
             raise ModelError("no training images")
+        opts = options or TrainOptions()
         size = resolution or self.native_size
         unet = self.denoiser
         with self._lock, torch.inference_mode(False):
@@ -759,12 +770,13 @@ class ImageModel:
                 unet.enable_adapters()
                 unet.set_adapter(_FIT_ADAPTER)
                 self._freeze()
-                params = [p for n, p in unet.named_parameters() if f".{_FIT_ADAPTER}." in n]
-                for p in params:
+                named = {n: p for n, p in unet.named_parameters() if f".{_FIT_ADAPTER}." in n}
+                for p in named.values():
                     # Trainable weights stay float32 even on a half-precision base.
                     p.data = p.data.float()
                     p.requires_grad_(True)
-                losses = self._fit(params, buckets, steps, learning_rate, batch_size, seed, on_step)
+                plan = _FitPlan(steps, learning_rate, batch_size, seed, rank)
+                losses = self._fit(named, buckets, plan, opts, on_step)
                 peft_state = get_peft_model_state_dict(unet, adapter_name=_FIT_ADAPTER)
             finally:
                 # The fit adapter leaves and the loaded LoRAs stay, as before the training.
@@ -798,34 +810,41 @@ class ImageModel:
 
     def _fit(
         self,
-        params: list[torch.nn.Parameter],
+        named: dict[str, torch.nn.Parameter],
         buckets: list[_Bucket],
-        steps: int,
-        learning_rate: float,
-        batch_size: int,
-        seed: int,
+        plan: _FitPlan,
+        opts: TrainOptions,
         on_step: Callable[[int, int, float], None] | None,
     ) -> list[float]:
         unet = self.denoiser
+        params = list(named.values())
         sched = self._train_scheduler()
-        optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-2)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        autocast = self.device.type == "cuda" and self.dtype != torch.float32
+        optimizer = _optimizer(opts.optimizer, params, plan.learning_rate)
+        gen = torch.Generator(device="cpu").manual_seed(plan.seed)
+        autocast = opts.autocast_dtype is not None and self.device.type == "cuda"
         # A bucket is drawn in proportion to its images: each image is seen equally often.
         weights = torch.tensor([float(len(b.latents)) for b in buckets])
         losses: list[float] = []
+        first = 1
+        if opts.checkpoint is not None and opts.checkpoint.is_file():
+            first, losses = _load_checkpoint(opts.checkpoint, plan, named, optimizer, gen)
+            log.info("training resumes from %s at step %d", opts.checkpoint.name, first)
+        if opts.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
         unet.train()
         try:
-            for step in range(1, steps + 1):
+            for step in range(first, plan.steps + 1):
                 b = buckets[0]
                 if len(buckets) > 1:
                     b = buckets[int(torch.multinomial(weights, 1, generator=gen))]
                 n = b.latents.shape[0]
-                idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(self.device)
+                idx = torch.randint(0, n, (min(plan.batch_size, n),), generator=gen).to(self.device)
                 batch = b.latents[idx]
                 noise = torch.randn(batch.shape, generator=gen).to(self.device, batch.dtype)
                 t = self._draw_t(sched, batch.shape[0], gen)
-                with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
+                with torch.autocast(
+                    self.device.type, dtype=opts.autocast_dtype or self.dtype, enabled=autocast
+                ):
                     pred, target = self._predict(sched, batch, noise, t, b.cond, idx)
                 loss = torch.nn.functional.mse_loss(pred.float(), target.float())
                 loss.backward()
@@ -833,11 +852,149 @@ class ImageModel:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
+                every = opts.checkpoint_every
+                if (
+                    opts.checkpoint is not None
+                    and every
+                    and step % every == 0
+                    and step < plan.steps
+                ):
+                    _save_checkpoint(opts.checkpoint, step, plan, named, optimizer, gen, losses)
+                    if opts.on_checkpoint is not None:
+                        opts.on_checkpoint(step, self._validation_image(opts))
                 if on_step is not None:
-                    on_step(step, steps, losses[-1])
+                    on_step(step, plan.steps, losses[-1])
         finally:
             unet.eval()
+            if opts.gradient_checkpointing:
+                unet.disable_gradient_checkpointing()
         return losses
+
+    @torch.no_grad()
+    def _validation_image(self, opts: TrainOptions) -> np.ndarray | None:
+        """The validation prompt drawn with the LoRA as trained so far (its adapter active)."""
+        if not opts.validation_prompt:
+            return None
+        self.denoiser.eval()
+        try:
+            extra: dict[str, Any] = {}
+            if self.is_flux:
+                extra = {"max_sequence_length": flux.max_sequence_length(self.pipe)}
+            out = self.pipe(
+                prompt=opts.validation_prompt,
+                num_inference_steps=opts.validation_steps,
+                guidance_scale=opts.validation_guidance,
+                width=self.native_size,
+                height=self.native_size,
+                # One fixed seed: the images of successive checkpoints compare.
+                generator=torch.Generator(device="cpu").manual_seed(0),
+                output_type="np",
+                **extra,
+            )
+            image: np.ndarray = np.asarray(out.images[0], dtype=np.float32)
+        finally:
+            self.denoiser.train()
+        return image
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How a training runs, beyond what it learns (see ``[engine.image.training]``)."""
+
+    # bf16/fp16 autocast of the forward pass on CUDA; None: the model's own dtype.
+    autocast_dtype: torch.dtype | None = None
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw"  # or "adamw8bit" (bitsandbytes)
+    # A resumable checkpoint written every ``checkpoint_every`` steps (and read on start).
+    checkpoint: Path | None = None
+    checkpoint_every: int = 0
+    validation_prompt: str | None = None
+    validation_steps: int = 20
+    validation_guidance: float = 7.0
+    # Called after each checkpoint with its step and the validation image (or None).
+    on_checkpoint: Callable[[int, np.ndarray | None], None] | None = None
+
+
+@dataclass(frozen=True)
+class _FitPlan:
+    steps: int
+    learning_rate: float
+    batch_size: int
+    seed: int
+    rank: int
+
+    def fingerprint(self) -> dict[str, float | int]:
+        return {
+            "learning_rate": self.learning_rate,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "rank": self.rank,
+        }
+
+
+def _optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        except ImportError as exc:
+            raise ModelError(
+                "image.training.optimizer = 'adamw8bit' needs bitsandbytes "
+                "(pip install bitsandbytes) and a CUDA GPU; use 'adamw' otherwise"
+            ) from exc
+        if not any(p.is_cuda for p in params):
+            raise ModelError("image.training.optimizer = 'adamw8bit' runs on a CUDA GPU only")
+        opt: torch.optim.Optimizer = bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-2)
+        return opt
+    return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+
+
+def _save_checkpoint(
+    path: Path,
+    step: int,
+    plan: _FitPlan,
+    named: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    gen: torch.Generator,
+    losses: list[float],
+) -> None:
+    """The LoRA so far, the optimizer's moments and the data order's RNG: enough for the
+    next steps to be the ones an uncut training would have taken."""
+    state = {
+        "step": step,
+        "plan": plan.fingerprint(),
+        "adapter": {n: p.detach().cpu().clone() for n, p in named.items()},
+        "optimizer": optimizer.state_dict(),
+        "generator": gen.get_state(),
+        "losses": list(losses),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(
+    path: Path,
+    plan: _FitPlan,
+    named: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    gen: torch.Generator,
+) -> tuple[int, list[float]]:
+    """Restore a checkpoint; the first step still to take and the losses so far. One made
+    for other settings (or unreadable) is ignored: training starts over."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["plan"] != plan.fingerprint() or set(state["adapter"]) != set(named):
+            raise ValueError("made for other training settings")
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(state["adapter"][n].to(p.device, p.dtype))
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+    except Exception as exc:
+        log.warning("checkpoint %s not used (%s): training starts over", path.name, exc)
+        return 1, []
+    return int(state["step"]) + 1, [float(x) for x in state["losses"]]
 
 
 def _cover_crop(image: Image.Image, width: int, height: int) -> tuple[Image.Image, int, int]:
