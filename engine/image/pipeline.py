@@ -828,7 +828,7 @@ class ImageModel:
         first = 1
         if opts.checkpoint is not None and opts.checkpoint.is_file():
             first, losses = _load_checkpoint(opts.checkpoint, plan, named, optimizer, gen)
-            log.info("training resumes from %s at step %d", opts.checkpoint.name, first)
+            log.warning("training resumes from %s at step %d", opts.checkpoint.name, first)
         if opts.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
