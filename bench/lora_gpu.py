@@ -39,8 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.lora import device_name, sample_images, sync
-from engine.image.flux import offline_t5_tokenizer
-from engine.image.pipeline import ImageModel, TrainOptions, build_tiny_pipeline, offline_tokenizer
+from engine.image.offline_tokenizers import offline_t5_tokenizer, offline_tokenizer
+from engine.image.pipeline import ImageModel, TrainOptions, build_tiny_pipeline
 from engine.image.types import TrainImage
 
 CONFIGS = Path(__file__).parent / "configs"

@@ -20,9 +20,9 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5Tokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
+from engine.image.offline_tokenizers import TINY_T5_TOKENS, offline_t5_tokenizer, offline_tokenizer
 from engine.image.types import ModelError
 
 # diffusers' lazy exports read as dummy classes to mypy (as in engine.image.pipeline).
@@ -39,29 +39,6 @@ _PIPELINE_ARCH = {
 TRAIN_GUIDANCE = 1.0
 # Tiny model sizes: a 32-wide T5 and CLIP, a one-block transformer (double and single).
 _TINY_WIDTH = 32
-_TINY_T5_TOKENS = 32
-
-
-def offline_t5_tokenizer(max_length: int = _TINY_T5_TOKENS) -> T5Tokenizer:
-    """A character-level T5 tokenizer (unigram over printable ASCII), built without a download."""
-    chars = [chr(c) for c in range(32, 127)]
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
-    vocab += [(c, -2.0) for c in chars]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    # transformers 5's T5Tokenizer is the tokenizers-backed ("fast") one.
-    return T5Tokenizer(
-        tokenizer_object=tok,
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_ids=0,
-        model_max_length=max_length,
-    )
 
 
 def build_tiny_flux(seed: int, resolution: int) -> Pipeline:
@@ -71,10 +48,8 @@ def build_tiny_flux(seed: int, resolution: int) -> Pipeline:
     guidance embedding, a tiny T5 and CLIP, an AutoencoderKL with FLUX's 16 latent channels
     (and its scaling and shift factors). Seeded like the SD tiny models. It draws noise.
     """
-    from engine.image.pipeline import offline_tokenizer
-
     clip_tok = offline_tokenizer()
-    t5_tok = offline_t5_tokenizer()
+    t5_tok = offline_t5_tokenizer(TINY_T5_TOKENS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(

@@ -41,10 +41,10 @@ from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
-    CLIPTokenizer,
 )
 
 from engine.image import flux
+from engine.image.offline_tokenizers import offline_tokenizer
 from engine.image.settings import TINY_MODEL_LABEL, ImageSettings
 from engine.image.types import (
     LoraFit,
@@ -99,29 +99,6 @@ class _Bucket:
     size: tuple[int, int]  # width, height in pixels
     latents: torch.Tensor
     cond: _Conditioning
-
-
-def _byte_level_alphabet() -> list[str]:
-    """GPT-2/CLIP's printable stand-ins for the 256 byte values."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    keep += list(range(ord("®"), ord("ÿ") + 1))
-    chars = list(keep)
-    extra = 0
-    for b in range(256):
-        if b not in keep:
-            chars.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in chars]
-
-
-def offline_tokenizer() -> CLIPTokenizer:
-    """A byte-level CLIP tokenizer with no merges, built without any download."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    alphabet = _byte_level_alphabet()
-    for suffix in ("", "</w>"):
-        for ch in alphabet:
-            vocab[ch + suffix] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
 def _tiny_scheduler() -> DDIMScheduler:
