@@ -106,3 +106,32 @@ def test_a_flux_folder_is_detected_from_its_model_index(tmp_path: Path) -> None:
     index.write_text(json.dumps({**json.loads(index.read_text()), "_class_name": "WanPipeline"}))
     with pytest.raises(ModelError, match=r"FLUX\.1"):
         arch_of_folder(tmp_path / "flux")
+
+
+async def test_flux_trains_and_generates_through_the_api(tmp_path: Path) -> None:
+    """The engine's own path (job handlers, per-architecture generation defaults) on FLUX."""
+    import io
+
+    from PIL import Image
+
+    from tests.conftest import register, running_engine
+    from tests.engine.image.test_lora_api import h, path_of, settings_for, upload_zip, wait_final
+    from tests.engine.image.zips import good_zip
+
+    async with running_engine(settings_for(tmp_path, tiny_arch="flux")) as (_app, api):
+        key = await register(api)
+        upload_id = await upload_zip(api, key, good_zip(4))
+        started = await api.post(f"/api/loras/trainings/{upload_id}", headers=h(key))
+        assert started.status_code == 202, started.text
+        final = await wait_final(api, key, upload_id)
+        assert final["status"] == "succeeded", final
+        resp = await api.post(
+            f"/api/loras/{final['id']}/generations",
+            json={"prompt": "on a beach", "seed": 5},
+            headers=h(key),
+        )
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert "flux" in body["model"] and "noise" in body["model"]
+        image = await api.get(path_of(body["url"]))
+        assert Image.open(io.BytesIO(image.content)).size == (32, 32)
