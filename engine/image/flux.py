@@ -161,8 +161,10 @@ def arch_of_single_file(path: Path) -> str:
         return "flux"
     if kind == "xl_base":
         return "sdxl"
-    # diffusers answers "v1" for anything it does not know: check SD 1.x's own key.
-    if kind == "v1" and CHECKPOINT_KEY_NAMES["v1"] in keys:
+    # diffusers answers "v1" for anything it does not know: check for an LDM UNet (its
+    # last output block's key, or for UNets with fewer blocks the first input block's).
+    ldm_unet = (CHECKPOINT_KEY_NAMES["v1"], "model.diffusion_model.input_blocks.0.0.weight")
+    if kind == "v1" and any(k in keys for k in ldm_unet):
         return "sd15"
     raise ModelError(
         f"{path}: not an SD 1.5, SDXL or FLUX.1 (dev/schnell) checkpoint "

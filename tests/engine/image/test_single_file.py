@@ -63,3 +63,39 @@ def test_a_single_file_needs_a_local_config_folder(tmp_path: Path) -> None:
         ImageModel.from_settings(settings)
     with pytest.raises(ValueError, match="single-file"):
         ImageSettings(base_model=tmp_path / "missing.safetensors")
+
+
+def test_a_single_file_sd15_checkpoint_loads_offline_and_draws_as_its_folder(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from engine.image.pipeline import build_tiny_pipeline
+    from engine.image.types import TrainImage
+    from tests.engine.image.ldm_files import write_sd15_single_file
+
+    pipe = build_tiny_pipeline(1234, 32, "sd15")
+    pipe.save_pretrained(str(tmp_path / "config"))  # the local config folder
+    single = write_sd15_single_file(pipe, tmp_path / "my-model.safetensors")
+    assert arch_of_single_file(single) == "sd15"
+    model = ImageModel.from_settings(
+        ImageSettings(base_model=single, single_file_config=tmp_path / "config")
+    )
+    assert not model.is_xl and not model.is_flux and model.label == str(single)
+    for name in ("unet", "vae", "text_encoder"):  # the file's weights, every one of them
+        want, got = getattr(pipe, name).state_dict(), getattr(model.pipe, name).state_dict()
+        assert want.keys() == got.keys()
+        assert all(torch.equal(want[k], got[k].to(want[k].dtype)) for k in want), name
+    folder = ImageModel.from_settings(ImageSettings(base_model=tmp_path / "config"))
+    gen = {"steps": 3, "seed": 4}
+    np.testing.assert_allclose(
+        model.generate("tadz", **gen), folder.generate("tadz", **gen), atol=1e-5
+    )
+    images = [TrainImage(Image.new("RGB", (32, 32), (60 * i, 90, 30)), "tadz") for i in range(4)]
+    model.train_lora(images, tmp_path / "lora.safetensors", rank=4, steps=2, learning_rate=1e-3)
+    assert model.generate("tadz", lora=tmp_path / "lora.safetensors", **gen).shape == (32, 32, 3)
+    other = tmp_path / "flux-config"
+    build_tiny_pipeline(1234, 32, "flux").save_pretrained(str(other))
+    with pytest.raises(ModelError, match="not a sd15 folder"):
+        ImageModel.from_settings(ImageSettings(base_model=single, single_file_config=other))
