@@ -114,7 +114,7 @@ class TrainingSettings(_Section):
         False, description="recompute activations in the backward pass: less memory, ~30% slower"
     )
     optimizer: Literal["adamw", "adamw8bit"] = Field(
-        "adamw", description="adamw8bit: bitsandbytes' 8-bit AdamW (a CUDA GPU and bitsandbytes)"
+        "adamw", description="adamw8bit: bitsandbytes' 8-bit AdamW (optimizer state in 8 bits)"
     )
     checkpoint_every: int = Field(
         250, ge=0, description="save a resumable checkpoint every N steps; 0: never"

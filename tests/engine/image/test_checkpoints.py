@@ -132,15 +132,54 @@ def test_gradient_checkpointing_is_on_while_training_and_off_after(
     np.testing.assert_allclose(fit.losses, plain.losses, rtol=1e-4)  # same maths, less memory
 
 
-def test_the_8bit_optimiser_says_what_it_needs(model: ImageModel, tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match=r"bitsandbytes|CUDA"):
+def test_the_8bit_optimiser_trains_with_8_bit_moments(model: ImageModel, tmp_path: Path) -> None:
+    ckpt = tmp_path / "o.pt"
+    opts = TrainOptions(optimizer="adamw8bit", checkpoint=ckpt, checkpoint_every=2)
+    # bitsandbytes keeps tensors under 4096 values in 32 bits: a rank wide enough for 8.
+    wide = {**FIT, "rank": 128, "steps": 30}
+    before = model.denoising_loss(examples())
+
+    def cut_at_3(step: int, steps: int, loss: float) -> None:
+        if step == 3:
+            raise Cut
+
+    with pytest.raises(Cut):  # stopped after a checkpoint: its optimizer state is on disk
+        model.train_lora(
+            examples(), tmp_path / "o.safetensors", on_step=cut_at_3, options=opts, **wide
+        )
+    state = torch.load(ckpt, weights_only=True)["optimizer"]["state"]
+    # bitsandbytes keeps its quantised moments under one key of each parameter's state.
+    quant = [s.get("__bnb_optimizer_quant_state__", s) for s in state.values()]
+    moments = [t for q in quant for k, t in q.items() if k in ("state1", "state2")]
+    assert moments and all(t.dtype == torch.uint8 for t in moments)  # 8-bit, not float32
+    steps: list[int] = []
+    fit = model.train_lora(
+        examples(),
+        tmp_path / "o.safetensors",
+        on_step=lambda s, n, loss: steps.append(s),
+        options=opts,
+        **wide,
+    )
+    assert steps[0] == 3 and len(fit.losses) == 30  # the 8-bit state resumed too
+    assert model.denoising_loss(examples(), lora=tmp_path / "o.safetensors") < before
+
+
+def test_an_8bit_optimiser_without_bitsandbytes_says_so(
+    model: ImageModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    loaded = model.loaded_adapters()
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as on a machine without it
+    with pytest.raises(ModelError, match="needs bitsandbytes"):
         model.train_lora(
             examples(),
             tmp_path / "o.safetensors",
             options=TrainOptions(optimizer="adamw8bit"),
             **FIT,
         )
-    assert model.loaded_adapters() == [] and not model._held_adapters()
+    assert model.loaded_adapters() == loaded  # the training adapter left, nothing else did
+    assert model._held_adapters() == set(loaded)
 
 
 def test_unset_training_values_follow_the_architecture() -> None:
