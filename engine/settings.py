@@ -238,21 +238,26 @@ class EngineSettings(_Section):
     @model_validator(mode="before")
     @classmethod
     def _pulled_models(cls, data: Any) -> Any:
-        """``[engine.image] base_model`` or ``[engine.voice] neural_model = "org/name"``: the
-        folder ``models pull`` made."""
+        """``[engine.image] base_model`` (and ``single_file_config``) or ``[engine.voice]
+        neural_model = "org/name"``: the folder ``models pull`` made."""
         if not isinstance(data, dict):
             return data
-        for section, key in (("image", "base_model"), ("voice", "neural_model")):
+        for section, keys in (
+            ("image", ("base_model", "single_file_config")),
+            ("voice", ("neural_model",)),
+        ):
             values = data.get(section)
             if not isinstance(values, dict):
                 continue
-            named = values.get(key)
-            if isinstance(named, str) and not Path(named).exists():
-                from engine.model_store import resolve_pulled
+            for key in keys:
+                named = values.get(key)
+                if isinstance(named, str) and not Path(named).exists():
+                    from engine.model_store import resolve_pulled
 
-                pulled = resolve_pulled(Path(data.get("data_dir", "data")), named)
-                if pulled is not None:
-                    data = {**data, section: {**values, key: str(pulled)}}
+                    pulled = resolve_pulled(Path(data.get("data_dir", "data")), named)
+                    if pulled is not None:
+                        values = {**values, key: str(pulled)}
+            data = {**data, section: values}
         return data
 
     @model_validator(mode="after")

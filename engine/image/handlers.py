@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import shutil
 import threading
 import time
 from contextlib import AbstractContextManager
@@ -19,7 +20,7 @@ from sqlalchemy import select, update
 
 from engine.image.enhancer import EnhancedPrompt, EnhancerSource, PromptEnhancer, build_enhancer
 from engine.image.models import LoraGenerationRow, LoraTrainingRow
-from engine.image.settings import ImageSettings, image_settings
+from engine.image.settings import ARCH_DEFAULTS, ImageSettings, image_settings
 from engine.image.types import ModelError
 from engine.image.untrusted import ImageRefused
 from engine.image.zipcheck import KeptReport, load_examples
@@ -42,6 +43,16 @@ _CANCEL_CHECK_SECONDS = 2.0
 def lora_key(training_id: str) -> str:
     """Storage key of a training's safetensors file."""
     return f"loras/{training_id}.safetensors"
+
+
+def checkpoint_key(training_id: str) -> str:
+    """Storage key of a training's resumable checkpoint (gone once the LoRA is saved)."""
+    return f"loras/{training_id}.checkpoint.pt"
+
+
+def validation_key(training_id: str) -> str:
+    """Storage key of the validation image of a training's latest checkpoint."""
+    return f"loras/{training_id}.validation.png"
 
 
 class ImageBackend:
@@ -123,24 +134,29 @@ class ImageBackend:
                 ctx.check_canceled()
 
         key = lora_key(training_id)
+        plan = cfg.for_arch(model.defaults_key)
+        checkpoint = self._restored_checkpoint(ctx, training_id)
         try:
             # On object storage the file is uploaded when training ends without error.
             with ctx.storage.artifact_file(key) as dest:
                 fit = model.train_lora(
                     examples,
                     dest,
-                    rank=cfg.rank,
-                    steps=cfg.steps,
-                    learning_rate=cfg.learning_rate,
+                    rank=plan.rank,
+                    steps=plan.steps,
+                    learning_rate=plan.learning_rate,
                     resolution=cfg.resolution,
                     batch_size=cfg.batch_size,
                     seed=cfg.seed,
                     bucketing=cfg.bucketing,
                     metadata={"trigger_word": trigger, "training_id": training_id},
                     on_step=on_step,
+                    options=self._train_options(ctx, model, training_id, trigger, checkpoint),
                 )
         except ModelError as exc:
             raise JobFailed(str(exc)) from exc
+        checkpoint.unlink(missing_ok=True)
+        ctx.storage.delete_artifact(checkpoint_key(training_id))
         with ctx.sessions.begin() as s:
             s.execute(
                 update(LoraTrainingRow)
@@ -159,6 +175,66 @@ class ImageBackend:
             "final_loss": sum(tail) / len(tail),
             "model": model.label,
         }
+
+    @staticmethod
+    def _restored_checkpoint(ctx: JobContext, training_id: str) -> Path:
+        """The worker-local checkpoint file of a training, holding the copy kept in storage
+        when there is one: a training retried on another worker (or after a restart with
+        object storage) resumes from its last checkpoint, not from step 0."""
+        local = ctx.settings.data_dir / "checkpoints" / f"{training_id}.pt"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with ctx.storage.local_artifact(checkpoint_key(training_id)) as stored:
+                if stored.resolve() != local.resolve():
+                    shutil.copyfile(stored, local)
+        except NotStored:
+            local.unlink(missing_ok=True)  # no checkpoint kept: nothing stale either
+        return local
+
+    def _train_options(
+        self, ctx: JobContext, model: ImageModel, training_id: str, trigger: str, checkpoint: Any
+    ) -> Any:
+        """Precision, memory, checkpoints and the validation image, from config."""
+        import torch
+
+        from engine.image.pipeline import TrainOptions, to_image_bytes
+
+        cfg = self.settings.training
+        arch = ARCH_DEFAULTS[model.defaults_key]
+        autocast = None
+        if cfg.mixed_precision == "bf16" or (
+            cfg.mixed_precision == "auto" and model.dtype != torch.float32
+        ):
+            autocast = torch.bfloat16  # bf16 only: fp16 autocast overflows SDXL and FLUX
+
+        def on_checkpoint(step: int, pixels: Any) -> None:
+            # The checkpoint file the pipeline just wrote goes to storage, where a retry on
+            # any worker finds it.
+            with ctx.storage.artifact_file(checkpoint_key(training_id)) as dest:
+                shutil.copyfile(checkpoint, dest)
+            if pixels is None:
+                return
+            vkey = validation_key(training_id)
+            ctx.storage.write_artifact(vkey, to_image_bytes(pixels, "png"))
+            with ctx.sessions.begin() as s:
+                s.execute(
+                    update(LoraTrainingRow)
+                    .where(LoraTrainingRow.id == training_id)
+                    .values(validation_key=vkey, validation_step=step)
+                )
+
+        prompt = cfg.validation_prompt
+        return TrainOptions(
+            autocast_dtype=autocast,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            optimizer=cfg.optimizer,
+            checkpoint=checkpoint if cfg.checkpoint_every else None,
+            checkpoint_every=cfg.checkpoint_every,
+            validation_prompt=prompt.replace("{trigger}", trigger) if prompt else None,
+            validation_steps=cfg.validation_steps or arch.generation_steps,
+            validation_guidance=arch.guidance_scale,
+            on_checkpoint=on_checkpoint,
+        )
 
     def generate(self, ctx: JobContext) -> dict[str, Any]:
         """Enhance the prompt, draw one image, store it and record the generation."""
@@ -194,6 +270,7 @@ class ImageBackend:
                 negative = f"{p['negative_prompt']}, {enhanced.negative_prompt}"
                 enhanced = dataclasses.replace(enhanced, negative_prompt=negative)
         model = self.model()
+        arch = ARCH_DEFAULTS[model.defaults_key]
         width, height = gen_cfg.width, gen_cfg.height
         if "width" in p and "height" in p:
             width, height = int(p["width"]), int(p["height"])
@@ -207,8 +284,12 @@ class ImageBackend:
                     lora=lora_path,
                     weight=weight,
                     seed=seed,
-                    steps=gen_cfg.steps,
-                    guidance_scale=gen_cfg.guidance_scale,
+                    steps=gen_cfg.steps or arch.generation_steps,
+                    guidance_scale=(
+                        arch.guidance_scale
+                        if gen_cfg.guidance_scale is None
+                        else gen_cfg.guidance_scale
+                    ),
                     width=width,
                     height=height,
                 )

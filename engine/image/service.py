@@ -9,6 +9,7 @@ through :class:`ImageServices`, the part of it this module uses.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
@@ -85,8 +86,15 @@ def settings_of(services: ImageServices) -> ImageSettings:
     return image_settings(services.settings.image)
 
 
-def training_view(row: LoraTrainingRow, upload: Upload, job: Job | None) -> LoraTraining:
-    """A training row, its upload and its job as the API shows it."""
+def training_view(
+    row: LoraTrainingRow,
+    upload: Upload,
+    job: Job | None,
+    *,
+    sign: Callable[[str], str] | None = None,
+) -> LoraTraining:
+    """A training row, its upload and its job as the API shows it; ``sign`` makes the signed
+    URL of the latest validation image (without it none is shown)."""
     updated = as_utc(row.updated_at)
     if job is not None and as_utc(job.updated_at) > updated:
         updated = as_utc(job.updated_at)
@@ -103,6 +111,8 @@ def training_view(row: LoraTrainingRow, upload: Upload, job: Job | None) -> Lora
         completed_at=as_utc_or_none(job.finished_at) if job else None,
         name=upload.name,
         trigger_word=row.trigger_word,
+        validation_image_url=sign(row.validation_key) if sign and row.validation_key else None,
+        validation_step=row.validation_step if sign and row.validation_key else None,
     )
 
 
@@ -114,7 +124,13 @@ def _with_upload_and_job() -> Any:
     )
 
 
-async def get_training(session: AsyncSession, user_id: str, upload_id: str) -> LoraTraining | None:
+async def get_training(
+    session: AsyncSession,
+    user_id: str,
+    upload_id: str,
+    *,
+    sign: Callable[[str], str] | None = None,
+) -> LoraTraining | None:
     """The caller's training of ``upload_id``, or None."""
     found = (
         await session.execute(
@@ -123,11 +139,16 @@ async def get_training(session: AsyncSession, user_id: str, upload_id: str) -> L
             )
         )
     ).first()
-    return None if found is None else training_view(*found)
+    return None if found is None else training_view(*found, sign=sign)
 
 
 async def list_trainings(
-    session: AsyncSession, user_id: str, limit: int, offset: int
+    session: AsyncSession,
+    user_id: str,
+    limit: int,
+    offset: int,
+    *,
+    sign: Callable[[str], str] | None = None,
 ) -> LoraTrainingList:
     """A page of the caller's trainings, newest first."""
     total = await session.scalar(
@@ -141,7 +162,7 @@ async def list_trainings(
         .offset(offset)
     )
     return LoraTrainingList(
-        trainings=[training_view(*r) for r in rows.all()],
+        trainings=[training_view(*r, sign=sign) for r in rows.all()],
         total=int(total or 0),
         limit=limit,
         offset=offset,

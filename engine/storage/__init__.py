@@ -107,6 +107,10 @@ class Storage(Protocol):
         """Delete an upload's bytes (no error when there are none)."""
         ...
 
+    def delete_artifact(self, key: str) -> None:
+        """Delete a stored artifact (no error when there is none)."""
+        ...
+
 
 __all__ = [
     "Check",

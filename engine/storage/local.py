@@ -87,6 +87,9 @@ class LocalStorage:
     def delete_upload(self, upload_id: str) -> None:
         self.upload_path(upload_id).unlink(missing_ok=True)
 
+    def delete_artifact(self, key: str) -> None:
+        self.artifact_path(key).unlink(missing_ok=True)
+
     async def write_stream(
         self,
         dest: Path,

@@ -213,3 +213,10 @@ class S3Storage:
             self.client.delete_object(Bucket=self.bucket, Key=self.upload_key(upload_id))
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"object storage refused to delete an upload: {exc}") from exc
+
+    def delete_artifact(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.artifact_key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"object storage refused to delete an artifact: {exc}") from exc
+        (self.cache / key).unlink(missing_ok=True)
