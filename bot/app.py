@@ -24,7 +24,7 @@ from bot.accounts import AccountService
 from bot.config import BotConfig
 from bot.crypto import KeyBox, keybox_for
 from bot.embedded import EmbeddedEngine
-from bot.gate import Gate, OpenGate
+from bot.gate import Gate
 from bot.jobs import JobRunner
 from bot.jobs.buttons import PERSISTENT_BUTTONS
 from bot.jobs.panel import JobPanel
@@ -61,11 +61,11 @@ class BotServices:
     members: MemberStore
     tada: TadaClient
     accounts: AccountService
-    engine: EmbeddedEngine | None = None
-    # Admission control for creation commands; open_services installs the admin policy.
-    gate: Gate = field(default_factory=OpenGate)
+    # Admission control for creation commands: the admin policy's gate (tests may swap it).
+    gate: Gate
     # Server admins' settings, shared keys and usage (``/tada-admin``, ``/quota``).
-    policy: PolicyService | None = None
+    policy: PolicyService
+    engine: EmbeddedEngine | None = None
     # What the engine lacks (no demo model, the random test model), for admins.
     readiness: EngineReadiness = field(default_factory=EngineReadiness)
 
@@ -135,6 +135,7 @@ async def open_services(
             transfer_timeout=httpx.Timeout(
                 config.tada.transfer_timeout_seconds, connect=config.tada.connect_timeout_seconds
             ),
+            offer_ttl=config.tada.offer_ttl_seconds,
         )
         members = MemberStore(store, box)
         policy_store = PolicyStore(store)
@@ -193,10 +194,9 @@ class TadaBot(commands.AutoShardedBot):
         self.jobs = JobRunner(client=self, services=services, player=self.voice_player)
         # ``/jobs``: a member's queue and recent results, cancelling what has not started.
         self.job_panel = JobPanel(self.jobs, gate=services.gate)
-        if services.policy is not None:
-            # The admin policy reads the bot's cache (thread parents, the bot's own channel
-            # permissions) whichever cogs are loaded.
-            services.policy.gate.bind(self)
+        # The admin policy reads the bot's cache (thread parents, the bot's own channel
+        # permissions) whichever cogs are loaded.
+        services.policy.gate.bind(self)
 
     async def setup_hook(self) -> None:
         """Load the cogs, resume jobs, then sync slash commands (instantly to a dev guild)."""

@@ -143,6 +143,9 @@ class TadaConfig(_Section):
     backoff_base_seconds: float = Field(0.5, ge=0)
     backoff_max_seconds: float = Field(30.0, ge=0)
     max_retry_after_seconds: float = Field(60.0, ge=0)
+    # How long the API's OpenAPI document (which optional generation controls it offers)
+    # is trusted before it is fetched again.
+    offer_ttl_seconds: float = Field(600.0, gt=0)
 
     @field_validator("base_url")
     @classmethod

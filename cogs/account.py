@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from bot.accounts import AccountService, AccountSummary
 from bot.app import TadaBot
 from bot.errors import UserFacingError
-from bot.messages import clip
+from bot.messages import CONTENT_LIMIT, clip
 from bot.ui import TadaModal, TadaView
 
 NEXT_STEPS = (
@@ -144,7 +144,7 @@ def render_summary(summary: AccountSummary) -> str:
     return "\n".join(lines)
 
 
-def render_help(tree: app_commands.CommandTree[Any], limit: int = 2000) -> str:
+def render_help(tree: app_commands.CommandTree[Any], limit: int = CONTENT_LIMIT) -> str:
     """Every slash command with its description, read from the command tree, in one
     message: descriptions are shortened (never a command left out) to fit ``limit``."""
     intro = [

@@ -289,7 +289,6 @@ class Delivery:
             or job.private
             or job.channel_id is None
             or job.guild_id is None
-            or self.services.policy is None
         ):
             return False
         if (job.result or {}).get("voice_message_id"):

@@ -16,19 +16,13 @@ import discord
 from bot.errors import UserFacingError
 from bot.gate import Gate
 from bot.jobs import Destination, Job, JobKind, JobNotFound, JobRunner, JobState
+from bot.messages import clip
 
 log = logging.getLogger(__name__)
 
-# Recent results shown, newest first; Discord's 2000 characters bound the rest.
+# Recent results shown, newest first; a message's CONTENT_LIMIT bounds the rest.
 RECENT = 8
 CANCELED = "Cancelled by you before it started; nothing was sent to Ta-da."
-
-KIND_NAMES: dict[JobKind, str] = {
-    JobKind.VOICE_SPEAK: "Speech",
-    JobKind.LORA_TRAIN: "LoRA training",
-    JobKind.LORA_GENERATE: "Image",
-    JobKind.DEMO_GENERATE: "Demo image",
-}
 
 
 def describe(job: Job, *, limit: int = 60) -> str:
@@ -42,9 +36,8 @@ def describe(job: Job, *, limit: int = 60) -> str:
         or ""
     )
     detail = " ".join(str(detail).split())
-    if len(detail) > limit:
-        detail = detail[: limit - 1] + "…"
-    name = KIND_NAMES[job.kind]
+    detail = clip(detail, limit)
+    name = job.kind.label
     if job.kind is JobKind.DEMO_GENERATE and params.get("model"):
         name = f"{name} ({params['model']})"
     return f"{name} “{detail}”" if detail else name

@@ -13,7 +13,10 @@ from bot.jobs.buttons import (
     AgainButton,
     DeleteButton,
     GenerateButton,
+    SeedButton,
+    VaryButton,
 )
+from bot.jobs.images import image_fields
 from bot.jobs.models import Job, JobKind, JobState
 from bot.messages import (
     CONTENT_LIMIT,
@@ -154,7 +157,7 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
         items: tuple[discord.ui.Item[Any], ...] = ()
         if job.kind is not JobKind.LORA_TRAIN:
             items = (AgainButton(job.id, label="Retry"),)
-        what = _what(job)
+        what = job.kind.yours
         return Outgoing(
             content=clip(
                 f"{mention} {what} failed: {job.error or 'no reason given'}", CONTENT_LIMIT
@@ -164,7 +167,7 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
     if job.state is JobState.INTERRUPTED:
         return Outgoing(
             content=(
-                f"{mention} {_what(job)} was interrupted by a restart of the bot before "
+                f"{mention} {job.kind.yours} was interrupted by a restart of the bot before "
                 "Ta-da answered. Press Retry to ask again."
             ),
             items=(AgainButton(job.id, label="Retry"),),
@@ -198,18 +201,21 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
         title = f"🎨 {clip(visible(str(p.get('lora_name') or 'Your LoRA')), 100)}"
     if is_test_model(result.get("model")):
         extra += f"\n{TEST_MODEL_NOTE}"
+    embed = _prompt_embed(title, prompt, enhanced if isinstance(enhanced, str) else None)
+    for name, value in image_fields(job):
+        embed.add_field(name=name, value=clip(value, EMBED_FIELD_LIMIT), inline=True)
+    parent = p.get("parent_url")
+    # A jump link: Discord shows it as a link to the image this one varies.
+    lead = f" ↪️ Variation of {parent}" if isinstance(parent, str) and parent else ""
+    buttons: list[discord.ui.Item[Any]] = [AgainButton(job.id, label="Re-roll")]
+    if result.get("can_vary"):
+        buttons.append(VaryButton(job.id))
+    if job.kind is JobKind.LORA_GENERATE and isinstance(result.get("seed"), int):
+        buttons.append(SeedButton(job.id))
+    buttons.append(DeleteButton(job.id, owner))
     return Outgoing(
-        content=f"{mention}{extra}",
-        embed=_prompt_embed(title, prompt, enhanced if isinstance(enhanced, str) else None),
+        content=clip(f"{mention}{lead}{extra}", CONTENT_LIMIT),
+        embed=embed,
         files=files,
-        items=(AgainButton(job.id, label="Re-roll"), DeleteButton(job.id, owner)),
+        items=tuple(buttons),
     )
-
-
-def _what(job: Job) -> str:
-    return {
-        JobKind.VOICE_SPEAK: "Your speech",
-        JobKind.LORA_TRAIN: "Your training",
-        JobKind.LORA_GENERATE: "Your image",
-        JobKind.DEMO_GENERATE: "Your demo image",
-    }[job.kind]

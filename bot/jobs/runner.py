@@ -47,6 +47,7 @@ from bot.jobs.deliver import Delivery
 from bot.jobs.deps import JobServices
 from bot.jobs.execute import Execution, fail_job
 from bot.jobs.fairness import fair_order
+from bot.jobs.images import ImageOptions
 from bot.jobs.models import Job, JobKind, JobRequest, JobState
 from bot.jobs.recover import recover_generation
 from bot.jobs.store import JobNotFound, JobStore
@@ -184,10 +185,17 @@ class JobRunner:
         return JobRequest(JobKind.VOICE_SPEAK, params, text=text)
 
     def generate_request(
-        self, lora_id: str, prompt: str, lora_name: str | None = None
+        self,
+        lora_id: str,
+        prompt: str,
+        lora_name: str | None = None,
+        *,
+        options: ImageOptions | None = None,
     ) -> JobRequest:
-        """An image from a LoRA."""
+        """An image from a LoRA (``options``: seed, aspect ratio, negative prompt)."""
         params = {"lora_id": lora_id, "prompt": prompt, "lora_name": lora_name}
+        if options is not None:
+            params |= options.params()
         return JobRequest(JobKind.LORA_GENERATE, params, text=prompt)
 
     def train_request(self, upload_id: str) -> JobRequest:

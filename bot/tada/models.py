@@ -183,3 +183,5 @@ class ImageGeneration(TadaModel):
     width: int | None = None
     height: int | None = None
     model: str | None = None
+    # Engine extension: the generation this one is a variation of.
+    variation_of: str | None = None

@@ -19,7 +19,7 @@ from bot.crypto import KeyBox
 from bot.errors import UserFacingError
 from bot.gate import Action, Feature, GateRequest
 from bot.policy import GuildSettingsRow, Limit, PolicyGate, PolicyStore, QuotaRule, UsageRow
-from bot.policy.gate import HOLD_SECONDS
+from bot.policy.admission import HOLD_SECONDS
 from bot.policy.moderation import DEFAULT_BLOCKED_WORDS, check_pattern, moderator_for
 from bot.policy.quotas import Period, effective_bound, period_bounds
 from bot.policy.settings import Moderation
