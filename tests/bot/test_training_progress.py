@@ -13,7 +13,8 @@ from pydantic import SecretStr
 
 from bot.app import BotServices, create_bot
 from bot.config import BotConfig
-from bot.jobs import JobKind, JobState
+from bot.jobs import JobKind, JobState, trainings
+from bot.tada import TadaClient
 from bot.tada.models import LoraTraining
 from engine.settings import EngineSettings, JobSettings
 from tests.bot.conftest import make_bot_config
@@ -91,6 +92,43 @@ async def test_the_progress_message_shows_the_latest_validation_image(
     step, drawn = await _drawn(services, api, alice.id, str(job.tada_id))
     assert step == 4
     assert await attached.read() == drawn
+    _ = simcord_env.errors
+
+
+async def test_each_validation_image_is_fetched_once(
+    simcord_env: simcord.Env,
+    services: BotServices,
+    api: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fetched: list[str] = []
+    real = TadaClient.iter_download
+
+    def counting(self: TadaClient, url: str, **kwargs: object):  # type: ignore[no-untyped-def]
+        fetched.append(url)
+        return real(self, url, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TadaClient, "iter_download", counting)
+
+    await _train(simcord_env, services, api)
+
+    # Polled every 50 ms and edited at each change, but one download per checkpoint.
+    assert len([u for u in fetched if "validation" in u]) == 2, fetched
+    _ = simcord_env.errors
+
+
+async def test_a_validation_image_over_the_limit_is_left_out(
+    simcord_env: simcord.Env,
+    services: BotServices,
+    api: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(trainings, "VALIDATION_IMAGE_LIMIT", 100)
+
+    _, _, progress = await _train(simcord_env, services, api)
+
+    # The training is followed to its end all the same, in text.
+    assert progress.embeds == [] and progress.attachments == []
     _ = simcord_env.errors
 
 
