@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.lora import device_name, sample_images, sync
 from engine.image.offline_tokenizers import offline_t5_tokenizer, offline_tokenizer
-from engine.image.pipeline import ImageModel, TrainOptions, build_tiny_pipeline
+from engine.image.pipeline import ImageModel, TrainOptions
+from engine.image.tiny import build_tiny_pipeline
 from engine.image.types import TrainImage
 
 CONFIGS = Path(__file__).parent / "configs"

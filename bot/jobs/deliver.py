@@ -42,7 +42,7 @@ from bot.config import JobsConfig
 from bot.jobs.deps import JobServices
 from bot.jobs.models import FINAL_STATES, Destination, Job, JobKind, JobState
 from bot.jobs.models import aware as _aware
-from bot.jobs.render import Outgoing, render, stopped_progress
+from bot.jobs.render import Outgoing, ProgressImage, render, stopped_progress
 from bot.jobs.store import JobNotFound, JobStore
 from bot.media import IMAGE_SUFFIXES, MediaRejected
 from bot.messages import DEFAULT_FILE_LIMIT, requester_only
@@ -173,26 +173,41 @@ class Delivery:
         finally:
             self._delivering.discard(job_id)
 
-    async def show_progress(self, job: Job, text: str) -> None:
-        """Edit the training's progress message (post it first); best effort."""
+    async def show_progress(self, job: Job, text: str, image: ProgressImage | None = None) -> None:
+        """Edit the training's progress message (post it first); best effort.
+
+        ``image`` (a new validation image) replaces the one shown; without it an edit
+        changes the text only and keeps the image already there.
+        """
+        # Edits replace the attachments; a first post attaches the file.
+        shown: dict[str, Any] = (
+            {} if image is None else {"embed": image.embed(), "attachments": [image.file()]}
+        )
         try:
             # A private job's progress is its interaction's note; a failure made private
             # later still ends the message already posted in the channel.
             if job.private and job.progress_message_id is None:
                 interaction = self.live_interaction(job.id)
                 if interaction is not None:
-                    await interaction.edit_original_response(content=text)
+                    await interaction.edit_original_response(content=text, **shown)
                 return
             channel = self._channel(job)
             if channel is None:
                 return
             if job.progress_message_id is not None:
                 try:
-                    await channel.get_partial_message(job.progress_message_id).edit(content=text)
+                    await channel.get_partial_message(job.progress_message_id).edit(
+                        content=text, **shown
+                    )
                     return
                 except discord.NotFound:
                     pass  # deleted by someone: post a new one below
-            message = await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+            posted: dict[str, Any] = (
+                {} if image is None else {"embed": image.embed(), "file": image.file()}
+            )
+            message = await channel.send(
+                text, allowed_mentions=discord.AllowedMentions.none(), **posted
+            )
             await self.store.update(job.id, progress_message_id=message.id)
         except discord.HTTPException as exc:
             # Progress is a courtesy; the result itself goes through _deliver's retries.

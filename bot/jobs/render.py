@@ -114,6 +114,26 @@ def training_progress(job: Job, training: LoraTraining, now: datetime) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class ProgressImage:
+    """A training's validation image, downloaded: shown under its progress message."""
+
+    filename: str
+    data: bytes
+    step: int | None
+
+    def embed(self) -> discord.Embed:
+        """The embed that shows the attached image, captioned with its step."""
+        caption = "Validation image" + (f", step {self.step}" if self.step is not None else "")
+        embed = discord.Embed(description=caption)
+        embed.set_image(url=f"attachment://{self.filename}")
+        return embed
+
+    def file(self) -> discord.File:
+        """A new ``discord.File`` (each can be sent once)."""
+        return discord.File(io.BytesIO(self.data), filename=self.filename)
+
+
 def stopped_progress(job: Job) -> str:
     """The final progress message of a training the bot could no longer follow."""
     name = visible(str(job.params.get("name") or "your LoRA"))

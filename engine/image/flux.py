@@ -1,5 +1,6 @@
-"""FLUX.1: the tiny random model, the architecture read from a checkpoint, and the flow-matching
-pieces the training loop needs (packing latents into tokens, the noisy input and its target).
+"""FLUX.1: the architecture read from a checkpoint, and the flow-matching pieces the training
+loop needs (packing latents into tokens, the noisy input and its target). Its tiny random model
+is :func:`engine.image.tiny.build_tiny_flux`.
 
 FLUX is a rectified-flow transformer (``FluxTransformer2DModel``) over 16-channel VAE latents
 packed in 2x2 patches, conditioned on T5 token embeddings and a pooled CLIP embedding; FLUX.1
@@ -14,15 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
-    FluxTransformer2DModel,
-)
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from diffusers import FluxPipeline
 
-from engine.image.offline_tokenizers import TINY_T5_TOKENS, offline_t5_tokenizer, offline_tokenizer
 from engine.image.types import ModelError
 
 # diffusers' lazy exports read as dummy classes to mypy (as in engine.image.pipeline).
@@ -37,86 +31,6 @@ _PIPELINE_ARCH = {
 # The guidance value FLUX.1 dev's guidance embedding gets while training: 1, as ostris
 # ai-toolkit trains it (the LoRA then works across the guidance values people generate at).
 TRAIN_GUIDANCE = 1.0
-# Tiny model sizes: a 32-wide T5 and CLIP, a one-block transformer (double and single).
-_TINY_WIDTH = 32
-
-
-def build_tiny_flux(seed: int, resolution: int) -> Pipeline:
-    """A FLUX.1-dev-shaped pipeline with random weights: tests and development only.
-
-    Everything FLUX has, small: a transformer with one double and one single block and the
-    guidance embedding, a tiny T5 and CLIP, an AutoencoderKL with FLUX's 16 latent channels
-    (and its scaling and shift factors). Seeded like the SD tiny models. It draws noise.
-    """
-    clip_tok = offline_tokenizer()
-    t5_tok = offline_t5_tokenizer(TINY_T5_TOKENS)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transformer = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=16 * 4,  # 16 latent channels in 2x2 patches
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=_TINY_WIDTH,
-            pooled_projection_dim=_TINY_WIDTH,
-            guidance_embeds=True,
-            axes_dims_rope=(4, 6, 6),
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(32, 64),
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            latent_channels=16,
-            norm_num_groups=32,
-            sample_size=resolution,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            scaling_factor=0.3611,
-            shift_factor=0.1159,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                bos_token_id=0,
-                eos_token_id=1,
-                pad_token_id=1,
-                hidden_size=_TINY_WIDTH,
-                intermediate_size=37,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                vocab_size=len(clip_tok),
-                max_position_embeddings=77,
-                projection_dim=_TINY_WIDTH,
-            )
-        )
-        text_encoder_2 = T5EncoderModel(
-            T5Config(
-                d_model=_TINY_WIDTH,
-                d_ff=37,
-                d_kv=8,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                vocab_size=len(t5_tok),
-                pad_token_id=0,
-                eos_token_id=1,
-            )
-        )
-    parts: list[Any] = [transformer, vae, text_encoder, text_encoder_2]
-    for module in parts:
-        module.eval()  # as from_pretrained leaves them: no dropout
-    return FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tok,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=t5_tok,
-        transformer=transformer,
-    )
 
 
 def arch_of_folder(path: Path) -> str:

@@ -24,27 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
     DDPMScheduler,
     FluxPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
 )
 from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-)
 
-from engine.image import flux
-from engine.image.offline_tokenizers import offline_tokenizer
+from engine.image import flux, tiny
 from engine.image.settings import TINY_MODEL_LABEL, ImageSettings
 from engine.image.types import (
     LoraFit,
@@ -99,124 +90,6 @@ class _Bucket:
     size: tuple[int, int]  # width, height in pixels
     latents: torch.Tensor
     cond: _Conditioning
-
-
-def _tiny_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-
-
-def _tiny_vae(resolution: int) -> AutoencoderKL:
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=resolution,
-    )
-
-
-def _tiny_text_config(vocab_size: int) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=77,
-        projection_dim=32,
-    )
-
-
-def build_tiny_pipeline(seed: int, resolution: int, arch: str = "sd15") -> Pipeline:
-    """A Stable Diffusion-shaped pipeline with random weights: tests and development only.
-
-    ``arch`` is ``sd15`` (one text encoder), ``sdxl`` (two, pooled embeddings and size
-    conditioning) or ``flux`` (:func:`engine.image.flux.build_tiny_flux`), so every code path
-    runs on a CPU. Seeded, so every worker builds the
-    same weights and a LoRA trained by one process fits the base of another. It draws
-    noise, by design.
-    """
-    if arch == "sdxl":
-        return _build_tiny_xl(seed, resolution)
-    if arch == "flux":
-        return flux.build_tiny_flux(seed, resolution)
-    tokenizer = offline_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=resolution // 2,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-            norm_num_groups=32,
-        )
-        vae = _tiny_vae(resolution)
-        text_encoder = CLIPTextModel(_tiny_text_config(len(tokenizer)))
-    return StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=_tiny_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def _build_tiny_xl(seed: int, resolution: int) -> Pipeline:
-    tokenizer = offline_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=resolution // 2,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 2),
-            # 6 size/crop ids x 8 + the pooled text embedding (32).
-            projection_class_embeddings_input_dim=6 * 8 + 32,
-            # Both text encoders' hidden states side by side.
-            cross_attention_dim=64,
-            norm_num_groups=32,
-        )
-        vae = _tiny_vae(resolution)
-        text_encoder = CLIPTextModel(_tiny_text_config(len(tokenizer)))
-        text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(len(tokenizer)))
-    return StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=offline_tokenizer(),
-        unet=unet,
-        scheduler=_tiny_scheduler(),
-    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -391,7 +264,7 @@ class ImageModel:
         if settings.base_model is None:
             log.warning("image model: %s", TINY_MODEL_LABEL)
             # Built in float32: the tiny model is for correctness, not speed.
-            pipe = build_tiny_pipeline(
+            pipe = tiny.build_tiny_pipeline(
                 settings.tiny_seed, settings.tiny_resolution, settings.tiny_arch
             )
         elif settings.base_model.is_file():

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request, Response
 
 from engine import model_store
 from engine.cli import main as engine_cli
-from engine.image.pipeline import build_tiny_pipeline
+from engine.image.tiny import build_tiny_pipeline
 from tests.conftest import make_settings
 
 REPO = "tiny-org/tiny-sd"

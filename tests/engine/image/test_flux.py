@@ -14,9 +14,10 @@ import torch
 from diffusers import FluxPipeline
 from safetensors import safe_open
 
-from engine.image.flux import arch_of_folder, build_tiny_flux
+from engine.image.flux import arch_of_folder
 from engine.image.pipeline import FLUX_LORA_FILE_FORMAT, ImageModel
 from engine.image.settings import ImageSettings
+from engine.image.tiny import build_tiny_flux
 from engine.image.types import ModelError
 from tests.engine.image.test_pipeline import PROMPT, examples
 

@@ -71,7 +71,7 @@ def test_a_single_file_sd15_checkpoint_loads_offline_and_draws_as_its_folder(
     import numpy as np
     from PIL import Image
 
-    from engine.image.pipeline import build_tiny_pipeline
+    from engine.image.tiny import build_tiny_pipeline
     from engine.image.types import TrainImage
     from tests.engine.image.ldm_files import write_sd15_single_file
 
