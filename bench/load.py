@@ -17,9 +17,11 @@ and an empty list), ``list`` (GET /api/voices/uploads, 10 rows), ``artifact`` (a
 GET of a stored file), ``register`` (POST /api/users/register, a new email each request).
 For each cell: rps, p50, p99, non-2xx, socket errors and the server's CPU milliseconds per
 request (psutil, the server's own process tree). Ratios: engine rps / bare rps, same
-connections.
+connections. Scaling: ``serve`` with one API process and then two, back to back on the same
+database, the metadata reads at 100 connections (``--no-scaling`` skips it). The engine runs
+with ``access_log = false``, as the baselines run with ``--no-access-log``.
 
-    python bench/load.py [--seconds 10] [--levels 10,100,500] [--workers 1]
+    python bench/load.py [--seconds 10] [--levels 10,100,500] [--workers 1] [--no-scaling]
 
 Writes bench/results/load.json (``--out`` to change).
 """
@@ -170,6 +172,17 @@ class Server:
                 pass
         return total
 
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait until the server is idle (start-up work done: the device probe, imports)."""
+        deadline = time.monotonic() + timeout
+        before = self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.cpu_seconds()
+            if now - before < 0.05:
+                return
+            before = now
+
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
@@ -250,6 +263,9 @@ def engine_config(data: Path, workers: int) -> Path:
             [engine]
             data_dir = "{data / "engine"}"
 
+            # As the baselines run (--no-access-log): the same work per request outside the app.
+            access_log = false
+
             [engine.jobs]
             in_process_workers = 1
 
@@ -298,7 +314,40 @@ def artifact_path(data: Path, base: str) -> str:
     return f"{parts.path}?{parts.query}"
 
 
-def run(levels: list[int], seconds: float, workers: int) -> dict[str, object]:
+def engine_server(config: Path, workers: int) -> Server:
+    argv = [sys.executable, "-m", "engine", "--config", str(config), "serve"]
+    argv += ["--host", "127.0.0.1", "--port", "{port}"]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    return Server(argv, {}, "/healthz")
+
+
+def measure_scaling(
+    wrk: str, config: Path, seeded: dict[str, str], seconds: float, connections: int = 100
+) -> dict[str, object]:
+    """``serve`` with one API process, then two, back to back on the same database: the
+    metadata reads at ``connections``, and the rps ratio of two processes to one."""
+    routes = {
+        "auth": ("/api/voices", seeded["empty_key"]),
+        "list": ("/api/voices/uploads", seeded["key"]),
+    }
+    cells: dict[str, dict[str, dict[str, float]]] = {}
+    for n in (1, 2):
+        server = engine_server(config, n)
+        try:
+            server.settle()
+            cells[f"workers_{n}"] = {
+                route: measure(wrk, server, path, connections, seconds, {"X-API-Key": key})
+                for route, (path, key) in routes.items()
+            }
+        finally:
+            server.stop()
+    one, two = cells["workers_1"], cells["workers_2"]
+    ratio = {r: round(two[r]["rps"] / one[r]["rps"], 3) if one[r]["rps"] else 0.0 for r in routes}
+    return {"connections": connections, **cells, "ratio_2_to_1_rps": ratio}
+
+
+def run(levels: list[int], seconds: float, workers: int, scaling: bool) -> dict[str, object]:
     wrk = ensure_wrk()
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="tada-load-") as tmp:
@@ -316,14 +365,11 @@ def run(levels: list[int], seconds: float, workers: int) -> dict[str, object]:
                 server.stop()
             print(name, json.dumps(results[name]), flush=True)
         config = engine_config(work, workers)
-        argv = [sys.executable, "-m", "engine", "--config", str(config), "serve"]
-        argv += ["--host", "127.0.0.1", "--port", "{port}"]
-        if workers > 1:
-            argv += ["--workers", str(workers)]
-        server = Server(argv, {}, "/healthz")
+        server = engine_server(config, workers)
         try:
             seeded = seed_engine(server.base)
             art = artifact_path(work, server.base)
+            server.settle()
             routes = {
                 "auth": ("/api/voices", {"X-API-Key": seeded["empty_key"]}, None),
                 "list": ("/api/voices/uploads", {"X-API-Key": seeded["key"]}, None),
@@ -339,10 +385,13 @@ def run(levels: list[int], seconds: float, workers: int) -> dict[str, object]:
             results["engine"] = engine
         finally:
             server.stop()
+        if scaling:
+            results["scaling"] = measure_scaling(wrk, config, seeded, seconds)
+            print("scaling", json.dumps(results["scaling"]), flush=True)
     bare = results["bare"]
     assert isinstance(bare, dict)
     ratios: dict[str, dict[str, float]] = {}
-    for route, cells in results["engine"].items():  # type: ignore[union-attr]
+    for route, cells in results["engine"].items():  # type: ignore[union-attr,attr-defined]
         ratios[route] = {
             c: round(cell["rps"] / bare[c]["rps"], 3) if bare[c]["rps"] else 0.0
             for c, cell in cells.items()
@@ -357,9 +406,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "load.json")
+    parser.add_argument(
+        "--no-scaling", action="store_true", help="skip serve --workers 1 vs 2 at 100 connections"
+    )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    results = run(levels, args.seconds, args.workers)
+    loadavg_at_start = os.getloadavg()
+    results = run(levels, args.seconds, args.workers, not args.no_scaling)
     report = {
         "bench": "load",
         "generator": "wrk -t1 (one C thread; the servers saturate first)",
@@ -369,6 +422,8 @@ def main() -> int:
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            # Others' work on a shared machine shows here; the ratios are within one run.
+            "loadavg_at_start": loadavg_at_start,
             "loadavg_at_end": os.getloadavg(),
         },
         **results,

@@ -11,7 +11,7 @@ naming the device.
     python bench/lora.py [--train-steps 30] [--gen-steps 30] [--runs 3]
     python bench/lora.py --base-model /models/sdxl-base --device cuda
     python bench/lora.py --sdxl-unet --device cuda [--compile]
-    python bench/lora.py --buckets [--arch sdxl]   # square crops vs buckets vs no cache
+    python bench/lora.py --buckets [--arch sdxl|flux]   # square vs buckets vs no cache
 
 ``--buckets`` trains the same mixed-shape set three ways in one process, interleaved run
 by run: center-cropped squares (the loop before bucketing), aspect-ratio buckets, and
@@ -328,7 +328,9 @@ def main() -> int:
     parser.add_argument("--base-model", type=Path, default=None)
     parser.add_argument("--sdxl-unet", action="store_true")
     parser.add_argument("--buckets", action="store_true", help="square vs buckets vs no cache")
-    parser.add_argument("--arch", choices=("sd15", "sdxl"), default="sd15", help="tiny layout")
+    parser.add_argument(
+        "--arch", choices=("sd15", "sdxl", "flux"), default="sd15", help="tiny layout"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--resolution", type=int, default=None)
@@ -352,10 +354,10 @@ def main() -> int:
         if args.sdxl_unet
         else ("lora" if not args.base_model else "lora-checkpoint")
     )
-    if not args.sdxl_unet and args.arch == "sdxl" and not args.base_model:
-        name = "lora-tiny-sdxl"
+    if not args.sdxl_unet and args.arch != "sd15" and not args.base_model:
+        name = f"lora-tiny-{args.arch}"
     if args.buckets:
-        name = "lora-buckets" if args.arch == "sd15" else "lora-buckets-sdxl"
+        name = "lora-buckets" if args.arch == "sd15" else f"lora-buckets-{args.arch}"
     out = args.out or RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

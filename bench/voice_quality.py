@@ -629,10 +629,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "voice_quality.json")
     args = parser.parse_args()
 
-    from engine.voice.jobs import backend_for
+    from engine.voice.handlers import build_backend
 
     settings = VoiceSettings()
-    backend = backend_for(settings)
+    backend = build_backend(settings)
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         speakers = all_speakers(Path(tmp))

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import discord
@@ -140,6 +141,25 @@ def _run_sandbox(config: BotConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard_ids(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("shard ids are numbers separated by commas") from exc
+
+
+def _with_shards(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The config file's values with ``--shard-count`` / ``--shard-ids`` on top."""
+    if args.shard_count is None and args.shard_ids is None:
+        return raw
+    section = dict(raw.get("discord") or {})
+    if args.shard_count is not None:
+        section["shard_count"] = args.shard_count
+    if args.shard_ids is not None:
+        section["shard_ids"] = list(args.shard_ids)
+    return {**raw, "discord": section}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="tada-bot", description=__doc__)
@@ -168,9 +188,22 @@ def main(argv: list[str] | None = None) -> int:
         default="general",
         help="the channel the sandbox page shows first",
     )
+    parser.add_argument(
+        "--shard-count",
+        type=int,
+        default=None,
+        help="the bot's total number of shards (overrides discord.shard_count)",
+    )
+    parser.add_argument(
+        "--shard-ids",
+        type=_shard_ids,
+        default=None,
+        help="the shards this process runs, e.g. 0,1 (overrides discord.shard_ids; default: all)",
+    )
     args = parser.parse_args(argv)
     try:
         raw = read_config_file(args.config)
+        raw = _with_shards(raw, args)
         source, problems = production_problems(raw)
         if problems:
             print(_production_refusal(source, problems), file=sys.stderr)

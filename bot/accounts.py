@@ -44,6 +44,29 @@ class AccountSummary:
     generations: int | None
 
 
+async def verified_key(
+    tada: TadaClient, api_key: SecretStr, *, empty: str, otherwise: str = ""
+) -> SecretStr:
+    """``api_key`` stripped of what a paste brings around it, once Ta-da accepted it: the one
+    check before the bot saves a key (a member's own, a guild's shared demo key).
+
+    A refusal is a :class:`UserFacingError`: ``empty`` when nothing is left after stripping,
+    else that Ta-da does not accept the key (``otherwise`` ends that sentence with another
+    way out, e.g. ``", or create a new account with `/tada register`"``).
+    """
+    cleaned = SecretStr(api_key.get_secret_value().strip())
+    if not cleaned.get_secret_value():
+        raise UserFacingError(empty)
+    try:
+        await tada.with_key(cleaned).verify_key()
+    except Unauthorized as exc:
+        raise UserFacingError(
+            "Ta-da does not accept that API key, so it was not saved. Check that you "
+            f"copied all of it{otherwise}."
+        ) from exc
+    return cleaned
+
+
 class AccountService:
     """Everything about members' accounts; cogs call this and only render the result."""
 
@@ -93,16 +116,12 @@ class AccountService:
 
     async def link(self, discord_user_id: int, api_key: SecretStr) -> str:
         """Check ``api_key`` against the API, then keep it; returns the masked key."""
-        cleaned = SecretStr(api_key.get_secret_value().strip())
-        if not cleaned.get_secret_value():
-            raise UserFacingError("The API key was empty. Run `/tada link` again and paste it.")
-        try:
-            await self._tada.with_key(cleaned).verify_key()
-        except Unauthorized as exc:
-            raise UserFacingError(
-                "Ta-da does not accept that API key, so it was not saved. Check that you "
-                "copied all of it, or create a new account with `/tada register`."
-            ) from exc
+        cleaned = await verified_key(
+            self._tada,
+            api_key,
+            empty="The API key was empty. Run `/tada link` again and paste it.",
+            otherwise=", or create a new account with `/tada register`",
+        )
         await self._members.save(discord_user_id, cleaned, via=LinkedVia.LINK)
         log.info("member %s linked a Ta-da API key", discord_user_id)
         return mask_key(cleaned)

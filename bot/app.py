@@ -1,7 +1,7 @@
 """The composition root: every long-lived object is built here, passed by keyword, and
 closed in order (bot, HTTP client, embedded engine, store).
 
-``open_services`` builds what the bot needs; ``create_bot`` builds the ``commands.Bot``
+``open_services`` builds what the bot needs; ``create_bot`` builds the ``commands.AutoShardedBot``
 around it; ``run_bot`` ties them to a Discord token. Tests and the sandbox build the same
 objects with a temporary data directory and an in-process engine.
 """
@@ -24,7 +24,7 @@ from bot.accounts import AccountService
 from bot.config import BotConfig
 from bot.crypto import KeyBox, keybox_for
 from bot.embedded import EmbeddedEngine
-from bot.gate import Gate, OpenGate
+from bot.gate import Gate
 from bot.jobs import JobRunner
 from bot.jobs.buttons import PERSISTENT_BUTTONS
 from bot.jobs.panel import JobPanel
@@ -61,11 +61,11 @@ class BotServices:
     members: MemberStore
     tada: TadaClient
     accounts: AccountService
-    engine: EmbeddedEngine | None = None
-    # Admission control for creation commands; open_services installs the admin policy.
-    gate: Gate = field(default_factory=OpenGate)
+    # Admission control for creation commands: the admin policy's gate (tests may swap it).
+    gate: Gate
     # Server admins' settings, shared keys and usage (``/tada-admin``, ``/quota``).
-    policy: PolicyService | None = None
+    policy: PolicyService
+    engine: EmbeddedEngine | None = None
     # What the engine lacks (no demo model, the random test model), for admins.
     readiness: EngineReadiness = field(default_factory=EngineReadiness)
 
@@ -135,6 +135,7 @@ async def open_services(
             transfer_timeout=httpx.Timeout(
                 config.tada.transfer_timeout_seconds, connect=config.tada.connect_timeout_seconds
             ),
+            offer_ttl=config.tada.offer_ttl_seconds,
         )
         members = MemberStore(store, box)
         policy_store = PolicyStore(store)
@@ -156,8 +157,14 @@ async def open_services(
         )
 
 
-class TadaBot(commands.Bot):
-    """The Discord bot: slash commands only; services come in by keyword."""
+class TadaBot(commands.AutoShardedBot):
+    """The Discord bot: slash commands only; services come in by keyword.
+
+    Sharded (``[discord] shard_count`` / ``shard_ids``): one process runs some or all of
+    the shards. Jobs are claimed globally, not per shard: any process may run and post any
+    job (posting is REST, which needs no gateway), so a dead process's jobs are taken over
+    by the others after their lease; see :mod:`bot.jobs.runner`.
+    """
 
     def __init__(
         self,
@@ -166,7 +173,11 @@ class TadaBot(commands.Bot):
         extensions: Sequence[str] = EXTENSIONS,
         intents: discord.Intents | None = None,
     ) -> None:
+        shards = services.config.discord
         super().__init__(
+            shard_count=shards.shard_count,
+            # None: every shard (discord.py's default for AutoShardedBot).
+            shard_ids=list(shards.shard_ids) if shards.shard_ids is not None else None,  # type: ignore[arg-type]
             command_prefix=commands.when_mentioned,
             intents=intents or discord.Intents.default(),
             tree_cls=TadaCommandTree,
@@ -183,10 +194,9 @@ class TadaBot(commands.Bot):
         self.jobs = JobRunner(client=self, services=services, player=self.voice_player)
         # ``/jobs``: a member's queue and recent results, cancelling what has not started.
         self.job_panel = JobPanel(self.jobs, gate=services.gate)
-        if services.policy is not None:
-            # The admin policy reads the bot's cache (thread parents, the bot's own channel
-            # permissions) whichever cogs are loaded.
-            services.policy.gate.bind(self)
+        # The admin policy reads the bot's cache (thread parents, the bot's own channel
+        # permissions) whichever cogs are loaded.
+        services.policy.gate.bind(self)
 
     async def setup_hook(self) -> None:
         """Load the cogs, resume jobs, then sync slash commands (instantly to a dev guild)."""

@@ -112,6 +112,24 @@ class DiscordConfig(_Section):
     # Commands sync to this guild instantly (development); globally when unset.
     dev_guild_id: int | None = None
     sync_commands: bool = True
+    # Sharding (discord.py's AutoShardedBot): the total number of shards, and which of
+    # them this process runs (all when unset). Several processes split the shards among
+    # them and share one store (``[store] database_url``, PostgreSQL).
+    shard_count: int = Field(1, ge=1, le=4096)
+    shard_ids: tuple[int, ...] | None = None
+
+    @model_validator(mode="after")
+    def _shards_in_range(self) -> DiscordConfig:
+        ids = self.shard_ids
+        if ids is not None:
+            if not ids:
+                raise ValueError("discord.shard_ids must name at least one shard")
+            if len(set(ids)) != len(ids) or not all(0 <= i < self.shard_count for i in ids):
+                raise ValueError(
+                    f"discord.shard_ids must be distinct shards from 0 to "
+                    f"{self.shard_count - 1} (discord.shard_count is {self.shard_count})"
+                )
+        return self
 
 
 class TadaConfig(_Section):
@@ -125,6 +143,9 @@ class TadaConfig(_Section):
     backoff_base_seconds: float = Field(0.5, ge=0)
     backoff_max_seconds: float = Field(30.0, ge=0)
     max_retry_after_seconds: float = Field(60.0, ge=0)
+    # How long the API's OpenAPI document (which optional generation controls it offers)
+    # is trusted before it is fetched again.
+    offer_ttl_seconds: float = Field(600.0, gt=0)
 
     @field_validator("base_url")
     @classmethod
@@ -174,6 +195,21 @@ class JobsConfig(_Section):
     # by Ta-da: its listing is searched for this long, every ``poll_seconds``, before the
     # member is told it failed.
     lost_lookup_seconds: float = Field(30.0, ge=0, le=600)
+    # Several bot processes share the jobs: a process claims a job in the store before it
+    # works on it, renews its claim every ``sweep_seconds`` and holds it ``lease_seconds``;
+    # a process that dies loses its claims after that, and another takes them over. The
+    # sweep also picks up jobs another process queued. ``runner_id`` names this process's
+    # claims (by default the host and its shards): a process restarted under the same
+    # name takes its own claims back at once. Two live processes need different names.
+    runner_id: str | None = Field(None, min_length=1, max_length=64)
+    lease_seconds: float = Field(30.0, ge=1, le=86400)
+    sweep_seconds: float = Field(5.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _lease_outlives_sweep(self) -> JobsConfig:
+        if self.lease_seconds <= self.sweep_seconds:
+            raise ValueError("jobs.lease_seconds must be longer than jobs.sweep_seconds")
+        return self
 
 
 class BotConfig(_Section):

@@ -3,11 +3,10 @@
 Creation commands (voice, LoRA, demo) build a :class:`GateRequest` and ask
 ``services.gate.admit(request)``; a refusal is a :class:`~bot.errors.UserFacingError`
 whose message tells the member what to do. Once the work is accepted they call
-``record(request)`` so quotas count it. :class:`OpenGate` admits everything (no server
-configuration); ``settle(job_id, delivered=...)`` gives back what a job did not deliver
-(failed, cancelled, interrupted). The server-admin policy (channels, roles, quotas,
-moderation, shared demo key) implements the same protocol and replaces it in the
-composition root.
+``record(request)`` so quotas count it; ``settle(job_id, delivered=...)`` gives back what
+a job did not deliver (failed, cancelled, interrupted). The server-admin policy
+(:class:`bot.policy.PolicyGate`: channels, roles, quotas, moderation, shared demo key)
+implements the protocol; the composition root installs it.
 """
 
 from __future__ import annotations
@@ -124,16 +123,3 @@ class Gate(Protocol):
     async def settle(self, job_id: str, *, delivered: bool) -> None:
         """Whether the job's request reached the member (else its count is given back)."""
         ...
-
-
-class OpenGate:
-    """Admits everything with the member's own key, results public; counts nothing."""
-
-    async def admit(self, request: GateRequest) -> Admission:
-        return Admission()
-
-    async def record(self, request: GateRequest, *, job_id: str | None = None) -> None:
-        return None
-
-    async def settle(self, job_id: str, *, delivered: bool) -> None:
-        return None

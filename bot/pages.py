@@ -8,8 +8,11 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.messages import clip
+from bot.messages import CONTENT_LIMIT, clip
 from bot.ui import TadaView
+
+# A page's text; the page number below it fits in the rest of a message.
+PAGE_LIMIT = CONTENT_LIMIT - 100
 
 
 class PagedView(TadaView):
@@ -49,13 +52,13 @@ class PagedView(TadaView):
         await interaction.response.edit_message(content=self.page(), view=self)
 
 
-def paginate(lines: Sequence[str], *, per_page: int = 10, limit: int = 1900) -> list[str]:
+def paginate(lines: Sequence[str], *, per_page: int = 10, limit: int = PAGE_LIMIT) -> list[str]:
     """Group lines into pages of at most ``per_page`` lines and ``limit`` characters."""
     pages: list[str] = []
     current: list[str] = []
     size = 0
     for line in lines:
-        line = line if len(line) <= limit else line[: limit - 1] + "…"
+        line = clip(line, limit)
         if current and (len(current) >= per_page or size + len(line) + 1 > limit):
             pages.append("\n".join(current))
             current, size = [], 0

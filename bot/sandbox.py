@@ -432,7 +432,7 @@ async def _open_sandbox(
                 "members must /tada link again"
             )
         async with _running(env):
-            if saved is None and services.policy is not None:
+            if saved is None:
                 # First run: #tadz-demo is the community demo channel, as an admin would set
                 # with /tada-admin. Later runs keep whatever the admin changed since.
                 await services.policy.add_demo_channel(

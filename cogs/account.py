@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from bot.accounts import AccountService, AccountSummary
 from bot.app import TadaBot
 from bot.errors import UserFacingError
-from bot.messages import clip
+from bot.messages import CONTENT_LIMIT, clip
 from bot.ui import TadaModal, TadaView
 
 NEXT_STEPS = (
@@ -144,7 +144,7 @@ def render_summary(summary: AccountSummary) -> str:
     return "\n".join(lines)
 
 
-def render_help(tree: app_commands.CommandTree[Any], limit: int = 2000) -> str:
+def render_help(tree: app_commands.CommandTree[Any], limit: int = CONTENT_LIMIT) -> str:
     """Every slash command with its description, read from the command tree, in one
     message: descriptions are shortened (never a command left out) to fit ``limit``."""
     intro = [
@@ -225,7 +225,7 @@ class AccountCog(commands.GroupCog, group_name="tada", group_description="Your T
         await interaction.response.send_message(
             render_help(
                 interaction.client.tree
-                if isinstance(interaction.client, commands.Bot)
+                if isinstance(interaction.client, commands.Bot | commands.AutoShardedBot)
                 else app_commands.CommandTree(interaction.client)
             ),
             ephemeral=True,

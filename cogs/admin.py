@@ -44,11 +44,6 @@ ACTION_LABELS: dict[Action, tuple[str, str]] = {
 }
 
 
-def clip(text: str, limit: int = EMBED_FIELD_LIMIT) -> str:
-    """An embed field's text cut at a line end (:func:`bot.messages.clip_lines`)."""
-    return clip_lines(text, limit)
-
-
 def role_name(guild_id: int, role_id: int) -> str:
     """A role as shown in a message (@everyone is the guild's id)."""
     return "@everyone" if role_id == guild_id else f"<@&{role_id}>"
@@ -72,8 +67,12 @@ def render_settings(
         roles.append(
             f"{name}: " + (", ".join(role_name(guild_id, r) for r in allowed) or "everyone")
         )
-    embed.add_field(name="Channels", value=clip("\n".join(channels)), inline=False)
-    embed.add_field(name="Roles", value=clip("\n".join(roles)), inline=False)
+    embed.add_field(
+        name="Channels", value=clip_lines("\n".join(channels), EMBED_FIELD_LIMIT), inline=False
+    )
+    embed.add_field(
+        name="Roles", value=clip_lines("\n".join(roles), EMBED_FIELD_LIMIT), inline=False
+    )
     demo = ", ".join(f"<#{c}>" for c in settings.demo_channels) or "none"
     shared = (
         f"set {discord.utils.format_dt(key.set_at, 'R')} (never shown)"
@@ -81,7 +80,9 @@ def render_settings(
         else "not set (members use their own accounts)"
     )
     embed.add_field(
-        name="Community demo channels", value=clip(f"{demo}\nShared key: {shared}"), inline=False
+        name="Community demo channels",
+        value=clip_lines(f"{demo}\nShared key: {shared}", EMBED_FIELD_LIMIT),
+        inline=False,
     )
     embed.add_field(
         name="Results",
@@ -112,7 +113,7 @@ def render_settings(
         quota_lines.append(f"{role_name(guild_id, role_id)}: " + "; ".join(rules))
     embed.add_field(
         name="Quotas (the most generous role applies; reset 00:00 UTC, trainings on the 1st)",
-        value=clip("\n".join(quota_lines) or "none: no limits"),
+        value=clip_lines("\n".join(quota_lines) or "none: no limits", EMBED_FIELD_LIMIT),
         inline=False,
     )
     m = settings.moderation
@@ -127,14 +128,17 @@ def render_settings(
     lines.append("Your words: " + (", ".join(m.blocked_words) or "none"))
     lines.append("Your patterns: " + (", ".join(f"`{p}`" for p in m.blocked_patterns) or "none"))
     lines.append(f"Words in force: {len(active_words(m))}")
-    embed.add_field(name="Moderation", value=clip("\n".join(lines)), inline=False)
+    embed.add_field(
+        name="Moderation", value=clip_lines("\n".join(lines), EMBED_FIELD_LIMIT), inline=False
+    )
     lacks = readiness.lacks() if readiness is not None else []
     if lacks:
         embed.add_field(
             name="⚠️ The Ta-da engine is missing",
-            value=clip(
+            value=clip_lines(
                 "\n".join(f"• {lack.what}" for lack in lacks)
-                + "\nThe bot's operator can see how to set it up in the bot's log."
+                + "\nThe bot's operator can see how to set it up in the bot's log.",
+                EMBED_FIELD_LIMIT,
             ),
             inline=False,
         )
@@ -193,7 +197,7 @@ def render_usage(report: UsageReport) -> str:
         + ("request" if top.requests == 1 else "requests")
         for rank, top in enumerate(report.top, start=1)
     ]
-    return clip("\n".join(lines), CONTENT_LIMIT)
+    return clip_lines("\n".join(lines), CONTENT_LIMIT)
 
 
 class SharedKeyModal(TadaModal, title="Shared Ta-da key for demo channels"):
@@ -547,6 +551,6 @@ class AdminCog(
 
 async def setup(bot: commands.Bot) -> None:
     """Extension entry point."""
-    if not isinstance(bot, TadaBot) or bot.services.policy is None:
-        raise TypeError("cogs.admin needs a TadaBot whose services have a policy")
+    if not isinstance(bot, TadaBot):
+        raise TypeError("cogs.admin needs a TadaBot (it reads bot.services.policy)")
     await bot.add_cog(AdminCog(bot.services.policy, bot.services.readiness))

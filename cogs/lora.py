@@ -20,6 +20,7 @@ from bot.app import BotServices, TadaBot
 from bot.errors import NotLinked, UserFacingError
 from bot.gate import Action, Feature, request_for
 from bot.jobs.buttons import TrainButton
+from bot.jobs.images import ASPECT_RATIOS, MAX_SEED, ImageOptions, unsupported_note
 from bot.jobs.runner import JobRunner, admit
 from bot.media import (
     IMAGE_SUFFIXES,
@@ -208,15 +209,34 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Image sty
         )
 
     @app_commands.command(name="generate")
-    @app_commands.describe(lora="One of your trained LoRAs", prompt="What to draw")
+    @app_commands.describe(
+        lora="One of your trained LoRAs",
+        prompt="What to draw",
+        seed="Draw the same image again: the seed shown under an earlier image (default: random)",
+        aspect_ratio="Width:height of the image (default: square)",
+        negative_prompt="What the image should not show",
+    )
+    @app_commands.choices(
+        aspect_ratio=[app_commands.Choice(name=ratio, value=ratio) for ratio in ASPECT_RATIOS]
+    )
     async def generate(
         self,
         interaction: discord.Interaction[Any],
         lora: str,
         prompt: app_commands.Range[str, 1, 1000],
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        aspect_ratio: str | None = None,
+        negative_prompt: app_commands.Range[str, 1, 1000] | None = None,
     ) -> None:
         """Generate an image with one of your LoRAs; it is posted here."""
-        await self.runner.submit(interaction, self.runner.generate_request(lora, prompt))
+        asked = ImageOptions(seed=seed, negative_prompt=negative_prompt, aspect_ratio=aspect_ratio)
+        # Reading what this server's API offers may take a call: answer Discord first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        offer = await self.services.tada.generation_offer()
+        request = self.runner.generate_request(lora, prompt, options=asked.within(offer))
+        await self.runner.submit(interaction, request)
+        if missing := asked.missing_from(offer):
+            await interaction.followup.send(unsupported_note(missing), ephemeral=True)
 
     @app_commands.command(name="gallery")
     async def gallery(self, interaction: discord.Interaction[Any]) -> None:

@@ -78,6 +78,6 @@ class QuotaCog(commands.Cog):
 
 async def setup(bot: commands.Bot) -> None:
     """Extension entry point."""
-    if not isinstance(bot, TadaBot) or bot.services.policy is None:
-        raise TypeError("cogs.quota needs a TadaBot whose services have a policy")
+    if not isinstance(bot, TadaBot):
+        raise TypeError("cogs.quota needs a TadaBot (it reads bot.services.policy)")
     await bot.add_cog(QuotaCog(bot.services.policy))

@@ -20,6 +20,7 @@ from engine.jobs import Handler, TooManyPendingJobs
 from engine.logs import install_access_log_redactor
 from engine.services import EngineServices, build_services
 from engine.settings import EngineSettings
+from engine.voice.backend import VoiceBackend
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,14 @@ class SafeJSONResponse(JSONResponse):
 
 
 def create_app(
-    settings: EngineSettings, *, handlers: Mapping[str, Handler] | None = None
+    settings: EngineSettings,
+    *,
+    handlers: Mapping[str, Handler] | None = None,
+    voice_backend: VoiceBackend | None = None,
 ) -> FastAPI:
-    """Build the engine app. Services start in the lifespan and close when it ends."""
-    services = build_services(settings, handlers=handlers)
+    """Build the engine app. Services start in the lifespan and close when it ends
+    (``handlers`` and ``voice_backend``: see :func:`engine.services.build_services`)."""
+    services = build_services(settings, handlers=handlers, voice_backend=voice_backend)
     rates = RateLimits(settings.limits)
 
     @asynccontextmanager

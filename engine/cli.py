@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ def _uvicorn_options(settings: EngineSettings, host: str | None, port: int | Non
         "host": host or settings.host,
         "port": port if port is not None else settings.port,
         "log_level": "info",
+        "access_log": settings.access_log,
         # Longer than clients keep idle connections (httpx: 5 s), so the client closes an
         # idle connection first. With both at 5 s, a request sent just as the server timed
         # the connection out was lost (ReadError; 11 of 10,000 GETs at 500 clients).
@@ -170,12 +172,15 @@ def _models(settings: EngineSettings, args: argparse.Namespace) -> int:
 
     if args.models_command == "list":
         pulled = model_store.list_models(settings.data_dir)
-        configured = settings.image.get("base_model")
+        configured = {
+            "[engine.image] base_model": settings.image.get("base_model"),
+            "[engine.voice] neural_model": settings.voice.get("neural_model"),
+        }
         for model in pulled:
-            mark = (
-                "  <- [engine.image] base_model"
-                if configured in (model.name, str(model.path))
-                else ""
+            mark = "".join(
+                f"  <- {key}"
+                for key, value in configured.items()
+                if value in (model.name, str(model.path))
             )
             print(f"{model.name}\t{model.size_bytes / 1e6:.1f} MB\t{model.path}{mark}")
         if not pulled:
@@ -193,11 +198,27 @@ def _models(settings: EngineSettings, args: argparse.Namespace) -> int:
         print(f"tada-engine: {exc}", file=sys.stderr)
         return 1
     print(f"pulled {model.name}: {model.size_bytes / 1e6:.1f} MB in {model.path}")
-    if (model.path / "model_index.json").is_file():
-        print(f'use it: [engine.image] base_model = "{model.name}"')
-    elif model.path.suffix == ".safetensors":
-        print(f'use it as a LoRA: [engine.image.demos.tadz] lora_path = "{model.path}"')
+    line = usage_line(model.name, model.path)
+    if line is not None:
+        print(line)
     return 0
+
+
+def usage_line(name: str, path: Path) -> str | None:
+    """The config line that uses a pulled model, by what the model is."""
+    if (path / "model_index.json").is_file():
+        return f'use it: [engine.image] base_model = "{name}"'
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (ValueError, AttributeError):
+            model_type = None
+        if model_type == "vibevoice":
+            return f'use it: [engine.voice] backend = "neural" and neural_model = "{name}"'
+    if path.suffix == ".safetensors":
+        return f'use it as a LoRA: [engine.image.demos.tadz] lora_path = "{path}"'
+    return None
 
 
 def _stop_when_orphaned(parent: int, stop: threading.Event) -> None:

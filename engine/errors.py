@@ -6,6 +6,8 @@ them to responses (``{"detail": ...}``), so HTTP stays in ``engine/api/``::
     EngineError                  detail: a sentence the caller can act on
      ├── NotFound                absent, or another user's (never tell them apart): 404
      ├── Rejected                input that cannot be used as it is: 400
+     │    ├── TooLargeUpload     an upload past its size cap or the owner's storage: 413
+     │    └── WrongContentType   an upload stored with another type than its URL's: 415
      ├── Conflict                the resource is in a state that forbids this now: 409
      ├── InvalidField            one request field is wrong: 422, FastAPI's validation shape
      ├── StillRunning            a job outlived the wait and goes on: 504
@@ -31,6 +33,14 @@ class NotFound(EngineError):
 
 class Rejected(EngineError):
     """The input cannot be used as it is (an empty or bad upload, a LoRA not ready)."""
+
+
+class TooLargeUpload(Rejected):
+    """An upload larger than its kind's cap, or than the owner's storage left."""
+
+
+class WrongContentType(Rejected):
+    """An upload whose stored content type is not the one its upload URL asked for."""
 
 
 class Conflict(EngineError):

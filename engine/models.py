@@ -87,6 +87,9 @@ class Upload(Base):
     status: Mapped[str] = mapped_column(String(16), default=UploadStatus.PENDING.value)
     size_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A LoRA zip's inspection, made once when its bytes arrived
+    # (``engine.image.zipcheck.KeptReport.to_json``); training reads it instead of the zip.
+    inspection: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow

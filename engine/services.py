@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
@@ -14,19 +15,22 @@ from engine.image.handlers import image_handlers
 from engine.jobs import Handler, JobQueue, JobService, JobWorker, build_hueys
 from engine.security import UrlSigner
 from engine.settings import EngineSettings
-from engine.storage import LocalStorage
-from engine.voice.jobs import voice_handlers
+from engine.storage import Storage
+from engine.storage.local import LocalStorage
+from engine.voice.backend import VoiceBackend
+from engine.voice.handlers import VoiceHandlers
+from engine.voice.settings import voice_settings
 
 log = logging.getLogger(__name__)
 # How long closing waits for a warm-up to reach its next step (one model load).
 WARM_UP_JOIN_SECONDS = 120.0
 
 
-def default_handlers(settings: EngineSettings) -> dict[str, Handler]:
+def default_handlers(settings: EngineSettings, voice: VoiceHandlers) -> dict[str, Handler]:
     """The job handlers of the real back ends (voice, image), keyed by job kind."""
     handlers: dict[str, Handler] = {}
     handlers.update(image_handlers(settings))
-    handlers.update(voice_handlers(settings))
+    handlers.update(voice.handlers())
     return handlers
 
 
@@ -36,11 +40,13 @@ class EngineServices:
 
     settings: EngineSettings
     db: Database
-    storage: LocalStorage
+    storage: Storage
     signer: UrlSigner
     queue: JobQueue
     worker: JobWorker
     jobs: JobService
+    # The voice back end and its job handlers (the back end is built on first use).
+    voice: VoiceHandlers
     # The background warm-up of a worker (:meth:`start_warm_up`), once started.
     warm_up_thread: threading.Thread | None = None
     _warm_up_stop: threading.Event = field(default_factory=threading.Event)
@@ -52,14 +58,31 @@ class EngineServices:
         return f"{base}{path}?{urlencode({'expires': expires, 'signature': sig})}"
 
     def artifact_url(self, base_url: str, key: str) -> str:
-        """A signed, expiring GET URL for a stored artifact (audio, image)."""
+        """A signed, expiring GET URL for a stored artifact (audio, image): the object
+        store's own when it has one, else the engine's."""
+        ttl = self.settings.uploads.artifact_url_ttl_seconds
+        direct = self.storage.presigned_get(key, ttl)
+        if direct is not None:
+            return direct
         return self.signed_url(
             base_url,
             "GET",
             f"/storage/artifacts/{key}",
             f"artifact:{key}",
-            self.settings.uploads.artifact_url_ttl_seconds,
+            ttl,
         )
+
+    def upload_url(self, base_url: str, upload_id: str, content_type: str) -> tuple[str, int]:
+        """Where a client PUTs an upload, and when that URL expires (epoch seconds): the
+        object store's own pre-signed URL when it has one, else the engine's."""
+        ttl = self.settings.uploads.url_ttl_seconds
+        direct = self.storage.presigned_put(upload_id, content_type, ttl)
+        if direct is not None:
+            return direct, int(time.time()) + ttl
+        expires, sig = self.signer.issue("PUT", f"upload:{upload_id}", ttl)
+        base = (self.settings.public_url or base_url).rstrip("/")
+        query = urlencode({"expires": expires, "signature": sig})
+        return f"{base}/storage/uploads/{upload_id}?{query}", expires
 
     def start_warm_up(self) -> threading.Thread:
         """Where a worker starts: say which device and dtype each back end uses, and load
@@ -67,7 +90,7 @@ class EngineServices:
         neither the API's start nor the first member's clone waits for them."""
         thread = threading.Thread(
             target=warm_up,
-            args=(self.settings, self._warm_up_stop),
+            args=(self.settings, self.voice, self._warm_up_stop),
             name="engine-warm-up",
             daemon=True,
         )
@@ -87,38 +110,54 @@ class EngineServices:
         await self.db.dispose()
 
 
-def warm_up(settings: EngineSettings, stop: threading.Event | None = None) -> None:
+def warm_up(
+    settings: EngineSettings, voice: VoiceHandlers, stop: threading.Event | None = None
+) -> None:
     """Log the device report, then load the voice models when configured (blocking)."""
-    # Imported here: torch and the voice packages load only where a worker runs.
+    # Imported here: torch loads only where a worker runs.
     from engine.devices import log_device_report
     from engine.image.settings import image_settings
-    from engine.voice.jobs import backend_for, warm_up_voice
-    from engine.voice.settings import voice_settings
 
-    voice = voice_settings(settings.voice)
     try:
-        log_device_report(image_settings(settings.image), voice_line=backend_for(voice).describe())
-        if voice.preload and not (stop is not None and stop.is_set()):
-            warm_up_voice(voice, stop)
+        log_device_report(image_settings(settings.image), voice_line=voice.backend.describe())
+        if voice.settings.preload and not (stop is not None and stop.is_set()):
+            voice.warm_up(stop)
     except Exception:  # a report must never take the worker down; jobs say what is wrong
         log.exception("engine: warm-up failed")
 
 
+def build_storage(settings: EngineSettings) -> Storage:
+    """The file store ``[engine.storage]`` names: the data directory, or an S3 bucket."""
+    root = settings.data_dir / "files"
+    if settings.storage.backend == "s3":
+        # Imported here: boto3 loads only where object storage is configured.
+        from engine.storage.s3 import S3Storage
+
+        return S3Storage(settings.storage, scratch=root / "tmp", cache=root / "cache")
+    return LocalStorage(root)
+
+
 def build_services(
-    settings: EngineSettings, *, handlers: Mapping[str, Handler] | None = None
+    settings: EngineSettings,
+    *,
+    handlers: Mapping[str, Handler] | None = None,
+    voice_backend: VoiceBackend | None = None,
 ) -> EngineServices:
-    """Build the services; ``handlers`` replaces the default back ends (tests use it)."""
+    """Build the services; ``handlers`` replaces the default back ends (tests use it), and
+    ``voice_backend`` the voice back end ``[engine.voice]`` names (tests share one loaded
+    back end between many engines of one process)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url)
-    storage = LocalStorage(settings.data_dir / "files")
+    storage = build_storage(settings)
     signer = UrlSigner(settings.signing_key())
     queue = JobQueue(build_hueys(settings))
+    voice = VoiceHandlers(voice_settings(settings.voice), backend=voice_backend)
     worker = JobWorker(
         settings=settings,
         sessions=db.sync_session,
         storage=storage,
         queue=queue,
-        handlers=default_handlers(settings) if handlers is None else handlers,
+        handlers=default_handlers(settings, voice) if handlers is None else handlers,
     )
     jobs = JobService(
         sessions=db.session,
@@ -134,4 +173,5 @@ def build_services(
         queue=queue,
         worker=worker,
         jobs=jobs,
+        voice=voice,
     )

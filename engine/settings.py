@@ -92,6 +92,46 @@ class UploadSettings(_Section):
     artifact_url_ttl_seconds: int = Field(24 * 3600, gt=0, le=30 * 24 * 3600)
 
 
+S3_SECRET_ENV = "TADA_ENGINE_S3_SECRET_ACCESS_KEY"
+S3_ACCESS_KEY_ENV = "TADA_ENGINE_S3_ACCESS_KEY_ID"
+# SigV4 pre-signed URLs live at most this long (the S3 API's own limit).
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+
+
+class StorageSettings(_Section):
+    """Where uploads and artifacts live: the data directory, or an S3-compatible bucket.
+
+    With ``s3``, upload URLs are the bucket's own pre-signed PUT URLs and artifact URLs its
+    pre-signed GET URLs; they expire after ``[engine.uploads] url_ttl_seconds`` and
+    ``artifact_url_ttl_seconds``. The secret key comes from the environment only
+    (``TADA_ENGINE_S3_SECRET_ACCESS_KEY``); with no keys at all, boto3's own chain is used
+    (``AWS_*`` variables, an instance role).
+    """
+
+    backend: Literal["local", "s3"] = "local"
+    # Unset: AWS S3 itself. SeaweedFS, MinIO, R2...: their S3 address, as clients reach it
+    # (pre-signed URLs are made for this address).
+    endpoint_url: str | None = None
+    bucket: str | None = None
+    region: str = "us-east-1"
+    # Keys are stored under this prefix in the bucket ("" = at its root).
+    prefix: str = Field("", pattern=r"^([A-Za-z0-9_.-]+/)*$")
+    # "path" (https://host/bucket/key; SeaweedFS, MinIO) or "virtual" (bucket.host).
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None  # from the environment only
+
+    @model_validator(mode="after")
+    def _s3_needs_bucket(self) -> StorageSettings:
+        if self.backend == "s3" and not self.bucket:
+            raise ValueError("storage.backend = 's3' needs storage.bucket")
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ValueError(
+                f"storage.access_key_id and {S3_SECRET_ENV} go together: set both or neither"
+            )
+        return self
+
+
 class LimitSettings(_Section):
     """Bounds that keep one client or member from wearing the engine down.
 
@@ -187,6 +227,9 @@ class EngineSettings(_Section):
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
     # forwarded_allow_ips); empty: none, the socket's peer is the client.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # uvicorn's access log (one line per request, signatures and emails redacted): about
+    # 5% of a metadata read's CPU under load; off where a proxy in front logs requests.
+    access_log: bool = True
     # tada-bot's embedded engine runs as a child process (`tada-engine serve` on loopback):
     # its API and models never hold the bot's event loop. false: inside the bot's loop.
     embedded_child_process: bool = True
@@ -194,6 +237,7 @@ class EngineSettings(_Section):
     registration: RegistrationSettings = RegistrationSettings()
     uploads: UploadSettings = UploadSettings()
     jobs: JobSettings = JobSettings()
+    storage: StorageSettings = StorageSettings()
     # Back-end sections owned by the voice and image packages; validated there.
     voice: dict[str, Any] = Field(default_factory=dict)
     image: dict[str, Any] = Field(default_factory=dict)
@@ -201,20 +245,39 @@ class EngineSettings(_Section):
     @model_validator(mode="before")
     @classmethod
     def _pulled_models(cls, data: Any) -> Any:
-        """``[engine.image] base_model = "org/name"``: the folder ``models pull`` made."""
+        """``[engine.image] base_model`` (and ``single_file_config``) or ``[engine.voice]
+        neural_model = "org/name"``: the folder ``models pull`` made."""
         if not isinstance(data, dict):
             return data
-        image = data.get("image")
-        if not isinstance(image, dict):
-            return data
-        base = image.get("base_model")
-        if isinstance(base, str) and not Path(base).exists():
-            from engine.model_store import resolve_pulled
+        for section, keys in (
+            ("image", ("base_model", "single_file_config")),
+            ("voice", ("neural_model",)),
+        ):
+            values = data.get(section)
+            if not isinstance(values, dict):
+                continue
+            for key in keys:
+                named = values.get(key)
+                if isinstance(named, str) and not Path(named).exists():
+                    from engine.model_store import resolve_pulled
 
-            pulled = resolve_pulled(Path(data.get("data_dir", "data")), base)
-            if pulled is not None:
-                data = {**data, "image": {**image, "base_model": str(pulled)}}
+                    pulled = resolve_pulled(Path(data.get("data_dir", "data")), named)
+                    if pulled is not None:
+                        values = {**values, key: str(pulled)}
+            data = {**data, section: values}
         return data
+
+    @model_validator(mode="after")
+    def _presign_ttls(self) -> EngineSettings:
+        if self.storage.backend == "s3":
+            longest = max(self.uploads.url_ttl_seconds, self.uploads.artifact_url_ttl_seconds)
+            if longest > MAX_PRESIGN_SECONDS:
+                raise ValueError(
+                    "with storage.backend = 's3', uploads.url_ttl_seconds and "
+                    "uploads.artifact_url_ttl_seconds must be at most 7 days (604800): "
+                    "S3 pre-signed URLs live no longer"
+                )
+        return self
 
     @model_validator(mode="after")
     def _secret_allowed(self) -> EngineSettings:
@@ -290,6 +353,18 @@ def load_engine_settings(
         registration = dict(data.get("registration", {}))
         registration["token"] = env[REGISTRATION_TOKEN_ENV]
         data["registration"] = registration
+    storage = data.get("storage")
+    if isinstance(storage, dict) and "secret_access_key" in storage:
+        raise SettingsError(
+            f"engine.storage.secret_access_key must not be in the config file; set {S3_SECRET_ENV}"
+        )
+    if env.get(S3_SECRET_ENV) or env.get(S3_ACCESS_KEY_ENV):
+        storage = dict(storage or {})
+        if env.get(S3_SECRET_ENV):
+            storage["secret_access_key"] = env[S3_SECRET_ENV]
+        if env.get(S3_ACCESS_KEY_ENV):
+            storage["access_key_id"] = env[S3_ACCESS_KEY_ENV]
+        data["storage"] = storage
     if env.get("TADA_DATA_DIR"):
         data["data_dir"] = env["TADA_DATA_DIR"]
     if env.get("TADA_ENGINE_DATABASE_URL"):
@@ -311,6 +386,8 @@ def settings_for_child(settings: EngineSettings) -> str:
         data["secret_key"] = settings.secret_key.get_secret_value()
     token = settings.registration.token
     data["registration"]["token"] = token.get_secret_value() if token else None
+    s3_secret = settings.storage.secret_access_key
+    data["storage"]["secret_access_key"] = s3_secret.get_secret_value() if s3_secret else None
     return json.dumps(data)
 
 

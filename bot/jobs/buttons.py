@@ -18,6 +18,14 @@ import discord
 
 from bot.errors import NotLinked, UserFacingError, report_error
 from bot.jobs.deps import JobActions
+from bot.jobs.images import (
+    ImageOptions,
+    parse_ratio,
+    parse_seed,
+    seed_card,
+    variation_request,
+    with_new_seed,
+)
 from bot.jobs.store import JobNotFound
 from bot.messages import CONTENT_LIMIT, DEFAULT_FILE_LIMIT, clip, requester_only
 from bot.names import visible
@@ -25,7 +33,7 @@ from bot.replay import Replay, fetch_speech
 from bot.ui import TadaModal
 
 if TYPE_CHECKING:
-    from bot.jobs.models import JobRequest
+    from bot.jobs.models import Job, JobRequest
 
 
 def runner_of(interaction: discord.Interaction[Any]) -> JobActions:
@@ -105,7 +113,7 @@ class AgainButton(
         except JobNotFound as exc:
             raise UserFacingError(JOB_GONE) from exc
         _check_owner(interaction, job.user_id)
-        await runner.submit(interaction, runner.request_like(job))
+        await runner.submit(interaction, with_new_seed(job, runner.request_like(job)))
 
 
 class DeleteButton(
@@ -303,6 +311,149 @@ class RepostButton(OwnedButton, kind="repost", label="Post in channel"):
         )
 
 
+async def _job_of(interaction: discord.Interaction[Any], job_id: str) -> Job:
+    try:
+        return await runner_of(interaction).store.get(job_id)
+    except JobNotFound as exc:
+        raise UserFacingError(JOB_GONE) from exc
+
+
+class _JobButton(
+    _Answering,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    # The base matches no custom id; only its subclasses (one ``kind`` each) are registered.
+    template=r"(?!)",
+):
+    """A button bound to one job, its custom id ``tada:<kind>:<job id>``; a subclass names
+    its kind, label and style and does :meth:`act`."""
+
+    kind: ClassVar[str]
+    label: ClassVar[str]
+    style: ClassVar[discord.ButtonStyle]
+
+    def __init_subclass__(
+        cls, *, kind: str, label: str, style: discord.ButtonStyle, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(template=rf"tada:{kind}:(?P<job>[0-9a-f]{{32}})", **kwargs)
+        cls.kind, cls.label, cls.style = kind, label, style
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=self.label, style=self.style, custom_id=f"tada:{self.kind}:{job_id}"
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> Self:
+        return cls(match["job"])
+
+
+class VaryButton(_JobButton, kind="vary", label="Variations", style=discord.ButtonStyle.secondary):
+    """A variation of this image: same LoRA and prompt, a new seed, linked to this post
+    (owner only; admitted and counted like the command)."""
+
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        job = await _job_of(interaction, self.job_id)
+        _check_owner(interaction, job.user_id)
+        parent = interaction.message.jump_url if interaction.message is not None else None
+        await runner_of(interaction).submit(interaction, variation_request(job, parent))
+
+
+class SeedButton(_JobButton, kind="seed", label="Use seed", style=discord.ButtonStyle.secondary):
+    """The image's seed and parameters, shown privately to whoever asks; its owner also
+    gets **Draw with this seed** (a new prompt, the same seed)."""
+
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        job = await _job_of(interaction, self.job_id)
+        view = discord.ui.View(timeout=None)
+        if interaction.user.id == job.user_id and (job.result or {}).get("seed_reusable"):
+            view.add_item(ReseedButton(job.id))
+        await interaction.response.send_message(
+            clip(seed_card(job), CONTENT_LIMIT),
+            view=view,
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+
+class ReseedButton(
+    _JobButton, kind="reseed", label="Draw with this seed", style=discord.ButtonStyle.primary
+):
+    """Open a modal with the image's prompt, seed, negative prompt and aspect ratio filled
+    in, to draw again with the seed kept (owner only)."""
+
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        job = await _job_of(interaction, self.job_id)
+        _check_owner(interaction, job.user_id)
+        await _check_linked(interaction)
+        await interaction.response.send_modal(SeedModal(job))
+
+
+class SeedModal(TadaModal):
+    """A generation with a chosen seed: the posted image's parameters, to edit."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(title="Draw with this seed")
+        p, result = job.params, job.result or {}
+        self.lora_id = str(p["lora_id"])
+        self.lora_name = p.get("lora_name")
+        seed = result.get("seed")
+
+        def field(label: str, custom_id: str, value: Any, **kw: Any) -> discord.ui.TextInput[Any]:
+            text = discord.ui.TextInput[Any](
+                label=label,
+                custom_id=custom_id,
+                default=str(value) if value not in (None, "") else None,
+                **kw,
+            )
+            self.add_item(text)
+            return text
+
+        self.prompt = field(
+            "Prompt",
+            "prompt",
+            result.get("prompt") or p.get("prompt"),
+            style=discord.TextStyle.paragraph,
+            min_length=1,
+            max_length=1000,
+        )
+        self.seed = field("Seed", "seed", seed, max_length=10, required=False)
+        self.negative = field(
+            "Negative prompt (optional)",
+            "negative_prompt",
+            p.get("negative_prompt"),
+            max_length=1000,
+            required=False,
+        )
+        self.ratio = field(
+            "Aspect ratio (1:1, 3:2, 16:9, …; optional)",
+            "aspect_ratio",
+            p.get("aspect_ratio"),
+            max_length=5,
+            required=False,
+        )
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        options = ImageOptions(
+            seed=parse_seed(self.seed.value),
+            negative_prompt=self.negative.value.strip() or None,
+            aspect_ratio=parse_ratio(self.ratio.value),
+        )
+        runner = runner_of(interaction)
+        request = runner.generate_request(
+            self.lora_id, self.prompt.value, self.lora_name, options=options
+        )
+        await runner.submit(interaction, request)
+
+
 PERSISTENT_BUTTONS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     AgainButton,
     DeleteButton,
@@ -310,4 +461,7 @@ PERSISTENT_BUTTONS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     SpeakButton,
     TrainButton,
     RepostButton,
+    VaryButton,
+    SeedButton,
+    ReseedButton,
 )

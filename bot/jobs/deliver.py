@@ -4,6 +4,23 @@ A result goes to the interaction while its token lives, else to the channel as a
 message mentioning the member, else by DM. Each destination is retried on Discord errors;
 the row records the delivery once, so a result is never posted twice, and a result not
 delivered stays undelivered on the row, where the next start finds it.
+
+Across bot processes (the guarantees, in order of a post):
+
+1. Only the process holding the job's claim posts: :meth:`JobStore.begin_post` is a
+   conditional update on ``claimed_by`` and an unexpired lease, made right before each
+   post, and it notes the destination (``post_attempt_via``). A process that lost its
+   claim (it hung past its lease and another took over) finds out there and posts nothing.
+2. The delivery is recorded by one conditional update (``posted_via IS NULL``): of two
+   recorders exactly one wins, and a recorded job is never posted again.
+3. A process killed between Discord taking a post and the record (a window of one
+   database round trip) leaves the post "in doubt". Whoever takes the job over posts it
+   again, to the same destination when it is the channel or a DM, with the same nonce
+   (derived from the job id, ``enforce_nonce``): Discord then answers with the message
+   already made instead of a second one, within its nonce window (minutes; a takeover
+   comes after ``lease_seconds``, 30 s by default). An interaction follow-up has no nonce,
+   so one in doubt is sent again as a channel (or DM) post with the nonce: at least once.
+   That one case may show twice; every other path posts exactly once.
 """
 
 from __future__ import annotations
@@ -12,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import subprocess
+import zlib
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import PurePosixPath
@@ -24,7 +42,7 @@ from bot.config import JobsConfig
 from bot.jobs.deps import JobServices
 from bot.jobs.models import FINAL_STATES, Destination, Job, JobKind, JobState
 from bot.jobs.models import aware as _aware
-from bot.jobs.render import Outgoing, render, stopped_progress
+from bot.jobs.render import Outgoing, ProgressImage, render, stopped_progress
 from bot.jobs.store import JobNotFound, JobStore
 from bot.media import IMAGE_SUFFIXES, MediaRejected
 from bot.messages import DEFAULT_FILE_LIMIT, requester_only
@@ -52,6 +70,11 @@ OUTCOME_NOTES = {
 Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 
 
+def post_nonce(job_id: str) -> int:
+    """The nonce of a job's channel and DM posts (Discord takes up to 25 characters)."""
+    return int(job_id[:15], 16) if len(job_id) >= 15 else zlib.crc32(job_id.encode())
+
+
 class Delivery:
     """Posts results and progress for one runner (built by :class:`~bot.jobs.runner.JobRunner`)."""
 
@@ -65,6 +88,8 @@ class Delivery:
         player: VoiceChannelPlayer | None,
         interactions: dict[str, discord.Interaction[Any]],
         spawn: Spawn,
+        owner: str,
+        done: Callable[[str], None],
     ) -> None:
         self.client = client
         self.services = services
@@ -74,6 +99,10 @@ class Delivery:
         # The runner's live interactions of jobs asked in this process (shared).
         self._interactions = interactions
         self._spawn = spawn
+        # This process's claims (see JobStore.claim); ``done`` tells the runner a job is no
+        # longer this process's to work on (posted, or its claim is gone).
+        self._owner = owner
+        self._done = done
         self._delivering: set[str] = set()
 
     def live_interaction(self, job_id: str) -> discord.Interaction[Any] | None:
@@ -100,7 +129,9 @@ class Delivery:
                 # Only what the member got counts against their quota.
                 await self.services.gate.settle(job.id, delivered=job.state is JobState.FINISHED)
             if job.posted:
+                self._done(job.id)
                 return
+            doubt = await self.store.in_doubt(job.id)
             files, note = await self._artifacts(job)
             if files:
                 await self._play_in_voice(job, files[0][1])
@@ -108,43 +139,75 @@ class Delivery:
                 # The voice message holds the audio; the card below says where it is.
                 files, note = (), VOICE_MESSAGE_NOTE
             outgoing = render(job, files, note)
-            destinations = (
+            destinations: tuple[Destination, ...] = (
                 (Destination.INTERACTION, Destination.DM)
                 if job.private
                 else (Destination.INTERACTION, Destination.CHANNEL, Destination.DM)
             )
+            if doubt is not None:
+                # A post begun by a process that died before recording it: again where
+                # Discord can tell it is the same post (the nonce), never as a follow-up.
+                log.warning("job %s: a post to %s is in doubt; posting again", job.id, doubt.via)
+                first = doubt.via if doubt.via is not Destination.INTERACTION else None
+                rest = [d for d in destinations if d not in (first, Destination.INTERACTION)]
+                destinations = tuple([first, *rest] if first is not None else rest)
             for destination in destinations:
+                try:
+                    await self.store.begin_post(job.id, self._owner, destination)
+                except JobNotFound:
+                    # Its claim lapsed: the next sweep (here or elsewhere) claims it again.
+                    log.info("job %s: no longer this process's to post", job.id)
+                    self._done(job.id)
+                    return
                 message_id = await self._post_with_retries(job, destination, outgoing)
                 if message_id is not None:
                     await self.store.mark_posted(job.id, message_id=message_id, via=destination)
+                    self._done(job.id)
                     await self._tidy_status(job)
                     return
+                # Discord refused it: not in doubt, the next destination (or round) may go.
+                await self.store.end_attempt(job.id, self._owner)
             log.error("job %s: no destination took the result; trying again later", job.id)
             if round_ < len(REDELIVERY_DELAYS):
                 self._spawn(self._redeliver(job_id, round_ + 1), f"redeliver {job_id}")
         finally:
             self._delivering.discard(job_id)
 
-    async def show_progress(self, job: Job, text: str) -> None:
-        """Edit the training's progress message (post it first); best effort."""
+    async def show_progress(self, job: Job, text: str, image: ProgressImage | None = None) -> None:
+        """Edit the training's progress message (post it first); best effort.
+
+        ``image`` (a new validation image) replaces the one shown; without it an edit
+        changes the text only and keeps the image already there.
+        """
+        # Edits replace the attachments; a first post attaches the file.
+        shown: dict[str, Any] = (
+            {} if image is None else {"embed": image.embed(), "attachments": [image.file()]}
+        )
         try:
             # A private job's progress is its interaction's note; a failure made private
             # later still ends the message already posted in the channel.
             if job.private and job.progress_message_id is None:
                 interaction = self.live_interaction(job.id)
                 if interaction is not None:
-                    await interaction.edit_original_response(content=text)
+                    await interaction.edit_original_response(content=text, **shown)
                 return
             channel = self._channel(job)
             if channel is None:
                 return
             if job.progress_message_id is not None:
                 try:
-                    await channel.get_partial_message(job.progress_message_id).edit(content=text)
+                    await channel.get_partial_message(job.progress_message_id).edit(
+                        content=text, **shown
+                    )
                     return
                 except discord.NotFound:
                     pass  # deleted by someone: post a new one below
-            message = await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+            posted: dict[str, Any] = (
+                {} if image is None else {"embed": image.embed(), "file": image.file()}
+            )
+            message = await channel.send(
+                text, allowed_mentions=discord.AllowedMentions.none(), **posted
+            )
             await self.store.update(job.id, progress_message_id=message.id)
         except discord.HTTPException as exc:
             # Progress is a courtesy; the result itself goes through _deliver's retries.
@@ -217,6 +280,13 @@ class Delivery:
             or result.get("played")
         ):
             return
+        if self.client.get_guild(job.guild_id) is None:
+            # Jobs are claimed globally; a voice connection needs the guild's shard, which
+            # another bot process runs. The speech is posted in the text channel as usual.
+            log.info(
+                "job %s: guild %s is on another process's shards; not played", job.id, job.guild_id
+            )
+            return
         await self.store.update(job.id, result={**result, "played": True})
         clip = Clip(audio, int(channel_id), job.user_id, label=f"job {job.id}")
         try:
@@ -234,7 +304,6 @@ class Delivery:
             or job.private
             or job.channel_id is None
             or job.guild_id is None
-            or self.services.policy is None
         ):
             return False
         if (job.result or {}).get("voice_message_id"):
@@ -310,6 +379,9 @@ class Delivery:
                 raise LookupError("no live interaction")
             sent = await webhook.send(wait=True, ephemeral=job.private, **kwargs)
             return sent.id
+        # The same nonce for every post of this job: Discord (enforce_nonce) answers a
+        # repeat with the message it already made (a post in doubt after a crash).
+        kwargs["nonce"] = post_nonce(job.id)
         if destination is Destination.CHANNEL:
             channel = self._channel(job)
             if channel is None:

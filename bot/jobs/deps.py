@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from bot.accounts import AccountService
     from bot.config import BotConfig
     from bot.gate import Gate
+    from bot.jobs.images import ImageOptions
     from bot.jobs.models import Job, JobRequest
     from bot.jobs.store import JobStore
     from bot.policy import PolicyService
@@ -47,7 +48,7 @@ class JobServices(Protocol):
     def gate(self) -> Gate: ...
 
     @property
-    def policy(self) -> PolicyService | None: ...
+    def policy(self) -> PolicyService: ...
 
     @property
     def readiness(self) -> EngineReadiness: ...
@@ -78,9 +79,14 @@ class JobActions(Protocol):
         ...
 
     def generate_request(
-        self, lora_id: str, prompt: str, lora_name: str | None = None
+        self,
+        lora_id: str,
+        prompt: str,
+        lora_name: str | None = None,
+        *,
+        options: ImageOptions | None = None,
     ) -> JobRequest:
-        """An image from a LoRA."""
+        """An image from a LoRA, with its optional controls."""
         ...
 
     def train_request(self, upload_id: str) -> JobRequest:

@@ -12,6 +12,7 @@ from typing import Any
 from bot.config import JobsConfig
 from bot.errors import caused_by_member, reply_for
 from bot.jobs.deliver import Delivery
+from bot.jobs.images import generation_body, image_result
 from bot.jobs.models import Job, JobKind, JobState, speech_result
 from bot.jobs.recover import find_generation
 from bot.jobs.store import JobStore
@@ -19,6 +20,7 @@ from bot.readiness import EngineReadiness, is_test_model
 from bot.store.models import utcnow
 from bot.tada import TadaClient
 from bot.tada.errors import ServiceUnavailable, TadaError, TadaTimeout, TadaTransportError
+from bot.tada.offer import GenerationOffer
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ class Execution:
 
     async def _generate(self, tada: TadaClient, job: Job) -> dict[str, Any]:
         p = job.params
+        offer: GenerationOffer | None = None
         if job.kind is JobKind.VOICE_SPEAK:
             if not p.get("voice_name") or "voice_base_score" not in p:
                 # The post shows the voice's name and its base voice's score beside the
@@ -118,7 +121,10 @@ class Execution:
                 if name:
                     p = {**p, "lora_name": name}
                     await self.store.update(job.id, params=p)
-            image = await tada.generate_lora(str(p["lora_id"]), str(p["prompt"]))
+            # Seed, size, negative prompt, variation: only what this API offers is sent.
+            offer = await tada.generation_offer()
+            body = generation_body(p, offer)
+            image = await tada.generate_lora(str(p["lora_id"]), str(p["prompt"]), **body)
         elif job.kind is JobKind.DEMO_GENERATE:
             demo = tada.demo_pudgy if p.get("model") == "pudgy" else tada.demo_tadz
             image = await demo(str(p["prompt"]))
@@ -131,13 +137,7 @@ class Execution:
             readiness.test_model_seen(f"the engine drew it with {image.model}")
         elif image.model:
             readiness.real_model_seen()
-        return {
-            "generation_id": image.id,
-            "url": image.image_url,
-            "prompt": image.prompt or p.get("prompt"),
-            "enhanced_prompt": image.enhanced_prompt,
-            "model": image.model,
-        }
+        return image_result(image, p, offer)
 
     async def _lora_name(self, tada: TadaClient, lora_id: str) -> str | None:
         """The name of the LoRA ``lora_id`` (its upload's id or its training's id)."""

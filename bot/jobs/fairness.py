@@ -1,8 +1,46 @@
-"""Fair scheduling: a bounded number of jobs run at once, round-robin across members."""
+"""Fair scheduling: a bounded number of jobs run at once, round-robin across members.
+
+:class:`FairQueue` is the rule on one process's memory; :func:`fair_order` applies the
+same rule to the shared queue the store holds (:class:`~bot.jobs.store.QueueSnapshot`),
+which is what the runner uses, so that every bot process serves the same order.
+"""
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
+from datetime import datetime
+
+
+def fair_order(
+    waiting: Iterable[tuple[int, str]],
+    running: dict[int, int],
+    served: dict[int, datetime],
+) -> list[tuple[int, str]]:
+    """The order ``waiting`` jobs (member, job id; oldest first) are served in.
+
+    Each turn goes to the member with the fewest jobs running, then the one served
+    longest ago (never served first), then the earliest to arrive; each job handed out
+    counts as running for the turns after it (as :meth:`FairQueue.position` replays).
+    """
+    lines: dict[int, list[str]] = {}
+    for member, job_id in waiting:
+        lines.setdefault(member, []).append(job_id)
+    arrived = {member: n for n, member in enumerate(lines)}
+    # Served times as ranks: later turns in this replay rank after every real one.
+    ranks = {m: n for n, m in enumerate(sorted(served, key=lambda m: served[m]))}
+    busy = dict(running)
+    tick = len(ranks)
+    order: list[tuple[int, str]] = []
+    while lines:
+        member = min(lines, key=lambda m: (busy.get(m, 0), ranks.get(m, -1), arrived[m]))
+        order.append((member, lines[member].pop(0)))
+        if not lines[member]:
+            del lines[member]
+        busy[member] = busy.get(member, 0) + 1
+        ranks[member] = tick
+        tick += 1
+    return order
 
 
 class FairQueue:

@@ -25,6 +25,25 @@ class JobKind(StrEnum):
     LORA_GENERATE = "lora_generate"  # one image from a trained LoRA
     DEMO_GENERATE = "demo_generate"  # one image from a demo model (tadz, pudgy)
 
+    @property
+    def label(self) -> str:
+        """The kind in a list of jobs (``/jobs``): "Speech", "LoRA training"."""
+        return _KIND_NAMES[self][0]
+
+    @property
+    def yours(self) -> str:
+        """The kind as the subject of a message to its requester: "Your speech"."""
+        return _KIND_NAMES[self][1]
+
+
+# How messages name each kind, in one table: (label, yours).
+_KIND_NAMES: dict[JobKind, tuple[str, str]] = {
+    JobKind.VOICE_SPEAK: ("Speech", "Your speech"),
+    JobKind.LORA_TRAIN: ("LoRA training", "Your training"),
+    JobKind.LORA_GENERATE: ("Image", "Your image"),
+    JobKind.DEMO_GENERATE: ("Demo image", "Your demo image"),
+}
+
 
 class JobState(StrEnum):
     """Where a job stands; a job accepted ends FINISHED, FAILED or INTERRUPTED, posted."""

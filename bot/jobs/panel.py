@@ -16,19 +16,13 @@ import discord
 from bot.errors import UserFacingError
 from bot.gate import Gate
 from bot.jobs import Destination, Job, JobKind, JobNotFound, JobRunner, JobState
+from bot.messages import clip
 
 log = logging.getLogger(__name__)
 
-# Recent results shown, newest first; Discord's 2000 characters bound the rest.
+# Recent results shown, newest first; a message's CONTENT_LIMIT bounds the rest.
 RECENT = 8
 CANCELED = "Cancelled by you before it started; nothing was sent to Ta-da."
-
-KIND_NAMES: dict[JobKind, str] = {
-    JobKind.VOICE_SPEAK: "Speech",
-    JobKind.LORA_TRAIN: "LoRA training",
-    JobKind.LORA_GENERATE: "Image",
-    JobKind.DEMO_GENERATE: "Demo image",
-}
 
 
 def describe(job: Job, *, limit: int = 60) -> str:
@@ -42,9 +36,8 @@ def describe(job: Job, *, limit: int = 60) -> str:
         or ""
     )
     detail = " ".join(str(detail).split())
-    if len(detail) > limit:
-        detail = detail[: limit - 1] + "…"
-    name = KIND_NAMES[job.kind]
+    detail = clip(detail, limit)
+    name = job.kind.label
     if job.kind is JobKind.DEMO_GENERATE and params.get("model"):
         name = f"{name} ({params['model']})"
     return f"{name} “{detail}”" if detail else name
@@ -107,7 +100,7 @@ class JobPanel:
         """The member's jobs: waiting (with their place in line), running, recent."""
         jobs = await self._runner.store.for_member(user_id, limit=50)
         queued = [
-            PanelEntry(job, self._runner.position(job.id))
+            PanelEntry(job, await self._runner.position(job.id))
             for job in reversed(jobs)  # oldest first: the order they run in
             if job.state is JobState.QUEUED
         ]
@@ -127,8 +120,9 @@ class JobPanel:
         if job.user_id != user_id:
             # The same words as for a missing job: whether another's job exists is theirs.
             raise UserFacingError(JOB_NOT_YOURS)
-        # Out of the queue first: once it is out, the runner can no longer start it.
-        if job.state is not JobState.QUEUED or not self._runner.queue.remove(user_id, job_id):
+        # Claimed first (in the store, against every process): once claimed here, no
+        # runner can start it.
+        if job.state is not JobState.QUEUED or not await self._runner.cancel_queued(job_id):
             raise UserFacingError("That job has already started, so it can no longer be cancelled.")
         canceled = await self._runner.store.update(
             job_id, state=JobState.FAILED, error=CANCELED, finished_at=discord.utils.utcnow()

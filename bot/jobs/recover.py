@@ -13,6 +13,7 @@ from typing import Any
 
 from bot.errors import UserFacingError
 from bot.jobs.deliver import Delivery
+from bot.jobs.images import image_result
 from bot.jobs.models import Job, JobKind, JobState, speech_result
 from bot.jobs.models import aware as _aware
 from bot.jobs.store import JobStore
@@ -42,15 +43,13 @@ async def find_generation(tada: TadaClient, job: Job, store: JobStore) -> dict[s
             if gen.text == p["text"] and _aware(gen.created_at) >= since
         ]
     elif job.kind is JobKind.LORA_GENERATE:
+        offer = await tada.generation_offer()
         found = [
-            {
-                "generation_id": image.id,
-                "url": image.image_url,
-                "prompt": image.prompt,
-                "enhanced_prompt": image.enhanced_prompt,
-            }
+            image_result(image, p, offer)
             for image in await tada.list_lora_generations(str(p["lora_id"]), limit=50)
             if image.prompt == p["prompt"]
+            # A variation and a fresh image of the same prompt are not the same request.
+            and (not offer.variation_of or image.variation_of == p.get("variation_of"))
             and image.created_at is not None
             and _aware(image.created_at) >= since
         ]

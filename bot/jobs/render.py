@@ -13,7 +13,10 @@ from bot.jobs.buttons import (
     AgainButton,
     DeleteButton,
     GenerateButton,
+    SeedButton,
+    VaryButton,
 )
+from bot.jobs.images import image_fields
 from bot.jobs.models import Job, JobKind, JobState
 from bot.messages import (
     CONTENT_LIMIT,
@@ -111,6 +114,26 @@ def training_progress(job: Job, training: LoraTraining, now: datetime) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class ProgressImage:
+    """A training's validation image, downloaded: shown under its progress message."""
+
+    filename: str
+    data: bytes
+    step: int | None
+
+    def embed(self) -> discord.Embed:
+        """The embed that shows the attached image, captioned with its step."""
+        caption = "Validation image" + (f", step {self.step}" if self.step is not None else "")
+        embed = discord.Embed(description=caption)
+        embed.set_image(url=f"attachment://{self.filename}")
+        return embed
+
+    def file(self) -> discord.File:
+        """A new ``discord.File`` (each can be sent once)."""
+        return discord.File(io.BytesIO(self.data), filename=self.filename)
+
+
 def stopped_progress(job: Job) -> str:
     """The final progress message of a training the bot could no longer follow."""
     name = visible(str(job.params.get("name") or "your LoRA"))
@@ -154,7 +177,7 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
         items: tuple[discord.ui.Item[Any], ...] = ()
         if job.kind is not JobKind.LORA_TRAIN:
             items = (AgainButton(job.id, label="Retry"),)
-        what = _what(job)
+        what = job.kind.yours
         return Outgoing(
             content=clip(
                 f"{mention} {what} failed: {job.error or 'no reason given'}", CONTENT_LIMIT
@@ -164,7 +187,7 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
     if job.state is JobState.INTERRUPTED:
         return Outgoing(
             content=(
-                f"{mention} {_what(job)} was interrupted by a restart of the bot before "
+                f"{mention} {job.kind.yours} was interrupted by a restart of the bot before "
                 "Ta-da answered. Press Retry to ask again."
             ),
             items=(AgainButton(job.id, label="Retry"),),
@@ -198,18 +221,21 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
         title = f"🎨 {clip(visible(str(p.get('lora_name') or 'Your LoRA')), 100)}"
     if is_test_model(result.get("model")):
         extra += f"\n{TEST_MODEL_NOTE}"
+    embed = _prompt_embed(title, prompt, enhanced if isinstance(enhanced, str) else None)
+    for name, value in image_fields(job):
+        embed.add_field(name=name, value=clip(value, EMBED_FIELD_LIMIT), inline=True)
+    parent = p.get("parent_url")
+    # A jump link: Discord shows it as a link to the image this one varies.
+    lead = f" ↪️ Variation of {parent}" if isinstance(parent, str) and parent else ""
+    buttons: list[discord.ui.Item[Any]] = [AgainButton(job.id, label="Re-roll")]
+    if result.get("can_vary"):
+        buttons.append(VaryButton(job.id))
+    if job.kind is JobKind.LORA_GENERATE and isinstance(result.get("seed"), int):
+        buttons.append(SeedButton(job.id))
+    buttons.append(DeleteButton(job.id, owner))
     return Outgoing(
-        content=f"{mention}{extra}",
-        embed=_prompt_embed(title, prompt, enhanced if isinstance(enhanced, str) else None),
+        content=clip(f"{mention}{lead}{extra}", CONTENT_LIMIT),
+        embed=embed,
         files=files,
-        items=(AgainButton(job.id, label="Re-roll"), DeleteButton(job.id, owner)),
+        items=tuple(buttons),
     )
-
-
-def _what(job: Job) -> str:
-    return {
-        JobKind.VOICE_SPEAK: "Your speech",
-        JobKind.LORA_TRAIN: "Your training",
-        JobKind.LORA_GENERATE: "Your image",
-        JobKind.DEMO_GENERATE: "Your demo image",
-    }[job.kind]

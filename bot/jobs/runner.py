@@ -9,6 +9,12 @@ posted. :meth:`JobRunner.start` (at bot start-up) resumes all of it: queued jobs
 queued again, trainings watched again, generations the engine finished are posted,
 generations cut off are posted as interrupted with a Retry button.
 
+Several bot processes may share one store. The queue is the store's (``QUEUED`` rows),
+served in the same fair order by every process; a process works on a job only while it
+holds the job's claim (:meth:`JobStore.claim`: one conditional update, with a lease it
+renews every ``sweep_seconds``). The sweep also takes over what a dead process held once
+its lease ran out, and picks up jobs another process queued while its own slots were full.
+
 This module submits and queues; each other role has its module, wired here:
 
 - :mod:`bot.jobs.execute`: the Ta-da call and what its answer or failure becomes;
@@ -23,17 +29,25 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
+import socket
+import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import discord
+from discord.ext import tasks
 from pydantic import SecretStr
 
+from bot.config import DiscordConfig
 from bot.gate import Action, Admission, Feature, GateRequest, request_for
 from bot.jobs.deliver import Delivery
 from bot.jobs.deps import JobServices
 from bot.jobs.execute import Execution, fail_job
-from bot.jobs.fairness import FairQueue
+from bot.jobs.fairness import fair_order
+from bot.jobs.images import ImageOptions
 from bot.jobs.models import Job, JobKind, JobRequest, JobState
 from bot.jobs.recover import recover_generation
 from bot.jobs.store import JobNotFound, JobStore
@@ -49,6 +63,24 @@ FEATURE_OF = {
     JobKind.LORA_GENERATE: (Feature.LORA, Action.LORA_GENERATE),
     JobKind.DEMO_GENERATE: (Feature.DEMO, Action.DEMO_GENERATE),
 }
+
+
+@dataclass
+class Slots:
+    """This process's slots: at most ``max_running`` of its jobs run at once; a member
+    holds at most ``per_member`` slots across every process (counted in the store)."""
+
+    max_running: int
+    per_member: int
+    running: int = 0
+
+
+def default_runner_id(discord_config: DiscordConfig) -> str:
+    """The name of this process's claims: its host and its shards, stable across restarts
+    (a restarted process takes its own claims back without waiting for their leases)."""
+    shards = discord_config.shard_ids
+    which = ",".join(map(str, shards)) if shards is not None else "all"
+    return f"{socket.gethostname()[:40]}/shards-{which}"[:64]
 
 
 def gate_request(interaction: discord.Interaction[Any], request: JobRequest) -> GateRequest:
@@ -85,12 +117,20 @@ class JobRunner:
         self.player = player
         self.config = services.config.jobs
         self.store = JobStore(services.store, services.members.keys)
-        self.queue = FairQueue(
+        self.queue = Slots(
             max_running=self.config.max_concurrent, per_member=self.config.per_member
         )
+        # Whose claims this process makes, and for how long each lasts unrenewed.
+        self.owner = self.config.runner_id or default_runner_id(services.config.discord)
+        self.lease = timedelta(seconds=self.config.lease_seconds)
+        # Jobs this process holds the claim of and works on (renewed by the sweep).
+        self._claimed: set[str] = set()
+        self._filling = asyncio.Lock()
+        self._swept_at = -math.inf
+        # A discord.ext.tasks loop: SimCord parks it between ticks (tests advance time).
+        self._sweeper = tasks.loop(seconds=self.config.sweep_seconds)(self._sweep_tick)
         # Live interactions of jobs asked in this process (their follow-up webhook).
         self._interactions: dict[str, discord.Interaction[Any]] = {}
-        self._members: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         # The roles, each in its module: posting, trainings, running the Ta-da call.
         self.delivery = Delivery(
@@ -101,6 +141,8 @@ class JobRunner:
             player=player,
             interactions=self._interactions,
             spawn=self._spawn,
+            owner=self.owner,
+            done=self._done_with,
         )
         fail = functools.partial(fail_job, store=self.store, readiness=services.readiness)
         self.trainings = Trainings(
@@ -110,8 +152,9 @@ class JobRunner:
             delivery=self.delivery,
             client_for=self._client_for,
             fail=fail,
-            requeue=self.enqueue,
+            requeue=self._requeue,
             spawn=self._spawn,
+            owns=self.owns,
         )
         self.execution = Execution(
             store=self.store,
@@ -123,7 +166,7 @@ class JobRunner:
         )
 
     def __repr__(self) -> str:
-        return f"<JobRunner queued={len(self.queue)} running={self.queue.running}>"
+        return f"<JobRunner {self.owner} running={self.queue.running} held={len(self._claimed)}>"
 
     # ------------------------------------------------------------------ requests
 
@@ -142,10 +185,17 @@ class JobRunner:
         return JobRequest(JobKind.VOICE_SPEAK, params, text=text)
 
     def generate_request(
-        self, lora_id: str, prompt: str, lora_name: str | None = None
+        self,
+        lora_id: str,
+        prompt: str,
+        lora_name: str | None = None,
+        *,
+        options: ImageOptions | None = None,
     ) -> JobRequest:
-        """An image from a LoRA."""
+        """An image from a LoRA (``options``: seed, aspect ratio, negative prompt)."""
         params = {"lora_id": lora_id, "prompt": prompt, "lora_name": lora_name}
+        if options is not None:
+            params |= options.params()
         return JobRequest(JobKind.LORA_GENERATE, params, text=prompt)
 
     def train_request(self, upload_id: str) -> JobRequest:
@@ -192,7 +242,8 @@ class JobRunner:
         # Pending until the outcome: a failure or a cancel gives the allowance back.
         await self.services.gate.record(greq, job_id=job.id)
         self._interactions[job.id] = interaction
-        position = self.enqueue(job)
+        await self._fill()
+        position = await self.position(job.id)
         note = "".join(f"\n{n}" for n in admission.notes)
         # Accepted, not done: the outcome (success or failure) is its own message later.
         if position is None:
@@ -203,26 +254,80 @@ class JobRunner:
             await interaction.edit_original_response(content=status + note)
         return job
 
-    def enqueue(self, job: Job) -> int | None:
-        """Queue a saved job; returns its place in line, ``None`` when it started at once."""
-        self._members[job.id] = job.user_id
-        self.queue.push(job.user_id, job.id)
+    def enqueue(self, job: Job) -> None:
+        """A saved job is queued: fill free slots (this process's or, at its next sweep,
+        another's)."""
         self._pump()
-        return self.queue.position(job.id)
 
-    def position(self, job_id: str) -> int | None:
-        """Where a queued job stands (1 = next), ``None`` when it is not waiting."""
-        return self.queue.position(job_id)
+    async def position(self, job_id: str) -> int | None:
+        """Where a queued job stands in the shared queue (1 = next), ``None`` when it is
+        not waiting."""
+        snapshot = await self.store.queue_snapshot()
+        order = fair_order(snapshot.waiting, snapshot.running, snapshot.served)
+        return next((n for n, (_, j) in enumerate(order, start=1) if j == job_id), None)
+
+    def owns(self, job_id: str) -> bool:
+        """Whether this process holds the job's claim (as of its last renewal)."""
+        return job_id in self._claimed
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Pick up what the last run left: queued, running, finished-but-not-posted jobs."""
-        for job in await self.store.unfinished():
-            if job.state is JobState.QUEUED:
-                self._members[job.id] = job.user_id
-                self.queue.push(job.user_id, job.id)
-            elif job.state is JobState.RUNNING and job.kind is JobKind.LORA_TRAIN:
+        """Pick up what the last run left (queued, running, finished-but-not-posted jobs,
+        this process's and any dead process's), then sweep every ``sweep_seconds``."""
+        await self.store.release_queued(self.owner)
+        await self.sweep()
+        if not self._sweeper.is_running():
+            self._sweeper.start()
+
+    async def stop(self) -> None:
+        """Cancel the runner's tasks and give up its claims (rows keep the state; this or
+        any other process resumes them)."""
+        self._sweeper.cancel()
+        tasks_ = list(self._tasks)
+        for task in tasks_:
+            task.cancel()
+        await asyncio.gather(*tasks_, return_exceptions=True)
+        # A process stopped on purpose hands its jobs over at once (a rolling restart);
+        # one that dies keeps them until their leases run out. A post cut off here is
+        # "in doubt" on its row, and handled as such by whoever delivers it next.
+        with contextlib.suppress(Exception):
+            await self.store.release_all(self.owner, set(self._claimed))
+        self._claimed.clear()
+
+    async def drain(self) -> None:
+        """Wait until every task this runner started has ended (tests; a sweep's work)."""
+        while pending := [t for t in self._tasks if not t.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _sweep_tick(self) -> None:
+        if self._sweeper.current_loop == 0:
+            return  # the loop's immediate first turn: start() has just swept
+        # Leases are real time: a simulated clock jumping hours ahead (SimCord) must not
+        # run a sweep per simulated interval.
+        if time.monotonic() - self._swept_at < self.config.sweep_seconds / 2:
+            return
+        try:
+            await self.sweep()
+        except Exception:  # the loop must outlive a database hiccup
+            log.exception("job sweep failed; retrying at the next one")
+
+    async def sweep(self) -> None:
+        """Renew this process's claims, take over jobs nobody (alive) holds, fill slots."""
+        self._swept_at = time.monotonic()
+        kept = await self.store.renew(self.owner, set(self._claimed), lease=self.lease)
+        for lost in self._claimed - kept:
+            log.warning("job %s: claim lost (lease ran out); another process has it", lost)
+        self._claimed &= kept
+        if self.services.policy is not None:
+            await self.services.policy.gate.release_orphans()
+        for job in await self.store.takeable(self.owner):
+            if job.id in self._claimed or job.state is JobState.QUEUED:
+                continue  # being worked on here / served by _fill in fair order
+            if not await self.store.claim(job.id, self.owner, lease=self.lease):
+                continue
+            self._claimed.add(job.id)
+            if job.state is JobState.RUNNING and job.kind is JobKind.LORA_TRAIN:
                 self._spawn(self.trainings.watch(job.id), f"watch {job.id}")
             elif job.state is JobState.RUNNING:
                 self._spawn(
@@ -236,14 +341,7 @@ class JobRunner:
                 )
             else:
                 self._spawn(self.delivery.deliver(job.id), f"deliver {job.id}")
-        self._pump()
-
-    async def stop(self) -> None:
-        """Cancel the runner's tasks (rows keep the state; the next start resumes)."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._fill()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"tada-job {name}")
@@ -251,9 +349,28 @@ class JobRunner:
         task.add_done_callback(self._tasks.discard)
 
     def _pump(self) -> None:
-        while (nxt := self.queue.pop()) is not None:
-            member, job_id = nxt
-            self._spawn(self._slot(member, job_id), f"run {job_id}")
+        self._spawn(self._fill(), "fill")
+
+    async def _fill(self) -> None:
+        """Claim queued jobs in the shared fair order while this process has free slots."""
+        async with self._filling:
+            while self.queue.running < self.queue.max_running:
+                snapshot = await self.store.queue_snapshot()
+                running = dict(snapshot.running)
+                picked: tuple[int, str] | None = None
+                for member, job_id in fair_order(snapshot.waiting, running, snapshot.served):
+                    if running.get(member, 0) >= self.queue.per_member:
+                        continue
+                    if await self.store.claim(
+                        job_id, self.owner, lease=self.lease, queued_only=True
+                    ):
+                        picked = (member, job_id)
+                        break
+                if picked is None:
+                    return
+                self._claimed.add(picked[1])
+                self.queue.running += 1
+                self._spawn(self._slot(*picked), f"run {picked[1]}")
 
     async def _slot(self, member: int, job_id: str) -> None:
         try:
@@ -263,9 +380,27 @@ class JobRunner:
             # Nothing was delivered: its usage row (kept without the member's id) gives
             # its allowance back.
             await self.services.gate.settle(job_id, delivered=False)
+            self._claimed.discard(job_id)
         finally:
-            self.queue.release(member)
+            self.queue.running -= 1
             self._pump()
+
+    def _done_with(self, job_id: str) -> None:
+        """The job is posted (its claim ended with the record) or no longer held here:
+        nothing more to renew."""
+        self._claimed.discard(job_id)
+
+    async def _requeue(self, job: Job) -> None:
+        """A training whose start never reached Ta-da: back in the shared queue."""
+        await self.store.update(job.id, state=JobState.QUEUED)
+        await self.store.release(job.id, self.owner)
+        self._claimed.discard(job.id)
+        self._pump()
+
+    async def cancel_queued(self, job_id: str) -> bool:
+        """Take a queued job nobody runs out of the queue (claimed here, to be ended by
+        the caller); ``False`` when it already started somewhere."""
+        return await self.store.cancel_queued(job_id, self.owner, lease=self.lease)
 
     # ------------------------------------------------------------------ execution
 

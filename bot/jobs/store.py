@@ -5,20 +5,57 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 
 from bot.crypto import DecryptionError, KeyBox
-from bot.jobs.models import Destination, Job, JobKind, JobState
+from bot.jobs.models import Destination, Job, JobKind, JobState, aware
 from bot.store.db import Store
 from bot.store.models import JobRow, utcnow
 
 
 class JobNotFound(LookupError):
     """No job row with that id (it finished long ago and was forgotten, or never was)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """The shared queue as the store has it now, for :mod:`bot.jobs.fairness`.
+
+    ``waiting``: (member, job id) of queued jobs nobody holds, oldest first; ``running``:
+    per member, jobs some live process holds a slot for; ``served``: per member, when one
+    of their jobs last started (any process).
+    """
+
+    waiting: tuple[tuple[int, str], ...]
+    running: dict[int, int]
+    served: dict[int, datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class InDoubt:
+    """A post begun by a process that died (or lost its claim) before recording it."""
+
+    via: Destination
+    started_at: datetime
+
+
+def free_or_mine(owner: str, now: datetime) -> ColumnElement[bool]:
+    """Rows ``owner`` may claim: unclaimed, claimed by itself (an earlier life), or whose
+    claim's lease has run out (its process died or hung)."""
+    return or_(
+        JobRow.claimed_by.is_(None),
+        JobRow.claimed_by == owner,
+        JobRow.lease_until < now,
+    )
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 class JobStore:
@@ -133,19 +170,232 @@ class JobStore:
         return Job.of(row)
 
     async def mark_posted(self, job_id: str, *, message_id: int | None, via: Destination) -> bool:
-        """Record a delivery once; ``False`` when the job was already posted (never twice)."""
+        """Record a delivery once; ``False`` when the job was already posted (never twice).
+
+        One conditional update (``posted_via IS NULL``), so of two processes recording a
+        delivery of the same job exactly one succeeds. The claim ends with it.
+        """
+        now = utcnow()
         async with self._writes, self._store.session() as session:
-            row = await session.get(JobRow, job_id)
-            if row is None or row.posted_via is not None:
-                return False
-            row.result_message_id = message_id
-            row.posted_via = via.value
-            row.posted_at = utcnow()
-            # The token is useless after this and is a credential until it expires.
-            row.interaction_token_encrypted = None
-            row.updated_at = utcnow()
+            result = await session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.posted_via.is_(None))
+                .values(
+                    result_message_id=message_id,
+                    posted_via=via.value,
+                    posted_at=now,
+                    # The token is useless after this and is a credential until it expires.
+                    interaction_token_encrypted=None,
+                    claimed_by=None,
+                    lease_until=None,
+                    updated_at=now,
+                )
+            )
             await session.commit()
-        return True
+        return _rowcount(result) == 1
+
+    # ------------------------------------------------------------------ claims
+
+    async def claim(
+        self, job_id: str, owner: str, *, lease: timedelta, queued_only: bool = False
+    ) -> bool:
+        """Take the job for ``owner`` until ``now + lease``; ``False`` when another live
+        process holds it (or it is posted, or with ``queued_only`` no longer queued).
+
+        A single conditional ``UPDATE``: two processes claiming at once cannot both win,
+        on SQLite (one writer at a time) as on PostgreSQL (the row lock, then the
+        condition re-checked against the committed row).
+        """
+        now = utcnow()
+        conditions = [JobRow.id == job_id, JobRow.posted_via.is_(None), free_or_mine(owner, now)]
+        if queued_only:
+            conditions.append(JobRow.state == JobState.QUEUED.value)
+        async with self._writes, self._store.session() as session:
+            result = await session.execute(
+                update(JobRow).where(*conditions).values(claimed_by=owner, lease_until=now + lease)
+            )
+            await session.commit()
+        return _rowcount(result) == 1
+
+    async def renew(self, owner: str, job_ids: set[str], *, lease: timedelta) -> set[str]:
+        """Extend ``owner``'s claims on ``job_ids``; the ids it still holds."""
+        if not job_ids:
+            return set()
+        now = utcnow()
+        async with self._writes, self._store.session() as session:
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.id.in_(job_ids), JobRow.claimed_by == owner)
+                .values(lease_until=now + lease)
+            )
+            await session.commit()
+            held = await session.scalars(
+                select(JobRow.id).where(JobRow.id.in_(job_ids), JobRow.claimed_by == owner)
+            )
+            return set(held)
+
+    async def release(self, job_id: str, owner: str) -> None:
+        """Give up ``owner``'s claim (the job goes back to whoever claims it next)."""
+        async with self._writes, self._store.session() as session:
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.claimed_by == owner)
+                .values(claimed_by=None, lease_until=None)
+            )
+            await session.commit()
+
+    async def release_all(self, owner: str, job_ids: set[str]) -> None:
+        """Give up ``owner``'s claims on ``job_ids`` (the process stops)."""
+        if not job_ids:
+            return
+        async with self._writes, self._store.session() as session:
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.id.in_(job_ids), JobRow.claimed_by == owner)
+                .values(claimed_by=None, lease_until=None)
+            )
+            await session.commit()
+
+    async def release_queued(self, owner: str) -> None:
+        """Give up ``owner``'s claims on jobs that never started (an earlier life of this
+        process claimed them; at start nothing runs here yet): back in the shared queue."""
+        async with self._writes, self._store.session() as session:
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.claimed_by == owner, JobRow.state == JobState.QUEUED.value)
+                .values(claimed_by=None, lease_until=None)
+            )
+            await session.commit()
+
+    async def holds(self, job_id: str, owner: str) -> bool:
+        """Whether ``owner`` holds an unexpired claim on the job."""
+        async with self._store.session() as session:
+            found = await session.scalar(
+                select(JobRow.id).where(
+                    JobRow.id == job_id, JobRow.claimed_by == owner, JobRow.lease_until >= utcnow()
+                )
+            )
+        return found is not None
+
+    async def takeable(self, owner: str) -> list[Job]:
+        """Unposted jobs ``owner`` may claim (see :func:`free_or_mine`), oldest first."""
+        async with self._store.session() as session:
+            rows = (
+                await session.scalars(
+                    select(JobRow)
+                    .where(JobRow.posted_via.is_(None), free_or_mine(owner, utcnow()))
+                    .order_by(JobRow.created_at, JobRow.id)
+                )
+            ).all()
+        return [Job.of(row) for row in rows]
+
+    async def begin_post(self, job_id: str, owner: str, via: Destination) -> InDoubt | None:
+        """Note that ``owner`` is about to post the job's result to ``via``, if it still
+        holds the claim and nobody recorded a post; raises :class:`JobNotFound` when it
+        may not post (another process took the job over, or it is posted). Returns the
+        earlier attempt still in doubt, if one was begun and never recorded."""
+        now = utcnow()
+        async with self._writes, self._store.session() as session:
+            before = (
+                await session.execute(
+                    select(JobRow.post_started_at, JobRow.post_attempt_via).where(
+                        JobRow.id == job_id
+                    )
+                )
+            ).first()
+            result = await session.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id == job_id,
+                    JobRow.posted_via.is_(None),
+                    JobRow.claimed_by == owner,
+                    JobRow.lease_until >= now,
+                )
+                .values(post_started_at=now, post_attempt_via=via.value)
+            )
+            await session.commit()
+        if _rowcount(result) != 1:
+            raise JobNotFound(job_id)
+        if before is None or before[0] is None or before[1] is None:
+            return None
+        return InDoubt(Destination(before[1]), aware(before[0]))
+
+    async def end_attempt(self, job_id: str, owner: str) -> None:
+        """The post begun by ``owner`` was refused by Discord: no longer in doubt."""
+        async with self._writes, self._store.session() as session:
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.claimed_by == owner)
+                .values(post_started_at=None, post_attempt_via=None)
+            )
+            await session.commit()
+
+    async def in_doubt(self, job_id: str) -> InDoubt | None:
+        """The post begun and never recorded, if any (a process died in between)."""
+        async with self._store.session() as session:
+            row = await session.get(JobRow, job_id)
+        if row is None or row.posted_via is not None or row.post_started_at is None:
+            return None
+        if row.post_attempt_via is None:
+            return None
+        return InDoubt(Destination(row.post_attempt_via), aware(row.post_started_at))
+
+    async def cancel_queued(self, job_id: str, owner: str, *, lease: timedelta) -> bool:
+        """Claim a queued job nobody is running, so that it can be cancelled."""
+        return await self.claim(job_id, owner, lease=lease, queued_only=True)
+
+    async def queue_snapshot(self) -> QueueSnapshot:
+        """The shared queue now (see :class:`QueueSnapshot`)."""
+        now = utcnow()
+        live = and_(JobRow.claimed_by.is_not(None), JobRow.lease_until >= now)
+        async with self._store.session() as session:
+            waiting = (
+                await session.execute(
+                    select(JobRow.discord_user_id, JobRow.id)
+                    .where(
+                        JobRow.posted_via.is_(None),
+                        JobRow.state == JobState.QUEUED.value,
+                        ~live,
+                    )
+                    .order_by(JobRow.created_at, JobRow.id)
+                )
+            ).all()
+            # A slot is held by a claimed queued job (about to run) or a running
+            # generation; a training being watched holds none.
+            busy = (
+                await session.execute(
+                    select(JobRow.discord_user_id, func.count(JobRow.id))
+                    .where(
+                        JobRow.posted_via.is_(None),
+                        live,
+                        or_(
+                            JobRow.state == JobState.QUEUED.value,
+                            and_(
+                                JobRow.state == JobState.RUNNING.value,
+                                JobRow.kind != JobKind.LORA_TRAIN.value,
+                            ),
+                        ),
+                    )
+                    .group_by(JobRow.discord_user_id)
+                )
+            ).all()
+            members = {int(m) for m, _ in waiting}
+            served = (
+                (
+                    await session.execute(
+                        select(JobRow.discord_user_id, func.max(JobRow.started_at))
+                        .where(JobRow.discord_user_id.in_(members), JobRow.started_at.is_not(None))
+                        .group_by(JobRow.discord_user_id)
+                    )
+                ).all()
+                if members
+                else []
+            )
+        return QueueSnapshot(
+            waiting=tuple((int(m), str(j)) for m, j in waiting),
+            running={int(m): int(n) for m, n in busy},
+            served={int(m): aware(t) for m, t in served if t is not None},
+        )
 
     async def count_attempt(self, job_id: str) -> int:
         """One more posting attempt; returns the count."""

@@ -9,7 +9,8 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 
 import discord
 
@@ -18,11 +19,19 @@ from bot.errors import UserFacingError
 from bot.gate import Gate
 from bot.jobs.deliver import Delivery, Spawn
 from bot.jobs.models import Job, JobState
-from bot.jobs.render import training_progress
+from bot.jobs.render import ProgressImage, training_progress
 from bot.jobs.store import JobNotFound, JobStore
+from bot.media import IMAGE_SUFFIXES
+from bot.messages import DEFAULT_FILE_LIMIT
 from bot.store.models import utcnow
 from bot.tada import TadaClient
-from bot.tada.errors import NotFound, ServiceUnavailable, TadaTimeout, TadaTransportError
+from bot.tada.errors import (
+    NotFound,
+    ServiceUnavailable,
+    TadaError,
+    TadaTimeout,
+    TadaTransportError,
+)
 from bot.tada.models import LoraTraining, TrainingStatus
 
 log = logging.getLogger(__name__)
@@ -30,6 +39,18 @@ log = logging.getLogger(__name__)
 FINAL_TRAINING = frozenset(
     {TrainingStatus.SUCCEEDED, TrainingStatus.FAILED, TrainingStatus.CANCELED}
 )
+# A validation image larger than this is not attached: Discord's smallest upload limit.
+VALIDATION_IMAGE_LIMIT = DEFAULT_FILE_LIMIT
+
+
+def _validation_key(training: LoraTraining) -> str | None:
+    """What tells one validation image from the next: its step (the signed URL changes
+    with each poll), else the URL; ``None`` while there is none."""
+    if not training.validation_image_url:
+        return None
+    if training.validation_step is not None:
+        return f"step {training.validation_step}"
+    return training.validation_image_url
 
 
 class Trainings:
@@ -44,8 +65,9 @@ class Trainings:
         delivery: Delivery,
         client_for: Callable[[Job], Awaitable[TadaClient]],
         fail: Callable[[Job, BaseException], Awaitable[None]],
-        requeue: Callable[[Job], Any],
+        requeue: Callable[[Job], Awaitable[None]],
         spawn: Spawn,
+        owns: Callable[[str], bool],
     ) -> None:
         self.store = store
         self.config = config
@@ -56,6 +78,8 @@ class Trainings:
         # A training whose start never reached Ta-da goes back into the queue.
         self._requeue = requeue
         self._spawn = spawn
+        # Whether this process still holds a job's claim: a watch stops when it does not.
+        self._owns = owns
         self._watching: set[str] = set()
 
     async def start(self, tada: TadaClient, job: Job) -> None:
@@ -90,8 +114,12 @@ class Trainings:
 
     async def _watch_loop(self, job_id: str) -> None:
         shown: str | None = None
+        shown_image: str | None = None
         edited_at = -math.inf
         while True:
+            if not self._owns(job_id):
+                log.info("job %s: another process watches it now", job_id)
+                return
             job = await self.store.get(job_id)
             upload_id = str(job.tada_id or job.params["upload_id"])
             try:
@@ -104,8 +132,7 @@ class Trainings:
             except NotFound:
                 if job.tada_id is None:
                     # The start call never reached Ta-da (restart in between): start it now.
-                    await self.store.update(job_id, state=JobState.QUEUED)
-                    self._requeue(job)
+                    await self._requeue(job)
                     return
                 await self._fail(job, UserFacingError("Ta-da no longer knows this training."))
                 await self.delivery.end_progress(job_id)
@@ -119,14 +146,34 @@ class Trainings:
             text = training_progress(job, training, utcnow())
             final = training.state in FINAL_TRAINING
             due = time.monotonic() - edited_at >= self.config.progress_edit_seconds
-            if text != shown and (due or final):
-                await self.delivery.show_progress(job, text)
+            image_key = _validation_key(training)
+            new_image = image_key is not None and image_key != shown_image
+            if (text != shown or new_image) and (due or final):
+                # Fetched once per step: a failed fetch waits for the next checkpoint.
+                image = await self._validation_image(tada, job, training) if new_image else None
+                await self.delivery.show_progress(job, text, image)
                 shown, edited_at = text, time.monotonic()
+                shown_image = image_key if new_image else shown_image
             if final:
                 await self._finish_training(job, training)
                 await self.delivery.deliver(job_id)
                 return
             await asyncio.sleep(self.config.poll_seconds)
+
+    async def _validation_image(
+        self, tada: TadaClient, job: Job, training: LoraTraining
+    ) -> ProgressImage | None:
+        """The latest validation image, downloaded (the engine may listen on loopback only,
+        out of Discord's reach), or ``None`` when it cannot be fetched or is too large."""
+        url = str(training.validation_image_url)
+        suffix = PurePosixPath(urlsplit(url).path).suffix.lower()
+        name = f"validation{suffix if suffix in IMAGE_SUFFIXES else '.png'}"
+        try:
+            chunks = [c async for c in tada.iter_download(url, max_bytes=VALIDATION_IMAGE_LIMIT)]
+        except TadaError as exc:
+            log.warning("job %s: validation image not shown: %s", job.id, exc)
+            return None
+        return ProgressImage(filename=name, data=b"".join(chunks), step=training.validation_step)
 
     async def _finish_training(self, job: Job, training: LoraTraining) -> None:
         if training.state is TrainingStatus.SUCCEEDED:

@@ -28,6 +28,9 @@ class GuildSettingsRow(Base):
     shared_key_set_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+    # Bumped by every change: each process's cache compares it (one indexed read) instead
+    # of trusting a time-to-live, so a change made in one process shows in all at once.
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -40,6 +43,7 @@ class GuildSettingsRow(Base):
 class UsageOutcome(StrEnum):
     """What became of a counted request."""
 
+    HELD = "held"  # admitted, not recorded yet: counts until recorded or HOLD_SECONDS old
     PENDING = "pending"  # a job on its way: counts, so parallel requests cannot overrun
     DELIVERED = "delivered"  # the member got it: counts
     RELEASED = "released"  # failed or cancelled: counts for nothing but "asked" in reports
@@ -86,3 +90,16 @@ class UsageRow(Base):
 
     def __repr__(self) -> str:
         return f"<UsageRow {self.guild_id}/{self.discord_user_id} {self.action} x{self.cost}>"
+
+
+class QuotaLockRow(Base):
+    """One row per guild, member (by pseudonym) and feature, written first by every quota
+    admission: the write serialises the check-and-hold of one member's requests across
+    bot processes (a row lock on PostgreSQL, the write lock on SQLite)."""
+
+    __tablename__ = "bot_quota_locks"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    member_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    feature: Mapped[str] = mapped_column(String(16), primary_key=True)
+    turns: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")

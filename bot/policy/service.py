@@ -14,10 +14,11 @@ from datetime import datetime, timedelta
 
 from pydantic import SecretStr
 
+from bot.accounts import verified_key
 from bot.crypto import KeyBox
 from bot.errors import UserFacingError
 from bot.gate import Feature
-from bot.policy.gate import PolicyGate
+from bot.policy.admission import PolicyGate
 from bot.policy.moderation import DEFAULT_BLOCKED_WORDS, check_pattern, clean_word, normalize
 from bot.policy.settings import (
     FEATURE_NAMES,
@@ -34,7 +35,7 @@ from bot.policy.settings import (
 )
 from bot.policy.store import PolicyStore, TopMember, UsageLine
 from bot.store import mask_key
-from bot.tada import TadaClient, Unauthorized
+from bot.tada import TadaClient
 
 log = logging.getLogger(__name__)
 
@@ -172,16 +173,9 @@ class PolicyService:
 
     async def set_shared_key(self, guild_id: int, api_key: SecretStr) -> str:
         """Check ``api_key`` against Ta-da, keep it encrypted; returns it masked."""
-        cleaned = SecretStr(api_key.get_secret_value().strip())
-        if not cleaned.get_secret_value():
-            raise UserFacingError("The key was empty. Run `/tada-admin demo key` again.")
-        try:
-            await self._tada.with_key(cleaned).verify_key()
-        except Unauthorized as exc:
-            raise UserFacingError(
-                "Ta-da does not accept that API key, so it was not saved. Check that you "
-                "copied all of it."
-            ) from exc
+        cleaned = await verified_key(
+            self._tada, api_key, empty="The key was empty. Run `/tada-admin demo key` again."
+        )
         await self._store.set_shared_key(guild_id, self._keys.encrypt(cleaned), self.gate.now())
         log.info("guild %s set a shared demo key", guild_id)
         return mask_key(cleaned)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 MEMBER_COLUMN = "discord_user_id"
@@ -59,6 +59,7 @@ class JobRow(Base):
     """
 
     __tablename__ = "bot_jobs"
+    __table_args__ = (Index("ix_bot_jobs_unposted", "posted_via", "state", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     discord_user_id: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
@@ -90,6 +91,15 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     posted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Which bot process works on the job, until when (it renews the lease while it lives;
+    # another process takes an expired claim over). NULL: nobody, anyone may claim it.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Set just before a post is sent (when, and to which destination) and left set: a
+    # post "in doubt" when its process died before ``posted_via`` was recorded
+    # (see bot.jobs.deliver).
+    post_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    post_attempt_via: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     def __repr__(self) -> str:
         # No params or token: prompts and webhook tokens stay out of logs.

@@ -46,6 +46,7 @@ from bot.tada.models import (
     VoiceGenerationList,
     VoiceUpload,
 )
+from bot.tada.offer import DEFAULT_TTL_SECONDS, GenerationOffer, OfferCache, offer_of
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,10 @@ class TadaClient:
         transfer_timeout: httpx.Timeout | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        offer_ttl: float = DEFAULT_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
         _routes: dict[str, str] | None = None,
+        _offers: OfferCache | None = None,
     ) -> None:
         self._http = http
         self.base_url = base_url.rstrip("/")
@@ -139,6 +143,9 @@ class TadaClient:
         self._rand = rand
         # Which of a moved endpoint's paths this server answers, learned on first use.
         self._routes: dict[str, str] = {} if _routes is None else _routes
+        # What this API offers beyond the hosted contract (its OpenAPI document), shared
+        # with every per-member view.
+        self._offers = _offers or OfferCache(ttl=offer_ttl, clock=clock)
 
     def __repr__(self) -> str:
         keyed = "with key" if self._api_key is not None else "anonymous"
@@ -156,6 +163,7 @@ class TadaClient:
             sleep=self._sleep,
             rand=self._rand,
             _routes=self._routes,
+            _offers=self._offers,
         )
 
     # ------------------------------------------------------------------ users
@@ -286,15 +294,35 @@ class TadaClient:
         )
         return self._parse_list(LoraTraining, resp, "trainings")
 
-    async def generate_lora(self, lora_id: str, prompt: str) -> ImageGeneration:
+    async def generate_lora(
+        self,
+        lora_id: str,
+        prompt: str,
+        *,
+        seed: int | None = None,
+        negative_prompt: str | None = None,
+        aspect_ratio: str | None = None,
+        variation_of: str | None = None,
+    ) -> ImageGeneration:
         """An image from a trained LoRA: ``POST /api/loras/{lora_id}/generations`` (latest),
-        falling back to the seed's ``POST /api/loras/generations/{upload_id}``."""
+        falling back to the seed's ``POST /api/loras/generations/{upload_id}``.
+
+        The keyword controls are engine extensions: each one given is sent, so pass only
+        what :meth:`generation_offer` says this API accepts (the hosted one: none).
+        """
+        extensions = {
+            "seed": seed,
+            "negative_prompt": negative_prompt,
+            "aspect_ratio": aspect_ratio,
+            "variation_of": variation_of,
+        }
+        body = {"prompt": prompt} | {k: v for k, v in extensions.items() if v is not None}
         resp = await self._call(
             "POST",
             f"/api/loras/{lora_id}/generations",
             fallback=f"/api/loras/generations/{lora_id}",
             route="generate_lora",
-            json={"prompt": prompt},
+            json=body,
         )
         return self._parse(ImageGeneration, resp)
 
@@ -326,6 +354,27 @@ class TadaClient:
         """``GET /api/loras/generations/{generation_id}`` (latest revision)."""
         resp = await self._call("GET", f"/api/loras/generations/{generation_id}", idempotent=True)
         return self._parse(ImageGeneration, resp)
+
+    # ------------------------------------------------------------------ offer
+
+    async def generation_offer(self) -> GenerationOffer:
+        """The optional generation controls this API accepts, from its OpenAPI document
+        (fetched once per base URL and TTL; unreadable means the hosted contract)."""
+        return await self._offers.get(self.base_url, self._fetch_offer)
+
+    async def _fetch_offer(self) -> GenerationOffer | None:
+        try:
+            resp = await self._call("GET", "/openapi.json", idempotent=True, authenticated=False)
+            document = resp.json()
+        except (TadaError, ValueError) as exc:
+            log.info("%s: no OpenAPI document (%s); assuming the hosted contract", self, exc)
+            return None
+        if not isinstance(document, dict):
+            log.info(
+                "%s: its OpenAPI document is not an object; assuming the hosted contract", self
+            )
+            return None
+        return offer_of(document)
 
     # ------------------------------------------------------------------- demo
 
@@ -436,6 +485,7 @@ class TadaClient:
         idempotent: bool = False,
         fallback: str | None = None,
         route: str | None = None,
+        authenticated: bool = True,
     ) -> httpx.Response:
         """One API call; with ``fallback``, the seed path is tried on 404/405."""
         candidates = [path] if fallback is None else [path, fallback]
@@ -450,6 +500,7 @@ class TadaClient:
                 params=params,
                 json=json,
                 idempotent=idempotent,
+                authenticated=authenticated,
             )
             last = index == len(candidates) - 1
             if resp.status_code in (404, 405) and not last:

@@ -155,6 +155,10 @@ class LoraTraining(TadaModel):
     trigger_word: str | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    # Self-hosted engine extensions (the hosted API has neither): a signed URL of the image
+    # drawn at the latest checkpoint (null before the first) and the step it was drawn at.
+    validation_image_url: str | None = None
+    validation_step: int | None = None
 
     @property
     def state(self) -> TrainingStatus | None:
@@ -183,3 +187,5 @@ class ImageGeneration(TadaModel):
     width: int | None = None
     height: int | None = None
     model: str | None = None
+    # Engine extension: the generation this one is a variation of.
+    variation_of: str | None = None

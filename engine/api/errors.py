@@ -22,12 +22,16 @@ from engine.errors import (
     NotFound,
     Rejected,
     StillRunning,
+    TooLargeUpload,
+    WrongContentType,
 )
 
 # The status of each domain error (a subclass takes its nearest listed parent's).
 STATUS_OF: dict[type[EngineError], int] = {
     NotFound: 404,
     Rejected: 400,
+    TooLargeUpload: 413,
+    WrongContentType: 415,
     Conflict: 409,
     StillRunning: 504,
     JobOutcomeError: 500,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
@@ -69,16 +70,28 @@ async def train_lora(
 
 @router.get("/trainings", response_model=LoraTrainingList)
 async def list_lora_trainings(
-    user: CurrentUser, session: Session, limit: Limit = 20, offset: Offset = 0
+    user: CurrentUser,
+    services: Services,
+    session: Session,
+    base: BaseUrl,
+    limit: Limit = 20,
+    offset: Offset = 0,
 ) -> LoraTrainingList:
     """The caller's trainings, newest first."""
-    return await image_service.list_trainings(session, user.id, limit, offset)
+    return await image_service.list_trainings(
+        session, user.id, limit, offset, sign=partial(services.artifact_url, base)
+    )
 
 
 @router.get("/trainings/{upload_id}", response_model=LoraTraining)
-async def get_lora_training(upload_id: str, user: CurrentUser, session: Session) -> LoraTraining:
-    """Status and progress of the training of one upload."""
-    training = await image_service.get_training(session, user.id, upload_id)
+async def get_lora_training(
+    upload_id: str, user: CurrentUser, services: Services, session: Session, base: BaseUrl
+) -> LoraTraining:
+    """Status and progress of the training of one upload (with the engine extensions
+    ``validation_image_url`` / ``validation_step``: the latest checkpoint's image)."""
+    training = await image_service.get_training(
+        session, user.id, upload_id, sign=partial(services.artifact_url, base)
+    )
     if training is None:
         raise HTTPException(404, "no training for this upload")
     return training

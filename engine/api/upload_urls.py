@@ -68,11 +68,7 @@ async def issue_upload_url(
     except UploadError as exc:
         invalid("query", exc.field, str(exc))
     limits = services.settings.uploads
-    ttl = limits.url_ttl_seconds
-    url = services.signed_url(
-        base, "PUT", f"/storage/uploads/{upload.id}", f"upload:{upload.id}", ttl
-    )
-    expires = int(url.split("expires=", 1)[1].split("&", 1)[0])
+    url, expires = services.upload_url(base, upload.id, upload.content_type)
     return UploadUrlResponse(
         id=upload.id,
         upload_id=upload.id,

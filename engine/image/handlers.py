@@ -6,22 +6,28 @@ loads the base model on its first job and keeps it; LoRAs are swapped in as adap
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import shutil
 import threading
 import time
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from engine.image.enhancer import EnhancedPrompt, EnhancerSource, PromptEnhancer, build_enhancer
 from engine.image.models import LoraGenerationRow, LoraTrainingRow
-from engine.image.settings import ImageSettings, image_settings
+from engine.image.settings import ARCH_DEFAULTS, ImageSettings, image_settings
 from engine.image.types import ModelError
 from engine.image.untrusted import ImageRefused
-from engine.image.zipcheck import inspect_zip, load_examples
+from engine.image.zipcheck import KeptReport, load_examples
 from engine.jobs import Handler, JobContext, JobFailed
+from engine.models import Upload
 from engine.settings import EngineSettings
+from engine.storage import NotStored, TooLarge
 
 if TYPE_CHECKING:  # torch loads in the worker on the first job, not in API processes
     from engine.image.pipeline import ImageModel
@@ -37,6 +43,16 @@ _CANCEL_CHECK_SECONDS = 2.0
 def lora_key(training_id: str) -> str:
     """Storage key of a training's safetensors file."""
     return f"loras/{training_id}.safetensors"
+
+
+def checkpoint_key(training_id: str) -> str:
+    """Storage key of a training's resumable checkpoint (gone once the LoRA is saved)."""
+    return f"loras/{training_id}.checkpoint.pt"
+
+
+def validation_key(training_id: str) -> str:
+    """Storage key of the validation image of a training's latest checkpoint."""
+    return f"loras/{training_id}.validation.png"
 
 
 class ImageBackend:
@@ -69,27 +85,41 @@ class ImageBackend:
         return {TRAIN_KIND: self.train, GENERATE_KIND: self.generate}
 
     def train(self, ctx: JobContext) -> dict[str, Any]:
-        """Train the LoRA of ``payload.training_id`` on its upload's zip."""
+        """Train the LoRA of ``payload.training_id`` on its upload's zip, reading the images
+        its kept inspection report lists (the zip is not inspected again)."""
         training_id = str(ctx.payload["training_id"])
-        upload_path = ctx.storage.upload_path(str(ctx.payload["upload_id"]))
+        upload_id = str(ctx.payload["upload_id"])
         trigger = str(ctx.payload["trigger_word"])
-        if not upload_path.is_file():
-            raise JobFailed("the uploaded zip is gone; upload it again")
-        report = inspect_zip(upload_path, self.settings.zip)
-        if not report.ok:
-            raise JobFailed(report.summary())
-        ctx.report(1)
-        model = self.model()
-        cfg = self.settings.training
-        # Decoded at the training size: a set of large photos costs what training needs.
-        try:
-            examples = load_examples(
-                upload_path,
-                report,
-                trigger,
-                short_side=cfg.resolution or model.native_size,
-                limits=self.settings.zip,
+        cap = ctx.settings.uploads.max_zip_bytes
+        with ctx.sessions() as s:
+            kept = KeptReport.from_json(
+                s.scalar(select(Upload.inspection).where(Upload.id == upload_id))
             )
+        try:
+            # On object storage a downloaded copy, deleted when the block ends.
+            with ctx.storage.local_upload(upload_id, cap) as upload_path:
+                if kept is None or not kept.describes(upload_path):
+                    raise JobFailed(
+                        "the uploaded zip changed after its check; start the training again"
+                    )
+                report = kept.report
+                if not report.ok:
+                    raise JobFailed(report.summary())
+                ctx.report(1)
+                model = self.model()
+                cfg = self.settings.training
+                # Decoded at the training size: a set of large photos costs what training needs.
+                examples = load_examples(
+                    upload_path,
+                    report,
+                    trigger,
+                    short_side=cfg.resolution or model.native_size,
+                    limits=self.settings.zip,
+                )
+        except NotStored as exc:
+            raise JobFailed("the uploaded zip is gone; upload it again") from exc
+        except TooLarge as exc:
+            raise JobFailed(f"the uploaded zip is larger than the {cap // 2**20} MB limit") from exc
         except ImageRefused as exc:
             raise JobFailed(str(exc)) from exc
         ctx.report(3)
@@ -104,22 +134,29 @@ class ImageBackend:
                 ctx.check_canceled()
 
         key = lora_key(training_id)
+        plan = cfg.for_arch(model.defaults_key)
+        checkpoint = self._restored_checkpoint(ctx, training_id)
         try:
-            fit = model.train_lora(
-                examples,
-                ctx.storage.artifact_path(key),
-                rank=cfg.rank,
-                steps=cfg.steps,
-                learning_rate=cfg.learning_rate,
-                resolution=cfg.resolution,
-                batch_size=cfg.batch_size,
-                seed=cfg.seed,
-                bucketing=cfg.bucketing,
-                metadata={"trigger_word": trigger, "training_id": training_id},
-                on_step=on_step,
-            )
+            # On object storage the file is uploaded when training ends without error.
+            with ctx.storage.artifact_file(key) as dest:
+                fit = model.train_lora(
+                    examples,
+                    dest,
+                    rank=plan.rank,
+                    steps=plan.steps,
+                    learning_rate=plan.learning_rate,
+                    resolution=cfg.resolution,
+                    batch_size=cfg.batch_size,
+                    seed=cfg.seed,
+                    bucketing=cfg.bucketing,
+                    metadata={"trigger_word": trigger, "training_id": training_id},
+                    on_step=on_step,
+                    options=self._train_options(ctx, model, training_id, trigger, checkpoint),
+                )
         except ModelError as exc:
             raise JobFailed(str(exc)) from exc
+        checkpoint.unlink(missing_ok=True)
+        ctx.storage.delete_artifact(checkpoint_key(training_id))
         with ctx.sessions.begin() as s:
             s.execute(
                 update(LoraTrainingRow)
@@ -139,6 +176,66 @@ class ImageBackend:
             "model": model.label,
         }
 
+    @staticmethod
+    def _restored_checkpoint(ctx: JobContext, training_id: str) -> Path:
+        """The worker-local checkpoint file of a training, holding the copy kept in storage
+        when there is one: a training retried on another worker (or after a restart with
+        object storage) resumes from its last checkpoint, not from step 0."""
+        local = ctx.settings.data_dir / "checkpoints" / f"{training_id}.pt"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with ctx.storage.local_artifact(checkpoint_key(training_id)) as stored:
+                if stored.resolve() != local.resolve():
+                    shutil.copyfile(stored, local)
+        except NotStored:
+            local.unlink(missing_ok=True)  # no checkpoint kept: nothing stale either
+        return local
+
+    def _train_options(
+        self, ctx: JobContext, model: ImageModel, training_id: str, trigger: str, checkpoint: Any
+    ) -> Any:
+        """Precision, memory, checkpoints and the validation image, from config."""
+        import torch
+
+        from engine.image.pipeline import TrainOptions, to_image_bytes
+
+        cfg = self.settings.training
+        arch = ARCH_DEFAULTS[model.defaults_key]
+        autocast = None
+        if cfg.mixed_precision == "bf16" or (
+            cfg.mixed_precision == "auto" and model.dtype != torch.float32
+        ):
+            autocast = torch.bfloat16  # bf16 only: fp16 autocast overflows SDXL and FLUX
+
+        def on_checkpoint(step: int, pixels: Any) -> None:
+            # The checkpoint file the pipeline just wrote goes to storage, where a retry on
+            # any worker finds it.
+            with ctx.storage.artifact_file(checkpoint_key(training_id)) as dest:
+                shutil.copyfile(checkpoint, dest)
+            if pixels is None:
+                return
+            vkey = validation_key(training_id)
+            ctx.storage.write_artifact(vkey, to_image_bytes(pixels, "png"))
+            with ctx.sessions.begin() as s:
+                s.execute(
+                    update(LoraTrainingRow)
+                    .where(LoraTrainingRow.id == training_id)
+                    .values(validation_key=vkey, validation_step=step)
+                )
+
+        prompt = cfg.validation_prompt
+        return TrainOptions(
+            autocast_dtype=autocast,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            optimizer=cfg.optimizer,
+            checkpoint=checkpoint if cfg.checkpoint_every else None,
+            checkpoint_every=cfg.checkpoint_every,
+            validation_prompt=prompt.replace("{trigger}", trigger) if prompt else None,
+            validation_steps=cfg.validation_steps or arch.generation_steps,
+            validation_guidance=arch.guidance_scale,
+            on_checkpoint=on_checkpoint,
+        )
+
     def generate(self, ctx: JobContext) -> dict[str, Any]:
         """Enhance the prompt, draw one image, store it and record the generation."""
         p = ctx.payload
@@ -148,15 +245,18 @@ class ImageBackend:
             demo_cfg = self.settings.demos.get(str(demo))
             if demo_cfg is None:
                 raise JobFailed(f"demo {demo!r} is not configured on this worker")
-            lora_path = demo_cfg.lora_path
+            if not demo_cfg.lora_path.is_file():
+                raise JobFailed(f"the LoRA file {demo_cfg.lora_path.name} is missing")
+            lora_name = demo_cfg.lora_path.name
+            lora_file: AbstractContextManager[Path] = contextlib.nullcontext(demo_cfg.lora_path)
             trigger: str | None = demo_cfg.trigger_word
             weight = demo_cfg.weight
         else:
-            lora_path = ctx.storage.artifact_path(str(p["lora_key"]))
+            lora_name = Path(str(p["lora_key"])).name
+            # On object storage a worker-local copy, refreshed when the LoRA changes.
+            lora_file = ctx.storage.local_artifact(str(p["lora_key"]))
             trigger = p.get("trigger_word")
             weight = gen_cfg.lora_weight
-        if not lora_path.is_file():
-            raise JobFailed(f"the LoRA file {lora_path.name} is missing")
         seed = int(p["seed"])
         if "enhanced_prompt" in p:  # a variation: its parent's prompt as the model got it
             enhanced = EnhancedPrompt(
@@ -170,23 +270,31 @@ class ImageBackend:
                 negative = f"{p['negative_prompt']}, {enhanced.negative_prompt}"
                 enhanced = dataclasses.replace(enhanced, negative_prompt=negative)
         model = self.model()
+        arch = ARCH_DEFAULTS[model.defaults_key]
         width, height = gen_cfg.width, gen_cfg.height
         if "width" in p and "height" in p:
             width, height = int(p["width"]), int(p["height"])
         elif p.get("aspect_ratio"):
             width, height = model.aspect_size(str(p["aspect_ratio"]), width, height)
         try:
-            pixels = model.generate(
-                enhanced.prompt,
-                negative_prompt=enhanced.negative_prompt,
-                lora=lora_path,
-                weight=weight,
-                seed=seed,
-                steps=gen_cfg.steps,
-                guidance_scale=gen_cfg.guidance_scale,
-                width=width,
-                height=height,
-            )
+            with lora_file as lora_path:
+                pixels = model.generate(
+                    enhanced.prompt,
+                    negative_prompt=enhanced.negative_prompt,
+                    lora=lora_path,
+                    weight=weight,
+                    seed=seed,
+                    steps=gen_cfg.steps or arch.generation_steps,
+                    guidance_scale=(
+                        arch.guidance_scale
+                        if gen_cfg.guidance_scale is None
+                        else gen_cfg.guidance_scale
+                    ),
+                    width=width,
+                    height=height,
+                )
+        except NotStored as exc:
+            raise JobFailed(f"the LoRA file {lora_name} is missing") from exc
         except ModelError as exc:
             raise JobFailed(str(exc)) from exc
         from engine.image.pipeline import to_image_bytes

@@ -28,6 +28,9 @@ class LoraTrainingRow(Base):
     trigger_word: Mapped[str] = mapped_column(String(50))
     # Storage key of the trained safetensors file, set by the worker when it is saved.
     lora_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The validation image of the latest checkpoint (storage key) and its training step.
+    validation_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    validation_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow

@@ -1,10 +1,10 @@
 """The diffusion model the worker keeps loaded: generation, LoRA training and adapter swaps.
 
-One :class:`ImageModel` per worker process holds the base pipeline (SD 1.5 or SDXL class,
-or the built-in tiny random model). LoRAs are loaded into it as named peft adapters and
-switched per request, so the base weights are read from disk once. Everything here is
-blocking torch code: it runs in job worker threads, serialised by one lock because a single
-accelerator runs one thing at a time.
+One :class:`ImageModel` per worker process holds the base pipeline (SD 1.5, SDXL or FLUX.1
+class, or a built-in tiny random model of one of them). LoRAs are loaded into it as named
+peft adapters and switched per request, so the base weights are read from disk once.
+Everything here is blocking torch code: it runs in job worker threads, serialised by one lock
+because a single accelerator runs one thing at a time.
 """
 
 from __future__ import annotations
@@ -24,25 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
     DDPMScheduler,
+    FluxPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
 )
 from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-)
 
+from engine.image import flux, tiny
 from engine.image.settings import TINY_MODEL_LABEL, ImageSettings
 from engine.image.types import (
     LoraFit,
@@ -55,7 +48,8 @@ from engine.image.types import (
 
 log = logging.getLogger(__name__)
 
-# The UNet attention projections the LoRA adapts (diffusers' names, SD 1.5 and SDXL alike).
+# The attention projections the LoRA adapts (diffusers' names; the UNet's of SD 1.5 and SDXL,
+# the transformer's of FLUX: its single blocks have no ``to_out``, their MLP fuses it).
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 # diffusers' lazy module exports read as dummy classes to mypy: pipelines and schedulers
 # are typed loosely here, and their real types are checked at run time.
@@ -65,14 +59,18 @@ Scheduler = Any
 _FIT_ADAPTER = "tada_fit"
 # ``format`` in the metadata of the LoRA files we write (older ones say "diffusers-lora").
 LORA_FILE_FORMAT = "kohya-lora"
+# ... and of the FLUX LoRAs we write, in diffusers' layout (see :func:`flux_lora_file`).
+FLUX_LORA_FILE_FORMAT = "diffusers-lora"
 
 
 @dataclass(frozen=True)
 class _Conditioning:
     embeds: torch.Tensor
-    # SDXL only: pooled text embeddings and the size/crop "time ids".
+    # SDXL and FLUX: pooled text embeddings; SDXL: the size/crop "time ids".
     pooled: torch.Tensor | None
     time_ids: torch.Tensor | None
+    # FLUX: the text tokens' position ids (one set for the whole batch).
+    text_ids: torch.Tensor | None = None
 
     def added_kwargs(self, idx: torch.Tensor | None = None) -> dict[str, Any] | None:
         if self.pooled is None or self.time_ids is None:
@@ -94,144 +92,6 @@ class _Bucket:
     cond: _Conditioning
 
 
-def _byte_level_alphabet() -> list[str]:
-    """GPT-2/CLIP's printable stand-ins for the 256 byte values."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    keep += list(range(ord("®"), ord("ÿ") + 1))
-    chars = list(keep)
-    extra = 0
-    for b in range(256):
-        if b not in keep:
-            chars.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in chars]
-
-
-def offline_tokenizer() -> CLIPTokenizer:
-    """A byte-level CLIP tokenizer with no merges, built without any download."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    alphabet = _byte_level_alphabet()
-    for suffix in ("", "</w>"):
-        for ch in alphabet:
-            vocab[ch + suffix] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def _tiny_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-
-
-def _tiny_vae(resolution: int) -> AutoencoderKL:
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=resolution,
-    )
-
-
-def _tiny_text_config(vocab_size: int) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=77,
-        projection_dim=32,
-    )
-
-
-def build_tiny_pipeline(seed: int, resolution: int, arch: str = "sd15") -> Pipeline:
-    """A Stable Diffusion-shaped pipeline with random weights: tests and development only.
-
-    ``arch`` is ``sd15`` (one text encoder) or ``sdxl`` (two, pooled embeddings and size
-    conditioning), so both code paths run on a CPU. Seeded, so every worker builds the
-    same weights and a LoRA trained by one process fits the base of another. It draws
-    noise, by design.
-    """
-    if arch == "sdxl":
-        return _build_tiny_xl(seed, resolution)
-    tokenizer = offline_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=resolution // 2,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-            norm_num_groups=32,
-        )
-        vae = _tiny_vae(resolution)
-        text_encoder = CLIPTextModel(_tiny_text_config(len(tokenizer)))
-    return StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=_tiny_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def _build_tiny_xl(seed: int, resolution: int) -> Pipeline:
-    tokenizer = offline_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=resolution // 2,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 2),
-            # 6 size/crop ids x 8 + the pooled text embedding (32).
-            projection_class_embeddings_input_dim=6 * 8 + 32,
-            # Both text encoders' hidden states side by side.
-            cross_attention_dim=64,
-            norm_num_groups=32,
-        )
-        vae = _tiny_vae(resolution)
-        text_encoder = CLIPTextModel(_tiny_text_config(len(tokenizer)))
-        text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(len(tokenizer)))
-    return StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=offline_tokenizer(),
-        unet=unet,
-        scheduler=_tiny_scheduler(),
-    )
-
-
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks the first CUDA device when there is one."""
     if name == "auto":
@@ -250,21 +110,62 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+_PIPELINES: dict[str, Any] = {
+    "sd15": StableDiffusionPipeline,
+    "sdxl": StableDiffusionXLPipeline,
+    "flux": FluxPipeline,
+}
+
+
 def load_checkpoint(path: Path, dtype: torch.dtype) -> Pipeline:
-    """A local SD 1.5 / SDXL diffusers checkpoint; never downloads."""
+    """A local SD 1.5 / SDXL / FLUX.1 diffusers checkpoint, the architecture read from its
+    ``model_index.json``; never downloads."""
+    arch = flux.arch_of_folder(path)
     index = json.loads((path / "model_index.json").read_text())
-    cls_name = index.get("_class_name", "")
-    classes: dict[str, Any] = {
-        "StableDiffusionPipeline": StableDiffusionPipeline,
-        "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
-    }
-    if cls_name not in classes:
-        raise ModelError(f"{path}: unsupported pipeline {cls_name!r}; use an SD 1.5 or SDXL one")
     extra: dict[str, Any] = {}
     if "safety_checker" in index:
         extra = {"safety_checker": None, "requires_safety_checker": False}
-    return classes[cls_name].from_pretrained(
+    return _PIPELINES[arch].from_pretrained(
         str(path), torch_dtype=dtype, local_files_only=True, **extra
+    )
+
+
+def load_single_file(path: Path, config: Path | None, dtype: torch.dtype) -> Pipeline:
+    """A single-file ``.safetensors`` checkpoint (SD 1.5 / SDXL, or a FLUX.1 transformer),
+    the architecture read from its tensor names; never downloads.
+
+    A single file holds weights only: ``config`` is a local diffusers folder of the same
+    architecture (a pulled base repository) that gives the component configs and the
+    tokenizers, and for FLUX the text encoders and VAE the file does not hold. Without it
+    diffusers would fetch configs from the hub, which the engine never does at run time.
+    """
+    arch = flux.arch_of_single_file(path)
+    if config is None:
+        raise ModelError(
+            f"{path} is a single-file {arch} checkpoint: set image.single_file_config to a "
+            f"diffusers folder of the same architecture (its configs and tokenizers), e.g. "
+            f"one `tada-engine models pull` fetched"
+        )
+    if flux.arch_of_folder(config) != arch:
+        raise ModelError(f"{path} is a {arch} checkpoint but {config} is not a {arch} folder")
+    if arch == "flux":
+        from diffusers import FluxTransformer2DModel
+
+        transformer = FluxTransformer2DModel.from_single_file(
+            str(path),
+            config=str(config),
+            subfolder="transformer",
+            torch_dtype=dtype,
+            local_files_only=True,
+        )
+        return FluxPipeline.from_pretrained(
+            str(config), transformer=transformer, torch_dtype=dtype, local_files_only=True
+        )
+    extra: dict[str, Any] = {}
+    if arch == "sd15":
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    return _PIPELINES[arch].from_single_file(
+        str(path), config=str(config), torch_dtype=dtype, local_files_only=True, **extra
     )
 
 
@@ -282,6 +183,38 @@ def kohya_lora_state(unet_peft_state: dict[str, torch.Tensor]) -> dict[str, torc
     }
 
 
+def flux_lora_file(
+    transformer_peft_state: dict[str, torch.Tensor], rank: int
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A FLUX LoRA's tensors and safetensors metadata exactly as diffusers'
+    ``FluxPipeline.save_lora_weights`` writes them (``transformer.<module>.lora_A.weight`` /
+    ``lora_B``, the adapter config in the ``lora_adapter_metadata`` header), which diffusers'
+    ``load_lora_weights`` and ComfyUI read. Written by diffusers itself, then read back, so
+    the layout is always diffusers' own."""
+    import tempfile
+
+    from safetensors import safe_open
+
+    state = {
+        k: v.detach().to("cpu", torch.float32).contiguous()
+        for k, v in transformer_peft_state.items()
+    }
+    config = {"r": rank, "lora_alpha": rank, "target_modules": list(LORA_TARGETS)}
+    with tempfile.TemporaryDirectory() as tmp:
+        FluxPipeline.save_lora_weights(
+            tmp,
+            transformer_lora_layers=state,
+            transformer_lora_adapter_metadata=config,
+            weight_name="lora.safetensors",
+        )
+        with safe_open(str(Path(tmp) / "lora.safetensors"), "pt") as fh:
+            names = fh.keys()
+            tensors = {k: fh.get_tensor(k) for k in names}
+            meta = dict(fh.metadata() or {})
+    meta.pop("format", None)
+    return tensors, meta
+
+
 def lora_fingerprint(path: Path) -> str:
     """A short id for a LoRA file's current content: its adapter name in the pipeline."""
     stat = path.stat()
@@ -297,16 +230,27 @@ class ImageModel:
         self.pipe.set_progress_bar_config(disable=True)
         self.label = label
         self.device = device
-        self.dtype: torch.dtype = self.pipe.unet.dtype
         self.is_xl = isinstance(pipe, StableDiffusionXLPipeline)
-        self.native_size = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+        self.is_flux = isinstance(pipe, FluxPipeline)
+        self.arch = "flux" if self.is_flux else "sdxl" if self.is_xl else "sd15"
+        # What the LoRA adapts: FLUX's transformer, SD's UNet.
+        self.denoiser: Any = pipe.transformer if self.is_flux else pipe.unet
+        self.dtype: torch.dtype = self.denoiser.dtype
+        if self.is_flux:
+            # FLUX's VAE config names the native size (1024); the transformer has none.
+            self.native_size = int(self.pipe.vae.config.sample_size)
+        else:
+            self.native_size = int(self.pipe.unet.config.sample_size) * int(
+                self.pipe.vae_scale_factor
+            )
         self._lock = threading.RLock()
         self._adapters: OrderedDict[str, Path] = OrderedDict()
         self.max_adapters = 8
-        for module in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
-            module.requires_grad_(False)
-        if self.is_xl:
-            self.pipe.text_encoder_2.requires_grad_(False)
+        for module in self._components():
+            # Models built from config start in training mode (T5's dropout would make
+            # every image differ); from_pretrained's are in eval mode already.
+            module.eval()
+        self._freeze()
 
     @classmethod
     def from_settings(cls, settings: ImageSettings) -> ImageModel:
@@ -320,14 +264,27 @@ class ImageModel:
         if settings.base_model is None:
             log.warning("image model: %s", TINY_MODEL_LABEL)
             # Built in float32: the tiny model is for correctness, not speed.
-            pipe = build_tiny_pipeline(
+            pipe = tiny.build_tiny_pipeline(
                 settings.tiny_seed, settings.tiny_resolution, settings.tiny_arch
+            )
+        elif settings.base_model.is_file():
+            pipe = load_single_file(
+                settings.base_model,
+                settings.single_file_config,
+                resolve_dtype(settings.dtype, device),
             )
         else:
             pipe = load_checkpoint(settings.base_model, resolve_dtype(settings.dtype, device))
         model = cls(pipe, label=settings.model_label, device=device)
         model.max_adapters = settings.generation.max_loaded_adapters
         return model
+
+    @property
+    def defaults_key(self) -> str:
+        """The :data:`engine.image.settings.ARCH_DEFAULTS` entry of this model."""
+        if self.is_flux and not self.pipe.transformer.config.guidance_embeds:
+            return "flux-schnell"
+        return self.arch
 
     def aspect_size(
         self, ratio: str, width: int | None = None, height: int | None = None
@@ -342,6 +299,9 @@ class ImageModel:
     def _encode(self, prompts: Sequence[str], ids: Sequence[Sequence[int]]) -> _Conditioning:
         """Text conditioning; ``ids`` per prompt are SDXL's size/crop conditioning:
         original height and width, crop top and left, target height and width."""
+        if self.is_flux:
+            embeds, pooled, text_ids = flux.encode(self.pipe, list(prompts), self.device)
+            return _Conditioning(embeds, pooled, None, text_ids)
         if self.is_xl:
             embeds, _, pooled, _ = self.pipe.encode_prompt(
                 list(prompts), device=self.device, do_classifier_free_guidance=False
@@ -366,7 +326,10 @@ class ImageModel:
         return latents - shift * vae.config.scaling_factor if shift else latents
 
     def _multiple(self) -> int:
-        # What the VAE and the UNet's downsamplings divide exactly; diffusers wants 8 too.
+        # What the VAE and the UNet's downsamplings (FLUX: its 2x2 patches) divide exactly;
+        # diffusers wants 8 too.
+        if self.is_flux:
+            return math.lcm(8, int(self.pipe.vae_scale_factor) * 2)
         down = len(self.pipe.unet.config.block_out_channels) - 1
         return math.lcm(8, int(self.pipe.vae_scale_factor) * 2**down)
 
@@ -431,8 +394,8 @@ class ImageModel:
                     config.pop(name, None)
 
     def _components(self) -> list[torch.nn.Module]:
-        found = [self.pipe.unet, self.pipe.vae, self.pipe.text_encoder]
-        if self.is_xl:
+        found = [self.denoiser, self.pipe.vae, self.pipe.text_encoder]
+        if self.is_xl or self.is_flux:
             found.append(self.pipe.text_encoder_2)
         return found
 
@@ -512,15 +475,20 @@ class ImageModel:
         with self._lock:
             self._activate(lora, weight)
             gen = torch.Generator(device="cpu").manual_seed(seed)
+            extra: dict[str, Any] = {"negative_prompt": negative_prompt}
+            if self.is_flux:
+                # FLUX is guidance-distilled: ``guidance_scale`` is its guidance embedding and
+                # a negative prompt would need true CFG (twice the cost); it is not used.
+                extra = {"max_sequence_length": flux.max_sequence_length(self.pipe)}
             out = self.pipe(
                 prompt=prompt,
-                negative_prompt=negative_prompt,
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
                 width=width or self.native_size,
                 height=height or self.native_size,
                 generator=gen,
                 output_type="np",
+                **extra,
             )
             image: np.ndarray = np.asarray(out.images[0], dtype=np.float32)
         return image
@@ -547,22 +515,34 @@ class ImageModel:
         with self._lock:
             self._activate(lora, 1.0)
             buckets = self._buckets(examples, size, seed, bucketing)
-            sched = DDPMScheduler.from_config(self.pipe.scheduler.config)
+            sched = self._train_scheduler()
             gen = torch.Generator(device="cpu").manual_seed(seed + 1)
             total = 0.0
             for _ in range(samples):
                 for b in buckets:
                     latents = b.latents
                     noise = torch.randn(latents.shape, generator=gen).to(self.device, latents.dtype)
-                    t = torch.randint(
-                        0, sched.config.num_train_timesteps, (len(latents),), generator=gen
-                    ).to(self.device)
+                    t = self._draw_t(sched, len(latents), gen)
                     pred, target = self._predict(sched, latents, noise, t, b.cond, None)
                     loss = torch.nn.functional.mse_loss(pred.float(), target.float())
                     total += float(loss) * len(latents) / len(examples)
             if lora is not None:
                 self.pipe.disable_lora()
         return total / samples
+
+    def _train_scheduler(self) -> Scheduler:
+        """SD's DDPM noise schedule; FLUX (rectified flow) needs none: ``None``."""
+        if self.is_flux:
+            return None
+        return DDPMScheduler.from_config(self.pipe.scheduler.config)
+
+    def _draw_t(self, sched: Scheduler, n: int, gen: torch.Generator) -> torch.Tensor:
+        """Training timesteps: DDPM's integer steps, or FLUX's noise levels in (0, 1)."""
+        if sched is None:
+            return flux.draw_sigmas(n, gen).to(self.device)
+        return torch.randint(0, sched.config.num_train_timesteps, (n,), generator=gen).to(
+            self.device
+        )
 
     def _predict(
         self,
@@ -573,8 +553,12 @@ class ImageModel:
         cond: _Conditioning,
         idx: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        noisy = sched.add_noise(latents, noise, t)
         embeds = cond.embeds if idx is None else cond.select(idx)
+        if self.is_flux:
+            assert cond.pooled is not None and cond.text_ids is not None
+            pooled = cond.pooled if idx is None else cond.pooled[idx]
+            return flux.flow_predict(self.pipe, latents, noise, t, embeds, pooled, cond.text_ids)
+        noisy = sched.add_noise(latents, noise, t)
         pred = self.pipe.unet(
             noisy, t, embeds, added_cond_kwargs=cond.added_kwargs(idx), return_dict=False
         )[0]
@@ -596,19 +580,23 @@ class ImageModel:
         bucketing: bool = True,
         metadata: dict[str, str] | None = None,
         on_step: Callable[[int, int, float], None] | None = None,
+        options: TrainOptions | None = None,
     ) -> LoraFit:
-        """Train a LoRA on the UNet attention projections and save it as safetensors.
+        """Train a LoRA on the attention projections and save it as safetensors.
 
         With ``bucketing`` each image keeps its shape: it trains in the aspect-ratio bucket
         nearest to it (about ``resolution``² pixels), a batch drawing from one bucket;
         without, every image is center-cropped to a square. ``on_step(step, steps, loss)``
         runs after every step (progress, cancellation: an exception it raises stops
-        training, and the base model is left clean either way).
+        training, and the base model is left clean either way). ``options``: precision,
+        memory, checkpoints (a training cut off resumes from its checkpoint file at the saved
+        step) and the validation image rendered at each checkpoint.
         """
         if not examples:
             raise ModelError("no training images")
+        opts = options or TrainOptions()
         size = resolution or self.native_size
-        unet = self.pipe.unet
+        unet = self.denoiser
         with self._lock, torch.inference_mode(False):
             self._reconcile()
             if self._adapters:
@@ -632,15 +620,14 @@ class ImageModel:
                 unet.enable_adapters()
                 unet.set_adapter(_FIT_ADAPTER)
                 self._freeze()
-                params = [p for n, p in unet.named_parameters() if f".{_FIT_ADAPTER}." in n]
-                for p in params:
+                named = {n: p for n, p in unet.named_parameters() if f".{_FIT_ADAPTER}." in n}
+                for p in named.values():
                     # Trainable weights stay float32 even on a half-precision base.
                     p.data = p.data.float()
                     p.requires_grad_(True)
-                losses = self._fit(params, buckets, steps, learning_rate, batch_size, seed, on_step)
-                tensors = kohya_lora_state(
-                    get_peft_model_state_dict(unet, adapter_name=_FIT_ADAPTER)
-                )
+                plan = _FitPlan(steps, learning_rate, batch_size, seed, rank)
+                losses = self._fit(named, buckets, plan, opts, on_step)
+                peft_state = get_peft_model_state_dict(unet, adapter_name=_FIT_ADAPTER)
             finally:
                 # The fit adapter leaves and the loaded LoRAs stay, as before the training.
                 if _FIT_ADAPTER in self._held_adapters():
@@ -650,7 +637,7 @@ class ImageModel:
         info = {
             "format": LORA_FILE_FORMAT,
             # kohya's own metadata, which A1111 and LoRA managers show.
-            "ss_network_module": "networks.lora",
+            "ss_network_module": "networks.lora_flux" if self.is_flux else "networks.lora",
             "ss_network_dim": str(rank),
             "ss_network_alpha": str(rank),
             "rank": str(rank),
@@ -662,42 +649,52 @@ class ImageModel:
         }
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".part")
+        if self.is_flux:
+            tensors, adapter_meta = flux_lora_file(peft_state, rank)
+            info = {**info, **adapter_meta, "format": FLUX_LORA_FILE_FORMAT}
+        else:
+            tensors = kohya_lora_state(peft_state)
         save_file(tensors, str(tmp), metadata=info)
         tmp.replace(dest)
         return LoraFit(dest, tuple(losses), rank, steps, size)
 
     def _fit(
         self,
-        params: list[torch.nn.Parameter],
+        named: dict[str, torch.nn.Parameter],
         buckets: list[_Bucket],
-        steps: int,
-        learning_rate: float,
-        batch_size: int,
-        seed: int,
+        plan: _FitPlan,
+        opts: TrainOptions,
         on_step: Callable[[int, int, float], None] | None,
     ) -> list[float]:
-        unet = self.pipe.unet
-        sched = DDPMScheduler.from_config(self.pipe.scheduler.config)
-        optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-2)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        autocast = self.device.type == "cuda" and self.dtype != torch.float32
+        unet = self.denoiser
+        params = list(named.values())
+        sched = self._train_scheduler()
+        optimizer = _optimizer(opts.optimizer, params, plan.learning_rate)
+        gen = torch.Generator(device="cpu").manual_seed(plan.seed)
+        autocast = opts.autocast_dtype is not None and self.device.type == "cuda"
         # A bucket is drawn in proportion to its images: each image is seen equally often.
         weights = torch.tensor([float(len(b.latents)) for b in buckets])
         losses: list[float] = []
+        first = 1
+        if opts.checkpoint is not None and opts.checkpoint.is_file():
+            first, losses = _load_checkpoint(opts.checkpoint, plan, named, optimizer, gen)
+            log.warning("training resumes from %s at step %d", opts.checkpoint.name, first)
+        if opts.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
         unet.train()
         try:
-            for step in range(1, steps + 1):
+            for step in range(first, plan.steps + 1):
                 b = buckets[0]
                 if len(buckets) > 1:
                     b = buckets[int(torch.multinomial(weights, 1, generator=gen))]
                 n = b.latents.shape[0]
-                idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(self.device)
+                idx = torch.randint(0, n, (min(plan.batch_size, n),), generator=gen).to(self.device)
                 batch = b.latents[idx]
                 noise = torch.randn(batch.shape, generator=gen).to(self.device, batch.dtype)
-                t = torch.randint(
-                    0, sched.config.num_train_timesteps, (batch.shape[0],), generator=gen
-                ).to(self.device)
-                with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
+                t = self._draw_t(sched, batch.shape[0], gen)
+                with torch.autocast(
+                    self.device.type, dtype=opts.autocast_dtype or self.dtype, enabled=autocast
+                ):
                     pred, target = self._predict(sched, batch, noise, t, b.cond, idx)
                 loss = torch.nn.functional.mse_loss(pred.float(), target.float())
                 loss.backward()
@@ -705,11 +702,147 @@ class ImageModel:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
+                every = opts.checkpoint_every
+                if (
+                    opts.checkpoint is not None
+                    and every
+                    and step % every == 0
+                    and step < plan.steps
+                ):
+                    _save_checkpoint(opts.checkpoint, step, plan, named, optimizer, gen, losses)
+                    if opts.on_checkpoint is not None:
+                        opts.on_checkpoint(step, self._validation_image(opts))
                 if on_step is not None:
-                    on_step(step, steps, losses[-1])
+                    on_step(step, plan.steps, losses[-1])
         finally:
             unet.eval()
+            if opts.gradient_checkpointing:
+                unet.disable_gradient_checkpointing()
         return losses
+
+    @torch.no_grad()
+    def _validation_image(self, opts: TrainOptions) -> np.ndarray | None:
+        """The validation prompt drawn with the LoRA as trained so far (its adapter active)."""
+        if not opts.validation_prompt:
+            return None
+        self.denoiser.eval()
+        try:
+            extra: dict[str, Any] = {}
+            if self.is_flux:
+                extra = {"max_sequence_length": flux.max_sequence_length(self.pipe)}
+            out = self.pipe(
+                prompt=opts.validation_prompt,
+                num_inference_steps=opts.validation_steps,
+                guidance_scale=opts.validation_guidance,
+                width=self.native_size,
+                height=self.native_size,
+                # One fixed seed: the images of successive checkpoints compare.
+                generator=torch.Generator(device="cpu").manual_seed(0),
+                output_type="np",
+                **extra,
+            )
+            image: np.ndarray = np.asarray(out.images[0], dtype=np.float32)
+        finally:
+            self.denoiser.train()
+        return image
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How a training runs, beyond what it learns (see ``[engine.image.training]``)."""
+
+    # bf16/fp16 autocast of the forward pass on CUDA; None: the model's own dtype.
+    autocast_dtype: torch.dtype | None = None
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw"  # or "adamw8bit" (bitsandbytes)
+    # A resumable checkpoint written every ``checkpoint_every`` steps (and read on start).
+    checkpoint: Path | None = None
+    checkpoint_every: int = 0
+    validation_prompt: str | None = None
+    validation_steps: int = 20
+    validation_guidance: float = 7.0
+    # Called after each checkpoint with its step and the validation image (or None).
+    on_checkpoint: Callable[[int, np.ndarray | None], None] | None = None
+
+
+@dataclass(frozen=True)
+class _FitPlan:
+    steps: int
+    learning_rate: float
+    batch_size: int
+    seed: int
+    rank: int
+
+    def fingerprint(self) -> dict[str, float | int]:
+        return {
+            "learning_rate": self.learning_rate,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "rank": self.rank,
+        }
+
+
+def _optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        except ImportError as exc:
+            raise ModelError(
+                "image.training.optimizer = 'adamw8bit' needs bitsandbytes "
+                "(pip install bitsandbytes, in the ml extra); use 'adamw' otherwise"
+            ) from exc
+        opt: torch.optim.Optimizer = bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-2)
+        return opt
+    return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+
+
+def _save_checkpoint(
+    path: Path,
+    step: int,
+    plan: _FitPlan,
+    named: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    gen: torch.Generator,
+    losses: list[float],
+) -> None:
+    """The LoRA so far, the optimizer's moments and the data order's RNG: enough for the
+    next steps to be the ones an uncut training would have taken."""
+    state = {
+        "step": step,
+        "plan": plan.fingerprint(),
+        "adapter": {n: p.detach().cpu().clone() for n, p in named.items()},
+        "optimizer": optimizer.state_dict(),
+        "generator": gen.get_state(),
+        "losses": list(losses),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(
+    path: Path,
+    plan: _FitPlan,
+    named: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    gen: torch.Generator,
+) -> tuple[int, list[float]]:
+    """Restore a checkpoint; the first step still to take and the losses so far. One made
+    for other settings (or unreadable) is ignored: training starts over."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["plan"] != plan.fingerprint() or set(state["adapter"]) != set(named):
+            raise ValueError("made for other training settings")
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(state["adapter"][n].to(p.device, p.dtype))
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+    except Exception as exc:
+        log.warning("checkpoint %s not used (%s): training starts over", path.name, exc)
+        return 1, []
+    return int(state["step"]) + 1, [float(x) for x in state["losses"]]
 
 
 def _cover_crop(image: Image.Image, width: int, height: int) -> tuple[Image.Image, int, int]:

@@ -54,6 +54,18 @@ class LoraTraining(BaseModel):
     completed_at: datetime | None = None
     name: str
     trigger_word: str
+    validation_image_url: str | None = Field(
+        None,
+        description=_EXT + "Signed URL of the image the LoRA draws at its latest checkpoint "
+        "(the validation prompt with the trigger word, one fixed seed); null until the first "
+        "checkpoint. It changes as training goes on.",
+        json_schema_extra=EXTENSION,
+    )
+    validation_step: int | None = Field(
+        None,
+        description=_EXT + "The training step the validation image was drawn at.",
+        json_schema_extra=EXTENSION,
+    )
 
 
 class LoraTrainingList(BaseModel):

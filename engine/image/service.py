@@ -9,6 +9,7 @@ through :class:`ImageServices`, the part of it this module uses.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
@@ -16,7 +17,14 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.errors import Conflict, InvalidField, JobOutcomeError, NotFound, Rejected
+from engine.errors import (
+    Conflict,
+    InvalidField,
+    JobOutcomeError,
+    NotFound,
+    Rejected,
+    TooLargeUpload,
+)
 from engine.image.handlers import GENERATE_KIND, TRAIN_KIND
 from engine.image.models import LoraGenerationRow, LoraTrainingRow
 from engine.image.schemas import (
@@ -27,8 +35,8 @@ from engine.image.schemas import (
     LoraTrainingList,
     TrainingStatus,
 )
-from engine.image.settings import ImageSettings, image_settings
-from engine.image.zipcheck import inspect_zip
+from engine.image.settings import ImageSettings, ZipLimits, image_settings
+from engine.image.zipcheck import InspectingCheck, KeptReport, inspect
 from engine.jobs import JobService, submit_and_wait
 from engine.models import (
     Job,
@@ -40,11 +48,18 @@ from engine.models import (
     as_utc_or_none,
     new_id,
 )
-from engine.uploads import get_owned_upload, mark_upload
+from engine.storage import NotStored, TooLarge
+from engine.uploads import (
+    get_owned_upload,
+    mark_upload,
+    receive_direct_upload,
+    size_cap,
+    too_large_detail,
+)
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
-    from engine.storage import LocalStorage
+    from engine.storage import Storage
 
 _RETRYABLE = (TrainingStatus.FAILED, TrainingStatus.CANCELED)
 
@@ -56,7 +71,7 @@ class ImageServices(Protocol):
     def settings(self) -> EngineSettings: ...
 
     @property
-    def storage(self) -> LocalStorage: ...
+    def storage(self) -> Storage: ...
 
     @property
     def jobs(self) -> JobService: ...
@@ -71,8 +86,15 @@ def settings_of(services: ImageServices) -> ImageSettings:
     return image_settings(services.settings.image)
 
 
-def training_view(row: LoraTrainingRow, upload: Upload, job: Job | None) -> LoraTraining:
-    """A training row, its upload and its job as the API shows it."""
+def training_view(
+    row: LoraTrainingRow,
+    upload: Upload,
+    job: Job | None,
+    *,
+    sign: Callable[[str], str] | None = None,
+) -> LoraTraining:
+    """A training row, its upload and its job as the API shows it; ``sign`` makes the signed
+    URL of the latest validation image (without it none is shown)."""
     updated = as_utc(row.updated_at)
     if job is not None and as_utc(job.updated_at) > updated:
         updated = as_utc(job.updated_at)
@@ -89,6 +111,8 @@ def training_view(row: LoraTrainingRow, upload: Upload, job: Job | None) -> Lora
         completed_at=as_utc_or_none(job.finished_at) if job else None,
         name=upload.name,
         trigger_word=row.trigger_word,
+        validation_image_url=sign(row.validation_key) if sign and row.validation_key else None,
+        validation_step=row.validation_step if sign and row.validation_key else None,
     )
 
 
@@ -100,7 +124,13 @@ def _with_upload_and_job() -> Any:
     )
 
 
-async def get_training(session: AsyncSession, user_id: str, upload_id: str) -> LoraTraining | None:
+async def get_training(
+    session: AsyncSession,
+    user_id: str,
+    upload_id: str,
+    *,
+    sign: Callable[[str], str] | None = None,
+) -> LoraTraining | None:
     """The caller's training of ``upload_id``, or None."""
     found = (
         await session.execute(
@@ -109,11 +139,16 @@ async def get_training(session: AsyncSession, user_id: str, upload_id: str) -> L
             )
         )
     ).first()
-    return None if found is None else training_view(*found)
+    return None if found is None else training_view(*found, sign=sign)
 
 
 async def list_trainings(
-    session: AsyncSession, user_id: str, limit: int, offset: int
+    session: AsyncSession,
+    user_id: str,
+    limit: int,
+    offset: int,
+    *,
+    sign: Callable[[str], str] | None = None,
 ) -> LoraTrainingList:
     """A page of the caller's trainings, newest first."""
     total = await session.scalar(
@@ -127,7 +162,7 @@ async def list_trainings(
         .offset(offset)
     )
     return LoraTrainingList(
-        trainings=[training_view(*r) for r in rows.all()],
+        trainings=[training_view(*r, sign=sign) for r in rows.all()],
         total=int(total or 0),
         limit=limit,
         offset=offset,
@@ -137,23 +172,27 @@ async def list_trainings(
 async def start_training(
     services: ImageServices, session: AsyncSession, user_id: str, upload_id: str
 ) -> LoraTraining:
-    """Check the zip and queue its training; an upload already training returns its record."""
+    """Queue the training of an upload whose zip passed its inspection (the report kept on
+    the upload row); an upload already training returns its record."""
     upload = await get_owned_upload(session, user_id, upload_id, UploadKind.LORA)
     if upload is None:
         raise NotFound("LoRA upload not found")
     existing = await get_training(session, user_id, upload_id)
     if existing is not None and existing.status not in _RETRYABLE:
         return existing
+    limits = settings_of(services).zip
     if upload.status == UploadStatus.PENDING.value:
-        raise Rejected("nothing uploaded yet: PUT the zip to its upload URL first")
-    path = services.storage.upload_path(upload.id)
-    if not path.is_file():
-        raise Rejected("the uploaded zip is missing; request a new upload URL")
-    report = await anyio.to_thread.run_sync(inspect_zip, path, settings_of(services).zip)
-    if not report.ok:
-        # The upload stays replaceable: a fixed zip can be PUT to the same URL.
-        await mark_upload(session, upload.id, UploadStatus(upload.status), report.summary())
-        raise Rejected(report.summary())
+        if not services.storage.direct_uploads:
+            raise Rejected("nothing uploaded yet: PUT the zip to its upload URL first")
+        # The zip went straight to object storage: the checks the engine's own PUT makes
+        # run now, on a downloaded copy (a refused zip is deleted; a fixed one can be PUT),
+        # and that one inspection's report is kept, as the PUT route keeps its own.
+        check = InspectingCheck(limits)
+        await receive_direct_upload(session, services.storage, services.settings, upload, check)
+        if check.kept is not None:
+            await _keep_report(session, upload, check.kept)
+    else:
+        await _check_zip_again(services, session, upload, limits)
     if existing is None:
         if not await mark_upload(
             session, upload.id, UploadStatus.PROCESSED, expect=UploadStatus.UPLOADED
@@ -206,6 +245,44 @@ async def start_training(
     view = await get_training(session, user_id, upload_id)
     assert view is not None
     return view
+
+
+async def _check_zip_again(
+    services: ImageServices, session: AsyncSession, upload: Upload, limits: ZipLimits
+) -> None:
+    """Before (re)training: the kept inspection report when it still describes the stored
+    bytes, else one inspection now, kept. A bad zip stays replaceable."""
+    cap = size_cap(services.settings, upload.kind)
+    kept = KeptReport.from_json(upload.inspection)
+
+    def still_or_again() -> tuple[KeptReport, bool]:
+        with services.storage.local_upload(upload.id, cap) as path:
+            if kept is not None and kept.describes(path):
+                return kept, False
+            # Bytes no kept report describes (stored before reports were kept, or
+            # replaced since): inspected now, once.
+            return inspect(path, limits), True
+
+    try:
+        report, fresh = await anyio.to_thread.run_sync(still_or_again)
+    except NotStored as exc:
+        raise Rejected("the uploaded zip is missing; request a new upload URL") from exc
+    except TooLarge as exc:
+        raise TooLargeUpload(too_large_detail(cap)) from exc
+    if fresh:
+        await _keep_report(session, upload, report)
+    if not report.report.ok:
+        # The upload stays replaceable: a fixed zip can be PUT to the same URL.
+        summary = report.report.summary()
+        await mark_upload(session, upload.id, UploadStatus(upload.status), summary)
+        raise Rejected(summary)
+
+
+async def _keep_report(session: AsyncSession, upload: Upload, kept: KeptReport) -> None:
+    await session.execute(
+        update(Upload).where(Upload.id == upload.id).values(inspection=kept.to_json())
+    )
+    await session.commit()
 
 
 async def find_lora(session: AsyncSession, user_id: str, lora_id: str) -> LoraTrainingRow | None:

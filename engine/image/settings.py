@@ -3,11 +3,13 @@
 With nothing configured the engine uses the built-in *tiny random* pipeline: a Stable
 Diffusion-shaped model built from config with random weights and an offline tokenizer. It
 exercises every code path on a CPU in seconds and **draws noise**; set ``base_model`` to a
-local diffusers checkpoint (SD 1.5 or SDXL class) for real images.
+pulled hub id, a local diffusers folder or a single-file ``.safetensors`` checkpoint (SD 1.5,
+SDXL or FLUX.1: the architecture is read from the checkpoint) for real images.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,12 +61,41 @@ class ZipLimits(_Section):
         return self
 
 
-class TrainingSettings(_Section):
-    """The LoRA training loop (UNet attention projections; LoRA alpha equals the rank)."""
+@dataclass(frozen=True)
+class ArchDefaults:
+    """What one architecture trains and generates with where config leaves a value unset."""
 
-    rank: int = Field(16, ge=1, le=256)
-    steps: int = Field(1000, ge=1, le=100_000)
-    learning_rate: float = Field(1e-4, gt=0, le=1)
+    steps: int
+    rank: int
+    learning_rate: float
+    generation_steps: int
+    guidance_scale: float
+
+
+# Why these (config.example.toml repeats them):
+# - sd15: kohya sd-scripts' usual character LoRA: rank 16 at 1e-4 for ~1500 steps (about 30
+#   repeats of 50 images); CFG 7 over 30 steps is what SD 1.5 was tuned for.
+# - sdxl: the larger UNet holds a subject in rank 32 (kohya's SDXL presets); 1e-4 as diffusers'
+#   train_dreambooth_lora_sdxl; SDXL samples well at CFG 7 (diffusers' default 5 is softer).
+# - flux: Replicate's / ostris ai-toolkit FLUX.1 LoRA trainer defaults, rank 16 at 4e-4 for
+#   1000 steps (the transformer learns a face in a few hundred); 28 steps at distilled
+#   guidance 3.5 is FLUX.1 dev's model card. Schnell: 4 steps, no guidance.
+ARCH_DEFAULTS: dict[str, ArchDefaults] = {
+    "sd15": ArchDefaults(1500, 16, 1e-4, 30, 7.0),
+    "sdxl": ArchDefaults(1500, 32, 1e-4, 30, 7.0),
+    "flux": ArchDefaults(1000, 16, 4e-4, 28, 3.5),
+    "flux-schnell": ArchDefaults(1000, 16, 4e-4, 4, 0.0),
+}
+
+
+class TrainingSettings(_Section):
+    """The LoRA training loop (attention projections of the UNet or FLUX's transformer; LoRA
+    alpha equals the rank). ``rank``, ``steps`` and ``learning_rate`` unset: the
+    architecture's :data:`ARCH_DEFAULTS`."""
+
+    rank: int | None = Field(None, ge=1, le=256)
+    steps: int | None = Field(None, ge=1, le=100_000)
+    learning_rate: float | None = Field(None, gt=0, le=1)
     resolution: int | None = Field(
         None, ge=8, le=2048, description="default: the base model's native size"
     )
@@ -75,13 +106,47 @@ class TrainingSettings(_Section):
     )
     seed: int = 0
     report_every: int = Field(1, ge=1, description="write progress every N steps")
+    mixed_precision: Literal["auto", "bf16", "no"] = Field(
+        "auto",
+        description="auto: bf16 autocast on a CUDA GPU that has it, fp32 on CPU; no: never",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, ~30% slower"
+    )
+    optimizer: Literal["adamw", "adamw8bit"] = Field(
+        "adamw", description="adamw8bit: bitsandbytes' 8-bit AdamW (optimizer state in 8 bits)"
+    )
+    checkpoint_every: int = Field(
+        250, ge=0, description="save a resumable checkpoint every N steps; 0: never"
+    )
+    validation_prompt: str | None = Field(
+        "{trigger}, a portrait photo",
+        max_length=500,
+        description="rendered at each checkpoint ({trigger}: the trigger word); null: none",
+    )
+    validation_steps: int | None = Field(
+        None, ge=1, le=200, description="denoising steps of the validation image"
+    )
+
+    def for_arch(self, arch: str) -> ArchDefaults:
+        """The values this training uses on ``arch``: config first, then the defaults."""
+        base = ARCH_DEFAULTS[arch]
+        return ArchDefaults(
+            steps=self.steps or base.steps,
+            rank=self.rank or base.rank,
+            learning_rate=self.learning_rate or base.learning_rate,
+            generation_steps=base.generation_steps,
+            guidance_scale=base.guidance_scale,
+        )
 
 
 class GenerationSettings(_Section):
     """Image generation defaults."""
 
-    steps: int = Field(30, ge=1, le=200)
-    guidance_scale: float = Field(7.0, ge=0, le=30)
+    steps: int | None = Field(None, ge=1, le=200, description="default: per architecture")
+    guidance_scale: float | None = Field(
+        None, ge=0, le=30, description="default: per architecture (FLUX: distilled guidance)"
+    )
     width: int | None = Field(None, ge=8, le=2048, description="default: native size")
     height: int | None = Field(None, ge=8, le=2048, description="default: native size")
     output_format: Literal["png", "webp"] = "png"
@@ -118,7 +183,13 @@ class ImageSettings(_Section):
     """Everything the image back end reads; built by :func:`image_settings`."""
 
     base_model: Path | None = Field(
-        None, description="local diffusers checkpoint dir; None = tiny random model (noise)"
+        None,
+        description="diffusers folder or single .safetensors file; None = tiny random model",
+    )
+    single_file_config: Path | None = Field(
+        None,
+        description="with a single-file base_model: a diffusers folder of the same "
+        "architecture (configs, tokenizers; FLUX: text encoders and VAE)",
     )
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda:0', ...")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -127,7 +198,7 @@ class ImageSettings(_Section):
     )
     tiny_seed: int = Field(1234, description="seed of the tiny random model's weights")
     tiny_resolution: int = Field(32, ge=8, le=256, description="tiny model's native size")
-    tiny_arch: Literal["sd15", "sdxl"] = Field("sd15", description="tiny model's layout")
+    tiny_arch: Literal["sd15", "sdxl", "flux"] = Field("sd15", description="tiny model's layout")
     zip: ZipLimits = ZipLimits()
     training: TrainingSettings = TrainingSettings()
     generation: GenerationSettings = GenerationSettings()
@@ -139,10 +210,15 @@ class ImageSettings(_Section):
         unknown = set(self.demos) - set(DEMO_NAMES)
         if unknown:
             raise ValueError(f"unknown demo(s) {sorted(unknown)}; known: {list(DEMO_NAMES)}")
-        if self.base_model is not None and not (self.base_model / "model_index.json").is_file():
+        base = self.base_model
+        if base is not None and not (
+            (base / "model_index.json").is_file()
+            or (base.is_file() and base.suffix == ".safetensors")
+        ):
             raise ValueError(
-                f"image.base_model {self.base_model} is not a diffusers checkpoint "
-                "(no model_index.json); nothing is downloaded at run time"
+                f"image.base_model {base} is neither a diffusers checkpoint folder (with "
+                "model_index.json) nor a single-file .safetensors checkpoint; nothing is "
+                "downloaded at run time (`tada-engine models pull` fetches one)"
             )
         return self
 
@@ -155,7 +231,9 @@ class ImageSettings(_Section):
     def model_label(self) -> str:
         """What the outputs were drawn with, shown in API answers and logs."""
         if self.base_model is None:
-            return TINY_MODEL_LABEL if self.tiny_arch == "sd15" else f"{TINY_MODEL_LABEL} [sdxl]"
+            if self.tiny_arch == "sd15":
+                return TINY_MODEL_LABEL
+            return f"{TINY_MODEL_LABEL} [{self.tiny_arch}]"
         return str(self.base_model)
 
 

@@ -11,10 +11,12 @@ once rather than once per problem. Blocking code: call it in a thread or in the 
 
 from __future__ import annotations
 
+import hashlib
 import stat
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from engine.image.settings import ZipLimits
 from engine.image.types import TrainImage
@@ -236,13 +238,79 @@ def inspect_zip(path: Path, limits: ZipLimits) -> ZipReport:
     return ZipReport(tuple(images), tuple(sorted(ignored)), tuple(problems))
 
 
-def zip_problems(path: Path, limits: ZipLimits) -> str | None:
-    """``None`` for a zip training may use, else every problem in one line (a 400's detail).
+@dataclass(frozen=True)
+class KeptReport:
+    """A :class:`ZipReport` and the file it was made from, as the upload row keeps it.
 
-    The shape of a storage check: the pre-signed PUT runs it on the bytes before keeping them.
+    The file is known by its size and SHA-256, so the report describes the same bytes
+    wherever they are read from (the data dir, or a copy downloaded from object storage),
+    and bytes replaced since the inspection (an old upload, bytes that arrived another way)
+    are not described by it.
     """
-    report = inspect_zip(path, limits)
-    return None if report.ok else report.summary()
+
+    report: ZipReport
+    size: int
+    sha256: str
+
+    def describes(self, path: Path) -> bool:
+        """True when ``path`` holds the bytes that were inspected (blocking: reads them)."""
+        try:
+            if path.stat().st_size != self.size:
+                return False
+            return _sha256(path) == self.sha256
+        except OSError:
+            return False
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON kept in ``uploads.inspection``."""
+        return {"size": self.size, "sha256": self.sha256, "report": asdict(self.report)}
+
+    @classmethod
+    def from_json(cls, data: object) -> KeptReport | None:
+        """The report kept on an upload row; ``None`` when there is none (or it is unreadable)."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            report = data["report"]
+            return cls(
+                ZipReport(
+                    tuple(ZipImage(**image) for image in report["images"]),
+                    tuple(str(name) for name in report["ignored"]),
+                    tuple(str(problem) for problem in report["problems"]),
+                ),
+                int(data["size"]),
+                str(data["sha256"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def inspect(path: Path, limits: ZipLimits) -> KeptReport:
+    """The one inspection of an uploaded zip: its report, bound to the file on disk.
+
+    Blocking. Called once per upload, where its bytes complete (the engine's pre-signed
+    PUT), or at first use for bytes no kept report describes
+    (:func:`engine.image.service.start_training`).
+    """
+    return KeptReport(inspect_zip(path, limits), path.stat().st_size, _sha256(path))
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+class InspectingCheck:
+    """A storage check (:data:`engine.storage.Check`) that keeps the report it made."""
+
+    def __init__(self, limits: ZipLimits) -> None:
+        self.limits = limits
+        self.kept: KeptReport | None = None
+
+    def __call__(self, path: Path) -> str | None:
+        """``None`` for a zip training may use, else every problem in one line."""
+        self.kept = inspect(path, self.limits)
+        return None if self.kept.report.ok else self.kept.report.summary()
 
 
 def load_examples(

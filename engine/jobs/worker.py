@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.jobs.queue import JobQueue
 from engine.models import Job, JobStatus, as_utc, utcnow
 from engine.settings import EngineSettings
-from engine.storage import LocalStorage
+from engine.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class JobContext:
     payload: dict[str, Any]
     attempt: int
     settings: EngineSettings
-    storage: LocalStorage
+    storage: Storage
     sessions: sessionmaker[Session]
     _last_progress: int = field(default=-1, repr=False)
 
@@ -70,7 +70,7 @@ class JobWorker:
         *,
         settings: EngineSettings,
         sessions: sessionmaker[Session],
-        storage: LocalStorage,
+        storage: Storage,
         queue: JobQueue,
         handlers: Mapping[str, Handler],
     ) -> None:

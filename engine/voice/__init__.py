@@ -9,5 +9,7 @@
   :mod:`engine.voice.piper_base` (base speech), :mod:`engine.voice.world` (conversion) and
   :mod:`engine.voice.similarity` (resemblyzer).
 - :mod:`engine.voice.models`, :mod:`engine.voice.store`, :mod:`engine.voice.schemas`: tables,
-  queries and API models; :mod:`engine.voice.jobs`: the worker's handlers.
+  queries and API models.
+- :mod:`engine.voice.service`: the API side (clone, speak, typed errors);
+  :mod:`engine.voice.handlers`: the worker side (the job handlers, owning the back end).
 """

@@ -1,7 +1,8 @@
 """The seam between jobs and voice models: analyse a sample, synthesise text in a voice.
 
-The CPU reference back end (:mod:`engine.voice.reference`) implements it today; a neural
-zero-shot model on a GPU can implement the same two methods later.
+Two back ends implement it: the CPU reference (:mod:`engine.voice.reference`, Piper + WORLD)
+and the neural zero-shot model for GPU workers (:mod:`engine.voice.neural`). Which one runs
+is ``[engine.voice] backend``; :func:`engine.voice.handlers.build_backend` builds it.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class VoiceBackend(Protocol):
     def synthesise(
         self, text: str, profile: SpeakerProfile, progress: Progress | None = None
     ) -> Speech:
-        """Speak ``text`` in the voice of ``profile``; ``progress`` gets 0..1."""
+        """Speak ``text`` in the voice of ``profile``; ``progress`` gets 0..1 and may raise
+        to stop the synthesis (a canceled job): the exception comes out of this call."""
         ...
 
     def similarity(self, speech: Speech, profile: SpeakerProfile) -> float:

@@ -13,6 +13,28 @@ class VoiceBackendName(StrEnum):
     """Which voice back end the worker runs."""
 
     CPU_REFERENCE = "cpu-reference"  # Piper base speech + WORLD conversion, on any CPU
+    NEURAL = "neural"  # a zero-shot cloning model (VibeVoice) through transformers, for GPUs
+
+
+class NeuralDevice(StrEnum):
+    """Where the neural back end runs."""
+
+    AUTO = "auto"  # the first CUDA GPU when torch sees one, else the CPU
+    CUDA = "cuda"
+    CPU = "cpu"
+
+
+class NeuralDtype(StrEnum):
+    """The neural back end's weights' dtype."""
+
+    AUTO = "auto"  # bfloat16 on a GPU that has it, float16 on an older one, float32 on the CPU
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+
+# The transformers-format VibeVoice 1.5B (MIT licence): `tada-engine models pull` it first.
+DEFAULT_NEURAL_MODEL = "vibevoice/VibeVoice-1.5B-hf"
 
 
 class F0Tracker(StrEnum):
@@ -66,6 +88,15 @@ class VoiceSettings(BaseModel):
     spectral_mapping: bool = True
     # How hard the mapping is held to "change nothing" (higher: safer, less like the speaker).
     mapping_ridge: float = Field(1000.0, gt=0.0)
+    # The neural back end (backend = "neural"): a pulled hub id or a local folder.
+    neural_model: str = DEFAULT_NEURAL_MODEL
+    neural_device: NeuralDevice = NeuralDevice.AUTO
+    neural_dtype: NeuralDtype = NeuralDtype.AUTO
+    # Diffusion steps per audio frame and classifier-free guidance (VibeVoice's defaults).
+    neural_diffusion_steps: int = Field(10, ge=1, le=100)
+    neural_guidance_scale: float = Field(1.3, ge=1.0, le=5.0)
+    # How much of the sample the model hears as the voice prompt (longer: slower, closer).
+    neural_reference_seconds: float = Field(10.0, ge=3.0, le=60.0)
     audio_format: AudioFormat = AudioFormat.MP3
     mp3_bitrate_kbps: int = Field(96, ge=32, le=320)
 

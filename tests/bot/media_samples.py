@@ -9,8 +9,8 @@ from functools import cache
 
 from PIL import Image, ImageDraw
 
-from engine.voice.jobs import backend_for
 from engine.voice.settings import VoiceSettings
+from tests.conftest import backend_for
 from tests.engine.voice.conftest import SAMPLE_TEXT, wav_bytes
 
 

@@ -16,8 +16,11 @@ from bot.jobs.buttons import (
     GenerateButton,
     OwnedButton,
     RepostButton,
+    ReseedButton,
+    SeedButton,
     SpeakButton,
     TrainButton,
+    VaryButton,
     prompt_modal,
     speak_modal,
 )
@@ -34,6 +37,9 @@ JOB = "0123456789abcdef0123456789abcdef"
         (SpeakButton(42, "voice_1"), "tada:speak:42:voice_1"),
         (TrainButton(42, "up.1"), "tada:train:42:up.1"),
         (RepostButton(42, "gen_1"), "tada:repost:42:gen_1"),
+        (VaryButton(JOB), f"tada:vary:{JOB}"),
+        (SeedButton(JOB), f"tada:seed:{JOB}"),
+        (ReseedButton(JOB), f"tada:reseed:{JOB}"),
     ],
 )
 def test_custom_ids_keep_their_formats(button: discord.ui.DynamicItem[Any], custom_id: str) -> None:

@@ -19,7 +19,7 @@ from bot.jobs.panel import CANCELED, JobPanel
 from bot.policy import Limit
 from bot.store import LinkedVia
 from engine.settings import EngineSettings
-from tests.bot.conftest import make_bot_config
+from tests.bot.conftest import busy_job, make_bot_config
 from tests.bot.policy_world import (
     count_engine_calls,
     demo_engine_settings,
@@ -30,8 +30,6 @@ from tests.conftest import register
 __all__ = ["demo_loras"]  # the module-scoped fixture, used through engine_settings
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
-
-BUSY = "f" * 32  # a job id that holds the member's only slot while the test queues more
 
 
 @pytest.fixture
@@ -103,8 +101,7 @@ async def test_queued_jobs_show_their_place_and_cancel_before_any_ta_da_call(
     await services.policy.set_quota(guild_id, guild_id, Feature.DEMO, Limit.IMAGES_PER_DAY, 5)
     runner = runner_of(simcord_env)
     # Alice's only slot is taken (a long job of hers): what she asks next waits in line.
-    runner.queue.push(alice.id, BUSY)
-    assert runner.queue.pop() == (alice.id, BUSY)
+    await busy_job(runner, alice.id)
     calls = count_engine_calls(api)
 
     first = await alice.slash(channel, "demo tadz", prompt="a dog")
@@ -135,7 +132,7 @@ async def test_queued_jobs_show_their_place_and_cancel_before_any_ta_da_call(
     jobs = await runner.store.for_member(alice.id)
     dog = next(j for j in jobs if j.params["prompt"] == "a dog")
     assert dog.state is JobState.FAILED and dog.error == CANCELED and dog.posted
-    assert runner.position(dog.id) is None
+    assert await runner.position(dog.id) is None
     assert calls == []
     # The cancelled image no longer counts against her quota.
     assert "4 of 5 images per day left" in await quota_text(alice, channel)

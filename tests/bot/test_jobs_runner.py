@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -13,11 +14,12 @@ from pydantic import SecretStr
 
 from bot.app import BotServices, create_bot
 from bot.config import BotConfig, ConfigError, load_bot_config
-from bot.jobs import Destination, JobState
+from bot.jobs import Destination, JobKind, JobState
 from bot.jobs.fairness import FairQueue
 from bot.store import LinkedVia
-from tests.bot.conftest import make_bot_config
-from tests.conftest import register
+from bot.store.models import utcnow
+from tests.bot.conftest import busy_job, make_bot_config
+from tests.conftest import database_backend, register
 
 
 @pytest.fixture
@@ -122,11 +124,12 @@ async def test_a_member_waiting_for_a_slot_sees_their_place_in_line(
 ) -> None:
     channel, alice = await linked(simcord_env, services, api)
     runner = simcord_env.bot.jobs  # type: ignore[attr-defined]
-    runner.queue = FairQueue(max_running=1, per_member=1)
-    # Bob's job holds the only slot; another of his waits, queued before Alice asks.
-    runner.queue.push(1, "b" * 32)
-    runner.queue.push(1, "c" * 32)
-    assert runner.queue.pop() == (1, "b" * 32)
+    runner.queue.max_running = 0  # this process's slots are all taken
+    # Bob's job runs in another process; another of his waits, queued before Alice asks.
+    await busy_job(runner, 1)
+    waiting = await runner.store.create(
+        user_id=1, guild_id=None, channel_id=None, kind=JobKind.DEMO_GENERATE, params={}
+    )
 
     asked = await alice.slash(channel, "demo tadz", prompt="a cat")
 
@@ -134,8 +137,8 @@ async def test_a_member_waiting_for_a_slot_sees_their_place_in_line(
     # Round-robin: Alice comes before Bob's second job.
     assert "number 1 in line" in asked.response.content
     [job] = await runner.store.for_member(alice.id)
-    assert job.state is JobState.QUEUED and runner.position(job.id) == 1
-    assert runner.position("c" * 32) == 2
+    assert job.state is JobState.QUEUED and await runner.position(job.id) == 1
+    assert await runner.position(waiting.id) == 2
 
 
 async def test_forget_deletes_the_members_jobs_too(
@@ -187,6 +190,9 @@ async def test_when_discord_takes_nothing_the_result_is_posted_in_a_later_round(
     _ = simcord_env.errors
 
 
+@pytest.mark.skipif(
+    database_backend() == "postgres", reason="reads the bot's SQLite file (SQLite pass only)"
+)
 async def test_interaction_tokens_are_kept_encrypted_and_still_post_after_a_restart(
     simcord_env: simcord.Env,
     services: BotServices,
@@ -229,4 +235,76 @@ async def test_interaction_tokens_are_kept_encrypted_and_still_post_after_a_rest
         [(cleared,)] = db.execute("select interaction_token_encrypted from bot_jobs").fetchall()
     assert cleared is None
     assert token not in caplog.text
+    _ = simcord_env.errors
+
+
+async def test_a_dead_processs_jobs_are_taken_over_and_posted_once(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+    runner = simcord_env.bot.jobs  # type: ignore[attr-defined]
+    guild_id = channel.guild.id  # type: ignore[union-attr]
+    # A demo another bot process was making when it was killed: its lease has run out.
+    dead = await runner.store.create(
+        user_id=alice.id,
+        guild_id=guild_id,
+        channel_id=channel.id,
+        kind=JobKind.DEMO_GENERATE,
+        params={"model": "tadz", "prompt": "a cat"},
+    )
+    assert await runner.store.claim(dead.id, "killed-process", lease=timedelta(seconds=-1))
+    await runner.store.update(dead.id, state=JobState.RUNNING, started_at=utcnow())
+    # A job a live process holds is left alone.
+    live = await busy_job(runner, alice.id)
+    before = len(channel.history())
+
+    await runner.sweep()
+    await runner.drain()
+    await simcord_env.settle()
+
+    taken = await runner.store.get(dead.id)
+    # Demos cannot be found again on Ta-da: posted as interrupted, with a Retry button.
+    assert taken.state is JobState.INTERRUPTED and taken.posted_via is Destination.CHANNEL
+    assert len(channel.history()) == before + 1
+    # Later sweeps (this process's or another's) post nothing more.
+    await runner.sweep()
+    await runner.drain()
+    await simcord_env.settle()
+    assert len(channel.history()) == before + 1
+    assert (await runner.store.get(live)).state is JobState.RUNNING
+    assert not await runner.store.claim(live, runner.owner, lease=timedelta(seconds=30))
+
+
+async def test_a_post_left_in_doubt_is_sent_again_with_the_same_nonce(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    from bot.jobs.deliver import post_nonce
+
+    channel, alice = await linked(simcord_env, services, api)
+    runner = simcord_env.bot.jobs  # type: ignore[attr-defined]
+    job = await runner.store.create(
+        user_id=alice.id,
+        guild_id=channel.guild.id,  # type: ignore[union-attr]
+        channel_id=channel.id,
+        kind=JobKind.DEMO_GENERATE,
+        params={"model": "tadz", "prompt": "a cat"},
+    )
+    await runner.store.update(job.id, state=JobState.FAILED, error="It failed.")
+    # A process began posting it in the channel and was killed before recording it.
+    assert await runner.store.claim(job.id, "killed-process", lease=timedelta(seconds=30))
+    await runner.store.begin_post(job.id, "killed-process", Destination.CHANNEL)
+    await runner.store.update(job.id, lease_until=utcnow() - timedelta(seconds=1))
+
+    await runner.sweep()
+    await runner.drain()
+    await simcord_env.settle()
+
+    posts = [
+        r for r in simcord_env.http_requests if r.method == "POST" and r.path.endswith("/messages")
+    ]
+    # Discord (enforce_nonce) answers a repeat of that nonce with the message it made.
+    assert [(r.json or {}).get("nonce") for r in posts] == [str(post_nonce(job.id))]
+    assert all((r.json or {}).get("enforce_nonce") for r in posts)
+    done = await runner.store.get(job.id)
+    assert done.posted_via is Destination.CHANNEL and await runner.store.in_doubt(job.id) is None
     _ = simcord_env.errors

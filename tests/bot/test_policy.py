@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import discord
 import pytest
@@ -20,7 +19,7 @@ from bot.crypto import KeyBox
 from bot.errors import UserFacingError
 from bot.gate import Action, Feature, GateRequest
 from bot.policy import GuildSettingsRow, Limit, PolicyGate, PolicyStore, QuotaRule, UsageRow
-from bot.policy.gate import HOLD_SECONDS
+from bot.policy.admission import HOLD_SECONDS
 from bot.policy.moderation import DEFAULT_BLOCKED_WORDS, check_pattern, moderator_for
 from bot.policy.quotas import Period, effective_bound, period_bounds
 from bot.policy.settings import Moderation
@@ -58,8 +57,8 @@ class World:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}")
+async def world(bot_store_url: str) -> AsyncIterator[World]:
+    store = Store(bot_store_url)
     await store.migrate()
     keys = KeyBox([SecretStr(Fernet.generate_key().decode())])
     clock = ManualClock(datetime(2026, 3, 31, 22, 0, tzinfo=UTC))

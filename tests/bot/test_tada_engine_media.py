@@ -14,9 +14,8 @@ from PIL import Image
 from bot.tada import NotFound, ServiceUnavailable, TadaClient
 from bot.tada.models import TrainingStatus
 from engine.settings import JobSettings
-from engine.voice.jobs import backend_for
 from engine.voice.settings import VoiceSettings
-from tests.conftest import make_settings, running_engine
+from tests.conftest import backend_for, make_settings, running_engine
 from tests.engine.image.zips import good_zip
 from tests.engine.voice.conftest import SAMPLE_TEXT, wav_bytes
 

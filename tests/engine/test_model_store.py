@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request, Response
 
 from engine import model_store
 from engine.cli import main as engine_cli
-from engine.image.pipeline import build_tiny_pipeline
+from engine.image.tiny import build_tiny_pipeline
 from tests.conftest import make_settings
 
 REPO = "tiny-org/tiny-sd"
@@ -122,7 +122,17 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def hub(checkpoint: Path) -> Iterator[tuple[Hub, str]]:
-    state = Hub(checkpoint)
+    yield from _serve(Hub(checkpoint))
+
+
+@pytest.fixture(scope="module")
+def flux_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-flux")
+    build_tiny_pipeline(7, 32, "flux").save_pretrained(root, safe_serialization=True)
+    return root
+
+
+def _serve(state: Hub) -> Iterator[tuple[Hub, str]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -188,6 +198,39 @@ def test_the_pulled_model_trains_and_generates(hub: tuple[Hub, str], tmp_path: P
     del fit
     image = model.generate("tadz", lora=tmp_path / "lora.safetensors", steps=1)
     assert image.shape == (32, 32, 3)
+
+
+def test_a_pulled_flux_trains_a_lora_and_generates_with_it(
+    flux_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The whole FLUX path as an operator runs it: pull, name it in config, train, generate."""
+    import numpy as np
+    from PIL import Image
+    from safetensors import safe_open
+
+    from engine.image.pipeline import ImageModel
+    from engine.image.settings import image_settings
+    from engine.image.types import TrainImage
+
+    data = tmp_path / "engine"
+    for _, endpoint in _serve(Hub(flux_checkpoint)):
+        model_store.pull("tiny-org/tiny-flux", data, endpoint=endpoint)
+    settings = make_settings(data, image={"base_model": "tiny-org/tiny-flux"})
+    model = ImageModel.from_settings(image_settings(settings.image))
+    assert model.is_flux and model.label == str(data / "models" / "tiny-org--tiny-flux")
+    examples = [
+        TrainImage(Image.new("RGB", (32 + 8 * i, 32), (40 * i, 90, 200 - 40 * i)), "tadz, a box")
+        for i in range(4)
+    ]
+    lora = tmp_path / "flux-lora.safetensors"
+    fit = model.train_lora(examples, lora, rank=4, steps=20, learning_rate=1e-2, batch_size=2)
+    assert len(fit.losses) == 20
+    with safe_open(str(lora), "pt") as fh:
+        names = fh.keys()
+        assert all(k.startswith("transformer.") for k in names)
+    base = model.generate("tadz", steps=2, guidance_scale=3.5)
+    image = model.generate("tadz", lora=lora, steps=2, guidance_scale=3.5)
+    assert image.shape == (32, 32, 3) and np.abs(image - base).max() > 1e-4
 
 
 def test_a_cut_download_resumes(hub: tuple[Hub, str], tmp_path: Path) -> None:

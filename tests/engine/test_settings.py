@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.settings import SettingsError, load_engine_settings
+from engine.settings import EngineSettings, SettingsError, load_engine_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -68,3 +68,12 @@ def test_a_heartbeat_too_slow_for_its_staleness_is_refused(tmp_path: Path) -> No
         load_engine_settings(write(tmp_path, text), environ={})
     ok = "[engine.jobs]\nheartbeat_seconds = 20\nstale_after_seconds = 60\n"
     assert load_engine_settings(write(tmp_path, ok), environ={}).jobs.heartbeat_seconds == 20
+
+
+def test_the_access_log_is_on_by_default_and_off_when_configured(tmp_path: Path) -> None:
+    from engine.cli import _uvicorn_options
+
+    on = EngineSettings(data_dir=tmp_path)
+    off = EngineSettings(data_dir=tmp_path, access_log=False)
+    assert _uvicorn_options(on, None, None)["access_log"] is True
+    assert _uvicorn_options(off, None, None)["access_log"] is False

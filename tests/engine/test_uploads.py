@@ -1,4 +1,8 @@
-"""Pre-signed upload URLs: validation, the signed PUT, size caps, listing and ownership."""
+"""Pre-signed upload URLs: validation, the signed PUT, size caps, listing and ownership.
+
+These are the engine's own upload route and signed URLs (local storage); the same checks
+on object storage are in test_storage.py.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import pytest
 from fastapi import FastAPI
 
 from engine.settings import EngineSettings, UploadSettings
-from tests.conftest import make_settings, register, running_engine, services_of
+from tests.conftest import local_storage_only, make_settings, register, running_engine, services_of
+
+pytestmark = local_storage_only
 
 
 def h(key: str) -> dict[str, str]:

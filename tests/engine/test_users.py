@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import sqlalchemy
 from fastapi import FastAPI
 
-from tests.conftest import database_dump, register
+from engine.security import hash_api_key
+from tests.conftest import database_dump, register, services_of
 
 
 async def test_register_returns_a_prefixed_key_once_and_stores_only_its_hash(
@@ -56,3 +58,28 @@ async def test_missing_or_unknown_key_is_401_with_detail(api: httpx.AsyncClient)
     resp = await api.get("/api/voices/uploads", headers={"X-API-Key": "tada_nope"})
     assert resp.status_code == 401
     assert resp.json()["detail"] == "invalid API key"
+
+
+async def test_a_deleted_account_or_replaced_key_fails_on_its_very_next_request(
+    engine: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    """The key is checked against the database on every request: nothing in the API
+    process's memory (no key cache, no reused statement result) keeps it alive after
+    another process (an admin's SQL, another API replica) deletes or replaces it."""
+    app, api = engine
+    db = services_of(app).db
+    gone = await register(api, "gone@example.com")
+    moved = await register(api, "moved@example.com")
+    for key in (gone, moved):
+        assert (await api.get("/api/voices", headers={"X-API-Key": key})).status_code == 200
+    with db.sync_engine.begin() as conn:
+        conn.execute(sqlalchemy.text("DELETE FROM users WHERE email = 'gone@example.com'"))
+        conn.execute(
+            sqlalchemy.text("UPDATE users SET key_hash = :h WHERE email = 'moved@example.com'"),
+            {"h": hash_api_key("tada_new")},
+        )
+    for key in (gone, moved):
+        resp = await api.get("/api/voices/uploads", headers={"X-API-Key": key})
+        assert resp.status_code == 401, key
+    resp = await api.get("/api/voices", headers={"X-API-Key": "tada_new"})
+    assert resp.status_code == 200

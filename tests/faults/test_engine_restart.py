@@ -7,6 +7,7 @@ it again works. Nothing stays ``processing`` forever.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,7 +20,7 @@ from tests.faults.engine_process import EngineProcess
 FINAL = ("succeeded", "failed", "canceled")
 
 
-def write_config(tmp: Path, *, max_attempts: int, steps: int) -> Path:
+def write_config(tmp: Path, *, max_attempts: int, steps: int, training: str = "") -> Path:
     config = tmp / "config.toml"
     config.write_text(
         f"""
@@ -36,6 +37,7 @@ steps = {steps}
 rank = 4
 batch_size = 2
 learning_rate = 0.01
+{training}
 
 [engine.image.zip]
 min_side = 32
@@ -111,6 +113,27 @@ def test_killed_mid_training_it_reruns_after_restart_and_succeeds(tmp_path: Path
         listed = api.get("/api/loras/trainings", headers=h(key)).json()
         assert listed["total"] == 1  # re-run, not duplicated
     assert "recovered jobs: 1 re-queued" in engine.output(tail=0)
+
+
+def test_killed_after_a_checkpoint_it_resumes_from_the_saved_step(tmp_path: Path) -> None:
+    """The worker's restart takes the training back where its last checkpoint left it."""
+    every = "checkpoint_every = 10\nvalidation_steps = 1"
+    config = write_config(tmp_path, max_attempts=3, steps=60, training=every)
+    engine = EngineProcess(config, tmp_path / "log")
+    with engine:
+        with httpx.Client(base_url=engine.url, timeout=30) as api:
+            key, upload_id = start_training(api)
+            cut = wait_for(
+                api, key, upload_id, lambda b: b["validation_step"] is not None, within=120
+            )
+        engine.kill()
+    saved = int(cut["validation_step"])  # a checkpoint at least this late is on disk
+    with engine, httpx.Client(base_url=engine.url, timeout=30) as api:
+        final = wait_for(api, key, upload_id, lambda b: b["status"] in FINAL, within=180)
+        assert final["status"] == "succeeded", final
+    found = re.search(r"training resumes from \S+ at step (\d+)", engine.output(tail=0))
+    assert found, engine.output(tail=40)
+    assert int(found.group(1)) > saved  # not from step 1
 
 
 def test_killed_with_no_attempt_left_it_fails_with_a_reason_then_can_start_again(

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import simcord
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
@@ -223,7 +222,6 @@ def _in_thread(make: Callable[[], Awaitable[Posted]]) -> tuple[threading.Thread,
 # Today: the restarted second bot takes the first bot's left-over rows from the shared store
 # and posts their results in the first bot's channel (3 stray POSTs; a second copy of each
 # result on Discord), while the first bot posts them too.
-@pytest.mark.xfail(strict=True, reason="needs botscale")
 async def test_two_bots_over_one_store_post_every_result_exactly_once(
     tmp_path: Path, postgres: PostgresServer, postgres_url: str, redis_url: str
 ) -> None:

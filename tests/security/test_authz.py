@@ -19,9 +19,8 @@ import httpx
 import pytest
 
 from engine.settings import JobSettings
-from engine.voice.jobs import backend_for
 from engine.voice.settings import VoiceSettings
-from tests.conftest import make_settings, register, running_engine
+from tests.conftest import backend_for, make_settings, register, running_engine
 from tests.engine.image.test_lora_api import IMAGE, upload_zip, wait_final
 from tests.engine.image.zips import good_zip
 from tests.engine.voice.conftest import SAMPLE_TEXT, fetch, h, upload_sample, wav_bytes

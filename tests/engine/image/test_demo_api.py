@@ -13,8 +13,8 @@ from engine.image.pipeline import ImageModel
 from engine.image.settings import ImageSettings
 from engine.image.types import TrainImage
 from engine.settings import JobSettings
-from tests.conftest import make_settings, register, running_engine
-from tests.engine.image.test_lora_api import IMAGE, h, path_of
+from tests.conftest import get_from, make_settings, register, running_engine
+from tests.engine.image.test_lora_api import IMAGE, h
 from tests.engine.image.zips import image_bytes
 
 
@@ -76,7 +76,7 @@ async def test_demos_generate_with_their_lora_and_trigger_word(
             assert body["demo"] == name and body["prompt"] == "on a beach"
             assert body["enhanced_prompt"].startswith(f"{word}, on a beach, ")
             assert body["negative_prompt"] and body["lora_id"] is None
-            img = await api.get(path_of(body["url"]))
+            img = await get_from(api, body["url"])
             assert img.status_code == 200
             assert Image.open(io.BytesIO(img.content)).format == "WEBP"
         listed = (await api.get("/api/loras/generations", headers=h(key))).json()

@@ -15,8 +15,8 @@ from PIL import Image
 
 from engine.app import create_app
 from engine.image.types import ASPECT_RATIOS, aspect_size
-from tests.conftest import make_settings, register
-from tests.engine.image.test_lora_api import h, path_of, upload_zip, wait_final
+from tests.conftest import get_from, make_settings, register
+from tests.engine.image.test_lora_api import h, upload_zip, wait_final
 from tests.engine.image.zips import good_zip
 
 Engine = tuple[FastAPI, httpx.AsyncClient]
@@ -33,7 +33,7 @@ async def generate(api: httpx.AsyncClient, key: str, lora: str, **body: object) 
 
 
 async def pixels(api: httpx.AsyncClient, generation: dict) -> bytes:
-    img = await api.get(path_of(generation["url"]))
+    img = await get_from(api, generation["url"])
     assert img.status_code == 200
     return img.content
 

@@ -17,7 +17,15 @@ from sqlalchemy import func, select
 from engine.image.handlers import TRAIN_KIND
 from engine.models import Job
 from engine.settings import EngineSettings, JobSettings
-from tests.conftest import make_settings, register, running_engine, services_of
+from tests.conftest import (
+    get_from,
+    local_storage_only,
+    make_settings,
+    put_to,
+    register,
+    running_engine,
+    services_of,
+)
 from tests.engine.image.zips import build_zip, good_zip, image_bytes
 
 IMAGE = {
@@ -58,7 +66,7 @@ async def lora_upload_url(api: httpx.AsyncClient, key: str, trigger: str = "tadz
 
 async def put_zip(api: httpx.AsyncClient, target: dict, data: bytes) -> httpx.Response:
     """PUT ``data`` to the upload URL of ``target`` (from :func:`lora_upload_url`)."""
-    return await api.put(path_of(target["upload_url"]), content=data, headers=target["headers"])
+    return await put_to(api, target["upload_url"], data, target["headers"])
 
 
 async def upload_zip(
@@ -104,6 +112,7 @@ async def trained(engine_app: tuple[FastAPI, httpx.AsyncClient]) -> tuple[str, s
     return key, upload_id, final
 
 
+@local_storage_only
 async def test_training_starts_at_once_and_is_never_started_twice(tmp_path: Path) -> None:
     async with running_engine(settings_for(tmp_path, workers=0)) as (app, api):
         key = await register(api)
@@ -167,6 +176,7 @@ BAD_ZIPS = [
 ]
 
 
+@local_storage_only
 @pytest.mark.parametrize(("entries", "expected"), BAD_ZIPS)
 async def test_a_bad_zip_is_refused_at_upload_with_every_problem(
     engine_app: tuple[FastAPI, httpx.AsyncClient], entries: dict, expected: list[str]
@@ -197,6 +207,7 @@ async def test_a_bad_zip_is_refused_at_upload_with_every_problem(
     assert started.status_code == 202, started.text
 
 
+@local_storage_only
 async def test_a_bad_zip_put_over_a_good_one_leaves_the_good_one(
     engine_app: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
@@ -212,6 +223,7 @@ async def test_a_bad_zip_put_over_a_good_one_leaves_the_good_one(
     assert listed[0]["status"] == "uploaded" and listed[0]["size_bytes"] == len(good)
 
 
+@local_storage_only
 @pytest.mark.parametrize(("entries", "expected"), BAD_ZIPS)
 async def test_a_stored_bad_zip_is_400_with_every_problem_when_training_starts(
     engine_app: tuple[FastAPI, httpx.AsyncClient], entries: dict, expected: list[str]
@@ -231,6 +243,7 @@ async def test_a_stored_bad_zip_is_400_with_every_problem_when_training_starts(
     assert listed[0]["status"] == "uploaded" and expected[0] in listed[0]["error"]
 
 
+@local_storage_only
 async def test_corrupt_and_bomb_zips_are_400_at_upload(
     engine_app: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
@@ -278,7 +291,7 @@ async def test_generation_with_both_paths_lists_and_ownership(
     assert g1["prompt"] == "a cat" and g1["enhanced_prompt"].startswith("tadz, a cat, ")
     assert g1["lora_id"] == lora_id and g1["upload_id"] == upload_id
     assert "noise" in g1["model"] and g1["width"] == g1["height"] == 32
-    img = await api.get(path_of(g1["url"]))
+    img = await get_from(api, g1["url"])
     assert img.status_code == 200
     assert Image.open(io.BytesIO(img.content)).format == "PNG"
 
@@ -343,6 +356,7 @@ async def test_prompt_validation_is_422(
     assert resp.json()["detail"][0]["loc"][0] == "body"
 
 
+@local_storage_only
 async def test_a_failed_training_says_why_and_can_be_started_again(
     engine_app: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
@@ -391,6 +405,7 @@ async def test_a_canceled_training_reads_canceled_and_can_be_started_again(
         assert done["status"] == "succeeded"
 
 
+@local_storage_only
 async def test_canceling_a_running_training_stops_it_and_keeps_no_lora(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, workers=0, training={**IMAGE["training"], "steps": 5000})
     async with running_engine(settings) as (app, api):

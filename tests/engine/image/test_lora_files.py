@@ -21,9 +21,9 @@ from engine.image.pipeline import (
     LORA_FILE_FORMAT,
     LORA_TARGETS,
     ImageModel,
-    build_tiny_pipeline,
 )
 from engine.image.settings import ImageSettings
+from engine.image.tiny import build_tiny_pipeline
 from engine.image.types import TrainImage
 from engine.settings import JobSettings
 from tests.conftest import make_settings, register, running_engine

@@ -167,7 +167,7 @@ def test_the_sdxl_layout_trains_and_swaps_adapters_too(tmp_path: Path) -> None:
 def test_a_local_checkpoint_directory_loads_offline_and_draws_the_same(
     arch: str, tmp_path: Path
 ) -> None:
-    from engine.image.pipeline import build_tiny_pipeline
+    from engine.image.tiny import build_tiny_pipeline
 
     build_tiny_pipeline(1234, 32, arch).save_pretrained(str(tmp_path / "ckpt"))
     loaded = ImageModel.from_settings(ImageSettings(base_model=tmp_path / "ckpt"))
@@ -179,6 +179,6 @@ def test_a_local_checkpoint_directory_loads_offline_and_draws_the_same(
 
 
 def test_an_unsupported_checkpoint_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
-    with pytest.raises(ModelError, match="unsupported pipeline 'FluxPipeline'"):
+    (tmp_path / "model_index.json").write_text('{"_class_name": "WanPipeline"}')
+    with pytest.raises(ModelError, match="unsupported pipeline 'WanPipeline'"):
         ImageModel.from_settings(ImageSettings(base_model=tmp_path))

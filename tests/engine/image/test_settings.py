@@ -29,7 +29,7 @@ def test_the_example_config_is_valid() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"base_model": "/nonexistent/model"}, "not a diffusers checkpoint"),
+        ({"base_model": "/nonexistent/model"}, "neither a diffusers checkpoint folder"),
         ({"demos": {"other": {"lora_path": "x", "trigger_word": "y"}}}, "unknown demo"),
         ({"demos": {"tadz": {"lora_path": "x"}}}, "trigger_word"),
         ({"enhancer": {"backend": "openai"}}, "needs base_url and model"),

@@ -15,7 +15,6 @@ import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import librosa
@@ -27,10 +26,9 @@ from numpy.typing import NDArray
 from engine.settings import JobSettings
 from engine.voice import world
 from engine.voice.audio import ffmpeg_exe
-from engine.voice.jobs import backend_for
 from engine.voice.reference import CpuReferenceBackend
 from engine.voice.settings import VoiceSettings
-from tests.conftest import make_settings, register, running_engine
+from tests.conftest import backend_for, get_from, make_settings, put_to, register, running_engine
 
 SAMPLE_TEXT = (
     "Please call Stella. Ask her to bring these things with her from the store: six spoons "
@@ -134,8 +132,7 @@ async def upload_sample(
     )
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    parts = urlsplit(body["upload_url"])
-    put = await api.put(f"{parts.path}?{parts.query}", content=data, headers=body["headers"])
+    put = await put_to(api, body["upload_url"], data, body["headers"])
     assert put.status_code == 200, put.text
     return str(body["id"])
 
@@ -146,8 +143,7 @@ async def clone(api: httpx.AsyncClient, key: str, data: bytes, **kw: str) -> htt
 
 
 async def fetch(api: httpx.AsyncClient, url: str) -> httpx.Response:
-    parts = urlsplit(url)
-    return await api.get(f"{parts.path}?{parts.query}")
+    return await get_from(api, url)
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from engine.settings import JobSettings
-from engine.voice.jobs import backend_for
 from engine.voice.reference import CpuReferenceBackend
 from engine.voice.settings import VoiceSettings, voice_settings
-from tests.conftest import make_settings, running_engine, services_of
+from tests.conftest import backend_for, make_settings, running_engine, services_of
 
 
 def _cold_voice(target_dbfs: float) -> dict[str, object]:
@@ -78,6 +77,5 @@ def test_a_stopped_warm_up_loads_nothing() -> None:
     assert backend._piper is None
 
 
-def test_preload_is_on_by_default_and_shares_the_back_end() -> None:
+def test_preload_is_on_by_default() -> None:
     assert VoiceSettings().preload is True
-    assert backend_for(VoiceSettings(preload=False)) is backend_for(VoiceSettings())

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from engine.app import create_app
+from engine.services import build_services
 from engine.settings import load_engine_settings
-from engine.voice.jobs import CLONE_KIND, GENERATE_KIND, backend_for
+from engine.voice.handlers import CLONE_KIND, GENERATE_KIND
 from engine.voice.piper_base import BaseVoiceError, PiperBase
 from engine.voice.settings import AudioFormat, VoiceSettings, voice_settings
 from tests.conftest import make_settings
@@ -54,6 +55,15 @@ def test_a_piper_model_with_the_wrong_hash_is_refused() -> None:
         PiperBase(VoiceSettings(piper_sha256="0" * 64))
 
 
-def test_one_backend_per_settings_in_a_process() -> None:
-    assert backend_for(VoiceSettings()) is backend_for(VoiceSettings())
-    assert backend_for(VoiceSettings(envelope_weight=0.5)) is not backend_for(VoiceSettings())
+async def test_each_engine_owns_one_back_end_that_its_handlers_use(tmp_path: Path) -> None:
+    # No process-wide cache: the composition root builds the back end, on first use.
+    first = build_services(make_settings(tmp_path / "a"))
+    second = build_services(make_settings(tmp_path / "b"))
+    try:
+        assert first.voice.backend is first.voice.backend
+        assert first.voice.backend is not second.voice.backend
+        handler = first.worker.handlers[GENERATE_KIND]
+        assert getattr(handler, "__self__", None) is first.voice
+    finally:
+        await first.close()
+        await second.close()

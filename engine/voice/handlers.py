@@ -1,8 +1,9 @@
 """Job handlers of the voice package: clone a voice from an upload, generate speech.
 
-They run in the job worker (blocking code). Loaded models are shared per process: a
-back end is built once per distinct :class:`VoiceSettings` and reused by every worker
-thread and every app in the process.
+Both run in the job worker (blocking code). One :class:`VoiceHandlers` per engine (built by
+the composition root, :mod:`engine.services`) owns the voice back end: built on first use
+(so API-only processes never import the models), loaded by the worker's warm-up or the
+first voice job, and shared by every worker thread of that engine.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from sqlalchemy import update
 
 from engine.jobs import Handler, JobContext, JobFailed
 from engine.models import Upload, UploadKind, UploadStatus, new_id, utcnow
-from engine.settings import EngineSettings
+from engine.storage import NotStored, TooLarge
 from engine.voice.audio import CONTENT_TYPES, SampleRejected, encode, load_sample
 from engine.voice.backend import SpeakerProfile, VoiceBackend
 from engine.voice.models import Voice, VoiceGeneration
 from engine.voice.piper_base import BaseVoiceError
-from engine.voice.settings import VoiceBackendName, VoiceSettings, voice_settings
+from engine.voice.settings import VoiceBackendName, VoiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,36 +30,28 @@ log = logging.getLogger(__name__)
 _USABLE = (UploadStatus.UPLOADED.value, UploadStatus.PROCESSING.value)
 CLONE_KIND = "voice.clone"
 GENERATE_KIND = "voice.generate"
-
-_backends: dict[VoiceSettings, VoiceBackend] = {}
-_backends_lock = threading.Lock()
-
-
-def backend_for(settings: VoiceSettings) -> VoiceBackend:
-    """The process-wide back end for ``settings`` (models load lazily inside it)."""
-    # Whether models load at start changes nothing about the back end: one instance either way.
-    settings = settings.model_copy(update={"preload": True})
-    with _backends_lock:
-        backend = _backends.get(settings)
-        if backend is None:
-            if settings.backend is VoiceBackendName.CPU_REFERENCE:
-                # Imported here: pyworld, Piper and torch load only where voice work runs.
-                from engine.voice.reference import CpuReferenceBackend
-
-                backend = CpuReferenceBackend(settings)
-            else:  # pragma: no cover - the enum has one member today
-                raise ValueError(f"unknown voice back end {settings.backend!r}")
-            _backends[settings] = backend
-        return backend
+# How often a generation checks for cancellation (a DB read), in seconds.
+_CANCEL_CHECK_SECONDS = 1.0
 
 
-def warm_up_voice(settings: VoiceSettings, stop: threading.Event | None = None) -> bool:
+def build_backend(settings: VoiceSettings) -> VoiceBackend:
+    """The back end ``settings`` name; its models load later (``warm_up`` or first use)."""
+    # Imported here: pyworld, Piper, torch and transformers load only where voice work runs.
+    if settings.backend is VoiceBackendName.NEURAL:
+        from engine.voice.neural import NeuralBackend
+
+        return NeuralBackend(settings)
+    from engine.voice.reference import CpuReferenceBackend
+
+    return CpuReferenceBackend(settings)
+
+
+def warm_up_voice(backend: VoiceBackend, stop: threading.Event | None = None) -> bool:
     """Load the voice models now (blocking), with a log line before and after.
 
     Returns whether they loaded; a broken install is logged here and fails each voice job
     with the reason later. ``stop`` (shutdown) ends it early, between models.
     """
-    backend = backend_for(settings)
     if backend.warm:
         return True
     log.info(
@@ -83,15 +76,29 @@ def artifact_key(voice_id: str, generation_id: str, settings: VoiceSettings) -> 
     return f"voices/{voice_id}/{generation_id}.{settings.audio_format.value}"
 
 
-class VoiceJobs:
-    """The two handlers, bound to validated voice settings."""
+class VoiceHandlers:
+    """The worker side of voices: the back end and the two handlers, on one instance."""
 
-    def __init__(self, settings: VoiceSettings) -> None:
+    def __init__(self, settings: VoiceSettings, *, backend: VoiceBackend | None = None) -> None:
         self.settings = settings
+        self._backend = backend
+        self._backend_lock = threading.Lock()
 
     @property
     def backend(self) -> VoiceBackend:
-        return backend_for(self.settings)
+        """The back end of ``[engine.voice] backend``, built on first use and kept."""
+        with self._backend_lock:
+            if self._backend is None:
+                self._backend = build_backend(self.settings)
+            return self._backend
+
+    def handlers(self) -> dict[str, Handler]:
+        """Job kind -> handler."""
+        return {CLONE_KIND: self.clone, GENERATE_KIND: self.generate}
+
+    def warm_up(self, stop: threading.Event | None = None) -> bool:
+        """Load the back end's models now (see :func:`warm_up_voice`)."""
+        return warm_up_voice(self.backend, stop)
 
     def _ready_backend(self) -> VoiceBackend:
         """The back end with its models loaded; a broken install fails the job at once."""
@@ -120,16 +127,20 @@ class VoiceJobs:
         s_ = self.settings
         backend = self._ready_backend()
         try:
-            sample = load_sample(
-                ctx.storage.upload_path(upload_id),
-                sample_rate=backend.sample_rate,
-                min_seconds=s_.min_sample_seconds,
-                max_seconds=s_.max_sample_seconds,
-                target_dbfs=s_.target_dbfs,
-            )
+            # On object storage a downloaded copy, deleted when the block ends.
+            with ctx.storage.local_upload(upload_id, ctx.settings.uploads.max_audio_bytes) as path:
+                sample = load_sample(
+                    path,
+                    sample_rate=backend.sample_rate,
+                    min_seconds=s_.min_sample_seconds,
+                    max_seconds=s_.max_sample_seconds,
+                    target_dbfs=s_.target_dbfs,
+                )
             ctx.report(30)
             profile = backend.analyse(sample)
-        except SampleRejected as exc:
+        except NotStored as exc:
+            raise JobFailed("the uploaded sample is gone; upload it again") from exc
+        except (SampleRejected, TooLarge) as exc:
             with ctx.sessions.begin() as s:
                 s.execute(
                     update(Upload)
@@ -137,7 +148,7 @@ class VoiceJobs:
                     .values(status=UploadStatus.FAILED.value, error=str(exc), updated_at=utcnow())
                 )
             # A refused sample is not kept: nothing can use it, and it counts against no one.
-            ctx.storage.upload_path(upload_id).unlink(missing_ok=True)
+            ctx.storage.delete_upload(upload_id)
             raise JobFailed(str(exc)) from exc
         ctx.report(90)
         voice_id = new_id()
@@ -176,7 +187,20 @@ class VoiceJobs:
                 raise JobFailed("voice not found")
             profile = SpeakerProfile.model_validate(voice.profile)
         backend = self._ready_backend()
-        speech = backend.synthesise(text, profile, lambda done: ctx.report(round(5 + 80 * done)))
+        last_check = time.monotonic()
+
+        def progress(done: float) -> None:
+            nonlocal last_check
+            ctx.report(round(5 + 80 * done))
+            # A canceled job stops mid-speech (JobCanceled comes out of synthesise).
+            if time.monotonic() - last_check >= _CANCEL_CHECK_SECONDS:
+                last_check = time.monotonic()
+                ctx.check_canceled()
+
+        try:
+            speech = backend.synthesise(text, profile, progress)
+        except BaseVoiceError as exc:
+            raise JobFailed(str(exc)) from exc
         if speech.audio.size == 0:
             raise JobFailed("the text has nothing to say aloud")
         ctx.check_canceled()
@@ -205,9 +229,3 @@ class VoiceJobs:
             "content_type": CONTENT_TYPES[s_.audio_format],
             "similarity": round(similarity, 4),
         }
-
-
-def voice_handlers(settings: EngineSettings) -> dict[str, Handler]:
-    """The voice job handlers for ``settings`` (raises ``ValueError`` on bad ``[engine.voice]``)."""
-    jobs = VoiceJobs(voice_settings(settings.voice))
-    return {CLONE_KIND: jobs.clone, GENERATE_KIND: jobs.generate}

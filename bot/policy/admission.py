@@ -46,7 +46,7 @@ from bot.policy.settings import (
     Limit,
     limit_name,
 )
-from bot.policy.store import MemberRef, PolicyStore
+from bot.policy.store import MemberRef, PolicyStore, QuotaTurn
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ USAGE_RETENTION = timedelta(days=100)
 PRUNE_EVERY = timedelta(hours=1)
 
 # An admitted request holds its cost until it is recorded (or this long has passed), so
-# requests admitted at the same moment cannot overrun a quota together.
+# requests admitted at the same moment cannot overrun a quota together. Holds are usage
+# rows (outcome "held"), made in the member's quota turn: every bot process sees them.
 HOLD_SECONDS = 120
 
 # Admissions of one member (and feature) are checked one at a time; striped locks keep
@@ -112,15 +113,6 @@ def role_list(role_ids: Iterable[int]) -> str:
     return ", ".join(f"<@&{r}>" for r in role_ids)
 
 
-@dataclass(frozen=True, slots=True)
-class _Hold:
-    """An admitted request not recorded yet: what it will count."""
-
-    action: Action
-    cost: int
-    at: datetime
-
-
 # guild, member, feature
 MemberKey = tuple[int, int, Feature]
 
@@ -148,7 +140,6 @@ class PolicyGate:
         self._keys = keys
         self._clock = clock
         self._client: discord.Client | None = None
-        self._holds: dict[MemberKey, list[_Hold]] = {}
         self._locks = tuple(asyncio.Lock() for _ in range(LOCK_STRIPES))
         self._pruned: dict[int, datetime] = {}
 
@@ -179,14 +170,18 @@ class PolicyGate:
         self._check_roles(settings, request)
         self._check_bot_permissions(request)
         await self._check_text(settings, request)
-        if not request.is_admin:
+        if not request.is_admin and self._limited(settings, request):
             key: MemberKey = (request.guild_id, request.user_id, request.feature)
-            async with self._locks[hash(key) % LOCK_STRIPES]:
+            member = self.member(request.guild_id, request.user_id)
+            # The stripe keeps this process's admissions of a member in line without
+            # waiting on the database; the turn does it across processes.
+            async with (
+                self._locks[hash(key) % LOCK_STRIPES],
+                self._store.quota_turn(request.guild_id, member, request.feature) as turn,
+            ):
                 now = self.now()
-                holds = self._live_holds(key, now)
-                if await self._check_quotas(settings, request, holds, now):
-                    holds.append(_Hold(request.action, request.cost, now))
-                    self._holds[key] = holds
+                await self._check_quotas(settings, request, turn, now)
+                turn.hold(request.action, request.cost, now)
         shared_key = None
         notes: list[str] = []
         if request.feature is Feature.DEMO and where & set(settings.demo_channels):
@@ -282,37 +277,39 @@ class PolicyGate:
             what = "text" if request.feature is Feature.VOICE else "prompt"
             raise UserFacingError(refusal(blocked, what=what))
 
-    def _live_holds(self, key: MemberKey, now: datetime) -> list[_Hold]:
-        """The member's holds that have not expired (expired ones are dropped)."""
-        live = [h for h in self._holds.pop(key, ()) if now - h.at < timedelta(seconds=HOLD_SECONDS)]
-        if live:
-            self._holds[key] = live
-        return live
+    def _limited(self, settings: GuildSettings, request: GateRequest) -> bool:
+        """Whether any cooldown or counted limit applies to the request."""
+        assert request.guild_id is not None
+        held = request.role_ids | {request.guild_id}
+        for bound in bounds_for(settings.quotas, held, request.feature):
+            if bound.amount is None:
+                continue
+            if bound.limit is Limit.COOLDOWN_SECONDS:
+                if request.action in COOLDOWN_ACTIONS:
+                    return True
+            elif request.action in COUNTED_ACTIONS[bound.limit]:
+                return True
+        return False
+
+    def hold_since(self, now: datetime) -> datetime:
+        """Holds made before this moment no longer count (never recorded)."""
+        return now - timedelta(seconds=HOLD_SECONDS)
 
     async def _check_quotas(
-        self, settings: GuildSettings, request: GateRequest, holds: list[_Hold], now: datetime
-    ) -> bool:
-        """Refuse what would overrun a limit; whether any limit applies to the request."""
+        self, settings: GuildSettings, request: GateRequest, turn: QuotaTurn, now: datetime
+    ) -> None:
+        """Refuse what would overrun a limit, counting the member's live holds."""
         assert request.guild_id is not None
         held = request.role_ids | {request.guild_id}
         name = FEATURE_NAMES[request.feature]
-        limited = False
+        since_holds = self.hold_since(now)
         for bound in bounds_for(settings.quotas, held, request.feature):
             if bound.amount is None:
                 continue
             if bound.limit is Limit.COOLDOWN_SECONDS:
                 if request.action not in COOLDOWN_ACTIONS:
                     continue
-                limited = True
-                last = await self._store.last_use(
-                    request.guild_id,
-                    self.member(request.guild_id, request.user_id),
-                    request.feature,
-                    COOLDOWN_ACTIONS,
-                )
-                waiting = [h.at for h in holds if h.action in COOLDOWN_ACTIONS]
-                if waiting:
-                    last = max([*waiting, *([last] if last is not None else [])])
+                last = await turn.last_use(COOLDOWN_ACTIONS, since_holds)
                 cooldown = cooldown_from(bound.amount, last)
                 if cooldown.waiting(now) and cooldown.ready_at is not None:
                     wait = max(1, round((cooldown.ready_at - now).total_seconds()))
@@ -325,18 +322,11 @@ class PolicyGate:
             counted = COUNTED_ACTIONS[bound.limit]
             if request.action not in counted:
                 continue
-            limited = True
-            allowance = await self._allowance(
-                request.guild_id, request.user_id, request.feature, bound, now
-            )
-            start, _ = period_bounds(PERIOD_OF[bound.limit], now)
-            pending = sum(h.cost for h in holds if h.action in counted and h.at >= start)
-            allowance = Allowance(
-                allowance.limit, allowance.amount, allowance.used + pending, allowance.resets_at
-            )
+            start, reset = period_bounds(PERIOD_OF[bound.limit], now)
+            used = await turn.used(counted, start, since_holds)
+            allowance = Allowance(bound.limit, bound.amount, used, reset)
             if allowance.used + request.cost > allowance.amount:
                 raise UserFacingError(_quota_refusal(name, allowance, request.cost))
-        return limited
 
     async def _allowance(
         self, guild_id: int, user_id: int, feature: Feature, bound: Bound, now: datetime
@@ -345,7 +335,12 @@ class PolicyGate:
         assert bound.amount is not None
         start, reset = period_bounds(PERIOD_OF[bound.limit], now)
         used = await self._store.used(
-            guild_id, self.member(guild_id, user_id), feature, COUNTED_ACTIONS[bound.limit], start
+            guild_id,
+            self.member(guild_id, user_id),
+            feature,
+            COUNTED_ACTIONS[bound.limit],
+            start,
+            self.hold_since(now),
         )
         return Allowance(bound.limit, bound.amount, used, reset)
 
@@ -360,14 +355,6 @@ class PolicyGate:
         ``job_id`` it is pending until :meth:`settle`."""
         if request.guild_id is None:
             return
-        key: MemberKey = (request.guild_id, request.user_id, request.feature)
-        holds = self._holds.get(key, [])
-        hold = next((h for h in holds if h.action is request.action), None)
-        if hold is not None:
-            # From now on the row counts, not the hold.
-            holds.remove(hold)
-            if not holds:
-                self._holds.pop(key, None)
         shared = False
         if request.feature is Feature.DEMO:
             settings = await self._store.settings(request.guild_id)
@@ -388,6 +375,8 @@ class PolicyGate:
             at=now,
             job_id=job_id,
             prune_before=now - USAGE_RETENTION if prune else None,
+            # The admission's hold (made by any process) becomes this row.
+            hold_since=self.hold_since(now),
         )
 
     async def settle(self, job_id: str, *, delivered: bool) -> None:
@@ -395,6 +384,12 @@ class PolicyGate:
         interrupted: it is given back). Settling twice changes nothing."""
         outcome = UsageOutcome.DELIVERED if delivered else UsageOutcome.RELEASED
         await self._store.settle(job_id, outcome)
+
+    async def release_orphans(self) -> None:
+        """Give back what jobs deleted before they ran (``/tada forget``) held."""
+        released = await self._store.release_orphans()
+        if released:
+            log.info("gave back %d request(s) of jobs deleted before they ran", released)
 
     # ------------------------------------------------------------------ /quota
 
@@ -417,7 +412,11 @@ class PolicyGate:
                         continue
                     if bound.limit is Limit.COOLDOWN_SECONDS:
                         last = await self._store.last_use(
-                            guild_id, self.member(guild_id, user_id), feature, COOLDOWN_ACTIONS
+                            guild_id,
+                            self.member(guild_id, user_id),
+                            feature,
+                            COOLDOWN_ACTIONS,
+                            self.hold_since(now),
                         )
                         cooldown = cooldown_from(bound.amount, last)
                         if not cooldown.waiting(now):

@@ -7,32 +7,29 @@ upload leaves nothing behind and whatever was stored before stays as it was.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio.to_thread
+
+from engine.storage import Check, NotStored, Refused, StoredObject, TooLarge
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
 _BATCH = 1024 * 1024
 
 
-class TooLarge(Exception):
-    """The stream went past its size cap; nothing was kept."""
-
-
-class Refused(Exception):
-    """The bytes arrived but cannot be used (empty, or refused by a check); nothing was kept."""
-
-
-Check = Callable[[Path], str | None]
-"""A blocking check of a complete file: ``None`` when usable, else why not."""
-
-
 class LocalStorage:
-    """Uploads under ``<root>/uploads/<id>``, artifacts under ``<root>/artifacts/<key>``."""
+    """Uploads under ``<root>/uploads/<id>``, artifacts under ``<root>/artifacts/<key>``.
+
+    The engine is the target of both URLs: it receives uploads (``PUT /storage/uploads``)
+    and serves artifacts (``GET /storage/artifacts``) itself.
+    """
+
+    direct_uploads = False
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -47,6 +44,51 @@ class LocalStorage:
         if not _KEY_RE.match(key) or ".." in key:
             raise ValueError(f"bad artifact key: {key!r}")
         return self.root / "artifacts" / key
+
+    def presigned_put(self, upload_id: str, content_type: str, ttl: int) -> str | None:
+        return None  # the engine's own signed URL (engine/api/upload_urls.py)
+
+    def presigned_get(self, key: str, ttl: int) -> str | None:
+        return None  # the engine's own signed URL (EngineServices.artifact_url)
+
+    async def stat_upload(self, upload_id: str) -> StoredObject | None:
+        path = self.upload_path(upload_id)
+        try:
+            size = (await anyio.to_thread.run_sync(path.stat)).st_size
+        except FileNotFoundError:
+            return None
+        return StoredObject(size=size, content_type=None)
+
+    @contextlib.contextmanager
+    def local_upload(self, upload_id: str, max_bytes: int) -> Iterator[Path]:
+        path = self.upload_path(upload_id)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError as exc:
+            raise NotStored(f"upload {upload_id} has no bytes") from exc
+        if size > max_bytes:
+            raise TooLarge(f"more than {max_bytes} bytes")
+        yield path
+
+    @contextlib.contextmanager
+    def local_artifact(self, key: str) -> Iterator[Path]:
+        path = self.artifact_path(key)
+        if not path.is_file():
+            raise NotStored(f"artifact {key} is missing")
+        yield path
+
+    @contextlib.contextmanager
+    def artifact_file(self, key: str) -> Iterator[Path]:
+        # Written in place: the pipeline writes its own file atomically (tmp + replace).
+        path = self.artifact_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield path
+
+    def delete_upload(self, upload_id: str) -> None:
+        self.upload_path(upload_id).unlink(missing_ok=True)
+
+    def delete_artifact(self, key: str) -> None:
+        self.artifact_path(key).unlink(missing_ok=True)
 
     async def write_stream(
         self,
@@ -88,11 +130,10 @@ class LocalStorage:
             raise
         return total
 
-    def write_artifact(self, key: str, data: bytes) -> Path:
+    def write_artifact(self, key: str, data: bytes) -> None:
         """Blocking write of a generated artifact (workers call this)."""
         path = self.artifact_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".part")
         tmp.write_bytes(data)
         os.replace(tmp, path)
-        return path
