@@ -143,8 +143,10 @@ class CpuReferenceBackend:
         _, base_embedding = self._base()
         params: dict[str, object] = {"stats": stats.to_json()}
         if self.settings.spectral_mapping:
-            mapping = self._learn_mapping(sample, stats)
-            if mapping is not None:
+            learnt = self._learn_mapping(sample, stats)
+            if learnt is not None:
+                warp, mapping = learnt
+                params["warp"] = warp
                 params["mapping"] = mapping.to_json()
         return SpeakerProfile(
             backend=self.name,
@@ -156,11 +158,13 @@ class CpuReferenceBackend:
 
     def _learn_mapping(
         self, sample: Sample, stats: world.VoiceStats
-    ) -> parallel.SpectralMapping | None:
+    ) -> tuple[float, parallel.SpectralMapping] | None:
         """The base voice reads the sample's transcript; learn base-to-speaker envelopes.
 
-        The mapping is learnt on top of the long-term conversion (its "change nothing" is
-        that conversion). Without a transcript or enough aligned voicing, there is none.
+        The two readings, aligned, first give the formant warp (frame by frame, which a
+        recording's channel cannot fake as the long-term envelope lets it); the mapping is
+        then learnt on top of the long-term conversion with that warp (its "change nothing"
+        is that conversion). Without a transcript or enough aligned voicing, there is none.
         """
         try:
             said = self.transcriber.transcribe(sample.audio, sample.sample_rate)
@@ -174,25 +178,42 @@ class CpuReferenceBackend:
         read = self.base_speech(said)
         source = world.analyse(read.audio, rate, aperiodicity=False, method=self.f0_method)
         target = world.analyse(sample.audio, rate, aperiodicity=False, method=self.f0_method)
-        converted = world.convert(source, self._plan(stats))
+        pairs = parallel.voiced_pairs(source.sp, source.f0, target.sp, target.f0, rate)
+        if len(pairs[0]) < 4 * parallel.DIM:
+            log.info("voice: no spectral mapping: too little aligned speech")
+            return None
+        i, j = pairs
+        warp = world.estimate_warp_parallel(
+            world.band_frames(source.sp[i], rate),
+            world.band_frames(target.sp[j], rate),
+            rate,
+            self.settings.max_warp,
+        )
+        converted = world.convert(source, self._plan(stats, warp))
         try:
-            return parallel.fit(
+            mapping = parallel.fit(
                 converted.sp,
                 source.f0,
                 target.sp,
                 target.f0,
                 rate,
                 ridge=self.settings.mapping_ridge,
+                pairs=pairs,
             )
         except ValueError as exc:
             log.info("voice: no spectral mapping: %s", exc)
             return None
+        return warp, mapping
 
     def conversion(self, profile: SpeakerProfile) -> world.Conversion:
         """The base-to-speaker mapping for ``profile`` under the current settings."""
-        return self._plan(world.VoiceStats.from_json(profile.params["stats"]))
+        warp = profile.params.get("warp")
+        return self._plan(
+            world.VoiceStats.from_json(profile.params["stats"]),
+            float(warp) if isinstance(warp, int | float) else None,
+        )
 
-    def _plan(self, target: world.VoiceStats) -> world.Conversion:
+    def _plan(self, target: world.VoiceStats, warp: float | None = None) -> world.Conversion:
         base_stats, _ = self._base()
         s = self.settings
         return world.plan_conversion(
@@ -204,6 +225,7 @@ class CpuReferenceBackend:
             envelope_weight=s.envelope_weight,
             max_warp=s.max_warp,
             max_envelope_db=s.max_envelope_db,
+            warp_estimate=warp,
         )
 
     def synthesise(

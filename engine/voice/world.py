@@ -264,6 +264,52 @@ def estimate_warp(source: Floats, target: Floats, sample_rate: int, max_warp: fl
     return best
 
 
+def band_frames(sp: Floats, sample_rate: int) -> Floats:
+    """Each frame's log-power envelope on the band grid, (frames, N_BANDS)."""
+    freqs = np.linspace(0.0, sample_rate / 2, sp.shape[1])
+    centres = _band_centres_hz(sample_rate)
+    log_sp = np.log(np.maximum(sp, 1e-16))
+    lo = np.clip(np.searchsorted(freqs, centres) - 1, 0, len(freqs) - 2)
+    frac = (centres - freqs[lo]) / (freqs[lo + 1] - freqs[lo])
+    return np.asarray(log_sp[:, lo] * (1.0 - frac) + log_sp[:, lo + 1] * frac)
+
+
+def estimate_warp_parallel(
+    source: Floats, target: Floats, sample_rate: int, max_warp: float
+) -> float:
+    """The formant warp that best explains aligned frame pairs of the same sounds.
+
+    ``source`` and ``target`` are :func:`band_frames` of time-aligned voiced frames (the
+    base voice and the speaker saying the same words). For each warp, what a fixed filter
+    cannot explain (the residual with its mean over frames taken out: recording channel
+    and long-term timbre, which the envelope correction covers) is what the warp must; the
+    per-frame movements of formants, not the long-term average, decide it. With one
+    average envelope a channel's tilt or a band limit can pass for a vocal tract.
+    """
+    if len(source) != len(target) or len(source) < 10:
+        raise ValueError("too few aligned frames to estimate a warp")
+    centres = np.log(_band_centres_hz(sample_rate))
+    src = source - source.mean(axis=1, keepdims=True)
+    tgt = target - target.mean(axis=1, keepdims=True)
+    best, best_err = 1.0, float("inf")
+    for warp in WARP_GRID:
+        if warp > max_warp or warp < 1.0 / max_warp:
+            continue
+        # Band k of the warped voice reads the source at centre_k / warp (edges held).
+        pos = np.interp(centres - np.log(float(warp)), centres, np.arange(centres.size))
+        lo = np.minimum(np.floor(pos).astype(np.int64), centres.size - 2)
+        frac = pos - lo
+        shifted = src[:, lo] * (1.0 - frac) + src[:, lo + 1] * frac
+        residual = tgt - shifted
+        residual -= residual.mean(axis=0)
+        err = float(np.mean(residual**2))
+        # The same pull toward 1.0 as the long-term estimate, relative to the error's scale.
+        err *= 1.0 + 0.5 * float(np.log(warp)) ** 2
+        if err < best_err:
+            best, best_err = float(warp), err
+    return best
+
+
 def _smooth(values: Floats, width: int = 5) -> Floats:
     kernel = np.hanning(width + 2)[1:-1]
     kernel /= kernel.sum()
@@ -281,9 +327,19 @@ def plan_conversion(
     envelope_weight: float,
     max_warp: float,
     max_envelope_db: float,
+    warp_estimate: float | None = None,
 ) -> Conversion:
-    """Everything needed to convert the base voice (``source``) toward ``target``."""
-    warp_full = estimate_warp(source.envelope, target.envelope, sample_rate, max_warp)
+    """Everything needed to convert the base voice (``source``) toward ``target``.
+
+    ``warp_estimate``: a formant warp measured elsewhere (from parallel speech,
+    :func:`estimate_warp_parallel`); without one it is estimated from the two long-term
+    envelopes.
+    """
+    warp_full = (
+        estimate_warp(source.envelope, target.envelope, sample_rate, max_warp)
+        if warp_estimate is None
+        else float(np.clip(warp_estimate, 1.0 / max_warp, max_warp))
+    )
     warp = float(np.exp(warp_weight * np.log(warp_full)))
     warped = _warp_envelope(source.envelope, warp, sample_rate)
     # Level differences are the recording's, not the speaker's: match shape and tilt only.

@@ -48,6 +48,38 @@ def test_a_strong_ridge_changes_almost_nothing(base_sample: Speaker) -> None:
     assert np.abs(mapping.weights[:-1] - np.eye(parallel.DIM)).max() < 1e-3
 
 
+def _through_a_channel(
+    features: world.WorldFeatures, tilt_db_per_khz: float
+) -> world.WorldFeatures:
+    """The same speech through a small tilted microphone: no bass below 300 Hz, nothing
+    above 7 kHz (the long-term estimate reads such a channel as a 1.2 warp, whatever the
+    speaker's own)."""
+    freqs = np.linspace(0.0, features.sample_rate / 2, features.sp.shape[1])
+    band = np.where((freqs < 300.0) | (freqs > 7000.0), 20.0, 0.0)
+    gain_db = tilt_db_per_khz * freqs / 1000.0 - band
+    sp = features.sp * 10.0 ** (gain_db / 10.0)[np.newaxis, :]
+    return world.WorldFeatures(features.f0, sp, features.ap, features.sample_rate)
+
+
+@pytest.mark.parametrize("true_warp", [0.9, 1.0, 1.12])
+def test_the_warp_from_aligned_frames_is_not_fooled_by_the_recording_channel(
+    base_sample: Speaker, true_warp: float
+) -> None:
+    """A channel's tilt and band limit pass for a vocal tract in the long-term average
+    (female speakers came out with formants moved down); frame pairs tell them apart."""
+    rate = base_sample.sample_rate
+    source = world.analyse(base_sample.audio, rate, aperiodicity=False)
+    target = _through_a_channel(_warped(source, true_warp), tilt_db_per_khz=-2.5)
+    i, j = parallel.voiced_pairs(source.sp, source.f0, target.sp, target.f0, rate)
+    assert len(i) > 300
+    found = world.estimate_warp_parallel(
+        world.band_frames(source.sp[i], rate), world.band_frames(target.sp[j], rate), rate, 1.2
+    )
+    assert abs(found - true_warp) <= 0.03, found
+    with pytest.raises(ValueError, match="too few"):
+        world.estimate_warp_parallel(np.zeros((3, world.N_BANDS)), np.zeros((3, 48)), rate, 1.2)
+
+
 def test_too_little_speech_is_refused(base_sample: Speaker) -> None:
     rate = base_sample.sample_rate
     short = world.analyse(base_sample.audio[: rate // 2], rate, aperiodicity=False)
