@@ -37,6 +37,10 @@ MIN_VOICED_SHARE = 0.15
 MIN_F0_SPREAD = 0.02
 # Fewer heard words than this give too little parallel speech for a mapping.
 MIN_TRANSCRIPT_WORDS = 4
+# A sample shorter than this is read by the base voice several times (at most
+# MAX_READINGS) for the parallel data: one reading of a few seconds is a noisy estimate.
+PARALLEL_SECONDS = 20.0
+MAX_READINGS = 3
 
 
 class CpuReferenceBackend:
@@ -175,29 +179,48 @@ class CpuReferenceBackend:
             log.info("voice: too few words heard in the sample for a spectral mapping")
             return None
         rate = sample.sample_rate
-        read = self.base_speech(said)
-        source = world.analyse(read.audio, rate, aperiodicity=False, method=self.f0_method)
         target = world.analyse(sample.audio, rate, aperiodicity=False, method=self.f0_method)
-        pairs = parallel.voiced_pairs(source.sp, source.f0, target.sp, target.f0, rate)
-        if len(pairs[0]) < 4 * parallel.DIM:
+        # Piper reads differently each time: a short sample gets a few readings, pooled, so
+        # its warp and mapping do not hang on one reading's timing (the sample is the same
+        # in each: the ridge grows with the readings and the mapping stays as regularised).
+        readings = int(
+            np.clip(np.ceil(PARALLEL_SECONDS / max(sample.speech_seconds, 1.0)), 1, MAX_READINGS)
+        )
+        sources: list[world.WorldFeatures] = []
+        src_idx: list[NDArray[np.int64]] = []
+        tgt_idx: list[NDArray[np.int64]] = []
+        offset = 0
+        for _ in range(readings):
+            read = self.base_speech(said)
+            source = world.analyse(read.audio, rate, aperiodicity=False, method=self.f0_method)
+            i, j = parallel.voiced_pairs(source.sp, source.f0, target.sp, target.f0, rate)
+            sources.append(source)
+            src_idx.append(i + offset)
+            tgt_idx.append(j)
+            offset += len(source.f0)
+        pooled = world.WorldFeatures(
+            f0=np.concatenate([f.f0 for f in sources]),
+            sp=np.vstack([f.sp for f in sources]),
+            ap=np.zeros((0, target.sp.shape[1])),
+            sample_rate=rate,
+        )
+        pairs = (np.concatenate(src_idx), np.concatenate(tgt_idx))
+        if len(pairs[0]) < 4 * parallel.DIM * readings:
             log.info("voice: no spectral mapping: too little aligned speech")
             return None
         i, j = pairs
         warp = world.estimate_warp_parallel(
-            world.band_frames(source.sp[i], rate),
-            world.band_frames(target.sp[j], rate),
-            rate,
-            self.settings.max_warp,
+            pooled.sp[i], target.sp[j], rate, self.settings.max_warp
         )
-        converted = world.convert(source, self._plan(stats, warp))
+        converted = world.convert(pooled, self._plan(stats, warp))
         try:
             mapping = parallel.fit(
                 converted.sp,
-                source.f0,
+                pooled.f0,
                 target.sp,
                 target.f0,
                 rate,
-                ridge=self.settings.mapping_ridge,
+                ridge=self.settings.mapping_ridge * readings,
                 pairs=pairs,
             )
         except ValueError as exc:

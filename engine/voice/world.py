@@ -264,43 +264,44 @@ def estimate_warp(source: Floats, target: Floats, sample_rate: int, max_warp: fl
     return best
 
 
-def band_frames(sp: Floats, sample_rate: int) -> Floats:
-    """Each frame's log-power envelope on the band grid, (frames, N_BANDS)."""
-    freqs = np.linspace(0.0, sample_rate / 2, sp.shape[1])
-    centres = _band_centres_hz(sample_rate)
-    log_sp = np.log(np.maximum(sp, 1e-16))
-    lo = np.clip(np.searchsorted(freqs, centres) - 1, 0, len(freqs) - 2)
-    frac = (centres - freqs[lo]) / (freqs[lo + 1] - freqs[lo])
+def _log_at(log_sp: Floats, freqs_hz: Floats, sample_rate: int) -> Floats:
+    """Frames of a log-power envelope read at ``freqs_hz`` (linear between FFT bins)."""
+    n_bins = log_sp.shape[1]
+    pos = np.clip(freqs_hz / (sample_rate / 2) * (n_bins - 1), 0, n_bins - 1)
+    lo = np.minimum(np.floor(pos).astype(np.int64), n_bins - 2)
+    frac = pos - lo
     return np.asarray(log_sp[:, lo] * (1.0 - frac) + log_sp[:, lo + 1] * frac)
 
 
 def estimate_warp_parallel(
-    source: Floats, target: Floats, sample_rate: int, max_warp: float
+    source_sp: Floats, target_sp: Floats, sample_rate: int, max_warp: float
 ) -> float:
     """The formant warp that best explains aligned frame pairs of the same sounds.
 
-    ``source`` and ``target`` are :func:`band_frames` of time-aligned voiced frames (the
-    base voice and the speaker saying the same words). For each warp, what a fixed filter
+    ``source_sp`` and ``target_sp`` are envelopes of time-aligned voiced frames (the base
+    voice and the speaker saying the same words). For each warp, what a fixed filter
     cannot explain (the residual with its mean over frames taken out: recording channel
     and long-term timbre, which the envelope correction covers) is what the warp must; the
     per-frame movements of formants, not the long-term average, decide it. With one
     average envelope a channel's tilt or a band limit can pass for a vocal tract.
+
+    The warped source is read straight from its FFT bins at each band centre / warp:
+    interpolating between coarse bands would smooth half-band shifts more than whole
+    ones and bias the choice toward them.
     """
-    if len(source) != len(target) or len(source) < 10:
+    if len(source_sp) != len(target_sp) or len(source_sp) < 10:
         raise ValueError("too few aligned frames to estimate a warp")
-    centres = np.log(_band_centres_hz(sample_rate))
-    src = source - source.mean(axis=1, keepdims=True)
-    tgt = target - target.mean(axis=1, keepdims=True)
+    centres = _band_centres_hz(sample_rate)
+    log_src = np.log(np.maximum(source_sp, 1e-16))
+    tgt = _log_at(np.log(np.maximum(target_sp, 1e-16)), centres, sample_rate)
+    tgt -= tgt.mean(axis=1, keepdims=True)
     best, best_err = 1.0, float("inf")
     for warp in WARP_GRID:
         if warp > max_warp or warp < 1.0 / max_warp:
             continue
-        # Band k of the warped voice reads the source at centre_k / warp (edges held).
-        pos = np.interp(centres - np.log(float(warp)), centres, np.arange(centres.size))
-        lo = np.minimum(np.floor(pos).astype(np.int64), centres.size - 2)
-        frac = pos - lo
-        shifted = src[:, lo] * (1.0 - frac) + src[:, lo + 1] * frac
-        residual = tgt - shifted
+        # Band k of the warped voice is the source at centre_k / warp.
+        shifted = _log_at(log_src, centres / float(warp), sample_rate)
+        residual = tgt - (shifted - shifted.mean(axis=1, keepdims=True))
         residual -= residual.mean(axis=0)
         err = float(np.mean(residual**2))
         # The same pull toward 1.0 as the long-term estimate, relative to the error's scale.

@@ -61,7 +61,7 @@ def _through_a_channel(
     return world.WorldFeatures(features.f0, sp, features.ap, features.sample_rate)
 
 
-@pytest.mark.parametrize("true_warp", [0.9, 1.0, 1.12])
+@pytest.mark.parametrize("true_warp", [0.9, 1.0, 1.04, 1.08, 1.12])
 def test_the_warp_from_aligned_frames_is_not_fooled_by_the_recording_channel(
     base_sample: Speaker, true_warp: float
 ) -> None:
@@ -72,12 +72,10 @@ def test_the_warp_from_aligned_frames_is_not_fooled_by_the_recording_channel(
     target = _through_a_channel(_warped(source, true_warp), tilt_db_per_khz=-2.5)
     i, j = parallel.voiced_pairs(source.sp, source.f0, target.sp, target.f0, rate)
     assert len(i) > 300
-    found = world.estimate_warp_parallel(
-        world.band_frames(source.sp[i], rate), world.band_frames(target.sp[j], rate), rate, 1.2
-    )
-    assert abs(found - true_warp) <= 0.03, found
+    found = world.estimate_warp_parallel(source.sp[i], target.sp[j], rate, 1.2)
+    assert abs(found - true_warp) <= 0.015, found
     with pytest.raises(ValueError, match="too few"):
-        world.estimate_warp_parallel(np.zeros((3, world.N_BANDS)), np.zeros((3, 48)), rate, 1.2)
+        world.estimate_warp_parallel(source.sp[:3], target.sp[:3], rate, 1.2)
 
 
 def test_too_little_speech_is_refused(base_sample: Speaker) -> None:
