@@ -524,9 +524,10 @@ def calibration_points(
         out[name] = {
             "same_speaker_median": round(statistics.median(same), 4),
             "same_speaker_min": round(min(same), 4),
-            "different_speakers_median": round(statistics.median(different), 4),
-            "different_speakers_p90": round(float(np.percentile(different, 90)), 4),
         }
+        if different:  # one speaker (a quick look with --speakers) has no strangers
+            out[name]["different_speakers_median"] = round(statistics.median(different), 4)
+            out[name]["different_speakers_p90"] = round(float(np.percentile(different, 90)), 4)
     return out
 
 
