@@ -39,8 +39,22 @@ MIN_F0_SPREAD = 0.02
 MIN_TRANSCRIPT_WORDS = 4
 # A sample shorter than this is read by the base voice several times (at most
 # MAX_READINGS) for the parallel data: one reading of a few seconds is a noisy estimate.
-PARALLEL_SECONDS = 20.0
+PARALLEL_SECONDS = 12.0
 MAX_READINGS = 3
+# How much of a reading is resynthesised to choose between warps (costs ~0.1 s per second).
+CHECK_SECONDS = 10.0
+# Neighbours of the warp estimate that are tried as well (and no warp at all).
+WARP_STEP = 1.06
+
+
+def warp_candidates(estimate: float, max_warp: float) -> list[float]:
+    """The estimate, one step either side of it, and 1.0; within the limits, no repeats."""
+    out: list[float] = []
+    for w in (estimate, estimate * WARP_STEP, estimate / WARP_STEP, 1.0):
+        w = round(float(np.clip(w, 1.0 / max_warp, max_warp)), 3)
+        if all(abs(w - o) > 0.015 for o in out):
+            out.append(w)
+    return out
 
 
 class CpuReferenceBackend:
@@ -147,7 +161,7 @@ class CpuReferenceBackend:
         _, base_embedding = self._base()
         params: dict[str, object] = {"stats": stats.to_json()}
         if self.settings.spectral_mapping:
-            learnt = self._learn_mapping(sample, stats)
+            learnt = self._learn_mapping(sample, stats, embedding)
             if learnt is not None:
                 warp, mapping = learnt
                 params["warp"] = warp
@@ -161,7 +175,7 @@ class CpuReferenceBackend:
         )
 
     def _learn_mapping(
-        self, sample: Sample, stats: world.VoiceStats
+        self, sample: Sample, stats: world.VoiceStats, embedding: NDArray[np.float32]
     ) -> tuple[float, parallel.SpectralMapping] | None:
         """The base voice reads the sample's transcript; learn base-to-speaker envelopes.
 
@@ -169,6 +183,11 @@ class CpuReferenceBackend:
         recording's channel cannot fake as the long-term envelope lets it); the mapping is
         then learnt on top of the long-term conversion with that warp (its "change nothing"
         is that conversion). Without a transcript or enough aligned voicing, there is none.
+
+        A few voicings' worth of aligned frames leave the warp loosely pinned down (a flat
+        error around the estimate), so the estimate, its neighbours and "no warp" are each
+        tried on the first reading, converted and resynthesised, and the one the speaker
+        encoder finds closest to the sample is kept: a choice made on the sample alone.
         """
         try:
             said = self.transcriber.transcribe(sample.audio, sample.sample_rate)
@@ -190,8 +209,10 @@ class CpuReferenceBackend:
         src_idx: list[NDArray[np.int64]] = []
         tgt_idx: list[NDArray[np.int64]] = []
         offset = 0
+        read_audio: list[NDArray[np.float32]] = []
         for _ in range(readings):
             read = self.base_speech(said)
+            read_audio.append(read.audio)
             source = world.analyse(read.audio, rate, aperiodicity=False, method=self.f0_method)
             i, j = parallel.voiced_pairs(source.sp, source.f0, target.sp, target.f0, rate)
             sources.append(source)
@@ -209,24 +230,50 @@ class CpuReferenceBackend:
             log.info("voice: no spectral mapping: too little aligned speech")
             return None
         i, j = pairs
-        warp = world.estimate_warp_parallel(
+        estimate = world.estimate_warp_parallel(
             pooled.sp[i], target.sp[j], rate, self.settings.max_warp
         )
-        converted = world.convert(pooled, self._plan(stats, warp))
-        try:
-            mapping = parallel.fit(
-                converted.sp,
-                pooled.f0,
-                target.sp,
-                target.f0,
-                rate,
-                ridge=self.settings.mapping_ridge * readings,
-                pairs=pairs,
+        check = self._check_features(sources[0], readings=read_audio)
+        best: tuple[float, float, parallel.SpectralMapping] | None = None
+        # Only the paired frames train the mapping: convert those, not every reading.
+        paired = world.WorldFeatures(
+            f0=pooled.f0[i], sp=pooled.sp[i], ap=pooled.ap, sample_rate=rate
+        )
+        for warp in warp_candidates(estimate, self.settings.max_warp):
+            converted = world.convert(paired, self._plan(stats, warp))
+            try:
+                mapping = parallel.fit(
+                    converted.sp,
+                    paired.f0,
+                    target.sp,
+                    target.f0,
+                    rate,
+                    ridge=self.settings.mapping_ridge * readings,
+                    pairs=(np.arange(len(i), dtype=np.int64), j),
+                )
+            except ValueError as exc:
+                log.info("voice: no spectral mapping: %s", exc)
+                return None
+            heard = world.synthesise(
+                parallel.apply_voiced(world.convert(check, self._plan(stats, warp)), mapping)
             )
-        except ValueError as exc:
-            log.info("voice: no spectral mapping: %s", exc)
-            return None
+            score = cosine(self.encoder.embed(heard, rate), embedding)
+            if best is None or score > best[0]:
+                best = (score, warp, mapping)
+        assert best is not None
+        _, warp, mapping = best
         return warp, mapping
+
+    def _check_features(
+        self, first: world.WorldFeatures, readings: list[NDArray[np.float32]]
+    ) -> world.WorldFeatures:
+        """WORLD features (with aperiodicity) of up to CHECK_SECONDS of the first reading."""
+        rate = first.sample_rate
+        audio = readings[0][: int(CHECK_SECONDS * rate)]
+        frames = min(len(first.f0), int(len(audio) / rate * 1000 / world.FRAME_PERIOD_MS) + 1)
+        f0 = first.f0[:frames]
+        t = np.arange(frames, dtype=np.float64) * (world.FRAME_PERIOD_MS / 1000.0)
+        return world.analyse(audio, rate, f0_track=(f0, t))
 
     def conversion(self, profile: SpeakerProfile) -> world.Conversion:
         """The base-to-speaker mapping for ``profile`` under the current settings."""
