@@ -113,3 +113,24 @@ def test_a_clone_keeps_its_mapping(
     high = speakers["high"]
     profile = reference_backend.analyse(Sample(high.audio, high.sample_rate, 12.0, 12.0))
     assert profile.params["mapping"]["pairs"] > 4 * parallel.DIM
+
+
+def test_the_warps_tried_are_the_estimate_its_neighbours_and_none() -> None:
+    from engine.voice.reference import warp_candidates
+
+    assert warp_candidates(1.1, 1.2) == [1.1, 1.166, 1.038, 1.0]
+    # Held within the limits, and no warp tried twice.
+    assert warp_candidates(1.2, 1.2) == [1.2, 1.132, 1.0]
+    assert warp_candidates(1.0, 1.2) == [1.0, 1.06, 0.943]
+
+
+def test_a_clone_of_a_higher_voice_keeps_a_warp_near_its_own(
+    reference_backend: CpuReferenceBackend, speakers: dict[str, Speaker]
+) -> None:
+    """The "high" speaker is the base voice with formants x1.15: the warp the clone keeps
+    (chosen among the estimate, its neighbours and none) is that one, not "no warp"."""
+    high = speakers["high"]
+    sample = Sample(high.audio, high.sample_rate, len(high.audio) / high.sample_rate, 10.0)
+    profile = reference_backend.analyse(sample)
+    assert abs(float(profile.params["warp"]) - 1.15) <= 0.06, profile.params["warp"]
+    assert "mapping" in profile.params
