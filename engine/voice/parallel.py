@@ -71,6 +71,22 @@ def align(source: Floats, target: Floats) -> tuple[NDArray[np.int64], NDArray[np
     return path[:, 0].astype(np.int64), path[:, 1].astype(np.int64)
 
 
+def voiced_pairs(
+    source_sp: Floats,
+    source_f0: Floats,
+    target_sp: Floats,
+    target_f0: Floats,
+    sample_rate: int,
+    dim: int = DIM,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Frame indices (into the full 5 ms frame sequences) of DTW-aligned pairs, both voiced."""
+    src = code(source_sp[::DTW_STRIDE], sample_rate, dim)
+    tgt = code(target_sp[::DTW_STRIDE], sample_rate, dim)
+    i, j = align(src, tgt)
+    keep = (source_f0[::DTW_STRIDE] > 0)[i] & (target_f0[::DTW_STRIDE] > 0)[j]
+    return i[keep] * DTW_STRIDE, j[keep] * DTW_STRIDE
+
+
 def fit(
     source_sp: Floats,
     source_f0: Floats,
@@ -79,17 +95,19 @@ def fit(
     sample_rate: int,
     ridge: float = 1.0,
     dim: int = DIM,
+    pairs: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None,
 ) -> SpectralMapping:
     """Learn the base-to-speaker envelope mapping from two readings of the same words.
 
     Only pairs of voiced frames train it: vowels carry the formants a speaker is known by,
-    and silence would teach it nothing.
+    and silence would teach it nothing. ``pairs``: an alignment already made
+    (:func:`voiced_pairs`), otherwise it is made here.
     """
-    src = code(source_sp[::DTW_STRIDE], sample_rate, dim)
-    tgt = code(target_sp[::DTW_STRIDE], sample_rate, dim)
-    i, j = align(src, tgt)
-    keep = (source_f0[::DTW_STRIDE] > 0)[i] & (target_f0[::DTW_STRIDE] > 0)[j]
-    x, y = src[i[keep]], tgt[j[keep]]
+    if pairs is None:
+        pairs = voiced_pairs(source_sp, source_f0, target_sp, target_f0, sample_rate, dim)
+    i, j = pairs
+    x = code(source_sp[i], sample_rate, dim)
+    y = code(target_sp[j], sample_rate, dim)
     if len(x) < 4 * dim:
         raise ValueError("too little aligned speech to learn a mapping")
     xa = np.hstack([x, np.ones((len(x), 1))])

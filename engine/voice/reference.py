@@ -37,6 +37,24 @@ MIN_VOICED_SHARE = 0.15
 MIN_F0_SPREAD = 0.02
 # Fewer heard words than this give too little parallel speech for a mapping.
 MIN_TRANSCRIPT_WORDS = 4
+# A sample shorter than this is read by the base voice several times (at most
+# MAX_READINGS) for the parallel data: one reading of a few seconds is a noisy estimate.
+PARALLEL_SECONDS = 12.0
+MAX_READINGS = 3
+# How much of a reading is resynthesised to choose between warps (costs ~0.1 s per second).
+CHECK_SECONDS = 10.0
+# Neighbours of the warp estimate that are tried as well (and no warp at all).
+WARP_STEP = 1.06
+
+
+def warp_candidates(estimate: float, max_warp: float) -> list[float]:
+    """The estimate, one step either side of it, and 1.0; within the limits, no repeats."""
+    out: list[float] = []
+    for w in (estimate, estimate * WARP_STEP, estimate / WARP_STEP, 1.0):
+        w = round(float(np.clip(w, 1.0 / max_warp, max_warp)), 3)
+        if all(abs(w - o) > 0.015 for o in out):
+            out.append(w)
+    return out
 
 
 class CpuReferenceBackend:
@@ -143,8 +161,10 @@ class CpuReferenceBackend:
         _, base_embedding = self._base()
         params: dict[str, object] = {"stats": stats.to_json()}
         if self.settings.spectral_mapping:
-            mapping = self._learn_mapping(sample, stats)
-            if mapping is not None:
+            learnt = self._learn_mapping(sample, stats, embedding)
+            if learnt is not None:
+                warp, mapping = learnt
+                params["warp"] = warp
                 params["mapping"] = mapping.to_json()
         return SpeakerProfile(
             backend=self.name,
@@ -155,12 +175,19 @@ class CpuReferenceBackend:
         )
 
     def _learn_mapping(
-        self, sample: Sample, stats: world.VoiceStats
-    ) -> parallel.SpectralMapping | None:
+        self, sample: Sample, stats: world.VoiceStats, embedding: NDArray[np.float32]
+    ) -> tuple[float, parallel.SpectralMapping] | None:
         """The base voice reads the sample's transcript; learn base-to-speaker envelopes.
 
-        The mapping is learnt on top of the long-term conversion (its "change nothing" is
-        that conversion). Without a transcript or enough aligned voicing, there is none.
+        The two readings, aligned, first give the formant warp (frame by frame, which a
+        recording's channel cannot fake as the long-term envelope lets it); the mapping is
+        then learnt on top of the long-term conversion with that warp (its "change nothing"
+        is that conversion). Without a transcript or enough aligned voicing, there is none.
+
+        A few voicings' worth of aligned frames leave the warp loosely pinned down (a flat
+        error around the estimate), so the estimate, its neighbours and "no warp" are each
+        tried on the first reading, converted and resynthesised, and the one the speaker
+        encoder finds closest to the sample is kept: a choice made on the sample alone.
         """
         try:
             said = self.transcriber.transcribe(sample.audio, sample.sample_rate)
@@ -171,28 +198,92 @@ class CpuReferenceBackend:
             log.info("voice: too few words heard in the sample for a spectral mapping")
             return None
         rate = sample.sample_rate
-        read = self.base_speech(said)
-        source = world.analyse(read.audio, rate, aperiodicity=False, method=self.f0_method)
         target = world.analyse(sample.audio, rate, aperiodicity=False, method=self.f0_method)
-        converted = world.convert(source, self._plan(stats))
-        try:
-            return parallel.fit(
-                converted.sp,
-                source.f0,
-                target.sp,
-                target.f0,
-                rate,
-                ridge=self.settings.mapping_ridge,
-            )
-        except ValueError as exc:
-            log.info("voice: no spectral mapping: %s", exc)
+        # Piper reads differently each time: a short sample gets a few readings, pooled, so
+        # its warp and mapping do not hang on one reading's timing (the sample is the same
+        # in each: the ridge grows with the readings and the mapping stays as regularised).
+        readings = int(
+            np.clip(np.ceil(PARALLEL_SECONDS / max(sample.speech_seconds, 1.0)), 1, MAX_READINGS)
+        )
+        sources: list[world.WorldFeatures] = []
+        src_idx: list[NDArray[np.int64]] = []
+        tgt_idx: list[NDArray[np.int64]] = []
+        offset = 0
+        read_audio: list[NDArray[np.float32]] = []
+        for _ in range(readings):
+            read = self.base_speech(said)
+            read_audio.append(read.audio)
+            source = world.analyse(read.audio, rate, aperiodicity=False, method=self.f0_method)
+            i, j = parallel.voiced_pairs(source.sp, source.f0, target.sp, target.f0, rate)
+            sources.append(source)
+            src_idx.append(i + offset)
+            tgt_idx.append(j)
+            offset += len(source.f0)
+        pooled = world.WorldFeatures(
+            f0=np.concatenate([f.f0 for f in sources]),
+            sp=np.vstack([f.sp for f in sources]),
+            ap=np.zeros((0, target.sp.shape[1])),
+            sample_rate=rate,
+        )
+        pairs = (np.concatenate(src_idx), np.concatenate(tgt_idx))
+        if len(pairs[0]) < 4 * parallel.DIM * readings:
+            log.info("voice: no spectral mapping: too little aligned speech")
             return None
+        i, j = pairs
+        estimate = world.estimate_warp_parallel(
+            pooled.sp[i], target.sp[j], rate, self.settings.max_warp
+        )
+        check = self._check_features(sources[0], readings=read_audio)
+        best: tuple[float, float, parallel.SpectralMapping] | None = None
+        # Only the paired frames train the mapping: convert those, not every reading.
+        paired = world.WorldFeatures(
+            f0=pooled.f0[i], sp=pooled.sp[i], ap=pooled.ap, sample_rate=rate
+        )
+        for warp in warp_candidates(estimate, self.settings.max_warp):
+            converted = world.convert(paired, self._plan(stats, warp))
+            try:
+                mapping = parallel.fit(
+                    converted.sp,
+                    paired.f0,
+                    target.sp,
+                    target.f0,
+                    rate,
+                    ridge=self.settings.mapping_ridge * readings,
+                    pairs=(np.arange(len(i), dtype=np.int64), j),
+                )
+            except ValueError as exc:
+                log.info("voice: no spectral mapping: %s", exc)
+                return None
+            heard = world.synthesise(
+                parallel.apply_voiced(world.convert(check, self._plan(stats, warp)), mapping)
+            )
+            score = cosine(self.encoder.embed(heard, rate), embedding)
+            if best is None or score > best[0]:
+                best = (score, warp, mapping)
+        assert best is not None
+        _, warp, mapping = best
+        return warp, mapping
+
+    def _check_features(
+        self, first: world.WorldFeatures, readings: list[NDArray[np.float32]]
+    ) -> world.WorldFeatures:
+        """WORLD features (with aperiodicity) of up to CHECK_SECONDS of the first reading."""
+        rate = first.sample_rate
+        audio = readings[0][: int(CHECK_SECONDS * rate)]
+        frames = min(len(first.f0), int(len(audio) / rate * 1000 / world.FRAME_PERIOD_MS) + 1)
+        f0 = first.f0[:frames]
+        t = np.arange(frames, dtype=np.float64) * (world.FRAME_PERIOD_MS / 1000.0)
+        return world.analyse(audio, rate, f0_track=(f0, t))
 
     def conversion(self, profile: SpeakerProfile) -> world.Conversion:
         """The base-to-speaker mapping for ``profile`` under the current settings."""
-        return self._plan(world.VoiceStats.from_json(profile.params["stats"]))
+        warp = profile.params.get("warp")
+        return self._plan(
+            world.VoiceStats.from_json(profile.params["stats"]),
+            float(warp) if isinstance(warp, int | float) else None,
+        )
 
-    def _plan(self, target: world.VoiceStats) -> world.Conversion:
+    def _plan(self, target: world.VoiceStats, warp: float | None = None) -> world.Conversion:
         base_stats, _ = self._base()
         s = self.settings
         return world.plan_conversion(
@@ -204,6 +295,7 @@ class CpuReferenceBackend:
             envelope_weight=s.envelope_weight,
             max_warp=s.max_warp,
             max_envelope_db=s.max_envelope_db,
+            warp_estimate=warp,
         )
 
     def synthesise(

@@ -25,6 +25,7 @@ class Transcriber:
     def __init__(self, threads: int = 2) -> None:
         self._threads = threads
         self._model: Any = None
+        self._no_digits: list[int] = []
         self._lock = threading.Lock()
 
     def _load(self) -> Any:
@@ -43,10 +44,18 @@ class Transcriber:
                 compute_type="int8",
                 cpu_threads=self._threads,
             )
+            # Tokens that write a digit: "334692" or "3-3-4-6-9-2" can be read back in
+            # several ways, the spelled-out words only as they were said.
+            tokenizer = self._model.hf_tokenizer
+            self._no_digits = sorted(
+                i
+                for i in tokenizer.get_vocab().values()
+                if any(c.isdigit() for c in tokenizer.decode([i]))
+            )
         return self._model
 
     def transcribe(self, audio: NDArray[Any], sample_rate: int) -> str:
-        """The words of ``audio`` (empty when none are heard)."""
+        """The words of ``audio`` (empty when none are heard), numbers spelled out."""
         import librosa
 
         wav = np.asarray(audio, dtype=np.float32)
@@ -55,6 +64,10 @@ class Transcriber:
         with self._lock:
             model = self._load()
             segments, _ = model.transcribe(
-                wav, language="en", beam_size=1, condition_on_previous_text=False
+                wav,
+                language="en",
+                beam_size=1,
+                condition_on_previous_text=False,
+                suppress_tokens=[-1, *self._no_digits],
             )
             return " ".join(s.text for s in segments).strip()

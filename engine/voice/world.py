@@ -264,6 +264,53 @@ def estimate_warp(source: Floats, target: Floats, sample_rate: int, max_warp: fl
     return best
 
 
+def _log_at(log_sp: Floats, freqs_hz: Floats, sample_rate: int) -> Floats:
+    """Frames of a log-power envelope read at ``freqs_hz`` (linear between FFT bins)."""
+    n_bins = log_sp.shape[1]
+    pos = np.clip(freqs_hz / (sample_rate / 2) * (n_bins - 1), 0, n_bins - 1)
+    lo = np.minimum(np.floor(pos).astype(np.int64), n_bins - 2)
+    frac = pos - lo
+    return np.asarray(log_sp[:, lo] * (1.0 - frac) + log_sp[:, lo + 1] * frac)
+
+
+def estimate_warp_parallel(
+    source_sp: Floats, target_sp: Floats, sample_rate: int, max_warp: float
+) -> float:
+    """The formant warp that best explains aligned frame pairs of the same sounds.
+
+    ``source_sp`` and ``target_sp`` are envelopes of time-aligned voiced frames (the base
+    voice and the speaker saying the same words). For each warp, what a fixed filter
+    cannot explain (the residual with its mean over frames taken out: recording channel
+    and long-term timbre, which the envelope correction covers) is what the warp must; the
+    per-frame movements of formants, not the long-term average, decide it. With one
+    average envelope a channel's tilt or a band limit can pass for a vocal tract.
+
+    The warped source is read straight from its FFT bins at each band centre / warp:
+    interpolating between coarse bands would smooth half-band shifts more than whole
+    ones and bias the choice toward them.
+    """
+    if len(source_sp) != len(target_sp) or len(source_sp) < 10:
+        raise ValueError("too few aligned frames to estimate a warp")
+    centres = _band_centres_hz(sample_rate)
+    log_src = np.log(np.maximum(source_sp, 1e-16))
+    tgt = _log_at(np.log(np.maximum(target_sp, 1e-16)), centres, sample_rate)
+    tgt -= tgt.mean(axis=1, keepdims=True)
+    best, best_err = 1.0, float("inf")
+    for warp in WARP_GRID:
+        if warp > max_warp or warp < 1.0 / max_warp:
+            continue
+        # Band k of the warped voice is the source at centre_k / warp.
+        shifted = _log_at(log_src, centres / float(warp), sample_rate)
+        residual = tgt - (shifted - shifted.mean(axis=1, keepdims=True))
+        residual -= residual.mean(axis=0)
+        err = float(np.mean(residual**2))
+        # The same pull toward 1.0 as the long-term estimate, relative to the error's scale.
+        err *= 1.0 + 0.5 * float(np.log(warp)) ** 2
+        if err < best_err:
+            best, best_err = float(warp), err
+    return best
+
+
 def _smooth(values: Floats, width: int = 5) -> Floats:
     kernel = np.hanning(width + 2)[1:-1]
     kernel /= kernel.sum()
@@ -281,9 +328,19 @@ def plan_conversion(
     envelope_weight: float,
     max_warp: float,
     max_envelope_db: float,
+    warp_estimate: float | None = None,
 ) -> Conversion:
-    """Everything needed to convert the base voice (``source``) toward ``target``."""
-    warp_full = estimate_warp(source.envelope, target.envelope, sample_rate, max_warp)
+    """Everything needed to convert the base voice (``source``) toward ``target``.
+
+    ``warp_estimate``: a formant warp measured elsewhere (from parallel speech,
+    :func:`estimate_warp_parallel`); without one it is estimated from the two long-term
+    envelopes.
+    """
+    warp_full = (
+        estimate_warp(source.envelope, target.envelope, sample_rate, max_warp)
+        if warp_estimate is None
+        else float(np.clip(warp_estimate, 1.0 / max_warp, max_warp))
+    )
     warp = float(np.exp(warp_weight * np.log(warp_full)))
     warped = _warp_envelope(source.envelope, warp, sample_rate)
     # Level differences are the recording's, not the speaker's: match shape and tilt only.

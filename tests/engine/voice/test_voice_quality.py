@@ -67,17 +67,20 @@ def test_clones_stay_intelligible_and_fast(evaluation: vq.Evaluation) -> None:
     # 0.05-0.1 from run to run, hence per-speaker bounds above the mean's.
     for r in evaluation.speakers:
         assert r.wer_base <= 0.15, r
-        assert r.wer_clone <= 0.5, (r.speaker, r.wer_clone, r.transcripts)
+        # bench/results/voice_quality.json: 0.09-0.19 per speaker over two sentences.
+        assert r.wer_clone <= 0.35, (r.speaker, r.wer_clone, r.transcripts)
         assert r.rtf < 1.0, r.speaker  # 0.3 on a quiet machine; CI shares its 2 cores
         assert r.create_seconds < 25.0, r.speaker
-    assert evaluation.summary()["all"]["wer_clone"] <= 0.25
+    assert evaluation.summary()["all"]["wer_clone"] <= 0.2
 
 
 def test_cloning_moves_toward_the_speaker_on_held_out_speech(evaluation: vq.Evaluation) -> None:
     summary = evaluation.summary()
-    # bench/results/voice_quality.json: +0.19 on average (+0.12 before the spectral mapping).
-    assert summary["all"]["judge_gain"] > 0.08, summary
-    assert sum(r.judge_gain >= 0.1 for r in evaluation.speakers) >= 3, evaluation.speakers
+    # bench/results/voice_quality.json: +0.31 on average (+0.19 with the warp taken from the
+    # long-term envelopes, +0.12 before the spectral mapping); every speaker but sphinx (a
+    # 7 s sample, between -0.02 and +0.07 from run to run) gains +0.3 or more.
+    assert summary["all"]["judge_gain"] > 0.2, summary
+    assert sum(r.judge_gain >= 0.1 for r in evaluation.speakers) >= 5, evaluation.speakers
     assert summary["all"]["own_clone"] > summary["all"]["own_base"] + 0.08, summary
 
 
