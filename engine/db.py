@@ -12,7 +12,7 @@ from typing import Any
 import aiosqlite
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, pool
+from sqlalchemy import Engine, create_engine, event, pool, text
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
@@ -222,6 +222,10 @@ class _FairPool(pool.AsyncAdaptedQueuePool):
     _queue_class = _FairQueue
 
 
+# The PostgreSQL advisory lock key the engine's migrations run under.
+MIGRATION_LOCK = 0x7ADA_0001
+
+
 class Database:
     """Owns both engines and their session factories; close it with :meth:`dispose`."""
 
@@ -261,6 +265,11 @@ class Database:
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         cfg.attributes["connection_url"] = sync_url(self.url)
         with self.sync_engine.begin() as conn:
+            if not self.is_sqlite:
+                # Every process of a deployment may migrate as it starts: one at a time (the
+                # lock ends with this transaction), so the others find the work done instead
+                # of racing to create the same tables.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "heads")
 

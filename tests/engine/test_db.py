@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +20,7 @@ from sqlalchemy import CursorResult
 from engine.db import SQLITE_POOL_SIZE, Database, sync_url
 from engine.models import Base
 from tests.conftest import database_backend, database_dump, register, services_of
+from tests.servers import PostgresServer
 
 
 def _heads() -> set[str]:
@@ -232,3 +237,35 @@ async def test_a_cancelled_waiter_does_not_lose_the_pools_connection(tmp_path: P
             await conn.close()
     finally:
         await db.dispose()
+
+
+def test_processes_migrating_one_empty_postgres_database_at_once_all_succeed(
+    postgres: PostgresServer,
+) -> None:
+    """Every API and worker process of a deployment may run the migrations as it starts: on
+    an empty PostgreSQL database they raced (``DuplicateTable alembic_version``) unless one
+    waits for the other. Real processes (Alembic's context is one per process)."""
+    url = postgres.create_database(f"race_{uuid.uuid4().hex[:12]}")
+    start_at = time.time() + 3.0  # all of them past their imports, then at once
+    code = (
+        "import sys, time; from engine.db import Database; db = Database(sys.argv[1]); "
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); db.migrate()"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, url, str(start_at)],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )
+        for _ in range(4)
+    ]
+    failures = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        if proc.returncode != 0:
+            failures.append(err[-2000:])
+    assert failures == []
+    with sqlalchemy.create_engine(sync_url(url)).connect() as conn:
+        versions = conn.execute(sqlalchemy.text("SELECT version_num FROM alembic_version"))
+        assert {row[0] for row in versions} == HEADS
