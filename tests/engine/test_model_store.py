@@ -132,6 +132,13 @@ def flux_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def sdxl_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-sdxl")
+    build_tiny_pipeline(7, 32, "sdxl").save_pretrained(root, safe_serialization=True)
+    return root
+
+
 def _serve(state: Hub) -> Iterator[tuple[Hub, str]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -231,6 +238,35 @@ def test_a_pulled_flux_trains_a_lora_and_generates_with_it(
     base = model.generate("tadz", steps=2, guidance_scale=3.5)
     image = model.generate("tadz", lora=lora, steps=2, guidance_scale=3.5)
     assert image.shape == (32, 32, 3) and np.abs(image - base).max() > 1e-4
+
+
+def test_a_pulled_sdxl_trains_a_lora_and_generates_with_it(
+    sdxl_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The SDXL path as an operator runs it: pull, name it in config, train, generate."""
+    import numpy as np
+    from PIL import Image
+
+    from engine.image.pipeline import ImageModel
+    from engine.image.settings import image_settings
+    from engine.image.types import TrainImage
+
+    data = tmp_path / "engine"
+    for _, endpoint in _serve(Hub(sdxl_checkpoint)):
+        model_store.pull("tiny-org/tiny-sdxl", data, endpoint=endpoint)
+    settings = make_settings(data, image={"base_model": "tiny-org/tiny-sdxl"})
+    model = ImageModel.from_settings(image_settings(settings.image))
+    assert model.is_xl and model.label == str(data / "models" / "tiny-org--tiny-sdxl")
+    examples = [
+        TrainImage(Image.new("RGB", (32 + 8 * i, 32), (40 * i, 90, 200 - 40 * i)), "tadz, a box")
+        for i in range(4)
+    ]
+    lora = tmp_path / "sdxl-lora.safetensors"
+    fit = model.train_lora(examples, lora, rank=4, steps=10, learning_rate=1e-2, batch_size=2)
+    assert len(fit.losses) == 10 and lora.is_file()
+    base = model.generate("tadz", steps=2)
+    image = model.generate("tadz", lora=lora, steps=2)
+    assert image.shape[2] == 3 and np.abs(image - base).max() > 1e-4
 
 
 def test_a_cut_download_resumes(hub: tuple[Hub, str], tmp_path: Path) -> None:
