@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from engine.jobs import Handler, JobContext, JobFailed
 from engine.models import Upload, UploadKind, UploadStatus, new_id, utcnow
@@ -22,7 +24,7 @@ from engine.voice.audio import CONTENT_TYPES, SampleRejected, encode, load_sampl
 from engine.voice.backend import SpeakerProfile, VoiceBackend
 from engine.voice.models import Voice, VoiceGeneration
 from engine.voice.piper_base import BaseVoiceError
-from engine.voice.settings import VoiceBackendName, VoiceSettings
+from engine.voice.settings import AudioFormat, VoiceBackendName, VoiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,18 @@ def artifact_key(voice_id: str, generation_id: str, settings: VoiceSettings) -> 
     return f"voices/{voice_id}/{generation_id}.{settings.audio_format.value}"
 
 
+# Generation ids are derived from their job's id (uuid5 in this namespace).
+_GENERATION_IDS = uuid.UUID("5e1d7a0c-6b2f-4a7e-9c1d-7ada00000001")
+
+
+def _speech_result(row: VoiceGeneration) -> dict[str, Any]:
+    return {
+        "generation_id": row.id,
+        "content_type": CONTENT_TYPES[AudioFormat(row.audio_format)],
+        "similarity": row.similarity,
+    }
+
+
 class VoiceHandlers:
     """The worker side of voices: the back end and the two handlers, on one instance."""
 
@@ -121,6 +135,13 @@ class VoiceHandlers:
                 or upload.kind != UploadKind.VOICE.value
             ):
                 raise JobFailed("upload not found")
+            # The queue is at-least-once (a stalled worker's job is handed to another): a
+            # run after one that finished finds its voice instead of failing.
+            done = s.scalar(
+                select(Voice.id).where(Voice.upload_id == upload_id, Voice.user_id == ctx.user_id)
+            )
+            if done is not None:
+                return {"voice_id": done}
             if upload.status not in _USABLE:
                 raise JobFailed(f"upload is {upload.status}, not uploaded")
             name = upload.name
@@ -182,6 +203,9 @@ class VoiceHandlers:
         voice_id = str(ctx.payload["voice_id"])
         text = str(ctx.payload["text"])
         with ctx.sessions() as s:
+            done = s.scalar(select(VoiceGeneration).where(VoiceGeneration.job_id == ctx.job_id))
+            if done is not None:  # an earlier run of this job finished (at-least-once queue)
+                return _speech_result(done)
             voice = s.get(Voice, voice_id)
             if voice is None or voice.user_id != ctx.user_id:
                 raise JobFailed("voice not found")
@@ -207,25 +231,29 @@ class VoiceHandlers:
         similarity = backend.similarity(speech, profile)
         s_ = self.settings
         data = encode(speech.audio, speech.sample_rate, s_.audio_format, s_.mp3_bitrate_kbps)
-        generation_id = new_id()
+        # One generation per job, whichever run records it: two runs of one job (a stalled
+        # worker's and its replacement's) write the same row, and the second insert fails.
+        generation_id = str(uuid.uuid5(_GENERATION_IDS, ctx.job_id))
         key = artifact_key(voice_id, generation_id, s_)
         ctx.storage.write_artifact(key, data)
-        with ctx.sessions.begin() as s:
-            s.add(
-                VoiceGeneration(
-                    id=generation_id,
-                    user_id=ctx.user_id,
-                    voice_id=voice_id,
-                    job_id=ctx.job_id,
-                    text=text,
-                    audio_key=key,
-                    audio_format=s_.audio_format.value,
-                    duration_seconds=round(speech.seconds, 3),
-                    similarity=round(similarity, 4),
-                )
-            )
-        return {
-            "generation_id": generation_id,
-            "content_type": CONTENT_TYPES[s_.audio_format],
-            "similarity": round(similarity, 4),
-        }
+        row = VoiceGeneration(
+            id=generation_id,
+            user_id=ctx.user_id,
+            voice_id=voice_id,
+            job_id=ctx.job_id,
+            text=text,
+            audio_key=key,
+            audio_format=s_.audio_format.value,
+            duration_seconds=round(speech.seconds, 3),
+            similarity=round(similarity, 4),
+        )
+        try:
+            with ctx.sessions.begin() as s:
+                s.add(row)
+        except IntegrityError:
+            with ctx.sessions() as s:
+                first = s.get(VoiceGeneration, generation_id)
+            if first is None:
+                raise
+            return _speech_result(first)
+        return _speech_result(row)

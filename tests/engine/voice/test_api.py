@@ -418,3 +418,43 @@ async def test_a_broken_voice_install_fails_fast_and_leaves_the_upload_usable(
         async with services_of(app).db.session() as s:
             job = (await s.scalars(select(Job))).one()
         assert job.attempts == 1
+
+
+async def test_a_voice_job_run_again_after_it_finished_records_nothing_twice(
+    voice_app: tuple[FastAPI, httpx.AsyncClient], alice: str, speakers: dict[str, Speaker]
+) -> None:
+    """The queue is at-least-once: a worker that stalls past ``stale_after_seconds`` has
+    its job handed to another, which may run it after the first run finished. The second
+    run must find the first one's result, not make a second voice or speech."""
+    from engine.jobs import JobContext
+    from engine.voice.handlers import CLONE_KIND, GENERATE_KIND
+    from engine.voice.models import Voice
+
+    app, vapi = voice_app
+    voice = (await clone(vapi, alice, speakers["low"].wav())).json()
+    spoken = await vapi.post(
+        f"/api/voices/{voice['id']}/generations", json={"text": GENERATION_TEXT}, headers=h(alice)
+    )
+    assert spoken.status_code == 200, spoken.text
+    services = services_of(app)
+    handlers = services.voice.handlers()
+    async with services.db.session() as s:
+        jobs = {j.kind: j for j in (await s.scalars(select(Job))).all()}
+    for kind, key in ((CLONE_KIND, "voice_id"), (GENERATE_KIND, "generation_id")):
+        job = jobs[kind]
+        ctx = JobContext(
+            job_id=job.id,
+            kind=job.kind,
+            user_id=job.user_id,
+            payload=dict(job.payload),
+            attempt=2,
+            settings=services.settings,
+            storage=services.storage,
+            sessions=services.db.sync_session,
+        )
+        again = await asyncio.to_thread(handlers[kind], ctx)
+        first = voice["id"] if kind == CLONE_KIND else spoken.json()["id"]
+        assert again[key] == first, kind
+    async with services.db.session() as s:
+        assert len((await s.scalars(select(Voice))).all()) == 1
+        assert len((await s.scalars(select(VoiceGeneration))).all()) == 1
