@@ -3,7 +3,9 @@
 The engine database is a SQLite file by default. With ``TADA_TEST_DB=postgres`` (the
 PostgreSQL pass of ``scripts/check.sh``) one real PostgreSQL server is started for the
 session and every test gets a fresh database of its own, a copy of one migrated by the
-engine's Alembic migrations.
+engine's Alembic migrations. That pass leaves out the tests marked ``no_database``
+(``-m "not no_database"``); in every pass such a test fails if it opens a database
+connection, so the mark cannot hide a test that could differ on PostgreSQL.
 
 Files live in the engine's data directory by default. With ``TADA_TEST_STORAGE=s3`` one
 real SeaweedFS (its S3 gateway) is started for the session and every engine that
@@ -25,6 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy
+import sqlalchemy.event
+import sqlalchemy.pool
 from fastapi import FastAPI
 
 from engine.app import create_app
@@ -202,6 +206,30 @@ def engine_database(
     monkeypatch.setenv(DATABASE_URL_ENV, url)
     yield url
     server.drop_database(name)
+
+
+@pytest.fixture(autouse=True)
+def no_database_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test marked ``no_database`` (left out of the PostgreSQL pass) opens no database
+    connection, engine's or bot store's, SQLite or PostgreSQL: it fails if it does."""
+    if request.node.get_closest_marker("no_database") is None:
+        yield
+        return
+    opened: list[str] = []
+
+    def on_connect(dbapi_connection: object, _record: object) -> None:
+        opened.append(type(dbapi_connection).__module__)
+
+    sqlalchemy.event.listen(sqlalchemy.pool.Pool, "connect", on_connect)
+    try:
+        yield
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.pool.Pool, "connect", on_connect)
+    if opened:
+        pytest.fail(
+            f"marked no_database but opened {len(opened)} database connection(s) "
+            f"({', '.join(sorted(set(opened)))}): the PostgreSQL pass must run it; drop the mark"
+        )
 
 
 @functools.cache

@@ -11,6 +11,8 @@ import pytest
 from engine.devices import GpuProbe, device_report, image_placement, probe
 from engine.image.settings import ImageSettings
 
+pytestmark = pytest.mark.no_database
+
 VOICE = "cpu-reference (Piper ...) on cpu, float32"
 CPU_BUILD_WITH_GPU = GpuProbe(torch_version="2.13.0+cpu", nvidia_driver=True)
 CUDA_GPU = GpuProbe(

@@ -21,6 +21,8 @@ from engine.cli import main as engine_cli
 from engine.image.tiny import build_tiny_pipeline
 from tests.conftest import make_settings
 
+pytestmark = pytest.mark.no_database
+
 REPO = "tiny-org/tiny-sd"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

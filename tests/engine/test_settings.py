@@ -8,6 +8,8 @@ import pytest
 
 from engine.settings import EngineSettings, SettingsError, load_engine_settings
 
+pytestmark = pytest.mark.no_database
+
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.toml"

@@ -73,6 +73,7 @@ def write(tmp: Path, data: bytes) -> Path:
     return path
 
 
+@pytest.mark.no_database
 def test_the_engine_check_names_every_bomb_with_its_reason(
     zips: dict[str, tuple[str, bytes]], tmp_path: Path
 ) -> None:
@@ -87,6 +88,7 @@ def test_the_engine_check_names_every_bomb_with_its_reason(
             assert expected in report.summary(), (name, report.summary())
 
 
+@pytest.mark.no_database
 def test_the_bots_check_leaves_each_bomb_out_with_its_reason_and_keeps_the_good_images(
     zips: dict[str, tuple[str, bytes]],
 ) -> None:
@@ -108,6 +110,7 @@ def test_the_bots_check_leaves_each_bomb_out_with_its_reason_and_keeps_the_good_
         assert kept_bomb or reasons, name
 
 
+@pytest.mark.no_database
 def test_the_bots_reasons_for_the_worst_bombs(zips: dict[str, tuple[str, bytes]]) -> None:
     expected = {
         "six 13000x13000 palette PNGs": ("set/bomb3.png", "it is 13000x13000 (169 megapixels)"),
@@ -127,6 +130,7 @@ def test_the_bots_reasons_for_the_worst_bombs(zips: dict[str, tuple[str, bytes]]
         assert len(got.kept) == 4, (case, got.kept)
 
 
+@pytest.mark.no_database
 def test_a_big_photo_is_kept_at_a_bounded_size_and_trained_at_the_training_size(
     zips: dict[str, tuple[str, bytes]], tmp_path: Path
 ) -> None:
@@ -143,6 +147,7 @@ def test_a_big_photo_is_kept_at_a_bounded_size_and_trained_at_the_training_size(
     assert all(min(e.image.size) == 64 for e in examples)
 
 
+@pytest.mark.no_database
 def test_bomb_attachments_are_left_out_and_the_good_ones_kept() -> None:
     files = [
         ("good0.png", image_bytes(0, 320)),
@@ -159,6 +164,7 @@ def test_bomb_attachments_are_left_out_and_the_good_ones_kept() -> None:
     assert reasons["anim.png"].startswith("it is an animation of 1000000 frames")
 
 
+@pytest.mark.no_database
 def test_zip_paths_with_dot_dot_are_listed_as_left_out() -> None:
     good = {f"set/good{i}.png": image_bytes(i, 320) for i in range(4)}
     data = bombs.zip_of(
@@ -179,6 +185,7 @@ def test_zip_paths_with_dot_dot_are_listed_as_left_out() -> None:
     assert "set/.hidden.png" not in reasons  # a desktop tool's hidden file: skipped quietly
 
 
+@pytest.mark.no_database
 def test_the_engine_check_names_dot_dot_entries_and_a_bomb_among_good_images(
     tmp_path: Path,
 ) -> None:
@@ -200,6 +207,7 @@ def test_the_engine_check_names_dot_dot_entries_and_a_bomb_among_good_images(
     assert len(report.problems) == 3
 
 
+@pytest.mark.no_database
 def test_an_entry_that_cannot_be_unpacked_is_left_out_not_a_crash(tmp_path: Path) -> None:
     good = bombs.good_images()
     data = bytearray(bombs.zip_of({**good, "set/odd.png": image_bytes(7, 320)}))
@@ -227,7 +235,7 @@ async def lora_engine(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.Asyn
 
 
 async def test_the_put_refuses_six_palette_bombs_and_says_which(
-    lora_engine: tuple[FastAPI, httpx.AsyncClient], zips: dict[str, tuple[str, bytes]]
+    lora_engine: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
     from tests.security.test_inputs import target, upload_url
 
@@ -235,7 +243,7 @@ async def test_the_put_refuses_six_palette_bombs_and_says_which(
     key = await register(api)
     body = await upload_url(api, key)
     resp = await api.put(
-        target(body), content=zips["six 13000x13000 palette PNGs"][1], headers=body["headers"]
+        target(body), content=bombs.six_palette_bombs_zip(), headers=body["headers"]
     )
     assert resp.status_code == 400, resp.text
     detail = resp.json()["detail"]
@@ -260,6 +268,7 @@ WORST = [
 ]
 
 
+@pytest.mark.no_database
 def test_the_worst_bombs_cost_under_the_memory_target(
     zips: dict[str, tuple[str, bytes]], tmp_path: Path
 ) -> None:

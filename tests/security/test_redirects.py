@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from pydantic import SecretStr
 
 from bot.tada import TadaClient
+
+pytestmark = pytest.mark.no_database
 
 KEY = "tada_member_secret_key_1234567890"
 API = "https://api.example/tadzagent"

@@ -24,6 +24,8 @@ from engine.image.settings import ImageSettings
 from engine.image.types import ModelError, TrainImage
 from tests.engine.image.zips import image_bytes
 
+pytestmark = pytest.mark.no_database
+
 GEN = {"steps": 2, "seed": 5}
 TRAIN = {"rank": 4, "steps": 3, "learning_rate": 1e-2, "batch_size": 2}
 

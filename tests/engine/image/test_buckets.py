@@ -15,6 +15,8 @@ from engine.image.settings import ImageSettings
 from engine.image.types import TrainImage, nearest_bucket, training_buckets
 from tests.engine.image.zips import image_bytes
 
+pytestmark = pytest.mark.no_database
+
 
 def shaped(i: int, width: int, height: int, caption: str = "tadz") -> TrainImage:
     img = Image.open(io.BytesIO(image_bytes(i, max(width, height)))).convert("RGB")

@@ -28,6 +28,7 @@ def model(request: pytest.FixtureRequest) -> ImageModel:
     return ImageModel.from_settings(ImageSettings(tiny_arch=request.param))
 
 
+@pytest.mark.no_database
 def test_a_cut_training_resumes_at_its_checkpoint_and_ends_as_an_uncut_one(
     model: ImageModel, tmp_path: Path
 ) -> None:
@@ -68,6 +69,7 @@ def test_a_cut_training_resumes_at_its_checkpoint_and_ends_as_an_uncut_one(
         torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.no_database
 def test_a_checkpoint_made_for_other_settings_is_not_used(
     model: ImageModel, tmp_path: Path
 ) -> None:
@@ -98,6 +100,7 @@ def test_a_checkpoint_made_for_other_settings_is_not_used(
     assert steps[0] == 1  # started over: the saved moments belong to another run
 
 
+@pytest.mark.no_database
 def test_a_validation_image_is_drawn_at_each_checkpoint(model: ImageModel, tmp_path: Path) -> None:
     drawn: list[tuple[int, np.ndarray | None]] = []
     opts = TrainOptions(
@@ -116,6 +119,7 @@ def test_a_validation_image_is_drawn_at_each_checkpoint(model: ImageModel, tmp_p
     assert not any(p.requires_grad for p in model.denoiser.parameters())
 
 
+@pytest.mark.no_database
 def test_gradient_checkpointing_is_on_while_training_and_off_after(
     model: ImageModel, tmp_path: Path
 ) -> None:
@@ -132,6 +136,7 @@ def test_gradient_checkpointing_is_on_while_training_and_off_after(
     np.testing.assert_allclose(fit.losses, plain.losses, rtol=1e-4)  # same maths, less memory
 
 
+@pytest.mark.no_database
 def test_the_8bit_optimiser_trains_with_8_bit_moments(model: ImageModel, tmp_path: Path) -> None:
     ckpt = tmp_path / "o.pt"
     opts = TrainOptions(optimizer="adamw8bit", checkpoint=ckpt, checkpoint_every=2)
@@ -164,6 +169,7 @@ def test_the_8bit_optimiser_trains_with_8_bit_moments(model: ImageModel, tmp_pat
     assert model.denoising_loss(examples(), lora=tmp_path / "o.safetensors") < before
 
 
+@pytest.mark.no_database
 def test_an_8bit_optimiser_without_bitsandbytes_says_so(
     model: ImageModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,6 +188,7 @@ def test_an_8bit_optimiser_without_bitsandbytes_says_so(
     assert model._held_adapters() == set(loaded)
 
 
+@pytest.mark.no_database
 def test_unset_training_values_follow_the_architecture() -> None:
     cfg = TrainingSettings()
     assert cfg.for_arch("flux") == ARCH_DEFAULTS["flux"]

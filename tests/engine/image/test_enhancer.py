@@ -16,6 +16,8 @@ from engine.image.enhancer import (
 )
 from engine.image.settings import EnhancerSettings
 
+pytestmark = pytest.mark.no_database
+
 
 def test_template_is_deterministic_per_seed_and_adds_detail() -> None:
     enhancer = TemplateEnhancer()

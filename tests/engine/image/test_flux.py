@@ -36,6 +36,7 @@ def trained(model: ImageModel, tmp_path_factory: pytest.TempPathFactory) -> Iter
     yield dest
 
 
+@pytest.mark.no_database
 def test_the_tiny_flux_is_flux_shaped_and_says_it_draws_noise(model: ImageModel) -> None:
     assert model.is_flux and model.arch == "flux" and not model.is_xl
     assert "noise" in model.label and "flux" in model.label
@@ -44,12 +45,14 @@ def test_the_tiny_flux_is_flux_shaped_and_says_it_draws_noise(model: ImageModel)
     assert model.native_size == 32
 
 
+@pytest.mark.no_database
 def test_training_lowers_the_flow_matching_loss(model: ImageModel, trained: Path) -> None:
     before = model.denoising_loss(examples())
     after = model.denoising_loss(examples(), lora=trained)
     assert after < before * 0.97, (before, after)
 
 
+@pytest.mark.no_database
 def test_the_lora_changes_the_image_and_reloads_the_same(model: ImageModel, trained: Path) -> None:
     base = model.generate(PROMPT, **GEN)
     with_lora = model.generate(PROMPT, lora=trained, **GEN)
@@ -62,6 +65,7 @@ def test_the_lora_changes_the_image_and_reloads_the_same(model: ImageModel, trai
     np.testing.assert_allclose(fresh.generate(PROMPT, lora=trained, **GEN), with_lora, atol=1e-5)
 
 
+@pytest.mark.no_database
 def test_the_lora_file_is_diffusers_flux_layout_and_plain_diffusers_loads_it(
     model: ImageModel, trained: Path, tmp_path: Path
 ) -> None:
@@ -94,6 +98,7 @@ def test_the_lora_file_is_diffusers_flux_layout_and_plain_diffusers_loads_it(
     np.testing.assert_allclose(out, model.generate(PROMPT, lora=trained, **GEN), atol=1e-5)
 
 
+@pytest.mark.no_database
 def test_a_flux_folder_is_detected_from_its_model_index(tmp_path: Path) -> None:
     build_tiny_flux(1234, 32).save_pretrained(str(tmp_path / "flux"))
     assert arch_of_folder(tmp_path / "flux") == "flux"

@@ -15,6 +15,8 @@ from engine.image.settings import TINY_MODEL_LABEL, ImageSettings
 from engine.image.types import ModelError, TrainImage
 from tests.engine.image.zips import image_bytes
 
+pytestmark = pytest.mark.no_database
+
 PROMPT = "tadz, a blue disc"
 GEN = {"steps": 4, "seed": 11, "negative_prompt": "blurry"}
 

@@ -11,6 +11,8 @@ from engine.services import build_services
 from engine.settings import SettingsError, load_engine_settings
 from tests.conftest import make_settings
 
+pytestmark = pytest.mark.no_database
+
 ROOT = Path(__file__).resolve().parents[3]
 
 

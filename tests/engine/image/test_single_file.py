@@ -15,6 +15,8 @@ from engine.image.pipeline import ImageModel
 from engine.image.settings import ImageSettings
 from engine.image.types import ModelError
 
+pytestmark = pytest.mark.no_database
+
 
 def _file(tmp_path: Path, name: str, keys: dict[str, tuple[int, ...]]) -> Path:
     path = tmp_path / f"{name}.safetensors"

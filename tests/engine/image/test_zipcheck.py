@@ -12,6 +12,8 @@ from engine.image.settings import ZipLimits
 from engine.image.zipcheck import inspect_zip, load_examples
 from tests.engine.image.zips import build_zip, good_zip, image_bytes, write
 
+pytestmark = pytest.mark.no_database
+
 LIMITS = ZipLimits(min_side=32, max_uncompressed_bytes=20 * 1024 * 1024)
 
 

@@ -20,6 +20,8 @@ from engine.voice.audio import (
 from engine.voice.settings import AudioFormat
 from tests.engine.voice.conftest import Speaker, transcode, wav_bytes
 
+pytestmark = pytest.mark.no_database
+
 RATE = 22050
 
 

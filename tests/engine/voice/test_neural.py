@@ -79,6 +79,7 @@ def as_sample(speaker: Speaker) -> Sample:
     return Sample(np.asarray(audio, dtype=np.float32), SAMPLE_RATE, seconds, seconds)
 
 
+@pytest.mark.no_database
 def test_it_loads_clones_and_speaks_at_its_rate(
     neural: NeuralBackend, speakers: dict[str, Speaker]
 ) -> None:
@@ -102,6 +103,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.no_database
 def test_a_raising_progress_stops_the_generation(
     neural: NeuralBackend, speakers: dict[str, Speaker]
 ) -> None:
@@ -128,17 +130,20 @@ def test_a_raising_progress_stops_the_generation(
         (NeuralDevice.AUTO, NeuralDtype.BFLOAT16, False, False, Placement("cpu", "bfloat16")),
     ],
 )
+@pytest.mark.no_database
 def test_device_and_dtype_follow_the_machine(
     device: NeuralDevice, dtype: NeuralDtype, cuda: bool, bf16: bool, expected: Placement
 ) -> None:
     assert choose_placement(device, dtype, cuda=cuda, bf16=bf16) == expected
 
 
+@pytest.mark.no_database
 def test_asking_for_cuda_without_a_gpu_says_so() -> None:
     with pytest.raises(NeuralUnavailable, match="no CUDA GPU"):
         choose_placement(NeuralDevice.CUDA, NeuralDtype.AUTO, cuda=False, bf16=False)
 
 
+@pytest.mark.no_database
 @pytest.mark.parametrize("broken", ["hub-id", "folder"])
 def test_a_model_that_cannot_load_falls_back_to_the_cpu_reference(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, broken: str
@@ -162,6 +167,7 @@ def test_a_model_that_cannot_load_falls_back_to_the_cpu_reference(
     assert "using cpu-reference" in backend.describe()
 
 
+@pytest.mark.no_database
 def test_a_pulled_hub_id_names_the_pulled_folder(tmp_path: Path, tiny_model: Path) -> None:
     pulled = tmp_path / "models" / "vibevoice--VibeVoice-1.5B-hf"
     pulled.mkdir(parents=True)
@@ -207,6 +213,7 @@ async def test_clone_and_speak_through_the_api(
         assert isinstance(audio, httpx.Response)
 
 
+@pytest.mark.no_database
 def test_the_written_down_full_config_is_the_published_size() -> None:
     # bench/voice_gpu.sh builds this one on a GPU; no download can check it, so its size
     # does: VibeVoice-1.5B has 2.70 B parameters (1.54 B of them Qwen2.5-1.5B's).

@@ -14,6 +14,8 @@ from engine.voice.settings import VoiceSettings
 from engine.voice.transcribe import TranscriberUnavailable
 from tests.engine.voice.conftest import Speaker
 
+pytestmark = pytest.mark.no_database
+
 
 def _warped(features: world.WorldFeatures, warp: float) -> world.WorldFeatures:
     plan = world.Conversion(0.0, 1.0, 0.0, 1.0, warp, np.zeros(world.N_BANDS))

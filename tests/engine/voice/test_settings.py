@@ -14,6 +14,8 @@ from engine.voice.piper_base import BaseVoiceError, PiperBase
 from engine.voice.settings import AudioFormat, VoiceSettings, voice_settings
 from tests.conftest import make_settings
 
+pytestmark = pytest.mark.no_database
+
 
 def test_defaults_need_no_config() -> None:
     settings = voice_settings({})

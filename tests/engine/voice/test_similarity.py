@@ -6,6 +6,8 @@ import pytest
 
 from engine.voice.similarity import DVECTOR, RESEMBLYZER, Calibration, Likeness, likeness
 
+pytestmark = pytest.mark.no_database
+
 
 def test_a_stranger_scores_zero_and_a_second_recording_a_hundred() -> None:
     cal = Calibration("test", different=0.5, same=0.9)

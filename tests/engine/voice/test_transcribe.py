@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from engine.voice.reference import CpuReferenceBackend
 from engine.voice.transcribe import Transcriber
+
+pytestmark = pytest.mark.no_database
 
 
 def test_numbers_are_written_as_the_words_that_were_spoken(

@@ -19,6 +19,8 @@ from engine.voice.reference import CpuReferenceBackend
 from engine.voice.settings import VoiceSettings
 from engine.voice.similarity import DVECTOR, RESEMBLYZER, Calibration, Likeness, likeness
 
+pytestmark = pytest.mark.no_database
+
 
 @pytest.fixture(scope="module")
 def evaluation(
