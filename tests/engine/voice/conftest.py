@@ -28,7 +28,15 @@ from engine.voice import world
 from engine.voice.audio import ffmpeg_exe
 from engine.voice.reference import CpuReferenceBackend
 from engine.voice.settings import VoiceSettings
-from tests.conftest import backend_for, get_from, make_settings, put_to, register, running_engine
+from tests.conftest import (
+    TEST_VOICE,
+    backend_for,
+    get_from,
+    make_settings,
+    put_to,
+    register,
+    running_engine,
+)
 
 SAMPLE_TEXT = (
     "Please call Stella. Ask her to bring these things with her from the store: six spoons "
@@ -147,10 +155,21 @@ async def fetch(api: httpx.AsyncClient, url: str) -> httpx.Response:
 
 
 @pytest.fixture
-async def voice_app(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+def voice_section() -> dict[str, object]:
+    """``[engine.voice]`` of :func:`voice_app`: a test parametrised with ``voice_section``
+    = ``MAPPED_VOICE`` clones with the spectral mapping (tests/conftest.py)."""
+    return TEST_VOICE
+
+
+@pytest.fixture
+async def voice_app(
+    tmp_path: Path, voice_section: dict[str, object]
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """The engine with one in-process worker, so synchronous voice endpoints finish."""
     settings = make_settings(
-        tmp_path / "engine", jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120)
+        tmp_path / "engine",
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        voice=voice_section,
     )
     async with running_engine(settings) as pair:
         yield pair

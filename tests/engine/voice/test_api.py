@@ -14,9 +14,16 @@ from sqlalchemy import select, update
 
 from engine.models import Job, UploadStatus
 from engine.settings import JobSettings
-from engine.voice.models import VoiceGeneration
+from engine.voice.models import Voice, VoiceGeneration
 from engine.voice.similarity import RESEMBLYZER, likeness
-from tests.conftest import make_settings, register, running_engine, services_of
+from tests.conftest import (
+    MAPPED_VOICE,
+    TEST_VOICE,
+    make_settings,
+    register,
+    running_engine,
+    services_of,
+)
 from tests.engine.voice.conftest import (
     GENERATION_TEXT,
     Speaker,
@@ -29,12 +36,27 @@ from tests.engine.voice.conftest import (
 )
 
 
+async def stored_profile(app: FastAPI, voice_id: str) -> dict:
+    """What the back end learnt for a voice, as the database holds it."""
+    async with services_of(app).db.session() as s:
+        voice = await s.get(Voice, voice_id)
+    assert voice is not None
+    return voice.profile
+
+
+@pytest.mark.parametrize("voice_section", [MAPPED_VOICE], ids=["mapped"])
 async def test_clone_then_read_the_voice_back(
-    vapi: httpx.AsyncClient, alice: str, speakers: dict[str, Speaker]
+    voice_app: tuple[FastAPI, httpx.AsyncClient],
+    vapi: httpx.AsyncClient,
+    alice: str,
+    speakers: dict[str, Speaker],
 ) -> None:
     resp = await clone(vapi, alice, speakers["high"].wav(), name="High voice")
     assert resp.status_code == 200, resp.text
     voice = resp.json()
+    # The product's conversion: a warp and a spectral mapping learnt and stored with it.
+    params = (await stored_profile(voice_app[0], voice["id"]))["params"]
+    assert {"stats", "warp", "mapping"} <= set(params), sorted(params)
     assert voice["name"] == "High voice"
     assert {"id", "name", "created_at", "upload_id", "duration_seconds"} <= set(voice)
     assert abs(voice["duration_seconds"] - len(speakers["high"].audio) / 22050) < 0.1
@@ -184,11 +206,26 @@ async def test_unusable_samples_are_refused_and_the_upload_fails(
     assert detail in again.json()["detail"]
 
 
-@pytest.mark.parametrize("path", ["/api/voices/{id}/generations", "/api/voices/generations/{id}"])
+@pytest.mark.parametrize(
+    ("path", "voice_section"),
+    [
+        # The product's conversion once: the mapping stored with the voice, spoken from it.
+        ("/api/voices/{id}/generations", MAPPED_VOICE),
+        ("/api/voices/generations/{id}", TEST_VOICE),
+    ],
+    ids=["voices-id-generations-mapped", "voices-generations-id"],
+)
 async def test_generate_on_both_paths_and_fetch_the_audio(
-    vapi: httpx.AsyncClient, alice: str, speakers: dict[str, Speaker], path: str
+    voice_app: tuple[FastAPI, httpx.AsyncClient],
+    vapi: httpx.AsyncClient,
+    alice: str,
+    speakers: dict[str, Speaker],
+    path: str,
+    voice_section: dict[str, object],
 ) -> None:
     voice = (await clone(vapi, alice, speakers["low"].wav())).json()
+    params = (await stored_profile(voice_app[0], voice["id"]))["params"]
+    assert ("mapping" in params) is (voice_section is MAPPED_VOICE), sorted(params)
     resp = await vapi.post(
         path.format(id=voice["id"]), json={"text": f"  {GENERATION_TEXT}  "}, headers=h(alice)
     )

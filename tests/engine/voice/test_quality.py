@@ -16,6 +16,7 @@ from engine.voice.reference import CpuReferenceBackend
 from engine.voice.settings import F0Tracker
 from engine.voice.similarity import cosine
 from engine.voice.world import Conversion, VoiceStats, estimate_warp, plan_conversion
+from tests.conftest import MAPPED_VOICE
 from tests.engine.voice.conftest import (
     GENERATION_TEXT,
     Speaker,
@@ -24,6 +25,11 @@ from tests.engine.voice.conftest import (
     h,
     median_f0,
 )
+
+
+@pytest.fixture
+def voice_section() -> dict[str, object]:
+    return MAPPED_VOICE  # the product's conversion: this is how it sounds
 
 
 async def test_each_clone_sounds_like_its_own_speaker(
