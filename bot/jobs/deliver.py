@@ -281,10 +281,10 @@ class Delivery:
         ):
             return
         if self.client.get_guild(job.guild_id) is None:
-            # Jobs are claimed globally; a voice connection needs the guild's shard, which
-            # another bot process runs. The speech is posted in the text channel as usual.
+            # The bot left the guild (or a process that runs every shard has not seen it
+            # yet): no voice connection. The speech is posted in the text channel as usual.
             log.info(
-                "job %s: guild %s is on another process's shards; not played", job.id, job.guild_id
+                "job %s: guild %s is not in this process's cache; not played", job.id, job.guild_id
             )
             return
         await self.store.update(job.id, result={**result, "played": True})
