@@ -69,10 +69,10 @@ async def two(bot_store_url: str) -> AsyncIterator[tuple[Process, Process]]:
             await p.store.close()
 
 
-def demo(cost: int = 1) -> GateRequest:
+def demo(cost: int = 1, guild: int = GUILD) -> GateRequest:
     return GateRequest(
         user_id=ALICE,
-        guild_id=GUILD,
+        guild_id=guild,
         channel_id=1,
         role_ids=frozenset(),
         feature=Feature.DEMO,
@@ -82,9 +82,9 @@ def demo(cost: int = 1) -> GateRequest:
     )
 
 
-async def set_rule(p: Process, limit: Limit, amount: int) -> None:
-    rule = QuotaRule(role_id=GUILD, feature=Feature.DEMO, limit=limit, amount=amount)
-    await p.policy.update(GUILD, lambda s: s.model_copy(update={"quotas": (rule,)}))
+async def set_rule(p: Process, limit: Limit, amount: int, guild: int = GUILD) -> None:
+    rule = QuotaRule(role_id=guild, feature=Feature.DEMO, limit=limit, amount=amount)
+    await p.policy.update(guild, lambda s: s.model_copy(update={"quotas": (rule,)}))
 
 
 async def admitted(*attempts: asyncio.Future[object] | object) -> int:
@@ -117,6 +117,29 @@ async def test_a_quota_admits_once_when_two_processes_are_asked_at_once(
         )
         == 1
     )
+
+
+async def test_one_members_allowances_in_two_guilds_hold_exactly_under_a_race(
+    two: tuple[Process, Process],
+) -> None:
+    a, b = two
+    other = GUILD + 1
+    await set_rule(a, Limit.IMAGES_PER_DAY, 2)
+    await set_rule(b, Limit.IMAGES_PER_DAY, 3, guild=other)
+    # Alice asks in both servers at once, through both processes (each server's requests
+    # arrive at its shard's process, but the store's holds are what count): each server's
+    # allowance is hers there, neither shared nor taken by the other's holds.
+    guilds = [g for _ in range(4) for g in (GUILD, other) for _ in (a, b)]
+    procs = [p for _ in range(4) for _ in (GUILD, other) for p in (a, b)]
+    outcomes = await asyncio.gather(
+        *(p.gate.admit(demo(guild=g)) for p, g in zip(procs, guilds, strict=True)),
+        return_exceptions=True,
+    )
+    for o in outcomes:
+        if isinstance(o, BaseException) and not isinstance(o, UserFacingError):
+            raise o
+    won = [g for g, o in zip(guilds, outcomes, strict=True) if not isinstance(o, BaseException)]
+    assert (won.count(GUILD), won.count(other)) == (2, 3)
 
 
 async def test_a_cooldown_holds_across_processes(two: tuple[Process, Process]) -> None:
