@@ -213,9 +213,15 @@ async def _shutdown(env: simcord.Env, posted: Posted) -> None:
 
 
 async def _cut_off_and_restart(env: simcord.Env, services: Any) -> None:
-    """The bot process dies (its runner's tasks cancelled where they stand) and a new one
-    starts on the same store."""
+    """The bot process dies (its runner's tasks cancelled where they stand, its claims
+    left in the store with their leases, as a SIGKILL leaves them) and a new one starts on
+    the same store."""
     runner = env.bot.jobs  # type: ignore[attr-defined]
+
+    async def killed(owner: str, job_ids: set[str]) -> None:
+        """A killed process hands nothing back."""
+
+    runner.store.release_all = killed
     for task in list(runner._tasks):
         task.cancel()
     await env.restart_bot(create_bot(services))
