@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ from engine.image.pipeline import ImageModel
 from engine.image.settings import ImageSettings
 from engine.image.tiny import build_tiny_pipeline
 from tests.engine.image.test_pipeline import examples
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROUNDS = 4
 PROMPT = "tadz, a blue disc"
@@ -63,15 +65,6 @@ def assert_same_image(got: Any, want: np.ndarray) -> None:
     if isinstance(got, BaseException):
         raise AssertionError(f"{type(got).__name__}: {got}") from got
     np.testing.assert_allclose(got, want, atol=1e-5)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    # Two models on a shared 2-core machine: one intra-op thread each keeps the rounds short.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
