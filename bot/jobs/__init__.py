@@ -14,7 +14,7 @@
 
 from bot.jobs.models import Destination, Job, JobKind, JobState
 from bot.jobs.runner import JobRequest, JobRunner
-from bot.jobs.store import JobNotFound, JobStore
+from bot.jobs.store import JobNotFound, JobStore, ShardScope
 
 __all__ = [
     "Destination",
@@ -25,4 +25,5 @@ __all__ = [
     "JobRunner",
     "JobState",
     "JobStore",
+    "ShardScope",
 ]

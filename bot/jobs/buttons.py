@@ -81,6 +81,11 @@ class _Answering(ABC):
         """What the button does."""
 
 
+def again_custom_id(job_id: str) -> str:
+    """The custom id of a result's Again button: which job a message is the result of."""
+    return f"tada:again:{job_id}"
+
+
 class AgainButton(
     _Answering,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
@@ -91,7 +96,7 @@ class AgainButton(
     def __init__(self, job_id: str, *, label: str = "Again") -> None:
         super().__init__(
             discord.ui.Button(
-                label=label, style=discord.ButtonStyle.primary, custom_id=f"tada:again:{job_id}"
+                label=label, style=discord.ButtonStyle.primary, custom_id=again_custom_id(job_id)
             )
         )
         self.job_id = job_id

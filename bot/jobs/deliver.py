@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import discord
 
 from bot.config import JobsConfig
+from bot.jobs.buttons import again_custom_id
 from bot.jobs.deps import JobServices
 from bot.jobs.models import FINAL_STATES, Destination, Job, JobKind, JobState
 from bot.jobs.models import aware as _aware
@@ -56,6 +57,9 @@ log = logging.getLogger(__name__)
 VOICE_MESSAGE_NOTE = "🔊 The speech is the voice message above."
 # Discord invalidates interaction tokens after 15 minutes; stop using them a bit before.
 TOKEN_LIFETIME = timedelta(minutes=14)
+# How many of a channel's latest messages a follow-up in doubt is looked for in (by the
+# job's button, not by time: Discord's clock is not ours).
+DOUBT_SCAN_MESSAGES = 100
 # Pauses before the later delivery rounds when no destination took a result.
 REDELIVERY_DELAYS = (60.0, 300.0, 1800.0)
 # What the member's "accepted" note becomes once the outcome is posted.
@@ -144,6 +148,15 @@ class Delivery:
                 if job.private
                 else (Destination.INTERACTION, Destination.CHANNEL, Destination.DM)
             )
+            if doubt is not None and doubt.via is Destination.INTERACTION and not job.private:
+                # A follow-up has no nonce: the message, if Discord took it, is found in
+                # the channel by its buttons (an ephemeral one cannot be: sent again).
+                found = await self._posted_in_channel(job)
+                if found is not None:
+                    log.warning("job %s: its follow-up in doubt is posted; recorded", job.id)
+                    await self.store.mark_posted(job.id, message_id=found, via=doubt.via)
+                    self._done(job.id)
+                    return
             if doubt is not None:
                 # A post begun by a process that died before recording it: again where
                 # Discord can tell it is the same post (the nonce), never as a follow-up.
@@ -242,6 +255,27 @@ class Delivery:
             return None
         return self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
 
+    async def _posted_in_channel(self, job: Job) -> int | None:
+        """The id of the bot's message among the channel's latest that carries this job's
+        Again button, if there is one (best effort: ``None`` when the channel's history
+        cannot be read, or the message has scrolled past :data:`DOUBT_SCAN_MESSAGES`)."""
+        channel = self._channel(job)
+        me = self.client.user
+        if channel is None or me is None:
+            return None
+        marker = again_custom_id(job.id)
+        try:
+            async for message in channel.history(limit=DOUBT_SCAN_MESSAGES):
+                if message.author.id == me.id and any(
+                    getattr(child, "custom_id", None) == marker
+                    for row in message.components
+                    for child in getattr(row, "children", ())
+                ):
+                    return message.id
+        except discord.HTTPException as exc:
+            log.warning("job %s: the channel's history cannot be read: %s", job.id, exc)
+        return None
+
     def _file_limit(self, job: Job) -> int:
         guild = self.client.get_guild(job.guild_id) if job.guild_id else None
         return guild.filesize_limit if guild is not None else DEFAULT_FILE_LIMIT
@@ -281,10 +315,10 @@ class Delivery:
         ):
             return
         if self.client.get_guild(job.guild_id) is None:
-            # Jobs are claimed globally; a voice connection needs the guild's shard, which
-            # another bot process runs. The speech is posted in the text channel as usual.
+            # The bot left the guild (or a process that runs every shard has not seen it
+            # yet): no voice connection. The speech is posted in the text channel as usual.
             log.info(
-                "job %s: guild %s is on another process's shards; not played", job.id, job.guild_id
+                "job %s: guild %s is not in this process's cache; not played", job.id, job.guild_id
             )
             return
         await self.store.update(job.id, result={**result, "played": True})

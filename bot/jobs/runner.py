@@ -12,8 +12,10 @@ generations cut off are posted as interrupted with a Retry button.
 Several bot processes may share one store. The queue is the store's (``QUEUED`` rows),
 served in the same fair order by every process; a process works on a job only while it
 holds the job's claim (:meth:`JobStore.claim`: one conditional update, with a lease it
-renews every ``sweep_seconds``). The sweep also takes over what a dead process held once
-its lease ran out, and picks up jobs another process queued while its own slots were full.
+renews every ``sweep_seconds``), and claims only jobs of guilds on its own shards
+(:class:`~bot.jobs.store.ShardScope`; DMs with shard 0). The sweep also takes over what a
+dead process of the same shards held once its lease ran out (a restarted process, under
+the same runner id, at once), and picks up jobs queued while its own slots were full.
 
 This module submits and queues; each other role has its module, wired here:
 
@@ -50,7 +52,7 @@ from bot.jobs.fairness import fair_order
 from bot.jobs.images import ImageOptions
 from bot.jobs.models import Job, JobKind, JobRequest, JobState
 from bot.jobs.recover import recover_generation
-from bot.jobs.store import JobNotFound, JobStore
+from bot.jobs.store import JobNotFound, JobStore, ShardScope
 from bot.jobs.trainings import Trainings
 from bot.tada import TadaClient
 from bot.voice_channel import VoiceChannelPlayer
@@ -81,6 +83,15 @@ def default_runner_id(discord_config: DiscordConfig) -> str:
     shards = discord_config.shard_ids
     which = ",".join(map(str, shards)) if shards is not None else "all"
     return f"{socket.gethostname()[:40]}/shards-{which}"[:64]
+
+
+def shard_scope(discord_config: DiscordConfig) -> ShardScope | None:
+    """The jobs this process may claim: those of its shards (``None``: it runs every
+    shard, so any job)."""
+    ids = discord_config.shard_ids
+    if ids is None or set(ids) == set(range(discord_config.shard_count)):
+        return None
+    return ShardScope(discord_config.shard_count, frozenset(ids))
 
 
 def gate_request(interaction: discord.Interaction[Any], request: JobRequest) -> GateRequest:
@@ -116,7 +127,9 @@ class JobRunner:
         # Plays speech asked with ``/voice say`` in the member's voice channel.
         self.player = player
         self.config = services.config.jobs
-        self.store = JobStore(services.store, services.members.keys)
+        self.store = JobStore(
+            services.store, services.members.keys, shards=shard_scope(services.config.discord)
+        )
         self.queue = Slots(
             max_running=self.config.max_concurrent, per_member=self.config.per_member
         )

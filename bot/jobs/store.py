@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, literal_column, or_, select, true, update
 
 from bot.crypto import DecryptionError, KeyBox
 from bot.jobs.models import Destination, Job, JobKind, JobState, aware
@@ -26,9 +26,9 @@ class JobNotFound(LookupError):
 class QueueSnapshot:
     """The shared queue as the store has it now, for :mod:`bot.jobs.fairness`.
 
-    ``waiting``: (member, job id) of queued jobs nobody holds, oldest first; ``running``:
-    per member, jobs some live process holds a slot for; ``served``: per member, when one
-    of their jobs last started (any process).
+    ``waiting``: (member, job id) of queued jobs of this process's shards nobody holds,
+    oldest first; ``running``: per member, jobs some live process holds a slot for;
+    ``served``: per member, when one of their jobs last started (any process).
     """
 
     waiting: tuple[tuple[int, str], ...]
@@ -42,6 +42,33 @@ class InDoubt:
 
     via: Destination
     started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ShardScope:
+    """The shards one bot process runs, of ``count`` in all: it claims only the jobs of
+    guilds on them, and DMs when it runs shard 0 (where Discord sends them).
+
+    Discord puts a guild on shard ``(guild_id >> 22) % count``; that shard's process has
+    the guild's commands, its cache (channels, permissions, upload limit) and its voice
+    connection, so it is the one to run and post the guild's jobs. Another process could
+    post through REST, but without the cache it would post blind (default file limit, no
+    permission check) and could not play speech in a voice channel.
+    """
+
+    count: int
+    ids: frozenset[int]
+
+    def runs(self, guild_id: int | None) -> bool:
+        """Whether a job of ``guild_id`` (``None``: a DM) is this process's."""
+        return ((guild_id >> 22) % self.count if guild_id is not None else 0) in self.ids
+
+    def condition(self) -> ColumnElement[bool]:
+        """:meth:`runs` as SQL (SQLite and PostgreSQL have both ``>>`` and ``%``)."""
+        # An inline 22: PostgreSQL has ``bigint >> integer`` but no ``bigint >> bigint``.
+        shard = JobRow.guild_id.op(">>")(literal_column("22")) % self.count
+        in_guild = and_(JobRow.guild_id.is_not(None), shard.in_(sorted(self.ids)))
+        return or_(JobRow.guild_id.is_(None), in_guild) if 0 in self.ids else in_guild
 
 
 def free_or_mine(owner: str, now: datetime) -> ColumnElement[bool]:
@@ -62,9 +89,11 @@ class JobStore:
     """Reads and writes ``bot_jobs``; a shared key lent to a job and the job's interaction
     token are kept encrypted."""
 
-    def __init__(self, store: Store, keys: KeyBox) -> None:
+    def __init__(self, store: Store, keys: KeyBox, *, shards: ShardScope | None = None) -> None:
         self._store = store
         self._keys = keys
+        # Claims are limited to the jobs of this process's shards (None: it runs them all).
+        self._mine = shards.condition() if shards is not None else true()
         # One writer at a time: SQLite fails (rather than waits) when two connections'
         # read-then-write transactions cross, and hundreds of jobs update at once.
         self._writes = asyncio.Lock()
@@ -207,7 +236,12 @@ class JobStore:
         condition re-checked against the committed row).
         """
         now = utcnow()
-        conditions = [JobRow.id == job_id, JobRow.posted_via.is_(None), free_or_mine(owner, now)]
+        conditions = [
+            JobRow.id == job_id,
+            JobRow.posted_via.is_(None),
+            free_or_mine(owner, now),
+            self._mine,
+        ]
         if queued_only:
             conditions.append(JobRow.state == JobState.QUEUED.value)
         async with self._writes, self._store.session() as session:
@@ -283,7 +317,7 @@ class JobStore:
             rows = (
                 await session.scalars(
                     select(JobRow)
-                    .where(JobRow.posted_via.is_(None), free_or_mine(owner, utcnow()))
+                    .where(JobRow.posted_via.is_(None), free_or_mine(owner, utcnow()), self._mine)
                     .order_by(JobRow.created_at, JobRow.id)
                 )
             ).all()
@@ -356,6 +390,7 @@ class JobStore:
                         JobRow.posted_via.is_(None),
                         JobRow.state == JobState.QUEUED.value,
                         ~live,
+                        self._mine,
                     )
                     .order_by(JobRow.created_at, JobRow.id)
                 )

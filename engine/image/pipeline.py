@@ -45,6 +45,7 @@ from engine.image.types import (
     nearest_bucket,
     training_buckets,
 )
+from engine.model_loading import loading_models
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,10 @@ def load_checkpoint(path: Path, dtype: torch.dtype) -> Pipeline:
     extra: dict[str, Any] = {}
     if "safety_checker" in index:
         extra = {"safety_checker": None, "requires_safety_checker": False}
-    return _PIPELINES[arch].from_pretrained(
-        str(path), torch_dtype=dtype, local_files_only=True, **extra
-    )
+    with loading_models():
+        return _PIPELINES[arch].from_pretrained(
+            str(path), torch_dtype=dtype, local_files_only=True, **extra
+        )
 
 
 def load_single_file(path: Path, config: Path | None, dtype: torch.dtype) -> Pipeline:
@@ -151,22 +153,24 @@ def load_single_file(path: Path, config: Path | None, dtype: torch.dtype) -> Pip
     if arch == "flux":
         from diffusers import FluxTransformer2DModel
 
-        transformer = FluxTransformer2DModel.from_single_file(
-            str(path),
-            config=str(config),
-            subfolder="transformer",
-            torch_dtype=dtype,
-            local_files_only=True,
-        )
-        return FluxPipeline.from_pretrained(
-            str(config), transformer=transformer, torch_dtype=dtype, local_files_only=True
-        )
+        with loading_models():
+            transformer = FluxTransformer2DModel.from_single_file(
+                str(path),
+                config=str(config),
+                subfolder="transformer",
+                torch_dtype=dtype,
+                local_files_only=True,
+            )
+            return FluxPipeline.from_pretrained(
+                str(config), transformer=transformer, torch_dtype=dtype, local_files_only=True
+            )
     extra: dict[str, Any] = {}
     if arch == "sd15":
         extra = {"safety_checker": None, "requires_safety_checker": False}
-    return _PIPELINES[arch].from_single_file(
-        str(path), config=str(config), torch_dtype=dtype, local_files_only=True, **extra
-    )
+    with loading_models():
+        return _PIPELINES[arch].from_single_file(
+            str(path), config=str(config), torch_dtype=dtype, local_files_only=True, **extra
+        )
 
 
 def kohya_lora_state(unet_peft_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -261,21 +265,24 @@ class ImageModel:
             # Process-wide. A tiny model gains nothing from threads, and on a busy machine
             # oversubscribed OpenMP threads spin: one thread was 10-30x faster there.
             torch.set_num_threads(threads)
-        if settings.base_model is None:
-            log.warning("image model: %s", TINY_MODEL_LABEL)
-            # Built in float32: the tiny model is for correctness, not speed.
-            pipe = tiny.build_tiny_pipeline(
-                settings.tiny_seed, settings.tiny_resolution, settings.tiny_arch
-            )
-        elif settings.base_model.is_file():
-            pipe = load_single_file(
-                settings.base_model,
-                settings.single_file_config,
-                resolve_dtype(settings.dtype, device),
-            )
-        else:
-            pipe = load_checkpoint(settings.base_model, resolve_dtype(settings.dtype, device))
-        model = cls(pipe, label=settings.model_label, device=device)
+        # The whole build under the process-wide lock: another engine's or back end's load
+        # in another thread must not patch torch while these modules are made and moved.
+        with loading_models():
+            if settings.base_model is None:
+                log.warning("image model: %s", TINY_MODEL_LABEL)
+                # Built in float32: the tiny model is for correctness, not speed.
+                pipe = tiny.build_tiny_pipeline(
+                    settings.tiny_seed, settings.tiny_resolution, settings.tiny_arch
+                )
+            elif settings.base_model.is_file():
+                pipe = load_single_file(
+                    settings.base_model,
+                    settings.single_file_config,
+                    resolve_dtype(settings.dtype, device),
+                )
+            else:
+                pipe = load_checkpoint(settings.base_model, resolve_dtype(settings.dtype, device))
+            model = cls(pipe, label=settings.model_label, device=device)
         model.max_adapters = settings.generation.max_loaded_adapters
         return model
 
@@ -412,13 +419,16 @@ class ImageModel:
             try:
                 # From the file, not a loaded dict: diffusers then reads the adapter metadata
                 # (lora_alpha) that LoRAs saved by diffusers keep in the safetensors header.
-                self.pipe.load_lora_weights(
-                    str(path.parent),
-                    weight_name=path.name,
-                    adapter_name=name,
-                    use_safetensors=True,
-                    local_files_only=True,
-                )
+                # peft builds the adapter's layers on the meta device by patching torch for
+                # the whole process: under the process-wide lock.
+                with loading_models():
+                    self.pipe.load_lora_weights(
+                        str(path.parent),
+                        weight_name=path.name,
+                        adapter_name=name,
+                        use_safetensors=True,
+                        local_files_only=True,
+                    )
             except Exception as exc:
                 with contextlib.suppress(Exception):  # drop whatever half-loaded
                     self._delete_adapters([name])
@@ -605,8 +615,9 @@ class ImageModel:
             try:
                 # Inside the try: an adapter half-added by a failure here is removed below.
                 # Its initial weights come from ``seed``, not from the global RNG, so one
-                # request trains the same LoRA whatever the worker did before.
-                with torch.random.fork_rng(devices=[]):
+                # request trains the same LoRA whatever the worker did before; that RNG is
+                # the process's, and these are new modules: under the process-wide lock.
+                with loading_models(), torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
                     unet.add_adapter(
                         LoraConfig(

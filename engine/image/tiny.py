@@ -3,7 +3,9 @@
 Tests and development only (they draw noise): every code path of
 :class:`engine.image.pipeline.ImageModel` runs on a CPU with them, and the engine uses one
 when no ``[engine.image] base_model`` is set. Seeded, so every worker builds the same weights.
-Only diffusers, transformers and the offline tokenizers are imported here, so the model code
+Only diffusers, transformers, the offline tokenizers and the process-wide loading lock
+(:mod:`engine.model_loading`: the weights are drawn from torch's global RNG, and modules must
+not be built while another thread loads a model) are imported here, so the model code
 (``pipeline``, ``flux``) can import this module without a circle.
 """
 
@@ -31,6 +33,7 @@ from transformers import (
 )
 
 from engine.image.offline_tokenizers import TINY_T5_TOKENS, offline_t5_tokenizer, offline_tokenizer
+from engine.model_loading import loading_models
 
 # diffusers' lazy exports read as dummy classes to mypy (as in engine.image.pipeline).
 Pipeline = Any
@@ -47,7 +50,7 @@ def build_tiny_flux(seed: int, resolution: int) -> Pipeline:
     """
     clip_tok = offline_tokenizer()
     t5_tok = offline_t5_tokenizer(TINY_T5_TOKENS)
-    with torch.random.fork_rng(devices=[]):
+    with loading_models(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(
             patch_size=1,
@@ -164,6 +167,11 @@ def build_tiny_pipeline(seed: int, resolution: int, arch: str = "sd15") -> Pipel
     same weights and a LoRA trained by one process fits the base of another. It draws
     noise, by design.
     """
+    with loading_models():
+        return _build_tiny(seed, resolution, arch)
+
+
+def _build_tiny(seed: int, resolution: int, arch: str) -> Pipeline:
     if arch == "sdxl":
         return _build_tiny_xl(seed, resolution)
     if arch == "flux":

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from engine.model_loading import loading_models
 from engine.voice import world
 from engine.voice.audio import Sample, SampleRejected, normalise
 from engine.voice.backend import Progress, SpeakerProfile, Speech, VoiceBackend
@@ -171,11 +172,14 @@ class VibeVoiceModel:
         self.settings = settings
         self._torch = torch
         dtype = getattr(torch, placement.dtype)
-        self.processor: Any = VibeVoiceProcessor.from_pretrained(folder, local_files_only=True)
-        model: Any = VibeVoiceForConditionalGeneration.from_pretrained(
-            folder, dtype=dtype, local_files_only=True
-        )
-        self.model: Any = model.to(placement.device).eval()
+        # transformers sets the process's default dtype and patches torch while it builds
+        # the model: under the process-wide lock, or an image model built meanwhile breaks.
+        with loading_models():
+            self.processor: Any = VibeVoiceProcessor.from_pretrained(folder, local_files_only=True)
+            model: Any = VibeVoiceForConditionalGeneration.from_pretrained(
+                folder, dtype=dtype, local_files_only=True
+            )
+            self.model: Any = model.to(placement.device).eval()
         self._lock = threading.Lock()
         self.audio_token_id = int(self.model.config.audio_token_id)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.model_loading import loading_models
+
 Size = Literal["tiny", "full"]
 # The four special tokens, audio frame first (the id ties are broken towards).
 SPECIAL_TOKENS = ["<|vision_pad|>", "<|endoftext|>", "<|vision_start|>", "<|vision_end|>"]
@@ -119,8 +121,9 @@ def build_random_model(
         audio_bos_token_id=ids["<|vision_start|>"],
         audio_eos_token_id=ids["<|vision_end|>"],
     )
-    torch.manual_seed(0)
-    with torch.device(device):
+    # Seeded from the process's RNG and built from modules: under the process-wide lock.
+    with loading_models(), torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(0)
         model = VibeVoiceForConditionalGeneration(config).to(getattr(torch, dtype))
     with torch.no_grad():
         head = model.get_output_embeddings().weight

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from engine.model_loading import loading_models
+
 ENCODER_RATE = 16000
 
 
@@ -37,7 +39,10 @@ class SpeakerEncoder:
                     warnings.simplefilter("ignore")
                     from resemblyzer import VoiceEncoder
 
-                self._encoder = VoiceEncoder("cpu", verbose=False)
+                # Plain torch modules, built while an image or voice model may be loading in
+                # another thread (patching torch for the process): under the process-wide lock.
+                with loading_models():
+                    self._encoder = VoiceEncoder("cpu", verbose=False)
             return self._encoder
 
     def load(self) -> None:

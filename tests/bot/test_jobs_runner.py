@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from datetime import timedelta
@@ -307,4 +308,39 @@ async def test_a_post_left_in_doubt_is_sent_again_with_the_same_nonce(
     assert all((r.json or {}).get("enforce_nonce") for r in posts)
     done = await runner.store.get(job.id)
     assert done.posted_via is Destination.CHANNEL and await runner.store.in_doubt(job.id) is None
+    _ = simcord_env.errors
+
+
+async def test_a_follow_up_left_in_doubt_is_found_in_the_channel_and_not_posted_again(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked(simcord_env, services, api)
+    runner = simcord_env.bot.jobs  # type: ignore[attr-defined]
+
+    # The process is killed just after Discord took the result's follow-up, before the row
+    # records it: the follow-up is in the channel, the row says "in doubt".
+    async def killed(job_id: str, **_: object) -> bool:
+        raise asyncio.CancelledError
+
+    runner.store.mark_posted = killed
+    await alice.slash(channel, "demo tadz", prompt="a cat")
+    [job] = await runner.store.for_member(alice.id)
+    assert not job.posted and await runner.store.in_doubt(job.id) is not None
+    # Follow-ups have no nonce: the next process looks for the message it may have made.
+    await simcord_env.restart_bot(create_bot(services))
+    await simcord_env.settle()
+
+    posts = [
+        r.path
+        for r in simcord_env.http_requests
+        if r.method == "POST" and (r.path.startswith("/webhooks/") or r.path.endswith("/messages"))
+    ]
+    results = [
+        m
+        for m in channel.history()
+        if any(f"tada:again:{job.id}" in str(row) for row in (m.components or []))
+    ]
+    assert len(results) == 1, (posts, results)
+    job = await simcord_env.bot.jobs.store.get(job.id)  # type: ignore[attr-defined]
+    assert job.posted_via is Destination.INTERACTION and job.result_message_id == results[0].id
     _ = simcord_env.errors

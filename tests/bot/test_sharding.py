@@ -13,7 +13,8 @@ from pydantic import SecretStr
 from bot.__main__ import _shard_ids, _with_shards
 from bot.app import BotServices
 from bot.config import BotConfig, ConfigError, load_bot_config
-from bot.jobs import Destination
+from bot.jobs import Destination, ShardScope
+from bot.jobs.runner import shard_scope
 from bot.store import LinkedVia
 from tests.bot.conftest import make_bot_config
 from tests.conftest import database_backend, register
@@ -29,6 +30,11 @@ def test_shards_come_from_the_config_file_and_the_flags() -> None:
     assert (config.discord.shard_count, config.discord.shard_ids) == (4, (0, 1))
     with pytest.raises(ConfigError, match="shard_ids"):
         load_bot_config({"discord": {"shard_count": 2, "shard_ids": [2]}}, {})
+    # The process claims the jobs of its shards' guilds; running every shard, any job.
+    assert shard_scope(config.discord) == ShardScope(4, frozenset({0, 1}))
+    every = load_bot_config({"discord": {"shard_count": 2, "shard_ids": [1, 0]}}, {})
+    assert shard_scope(every.discord) is None
+    assert shard_scope(load_bot_config({}, {}).discord) is None
 
     with pytest.raises(ConfigError, match="lease_seconds"):
         load_bot_config({"jobs": {"lease_seconds": 5, "sweep_seconds": 5}}, {})

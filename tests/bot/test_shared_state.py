@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from bot.crypto import KeyBox
 from bot.errors import UserFacingError
 from bot.gate import Action, Feature, GateRequest
-from bot.jobs import Destination, JobKind, JobNotFound, JobState, JobStore
+from bot.jobs import Destination, JobKind, JobNotFound, JobState, JobStore, ShardScope
 from bot.jobs.fairness import fair_order
 from bot.policy import Limit, PolicyGate, PolicyStore, QuotaRule
 from bot.store import Store
@@ -69,10 +69,10 @@ async def two(bot_store_url: str) -> AsyncIterator[tuple[Process, Process]]:
             await p.store.close()
 
 
-def demo(cost: int = 1) -> GateRequest:
+def demo(cost: int = 1, guild: int = GUILD) -> GateRequest:
     return GateRequest(
         user_id=ALICE,
-        guild_id=GUILD,
+        guild_id=guild,
         channel_id=1,
         role_ids=frozenset(),
         feature=Feature.DEMO,
@@ -82,9 +82,9 @@ def demo(cost: int = 1) -> GateRequest:
     )
 
 
-async def set_rule(p: Process, limit: Limit, amount: int) -> None:
-    rule = QuotaRule(role_id=GUILD, feature=Feature.DEMO, limit=limit, amount=amount)
-    await p.policy.update(GUILD, lambda s: s.model_copy(update={"quotas": (rule,)}))
+async def set_rule(p: Process, limit: Limit, amount: int, guild: int = GUILD) -> None:
+    rule = QuotaRule(role_id=guild, feature=Feature.DEMO, limit=limit, amount=amount)
+    await p.policy.update(guild, lambda s: s.model_copy(update={"quotas": (rule,)}))
 
 
 async def admitted(*attempts: asyncio.Future[object] | object) -> int:
@@ -117,6 +117,29 @@ async def test_a_quota_admits_once_when_two_processes_are_asked_at_once(
         )
         == 1
     )
+
+
+async def test_one_members_allowances_in_two_guilds_hold_exactly_under_a_race(
+    two: tuple[Process, Process],
+) -> None:
+    a, b = two
+    other = GUILD + 1
+    await set_rule(a, Limit.IMAGES_PER_DAY, 2)
+    await set_rule(b, Limit.IMAGES_PER_DAY, 3, guild=other)
+    # Alice asks in both servers at once, through both processes (each server's requests
+    # arrive at its shard's process, but the store's holds are what count): each server's
+    # allowance is hers there, neither shared nor taken by the other's holds.
+    guilds = [g for _ in range(4) for g in (GUILD, other) for _ in (a, b)]
+    procs = [p for _ in range(4) for _ in (GUILD, other) for p in (a, b)]
+    outcomes = await asyncio.gather(
+        *(p.gate.admit(demo(guild=g)) for p, g in zip(procs, guilds, strict=True)),
+        return_exceptions=True,
+    )
+    for o in outcomes:
+        if isinstance(o, BaseException) and not isinstance(o, UserFacingError):
+            raise o
+    won = [g for g, o in zip(guilds, outcomes, strict=True) if not isinstance(o, BaseException)]
+    assert (won.count(GUILD), won.count(other)) == (2, 3)
 
 
 async def test_a_cooldown_holds_across_processes(two: tuple[Process, Process]) -> None:
@@ -218,6 +241,46 @@ async def test_the_shared_queue_is_served_in_one_fair_order(two: tuple[Process, 
     assert (
         next(j for _, j in fair_order(snapshot.waiting, snapshot.running, snapshot.served)) == bob
     )
+
+
+def on_shard(shard: int, count: int = 2) -> int:
+    """A guild id that Discord routes to ``shard`` of ``count``."""
+    return (10**6 * count + shard) << 22
+
+
+async def test_each_process_claims_only_the_jobs_of_its_own_shards(
+    two: tuple[Process, Process],
+) -> None:
+    a, b = two
+    # Two processes of one bot, each with one of its two shards: a guild's commands, its
+    # cache and its voice connection are on the process that runs the guild's shard, so
+    # that process runs and posts the guild's jobs; DMs come in on shard 0.
+    keys = KeyBox([SecretStr(Fernet.generate_key().decode())])
+    a.jobs = JobStore(a.store, keys, shards=ShardScope(2, frozenset({0})))
+    b.jobs = JobStore(b.store, keys, shards=ShardScope(2, frozenset({1})))
+    made = {}
+    for name, guild in (("g0", on_shard(0)), ("g1", on_shard(1)), ("dm", None)):
+        job = await a.jobs.create(
+            user_id=ALICE, guild_id=guild, channel_id=1, kind=JobKind.DEMO_GENERATE, params={}
+        )
+        made[name] = job.id
+    assert {j.id for j in await a.jobs.takeable("a")} == {made["g0"], made["dm"]}
+    assert {j.id for j in await b.jobs.takeable("b")} == {made["g1"]}
+    assert {j for _, j in (await b.jobs.queue_snapshot()).waiting} == {made["g1"]}
+    assert not await b.jobs.claim(made["g0"], "b", lease=LEASE, queued_only=True)
+    assert not await b.jobs.claim(made["dm"], "b", lease=LEASE)
+    assert not await a.jobs.claim(made["g1"], "a", lease=LEASE)
+    assert await b.jobs.claim(made["g1"], "b", lease=LEASE, queued_only=True)
+    # Even after its owner died (lease run out), a job stays with its shard: the next
+    # process on shard 1 (the restarted one, or one on another host) takes it.
+    await b.jobs.update(made["g1"], lease_until=utcnow() - timedelta(seconds=1))
+    assert not await a.jobs.claim(made["g1"], "a", lease=LEASE)
+    assert await b.jobs.claim(made["g1"], "b2", lease=LEASE)
+    # A process running every shard (the default, one process) takes any job.
+    every = JobStore(a.store, keys)
+    assert {j.id for j in await every.takeable("solo")} == {made["g0"], made["dm"]}
+    assert ShardScope(2, frozenset({1})).runs(on_shard(1))
+    assert not ShardScope(2, frozenset({1})).runs(None)
 
 
 CLAIMER = """

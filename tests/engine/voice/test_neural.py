@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -37,17 +36,9 @@ from engine.voice.settings import NeuralDevice, NeuralDtype, VoiceSettings
 from tests.conftest import backend_for, make_settings, register, running_engine
 from tests.engine.voice.conftest import Speaker, clone, fetch, h
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TEXT = "Hi there."
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    # The tiny model is thousands of small ops: on a shared 2-core machine, two threads
-    # fighting over them are ten times slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
