@@ -28,7 +28,7 @@ from engine.image.settings import ImageSettings
 from engine.image.tiny import build_tiny_pipeline
 from tests.engine.image.test_pipeline import examples
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.no_database, pytest.mark.usefixtures("one_torch_thread")]
 
 ROUNDS = 4
 PROMPT = "tadz, a blue disc"

@@ -25,10 +25,9 @@ from tests.engine.image.test_concurrent_loads import (
     assert_same_image,
     at_once,
     drawn,
-    one_torch_thread,
 )
 
-__all__ = ["one_torch_thread"]  # the fixture, used by every test here
+pytestmark = [pytest.mark.no_database, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def speech_like() -> np.ndarray:
