@@ -98,7 +98,7 @@ class Stop(Exception):
 def test_a_raising_progress_stops_the_generation(
     neural: NeuralBackend, speakers: dict[str, Speaker]
 ) -> None:
-    profile = neural.analyse(as_sample(speakers["high"]))
+    profile = neural.analyse(as_sample(speakers["low"]))
     calls: list[float] = []
 
     def cancel(done: float) -> None:
