@@ -106,10 +106,11 @@ def fit(
     if pairs is None:
         pairs = voiced_pairs(source_sp, source_f0, target_sp, target_f0, sample_rate, dim)
     i, j = pairs
+    # Before coding: pyworld fails on an empty buffer (no voiced pair at all).
+    if len(i) < 4 * dim:
+        raise ValueError("too little aligned speech to learn a mapping")
     x = code(source_sp[i], sample_rate, dim)
     y = code(target_sp[j], sample_rate, dim)
-    if len(x) < 4 * dim:
-        raise ValueError("too little aligned speech to learn a mapping")
     xa = np.hstack([x, np.ones((len(x), 1))])
     # The ridge pulls toward "change nothing" (identity), not toward zero: a mapping
     # shrunk toward zero would average every sound into one and lose the words.

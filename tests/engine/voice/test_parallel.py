@@ -87,6 +87,18 @@ def test_too_little_speech_is_refused(base_sample: Speaker) -> None:
         parallel.fit(short.sp, short.f0, short.sp, short.f0, rate)
 
 
+def test_a_reading_with_no_voiced_frame_at_all_is_refused_not_crashed(
+    base_sample: Speaker,
+) -> None:
+    # No aligned voiced pair (a whisper, or the silence before the first word): a clear
+    # "too little", not pyworld's IndexError on an empty buffer.
+    rate = base_sample.sample_rate
+    short = world.analyse(base_sample.audio[: rate // 2], rate, aperiodicity=False)
+    silent = np.zeros_like(short.f0)
+    with pytest.raises(ValueError, match="too little"):
+        parallel.fit(short.sp, silent, short.sp, silent, rate)
+
+
 class _NoWhisper:
     def transcribe(self, audio: object, sample_rate: int) -> str:
         raise TranscriberUnavailable("faster-whisper is not installed")
