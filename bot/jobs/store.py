@@ -59,12 +59,9 @@ class ShardScope:
     count: int
     ids: frozenset[int]
 
-    def runs(self, guild_id: int | None) -> bool:
-        """Whether a job of ``guild_id`` (``None``: a DM) is this process's."""
-        return ((guild_id >> 22) % self.count if guild_id is not None else 0) in self.ids
-
     def condition(self) -> ColumnElement[bool]:
-        """:meth:`runs` as SQL (SQLite and PostgreSQL have both ``>>`` and ``%``)."""
+        """The jobs of this process's shards, as SQL (SQLite and PostgreSQL have both
+        ``>>`` and ``%``)."""
         # An inline 22: PostgreSQL has ``bigint >> integer`` but no ``bigint >> bigint``.
         shard = JobRow.guild_id.op(">>")(literal_column("22")) % self.count
         in_guild = and_(JobRow.guild_id.is_not(None), shard.in_(sorted(self.ids)))

@@ -120,21 +120,22 @@ _PIPELINES: dict[str, Any] = {
 
 def load_checkpoint(path: Path, dtype: torch.dtype) -> Pipeline:
     """A local SD 1.5 / SDXL / FLUX.1 diffusers checkpoint, the architecture read from its
-    ``model_index.json``; never downloads."""
+    ``model_index.json``; never downloads. Call it under :func:`loading_models` (as
+    :meth:`ImageModel.from_settings` does)."""
     arch = flux.arch_of_folder(path)
     index = json.loads((path / "model_index.json").read_text())
     extra: dict[str, Any] = {}
     if "safety_checker" in index:
         extra = {"safety_checker": None, "requires_safety_checker": False}
-    with loading_models():
-        return _PIPELINES[arch].from_pretrained(
-            str(path), torch_dtype=dtype, local_files_only=True, **extra
-        )
+    return _PIPELINES[arch].from_pretrained(
+        str(path), torch_dtype=dtype, local_files_only=True, **extra
+    )
 
 
 def load_single_file(path: Path, config: Path | None, dtype: torch.dtype) -> Pipeline:
     """A single-file ``.safetensors`` checkpoint (SD 1.5 / SDXL, or a FLUX.1 transformer),
-    the architecture read from its tensor names; never downloads.
+    the architecture read from its tensor names; never downloads. Call it under
+    :func:`loading_models` (as :meth:`ImageModel.from_settings` does).
 
     A single file holds weights only: ``config`` is a local diffusers folder of the same
     architecture (a pulled base repository) that gives the component configs and the
@@ -153,24 +154,22 @@ def load_single_file(path: Path, config: Path | None, dtype: torch.dtype) -> Pip
     if arch == "flux":
         from diffusers import FluxTransformer2DModel
 
-        with loading_models():
-            transformer = FluxTransformer2DModel.from_single_file(
-                str(path),
-                config=str(config),
-                subfolder="transformer",
-                torch_dtype=dtype,
-                local_files_only=True,
-            )
-            return FluxPipeline.from_pretrained(
-                str(config), transformer=transformer, torch_dtype=dtype, local_files_only=True
-            )
+        transformer = FluxTransformer2DModel.from_single_file(
+            str(path),
+            config=str(config),
+            subfolder="transformer",
+            torch_dtype=dtype,
+            local_files_only=True,
+        )
+        return FluxPipeline.from_pretrained(
+            str(config), transformer=transformer, torch_dtype=dtype, local_files_only=True
+        )
     extra: dict[str, Any] = {}
     if arch == "sd15":
         extra = {"safety_checker": None, "requires_safety_checker": False}
-    with loading_models():
-        return _PIPELINES[arch].from_single_file(
-            str(path), config=str(config), torch_dtype=dtype, local_files_only=True, **extra
-        )
+    return _PIPELINES[arch].from_single_file(
+        str(path), config=str(config), torch_dtype=dtype, local_files_only=True, **extra
+    )
 
 
 def kohya_lora_state(unet_peft_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

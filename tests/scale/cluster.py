@@ -342,35 +342,41 @@ async def _ok(resp: httpx.Response, what: str) -> dict[str, Any]:
     return body
 
 
+async def register_and_clone(
+    client: httpx.AsyncClient, email: str, sample: bytes
+) -> tuple[str, str]:
+    """A member registered, their sample PUT to its upload URL and cloned: (key, voice id)."""
+    key = (
+        await _ok(await client.post("/api/users/register", params={"email": email}), "register")
+    )["api_key"]
+    h = {"X-API-Key": key}
+    target = await _ok(
+        await client.post(
+            "/api/voices/uploads/url",
+            params={"name": email.split("@")[0], "file_name": "sample.wav"},
+            headers=h,
+        ),
+        "voice upload url",
+    )
+    parts = urlsplit(target["upload_url"])
+    await _ok(
+        await client.put(f"{parts.path}?{parts.query}", content=sample, headers=target["headers"]),
+        "voice upload",
+    )
+    cloned = await _ok(
+        await client.post("/api/voices/uploads", params={"upload_id": target["id"]}, headers=h),
+        "clone",
+    )
+    return key, str(cloned["id"])
+
+
 async def run_member(client: httpx.AsyncClient, email: str, sample: bytes) -> MemberRun:
     """One member: register, clone a voice, speak a line, draw a demo image (in that order
     of requests; the speech and the image go to the queue at the same time)."""
     run = MemberRun(email)
     try:
-        run.key = (
-            await _ok(await client.post("/api/users/register", params={"email": email}), "register")
-        )["api_key"]
+        run.key, run.voice_id = await register_and_clone(client, email, sample)
         h = {"X-API-Key": run.key}
-        target = await _ok(
-            await client.post(
-                "/api/voices/uploads/url",
-                params={"name": email.split("@")[0], "file_name": "sample.wav"},
-                headers=h,
-            ),
-            "voice upload url",
-        )
-        parts = urlsplit(target["upload_url"])
-        await _ok(
-            await client.put(
-                f"{parts.path}?{parts.query}", content=sample, headers=target["headers"]
-            ),
-            "voice upload",
-        )
-        cloned = await _ok(
-            await client.post("/api/voices/uploads", params={"upload_id": target["id"]}, headers=h),
-            "clone",
-        )
-        run.voice_id = str(cloned["id"])
         speech, image = await asyncio.gather(
             client.post(
                 f"/api/voices/{run.voice_id}/generations",

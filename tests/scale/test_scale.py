@@ -30,7 +30,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import simcord
@@ -39,17 +38,18 @@ from pydantic import SecretStr
 
 from bot.app import create_bot, open_services
 from bot.config import BotConfig
-from bot.errors import UserFacingError, unwrap
 from bot.gate import Feature
 from bot.jobs import JobState
 from bot.policy import Limit
 from bot.store import LinkedVia, Store
 from tests.bot.conftest import make_bot_config
 from tests.bot.media_samples import speech_wav
+from tests.bot.policy_world import take_refusals
 from tests.scale.cluster import (
     STALE_AFTER_SECONDS,
     Cluster,
     cluster,
+    register_and_clone,
     run_members,
     short_sample,
 )
@@ -83,26 +83,6 @@ async def _member_round(
 ) -> None:
     await member.slash(channel, "voice speak", voice=voice_id, text=f"Line {n} of {member.name}.")
     await member.slash(channel, "demo tadz", prompt=f"{member.name} {n}")
-
-
-async def _clone(http: httpx.AsyncClient, name: str, sample: bytes) -> tuple[str, str]:
-    """A member registered with Ta-da (through the bot's API process) and their voice."""
-    email = f"{name}-{uuid.uuid4().hex[:6]}@example.com"
-    registered = await http.post("/api/users/register", params={"email": email})
-    assert registered.status_code == 200, registered.text
-    key = registered.json()["api_key"]
-    h = {"X-API-Key": key}
-    target = (
-        await http.post(
-            "/api/voices/uploads/url", params={"name": name, "file_name": "s.wav"}, headers=h
-        )
-    ).json()
-    parts = urlsplit(target["upload_url"])
-    put = await http.put(f"{parts.path}?{parts.query}", content=sample, headers=target["headers"])
-    assert put.status_code == 200, put.text
-    cloned = await http.post("/api/voices/uploads", params={"upload_id": target["id"]}, headers=h)
-    assert cloned.status_code == 200, cloned.text
-    return key, str(cloned.json()["id"])
 
 
 async def run_bot(
@@ -142,7 +122,8 @@ async def run_bot(
         members, voices = [], []
         for j in range(MEMBERS_PER_BOT):
             member = guild.add_member(env.create_user(f"b{index}m{j}"))
-            key, voice_id = await _clone(http, member.name, sample)
+            email = f"{member.name}-{uuid.uuid4().hex[:6]}@example.com"
+            key, voice_id = await register_and_clone(http, email, sample)
             await services.members.save(member.id, SecretStr(key), via=LinkedVia.LINK)
             members.append(member)
             voices.append(voice_id)
@@ -181,7 +162,7 @@ async def run_bot(
             assert refused.ephemeral and refused.response is not None
             posted.refused.append(refused.response.content)
         await env.settle()
-        _take_refusals(env)
+        take_refusals(env)  # reported as handled errors, not left for shutdown
         for member in members:
             posted.results[member.id] = [
                 m.content for m in channel.history() if member.mention in m.content
@@ -192,17 +173,6 @@ async def run_bot(
         for member in members:
             posted.jobs += [(j.id, j.state, j.posted) for j in await store.for_member(member.id)]
     return posted
-
-
-def _take_refusals(env: simcord.Env) -> list[str]:
-    """The member-facing errors reported (SimCord re-raises them at shutdown otherwise)."""
-    try:
-        env.raise_errors()
-    except BaseExceptionGroup as caught:
-        errors = [unwrap(e) for e in caught.exceptions]
-        assert all(isinstance(e, UserFacingError) for e in errors), errors
-        return [e.message for e in errors if isinstance(e, UserFacingError)]
-    return []
 
 
 async def _shutdown(env: simcord.Env, posted: Posted) -> None:
