@@ -67,6 +67,23 @@ class Limits:
     file_bytes: int = 0  # what it may write to files (0: nothing)
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What one confined run cost, for benchmarks and metrics (peak RSS 0: not known)."""
+
+    kind: str  # "call" or "command"
+    outcome: str  # "ok", "refused" (the decoder said no), or a ConfinementError's limit
+    peak_rss_bytes: int
+    cpu_seconds: float
+    wall_seconds: float
+
+
+@dataclass
+class _Cost:
+    rss: int = 0
+    cpu: float = 0.0
+
+
 class ConfinementError(Exception):
     """A confined child hit a limit or failed; ``limit`` names which, for logs and metrics."""
 
@@ -153,7 +170,17 @@ def _child_main(
     if len(payload) > limits.output_bytes:
         payload = pickle.dumps(("output", len(payload)))
     conn.send_bytes(payload)
+    conn.send_bytes(pickle.dumps(_self_usage()))
     conn.close()
+
+
+def _self_usage() -> tuple[int, float]:
+    """This process's peak RSS (bytes) and CPU seconds so far."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return int(ru.ru_maxrss * scale), float(ru.ru_utime + ru.ru_stime)
 
 
 @cache
@@ -173,6 +200,13 @@ class Confiner:
     def __init__(self, slots: int = 2) -> None:
         self.slots = max(1, slots)
         self._gate = threading.BoundedSemaphore(self.slots)
+        # Called with each run's Usage (bench/hostile.py, metrics); must not raise.
+        self.observers: list[Callable[[Usage], None]] = []
+
+    def _report(self, usage: Usage) -> None:
+        for observe in list(self.observers):
+            with contextlib.suppress(Exception):
+                observe(usage)
 
     @contextlib.contextmanager
     def _slot(self, limits: Limits) -> Any:
@@ -203,7 +237,22 @@ class Confiner:
             *argv,
         ]
         with self._slot(limits):
-            return _run_confined(cmd, limits)
+            started = time.monotonic()
+            cost = _Cost()
+            try:
+                out = _run_confined(cmd, limits, cost)
+            except ChildFailed:
+                self._report(
+                    Usage("command", "refused", cost.rss, cost.cpu, time.monotonic() - started)
+                )
+                raise
+            except ConfinementError as exc:
+                self._report(
+                    Usage("command", exc.limit, cost.rss, cost.cpu, time.monotonic() - started)
+                )
+                raise
+            self._report(Usage("command", "ok", cost.rss, cost.cpu, time.monotonic() - started))
+            return out
 
     def call(self, fn: Callable[..., T], *args: Any, limits: Limits) -> T:
         """``fn(*args)`` in a confined child; its result, or the exception it raised.
@@ -213,10 +262,39 @@ class Confiner:
         refusals pass through); running out of memory is :class:`OverMemory`.
         """
         with self._slot(limits):
-            return _call_confined(fn, args, limits)
+            started = time.monotonic()
+            cost = _Cost()
+            try:
+                value = _call_confined(fn, args, limits, cost)
+            except ConfinementError as exc:
+                outcome = "refused" if isinstance(exc, ChildFailed) else exc.limit
+                self._report(Usage("call", outcome, cost.rss, cost.cpu, time.monotonic() - started))
+                raise
+            except Exception:
+                self._report(
+                    Usage("call", "refused", cost.rss, cost.cpu, time.monotonic() - started)
+                )
+                raise
+            self._report(Usage("call", "ok", cost.rss, cost.cpu, time.monotonic() - started))
+            return value
 
 
-def _run_confined(cmd: list[str], limits: Limits) -> bytes:
+def _wait(proc: subprocess.Popen[bytes], deadline: float, cost: _Cost) -> int | None:
+    """Reap ``proc`` by ``deadline`` with its resource usage (``None``: still running)."""
+    while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            scale = 1 if sys.platform == "darwin" else 1024
+            cost.rss = int(ru.ru_maxrss * scale)
+            cost.cpu = float(ru.ru_utime + ru.ru_stime)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
+
+
+def _run_confined(cmd: list[str], limits: Limits, cost: _Cost) -> bytes:
     deadline = time.monotonic() + limits.wall_seconds
     proc = subprocess.Popen(
         cmd,
@@ -257,10 +335,10 @@ def _run_confined(cmd: list[str], limits: Limits) -> bytes:
         _kill(proc)
         raise over
     try:
-        returncode = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        _kill(proc)
-        raise OverTime(f"it took longer than {limits.wall_seconds:g} s") from None
+        returncode = _wait(proc, max(deadline, time.monotonic() + 0.1), cost)
+        if returncode is None:
+            _kill(proc)
+            raise OverTime(f"it took longer than {limits.wall_seconds:g} s")
     finally:
         proc.stdout.close()
         proc.stderr.close()
@@ -287,7 +365,7 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
             stream.close()
 
 
-def _call_confined(fn: Callable[..., T], args: tuple[Any, ...], limits: Limits) -> T:
+def _call_confined(fn: Callable[..., T], args: tuple[Any, ...], limits: Limits, cost: _Cost) -> T:
     ctx = _context()
     receiver, sender = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child_main, args=(sender, fn, args, limits), daemon=True)
@@ -320,6 +398,9 @@ def _call_confined(fn: Callable[..., T], args: tuple[Any, ...], limits: Limits) 
             # A C library that cannot allocate may abort or crash rather than raise.
             raise ChildFailed(f"the decoder stopped (exit status {code})", returncode=code)
         status, value = pickle.loads(payload)
+        if receiver.poll(min(5.0, max(0.1, deadline - time.monotonic()))):
+            with contextlib.suppress(EOFError, OSError):
+                cost.rss, cost.cpu = pickle.loads(receiver.recv_bytes(4096))
     finally:
         receiver.close()
         if child.is_alive():

@@ -120,3 +120,18 @@ def test_slots_bound_how_many_run_at_once() -> None:
         t.join()
     # One slot: the two one-second children ran one after the other.
     assert time.monotonic() - started >= 2.0
+
+
+def test_each_run_reports_what_it_cost() -> None:
+    confiner = Confiner(1)
+    seen: list[object] = []
+    confiner.observers.append(seen.append)
+    confiner.call(_allocate, 64 * MiB, limits=Limits())
+    confiner.run_command([sys.executable, "-c", "bytearray(48 << 20)"], Limits())
+    with pytest.raises(OverTime):
+        confiner.call(_spin, 30.0, limits=Limits(cpu_seconds=1))
+    call, command, spun = seen
+    assert call.kind == "call" and call.outcome == "ok"  # type: ignore[attr-defined]
+    assert call.peak_rss_bytes > 64 * MiB  # type: ignore[attr-defined]
+    assert command.kind == "command" and command.peak_rss_bytes > 48 * MiB  # type: ignore[attr-defined]
+    assert spun.outcome == "time"  # type: ignore[attr-defined]
