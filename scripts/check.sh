@@ -13,6 +13,13 @@ echo "== lock: constraints.txt against the public index only (a fresh machine's 
 python scripts/check_lock.py
 echo "== pip check: the installed dependencies agree with each other"
 python -m pip check
+echo "== docs: mkdocs build --strict (a broken link, a missing page or one left out of nav fails)"
+# Built into a temporary folder, removed however the build ends (the subshell's trap).
+(
+    site="$(mktemp -d)"
+    trap 'rm -rf "$site"' EXIT
+    NO_MKDOCS_2_WARNING=1 mkdocs build --strict --config-file mkdocs.yml --site-dir "$site"
+)
 echo "== pytest"
 pytest -q "$@"
 # The engine and security suites again with the engine database on a real PostgreSQL, which

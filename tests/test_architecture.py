@@ -1,5 +1,6 @@
-"""The import graph of bot/, cogs/ and engine/ keeps the layers of the README's Architecture
-section: no import circle, no arrow that runs back up.
+"""The import graph of bot/, cogs/ and engine/ keeps the layers of the documentation's
+Architecture page (docs/development/architecture.md): no import circle, no arrow that runs
+back up.
 
 Every import counts, including those inside functions (lazy) and under ``TYPE_CHECKING``:
 a circle kept alive by a lazy import is still a circle for a reader. An import of a package's
@@ -223,10 +224,13 @@ def test_the_rules_tell_arrows_apart(source: str, target: str, broken_by: object
     assert [rule for rule in RULES if rule(arrow)] == ([] if broken_by is None else [broken_by])
 
 
+ARCHITECTURE_PAGE = ROOT / "docs" / "development" / "architecture.md"
+
+
 def _picture() -> str:
-    """The import graph drawn in the README's Architecture section."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("### The import graph", 1)[1]
+    """The import graph drawn on the documentation's Architecture page."""
+    text = ARCHITECTURE_PAGE.read_text(encoding="utf-8")
+    section = text.split("## The import graph", 1)[1]
     return section.split("```", 2)[1]
 
 
@@ -234,4 +238,4 @@ def test_every_path_the_picture_names_exists() -> None:
     named = set(re.findall(r"\b(?:bot|cogs|engine)/[\w./]*", _picture()))
     assert len(named) > 20  # the picture was found and read
     missing = sorted(p for p in named if not (ROOT / p.rstrip(".")).exists())
-    assert missing == [], "the README's import graph names files that moved: update it"
+    assert missing == [], f"the import graph in {ARCHITECTURE_PAGE.name} names files that moved"
