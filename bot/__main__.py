@@ -91,7 +91,7 @@ def _production_refusal(source: str, problems: list[SecretProblem]) -> str:
         [
             f"tada-bot: production mode ({source}) needs these secrets in the environment:",
             *(problem.render() for problem in problems),
-            'Set them (an env file: README, "Running it for a real server") and start again.',
+            "Set them (an env file: docs/deployment/server.md) and start again.",
             f"Only trying it out? Leave {MODE_ENV} unset: development mode generates local keys",
             "into the data directory and, without a token, starts the sandbox.",
         ]

@@ -1,6 +1,6 @@
 """``tada-engine``: serve the API, run a job worker, or apply migrations.
 
-The roles of a production layout (README, "Production"): ``serve --no-consumers`` is an API
+The roles of a production layout (docs/deployment/production.md): ``serve --no-consumers`` is an API
 process only (any number, behind one address); ``worker --queues image`` takes only the
 image jobs (a GPU machine) and ``worker --queues voice`` only the voice jobs, once
 ``[engine.jobs] split_queues = true``. Plain ``serve`` is the one-machine default: the API
@@ -251,7 +251,7 @@ def _production_refusal(problems: list[SecretProblem]) -> str:
         [
             "tada-engine: production mode needs these secrets in the environment:",
             *(problem.render() for problem in problems),
-            'Set them and start again (README, "Running it for a real server").',
+            "Set them and start again (docs/deployment/server.md).",
         ]
     )
 

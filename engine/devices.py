@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # Where an NVIDIA driver shows itself, with or without a CUDA build of torch.
 NVIDIA_MARKERS = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidia0"))
-GPU_FIX = "install the CUDA build with `make gpu` (README: Running it for a real server)"
+GPU_FIX = "install the CUDA build with `make gpu` (docs/deployment/server.md)"
 
 
 @dataclass(frozen=True)
