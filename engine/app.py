@@ -17,9 +17,10 @@ from prometheus_client.exposition import choose_encoder
 from engine.api import demo, loras, storage, users, voices
 from engine.api.errors import install_error_handlers
 from engine.api.guard import RateLimits, RequestGuard
+from engine.api.metrics import RequestMetrics
 from engine.jobs import Handler, TooManyPendingJobs
 from engine.logs import install_access_log_redactor
-from engine.metrics import RequestMetrics, bearer_matches
+from engine.metrics import bearer_matches
 from engine.services import EngineServices, build_services
 from engine.settings import EngineSettings
 from engine.voice.backend import VoiceBackend

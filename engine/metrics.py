@@ -4,9 +4,9 @@ One :class:`EngineMetrics` per process, built in the composition root
 (:func:`engine.services.build_services`) on a :class:`~prometheus_client.CollectorRegistry`
 of its own (never the library's global one) and passed to what records into it:
 
-- the API (:class:`RequestMetrics`, an ASGI middleware): requests by method, *route
-  template* (``/api/voices/{voice_id}``, never the raw path, so ids do not multiply the
-  series) and status, and their latency;
+- the API (:class:`engine.api.metrics.RequestMetrics`, an ASGI middleware): requests by
+  method, *route template* (``/api/voices/{voice_id}``, never the raw path, so ids do not
+  multiply the series) and status, and their latency;
 - the job worker (:class:`engine.jobs.JobWorker`): each job's duration by kind and outcome,
   and failures by kind and reason;
 - the model loads (voice warm-up, the image base model): seconds of the last load;
@@ -32,7 +32,6 @@ import hmac
 import logging
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,8 +42,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -56,8 +53,6 @@ log = logging.getLogger(__name__)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600)
 # Job durations (seconds): a speech takes seconds, a training minutes to hours.
 JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
-# The route label of a request that matched no route (a 404): one series, not one per path.
-UNMATCHED_ROUTE = "<unmatched>"
 
 
 class JobOutcome:
@@ -247,56 +242,6 @@ class GpuCollector(Collector):
         except Exception:  # a broken driver must not break the scrape
             log.warning("metrics: could not read GPU memory", exc_info=True)
         return [family]
-
-
-def route_template(scope: Scope) -> str:
-    """The route a request matched, as its template (``/api/voices/{voice_id}``)."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    if isinstance(path, str):
-        return path
-    # Answered before routing (a body too large, a rate limit): match it ourselves.
-    app = scope.get("app")
-    for candidate in getattr(getattr(app, "router", None), "routes", ()):
-        try:
-            match, _ = candidate.matches(scope)
-        except Exception:  # pragma: no cover - a route that cannot match this scope
-            continue
-        if match is Match.FULL:
-            return str(getattr(candidate, "path", UNMATCHED_ROUTE))
-    return UNMATCHED_ROUTE
-
-
-class RequestMetrics:
-    """ASGI middleware: count every HTTP request by route template and status, and time it
-    to the end of its response. Outermost, so refusals of the other middleware count too."""
-
-    def __init__(self, app: ASGIApp, *, metrics: EngineMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = route_template(scope)
-            method = str(scope.get("method", "GET"))
-            self.metrics.requests.labels(method=method, route=route, status=str(status)).inc()
-            self.metrics.request_seconds.labels(method=method, route=route).observe(
-                time.perf_counter() - started
-            )
 
 
 def bearer_matches(header: str | None, token: str) -> bool:
