@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import discord
@@ -48,7 +49,7 @@ def _command_name(interaction: discord.Interaction) -> str:
         command = None
     if command is not None:
         return command.qualified_name
-    data = interaction.data or {}
+    data: dict[str, Any] = dict(interaction.data or {})
     return str(data.get("name", "unknown"))
 
 
@@ -96,14 +97,16 @@ class BotMetrics:
         )
 
         self._server: tuple[WSGIServer, threading.Thread] | None = None
+        self._host = "127.0.0.1"
 
     def serve(self, host: str, port: int) -> str:
         """Serve the registry at ``http://host:port/metrics`` in a daemon thread (port 0:
         any free port); returns that URL. :meth:`close` stops it."""
         if self._server is None:
             self._server = start_http_server(port, addr=host, registry=self.registry)
-        server = self._server[0]
-        url = f"http://{host}:{server.server_address[1]}/metrics"
+            self._host = host
+        url = self.url
+        assert url is not None
         log.info("metrics on %s", url)
         return url
 
@@ -112,7 +115,8 @@ class BotMetrics:
         """Where the metrics are served, when they are."""
         if self._server is None:
             return None
-        host, port = self._server[0].server_address[:2]
+        port = int(self._server[0].server_address[1])
+        host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{port}/metrics"
 
     def close(self) -> None:

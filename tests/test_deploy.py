@@ -94,7 +94,7 @@ def exported_series() -> dict[str, set[str]]:
     for owner in (engine, bot):
         for metric in vars(owner).values():
             if isinstance(metric, MetricWrapperBase):
-                families.append((metric._name, metric._type, set(metric._labelnames)))
+                families.append((metric._name, str(metric._type), set(metric._labelnames)))
     described = [
         *QueueCollector(None, str, ()).describe(),  # type: ignore[arg-type]
         *(family for family in engine.registry.collect() if family.type == "gauge"),
