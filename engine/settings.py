@@ -213,6 +213,7 @@ class JobSettings(_Section):
 
 
 METRICS_TOKEN_ENV = "TADA_ENGINE_METRICS_TOKEN"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class MetricsSettings(_Section):
@@ -233,6 +234,16 @@ class MetricsSettings(_Section):
     def _token_long_enough(self) -> MetricsSettings:
         if self.token is not None and len(self.token.get_secret_value()) < 16:
             raise ValueError(f"{METRICS_TOKEN_ENV} must be at least 16 characters")
+        if (
+            self.worker_port is not None
+            and self.worker_host not in LOOPBACK_HOSTS
+            and self.token is None
+        ):
+            raise ValueError(
+                f"metrics.worker_host = {self.worker_host!r} serves workers' metrics beyond "
+                f"this machine: set {METRICS_TOKEN_ENV} (16+ characters) so that only "
+                'Prometheus reads them, or keep worker_host = "127.0.0.1"'
+            )
         return self
 
 

@@ -22,6 +22,7 @@ DEPLOY = Path(__file__).parents[1] / "deploy"
 SECRETS = {
     "TADA_ENGINE_SECRET_KEY": "s" * 48,
     "TADA_ENGINE_REGISTRATION_TOKEN": "t" * 24,
+    "TADA_ENGINE_METRICS_TOKEN": "m" * 32,
     "DISCORD_TOKEN": "a.b.c",
     "TADA_BOT_ENCRYPTION_KEY": Fernet.generate_key().decode(),
 }
@@ -158,3 +159,14 @@ def test_every_metric_the_dashboard_queries_is_exported_with_its_labels() -> Non
         "tada_bot_delivery_seconds_bucket",
     ):
         assert family in used, family
+
+
+def test_the_scrape_config_reads_every_role_with_the_token() -> None:
+    scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    assert set(jobs) == {"tada-engine-api", "tada-engine-worker", "tada-bot"}
+    for name in ("tada-engine-api", "tada-engine-worker"):
+        assert jobs[name]["authorization"]["type"] == "Bearer"
+    settings = load_engine_settings(DEPLOY / "config.toml", environ=SECRETS)
+    workers = jobs["tada-engine-worker"]["static_configs"][0]["targets"]
+    assert {target.rsplit(":", 1)[1] for target in workers} == {str(settings.metrics.worker_port)}

@@ -136,3 +136,29 @@ def test_a_worker_serves_its_registry_on_its_own_port_behind_the_token() -> None
         )
     finally:
         server.close()
+
+
+def test_the_token_comes_from_the_environment_and_reaches_a_child(tmp_path: Path) -> None:
+    import pytest
+
+    from engine.settings import (
+        SettingsError,
+        load_engine_settings,
+        settings_for_child,
+        settings_from_parent,
+    )
+
+    config = tmp_path / "config.toml"
+    config.write_text('[engine.metrics]\ntoken = "in-the-file-is-refused"\n')
+    with pytest.raises(SettingsError, match="TADA_ENGINE_METRICS_TOKEN"):
+        load_engine_settings(config, environ={})
+    config.write_text('[engine.metrics]\nworker_host = "0.0.0.0"\nworker_port = 9101\n')
+    # Beyond loopback, a worker's metrics need the token.
+    with pytest.raises(SettingsError, match="TADA_ENGINE_METRICS_TOKEN"):
+        load_engine_settings(config, environ={})
+    settings = load_engine_settings(config, environ={"TADA_ENGINE_METRICS_TOKEN": TOKEN})
+    assert settings.metrics.token is not None
+    assert TOKEN not in repr(settings)
+    child = settings_from_parent({"TADA_ENGINE_SETTINGS_JSON": settings_for_child(settings)})
+    assert child is not None and child.metrics.token is not None
+    assert child.metrics.token.get_secret_value() == TOKEN
