@@ -162,3 +162,56 @@ def test_the_token_comes_from_the_environment_and_reaches_a_child(tmp_path: Path
     child = settings_from_parent({"TADA_ENGINE_SETTINGS_JSON": settings_for_child(settings)})
     assert child is not None and child.metrics.token is not None
     assert child.metrics.token.get_secret_value() == TOKEN
+
+
+async def test_refusals_before_routing_and_unknown_paths_keep_few_series(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, metrics=MetricsSettings(token=TOKEN))
+    async with running_engine(settings) as (_, api):
+        key = await register(api)
+        too_big = "x" * (settings.limits.max_json_body_bytes + 1)
+        resp = await api.post(
+            "/api/voices/v1/generations",
+            content=f'{{"text": "{too_big}"}}',
+            headers={"X-API-Key": key, "Content-Type": "application/json"},
+        )
+        assert resp.status_code == 413
+        for path in ("/nope/1", "/nope/2", "/api/nothing-here"):
+            assert (await api.get(path)).status_code == 404
+        text = (await api.get("/metrics", headers=AUTH)).text
+    # The guard answered before routing: the request still counts under its template.
+    refused = {"method": "POST", "route": "/api/voices/{voice_id}/generations", "status": "413"}
+    assert value(text, "tada_engine_http_requests_total", **refused) == 1
+    unmatched = {"method": "GET", "route": "<unmatched>", "status": "404"}
+    assert value(text, "tada_engine_http_requests_total", **unmatched) == 3
+    assert "/nope/1" not in text and "v1" not in text
+
+
+def test_gpu_memory_is_read_from_torch_when_cuda_is_there(monkeypatch) -> None:
+    """The collector's reading of torch.cuda, with a stand-in for a machine with one GPU
+    (the test machines have none; a real GPU worker reports the same three series)."""
+    import sys
+    from types import SimpleNamespace
+
+    from engine.metrics import GpuCollector
+
+    cuda = SimpleNamespace(
+        is_available=lambda: True,
+        device_count=lambda: 1,
+        get_device_name=lambda i: "NVIDIA H100",
+        memory_allocated=lambda i: 1_000,
+        memory_reserved=lambda i: 2_000,
+        get_device_properties=lambda i: SimpleNamespace(total_memory=80_000),
+    )
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
+    (family,) = GpuCollector().collect()
+    assert {s.labels["kind"]: s.value for s in family.samples} == {
+        "allocated": 1_000,
+        "reserved": 2_000,
+        "total": 80_000,
+    }
+    assert {s.labels["device"] for s in family.samples} == {"0"}
+    monkeypatch.setitem(
+        sys.modules, "torch", SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: False))
+    )
+    (family,) = GpuCollector().collect()
+    assert family.samples == []
