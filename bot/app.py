@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 import httpx
@@ -28,6 +28,7 @@ from bot.gate import Gate
 from bot.jobs import JobRunner
 from bot.jobs.buttons import PERSISTENT_BUTTONS
 from bot.jobs.panel import JobPanel
+from bot.metrics import BotMetrics
 from bot.policy import PolicyGate, PolicyService, PolicyStore
 from bot.readiness import EngineReadiness
 from bot.store import MemberStore, Store
@@ -68,6 +69,8 @@ class BotServices:
     engine: EmbeddedEngine | None = None
     # What the engine lacks (no demo model, the random test model), for admins.
     readiness: EngineReadiness = field(default_factory=EngineReadiness)
+    # This process's Prometheus metrics (its own registry; served on [metrics] port).
+    metrics: BotMetrics = field(default_factory=BotMetrics)
 
 
 def _http_client(config: BotConfig) -> httpx.AsyncClient:
@@ -108,6 +111,10 @@ async def open_services(
     in embedded mode; by default it is read from the same config file.
     """
     async with AsyncExitStack() as stack:
+        metrics = BotMetrics()
+        if config.metrics.port is not None:
+            metrics.serve(config.metrics.host, config.metrics.port)
+            stack.callback(metrics.close)
         store = Store(config.database_url)
         stack.push_async_callback(store.close)
         await store.migrate()
@@ -154,6 +161,7 @@ async def open_services(
                 if engine is not None and engine_settings is not None
                 else EngineReadiness()
             ),
+            metrics=metrics,
         )
 
 
@@ -187,6 +195,8 @@ class TadaBot(commands.AutoShardedBot):
             allowed_mentions=discord.AllowedMentions.none(),
         )
         self.services = services
+        # Read by the central error handler (refusals) through the interaction's client.
+        self.metrics = services.metrics
         self.extension_names = tuple(extensions)
         # Speech played in voice channels (``/voice say``), a queue per guild.
         self.voice_player = VoiceChannelPlayer(self)
@@ -197,6 +207,10 @@ class TadaBot(commands.AutoShardedBot):
         # The admin policy reads the bot's cache (thread parents, the bot's own channel
         # permissions) whichever cogs are loaded.
         services.policy.gate.bind(self)
+
+    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        """Count every interaction (discord.py dispatches it before handling it)."""
+        self.metrics.interaction(interaction)
 
     async def setup_hook(self) -> None:
         """Load the cogs, resume jobs, then sync slash commands (instantly to a dev guild)."""

@@ -9,6 +9,7 @@ Environment variables (secrets never live in the file):
   ``<data_dir>/bot-encryption.key`` (mode 0600) when this is unset.
 - ``TADA_BOT_DATABASE_URL``: overrides ``store.database_url``.
 - ``TADA_API_URL``: overrides ``tada.base_url``.
+- ``TADA_BOT_METRICS_PORT``: overrides ``metrics.port`` (the bot's Prometheus endpoint).
 - ``TADA_MODE``, ``TADA_DATA_DIR``: override ``general.mode`` and ``general.data_dir``.
 """
 
@@ -212,6 +213,21 @@ class JobsConfig(_Section):
         return self
 
 
+METRICS_PORT_ENV = "TADA_BOT_METRICS_PORT"
+
+
+class MetricsConfig(_Section):
+    """``[metrics]``: the bot's Prometheus endpoint (bot/metrics.py).
+
+    Off unless ``port`` is set (env: ``TADA_BOT_METRICS_PORT``, e.g. one port per shard
+    process); it listens on ``host``, loopback by default, so only this machine (a local
+    Prometheus, an SSH tunnel) reads it.
+    """
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, le=65535)
+
+
 class BotConfig(_Section):
     """Everything the bot needs; build it with :func:`load_bot_config` or directly."""
 
@@ -222,6 +238,7 @@ class BotConfig(_Section):
     tada: TadaConfig = TadaConfig()
     store: StoreConfig = StoreConfig()
     jobs: JobsConfig = JobsConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -254,7 +271,9 @@ def load_bot_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = 
     """Build the bot config from a parsed config file and the environment."""
     env = os.environ if environ is None else environ
     general = dict(raw.get("general", {}))
-    sections = {name: dict(raw.get(name, {})) for name in ("discord", "tada", "store", "jobs")}
+    sections = {
+        name: dict(raw.get(name, {})) for name in ("discord", "tada", "store", "jobs", "metrics")
+    }
     if "token" in sections["discord"]:
         raise ConfigError(f"discord.token must not be in the config file; set {TOKEN_ENV}")
     for key in ("encryption_key", "encryption_keys"):
@@ -279,6 +298,8 @@ def load_bot_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = 
         sections["store"]["database_url"] = env["TADA_BOT_DATABASE_URL"]
     if env.get("TADA_API_URL"):
         sections["tada"]["base_url"] = env["TADA_API_URL"]
+    if env.get(METRICS_PORT_ENV, "").strip():
+        sections["metrics"]["port"] = env[METRICS_PORT_ENV].strip()
     data.update(sections)
     try:
         return BotConfig.model_validate(data)

@@ -8,6 +8,7 @@ and the member is told that id, so a report can be matched to the log line.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from bot.metrics import metrics_of
 from bot.tada.errors import (
     BadRequest,
     Conflict,
@@ -36,15 +38,25 @@ log = logging.getLogger("bot.errors")
 
 
 class UserFacingError(Exception):
-    """An error whose message is written for the member: what went wrong, what to do."""
+    """An error whose message is written for the member: what went wrong, what to do.
 
-    def __init__(self, message: str) -> None:
+    ``reason`` names the kind of refusal for the operator's metrics (``tada_bot_refusals``:
+    channel, role, quota, cooldown, moderation...); a few words, never the member's text.
+    """
+
+    # The reason of a refusal that names none: the member's input cannot be used.
+    default_reason = "invalid_input"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
         self.message = message
+        self.reason = reason or self.default_reason
         super().__init__(message)
 
 
 class NotLinked(UserFacingError):
     """The member has no Ta-da account linked yet."""
+
+    default_reason = "not_linked"
 
     def __init__(self) -> None:
         super().__init__(
@@ -178,11 +190,52 @@ async def send_ephemeral(interaction: discord.Interaction, content: str) -> None
         await interaction.response.send_message(content, ephemeral=True)
 
 
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def refusal_reason(error: BaseException) -> str | None:
+    """The metrics reason of a refusal (the member can act on it), or ``None`` for a
+    failure on our or Ta-da's side (:func:`failure_reason`)."""
+    error = unwrap(error)
+    if isinstance(error, UserFacingError):
+        return error.reason
+    if isinstance(error, app_commands.CommandOnCooldown):
+        return "cooldown"
+    if isinstance(error, app_commands.CheckFailure):
+        return "check_failed"
+    if isinstance(error, RateLimited) or caused_by_member(error):
+        return f"tada_{_snake(type(error).__name__)}"
+    return None
+
+
+def failure_reason(error: BaseException) -> str:
+    """The metrics reason of a failure that is not the member's: Ta-da unreachable, slow or
+    not set up, or ``internal`` (logged with a reference)."""
+    error = unwrap(error)
+    if isinstance(error, TadaTimeout):
+        return "tada_timeout"
+    if isinstance(error, TadaTransportError):
+        return "tada_unreachable"
+    if isinstance(error, ServiceUnavailable):
+        return "tada_unavailable"
+    if isinstance(error, Forbidden):
+        return "upload_refused"
+    return "internal"
+
+
 async def report_error(interaction: discord.Interaction, error: BaseException) -> ErrorReply:
     """The central handler: decide the reply, then make sure the member gets it."""
     command = interaction.command
     where = f"/{command.qualified_name}" if command is not None else _component_name(interaction)
     reply = reply_for(error, where=where)
+    metrics = metrics_of(interaction.client)
+    if metrics is not None:
+        reason = refusal_reason(error)
+        if reason is not None:
+            metrics.refused(reason)
+        else:
+            metrics.failed(failure_reason(error))
     try:
         await send_ephemeral(interaction, reply.text)
     except discord.HTTPException:

@@ -73,6 +73,8 @@ IMAGE_BOUNDS = ImageBounds()
 class MediaRejected(UserFacingError):
     """A member's file cannot be used; the message says why and what to send instead."""
 
+    default_reason = "media_rejected"
+
 
 @dataclass(frozen=True, slots=True)
 class AudioInfo:

@@ -12,12 +12,15 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client.exposition import choose_encoder
 
 from engine.api import demo, loras, storage, users, voices
 from engine.api.errors import install_error_handlers
 from engine.api.guard import RateLimits, RequestGuard
+from engine.api.metrics import RequestMetrics
 from engine.jobs import Handler, TooManyPendingJobs
 from engine.logs import install_access_log_redactor
+from engine.metrics import bearer_matches
 from engine.services import EngineServices, build_services
 from engine.settings import EngineSettings
 from engine.voice.backend import VoiceBackend
@@ -74,7 +77,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    services.metrics.watch_queues(
+        services.db.sync_session, services.queue.queue_for, services.queue.names
+    )
     app.add_middleware(RequestGuard, settings=settings.limits, rates=rates)
+    # Added last, so outermost: the guard's refusals (413, 429) are counted too.
+    app.add_middleware(RequestMetrics, metrics=services.metrics)
     install_access_log_redactor()
 
     @app.exception_handler(RequestValidationError)
@@ -97,5 +105,27 @@ def create_app(
     @app.get("/healthz", tags=["meta"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    metrics_token = settings.metrics.token
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        # Operators' only: no token configured, no endpoint (404, as for any unknown path).
+        if metrics_token is None:
+            return JSONResponse(status_code=404, content={"detail": "Not Found"})
+        if not bearer_matches(
+            request.headers.get("authorization"), metrics_token.get_secret_value()
+        ):
+            return JSONResponse(
+                status_code=401,
+                content={
+                    "detail": "metrics need Authorization: Bearer <TADA_ENGINE_METRICS_TOKEN>"
+                },
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        # The queue collector reads the database: off the event loop.
+        body = await anyio.to_thread.run_sync(encode, services.metrics.registry)
+        return Response(content=body, headers={"Content-Type": content_type})
 
     return app

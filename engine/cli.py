@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.settings import (
     EngineSettings,
@@ -29,6 +30,11 @@ from engine.settings import (
     read_config_file,
     settings_from_parent,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from engine.metrics import MetricsServer
 
 log = logging.getLogger("engine")
 KEEP_ALIVE_SECONDS = 75
@@ -100,7 +106,12 @@ def _serve(
     services = build_services(settings)
     services.db.migrate()
     threads = settings.jobs.in_process_workers
+    metrics_server = None
     if threads > 0:
+        # The API processes' /metrics show requests; the jobs run here, and show here.
+        metrics_server = start_metrics_endpoint(
+            settings, services.metrics.registry, settings.metrics.worker_port
+        )
         services.worker.recover()
         services.queue.start_consumer(threads)
         services.start_warm_up()
@@ -112,6 +123,8 @@ def _serve(
     try:
         uvicorn.run("engine.cli:api_process_app", factory=True, workers=workers, **options)
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         services.queue.stop_consumer()
         asyncio.run(services.close())
     return 0
@@ -125,8 +138,37 @@ def parse_queues(value: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def start_metrics_endpoint(
+    settings: EngineSettings, registry: CollectorRegistry, port: int | None
+) -> MetricsServer | None:
+    """A worker process's own metrics endpoint (``[engine.metrics] worker_port`` or
+    ``--metrics-port``), or ``None`` when neither is set."""
+    if port is None:
+        return None
+    from engine.metrics import serve_metrics
+
+    token = settings.metrics.token
+    server = serve_metrics(
+        registry,
+        settings.metrics.worker_host,
+        port,
+        token.get_secret_value() if token else None,
+    )
+    log.info(
+        "metrics on http://%s:%d/metrics%s",
+        settings.metrics.worker_host,
+        server.port,
+        " (bearer token)" if token else "",
+    )
+    return server
+
+
 def _worker(
-    settings: EngineSettings, drain: bool, workers: int, queues: list[str] | None = None
+    settings: EngineSettings,
+    drain: bool,
+    workers: int,
+    queues: list[str] | None = None,
+    metrics_port: int | None = None,
 ) -> int:
     from engine.jobs import UnknownQueue
     from engine.services import build_services
@@ -152,6 +194,8 @@ def _worker(
     if parent:
         # A child of the bot's embedded engine: stop with it, even if it was killed.
         threading.Thread(target=_stop_when_orphaned, args=(int(parent), stop), daemon=True).start()
+    port = metrics_port if metrics_port is not None else settings.metrics.worker_port
+    metrics_server = start_metrics_endpoint(settings, services.metrics.registry, port)
     services.queue.start_consumer(workers, chosen)
     services.worker.start_heartbeat()
     services.start_warm_up()
@@ -161,6 +205,8 @@ def _worker(
         ", ".join(chosen),
     )
     stop.wait()
+    if metrics_server is not None:
+        metrics_server.close()
     services.queue.stop_consumer()
     services.worker.stop_heartbeat()
     asyncio.run(services.close())
@@ -291,7 +337,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="only these queues, comma-separated: voice, image (needs [engine.jobs] "
         "split_queues = true; default: every queue)",
     )
+    work.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve this worker's Prometheus metrics on this port (default: [engine.metrics] "
+        "worker_port; unset: none); one port per worker process on a machine",
+    )
     sub.add_parser("migrate", help="apply database migrations and exit")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check ffmpeg, models, torch and the GPU, disk, the database, the queue and "
+        "storage; print the fix for each problem (exit 1 if any)",
+    )
+    doctor.add_argument(
+        "--min-free-gb",
+        type=float,
+        default=2.0,
+        help="free space the data directory's disk needs (default: 2 GB)",
+    )
     models = sub.add_parser("models", help="fetch model weights once (never at request time)")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     pull = models_sub.add_parser("pull", help="download a hub repository or one https file")
@@ -327,9 +391,13 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["TADA_CONFIG"] = str(args.config.resolve())
         return _serve(settings, args.host, args.port, args.workers, consumers=not args.no_consumers)
     if args.command == "worker":
-        return _worker(settings, args.drain, args.workers, args.queues)
+        return _worker(settings, args.drain, args.workers, args.queues, args.metrics_port)
     if args.command == "models":
         return _models(settings, args)
+    if args.command == "doctor":
+        from engine.doctor import doctor
+
+        return doctor(settings, sys.stdout, int(args.min_free_gb * 1024**3))
     return _migrate(settings)
 
 

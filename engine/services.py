@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 from engine.db import Database
 from engine.image.handlers import image_handlers
 from engine.jobs import Handler, JobQueue, JobService, JobWorker, build_hueys
+from engine.metrics import EngineMetrics
 from engine.security import UrlSigner
 from engine.settings import EngineSettings
 from engine.storage import Storage
@@ -26,10 +27,13 @@ log = logging.getLogger(__name__)
 WARM_UP_JOIN_SECONDS = 120.0
 
 
-def default_handlers(settings: EngineSettings, voice: VoiceHandlers) -> dict[str, Handler]:
+def default_handlers(
+    settings: EngineSettings, voice: VoiceHandlers, metrics: EngineMetrics | None = None
+) -> dict[str, Handler]:
     """The job handlers of the real back ends (voice, image), keyed by job kind."""
     handlers: dict[str, Handler] = {}
-    handlers.update(image_handlers(settings))
+    on_load = None if metrics is None else metrics.model_loaded
+    handlers.update(image_handlers(settings, on_model_loaded=on_load))
     handlers.update(voice.handlers())
     return handlers
 
@@ -47,6 +51,8 @@ class EngineServices:
     jobs: JobService
     # The voice back end and its job handlers (the back end is built on first use).
     voice: VoiceHandlers
+    # This process's Prometheus metrics (its own registry; engine/metrics.py).
+    metrics: EngineMetrics = field(default_factory=EngineMetrics)
     # The background warm-up of a worker (:meth:`start_warm_up`), once started.
     warm_up_thread: threading.Thread | None = None
     _warm_up_stop: threading.Event = field(default_factory=threading.Event)
@@ -90,7 +96,7 @@ class EngineServices:
         neither the API's start nor the first member's clone waits for them."""
         thread = threading.Thread(
             target=warm_up,
-            args=(self.settings, self.voice, self._warm_up_stop),
+            args=(self.settings, self.voice, self._warm_up_stop, self.metrics),
             name="engine-warm-up",
             daemon=True,
         )
@@ -111,9 +117,13 @@ class EngineServices:
 
 
 def warm_up(
-    settings: EngineSettings, voice: VoiceHandlers, stop: threading.Event | None = None
+    settings: EngineSettings,
+    voice: VoiceHandlers,
+    stop: threading.Event | None = None,
+    metrics: EngineMetrics | None = None,
 ) -> None:
-    """Log the device report, then load the voice models when configured (blocking)."""
+    """Log the device report, then load the voice models when configured (blocking); the
+    load's time goes to ``metrics``."""
     # Imported here: torch loads only where a worker runs.
     from engine.devices import log_device_report
     from engine.image.settings import image_settings
@@ -121,7 +131,9 @@ def warm_up(
     try:
         log_device_report(image_settings(settings.image), voice_line=voice.backend.describe())
         if voice.settings.preload and not (stop is not None and stop.is_set()):
-            voice.warm_up(stop)
+            started = time.perf_counter()
+            if voice.warm_up(stop) and metrics is not None:
+                metrics.model_loaded("voice", time.perf_counter() - started)
     except Exception:  # a report must never take the worker down; jobs say what is wrong
         log.exception("engine: warm-up failed")
 
@@ -142,11 +154,14 @@ def build_services(
     *,
     handlers: Mapping[str, Handler] | None = None,
     voice_backend: VoiceBackend | None = None,
+    metrics: EngineMetrics | None = None,
 ) -> EngineServices:
     """Build the services; ``handlers`` replaces the default back ends (tests use it), and
     ``voice_backend`` the voice back end ``[engine.voice]`` names (tests share one loaded
-    back end between many engines of one process)."""
+    back end between many engines of one process). ``metrics``: this process's metrics
+    (a fresh registry by default)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    metrics = metrics if metrics is not None else EngineMetrics()
     db = Database(settings.resolved_database_url)
     storage = build_storage(settings)
     signer = UrlSigner(settings.signing_key())
@@ -157,7 +172,8 @@ def build_services(
         sessions=db.sync_session,
         storage=storage,
         queue=queue,
-        handlers=default_handlers(settings, voice) if handlers is None else handlers,
+        handlers=default_handlers(settings, voice, metrics) if handlers is None else handlers,
+        metrics=metrics,
     )
     jobs = JobService(
         sessions=db.session,
@@ -174,4 +190,5 @@ def build_services(
         worker=worker,
         jobs=jobs,
         voice=voice,
+        metrics=metrics,
     )

@@ -212,6 +212,41 @@ class JobSettings(_Section):
         return self
 
 
+METRICS_TOKEN_ENV = "TADA_ENGINE_METRICS_TOKEN"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics (engine/metrics.py): who may read them, and where workers serve them.
+
+    The API serves ``GET /metrics`` only to ``Authorization: Bearer <token>``, the token
+    coming from ``TADA_ENGINE_METRICS_TOKEN`` only; without a token ``/metrics`` is 404.
+    A ``tada-engine worker`` process serves its own metrics on ``worker_host:worker_port``
+    (``--metrics-port`` overrides the port: one per worker process on a machine), with the
+    same token rule when a token is set; unset port: no endpoint.
+    """
+
+    token: SecretStr | None = None  # from the environment only
+    worker_host: str = "127.0.0.1"
+    worker_port: int | None = Field(None, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _token_long_enough(self) -> MetricsSettings:
+        if self.token is not None and len(self.token.get_secret_value()) < 16:
+            raise ValueError(f"{METRICS_TOKEN_ENV} must be at least 16 characters")
+        if (
+            self.worker_port is not None
+            and self.worker_host not in LOOPBACK_HOSTS
+            and self.token is None
+        ):
+            raise ValueError(
+                f"metrics.worker_host = {self.worker_host!r} serves workers' metrics beyond "
+                f"this machine: set {METRICS_TOKEN_ENV} (16+ characters) so that only "
+                'Prometheus reads them, or keep worker_host = "127.0.0.1"'
+            )
+        return self
+
+
 class EngineSettings(_Section):
     """Everything the engine needs; build it with :func:`load_engine_settings` or directly."""
 
@@ -238,6 +273,7 @@ class EngineSettings(_Section):
     uploads: UploadSettings = UploadSettings()
     jobs: JobSettings = JobSettings()
     storage: StorageSettings = StorageSettings()
+    metrics: MetricsSettings = MetricsSettings()
     # Back-end sections owned by the voice and image packages; validated there.
     voice: dict[str, Any] = Field(default_factory=dict)
     image: dict[str, Any] = Field(default_factory=dict)
@@ -353,6 +389,16 @@ def load_engine_settings(
         registration = dict(data.get("registration", {}))
         registration["token"] = env[REGISTRATION_TOKEN_ENV]
         data["registration"] = registration
+    metrics = data.get("metrics")
+    if isinstance(metrics, dict) and "token" in metrics:
+        raise SettingsError(
+            f"engine.metrics.token must not be in the config file; set {METRICS_TOKEN_ENV}"
+        )
+    if env.get(METRICS_TOKEN_ENV):
+        data["metrics"] = {
+            **(metrics if isinstance(metrics, dict) else {}),
+            "token": env[METRICS_TOKEN_ENV],
+        }
     storage = data.get("storage")
     if isinstance(storage, dict) and "secret_access_key" in storage:
         raise SettingsError(
@@ -388,6 +434,8 @@ def settings_for_child(settings: EngineSettings) -> str:
     data["registration"]["token"] = token.get_secret_value() if token else None
     s3_secret = settings.storage.secret_access_key
     data["storage"]["secret_access_key"] = s3_secret.get_secret_value() if s3_secret else None
+    metrics_token = settings.metrics.token
+    data["metrics"]["token"] = metrics_token.get_secret_value() if metrics_token else None
     return json.dumps(data)
 
 

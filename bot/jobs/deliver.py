@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import subprocess
+import time
 import zlib
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
@@ -47,6 +48,7 @@ from bot.jobs.render import Outgoing, ProgressImage, render, stopped_progress
 from bot.jobs.store import JobNotFound, JobStore
 from bot.media import IMAGE_SUFFIXES, MediaRejected
 from bot.messages import DEFAULT_FILE_LIMIT, requester_only
+from bot.store.models import utcnow
 from bot.tada.errors import TadaError, TadaProtocolError
 from bot.voice_channel import Clip, QueueFull, VoiceChannelPlayer
 from bot.voice_message import VoiceMessageError, make_voice_message_async, post_voice_message
@@ -172,9 +174,17 @@ class Delivery:
                     log.info("job %s: no longer this process's to post", job.id)
                     self._done(job.id)
                     return
+                posting = time.perf_counter()
                 message_id = await self._post_with_retries(job, destination, outgoing)
                 if message_id is not None:
                     await self.store.mark_posted(job.id, message_id=message_id, via=destination)
+                    self.services.metrics.delivered(
+                        job.kind.value,
+                        destination.value,
+                        # The store's clock, which wrote created_at (not Discord's).
+                        (utcnow() - job.created_at).total_seconds(),
+                        time.perf_counter() - posting,
+                    )
                     self._done(job.id)
                     await self._tidy_status(job)
                     return

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from bot.jobs.images import ImageOptions
     from bot.jobs.models import Job, JobRequest
     from bot.jobs.store import JobStore
+    from bot.metrics import BotMetrics
     from bot.policy import PolicyService
     from bot.readiness import EngineReadiness
     from bot.store import MemberStore, Store
@@ -52,6 +53,9 @@ class JobServices(Protocol):
 
     @property
     def readiness(self) -> EngineReadiness: ...
+
+    @property
+    def metrics(self) -> BotMetrics: ...
 
 
 @runtime_checkable

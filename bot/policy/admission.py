@@ -194,7 +194,8 @@ class PolicyGate:
                     raise UserFacingError(
                         "This server's shared demo key can no longer be read (the bot's "
                         "encryption key changed). A server admin needs to set it again with "
-                        "`/tada-admin demo key`."
+                        "`/tada-admin demo key`.",
+                        reason="shared_key",
                     ) from exc
             else:
                 notes.append(
@@ -223,7 +224,8 @@ class PolicyGate:
         if allowed and not where & set(allowed):
             raise UserFacingError(
                 f"`{COMMAND_OF[request.feature]}` does not work in this channel on this "
-                f"server. It works in: {channel_list(allowed)}."
+                f"server. It works in: {channel_list(allowed)}.",
+                reason="channel",
             )
 
     def _check_roles(self, settings: GuildSettings, request: GateRequest) -> None:
@@ -236,7 +238,8 @@ class PolicyGate:
             return
         raise UserFacingError(
             f"On this server, `{COMMAND_OF[request.feature]}` is for members with one of "
-            f"these roles: {role_list(roles)}. Ask the server admins if you should have one."
+            f"these roles: {role_list(roles)}. Ask the server admins if you should have one.",
+            reason="role",
         )
 
     def _check_bot_permissions(self, request: GateRequest) -> None:
@@ -257,7 +260,8 @@ class PolicyGate:
             raise UserFacingError(
                 f"I cannot post results in this channel: I am missing {names} here. "
                 "Ask a server admin to give me that permission, or use a channel where I "
-                "have it. Nothing was started."
+                "have it. Nothing was started.",
+                reason="bot_permissions",
             )
 
     async def _check_text(self, settings: GuildSettings, request: GateRequest) -> None:
@@ -275,7 +279,7 @@ class PolicyGate:
                 "word" if blocked.word else "pattern",
             )
             what = "text" if request.feature is Feature.VOICE else "prompt"
-            raise UserFacingError(refusal(blocked, what=what))
+            raise UserFacingError(refusal(blocked, what=what), reason="moderation")
 
     def _limited(self, settings: GuildSettings, request: GateRequest) -> bool:
         """Whether any cooldown or counted limit applies to the request."""
@@ -316,7 +320,8 @@ class PolicyGate:
                     raise UserFacingError(
                         f"Slow down a little: on this server there are {bound.amount} s "
                         f"between {name} requests. Try again in {wait} s "
-                        f"({discord.utils.format_dt(cooldown.ready_at, 'R')})."
+                        f"({discord.utils.format_dt(cooldown.ready_at, 'R')}).",
+                        reason="cooldown",
                     )
                 continue
             counted = COUNTED_ACTIONS[bound.limit]
@@ -326,7 +331,7 @@ class PolicyGate:
             used = await turn.used(counted, start, since_holds)
             allowance = Allowance(bound.limit, bound.amount, used, reset)
             if allowance.used + request.cost > allowance.amount:
-                raise UserFacingError(_quota_refusal(name, allowance, request.cost))
+                raise UserFacingError(_quota_refusal(name, allowance, request.cost), reason="quota")
 
     async def _allowance(
         self, guild_id: int, user_id: int, feature: Feature, bound: Bound, now: datetime

@@ -12,6 +12,7 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,8 +59,16 @@ def validation_key(training_id: str) -> str:
 class ImageBackend:
     """The worker side of images: the loaded model, the enhancer, and the two handlers."""
 
-    def __init__(self, settings: ImageSettings, *, enhancer: PromptEnhancer | None = None) -> None:
+    def __init__(
+        self,
+        settings: ImageSettings,
+        *,
+        enhancer: PromptEnhancer | None = None,
+        on_model_loaded: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.settings = settings
+        # Told ("image", seconds) after the base model loads (the engine's metrics).
+        self._on_model_loaded = on_model_loaded
         self.enhancer = enhancer or build_enhancer(settings.enhancer)
         self._model: ImageModel | None = None
         self._model_lock = threading.Lock()
@@ -72,12 +81,15 @@ class ImageBackend:
 
                 started = time.monotonic()
                 self._model = ImageModel.from_settings(self.settings)
+                seconds = time.monotonic() - started
                 log.info(
                     "image model %s loaded in %.1fs on %s",
                     self._model.label,
-                    time.monotonic() - started,
+                    seconds,
                     self._model.device,
                 )
+                if self._on_model_loaded is not None:
+                    self._on_model_loaded("image", seconds)
             return self._model
 
     def handlers(self) -> dict[str, Handler]:
@@ -328,6 +340,9 @@ class ImageBackend:
         return {"generation_id": generation_id, "image_key": image_key}
 
 
-def image_handlers(settings: EngineSettings) -> dict[str, Handler]:
-    """The image job handlers for ``default_handlers`` (the model loads on first job)."""
-    return ImageBackend(image_settings(settings.image)).handlers()
+def image_handlers(
+    settings: EngineSettings, *, on_model_loaded: Callable[[str, float], None] | None = None
+) -> dict[str, Handler]:
+    """The image job handlers for ``default_handlers`` (the model loads on first job;
+    ``on_model_loaded`` is told how long it took)."""
+    return ImageBackend(image_settings(settings.image), on_model_loaded=on_model_loaded).handlers()

@@ -103,12 +103,15 @@ class JobQueue:
             raise RuntimeError("JobQueue has no executor bound")
         self._executor(job_id)
 
+    def queue_for(self, kind: str) -> str:
+        """The name of the queue a job kind travels on in this layout."""
+        return ALL_QUEUES if ALL_QUEUES in self.hueys else queue_of(kind)
+
     def enqueue(self, job_id: str, kind: str | None = None) -> None:
         """Blocking: put the id on its kind's queue (call from a thread in async code).
 
         ``kind`` chooses the queue when they are split; without it, the first one."""
-        name = ALL_QUEUES if ALL_QUEUES in self.hueys else queue_of(kind or "")
-        self._tasks[name](job_id)
+        self._tasks[self.queue_for(kind or "")](job_id)
 
     def pending(self, queues: Iterable[str] | None = None) -> int:
         return sum(int(self.hueys[q].pending_count()) for q in self.select(queues))

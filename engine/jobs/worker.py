@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -13,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.jobs.queue import JobQueue
+from engine.metrics import EngineMetrics, JobOutcome
 from engine.models import Job, JobStatus, as_utc, utcnow
 from engine.settings import EngineSettings
 from engine.storage import Storage
@@ -73,8 +75,11 @@ class JobWorker:
         storage: Storage,
         queue: JobQueue,
         handlers: Mapping[str, Handler],
+        metrics: EngineMetrics | None = None,
     ) -> None:
         self.settings = settings
+        # Each run's duration and outcome (the composition root's registry; None: none).
+        self.metrics = metrics
         self.sessions = sessions
         self.storage = storage
         self.queue = queue
@@ -130,6 +135,14 @@ class JobWorker:
                 self._running.discard(job_id)
 
     def _run(self, job: Job) -> None:
+        started = time.perf_counter()
+        outcome, reason = self._outcome_of(job)
+        if self.metrics is not None:
+            self.metrics.job_ran(job.kind, outcome, time.perf_counter() - started, reason)
+
+    def _outcome_of(self, job: Job) -> tuple[str, str | None]:
+        """Run the job's handler and record its outcome in the row; return the outcome
+        and, for a failure, its reason (the labels of the job metrics)."""
         job_id = job.id
         handler = self.handlers.get(job.kind)
         if handler is None:
@@ -139,7 +152,7 @@ class JobWorker:
                 status=JobStatus.FAILED.value,
                 error=f"no handler for job kind {job.kind!r} on this worker",
             )
-            return
+            return JobOutcome.FAILED, "no_handler"
         ctx = JobContext(
             job_id=job.id,
             kind=job.kind,
@@ -154,10 +167,12 @@ class JobWorker:
             result = handler(ctx)
         except JobCanceled:
             log.info("job %s canceled while running", job_id)
+            return JobOutcome.CANCELED, None
         except JobFailed as exc:
             self._finish(
                 job_id, job.attempts, status=JobStatus.FAILED.value, error=str(exc) or "failed"
             )
+            return JobOutcome.FAILED, "refused"
         except Exception as exc:
             log.exception("job %s (%s) attempt %d crashed", job_id, job.kind, job.attempts)
             if job.attempts < job.max_attempts:
@@ -170,14 +185,15 @@ class JobWorker:
                     error=f"internal error after {job.attempts} attempt(s): "
                     f"{type(exc).__name__}: {exc}"[:2000],
                 )
-        else:
-            self._finish(
-                job_id,
-                job.attempts,
-                status=JobStatus.SUCCEEDED.value,
-                progress=100,
-                result=result or {},
-            )
+            return JobOutcome.CRASHED, "crashed"
+        self._finish(
+            job_id,
+            job.attempts,
+            status=JobStatus.SUCCEEDED.value,
+            progress=100,
+            result=result or {},
+        )
+        return JobOutcome.SUCCEEDED, None
 
     def _requeue(self, job_id: str, kind: str) -> None:
         with self.sessions.begin() as s:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.settings import EngineSettings, load_engine_settings
 from tests.conftest import register, running_engine
@@ -26,6 +28,7 @@ from tests.engine.image.zips import good_zip
 
 REPO = Path(__file__).resolve().parents[2]
 STOP_SECONDS = 60
+METRICS_TOKEN = "w" * 32
 
 
 def write_config(path: Path, data_dir: Path, database_url: str, redis_url: str) -> Path:
@@ -65,16 +68,36 @@ def settings(tmp_path: Path, postgres_url: str, redis_url: str) -> EngineSetting
 
 
 @pytest.fixture
-def worker(tmp_path: Path, settings: EngineSettings) -> Iterator[subprocess.Popen[bytes]]:
-    """``tada-engine worker`` on the same config, its output in ``worker.log``."""
+def metrics_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def worker(
+    tmp_path: Path, settings: EngineSettings, metrics_port: int
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``tada-engine worker`` on the same config, its output in ``worker.log``, its metrics
+    on ``metrics_port`` (behind the token)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "TADA_ENGINE_METRICS_TOKEN": METRICS_TOKEN,
     }
     env.pop("TADA_CONFIG", None)
     log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "--config", str(tmp_path / "config.toml"), "worker"],
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "--config",
+            str(tmp_path / "config.toml"),
+            "worker",
+            "--metrics-port",
+            str(metrics_port),
+        ],
         cwd=tmp_path,
         env=env,
         stdout=log,
@@ -89,8 +112,25 @@ def worker(tmp_path: Path, settings: EngineSettings) -> Iterator[subprocess.Pope
         log.close()
 
 
+def worker_metrics(port: int) -> str:
+    """The worker's own metrics endpoint: refused without the token, read with it."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    assert httpx.get(url).status_code == 401
+    resp = httpx.get(url, headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert resp.status_code == 200
+    return resp.text
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return float(found.value)
+    return 0.0
+
+
 async def test_a_worker_process_trains_and_draws_what_the_api_queued(
-    tmp_path: Path, settings: EngineSettings, worker: subprocess.Popen[bytes]
+    tmp_path: Path, settings: EngineSettings, worker: subprocess.Popen[bytes], metrics_port: int
 ) -> None:
     assert settings.jobs.backend == "redis" and settings.jobs.in_process_workers == 0
     assert settings.resolved_database_url.startswith("postgresql+asyncpg://")
@@ -109,6 +149,13 @@ async def test_a_worker_process_trains_and_draws_what_the_api_queued(
         assert drawn.status_code == 200, drawn.text
         image = await api.get(httpx.URL(drawn.json()["url"]).raw_path.decode())
         assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    # The jobs ran in the worker process: its own endpoint counts them.
+    metrics = worker_metrics(metrics_port)
+    for kind in ("image.train_lora", "image.generate"):
+        count = "tada_engine_job_duration_seconds_count"
+        assert sample(metrics, count, kind=kind, outcome="succeeded") == 1, metrics
+    assert sample(metrics, "tada_engine_model_loads_total", model="image") == 1
+    assert sample(metrics, "tada_engine_model_load_seconds", model="image") > 0
     assert worker.poll() is None, "the worker stopped by itself"
     worker.send_signal(signal.SIGTERM)
     started_at = time.monotonic()
