@@ -1,47 +1,135 @@
 #!/usr/bin/env bash
-# Every check, locally and in CI: format, lint, type-check, the lock, tests (SQLite, then
+# Every check, locally and in CI: format, lint, type-check, the lock, the docs, tests (SQLite, then
 # the PostgreSQL passes and the object-storage pass).
-set -euo pipefail
+#
+# Every pass runs whatever the others do; the end prints one line per pass (name, result,
+# seconds) and the exit status is non-zero if any pass failed. Arguments go to the main
+# pytest pass (`scripts/check.sh tests/bot -k voice`); the PostgreSQL and object-storage
+# passes then do not run.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-echo "== ruff format"
-ruff format --check bot cogs engine tests bench scripts
-echo "== ruff lint"
-ruff check bot cogs engine tests bench scripts
-echo "== mypy"
-mypy
-echo "== lock: constraints.txt against the public index only (a fresh machine's view)"
-python scripts/check_lock.py
-echo "== pip check: the installed dependencies agree with each other"
-python -m pip check
-echo "== docs: mkdocs build --strict (a broken link, a missing page or one left out of nav fails)"
-# Built into a temporary folder, removed however the build ends (the subshell's trap).
-(
+
+# Ctrl-C stops the whole check, not just the pass that is running.
+trap 'echo; echo "== interrupted"; exit 130' INT TERM
+
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+names=()
+results=()
+times=()
+closings=()
+failed=0
+failed_names=()
+
+now() { date +%s.%N; }
+
+# run_pass NAME COMMAND...: run one pass, record its result and time.
+# A pytest pass's output is also kept, for its closing line in the summary.
+run_pass() {
+    local name=$1
+    shift
+    local log="$logs/${#names[@]}.log" start rc closing=""
+    echo "== $name"
+    start=$(now)
+    if [ "$1" = "pytest" ] || [ "${1%%=*}" != "$1" ]; then
+        # (env assignments first, e.g. TADA_TEST_DB=postgres pytest ...)
+        env "$@" 2>&1 | tee "$log"
+        rc=${PIPESTATUS[0]}
+        # pytest's closing line: "3 failed, 120 passed, 2 skipped in 61.20s (0:01:01)"
+        # (with -q it has no "=" around it)
+        closing=$(grep -E '^(=+ )?[0-9a-z ,]+ in [0-9.]+s( \([0-9:]+\))?( =+)?$' "$log" \
+            | tail -n 1 | sed -E 's/^=+ //; s/ =+$//')
+        [ -n "$closing" ] || closing=$(tail -n 1 "$log")
+    else
+        "$@"
+        rc=$?
+    fi
+    names+=("$name")
+    times+=("$(awk -v a="$start" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }')")
+    closings+=("$closing")
+    if [ "$rc" -eq 0 ]; then
+        results+=("passed")
+    else
+        results+=("failed (exit $rc)")
+        failed=$((failed + 1))
+        failed_names+=("$name")
+    fi
+}
+
+# mkdocs build --strict into a temporary folder, removed however the build ends.
+docs_build() (
     site="$(mktemp -d)"
     trap 'rm -rf "$site"' EXIT
     NO_MKDOCS_2_WARNING=1 mkdocs build --strict --config-file mkdocs.yml --site-dir "$site"
 )
-echo "== pytest"
-pytest -q "$@"
+
+skip_pass() {
+    echo "== $1: skipped ($2)"
+    names+=("$1")
+    results+=("skipped")
+    times+=(0)
+    closings+=("$2")
+}
+
+run_pass "ruff format" ruff format --check bot cogs engine tests bench scripts
+run_pass "ruff lint" ruff check bot cogs engine tests bench scripts
+run_pass "mypy" mypy
+# constraints.txt against the public index only (a fresh machine's view).
+run_pass "lock" python scripts/check_lock.py
+# The installed dependencies agree with each other.
+run_pass "pip check" python -m pip check
+# The documentation site: a broken link, a missing page or one left out of nav fails.
+run_pass "docs" docs_build
+run_pass "pytest" pytest -q "$@"
+
 # The engine and security suites again with the engine database on a real PostgreSQL, which
 # the tests start themselves (tests/servers.py). Skipped when pytest was given arguments.
+pg_engine="pytest, PostgreSQL: engine and security"
+pg_bot="pytest, PostgreSQL: the bot store"
+s3="pytest, object storage"
 if [ "$#" -eq 0 ]; then
-    echo "== pytest, PostgreSQL pass: tests/engine and tests/security on PostgreSQL"
     # Once is enough, in the pass above: the tests marked no_database (the models', the
     # voice evaluation's, the bombs' memory; a marked test that opens a database fails,
     # tests/conftest.py), and the voice quality test, which clones and speaks over the API
     # as voice/test_api.py does here and adds how the clones sound.
-    TADA_TEST_DB=postgres pytest -q -m "not no_database" tests/engine tests/security \
-        --ignore=tests/engine/voice/test_quality.py
-    echo "== pytest, PostgreSQL pass: the bot store's shared state, claims, quotas and shards"
-    # (the rest of the bot suite reads its SQLite store file directly)
-    TADA_TEST_DB=postgres pytest -q tests/bot/test_shared_state.py tests/bot/test_policy.py \
-        tests/bot/test_sharding.py tests/bot/test_jobs_runner.py tests/bot/test_jobs_panel.py \
-        tests/bot/test_quota.py
-    echo "== pytest, object-storage pass: uploads, LoRAs and voices with files in SeaweedFS"
-    # (tests/engine/test_storage.py trains and generates on both back ends in the main pass)
-    TADA_TEST_STORAGE=s3 pytest -q tests/engine/test_uploads.py \
+    run_pass "$pg_engine" TADA_TEST_DB=postgres pytest -q -m "not no_database" \
+        tests/engine tests/security --ignore=tests/engine/voice/test_quality.py
+    # The bot store's shared state, claims, quotas and shards (the rest of the bot suite
+    # reads its SQLite store file directly).
+    run_pass "$pg_bot" TADA_TEST_DB=postgres pytest -q tests/bot/test_shared_state.py \
+        tests/bot/test_policy.py tests/bot/test_sharding.py tests/bot/test_jobs_runner.py \
+        tests/bot/test_jobs_panel.py tests/bot/test_quota.py
+    # Uploads, LoRAs and voices with files in SeaweedFS (tests/engine/test_storage.py trains
+    # and generates on both back ends in the main pass).
+    run_pass "$s3" TADA_TEST_STORAGE=s3 pytest -q tests/engine/test_uploads.py \
         tests/engine/image/test_demo_api.py tests/engine/image/test_generation_options.py \
         tests/engine/voice/test_api.py
 else
-    echo "== pytest, PostgreSQL pass: skipped (pytest was given arguments)"
+    for name in "$pg_engine" "$pg_bot" "$s3"; do
+        skip_pass "$name" "pytest was given arguments"
+    done
 fi
+
+echo
+echo "== summary: one line per pass"
+for i in "${!names[@]}"; do
+    printf '%-42s %-16s %6ss  %s\n' "${names[$i]}" "${results[$i]}" "${times[$i]}" \
+        "${closings[$i]}"
+done
+# The last line, pytest's form: the tests of every pytest pass added up, and the passes
+# that failed (a lint or type failure counts as one failed pass, not as tests).
+total=$(printf '%s\n' "${closings[@]}" | grep -oE '[0-9]+ (passed|failed|errors?|skipped|xfailed|xpassed)' \
+    | sed -E 's/errors?$/errors/' \
+    | awk '{ n[$2] += $1 } END {
+        split("failed passed skipped xfailed xpassed errors", order, " ")
+        for (i = 1; i <= 6; i++) if (n[order[i]] > 0) {
+            out = out (out ? ", " : "") n[order[i]] " " order[i]
+        }
+        print out ? out : "no tests ran"
+    }')
+if [ "$failed" -eq 0 ]; then
+    echo "== all ${#names[@]} passes passed: $total"
+    exit 0
+fi
+echo "== $failed of ${#names[@]} passes failed ($(printf '%s; ' "${failed_names[@]}" | sed 's/; $//')): $total"
+exit 1
