@@ -47,6 +47,7 @@ from tests.servers import (
     redis_server,
     seaweedfs_server,
 )
+from tests.waiting import CEILING_S
 
 # Which database the engine tests run on: "sqlite" (default) or "postgres".
 TEST_DB_ENV = "TADA_TEST_DB"
@@ -84,7 +85,7 @@ def make_settings(data_dir: Path, **overrides: object) -> EngineSettings:
     values: dict[str, object] = {
         "data_dir": data_dir,
         "database_url": os.environ.get(DATABASE_URL_ENV) or None,
-        "jobs": JobSettings(in_process_workers=0, wait_timeout_seconds=30),
+        "jobs": JobSettings(in_process_workers=0, wait_timeout_seconds=CEILING_S),
         # Abuse limits are tested on their own (tests/security/test_abuse.py); elsewhere
         # many calls from one test client are the point, not an attack.
         "limits": RELAXED_LIMITS,

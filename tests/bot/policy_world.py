@@ -20,6 +20,7 @@ from engine.image.types import TrainImage
 from engine.settings import EngineSettings, JobSettings
 from tests.bot.media_samples import picture
 from tests.conftest import make_settings
+from tests.waiting import CEILING_S
 
 
 def train_demo_loras(out: Path) -> dict[str, Path]:
@@ -40,7 +41,7 @@ def demo_engine_settings(data_dir: Path, loras: dict[str, Path]) -> EngineSettin
     """Engine settings serving both demos with a worker in process."""
     return make_settings(
         data_dir,
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image={
             "generation": {"steps": 2},
             "demos": {

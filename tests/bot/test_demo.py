@@ -23,6 +23,7 @@ from engine.image.types import TrainImage
 from engine.settings import EngineSettings, JobSettings
 from tests.bot.media_samples import picture
 from tests.conftest import make_settings, register
+from tests.waiting import CEILING_S
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
 
@@ -47,7 +48,7 @@ def demo_loras(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def engine_settings(tmp_path: Path, demo_loras: dict[str, Path]) -> EngineSettings:
     return make_settings(
         tmp_path / "engine",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image={
             "generation": {"steps": 2},
             "demos": {

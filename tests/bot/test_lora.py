@@ -21,6 +21,7 @@ from tests.bot.conftest import make_bot_config
 from tests.bot.media_samples import picture, zip_of
 from tests.bot.mentions import assert_pings_at_most
 from tests.conftest import make_settings, register
+from tests.waiting import CEILING_S, polls
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
 IMAGE = {
@@ -34,7 +35,7 @@ IMAGE = {
 def engine_settings(tmp_path: Path) -> EngineSettings:
     return make_settings(
         tmp_path / "engine",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image=IMAGE,
     )
 
@@ -212,7 +213,7 @@ async def test_a_restart_during_training_still_posts_the_result(
     # A new process: it finds the training in the store and watches it again.
     await simcord_env.restart_bot(create_bot(slow))
     store = simcord_env.bot.jobs.store  # type: ignore[attr-defined]
-    for _ in range(600):  # the engine trains in its own thread, in real time
+    for _ in polls():  # the engine trains in its own thread, in real time
         job = await store.get(job.id)
         if job.posted:
             break

@@ -29,6 +29,7 @@ from tests.bot.media_samples import picture, zip_of
 from tests.bot.policy_world import admin_says, make_server
 from tests.bot.worker_world import bot_config  # noqa: F401
 from tests.conftest import make_settings, register
+from tests.waiting import CEILING_S, polls
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
 IMAGE = {
@@ -43,7 +44,7 @@ GENERATIONS = "/generations"
 def engine_settings(tmp_path: Path) -> EngineSettings:  # worker_world's, with quick trainings
     return make_settings(
         tmp_path / "engine",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image=IMAGE,
     )
 
@@ -77,7 +78,7 @@ async def trained_lora(api: httpx.AsyncClient, key: str, name: str = "Cats") -> 
     upload_id = str(target["id"])
     started = await api.post(f"/api/loras/trainings/{upload_id}", headers=headers)
     assert started.status_code == 202, started.text
-    for _ in range(2400):
+    for _ in polls():
         status = (await api.get(f"/api/loras/trainings/{upload_id}", headers=headers)).json()
         if status["status"] in ("succeeded", "failed", "canceled"):
             break

@@ -16,6 +16,7 @@ from bot.embedded import EmbeddedEngine, EngineStartError
 from bot.tada import RetryPolicy, TadaClient, TadaTransportError
 from tests.bot.conftest import make_bot_config
 from tests.conftest import make_settings
+from tests.waiting import CEILING_S, polls, wait_until
 
 ROOT = Path(__file__).parents[2]
 
@@ -30,7 +31,7 @@ def test_without_a_token_it_stops_at_once_saying_how_to_get_one(tmp_path: Path) 
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=CEILING_S,
         check=False,
     )
     assert done.returncode == 2
@@ -97,7 +98,7 @@ async def test_the_embedded_engine_is_a_child_process_that_stops_with_the_bot(
         tmp_path / "engine",
         port=0,
         embedded_child_process=True,
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=60),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image={"zip": {"min_side": 32}, "training": {"steps": 2, "rank": 4}},
     )
     engine = EmbeddedEngine(settings)
@@ -123,7 +124,7 @@ async def test_the_embedded_engine_is_a_child_process_that_stops_with_the_bot(
             started = await http.post(f"/api/loras/trainings/{target['id']}", headers=h)
             assert started.status_code == 202
             status, body = "", {}
-            for _ in range(400):
+            for _ in polls():
                 body = (await http.get(f"/api/loras/trainings/{target['id']}", headers=h)).json()
                 status = body["status"]
                 if status in ("succeeded", "failed", "canceled"):
@@ -137,7 +138,6 @@ async def test_the_embedded_engine_is_a_child_process_that_stops_with_the_bot(
 
 def test_the_embedded_engine_stops_when_the_bot_is_killed(tmp_path: Path) -> None:
     import signal
-    import time
 
     import psutil
 
@@ -163,9 +163,10 @@ def test_the_embedded_engine_stops_when_the_bot_is_killed(tmp_path: Path) -> Non
         (child,) = psutil.Process(bot.pid).children()
         bot.send_signal(signal.SIGKILL)
         bot.wait(10)
-        deadline = time.monotonic() + 30
-        while child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
-            assert time.monotonic() < deadline, "the engine outlived the bot"
-            time.sleep(0.2)
+        wait_until(
+            lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE,
+            "the engine stops with the bot",
+            every=0.2,
+        )
     finally:
         bot.kill()

@@ -11,6 +11,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet
 
 from bot.config import production_problems
+from tests.waiting import CEILING_S
 
 ROOT = Path(__file__).parents[2]
 SECRETS = ("DISCORD_TOKEN", "TADA_BOT_ENCRYPTION_KEY", "TADA_ENGINE_SECRET_KEY")
@@ -34,7 +35,7 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=CEILING_S,
         check=False,
     )
 

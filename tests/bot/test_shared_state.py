@@ -25,6 +25,7 @@ from bot.jobs.fairness import fair_order
 from bot.policy import Limit, PolicyGate, PolicyStore, QuotaRule
 from bot.store import Store
 from bot.store.models import utcnow
+from tests.waiting import CEILING_S
 
 GUILD = 1000
 ALICE = 42
@@ -327,8 +328,10 @@ async def test_two_real_processes_claim_each_job_exactly_once(
     ]
     for proc in procs:
         assert proc.stdout is not None
-        assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"ready"
-    outs = await asyncio.gather(*(asyncio.wait_for(p.communicate(b"go\n"), 60) for p in procs))
+        assert (await asyncio.wait_for(proc.stdout.readline(), CEILING_S)).strip() == b"ready"
+    outs = await asyncio.gather(
+        *(asyncio.wait_for(p.communicate(b"go\n"), CEILING_S) for p in procs)
+    )
     assert all(p.returncode == 0 for p in procs)
     first, second = (set(out.decode().split()) for out, _ in outs)
     assert first | second == set(ids) and not first & second

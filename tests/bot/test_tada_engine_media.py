@@ -18,6 +18,7 @@ from engine.voice.settings import VoiceSettings
 from tests.conftest import backend_for, make_settings, running_engine
 from tests.engine.image.zips import good_zip
 from tests.engine.voice.conftest import SAMPLE_TEXT, wav_bytes
+from tests.waiting import CEILING_S, polls
 
 BASE = "http://testserver"
 IMAGE = {
@@ -32,7 +33,7 @@ async def me(tmp_path: Path) -> AsyncIterator[TadaClient]:
     """A registered member's client on an engine whose in-process worker runs jobs."""
     settings = make_settings(
         tmp_path / "engine",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image=IMAGE,
     )
     async with running_engine(settings) as (_app, api):
@@ -73,7 +74,7 @@ async def test_lora_train_generate_list_and_download(me: TadaClient) -> None:
     started = await me.start_lora_training(target.upload_id)
     assert started.upload_id == target.upload_id
     assert started.state in (TrainingStatus.STARTING, TrainingStatus.PROCESSING)
-    for _ in range(2400):
+    for _ in polls():
         training = await me.get_lora_training(target.upload_id)
         if training.state in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED):
             break

@@ -22,6 +22,7 @@ from tests.bot.test_demo import DemoChannelGate
 from tests.bot.test_lora import good_set, linked
 from tests.conftest import make_settings, register
 from tests.engine.image.test_lora_api import h, path_of
+from tests.waiting import CEILING_S
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
 TRAINING = {"steps": 4, "rank": 4, "learning_rate": 1e-2, "batch_size": 2}
@@ -37,7 +38,7 @@ def engine_settings(tmp_path: Path, request: pytest.FixtureRequest) -> EngineSet
     training = getattr(request, "param", WITH_VALIDATION)
     return make_settings(
         tmp_path / "engine",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image={"training": training, "zip": {"min_side": 32}, "generation": {"steps": 2}},
     )
 

@@ -11,7 +11,6 @@ ffmpeg encodes real Opus packets) with the transport replaced at discord.py's ow
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -31,6 +30,7 @@ from bot.voice_channel import Clip, VoiceChannelPlayer
 from tests.bot.media_samples import speech_wav
 from tests.bot.worker_world import bot_config, engine_settings  # noqa: F401
 from tests.conftest import register
+from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.simcord(settle_timeout=60)
 
@@ -81,11 +81,8 @@ class PacketSink:
         self.channel = channel
 
 
-async def wait_for(check: Callable[[], bool], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+async def wait_for(check: Callable[[], bool]) -> None:
+    await async_wait_until(check, "the voice channel's state")
 
 
 async def test_say_needs_a_voice_channel_then_queues_the_speech_there(

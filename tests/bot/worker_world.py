@@ -11,12 +11,13 @@ from bot.config import BotConfig
 from engine.settings import EngineSettings, JobSettings
 from tests.bot.conftest import make_bot_config
 from tests.conftest import make_settings
+from tests.waiting import CEILING_S
 
 
 @pytest.fixture
 def engine_settings(tmp_path: Path) -> EngineSettings:
     return make_settings(
-        tmp_path / "engine", jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120)
+        tmp_path / "engine", jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S)
     )
 
 

@@ -34,6 +34,7 @@ from engine.image.types import TrainImage
 from engine.settings import JobSettings
 from tests.conftest import make_settings
 from tests.engine.image.zips import image_bytes
+from tests.waiting import CEILING_S
 
 MAX_EXAMPLES = 6
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
@@ -60,7 +61,7 @@ def test_no_5xx_and_answers_match_their_schema(tmp_path: Path) -> None:
     }
     engine_settings = make_settings(
         tmp_path / "engine",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=60),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image=image,
     )
     app = create_app(engine_settings)

@@ -21,6 +21,7 @@ from engine.db import SQLITE_POOL_SIZE, Database, sync_url
 from engine.models import Base
 from tests.conftest import database_backend, database_dump, register, services_of
 from tests.servers import PostgresServer
+from tests.waiting import CEILING_S
 
 
 def _heads() -> set[str]:
@@ -262,7 +263,7 @@ def test_processes_migrating_one_empty_postgres_database_at_once_all_succeed(
     ]
     failures = []
     for proc in procs:
-        _, err = proc.communicate(timeout=180)
+        _, err = proc.communicate(timeout=CEILING_S)
         if proc.returncode != 0:
             failures.append(err[-2000:])
     assert failures == []

@@ -12,6 +12,7 @@ from engine.jobs import JobContext, JobFailed
 from engine.models import Job, JobStatus
 from engine.settings import JobSettings
 from tests.conftest import make_settings, running_engine, services_of
+from tests.waiting import CEILING_S
 
 calls: list[str] = []
 
@@ -154,6 +155,6 @@ async def test_the_in_process_consumer_runs_jobs_and_wait_returns(tmp_path: Path
     async with running_engine(settings, {"test.thread": which_thread}) as (app, _):
         jobs = services_of(app).jobs
         job = await jobs.submit("test.thread", {})
-        done = await jobs.wait(job.id, within=20)
+        done = await jobs.wait(job.id, within=CEILING_S)
         assert done.status == JobStatus.SUCCEEDED.value
         assert seen_threads and seen_threads[0] != threading.main_thread().name

@@ -20,6 +20,7 @@ from engine import model_store
 from engine.cli import main as engine_cli
 from engine.image.tiny import build_tiny_pipeline
 from tests.conftest import make_settings
+from tests.waiting import polls
 
 pytestmark = pytest.mark.no_database
 
@@ -150,7 +151,7 @@ def _serve(state: Hub) -> Iterator[tuple[Hub, str]]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    for _ in range(200):
+    for _ in polls():
         if server.started:
             break
         time.sleep(0.02)

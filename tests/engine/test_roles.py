@@ -23,6 +23,7 @@ from engine.settings import EngineSettings, JobSettings
 from tests.conftest import make_settings, running_engine, services_of
 from tests.engine.image.zips import good_zip
 from tests.servers import free_port
+from tests.waiting import CEILING_S
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINE = [sys.executable, "-m", "engine"]
@@ -107,7 +108,7 @@ def test_worker_refuses_a_queue_the_layout_does_not_have(
 
 
 def _wait_healthy(base: str, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + CEILING_S
     while time.monotonic() < deadline:
         assert proc.poll() is None, "serve exited"
         try:
@@ -167,7 +168,7 @@ def test_an_api_process_without_consumers_leaves_jobs_to_the_image_worker(
             assert c.get(training, headers=h).json()["status"] == "succeeded"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=CEILING_S)
     assert "job consumer started" not in out, out[-2000:]
 
 

@@ -17,6 +17,8 @@ import httpx
 import psutil
 from PIL import Image
 
+from tests.waiting import CEILING_S, polls
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -66,7 +68,7 @@ steps = 1
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + CEILING_S
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
@@ -94,7 +96,7 @@ steps = 1
             started = c.post(f"/api/loras/trainings/{target['id']}", headers=h)
             assert started.status_code == 202, started.text
             status = ""
-            for _ in range(300):
+            for _ in polls():
                 status = c.get(f"/api/loras/trainings/{target['id']}", headers=h).json()["status"]
                 if status in ("succeeded", "failed", "canceled"):
                     break
@@ -102,5 +104,5 @@ steps = 1
             assert status == "succeeded"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=CEILING_S)
     assert out.count("serving with 2 API processes") == 1, out[-2000:]

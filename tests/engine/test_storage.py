@@ -24,6 +24,7 @@ from engine.storage.s3 import S3Storage
 from tests.conftest import get_from, make_settings, put_to, register, running_engine, services_of
 from tests.engine.image.zips import build_zip, good_zip
 from tests.servers import SeaweedFSServer
+from tests.waiting import CEILING_S
 
 
 def h(key: str) -> dict[str, str]:
@@ -66,7 +67,7 @@ def s3_engine_settings(
     return make_settings(
         tmp_path / "engine",
         storage=server.storage_settings(prefix),
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         **overrides,
     )
 

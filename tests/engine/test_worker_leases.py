@@ -8,7 +8,6 @@ worker died is re-queued and finishes, once.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from engine.models import Job, JobStatus, utcnow
 from engine.services import EngineServices, build_services
 from engine.settings import EngineSettings, JobSettings
 from tests.conftest import make_settings
+from tests.waiting import async_wait_until, polls
 
 KIND = "test.hold"
 WorkerFactory = Callable[[dict[str, Handler]], EngineServices]
@@ -93,7 +93,7 @@ async def test_a_worker_starting_leaves_a_job_another_live_worker_runs(
     running = threading.Thread(target=first.queue.run_one)
     running.start()
     try:
-        for _ in range(200):
+        for _ in polls():
             if calls:
                 break
             await anyio.sleep(0.02)
@@ -133,11 +133,7 @@ async def test_the_job_of_a_worker_that_died_is_taken_back_and_finishes_once(
             )
         )
     survivor.worker.start_heartbeat()  # its reaper takes stale jobs back on its own
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if survivor.queue.pending():
-            break
-        await anyio.sleep(0.05)
+    await async_wait_until(survivor.queue.pending, "the reaper re-queues the stale job")
     assert await anyio.to_thread.run_sync(survivor.worker.drain) == 1
     done = await status_of(survivor, job_id)
     assert done.status == JobStatus.SUCCEEDED.value and done.result == {"attempt": 2}

@@ -25,6 +25,7 @@ from engine.settings import EngineSettings, load_engine_settings
 from tests.conftest import register, running_engine
 from tests.engine.image.test_lora_api import IMAGE, h, upload_zip, wait_final
 from tests.engine.image.zips import good_zip
+from tests.waiting import CEILING_S
 
 REPO = Path(__file__).resolve().parents[2]
 STOP_SECONDS = 60
@@ -44,7 +45,7 @@ database_url = {json.dumps(database_url)}
 backend = "redis"
 redis_url = {json.dumps(redis_url)}
 in_process_workers = 0
-wait_timeout_seconds = 120
+wait_timeout_seconds = {CEILING_S}
 
 [engine.limits]
 storage_uri = {json.dumps(redis_url)}

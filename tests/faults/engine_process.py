@@ -14,6 +14,8 @@ from types import TracebackType
 
 import httpx
 
+from tests.waiting import CEILING_S
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -36,7 +38,7 @@ class EngineProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, ready_within: float = 120.0) -> None:
+    def start(self, ready_within: float = CEILING_S) -> None:
         """Start it and wait until ``/healthz`` answers (migrations and recovery ran)."""
         env = {**os.environ, "TADA_CONFIG": str(self.config), "PYTHONUNBUFFERED": "1"}
         env.pop("TADA_ENGINE_SECRET_KEY", None)

@@ -33,6 +33,7 @@ from tests.bot.conftest import ENGINE_URL, make_bot_config
 from tests.conftest import make_settings, register
 from tests.engine.image.zips import good_zip
 from tests.faults.faulty_transport import Fault, FaultyTransport
+from tests.waiting import CEILING_S, polls
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
 IMAGE = {
@@ -47,7 +48,7 @@ DEMO = r"/api/demo/tadz"
 def engine_settings(tmp_path: Path) -> EngineSettings:
     return make_settings(
         tmp_path / "engine",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image=IMAGE,
     )
 
@@ -159,7 +160,7 @@ async def _trained_lora(api: httpx.AsyncClient, key: str) -> str:
     await api.put(f"{parts.path}?{parts.query}", content=good_zip(4), headers=target["headers"])
     started = await api.post(f"/api/loras/trainings/{target['id']}", headers=h)
     assert started.status_code == 202, started.text
-    for _ in range(2400):
+    for _ in polls():
         body = (await api.get(f"/api/loras/trainings/{target['id']}", headers=h)).json()
         if body["status"] in ("succeeded", "failed"):
             assert body["status"] == "succeeded", body

@@ -26,6 +26,7 @@ from tests.bot.conftest import make_bot_config
 from tests.bot.media_samples import picture, zip_of
 from tests.faults.engine_process import EngineProcess
 from tests.faults.test_engine_restart import write_config
+from tests.waiting import polls
 
 POLL = 60.0  # virtual seconds between the watcher's polls: each is one advance_time
 
@@ -70,7 +71,7 @@ async def test_progress_message_shows_the_training_failed_by_the_restart(tmp_pat
             assert job.kind is JobKind.LORA_TRAIN and job.state is JobState.RUNNING
 
             # Let the engine get well into the training (real time), then let the bot see it.
-            for _ in range(1200):
+            for _ in polls():
                 training = await engine_training(api, key)
                 if training["status"] == "processing" and int(str(training["progress"])) >= 5:
                     break

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from tests.waiting import polls
+
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
@@ -230,7 +232,7 @@ class SandboxPage:
 
     def reload_until_channel(self, url: str, channel: str) -> None:
         """Reload the page until it shows ``#channel`` (the sandbox switches asynchronously)."""
-        for _ in range(60):
+        for _ in polls():
             self.page.goto("about:blank")
             self.open(url)
             name = self.page.locator("#channel-name")

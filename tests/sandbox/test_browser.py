@@ -25,6 +25,7 @@ from tests.sandbox.browser import (
     free_port,
     sandbox_process,
 )
+from tests.waiting import CEILING_S
 
 if not CHROMIUM.exists():
     # `make test` installs Debian's chromium; CI must never skip the browser test.
@@ -223,7 +224,7 @@ def test_lora_upload_train_with_progress_then_generate_an_image(
         # The page republishes messages as it polls, so an <img> can be replaced (or be
         # complete but not yet decoded) at any instant: re-query until one is drawn.
         width = 0
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + CEILING_S
         while width == 0 and time.monotonic() < deadline:
             widths = image.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
             width = max(widths, default=0)

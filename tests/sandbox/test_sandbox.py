@@ -29,6 +29,7 @@ from bot.sandbox import (
 from engine.settings import EngineSettings
 from tests.bot.conftest import make_bot_config
 from tests.conftest import make_settings
+from tests.waiting import CEILING_S, polls
 
 pytest.importorskip("aiohttp")
 ROOT = Path(__file__).parents[2]
@@ -108,7 +109,7 @@ async def test_sandbox_channel_moves_the_page_keeping_its_address(
             )
             assert asked.ephemeral and asked.response is not None
             assert "reload the page" in asked.response.content
-            for _ in range(200):
+            for _ in polls():
                 if sandbox.channel is SandboxChannel.DEMO:
                     break
                 await asyncio.sleep(0.05)
@@ -154,7 +155,7 @@ def test_no_sandbox_flag_says_how_to_get_a_token(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=CEILING_S,
         check=False,
     )
     assert done.returncode == 2
@@ -192,7 +193,7 @@ def test_production_without_a_token_stops_instead_of_starting_a_sandbox(tmp_path
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=CEILING_S,
         check=False,
     )
     assert done.returncode == 2

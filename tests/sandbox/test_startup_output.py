@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.sandbox import sandbox_logging
+from tests.waiting import CEILING_S
 
 pytest.importorskip("aiohttp")
 ROOT = Path(__file__).parents[2]
@@ -34,8 +35,9 @@ NOISE = (
 )
 
 
-def _wait_for(predicate: object, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
+def _wait_for(predicate: object) -> bool:
+    """Whether ``predicate()`` came true before :data:`CEILING_S` (which only ends a hang)."""
+    deadline = time.monotonic() + CEILING_S
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]
             return True
@@ -61,9 +63,9 @@ def test_the_sandbox_start_shows_what_runs_where_and_no_noise(tmp_path: Path) ->
             stderr=stderr,
         )
     try:
-        started = _wait_for(lambda: "Open:" in out.read_text(), 90)
+        started = _wait_for(lambda: "Open:" in out.read_text())
         # The device report comes from the worker's background warm-up, just after.
-        reported = _wait_for(lambda: "image: " in err.read_text(), 60)
+        reported = _wait_for(lambda: "image: " in err.read_text())
     finally:
         proc.send_signal(signal.SIGINT)
         try:

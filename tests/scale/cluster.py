@@ -31,10 +31,12 @@ import httpx
 import psycopg
 
 from tests.servers import free_port
+from tests.waiting import CEILING_S
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINE = [sys.executable, "-m", "engine"]
-START_SECONDS = 180.0
+# Until every process answers: their readiness, not a time (CEILING_S only ends a hang).
+START_SECONDS = CEILING_S
 # A killed worker's jobs are taken back by another once its heartbeat is this old.
 HEARTBEAT_SECONDS = 0.5
 STALE_AFTER_SECONDS = 3.0
@@ -78,7 +80,7 @@ backend = "redis"
 redis_url = {_toml(redis_url)}
 split_queues = true
 in_process_workers = 0
-wait_timeout_seconds = 240
+wait_timeout_seconds = {CEILING_S}
 heartbeat_seconds = {HEARTBEAT_SECONDS}
 stale_after_seconds = {STALE_AFTER_SECONDS}
 max_attempts = 5

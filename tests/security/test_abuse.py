@@ -30,6 +30,7 @@ from engine.settings import JobSettings, LimitSettings
 from tests.conftest import make_settings, register, running_engine, services_of
 from tests.engine.image.zips import good_zip
 from tests.engine.voice.conftest import h, upload_sample, wav_bytes
+from tests.waiting import CEILING_S, polls
 
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 
@@ -150,7 +151,7 @@ async def test_the_access_log_holds_no_signature_or_email(tmp_path: Path) -> Non
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
-        for _ in range(500):  # uvicorn offers no event for "listening"
+        for _ in polls():  # uvicorn offers no event for "listening"
             if server.started:
                 break
             await asyncio.sleep(0.02)
@@ -316,7 +317,7 @@ async def test_stored_bytes_per_user_are_bounded(tmp_path: Path) -> None:
 
 async def test_a_refused_sample_is_deleted(tmp_path: Path) -> None:
     settings = make_settings(
-        tmp_path / "engine", jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120)
+        tmp_path / "engine", jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S)
     )
     silence = wav_bytes(np.zeros(22050 * 5, dtype=np.float32), 22050)
     async with running_engine(settings) as (app, api):

@@ -24,6 +24,7 @@ from tests.conftest import backend_for, make_settings, register, running_engine
 from tests.engine.image.test_lora_api import IMAGE, upload_zip, wait_final
 from tests.engine.image.zips import good_zip
 from tests.engine.voice.conftest import SAMPLE_TEXT, fetch, h, upload_sample, wav_bytes
+from tests.waiting import CEILING_S
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ async def test_a_second_users_key_gets_404_for_every_object_of_the_first(
 ) -> None:
     settings = make_settings(
         tmp_path / "engine",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image={**IMAGE, "generation": {"steps": 1}},
     )
     speech = backend_for(VoiceSettings()).base_speech(SAMPLE_TEXT)  # type: ignore[attr-defined]

@@ -34,6 +34,7 @@ from engine.settings import EngineSettings, JobSettings
 from tests.conftest import make_settings, register, running_engine
 from tests.engine.image.zips import image_bytes
 from tests.security import bombs
+from tests.waiting import CEILING_S
 
 LIMITS = ZipLimits()
 
@@ -290,7 +291,7 @@ def test_the_worst_bombs_cost_under_the_memory_target(
 def engine_settings(tmp_path: Path) -> EngineSettings:
     return make_settings(
         tmp_path / "engine",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image={"zip": {"min_side": 32}},
     )
 

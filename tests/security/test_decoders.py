@@ -29,6 +29,7 @@ from tests.engine.voice.conftest import (
     upload_sample,
 )
 from tests.security import audio_hostile as hostile
+from tests.waiting import CEILING_S
 
 __all__ = ["base_sample", "reference_backend"]  # fixtures
 
@@ -36,7 +37,7 @@ __all__ = ["base_sample", "reference_backend"]  # fixtures
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     settings = make_settings(
-        tmp_path / "engine", jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120)
+        tmp_path / "engine", jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S)
     )
     async with running_engine(settings) as pair:
         yield pair

@@ -24,6 +24,7 @@ from tests.conftest import make_settings, register, running_engine, services_of
 from tests.engine.image.test_lora_api import h
 from tests.engine.image.zips import build_zip, good_zip, image_bytes
 from tests.engine.voice.conftest import upload_sample
+from tests.waiting import CEILING_S
 
 CAP = 64 * 1024
 RTL = "\u202e"  # RIGHT-TO-LEFT OVERRIDE: "gnp.exe" shows as "exe.png"
@@ -37,7 +38,7 @@ async def small(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClien
     settings = make_settings(
         tmp_path / "engine",
         uploads=UploadSettings(max_audio_bytes=CAP, max_zip_bytes=CAP),
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=60),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image={"zip": {"min_side": 32}},
     )
     async with running_engine(settings) as (app, api):

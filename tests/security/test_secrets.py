@@ -30,6 +30,7 @@ from engine.settings import EngineSettings, JobSettings
 from tests.bot.conftest import make_bot_config
 from tests.bot.media_samples import picture, zip_of
 from tests.conftest import database_dump, make_settings, register
+from tests.waiting import CEILING_S
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
 
@@ -81,7 +82,7 @@ def captured() -> Iterator[Everything]:
 def engine_settings(tmp_path: Path) -> EngineSettings:
     return make_settings(
         tmp_path / "engine",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image={
             "training": {"steps": 4, "rank": 4, "learning_rate": 1e-2, "batch_size": 2},
             "zip": {"min_side": 32},

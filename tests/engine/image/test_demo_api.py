@@ -16,6 +16,7 @@ from engine.settings import JobSettings
 from tests.conftest import get_from, make_settings, register, running_engine
 from tests.engine.image.test_lora_api import IMAGE, h
 from tests.engine.image.zips import image_bytes
+from tests.waiting import CEILING_S
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ async def test_demos_generate_with_their_lora_and_trigger_word(
     }
     settings = make_settings(
         tmp_path / "e",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image=image,
     )
     async with running_engine(settings) as (_, api):

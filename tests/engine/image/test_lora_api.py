@@ -27,6 +27,7 @@ from tests.conftest import (
     services_of,
 )
 from tests.engine.image.zips import build_zip, good_zip, image_bytes
+from tests.waiting import CEILING_S, polls
 
 IMAGE = {
     "training": {"steps": 6, "rank": 4, "learning_rate": 1e-2, "batch_size": 2},
@@ -47,7 +48,7 @@ def path_of(url: str) -> str:
 def settings_for(tmp_path: Path, workers: int = 1, **image: object) -> EngineSettings:
     return make_settings(
         tmp_path / "engine",
-        jobs=JobSettings(in_process_workers=workers, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=workers, wait_timeout_seconds=CEILING_S),
         image={**IMAGE, **image},
     )
 
@@ -83,7 +84,7 @@ async def upload_zip(
 async def wait_final(api: httpx.AsyncClient, key: str, upload_id: str) -> dict:
     """Poll the training until it is final (the in-process worker trains it)."""
     seen = set()
-    for _ in range(3000):
+    for _ in polls():
         body = (await api.get(f"/api/loras/trainings/{upload_id}", headers=h(key))).json()
         seen.add(body["status"])
         if body["status"] in ("succeeded", "failed", "canceled"):

@@ -30,6 +30,7 @@ from tests.conftest import make_settings, register, running_engine
 from tests.engine.image.test_adapters import assert_clean
 from tests.engine.image.test_lora_api import IMAGE, h
 from tests.engine.image.zips import image_bytes
+from tests.waiting import CEILING_S
 
 PROMPT = "tadz, a blue disc"
 STEPS = 3
@@ -190,7 +191,7 @@ async def test_a_demo_can_be_a_lora_trained_elsewhere(tmp_path: Path) -> None:
     }
     settings = make_settings(
         tmp_path / "e",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image=image,
     )
     async with running_engine(settings) as (_, api):

@@ -37,6 +37,7 @@ from tests.conftest import (
     register,
     running_engine,
 )
+from tests.waiting import CEILING_S
 
 SAMPLE_TEXT = (
     "Please call Stella. Ask her to bring these things with her from the store: six spoons "
@@ -168,7 +169,7 @@ async def voice_app(
     """The engine with one in-process worker, so synchronous voice endpoints finish."""
     settings = make_settings(
         tmp_path / "engine",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         voice=voice_section,
     )
     async with running_engine(settings) as pair:

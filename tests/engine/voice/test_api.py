@@ -34,6 +34,7 @@ from tests.engine.voice.conftest import (
     upload_sample,
     wav_bytes,
 )
+from tests.waiting import CEILING_S, polls
 
 
 async def stored_profile(app: FastAPI, voice_id: str) -> dict:
@@ -138,7 +139,7 @@ async def test_two_racing_clones_of_one_upload_make_one_voice(
     tmp_path: Path, speakers: dict[str, Speaker]
 ) -> None:
     settings = make_settings(
-        tmp_path, jobs=JobSettings(in_process_workers=2, wait_timeout_seconds=120)
+        tmp_path, jobs=JobSettings(in_process_workers=2, wait_timeout_seconds=CEILING_S)
     )
     async with running_engine(settings) as (_, api):
         key = await register(api)
@@ -394,8 +395,8 @@ async def test_fixed_paths_are_not_read_as_voice_ids(vapi: httpx.AsyncClient, al
 
 
 async def _poll(api: httpx.AsyncClient, path: str, key: str, ready: str) -> object:
-    """GET ``path`` until its JSON has something at ``ready`` (bounded: 30 s)."""
-    for _ in range(600):
+    """GET ``path`` until its JSON has something at ``ready`` (whatever the load)."""
+    for _ in polls():
         body = (await api.get(path, headers=h(key))).json()
         if body[ready] if isinstance(body, dict) else body:
             return body
@@ -437,7 +438,7 @@ async def test_a_broken_voice_install_fails_fast_and_leaves_the_upload_usable(
 ) -> None:
     settings = make_settings(
         tmp_path,
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         voice={"piper_sha256": "0" * 64},
     )
     async with running_engine(settings) as (app, api):

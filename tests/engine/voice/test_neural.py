@@ -35,6 +35,7 @@ from engine.voice.reference import CpuReferenceBackend
 from engine.voice.settings import NeuralDevice, NeuralDtype, VoiceSettings
 from tests.conftest import backend_for, make_settings, register, running_engine
 from tests.engine.voice.conftest import Speaker, clone, fetch, h
+from tests.waiting import CEILING_S
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -184,7 +185,7 @@ async def test_clone_and_speak_through_the_api(
     }
     settings = make_settings(
         tmp_path / "engine",
-        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         voice=voice,
     )
     async with running_engine(settings) as (_, api):

@@ -13,6 +13,7 @@ from engine.settings import JobSettings
 from engine.voice.reference import CpuReferenceBackend
 from engine.voice.settings import VoiceSettings, voice_settings
 from tests.conftest import backend_for, make_settings, running_engine, services_of
+from tests.waiting import CEILING_S
 
 
 def _cold_voice(target_dbfs: float) -> dict[str, object]:
@@ -33,7 +34,7 @@ async def test_a_worker_loads_the_voice_models_at_start(
         async with running_engine(settings) as (app, _):
             thread = services_of(app).warm_up_thread
             assert thread is not None
-            thread.join(timeout=120)
+            thread.join(timeout=CEILING_S)  # the warm-up itself; the ceiling ends a hang
             assert not thread.is_alive()
             assert backend.warm  # before any clone was asked for
     messages = [record.getMessage() for record in caplog.records]
@@ -61,7 +62,7 @@ async def test_preload_off_reports_devices_but_loads_nothing(
         async with running_engine(settings) as (app, _):
             thread = services_of(app).warm_up_thread
             assert thread is not None
-            thread.join(timeout=60)
+            thread.join(timeout=CEILING_S)
     assert not backend_for(voice_settings(voice)).warm
     messages = [record.getMessage() for record in caplog.records]
     assert any(m.startswith("voice: cpu-reference") for m in messages)
