@@ -44,21 +44,18 @@ gpu: setup
 		$(PY) -m pip install -c constraints.txt \
 			$(if $(TORCH_GPU_INDEX),--index-url $(TORCH_GPU_INDEX)) '$(TORCH_GPU)'; fi
 
-# Debian's Chromium for the sandbox's browser test (tests/sandbox); skipped once installed.
-# Needs root (as in CI); elsewhere install it yourself or the browser test skips (CI fails).
-CHROMIUM := /usr/bin/chromium
+# The tests' two non-Python prerequisites (tests/prerequisites.py): Chromium for the sandbox's
+# browser test (tests/sandbox) and Debian's recordings and voices for the voice quality
+# evaluation (tests/engine/voice/test_voice_quality.py, bench/voice_quality.py). As root on
+# Debian/Ubuntu they are installed with apt-get (waiting at most 120 s for the package lock);
+# otherwise the step says which tests will skip, why, and the install command per platform,
+# and goes on. With CI=true a missing prerequisite fails here, and its tests fail too.
+# `python3 -m tests.prerequisites show browser` prints the same without installing.
 browser:
-	@test -x $(CHROMIUM) || { echo "== Chromium for the browser test (Debian package)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq chromium >/dev/null; } || echo "make: could not install chromium"
+	@$(PYTHON) -m tests.prerequisites install browser
 
-# Debian packages whose recordings and voices are the voice quality evaluation's speakers
-# (tests/engine/voice/test_voice_quality.py, bench/voice_quality.py); test-only, like Chromium.
-VOICE_DATA := /usr/bin/flite /usr/share/pocketsphinx/test/data/librivox /usr/share/sounds/alsa/Front_Center.wav
 voice-data:
-	@for f in $(VOICE_DATA); do test -e $$f || missing=1; done; test -z "$$missing" || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-		flite pocketsphinx-testdata alsa-utils >/dev/null; } || echo "make: could not install the voice evaluation data"
+	@$(PYTHON) -m tests.prerequisites install voice-data
 
 run: setup
 	$(VENV)/bin/tada-bot

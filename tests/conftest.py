@@ -39,6 +39,7 @@ from engine.settings import EngineSettings, JobSettings, LimitSettings
 from engine.voice.backend import VoiceBackend
 from engine.voice.handlers import build_backend
 from engine.voice.settings import VoiceSettings, voice_settings
+from tests import prerequisites
 from tests.servers import (
     PostgresServer,
     RedisServer,
@@ -111,6 +112,55 @@ def storage_backend() -> str:
     if backend not in ("local", "s3"):
         raise pytest.UsageError(f"{TEST_STORAGE_ENV} must be local or s3, not {backend!r}")
     return backend
+
+
+def fail_missing_prerequisite_in_ci(report: pytest.CollectReport | pytest.TestReport) -> None:
+    """Under ``CI=true`` a test skipped for want of a prerequisite (its reason starts with
+    :data:`tests.prerequisites.MISSING`) fails instead: CI must run every test."""
+    if not (report.skipped and prerequisites.in_ci()):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if reason.startswith(prerequisites.MISSING):
+        report.outcome = "failed"
+        report.longrepr = f"CI is set: a missing prerequisite fails the run. {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    fail_missing_prerequisite_in_ci(outcome.get_result())  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    fail_missing_prerequisite_in_ci(outcome.get_result())  # type: ignore[attr-defined]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """At the end: which tests a missing prerequisite skipped (or failed, in CI), and the
+    command that installs it on each platform."""
+    reports = [
+        r
+        for key in ("skipped", "failed", "error")
+        for r in terminalreporter.stats.get(key, [])
+        if prerequisites.MISSING in str(getattr(r, "longrepr", ""))
+    ]
+    if not reports:
+        return
+    terminalreporter.section("missing prerequisites")
+    for prerequisite in prerequisites.PREREQUISITES.values():
+        why = prerequisite.missing()
+        if why is None:
+            continue
+        hit = sorted(
+            {r.nodeid.split("::")[0] for r in reports if prerequisite.title in str(r.longrepr)}
+        )
+        if hit:
+            terminalreporter.write_line(prerequisite.report(why).removeprefix("make: "))
+            terminalreporter.write_line(f"  Not run here: {', '.join(hit)}")
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """Drive the sandbox like a person: start ``python -m bot`` without a token (as ``make run``
 does) and work its page in headless Chromium through Playwright.
 
-Chromium is Debian's (``/usr/bin/chromium``, installed by ``make test``); Playwright's own
-browser downloads are never used.
+Chromium is the system's (``make browser`` installs Debian's; ``tests/prerequisites.py``
+says where it is looked for and how to install it elsewhere); Playwright's own browser
+downloads are never used.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from typing import TYPE_CHECKING
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from tests.prerequisites import chromium
 from tests.waiting import polls
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
 ROOT = Path(__file__).parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
+# None: not installed (the browser test skips, or fails under CI=true).
+CHROMIUM = chromium()
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
