@@ -80,7 +80,9 @@ run_pass "lock" python scripts/check_lock.py
 run_pass "pip check" python -m pip check
 # The documentation site: a broken link, a missing page or one left out of nav fails.
 run_pass "docs" docs_build
-run_pass "pytest" pytest -q "$@"
+# Each pytest pass lists its slowest tests (over 10 s), where trimming would pay.
+durations=(--durations=15 --durations-min=10)
+run_pass "pytest" pytest -q "${durations[@]}" "$@"
 
 # The engine and security suites again with the engine database on a real PostgreSQL, which
 # the tests start themselves (tests/servers.py). Skipped when pytest was given arguments.
@@ -92,16 +94,17 @@ if [ "$#" -eq 0 ]; then
     # voice evaluation's, the bombs' memory; a marked test that opens a database fails,
     # tests/conftest.py), and the voice quality test, which clones and speaks over the API
     # as voice/test_api.py does here and adds how the clones sound.
-    run_pass "$pg_engine" TADA_TEST_DB=postgres pytest -q -m "not no_database" \
+    run_pass "$pg_engine" TADA_TEST_DB=postgres pytest -q "${durations[@]}" -m "not no_database" \
         tests/engine tests/security --ignore=tests/engine/voice/test_quality.py
     # The bot store's shared state, claims, quotas and shards (the rest of the bot suite
     # reads its SQLite store file directly).
-    run_pass "$pg_bot" TADA_TEST_DB=postgres pytest -q tests/bot/test_shared_state.py \
+    run_pass "$pg_bot" TADA_TEST_DB=postgres pytest -q "${durations[@]}" \
+        tests/bot/test_shared_state.py \
         tests/bot/test_policy.py tests/bot/test_sharding.py tests/bot/test_jobs_runner.py \
         tests/bot/test_jobs_panel.py tests/bot/test_quota.py
     # Uploads, LoRAs and voices with files in SeaweedFS (tests/engine/test_storage.py trains
     # and generates on both back ends in the main pass).
-    run_pass "$s3" TADA_TEST_STORAGE=s3 pytest -q tests/engine/test_uploads.py \
+    run_pass "$s3" TADA_TEST_STORAGE=s3 pytest -q "${durations[@]}" tests/engine/test_uploads.py \
         tests/engine/image/test_demo_api.py tests/engine/image/test_generation_options.py \
         tests/engine/voice/test_api.py
 else
