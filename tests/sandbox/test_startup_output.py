@@ -69,7 +69,7 @@ def test_the_sandbox_start_shows_what_runs_where_and_no_noise(tmp_path: Path) ->
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=CEILING_S)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

@@ -23,6 +23,7 @@ from engine.image.pipeline import ImageModel
 from engine.image.settings import ImageSettings
 from engine.image.types import ModelError, TrainImage
 from tests.engine.image.zips import image_bytes
+from tests.waiting import CEILING_S
 
 pytestmark = pytest.mark.no_database
 
@@ -156,7 +157,7 @@ def test_a_generation_requested_during_a_training_waits_and_both_are_right(
 
     dest = tmp_path / "b.safetensors"
     model.train_lora(B, dest, seed=1, on_step=on_step, **TRAIN)
-    thread.join(60)
+    thread.join(CEILING_S)
     assert not errors, errors
     np.testing.assert_allclose(images[0], reference.a_image, atol=1e-5)
     same_file(dest, reference.b)

@@ -27,6 +27,7 @@ from engine.image.pipeline import ImageModel
 from engine.image.settings import ImageSettings
 from engine.image.tiny import build_tiny_pipeline
 from tests.engine.image.test_pipeline import examples
+from tests.waiting import CEILING_S
 
 pytestmark = [pytest.mark.no_database, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -52,7 +53,7 @@ def at_once(*calls: Callable[[], Any]) -> list[Any]:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=CEILING_S)
     return results
 
 
