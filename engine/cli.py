@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -375,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     # Alembic's plugin and migration lines and huey's consumer banner are details.
     for name in DETAIL_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # pyworld and webrtcvad import the deprecated pkg_resources; their modules hide the
+    # warning with catch_warnings, which is not thread-safe (the voice warm-up imports them
+    # in a thread), so the process says it once, here.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     try:
         # A worker started by the bot's embedded engine gets its parent's checked settings.
         inherited = settings_from_parent(os.environ)

@@ -220,6 +220,9 @@ class _FairPool(pool.AsyncAdaptedQueuePool):
     """:class:`~sqlalchemy.pool.AsyncAdaptedQueuePool` with a :class:`_FairQueue`."""
 
     _queue_class = _FairQueue
+    # SQLAlchemy names a pool's logger after its class's module: without this, its INFO
+    # lines ("Pool disposed", invalidations) would log under engine.* at the engine's level.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
 
 
 # The PostgreSQL advisory lock key the engine's migrations run under.
