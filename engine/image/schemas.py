@@ -117,10 +117,11 @@ class GenerateLoraRequest(BaseModel):
         json_schema_extra=EXTENSION,
     )
 
-    @field_validator("prompt", "negative_prompt")
+    @field_validator("prompt", "negative_prompt", "variation_of")
     @classmethod
     def _no_nul(cls, value: str | None) -> str | None:
-        # PostgreSQL's text cannot hold a NUL, and it means nothing to a text encoder.
+        # PostgreSQL's text cannot hold a NUL, and it means nothing to a text encoder (nor
+        # in an id: ``variation_of`` is looked up in the database).
         if value is not None and "\x00" in value:
             raise ValueError("must not contain NUL characters")
         return value
