@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from engine.logs import quiet_url_loggers, scrub_root_handlers
 from engine.settings import (
     EngineSettings,
     SecretProblem,
@@ -311,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     # Alembic's plugin and migration lines and huey's consumer banner are details.
     for name in DETAIL_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # No signed URL, key or email in a log line (httpx prints every URL at INFO).
+    quiet_url_loggers()
+    scrub_root_handlers()
     try:
         # A worker started by the bot's embedded engine gets its parent's checked settings.
         inherited = settings_from_parent(os.environ)
