@@ -95,17 +95,28 @@ def scrub(text: str) -> str:
 
 
 class ScrubSecrets(logging.Filter):
-    """Masks what :func:`scrub` masks in a record's final message (arguments merged in
-    first), its exception text and its stack; put it on handlers, where every propagated
-    record passes."""
+    """Masks what :func:`scrub` masks in a record's final message, its exception text and
+    its stack; put it on handlers, where every propagated record passes.
+
+    String arguments are scrubbed in place, so a formatter that reads them (uvicorn's
+    access formatter unpacks ``record.args``) still finds them; only when the merged message
+    still holds a secret (an argument that is not a string, such as httpx's URL objects)
+    does the record become its scrubbed message without arguments.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = scrub(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(scrub(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: scrub(v) if isinstance(v, str) else v for k, v in record.args.items()}
         try:
             message = record.getMessage()
         except Exception:  # a broken format string: keep its parts, scrubbed
             message = f"{record.msg!r} {record.args!r}"
         cleaned = scrub(message)
-        if cleaned != message or record.args:
+        if cleaned != message and record.name != ACCESS_LOGGER:
             record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

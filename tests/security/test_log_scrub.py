@@ -157,3 +157,24 @@ def test_scrub_keeps_paths_and_masks_secrets(line: str, kept: str, gone: str) ->
 
     cleaned = scrub(line)
     assert kept in cleaned and gone not in cleaned, cleaned
+
+
+def test_uvicorn_access_records_keep_their_arguments() -> None:
+    """uvicorn's access formatter unpacks ``record.args``: scrubbing keeps them a tuple."""
+    from uvicorn.logging import AccessFormatter
+
+    from engine.logs import ScrubSecrets
+
+    path = "/storage/artifacts/g/a.png?expires=9&signature=feedface"
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", path, "1.1", 200),
+        None,
+    )
+    assert ScrubSecrets().filter(record)
+    line = AccessFormatter("%(message)s", use_colors=False).format(record)
+    assert "/storage/artifacts/g/a.png" in line and "feedface" not in line, line
