@@ -124,6 +124,8 @@ class GenerateLoraRequest(BaseModel):
         # in an id: ``variation_of`` is looked up in the database).
         if value is not None and "\x00" in value:
             raise ValueError("must not contain NUL characters")
+        if value is not None and any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise ValueError("must be valid Unicode (a lone surrogate is not)")
         return value
 
 

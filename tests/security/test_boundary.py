@@ -296,3 +296,19 @@ async def test_a_crashed_job_answers_500_without_the_exception_text(tmp_path: Pa
     assert "KeyError" not in resp.text and "/srv/tada" not in resp.text, resp.text
     assert "RuntimeError" not in resp.text, resp.text
     assert resp.json()["detail"]
+
+
+@pytest.mark.parametrize("text", ["hi \ud800", "\udfff there", "ok \ud83d"])
+def test_texts_for_models_hold_no_lone_surrogate_whatever_way_they_came(text: str) -> None:
+    """Behind the door too: the speech text and the prompts refuse a lone surrogate."""
+    from pydantic import ValidationError
+
+    from engine.errors import InvalidField
+    from engine.image.schemas import GenerateLoraRequest
+    from engine.voice.service import clean_text
+
+    with pytest.raises(InvalidField):
+        clean_text(text, 1000)
+    for field in ("prompt", "negative_prompt"):
+        with pytest.raises(ValidationError):
+            GenerateLoraRequest.model_validate({"prompt": "a cat", field: text})
