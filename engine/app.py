@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -40,11 +41,25 @@ async def start_services(services: EngineServices, *, consumer: bool) -> None:
         services.start_warm_up()
 
 
+def _finite(value: object) -> object:
+    """``value`` with every non-finite float (NaN, infinities) written as its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 class SafeJSONResponse(JSONResponse):
-    """JSON whose strings may hold lone surrogates: they become U+FFFD, never a 500."""
+    """JSON whose strings may hold lone surrogates (they become U+FFFD) and whose numbers
+    may not be finite (they become text): never a 500 while answering a 422."""
 
     def render(self, content: object) -> bytes:
-        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(
+            _finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        )
         return text.encode("utf-8", errors="replace")
 
 

@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.logs import quiet_url_loggers, scrub_root_handlers
 from engine.settings import (
     EngineSettings,
     SecretProblem,
@@ -380,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     # warning with catch_warnings, which is not thread-safe (the voice warm-up imports them
     # in a thread), so the process says it once, here.
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    # No signed URL, key or email in a log line (httpx prints every URL at INFO).
+    quiet_url_loggers()
+    scrub_root_handlers()
     try:
         # A worker started by the bot's embedded engine gets its parent's checked settings.
         inherited = settings_from_parent(os.environ)

@@ -225,6 +225,31 @@ class _FairPool(pool.AsyncAdaptedQueuePool):
     _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
 
 
+# Statements that lock one member's row until the transaction ends (see lock_member).
+_LOCK_MEMBER_POSTGRES = text("SELECT id FROM users WHERE id = :user_id FOR NO KEY UPDATE")
+# SQLite has no row locks: a write takes the database's one write lock (WAL: readers go on).
+# A column no key or index holds: writing the id would make SQLite check every child row.
+_LOCK_MEMBER_SQLITE = text("UPDATE users SET key_prefix = key_prefix WHERE id = :user_id")
+
+
+async def lock_member(session: AsyncSession, user_id: str) -> None:
+    """Serialise a member's counted writes: from here until ``session``'s transaction ends,
+    another transaction that locks the same member waits.
+
+    A counted limit (count the member's rows, then insert one when under the cap) is one
+    unit with this taken first, on both databases: PostgreSQL locks the member's row
+    (``SELECT ... FOR NO KEY UPDATE``: lockers wait for each other, while an insert that
+    references the member, which takes only a key-share lock, never waits for it; under
+    READ COMMITTED the count that follows sees every insert committed before the lock was
+    granted); SQLite takes its single write lock (a
+    write as the transaction's first statement, which waits out other writers within the
+    busy timeout, and then reads the latest data). Roll back or commit soon after.
+    """
+    name = session.get_bind().dialect.name
+    statement = _LOCK_MEMBER_SQLITE if name == "sqlite" else _LOCK_MEMBER_POSTGRES
+    await session.execute(statement, {"user_id": user_id})
+
+
 # The PostgreSQL advisory lock key the engine's migrations run under.
 MIGRATION_LOCK = 0x7ADA_0001
 

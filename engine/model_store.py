@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlsplit
 
 MODELS_DIR = "models"
@@ -35,6 +35,41 @@ _CHUNK = 1024 * 1024
 
 class PullError(Exception):
     """A pull that cannot finish; the message says why and what to do."""
+
+
+class UnsafeFileName(PullError):
+    """A file name (listed by a hub, or ending a URL) that is not a plain relative path
+    inside the model's folder: the pull stops before it downloads anything."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(
+            f"{name!r}: refused as a file name ({why}); the hub or mirror may be hostile, "
+            "nothing was downloaded"
+        )
+        self.name = name
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def safe_destination(folder: Path, name: str) -> Path:
+    """``folder / name`` for a name that is a plain relative POSIX path and stays inside
+    ``folder`` once resolved (links followed); :class:`UnsafeFileName` otherwise."""
+    if not name:
+        raise UnsafeFileName(name, "empty")
+    if any(ord(c) < 32 for c in name) or "\\" in name:
+        raise UnsafeFileName(name, "a control character or a backslash")
+    if name.startswith("/"):
+        raise UnsafeFileName(name, "an absolute path")
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise UnsafeFileName(name, "an empty, '.' or '..' part")
+    if any(_DRIVE.match(part) for part in parts):
+        raise UnsafeFileName(name, "a drive letter")
+    dest = folder / PurePosixPath(*parts)
+    if not dest.resolve().is_relative_to(folder.resolve()):
+        raise UnsafeFileName(name, "it leads out of the model's folder")
+    return dest
 
 
 @dataclass(frozen=True)
@@ -103,15 +138,18 @@ def pull_hub(
     except HfHubHTTPError as exc:
         raise PullError(f"{repo_id}: the hub refused the look-up ({exc})") from exc
     siblings = {s.rfilename: s for s in info.siblings or []}
+    target = models_dir(data_dir) / local_name(repo_id)
+    # Every name the hub lists, kept or not, before anything is written: a listing with
+    # one name that leaves the folder is not to be trusted with the others.
+    dests = {name: safe_destination(target, name) for name in siblings}
     files = _wanted(siblings)
     if not files:
         raise PullError(f"{repo_id}: the repository has no files to pull")
-    target = models_dir(data_dir) / local_name(repo_id)
     base = (endpoint or constants.ENDPOINT).rstrip("/")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     (target / RECORD).unlink(missing_ok=True)  # not usable until whole again
     for name in files:
-        dest = target / name
+        dest = dests[name]
         meta = siblings[name]
         expected = meta.lfs.size if meta.lfs else meta.size
         if dest.is_file() and expected is not None and dest.stat().st_size == expected:
@@ -123,7 +161,7 @@ def pull_hub(
             raise PullError(f"{repo_id}: {exc}") from exc
     bad: list[str] = []
     for name in files:
-        path = target / name
+        path = dests[name]
         meta = siblings[name]
         expected = meta.lfs.size if meta.lfs else meta.size
         problem = None
@@ -139,7 +177,7 @@ def pull_hub(
             f"{repo_id}: {len(bad)} file(s) did not match the hub's metadata and were deleted: "
             f"{', '.join(bad)}; run the same pull again"
         )
-    size = sum((target / f).stat().st_size for f in files)
+    size = sum(dests[f].stat().st_size for f in files)
     record = {"source": repo_id, "revision": info.sha, "files": files, "size_bytes": size}
     (target / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return PulledModel(repo_id, target, size, repo_id)
@@ -155,8 +193,8 @@ def pull_url(
     if not name or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
         raise PullError(f"{url}: give an https:// URL of one file")
     folder = models_dir(data_dir) / "files"
+    dest = safe_destination(folder, name)
     folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / name
     _download(url, dest, {}, timeout=timeout)
     if sha256 is not None and _sha256(dest) != sha256.lower():
         dest.unlink()

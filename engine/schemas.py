@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.models import as_utc
 
+# The largest page offset a list route takes: far past any member's list, and far inside
+# the 64-bit integer both databases hold (2^63 and past would fail in the database).
+MAX_OFFSET = 1_000_000_000
+
 
 class RegisterResponse(BaseModel):
     """The new account. ``api_key`` is shown this once and never again."""

@@ -1,9 +1,19 @@
 """The engine's front door: request bodies bounded before they are read, stalled bodies
-closed, lone surrogates refused, and per-client and global rates limited.
+closed, text and numbers checked once, and per-client and global rates limited.
 
 One pure ASGI middleware, so that nothing past it (routing, authentication, FastAPI's body
-parsing) ever sees an oversized or malformed body. Uploads through pre-signed URLs keep their
-own per-upload cap (the route checks it); here they only get the stall timeout.
+parsing, a database, a model) ever sees an oversized or malformed request:
+
+- a JSON body is UTF-8 (RFC 8259), read strictly: Python's JSON reader also takes UTF-16
+  and UTF-32 bodies and CESU-8 surrogates, which would carry lone surrogates past any
+  check of ``\\u`` escapes; its strings hold no lone surrogate, and its numbers are
+  finite (``NaN``, ``Infinity`` and ``1e309`` parse to floats that no JSON answer can
+  carry back);
+- the path and the query string hold no NUL (PostgreSQL's text cannot store one, so an id
+  with one would fail in the database instead of being a refusal).
+
+Uploads through pre-signed URLs keep their own per-upload cap (the route checks it); their
+bodies are bytes, not text, and only get the stall timeout.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import math
 import re
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio
 import redis.asyncio
@@ -31,6 +42,67 @@ _REGISTER = "/api/users/register"
 
 class BodyStalled(Exception):
     """The client stopped sending its body."""
+
+
+class _NonFinite(Exception):
+    """A JSON number that is not a finite float (raised while parsing, not a ValueError)."""
+
+
+# (location, message) of an error in FastAPI's 422 shape.
+Problem = tuple[list[str | int], str]
+NOT_UTF8 = "the request body must be JSON encoded as UTF-8 (RFC 8259)"
+NON_FINITE = "numbers must be finite: no NaN, Infinity or values past about 1.8e308"
+NUL_TEXT = "must not contain NUL characters"
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NonFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text)
+    return value
+
+
+def json_body_problem(body: bytes) -> tuple[int, Problem] | None:
+    """Why a request body cannot be let through (status, (location, message)), or None.
+
+    A body that is not JSON at all is let through: FastAPI answers it as it would.
+    """
+    if not body:
+        return None
+    if json.detect_encoding(body) not in ("utf-8", "utf-8-sig"):
+        return 400, (["body"], NOT_UTF8)
+    try:
+        text = body.decode("utf-8-sig")  # strict: surrogates (CESU-8) are not UTF-8
+    except UnicodeDecodeError as exc:
+        return 400, (["body"], f"{NOT_UTF8}: byte {exc.start} is not")
+    try:
+        decoded = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NonFinite:
+        return 422, (["body"], NON_FINITE)
+    except (ValueError, RecursionError):
+        return None  # not JSON (or too deep for Python's reader): FastAPI's own answer
+    if _SURROGATE_ESCAPE.search(body):
+        where = lone_surrogate_path(decoded)
+        if where is not None:
+            return 422, (["body", *where], "text must be valid Unicode: it holds a lone surrogate")
+    return None
+
+
+def path_or_query_problem(scope: Scope) -> Problem | None:
+    """A NUL in the path or in a query value (where FastAPI would report it), or None."""
+    if "\x00" in scope["path"]:
+        return ["path"], f"the path {NUL_TEXT}"
+    query: bytes = scope.get("query_string", b"")
+    if b"\x00" in query or b"%00" in query:
+        text = query.decode("latin-1")
+        for name, value in parse_qsl(text, keep_blank_values=True):
+            if "\x00" in name or "\x00" in value:
+                return ["query", name.replace("\x00", "")], NUL_TEXT
+    return None
 
 
 def lone_surrogate_path(
@@ -128,6 +200,10 @@ class RequestGuard:
                 send, 429, "too many requests; try again later", {"retry-after": str(wait)}
             )
             return
+        nul = path_or_query_problem(scope)
+        if nul is not None:
+            await _answer_invalid(send, *nul)
+            return
         stall = self.settings.body_stall_seconds
         started = False
         body_done = False
@@ -190,15 +266,14 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if _SURROGATE_ESCAPE.search(body):
-            try:
-                decoded = json.loads(body)
-            except ValueError:
-                return body  # not JSON: FastAPI answers it as it would
-            where = lone_surrogate_path(decoded)
-            if where is not None:
-                await _answer_invalid(send, ["body", *where])
-                return None
+        problem = json_body_problem(body)
+        if problem is not None:
+            status, (loc, why) = problem
+            if status == 422:
+                await _answer_invalid(send, loc, why)
+            else:
+                await _answer(send, status, why)
+            return None
         return body
 
 
@@ -233,12 +308,8 @@ async def _answer(
     await _send_json(send, status, {"detail": detail}, headers, close=close)
 
 
-async def _answer_invalid(send: Send, loc: list[str | int]) -> None:
-    error = {
-        "loc": loc,
-        "msg": "text must be valid Unicode: it holds a lone surrogate",
-        "type": "value_error",
-    }
+async def _answer_invalid(send: Send, loc: list[str | int], message: str) -> None:
+    error = {"loc": loc, "msg": message, "type": "value_error"}
     await _send_json(send, 422, {"detail": [error]})
 
 

@@ -12,7 +12,7 @@ from engine.api.upload_urls import issue_upload_url
 from engine.image import service as image_service
 from engine.image.schemas import GenerateLoraRequest, LoraGeneration, LoraTraining, LoraTrainingList
 from engine.models import UploadKind
-from engine.schemas import LoraUpload, UploadUrlResponse
+from engine.schemas import MAX_OFFSET, LoraUpload, UploadUrlResponse
 from engine.uploads import list_uploads
 
 router = APIRouter(prefix="/api/loras", tags=["loras"])
@@ -53,7 +53,7 @@ async def list_lora_uploads(user: CurrentUser, session: Session) -> list[LoraUpl
 # per-LoRA paths (/{lora_id}/generations) so that "generations" is never read as an id.
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Number of items to return")]
-Offset = Annotated[int, Query(ge=0, description="Offset for pagination")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Offset for pagination")]
 
 
 @router.post("/trainings/{upload_id}", status_code=202, response_model=LoraTraining)

@@ -9,6 +9,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.api.errors import invalid
+from engine.db import lock_member
 from engine.models import Upload, UploadKind, UploadStatus
 from engine.schemas import UploadUrlResponse
 from engine.services import EngineServices
@@ -55,7 +56,14 @@ async def issue_upload_url(
     file_name: str,
     trigger_word: str | None = None,
 ) -> UploadUrlResponse:
-    await check_pending_uploads(session, services, user_id)
+    # Count and insert as one unit (create_upload commits): simultaneous requests of one
+    # member wait their turn, so the cap holds.
+    await lock_member(session, user_id)
+    try:
+        await check_pending_uploads(session, services, user_id)
+    except HTTPException:
+        await session.rollback()  # release the lock now, not when the session closes
+        raise
     try:
         upload = await create_upload(
             session,
@@ -66,6 +74,7 @@ async def issue_upload_url(
             trigger_word=trigger_word,
         )
     except UploadError as exc:
+        await session.rollback()
         invalid("query", exc.field, str(exc))
     limits = services.settings.uploads
     url, expires = services.upload_url(base, upload.id, upload.content_type)

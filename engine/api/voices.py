@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query
 from engine.api.deps import BaseUrl, CurrentUser, Services, Session
 from engine.api.upload_urls import issue_upload_url
 from engine.models import UploadKind
-from engine.schemas import UploadUrlResponse, VoiceUpload
+from engine.schemas import MAX_OFFSET, UploadUrlResponse, VoiceUpload
 from engine.uploads import list_uploads
 from engine.voice import service, store
 from engine.voice.schemas import (
@@ -30,7 +30,7 @@ from engine.voice.schemas import (
 router = APIRouter(prefix="/api/voices", tags=["voices"])
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Number of generations to return")]
-Offset = Annotated[int, Query(ge=0, description="Offset for pagination")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Offset for pagination")]
 
 
 @router.post("/uploads/url", response_model=UploadUrlResponse)

@@ -117,12 +117,15 @@ class GenerateLoraRequest(BaseModel):
         json_schema_extra=EXTENSION,
     )
 
-    @field_validator("prompt", "negative_prompt")
+    @field_validator("prompt", "negative_prompt", "variation_of")
     @classmethod
     def _no_nul(cls, value: str | None) -> str | None:
-        # PostgreSQL's text cannot hold a NUL, and it means nothing to a text encoder.
+        # PostgreSQL's text cannot hold a NUL, and it means nothing to a text encoder (nor
+        # in an id: ``variation_of`` is looked up in the database).
         if value is not None and "\x00" in value:
             raise ValueError("must not contain NUL characters")
+        if value is not None and any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise ValueError("must be valid Unicode (a lone surrogate is not)")
         return value
 
 

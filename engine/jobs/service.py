@@ -10,6 +10,7 @@ import anyio.to_thread
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from engine.db import lock_member
 from engine.errors import StillRunning
 from engine.jobs.queue import JobQueue
 from engine.models import Job, JobStatus, utcnow
@@ -51,18 +52,6 @@ class JobService:
         A member (``user_id``) with ``max_pending_per_user`` jobs queued or running gets
         :class:`TooManyPendingJobs`: one member cannot fill the queue ahead of everyone.
         """
-        if user_id is not None and self.max_pending_per_user is not None:
-            async with self.sessions() as s:
-                pending = await s.scalar(
-                    select(func.count())
-                    .select_from(Job)
-                    .where(
-                        Job.user_id == user_id,
-                        Job.status.in_([JobStatus.QUEUED.value, JobStatus.PROCESSING.value]),
-                    )
-                )
-            if (pending or 0) >= self.max_pending_per_user:
-                raise TooManyPendingJobs(self.max_pending_per_user)
         job = Job(
             kind=kind,
             user_id=user_id,
@@ -73,6 +62,19 @@ class JobService:
             max_attempts=self.max_attempts,
         )
         async with self.sessions.begin() as s:
+            if user_id is not None and self.max_pending_per_user is not None:
+                # Count and insert as one unit: simultaneous submissions wait their turn.
+                await lock_member(s, user_id)
+                pending = await s.scalar(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(
+                        Job.user_id == user_id,
+                        Job.status.in_([JobStatus.QUEUED.value, JobStatus.PROCESSING.value]),
+                    )
+                )
+                if (pending or 0) >= self.max_pending_per_user:
+                    raise TooManyPendingJobs(self.max_pending_per_user)
             s.add(job)
         await anyio.to_thread.run_sync(self.queue.enqueue, job.id, job.kind)
         return job

@@ -173,7 +173,7 @@ class JobWorker:
                 job_id, job.attempts, status=JobStatus.FAILED.value, error=str(exc) or "failed"
             )
             return JobOutcome.FAILED, "refused"
-        except Exception as exc:
+        except Exception:
             log.exception("job %s (%s) attempt %d crashed", job_id, job.kind, job.attempts)
             if job.attempts < job.max_attempts:
                 self._requeue(job_id, job.kind)
@@ -182,8 +182,10 @@ class JobWorker:
                     job_id,
                     job.attempts,
                     status=JobStatus.FAILED.value,
-                    error=f"internal error after {job.attempts} attempt(s): "
-                    f"{type(exc).__name__}: {exc}"[:2000],
+                    # The exception's text is in the log above; the job's error is read
+                    # back by callers (API answers, the bot), who must not see internals.
+                    error=f"internal error after {job.attempts} attempt(s); the engine's "
+                    f"log has the details (job {job_id})",
                 )
             return JobOutcome.CRASHED, "crashed"
         self._finish(

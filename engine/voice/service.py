@@ -92,6 +92,9 @@ def clean_text(text: str, max_chars: int) -> str:
     # The synthesiser takes C strings: a NUL would crash the job on every retry.
     if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
         raise InvalidField("body", "text", "text must not contain control characters", text)
+    # The guard refuses lone surrogates at the door; text from any other way in is held too.
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise InvalidField("body", "text", "text must be valid Unicode", None)
     return value
 
 
