@@ -17,6 +17,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.api.deps import Services, Session
+from engine.db import lock_member
 from engine.image.service import settings_of
 from engine.image.zipcheck import InspectingCheck
 from engine.models import Upload, UploadKind, UploadStatus, utcnow
@@ -80,37 +81,50 @@ async def put_upload(
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap:
         raise HTTPException(413, too_large_detail(cap))
-    room = await storage_left(session, services.settings, upload)
-    if room <= 0 or (declared and declared.isdigit() and int(declared) > room):
-        raise HTTPException(413, storage_full_detail(services.settings))
     check: Check | None = None
     inspection: InspectingCheck | None = None
     if upload.kind == UploadKind.LORA.value:
         check = inspection = InspectingCheck(settings_of(services).zip)
     previous = upload.status
+    old_size = upload.size_bytes
+    # The storage limit is counted: the room is read and this PUT's most bytes reserved on
+    # its row under the member's lock, so simultaneous PUTs each see the others' bytes.
+    await lock_member(session, upload.user_id)
+    room = await storage_left(session, services.settings, upload)
+    if room <= 0 or (declared and declared.isdigit() and int(declared) > room):
+        await session.rollback()
+        raise HTTPException(413, storage_full_detail(services.settings))
+    limit = min(cap, room)
     # One body per upload: claim it atomically, so that a concurrent PUT (or a use of the
     # upload) sees RECEIVING and is refused instead of replacing bytes under us.
-    if not await _move(session, upload.id, previous, UploadStatus.RECEIVING.value):
+    if not await _move(session, upload.id, previous, UploadStatus.RECEIVING.value, hold=limit):
         raise HTTPException(409, "another PUT to this upload URL is in progress")
+
+    async def give_back(error: str | None = None) -> None:
+        # The reservation is released: the row holds its old bytes' size again.
+        await _move(
+            session, upload.id, UploadStatus.RECEIVING.value, previous, error=error, hold=old_size
+        )
+
     try:
         size = await storage.write_stream(
             storage.upload_path(upload.id),
             request.stream(),
-            min(cap, room),
+            limit,
             check,
         )
     except TooLarge as exc:
-        await _move(session, upload.id, UploadStatus.RECEIVING.value, previous)
+        await give_back()
         if room < cap:
             raise HTTPException(413, storage_full_detail(services.settings)) from exc
         raise HTTPException(413, too_large_detail(cap)) from exc
     except Refused as exc:
         # Kept on the row so that the uploads list says why; the status is unchanged.
-        await _move(session, upload.id, UploadStatus.RECEIVING.value, previous, error=str(exc))
+        await give_back(str(exc))
         raise HTTPException(400, str(exc)) from exc
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await _move(session, upload.id, UploadStatus.RECEIVING.value, previous)
+            await give_back()
         raise
     kept = inspection.kept if inspection is not None else None
     await _move(
@@ -124,6 +138,13 @@ async def put_upload(
     return StoredFile(upload_id=upload.id, status=UploadStatus.UPLOADED.value, size_bytes=size)
 
 
+class _Keep:
+    """``_move``'s default for ``hold``: leave the row's counted size as it is."""
+
+
+_KEEP = _Keep()
+
+
 async def _move(
     session: AsyncSession,
     upload_id: str,
@@ -133,12 +154,17 @@ async def _move(
     error: str | None = None,
     size: int | None = None,
     inspection: dict[str, Any] | None = None,
+    hold: int | _Keep | None = _KEEP,
 ) -> bool:
     """Atomically move an upload from status ``frm`` to ``to``; False if it was not ``frm``.
 
-    New bytes (``size``) replace the kept inspection: with theirs, or with none.
+    New bytes (``size``) replace the kept inspection: with theirs, or with none. ``hold``
+    sets the bytes the row counts against the storage limit without new bytes (a PUT's
+    reservation, or the old size given back).
     """
     values: dict[str, object] = {"status": to, "error": error, "updated_at": utcnow()}
+    if not isinstance(hold, _Keep):
+        values["size_bytes"] = hold
     if size is not None:
         values["size_bytes"] = size
         values["inspection"] = inspection

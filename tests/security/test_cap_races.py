@@ -136,3 +136,50 @@ async def test_simultaneous_upload_url_requests_hold_the_cap(
     print(f"60 simultaneous upload-URL requests, cap {UPLOAD_CAP}: {dict(codes)}, {held} held")
     assert held == UPLOAD_CAP, (held, codes)
     assert codes == Counter({200: UPLOAD_CAP, 429: 60 - UPLOAD_CAP}), codes
+
+
+async def test_simultaneous_puts_hold_the_storage_limit(tmp_path: Path) -> None:
+    """Each PUT reserves the bytes it may write under the member's lock: two PUTs that
+    each fit but together do not are not both kept (they used to be: each saw the room
+    the other had not recorded yet)."""
+    limit = 3 * 1024 * 1024
+    settings = make_settings(
+        tmp_path / "engine",
+        jobs=JobSettings(in_process_workers=0, wait_timeout_seconds=0.5),
+        limits=LimitSettings(
+            register_per_client="",
+            register_global="",
+            requests_per_client="",
+            max_stored_bytes_per_user=limit,
+        ),
+    )
+    async with running_engine(settings) as (app, _):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as api:
+            key = await register(api)
+            uid = await user_id_of(app)
+            made = [
+                (
+                    await api.post(
+                        "/api/voices/uploads/url",
+                        params={"name": f"n{i}", "file_name": "f.wav"},
+                        headers=h(key),
+                    )
+                ).json()
+                for i in range(4)
+            ]
+            body = b"RIFF" + b"\0" * (2 * 1024 * 1024)  # 2 MB each: one fits, two do not
+
+            async def put(upload: dict[str, object]) -> httpx.Response:
+                url = httpx.URL(str(upload["upload_url"]))
+                return await api.put(url.raw_path.decode(), content=body, headers=upload["headers"])
+
+            answers = await asyncio.gather(*(put(u) for u in made))
+    codes = Counter(r.status_code for r in answers)
+    async with services_of(app).db.session() as s:
+        kept = await s.scalar(
+            select(func.coalesce(func.sum(Upload.size_bytes), 0)).where(Upload.user_id == uid)
+        )
+    print(f"4 simultaneous 2 MB PUTs, limit 3 MB: {dict(codes)}, {kept} bytes kept")
+    assert int(kept or 0) <= limit, (kept, codes)
+    assert codes[200] == 1 and codes[413] == 3, codes
