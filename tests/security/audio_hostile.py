@@ -7,14 +7,23 @@ Shared by the engine's and the bot's tests (tests/security/test_decoders.py).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import os
 import struct
 import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import psutil
 from PIL import Image
 
 from engine.voice.audio import ffmpeg_exe
+
+MiB = 1024 * 1024
 
 
 def ffconcat(*names: str) -> bytes:
@@ -100,3 +109,182 @@ def external_dref(m4a: bytes, url: str) -> bytes:
     data[entry : entry + 12] = new_entry
     _grow_boxes(data, 0, len(data) - len(location), at + 4, len(location))
     return bytes(data)
+
+
+# -- headers that lie: a few kilobytes declaring a huge rate, many channels or zeros --------
+
+
+def wav_declaring(
+    rate: int, channels: int = 1, bits: int = 16, data_bytes: int = 40_000, fmt_tag: int = 1
+) -> bytes:
+    """A PCM WAV whose ``fmt `` chunk declares ``rate``, ``channels`` and ``bits`` (any
+    values, zeros included), followed by ``data_bytes`` of a quiet tone's bytes."""
+    block = channels * bits // 8
+    fmt = struct.pack(
+        "<HHIIHH", fmt_tag, channels, rate, (rate * block) & 0xFFFFFFFF, block & 0xFFFF, bits
+    )
+    data = (struct.pack("<hh", 900, -900) * (data_bytes // 4 + 1))[:data_bytes]
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+PCM_MKV = ("-c:a", "pcm_s16le", "-f", "matroska")
+
+
+def matroska_declaring(rate: float, tmp: Path, seconds: float = 1.0) -> bytes:
+    """A small PCM Matroska file (about 32 KB a second) whose audio track declares ``rate``.
+
+    Made by the bundled ffmpeg at 16 kHz, then its ``SamplingFrequency`` element (0xB5, a
+    float) rewritten: the demuxer believes the element, the samples stay the same bytes.
+    """
+    src = tmp / "mkv-src.wav"
+    n = int(16000 * seconds)
+    src.write_bytes(wav_declaring(16000, 1, 16, data_bytes=2 * n))
+    dst = tmp / "declaring.mka"
+    subprocess.run(
+        [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), *PCM_MKV, str(dst)],
+        check=True,
+        capture_output=True,
+    )
+    data = bytearray(dst.read_bytes())
+    for size, packed in ((8, struct.pack(">d", 16000.0)), (4, struct.pack(">f", 16000.0))):
+        marker = bytes([0xB5, 0x80 | size]) + packed
+        at = data.find(marker)
+        if at >= 0:
+            new = struct.pack(">d", rate) if size == 8 else struct.pack(">f", rate)
+            data[at + 2 : at + 2 + size] = new
+            return bytes(data)
+    raise AssertionError("no SamplingFrequency element of 16000 in ffmpeg's Matroska file")
+
+
+def _crc8(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+def _crc16(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x8005) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
+
+
+def _utf8_number(n: int) -> bytes:
+    """FLAC's "UTF-8" coding of a frame number (up to 2^21 here)."""
+    if n < 0x80:
+        return bytes([n])
+    if n < 0x800:
+        return bytes([0xC0 | n >> 6, 0x80 | n & 0x3F])
+    if n < 0x10000:
+        return bytes([0xE0 | n >> 12, 0x80 | (n >> 6) & 0x3F, 0x80 | n & 0x3F])
+    return bytes([0xF0 | n >> 18, 0x80 | (n >> 12) & 0x3F, 0x80 | (n >> 6) & 0x3F, 0x80 | n & 0x3F])
+
+
+def flac_declaring(
+    rate: int,
+    channels: int = 2,
+    seconds: float = 120.0,
+    bits: int = 16,
+    value: int = 900,
+    block: int = 65535,
+) -> bytes:
+    """A FLAC file of constant (DC) subframes at the largest block size: a few bytes a
+    frame for 65535 samples a channel. STREAMINFO declares ``rate``, ``channels`` and
+    ``bits``; the frames take their rate and bit depth from it (codes 0), so a 1 MHz stereo
+    file of 120 s is about 30 KB and decodes to 480 MB of 16-bit samples."""
+    total = int(rate * seconds)
+    info = struct.pack(">HH", block, block) + b"\0\0\0" + b"\0\0\0"
+    packed = (
+        ((rate & 0xFFFFF) << 44)
+        | (((max(channels, 1) - 1) & 0x7) << 41)
+        | (((max(bits, 1) - 1) & 0x1F) << 36)
+        | (total & 0xFFFFFFFFF)
+    )
+    info += packed.to_bytes(8, "big") + bytes(16)
+    out = bytearray(b"fLaC" + bytes([0x80]) + len(info).to_bytes(3, "big") + info)
+    n_frames = max(1, -(-total // block)) if rate else 4
+    sub = bytes([0]) + (value & ((1 << max(bits, 8)) - 1)).to_bytes(max(bits, 8) // 8, "big")
+    for i in range(n_frames):
+        size = block if i < n_frames - 1 or not total else total - block * i
+        header = bytes([0xFF, 0xF8, 0x70, ((max(channels, 1) - 1) << 4)])
+        header += _utf8_number(i) + (size - 1).to_bytes(2, "big")
+        header += bytes([_crc8(header)])
+        frame = header + sub * max(channels, 1)
+        out += frame + _crc16(frame).to_bytes(2, "big")
+    return bytes(out)
+
+
+# -- MP4 box trees ------------------------------------------------------------------------
+
+
+def box(kind: bytes, payload: bytes = b"") -> bytes:
+    return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+
+def mp4_many_boxes(n: int, kind: bytes = b"free") -> bytes:
+    """An ftyp and a moov holding ``n`` empty boxes (8 bytes each)."""
+    inner = struct.pack(">I4s", 8, kind) * n
+    return box(b"ftyp", b"M4A \0\0\0\0M4A isom") + box(b"moov", inner)
+
+
+def mp4_nested(depth: int, kind: bytes = b"trak") -> bytes:
+    """An ftyp and a moov holding ``depth`` boxes each inside the one before."""
+    size = 8 * depth
+    headers = b"".join(struct.pack(">I4s", size - 8 * i, kind) for i in range(depth))
+    return box(b"ftyp", b"M4A \0\0\0\0M4A isom") + box(b"moov", headers)
+
+
+# -- measured, in a fresh process ---------------------------------------------------------
+
+
+def measure(
+    stage: str, data: bytes, file_name: str, tmp: Path, *, kill_mb: int = 1500, timeout: float = 90
+) -> dict[str, Any]:
+    """Run :mod:`tests.security.audio_probe` on ``data``; kill its process tree past
+    ``kill_mb`` of RSS (summed over the tree) or ``timeout`` seconds."""
+    path = tmp / f"probe-{file_name}"
+    path.write_bytes(data)
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.security.audio_probe", stage, str(path), file_name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    watched = psutil.Process(proc.pid)
+    deadline = time.monotonic() + timeout
+    tree_peak = 0
+    while proc.poll() is None:
+        try:
+            tree = [watched, *watched.children(recursive=True)]
+            rss = 0
+            for p in tree:
+                with contextlib.suppress(psutil.Error):
+                    rss += p.memory_info().rss
+            tree_peak = max(tree_peak, rss)
+        except psutil.NoSuchProcess:
+            break
+        if tree_peak > kill_mb * MiB or time.monotonic() > deadline:
+            for p in reversed(tree):
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            proc.wait()
+            why = f"over {kill_mb} MB RSS" if tree_peak > kill_mb * MiB else f"over {timeout} s"
+            return {"outcome": f"killed: {why}", "tree_peak_mb": round(tree_peak / MiB, 1)}
+        time.sleep(0.005)
+    out, err = proc.communicate()
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"outcome": f"crashed: {err.strip()[-300:]}", "tree_peak_mb": None}
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["tree_peak_mb"] = round(tree_peak / MiB, 1)
+    return result
