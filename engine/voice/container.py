@@ -223,6 +223,8 @@ def _wav_format(fh: BinaryIO) -> Declared:
             if size < 16 or len(body) < 16:
                 raise ContainerRefused("the WAV file is damaged (its format header is cut short)")
             tag, channels, rate, _, align, bits = struct.unpack("<HHIIHH", body)
+            declared = Declared(rate, channels, bits if tag in _WAV_PCM_TAGS else 0)
+            check_declared(declared)  # rate and channels first: the commonest lie
             if tag in _WAV_PCM_TAGS:
                 if not 1 <= bits <= 64:
                     raise HeaderRefused(
@@ -232,7 +234,7 @@ def _wav_format(fh: BinaryIO) -> Declared:
                     raise HeaderRefused(
                         "the recording declares 0 bytes a sample frame; send an ordinary recording"
                     )
-            return Declared(rate, channels, bits if tag in _WAV_PCM_TAGS else 0)
+            return declared
         pos += 8 + size + (size & 1)
         if pos >= total:
             break
