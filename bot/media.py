@@ -157,6 +157,8 @@ def _container(data: bytes) -> tuple[AudioContainer, Declared | None]:
                 "That recording refers to media in other files. Send one self-contained "
                 "WAV, MP3, OGG, M4A, FLAC or WebM recording."
             ) from exc
+        if str(exc).startswith("the m4a file"):  # a damaged or hostile box structure
+            raise MediaRejected(f"That recording cannot be used: {exc}.") from exc
         raise MediaRejected(
             "That file could not be decoded as audio: it is not a WAV, MP3, OGG, M4A, FLAC "
             "or WebM recording."

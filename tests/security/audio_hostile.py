@@ -241,6 +241,42 @@ def mp4_nested(depth: int, kind: bytes = b"trak") -> bytes:
     return box(b"ftyp", b"M4A \0\0\0\0M4A isom") + box(b"moov", headers)
 
 
+# -- the families (issue 24, items 1 and 4): name -> (bytes, file name, the refusal's word) --
+
+
+def lying_headers(tmp: Path) -> dict[str, tuple[bytes, str, str]]:
+    """Headers that lie: each is refused by the cheap gate (what the refusal says)."""
+    return {
+        "wav 150 MHz": (wav_declaring(150_000_001), "x.wav", "sample rate"),
+        "wav 9 channels": (wav_declaring(48000, channels=9), "x.wav", "channels"),
+        "wav rate 0": (wav_declaring(0), "x.wav", "sample rate"),
+        "wav channels 0": (wav_declaring(16000, channels=0), "x.wav", "channels"),
+        "wav bits 0": (wav_declaring(16000, bits=0), "x.wav", "bits"),
+        "flac 1 MHz stereo 120 s": (flac_declaring(1_000_000, 2), "x.flac", "sample rate"),
+        "flac 1 MHz 8 channels": (flac_declaring(1_000_000, 8), "x.flac", "sample rate"),
+        "flac rate 0": (flac_declaring(0, 2, seconds=1.0), "x.flac", "sample rate"),
+    }
+
+
+def unchecked_headers(tmp: Path) -> dict[str, tuple[bytes, str, str]]:
+    """Headers the gate does not read: the confined decoder's limits refuse them."""
+    return {"mkv 150 MHz": (matroska_declaring(150_000_001, tmp), "x.webm", "memory")}
+
+
+def box_trees() -> dict[str, tuple[bytes, str, str]]:
+    """MP4 box trees: too many boxes, or nested too deep."""
+    return {
+        "mp4 2M empty boxes": (mp4_many_boxes(2_000_000), "x.m4a", "boxes"),
+        "mp4 nested 100k deep": (mp4_nested(100_000), "x.m4a", "nested"),
+        "mp4 nested 33 deep": (mp4_nested(40), "x.m4a", "nested"),
+        "mp4 top level 3M boxes": (
+            mp4_many_boxes(0) + box(b"free") * 3_000_000,
+            "x.m4a",
+            "boxes",
+        ),
+    }
+
+
 # -- measured, in a fresh process ---------------------------------------------------------
 
 
