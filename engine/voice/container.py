@@ -255,13 +255,105 @@ def _flac_format(fh: BinaryIO) -> Declared:
     return Declared(rate, channels, bits)
 
 
+# Matroska (EBML) elements on the way to an audio track's declared format.
+_EBML_SEGMENT = 0x18538067
+_EBML_TRACKS = 0x1654AE6B
+_EBML_TRACK_ENTRY = 0xAE
+_EBML_AUDIO = 0xE1
+_EBML_RATE = 0xB5
+_EBML_CHANNELS = 0x9F
+_EBML_CLUSTER = 0x1F43B675
+_MAX_EBML_ELEMENTS = 1024  # elements looked at, in all, before giving up on finding Tracks
+_UNKNOWN = -1
+
+
+def _vint(fh: BinaryIO, *, keep_marker: bool) -> int | None:
+    """An EBML variable-length integer at the file's position (``None`` at the end;
+    :data:`_UNKNOWN` for a size of all ones)."""
+    first = fh.read(1)
+    if not first:
+        return None
+    length = 9 - first[0].bit_length()
+    if not 1 <= length <= 8:
+        raise ContainerRefused("the Matroska file is damaged (a bad element header)")
+    rest = fh.read(length - 1)
+    if len(rest) < length - 1:
+        return None
+    value = int.from_bytes(first + rest, "big")
+    if keep_marker:
+        return value
+    value &= (1 << (7 * length)) - 1
+    return _UNKNOWN if value == (1 << (7 * length)) - 1 else value
+
+
+def _matroska_format(fh: BinaryIO) -> Declared | None:
+    """The first audio track's declared rate and channels (``None`` when its Tracks are
+    not found within a bounded number of elements: the decoder's limits still hold)."""
+    fh.seek(0, 2)
+    total = fh.tell()
+    fh.seek(0)
+    ends = [total]  # the ends of the master elements entered
+    for _ in range(_MAX_EBML_ELEMENTS):
+        while len(ends) > 1 and fh.tell() >= ends[-1]:
+            ends.pop()
+        start = fh.tell()
+        kind = _vint(fh, keep_marker=True)
+        size = _vint(fh, keep_marker=False)
+        if kind is None or size is None:
+            return None
+        body = fh.tell()
+        end = ends[-1] if size == _UNKNOWN else min(body + size, ends[-1])
+        if kind == _EBML_CLUSTER:  # media data: the tracks were not declared before it
+            return None
+        if kind in (_EBML_SEGMENT, _EBML_TRACKS, _EBML_TRACK_ENTRY):
+            ends.append(end)
+            continue
+        if kind == _EBML_AUDIO:
+            rate, channels = 8000.0, 1  # Matroska's defaults
+            fh.seek(body)
+            while fh.tell() < end:
+                field = _vint(fh, keep_marker=True)
+                length = _vint(fh, keep_marker=False)
+                if field is None or length is None or length == _UNKNOWN or length > 8:
+                    break
+                raw = fh.read(length)
+                if field == _EBML_RATE and length in (4, 8):
+                    rate = struct.unpack(">f" if length == 4 else ">d", raw)[0]
+                elif field == _EBML_CHANNELS:
+                    channels = int.from_bytes(raw, "big")
+            finite = rate == rate and 0 <= rate < 2**32  # NaN or infinite: declared huge
+            return Declared(int(rate) if finite else 2**32, channels, 0)
+        if size == _UNKNOWN or end <= start:
+            return None
+        fh.seek(end)
+    return None
+
+
+def _ogg_format(fh: BinaryIO) -> Declared | None:
+    """A Vorbis or Opus stream's declared format, from its first packet."""
+    fh.seek(0)
+    page = fh.read(27 + 255 + 30)
+    if len(page) < 28:
+        return None
+    packet = page[27 + page[26] :]
+    if packet[:7] == b"\x01vorbis" and len(packet) >= 16:
+        return Declared(int.from_bytes(packet[12:16], "little"), packet[11], 0)
+    if packet[:8] == b"OpusHead" and len(packet) >= 10:
+        return Declared(48000, packet[9], 0)  # Opus always decodes at 48 kHz
+    return None
+
+
 def declared_format(fh: BinaryIO, container: AudioContainer) -> Declared | None:
-    """What the header of a WAV or FLAC file declares (``None`` for the other containers:
-    their decode is bounded by the decoder's limits alone)."""
+    """What the header of a WAV, FLAC, Ogg or Matroska file declares (``None`` where it
+    is not found, and for MP3 and MP4: their decode is bounded by the decoder's limits)."""
     if container is AudioContainer.WAV:
         return _wav_format(fh)
     if container is AudioContainer.FLAC:
         return _flac_format(fh)
+    if container is AudioContainer.MATROSKA:
+        return _matroska_format(fh)
+    if container is AudioContainer.OGG:
+        return _ogg_format(fh)
     return None
 
 
@@ -283,7 +375,8 @@ def detect(fh: BinaryIO) -> AudioContainer:
     """The accepted container of the file open as ``fh``; raises :class:`ContainerRefused`.
 
     Cheap checks of what the file declares come with it: an MP4's box tree (no external
-    references, bounded), a WAV's or FLAC's sample rate, channels and sample size.
+    references, bounded), the sample rate and channels of a WAV, FLAC, Ogg or Matroska
+    header (and a WAV's sample size).
     """
     fh.seek(0)
     head = fh.read(HEAD_BYTES)

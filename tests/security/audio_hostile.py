@@ -158,6 +158,28 @@ def matroska_declaring(rate: float, tmp: Path, seconds: float = 1.0) -> bytes:
     raise AssertionError("no SamplingFrequency element of 16000 in ffmpeg's Matroska file")
 
 
+def matroska_padded(data: bytes, voids: int) -> bytes:
+    """``data`` (a Matroska file) with ``voids`` empty Void elements at the start of its
+    Segment: what a reader walking a bounded number of elements gives up on, and ffmpeg
+    skips."""
+    at = data.index(b"\x18\x53\x80\x67") + 4
+    length = 9 - data[at].bit_length()
+    size = int.from_bytes(data[at : at + length], "big") & ((1 << (7 * length)) - 1)
+    if size == (1 << (7 * length)) - 1:  # unknown size: nothing to grow
+        new_size = data[at : at + length]
+    else:
+        new_size = ((size + 2 * voids) | (1 << (7 * length))).to_bytes(length, "big")
+    return data[:at] + new_size + b"\xec\x80" * voids + data[at + length :]
+
+
+def matroska_channels(channels: int, tmp: Path) -> bytes:
+    """A small PCM Matroska file whose audio track declares ``channels`` (0x9F, one byte)."""
+    data = bytearray(matroska_declaring(16000.0, tmp))
+    at = data.index(b"\x9f\x81\x01")
+    data[at + 2] = channels
+    return bytes(data)
+
+
 def _crc8(data: bytes) -> int:
     crc = 0
     for byte in data:
@@ -255,12 +277,15 @@ def lying_headers(tmp: Path) -> dict[str, tuple[bytes, str, str]]:
         "flac 1 MHz stereo 120 s": (flac_declaring(1_000_000, 2), "x.flac", "sample rate"),
         "flac 1 MHz 8 channels": (flac_declaring(1_000_000, 8), "x.flac", "sample rate"),
         "flac rate 0": (flac_declaring(0, 2, seconds=1.0), "x.flac", "sample rate"),
+        "mkv 150 MHz": (matroska_declaring(150_000_001, tmp), "x.webm", "sample rate"),
+        "mkv 9 channels": (matroska_channels(9, tmp), "x.webm", "channels"),
     }
 
 
 def unchecked_headers(tmp: Path) -> dict[str, tuple[bytes, str, str]]:
     """Headers the gate does not read: the confined decoder's limits refuse them."""
-    return {"mkv 150 MHz": (matroska_declaring(150_000_001, tmp), "x.webm", "memory")}
+    hidden = matroska_padded(matroska_declaring(150_000_001, tmp), 1100)
+    return {"mkv 150 MHz past 1100 Voids": (hidden, "x.webm", "memory")}
 
 
 def box_trees() -> dict[str, tuple[bytes, str, str]]:

@@ -76,9 +76,12 @@ def test_an_ordinary_header_passes_the_gate(tmp_path: Path) -> None:
 
 
 def test_the_engines_decode_is_confined_when_no_header_says_the_rate(tmp_path: Path) -> None:
-    """Matroska's rate is not checked by the gate: the confined ffmpeg hits its limit."""
+    """Tracks past the elements the gate reads: the confined ffmpeg hits its limit."""
+    ((data, _, _),) = hostile.unchecked_headers(tmp_path).values()
     path = tmp_path / "x.mka"
-    path.write_bytes(hostile.matroska_declaring(150_000_001, tmp_path))
+    path.write_bytes(data)
+    with path.open("rb") as fh:
+        assert detect(fh) is AudioContainer.MATROSKA  # the gate did not see the rate
     started = time.monotonic()
     with pytest.raises(SampleRejected, match="memory"):
         decode(path, 24000, 300.0)
@@ -117,6 +120,8 @@ MEASURED = [
     ("wav 150 MHz", "bot-check"),
     ("mkv 150 MHz", "engine-decode"),
     ("mkv 150 MHz", "bot-check"),
+    ("mkv 150 MHz past 1100 Voids", "engine-decode"),
+    ("mkv 150 MHz past 1100 Voids", "bot-check"),
     ("flac 1 MHz stereo 120 s", "bot-check"),
     ("flac 1 MHz stereo 120 s", "engine-decode"),
     ("flac 1 MHz 8 channels", "bot-check"),
@@ -129,8 +134,7 @@ MEASURED = [
 
 
 def test_each_costs_bounded_memory_and_cpu(tmp_path: Path) -> None:
-    family = {**lying_headers(tmp_path), **box_trees()}
-    family["mkv 150 MHz"] = (hostile.matroska_declaring(150_000_001, tmp_path), "x.webm", "")
+    family = {**lying_headers(tmp_path), **box_trees(), **hostile.unchecked_headers(tmp_path)}
     for name, stage in MEASURED:
         data, file_name, _ = family[name]
         got = hostile.measure(stage, data, file_name, tmp_path)
@@ -159,7 +163,12 @@ async def test_the_api_answers_400_with_the_reason(
     key = await register(api)
     cases = {
         "wav 150 MHz": (hostile.wav_declaring(150_000_001), "x.wav", "sample rate"),
-        "mkv 150 MHz": (hostile.matroska_declaring(150_000_001, tmp_path), "x.webm", "memory"),
+        "mkv 150 MHz": (hostile.matroska_declaring(150_000_001, tmp_path), "x.webm", "sample rate"),
+        "mkv 150 MHz past Voids": (
+            hostile.matroska_padded(hostile.matroska_declaring(150_000_001, tmp_path), 1100),
+            "x.webm",
+            "memory",
+        ),
         "flac 1 MHz": (hostile.flac_declaring(1_000_000, 2), "x.flac", "sample rate"),
         "wav channels 0": (hostile.wav_declaring(16000, channels=0), "x.wav", "channels"),
         "mp4 2M boxes": (hostile.mp4_many_boxes(2_000_000), "x.m4a", "boxes"),
