@@ -275,7 +275,7 @@ def _vint(fh: BinaryIO, *, keep_marker: bool) -> int | None:
         return None
     length = 9 - first[0].bit_length()
     if not 1 <= length <= 8:
-        raise ContainerRefused("the Matroska file is damaged (a bad element header)")
+        return None  # not an element header: the gate gives up, the decoder's limits hold
     rest = fh.read(length - 1)
     if len(rest) < length - 1:
         return None
@@ -311,7 +311,9 @@ def _matroska_format(fh: BinaryIO) -> Declared | None:
         if kind == _EBML_AUDIO:
             rate, channels = 8000.0, 1  # Matroska's defaults
             fh.seek(body)
-            while fh.tell() < end:
+            for _ in range(_MAX_EBML_ELEMENTS):
+                if fh.tell() >= end:
+                    break
                 field = _vint(fh, keep_marker=True)
                 length = _vint(fh, keep_marker=False)
                 if field is None or length is None or length == _UNKNOWN or length > 8:

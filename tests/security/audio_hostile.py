@@ -172,6 +172,17 @@ def matroska_padded(data: bytes, voids: int) -> bytes:
     return data[:at] + new_size + b"\xec\x80" * voids + data[at + length :]
 
 
+def _ebml(element_id: bytes, body: bytes) -> bytes:
+    return element_id + (len(body) | (1 << 56)).to_bytes(8, "big") + body
+
+
+def matroska_many_fields(n: int) -> bytes:
+    """A Matroska header whose audio track's Audio element holds ``n`` empty fields."""
+    audio = _ebml(b"\xe1", b"\xbf\x80" * n)
+    tracks = _ebml(b"\x16\x54\xae\x6b", _ebml(b"\xae", audio))
+    return b"\x1a\x45\xdf\xa3\x80" + _ebml(b"\x18\x53\x80\x67", tracks)
+
+
 def matroska_channels(channels: int, tmp: Path) -> bytes:
     """A small PCM Matroska file whose audio track declares ``channels`` (0x9F, one byte)."""
     data = bytearray(matroska_declaring(16000.0, tmp))

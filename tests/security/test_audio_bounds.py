@@ -63,6 +63,12 @@ def test_box_trees_are_refused_counted_not_recursed(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5, name
 
 
+def test_the_matroska_gate_reads_a_bounded_number_of_elements() -> None:
+    started = time.monotonic()
+    assert detect(io.BytesIO(hostile.matroska_many_fields(3_000_000))) is AudioContainer.MATROSKA
+    assert time.monotonic() - started < 2
+
+
 def test_an_ordinary_header_passes_the_gate(tmp_path: Path) -> None:
     for data in (
         hostile.wav_declaring(48000, channels=2),
