@@ -1,8 +1,8 @@
 """Checks and transforms of members' files, before anything reaches Ta-da.
 
-Audio samples are decoded with pydub (ffmpeg from the imageio-ffmpeg wheel turns the
-other accepted containers into WAV first, with the container detected from the bytes and
-forced, so that a script or playlist posing as audio cannot make it read other files);
+Audio samples are decoded by ffmpeg (the imageio-ffmpeg wheel's), confined
+(:mod:`engine.confine`), to 16 kHz mono, with the container detected from the bytes and
+forced, so that a script or playlist posing as audio cannot make it read other files;
 image sets are decoded with Pillow, turned upright (EXIF orientation), de-duplicated,
 checked for size and zipped; a contact sheet shows the member what was kept. Every
 function here blocks: callers run them in a thread (the ``*_async`` wrappers do).
@@ -10,25 +10,35 @@ function here blocks: callers run them in a thread (the ``*_async`` wrappers do)
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import hashlib
 import io
 import math
 import shutil
-import subprocess
+import sys
 import tempfile
-import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import IO
 
 from PIL import Image, ImageDraw, ImageOps
 
 from bot.errors import UserFacingError
+from engine.confine import (
+    ConfinementError,
+    Confiner,
+    Limits,
+    MiB,
+    OverMemory,
+    OverOutput,
+    OverTime,
+    process_confiner,
+)
 from engine.image.untrusted import (
     ImageBounds,
     ImageRefused,
@@ -40,13 +50,15 @@ from engine.image.untrusted import (
     open_image,
     zip_end,
 )
-from engine.voice.container import AudioContainer, ContainerRefused, detect, ffmpeg_input
-
-with warnings.catch_warnings():
-    # pydub looks for a system ffmpeg when imported; it only reads WAV here (our ffmpeg
-    # from the imageio-ffmpeg wheel converts everything else first).
-    warnings.simplefilter("ignore", RuntimeWarning)
-    from pydub import AudioSegment
+from engine.voice.container import (
+    AudioContainer,
+    ContainerRefused,
+    Declared,
+    HeaderRefused,
+    declared_format,
+    detect,
+    ffmpeg_input,
+)
 
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".flac", ".webm"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
@@ -68,6 +80,10 @@ MAX_UNPACKED_BYTES = 512 * 1024 * 1024
 MAX_COMPRESSION_RATIO = 100
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
 IMAGE_BOUNDS = ImageBounds()
+# Audio samples are decoded to 16-bit mono at this rate: enough to measure them.
+DECODE_RATE = 16000
+# What one confined ffmpeg decode may cost (its output cap is set per call).
+AUDIO_LIMITS = Limits(memory_bytes=256 * MiB, cpu_seconds=20, wall_seconds=120)
 
 
 class MediaRejected(UserFacingError):
@@ -127,49 +143,103 @@ _UNDECODABLE = (
 )
 
 
-def _container(data: bytes) -> AudioContainer:
+def _container(data: bytes) -> tuple[AudioContainer, Declared | None]:
     try:
-        return detect(io.BytesIO(data))
+        fh = io.BytesIO(data)
+        container = detect(fh)
+        return container, declared_format(fh, container)
+    except HeaderRefused as exc:
+        raise MediaRejected(
+            f"That recording cannot be used: {exc}. Send an ordinary WAV, MP3, OGG, M4A, "
+            "FLAC or WebM recording."
+        ) from exc
     except ContainerRefused as exc:
         if "other files" in str(exc):
             raise MediaRejected(
                 "That recording refers to media in other files. Send one self-contained "
                 "WAV, MP3, OGG, M4A, FLAC or WebM recording."
             ) from exc
+        if str(exc).startswith("the m4a file"):  # a damaged or hostile box structure
+            raise MediaRejected(f"That recording cannot be used: {exc}.") from exc
         raise MediaRejected(
             "That file could not be decoded as audio: it is not a WAV, MP3, OGG, M4A, FLAC "
             "or WebM recording."
         ) from exc
 
 
-def _to_wav(data: bytes, container: AudioContainer, max_seconds: float) -> bytes:
+def _decode_refusal(exc: ConfinementError) -> MediaRejected:
+    if isinstance(exc, OverMemory):
+        return MediaRejected(
+            "That recording needs more memory to decode than a voice sample should (its "
+            "header may be damaged). Send an ordinary WAV, MP3, OGG, M4A, FLAC or WebM file."
+        )
+    if isinstance(exc, OverTime):
+        return MediaRejected("That recording took too long to decode. Send a shorter one.")
+    if isinstance(exc, OverOutput):
+        return MediaRejected("That recording decodes to more audio than a voice sample has.")
+    return MediaRejected(_UNDECODABLE)
+
+
+def decode_mono(
+    data: bytes,
+    container: AudioContainer,
+    max_seconds: float,
+    *,
+    confiner: Confiner | None = None,
+) -> array.array[int]:
+    """``data`` decoded by a confined ffmpeg to 16-bit mono samples at :data:`DECODE_RATE`.
+
+    The rate and channels are fixed whatever the file declares, decoding stops just past
+    ``max_seconds`` and the output is capped at what that takes (about 10 MB for 5 min), so
+    a small file declaring a huge rate or many channels cannot unpack into gigabytes here;
+    ffmpeg itself runs with one thread under the limits of :mod:`engine.confine`. Raises
+    :class:`MediaRejected` (a limit hit included).
+    """
+    seconds = max_seconds + 1.0
     # A file, not stdin: an m4a's index often comes last, and reading it needs seeking.
     # ffmpeg may open that one file only (see engine.voice.container.ffmpeg_input).
     with tempfile.TemporaryDirectory(prefix="tada-audio-") as tmp:
         source = Path(tmp) / "sample"
         source.write_bytes(data)
-        proc = subprocess.run(  # our own ffmpeg binary, fixed arguments
-            [
-                ffmpeg_path(),
-                "-nostdin",
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                *ffmpeg_input(container, f"file:{source}"),
-                # Stop just past the limit: hours of low-bitrate audio must not unpack whole.
-                "-t",
-                f"{max_seconds + 1.0:.3f}",
-                "-f",
-                "wav",
-                "pipe:1",
-            ],
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-    if proc.returncode != 0 or not proc.stdout:
+        cmd = [
+            ffmpeg_path(),
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-filter_threads",
+            "1",
+            "-threads",
+            "1",
+            *ffmpeg_input(container, f"file:{source}"),
+            # Stop just past the limit: hours of low-bitrate audio must not unpack whole.
+            "-t",
+            f"{seconds:.3f}",
+            "-vn",
+            "-threads",
+            "1",
+            "-ac",
+            "1",
+            "-ar",
+            str(DECODE_RATE),
+            "-f",
+            "s16le",
+            "-acodec",
+            "pcm_s16le",
+            "pipe:1",
+        ]
+        limits = replace(AUDIO_LIMITS, output_bytes=int((seconds + 1.0) * DECODE_RATE) * 2)
+        try:
+            raw = (confiner or process_confiner()).run_command(cmd, limits)
+        except ConfinementError as exc:
+            raise _decode_refusal(exc) from exc
+    if not raw:
         raise MediaRejected(_UNDECODABLE)
-    return proc.stdout
+    samples = array.array("h")
+    samples.frombytes(raw[: len(raw) - len(raw) % 2])
+    if sys.byteorder != "little":
+        samples.byteswap()
+    return samples
 
 
 def check_audio(
@@ -180,7 +250,12 @@ def check_audio(
     max_seconds: float = MAX_AUDIO_SECONDS,
     max_bytes: int = MAX_AUDIO_BYTES,
 ) -> AudioInfo:
-    """Decode a voice sample and check its length; raises :class:`MediaRejected`."""
+    """Decode a voice sample and check its length; raises :class:`MediaRejected`.
+
+    Every container, WAV included, is decoded by a confined ffmpeg (:func:`decode_mono`);
+    no header is parsed in this process but by the checks of :mod:`engine.voice.container`
+    (bounded), which refuse a declared rate, channel count or sample size no recording has.
+    """
     if suffix_of(file_name) not in AUDIO_SUFFIXES:
         raise MediaRejected(
             f"`{file_name}` is not an audio file the bot takes "
@@ -190,14 +265,9 @@ def check_audio(
         raise MediaRejected(f"That recording is over {max_bytes // (1024 * 1024)} MB.")
     if not data:
         raise MediaRejected("That file is empty.")
-    container = _container(data)
-    # pydub reads WAV itself (in Python); only the other containers go through ffmpeg.
-    wav = data if container is AudioContainer.WAV else _to_wav(data, container, max_seconds)
-    try:
-        segment = AudioSegment.from_wav(io.BytesIO(wav))
-    except Exception as exc:  # pydub raises bare exceptions for broken headers
-        raise MediaRejected(_UNDECODABLE) from exc
-    seconds = len(segment) / 1000.0
+    container, declared = _container(data)
+    samples = decode_mono(data, container, max_seconds)
+    seconds = len(samples) / DECODE_RATE
     if seconds < min_seconds:
         raise MediaRejected(
             f"That recording is {seconds:.1f} s long; send at least {min_seconds:.0f} s of "
@@ -207,10 +277,12 @@ def check_audio(
         raise MediaRejected(
             f"That recording is {seconds:.0f} s long; send at most {max_seconds:.0f} s."
         )
-    if segment.rms == 0:
+    if not any(samples):
         raise MediaRejected("That recording is silent.")
     return AudioInfo(
-        duration_seconds=seconds, sample_rate=segment.frame_rate, channels=segment.channels
+        duration_seconds=seconds,
+        sample_rate=declared.sample_rate if declared else DECODE_RATE,
+        channels=declared.channels if declared else 1,
     )
 
 

@@ -124,6 +124,9 @@ try:
     os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNET)
 except (AttributeError, OSError):
     pass
+# glibc reserves 64 MB of address space for each thread's malloc arena: a program with a
+# thread per stage (ffmpeg 7) would spend its address-space budget on reservations.
+os.environ["MALLOC_ARENA_MAX"] = "2"
 os.execv(sys.argv[4], sys.argv[4:])
 """
 # What a launched program's own address space is before it decodes anything (a static

@@ -10,9 +10,8 @@ Blocking code (subprocesses, numpy): the job worker calls it, never the event lo
 from __future__ import annotations
 
 import io
-import subprocess
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -24,6 +23,16 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
     from pydub import AudioSegment
 
+from engine.confine import (
+    ConfinementError,
+    Confiner,
+    Limits,
+    MiB,
+    OverMemory,
+    OverOutput,
+    OverTime,
+    process_confiner,
+)
 from engine.voice.container import ContainerRefused, detect, ffmpeg_input
 from engine.voice.settings import AudioFormat
 
@@ -61,29 +70,67 @@ def ffmpeg_exe() -> str:
     return str(imageio_ffmpeg.get_ffmpeg_exe())
 
 
-def decode(path: Path, sample_rate: int, max_seconds: float | None = None) -> FloatAudio:
+# What one confined decode may cost (engine.confine): ffmpeg decoding a 5-minute recording
+# with one thread needs well under 100 MB and a second or two of CPU.
+DECODE_LIMITS = Limits(memory_bytes=256 * MiB, cpu_seconds=20, wall_seconds=_DECODE_TIMEOUT_S)
+# Without a length limit, decoding stops after this long anyway.
+_LONGEST_S = 3600.0
+
+
+def _confinement_refusal(exc: ConfinementError) -> SampleRejected:
+    if isinstance(exc, OverMemory):
+        return SampleRejected(
+            "the recording needs more memory to decode than a voice sample may use "
+            "(its header declares an unusual sample rate or layout); send an ordinary recording"
+        )
+    if isinstance(exc, OverTime):
+        return SampleRejected("the audio file could not be decoded (took too long)")
+    if isinstance(exc, OverOutput):
+        return SampleRejected("the recording decodes to more audio than a voice sample may have")
+    return SampleRejected(
+        "the file is not audio we can decode (use wav, mp3, m4a, ogg, flac or webm)"
+    )
+
+
+def decode(
+    path: Path,
+    sample_rate: int,
+    max_seconds: float | None = None,
+    *,
+    confiner: Confiner | None = None,
+) -> FloatAudio:
     """Decode one recording (wav, mp3, ogg, flac, m4a, webm) to mono float32 at ``sample_rate``.
 
     The container is detected from the file's bytes and forced on ffmpeg, which may open
-    no file but this one; anything else raises :class:`SampleRejected`. With
-    ``max_seconds``, decoding stops just past it: a small file of hours of low-bitrate
-    audio must not unpack into gigabytes of samples only to be refused.
+    no file but this one; anything else raises :class:`SampleRejected`, as does a header
+    declaring a sample rate or channel count no recording has. ffmpeg runs confined
+    (:mod:`engine.confine`: address space, CPU, wall clock, output, one thread) and decodes
+    straight to mono at ``sample_rate``; with ``max_seconds``, it stops just past it and
+    its output is capped at what that many seconds take, so a small file of hours of audio
+    or a header that lies cannot unpack into gigabytes. A limit hit is a refusal.
     """
     try:
         with path.open("rb") as fh:
             container = detect(fh)
     except ContainerRefused as exc:
         raise SampleRejected(str(exc)) from exc
-    limit = ["-t", f"{max_seconds + 1.0:.3f}"] if max_seconds is not None else []
+    seconds = (max_seconds if max_seconds is not None else _LONGEST_S) + 1.0
     cmd = [
         ffmpeg_exe(),
         "-nostdin",
         "-hide_banner",
         "-loglevel",
         "error",
+        "-filter_threads",
+        "1",
+        "-threads",
+        "1",
         *ffmpeg_input(container, f"file:{path.resolve()}"),
-        *limit,
+        "-t",
+        f"{seconds:.3f}",
         "-vn",
+        "-threads",
+        "1",
         "-ac",
         "1",
         "-ar",
@@ -94,16 +141,19 @@ def decode(path: Path, sample_rate: int, max_seconds: float | None = None) -> Fl
         "pcm_s16le",
         "-",
     ]
+    # A second of slack over what ``seconds`` of 16-bit mono take.
+    output = int((seconds + 1.0) * sample_rate) * 2
+    limits = replace(DECODE_LIMITS, output_bytes=output)
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=_DECODE_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise SampleRejected("the audio file could not be decoded (took too long)") from exc
-    if proc.returncode != 0 or not proc.stdout:
+        raw = (confiner or process_confiner()).run_command(cmd, limits)
+    except ConfinementError as exc:
+        raise _confinement_refusal(exc) from exc
+    if not raw:
         raise SampleRejected(
             "the file is not audio we can decode (use wav, mp3, m4a, ogg, flac or webm)"
         )
-    segment = AudioSegment(data=proc.stdout, sample_width=2, frame_rate=sample_rate, channels=1)
-    return segment_to_float(segment)
+    ints = np.frombuffer(raw[: len(raw) - len(raw) % 2], dtype="<i2")
+    return (ints.astype(np.float32) / 32768.0).astype(np.float32)
 
 
 def segment_to_float(segment: AudioSegment) -> FloatAudio:
