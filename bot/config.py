@@ -212,6 +212,19 @@ class JobsConfig(_Section):
         return self
 
 
+class SafetyConfig(_Section):
+    """``[safety]``: the classifier every generated image goes through before it is posted.
+
+    ``auto``: NudeNet when its package is installed (the ``nsfw-filter`` extra, AGPL-3.0),
+    else none, said loudly at start and in ``/tada-admin show``. ``nudenet``: required
+    (the bot does not start without it). ``none``: images are posted unclassified.
+    """
+
+    classifier: Literal["auto", "nudenet", "none"] = "auto"
+    # The score (0 to 1) from which an image counts as explicit.
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+
+
 class BotConfig(_Section):
     """Everything the bot needs; build it with :func:`load_bot_config` or directly."""
 
@@ -222,6 +235,7 @@ class BotConfig(_Section):
     tada: TadaConfig = TadaConfig()
     store: StoreConfig = StoreConfig()
     jobs: JobsConfig = JobsConfig()
+    safety: SafetyConfig = SafetyConfig()
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -254,7 +268,9 @@ def load_bot_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = 
     """Build the bot config from a parsed config file and the environment."""
     env = os.environ if environ is None else environ
     general = dict(raw.get("general", {}))
-    sections = {name: dict(raw.get(name, {})) for name in ("discord", "tada", "store", "jobs")}
+    sections = {
+        name: dict(raw.get(name, {})) for name in ("discord", "tada", "store", "jobs", "safety")
+    }
     if "token" in sections["discord"]:
         raise ConfigError(f"discord.token must not be in the config file; set {TOKEN_ENV}")
     for key in ("encryption_key", "encryption_keys"):

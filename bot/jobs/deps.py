@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from bot.jobs.store import JobStore
     from bot.policy import PolicyService
     from bot.readiness import EngineReadiness
+    from bot.safety import ImageSafety
     from bot.store import MemberStore, Store
     from bot.tada import TadaClient
 
@@ -52,6 +53,9 @@ class JobServices(Protocol):
 
     @property
     def readiness(self) -> EngineReadiness: ...
+
+    @property
+    def safety(self) -> ImageSafety: ...
 
 
 @runtime_checkable
