@@ -3,7 +3,8 @@
 The model is the ``320n.onnx`` file the ``nudenet`` wheel ships (no download at any
 time); it is run here with onnxruntime, preprocessed with Pillow and numpy the way
 ``nudenet.NudeDetector`` does with OpenCV (pad to a square at the bottom and right,
-resize to 320, RGB scaled to 0..1), without importing nudenet's own code.
+linear resize to 320, BGR scaled to 0..1), without importing nudenet's own code (nor
+OpenCV).
 
 Licence: the wheel's metadata says MIT, but the licence text it ships is AGPL-3.0. This
 project is MIT, so NudeNet is an opt-in extra (``pip install 'tada-discord[nsfw-filter]'``)
@@ -77,6 +78,26 @@ def model_path() -> Path | None:
     return None
 
 
+def _resize_linear(array: np.ndarray[Any, Any], side: int) -> np.ndarray[Any, Any]:
+    """``array`` (H, W, 3) resized to ``side`` squared the way OpenCV's ``INTER_LINEAR``
+    does (the detector's own preprocessing): pixel centres mapped, four neighbours
+    blended, no antialiasing (Pillow's bilinear filter widens on a downscale, which moves
+    the detector's scores)."""
+    import numpy as np
+
+    def axis(size: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        centres = (np.arange(side, dtype=np.float64) + 0.5) * (size / side) - 0.5
+        centres = np.clip(centres, 0, size - 1)
+        low = np.floor(centres).astype(np.int64)
+        high = np.minimum(low + 1, size - 1)
+        return low, high, (centres - low).astype(np.float32)
+
+    y0, y1, fy = axis(array.shape[0])
+    x0, x1, fx = axis(array.shape[1])
+    rows = array[y0] * (1 - fy)[:, None, None] + array[y1] * fy[:, None, None]
+    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+
+
 def _tensor(data: bytes) -> np.ndarray[Any, Any]:
     """The detector's input (1, 3, 320, 320), float32, from encoded image bytes."""
     import numpy as np
@@ -86,16 +107,18 @@ def _tensor(data: bytes) -> np.ndarray[Any, Any]:
             width, height = opened.size
             if width * height > MAX_PIXELS:
                 raise ValueError(f"the image is too large to classify ({width}×{height})")
-            opened.draft("RGB", (INPUT_SIDE, INPUT_SIDE))  # JPEG: decode at a smaller scale
             image = opened.convert("RGB")
     except (OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not an image that can be classified: {exc}") from exc
     side = max(image.size)
-    square = Image.new("RGB", (side, side))
-    square.paste(image, (0, 0))
-    small = square.resize((INPUT_SIDE, INPUT_SIDE), Image.Resampling.BILINEAR)
-    array = np.asarray(small, dtype=np.float32) / 255.0
-    return array.transpose(2, 0, 1)[np.newaxis, ...].copy()
+    # Padded to a square at the bottom and right with black, as the detector expects.
+    square = np.zeros((side, side, 3), dtype=np.float32)
+    square[: image.height, : image.width] = np.asarray(image, dtype=np.float32)
+    small = _resize_linear(square, INPUT_SIDE) / 255.0
+    # Channels in B, G, R order: what ``nudenet.NudeDetector`` ends up feeding the model
+    # (OpenCV decodes to BGR, then its RGBA2BGR conversion and ``swapRB`` swap twice), so
+    # its scores, and the thresholds people use with them, hold here.
+    return small[:, :, ::-1].transpose(2, 0, 1)[np.newaxis, ...].astype(np.float32)
 
 
 class NudeNetClassifier:
@@ -133,17 +156,24 @@ class NudeNetClassifier:
             return self._session
 
     def scores(self, data: bytes) -> dict[str, float]:
-        """The highest score of each class over the detector's candidate boxes."""
+        """Per class, the highest score of a candidate box the detector assigns to that
+        class (a box belongs to its best class, as in ``nudenet.NudeDetector``)."""
+        import numpy as np
+
         session = self._loaded()
         inputs = {session.get_inputs()[0].name: _tensor(data)}
         # (1, 4 + classes, boxes): box centre and size, then one score per class.
-        output = session.run(None, inputs)[0][0]
-        best = output[4:].max(axis=1)
-        return {label: float(best[i]) for i, label in enumerate(LABELS)}
+        classes = session.run(None, inputs)[0][0][4:]
+        best_class = classes.argmax(axis=0)
+        best_score = classes.max(axis=0)
+        found: dict[str, float] = dict.fromkeys(LABELS, 0.0)
+        for index in np.unique(best_class):
+            found[LABELS[int(index)]] = float(best_score[best_class == index].max())
+        return found
 
     def classify(self, data: bytes) -> Verdict:
         scores = self.scores(data)
-        label = max(EXPLICIT_LABELS, key=lambda name: scores[name])
+        label = max(sorted(EXPLICIT_LABELS), key=lambda name: scores[name])
         score = scores[label]
         return Verdict(
             explicit=score >= self.threshold, score=score, label=label, classifier=self.name
