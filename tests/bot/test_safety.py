@@ -12,7 +12,6 @@ simulated Discord sends for the channels a test marks.
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ import httpx
 import pytest
 import simcord
 from fastapi import FastAPI
-from PIL import Image
 from pydantic import SecretStr
 from simcord.backend import serializers
 
@@ -30,36 +28,18 @@ from bot.app import BotServices, open_services
 from bot.config import BotConfig
 from bot.jobs import JobState
 from bot.policy.settings import ExplicitImages
-from bot.safety import ImageSafety, Verdict
+from bot.safety import ImageSafety
 from bot.safety.nudenet import model_path
 from bot.store import LinkedVia
 from engine.settings import EngineSettings
 from tests.bot.conftest import ENGINE_URL
 from tests.bot.policy_world import Server, admin_says, demo_engine_settings, demo_loras, make_server
+from tests.bot.safety_world import ScriptedClassifier
 from tests.conftest import register
 
 __all__ = ["demo_loras"]  # the module-scoped fixture, used through engine_settings
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
-
-
-class ScriptedClassifier:
-    """Judges every image it is given as ``explicit`` says (and checks it is an image)."""
-
-    name = "scripted"
-
-    def __init__(self) -> None:
-        self.explicit = True
-        self.seen = 0
-
-    def classify(self, data: bytes) -> Verdict:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-        self.seen += 1
-        score = 0.97 if self.explicit else 0.02
-        return Verdict(
-            explicit=self.explicit, score=score, label="BUTTOCKS_EXPOSED", classifier=self.name
-        )
 
 
 @pytest.fixture
