@@ -25,7 +25,7 @@ needs_nudenet = pytest.mark.skipif(
 )
 # The false positives measured on the set below at the default threshold (0.5): one, the
 # colour wheel of scikit-image's "color.png" (scored 0.83 as BUTTOCKS_EXPOSED).
-# docs/operations/image-safety.md states the rate.
+# docs/configuration.md (Image safety) states the rate.
 EXPECTED_FALSE_POSITIVES = {"photo:color"}
 
 
