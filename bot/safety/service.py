@@ -46,6 +46,7 @@ def build_classifier(config: SafetyConfig) -> ImageClassifier | None:
             "to say so on purpose"
         )
         return None
+    log.info("image safety: NudeNet (AGPL-3.0, opt-in), threshold %.2f", config.threshold)
     return NudeNetClassifier(threshold=config.threshold)
 
 
@@ -83,6 +84,10 @@ class ImageSafety:
             verdict = await asyncio.to_thread(classifier.classify, data)
         except ValueError as exc:
             log.warning("%s: the image could not be classified (%s); withheld", what, exc)
+            return Verdict(explicit=True, score=1.0, label="unreadable", classifier=classifier.name)
+        except Exception:
+            # A classifier failure must not post the image unchecked, nor stop the delivery.
+            log.exception("%s: the classifier failed; the image is withheld", what)
             return Verdict(explicit=True, score=1.0, label="unreadable", classifier=classifier.name)
         log.info(
             "%s: %s scored %.3f (%s) in %.2f s%s",

@@ -125,3 +125,15 @@ def test_the_classifier_safety_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert build_classifier(SafetyConfig()) is None  # auto: none, with a warning
     with pytest.raises(RuntimeError, match="nsfw-filter"):
         build_classifier(SafetyConfig(classifier="nudenet"))
+
+
+class BrokenClassifier:
+    name = "broken"
+
+    def classify(self, data: bytes) -> Verdict:
+        raise RuntimeError("the session died")
+
+
+async def test_a_failing_classifier_withholds_the_image() -> None:
+    verdict = await ImageSafety(BrokenClassifier()).classify(b"\x89PNG", what="test")
+    assert verdict.explicit and verdict.label == "unreadable"
