@@ -31,6 +31,7 @@ from bot.jobs.panel import JobPanel
 from bot.metrics import BotMetrics
 from bot.policy import PolicyGate, PolicyService, PolicyStore
 from bot.readiness import EngineReadiness
+from bot.safety import ImageSafety, build_classifier
 from bot.store import MemberStore, Store
 from bot.tada import TadaClient
 from bot.ui import TadaCommandTree
@@ -66,6 +67,8 @@ class BotServices:
     gate: Gate
     # Server admins' settings, shared keys and usage (``/tada-admin``, ``/quota``).
     policy: PolicyService
+    # Every generated image is classified before it is posted (``[safety]``).
+    safety: ImageSafety = field(default_factory=lambda: ImageSafety(None))
     engine: EmbeddedEngine | None = None
     # What the engine lacks (no demo model, the random test model), for admins.
     readiness: EngineReadiness = field(default_factory=EngineReadiness)
@@ -103,12 +106,14 @@ async def open_services(
     base_url: str | None = None,
     engine_settings: EngineSettings | None = None,
     keys: KeyBox | None = None,
+    safety: ImageSafety | None = None,
 ) -> AsyncIterator[BotServices]:
     """Build the store, the Ta-da client and (embedded mode) the engine; close them after.
 
     ``http`` and ``base_url`` replace the network client and the configured API (tests pass
     a client over ``httpx.ASGITransport`` to the engine app). ``engine_settings`` is used
-    in embedded mode; by default it is read from the same config file.
+    in embedded mode; by default it is read from the same config file. ``safety``
+    replaces the image classifier ``[safety]`` names (tests inject a scripted one).
     """
     async with AsyncExitStack() as stack:
         metrics = BotMetrics()
@@ -144,6 +149,8 @@ async def open_services(
             ),
             offer_ttl=config.tada.offer_ttl_seconds,
         )
+        if safety is None:
+            safety = ImageSafety(await asyncio.to_thread(build_classifier, config.safety))
         members = MemberStore(store, box)
         policy_store = PolicyStore(store)
         gate = PolicyGate(policy_store, box)
@@ -156,6 +163,7 @@ async def open_services(
             engine=engine,
             gate=gate,
             policy=PolicyService(policy_store, box, tada, gate),
+            safety=safety,
             readiness=(
                 EngineReadiness.of_embedded(engine_settings)
                 if engine is not None and engine_settings is not None

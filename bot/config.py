@@ -228,6 +228,19 @@ class MetricsConfig(_Section):
     port: int | None = Field(None, ge=0, le=65535)
 
 
+class SafetyConfig(_Section):
+    """``[safety]``: the classifier every generated image goes through before it is posted.
+
+    ``auto``: NudeNet when its package is installed (the ``nsfw-filter`` extra, AGPL-3.0),
+    else none, said loudly at start and in ``/tada-admin show``. ``nudenet``: required
+    (the bot does not start without it). ``none``: images are posted unclassified.
+    """
+
+    classifier: Literal["auto", "nudenet", "none"] = "auto"
+    # The score (0 to 1) from which an image counts as explicit.
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+
+
 class BotConfig(_Section):
     """Everything the bot needs; build it with :func:`load_bot_config` or directly."""
 
@@ -239,6 +252,7 @@ class BotConfig(_Section):
     store: StoreConfig = StoreConfig()
     jobs: JobsConfig = JobsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    safety: SafetyConfig = SafetyConfig()
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -272,7 +286,8 @@ def load_bot_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     general = dict(raw.get("general", {}))
     sections = {
-        name: dict(raw.get(name, {})) for name in ("discord", "tada", "store", "jobs", "metrics")
+        name: dict(raw.get(name, {}))
+        for name in ("discord", "tada", "store", "jobs", "metrics", "safety")
     }
     if "token" in sections["discord"]:
         raise ConfigError(f"discord.token must not be in the config file; set {TOKEN_ENV}")

@@ -21,7 +21,7 @@ from bot.messages import CONTENT_LIMIT, EMBED_FIELD_LIMIT, clip_lines
 from bot.policy import GuildSettings, Limit, PolicyService, UsageReport
 from bot.policy.moderation import DEFAULT_BLOCKED_WORDS, active_words
 from bot.policy.service import MAX_USAGE_DAYS, SharedKeyInfo
-from bot.policy.settings import FEATURE_NAMES, LIMIT_NAMES
+from bot.policy.settings import FEATURE_NAMES, LIMIT_NAMES, ExplicitImages
 from bot.policy.store import UsageLine
 from bot.readiness import EngineReadiness
 from bot.ui import TadaModal
@@ -29,6 +29,16 @@ from bot.ui import TadaModal
 FEATURE_CHOICES = [
     app_commands.Choice(name=FEATURE_NAMES[feature], value=feature.value) for feature in Feature
 ]
+EXPLICIT_CHOICES = [
+    app_commands.Choice(name="Blocked everywhere", value=ExplicitImages.BLOCKED.value),
+    app_commands.Choice(
+        name="Allowed in age-restricted channels only", value=ExplicitImages.AGE_RESTRICTED.value
+    ),
+]
+EXPLICIT_NAMES = {
+    ExplicitImages.BLOCKED: "blocked everywhere",
+    ExplicitImages.AGE_RESTRICTED: "allowed in age-restricted channels only",
+}
 LIMIT_CHOICES = [app_commands.Choice(name=LIMIT_NAMES[limit], value=limit.value) for limit in Limit]
 
 # Embed fields hold at most 1024 characters; longer lists are cut with a count.
@@ -54,8 +64,10 @@ def render_settings(
     settings: GuildSettings,
     key: SharedKeyInfo,
     readiness: EngineReadiness | None = None,
+    classifier: str = "none",
 ) -> discord.Embed:
-    """The whole configuration on one page, with what the engine lacks."""
+    """The whole configuration on one page, with what the engine lacks (``classifier``:
+    the name of the bot's image classifier, "none" when it has none)."""
     embed = discord.Embed(title="Ta-da settings for this server", colour=discord.Colour.blurple())
     channels = []
     roles = []
@@ -100,6 +112,16 @@ def render_settings(
             if settings.voice_messages
             else "as MP3 attachments"
         ),
+        inline=False,
+    )
+    checked = (
+        f"checked by {classifier} before posting"
+        if classifier != "none"
+        else "⚠️ not checked: the bot's operator has installed no image classifier"
+    )
+    embed.add_field(
+        name="Explicit images",
+        value=f"{EXPLICIT_NAMES[settings.explicit_images]}; images are {checked}",
         inline=False,
     )
     quota_lines = []
@@ -254,10 +276,17 @@ class AdminCog(
     quota = app_commands.Group(name="quota", description="Limits per role and feature")
     moderation = app_commands.Group(name="moderation", description="Blocked words and patterns")
 
-    def __init__(self, policy: PolicyService, readiness: EngineReadiness | None = None) -> None:
+    def __init__(
+        self,
+        policy: PolicyService,
+        readiness: EngineReadiness | None = None,
+        *,
+        classifier: str = "none",
+    ) -> None:
         super().__init__()
         self.policy = policy
         self.readiness = readiness or EngineReadiness()
+        self.classifier = classifier
 
     # ------------------------------------------------------------------ overview
 
@@ -268,7 +297,8 @@ class AdminCog(
         settings = await self.policy.settings(guild_id)
         key = await self.policy.shared_key_info(guild_id)
         await interaction.response.send_message(
-            embed=render_settings(guild_id, settings, key, self.readiness), ephemeral=True
+            embed=render_settings(guild_id, settings, key, self.readiness, self.classifier),
+            ephemeral=True,
         )
 
     @app_commands.command(name="usage")
@@ -305,6 +335,21 @@ class AdminCog(
             "(as an MP3 elsewhere, and for private results)."
             if enabled
             else "Speech is now posted as MP3 attachments.",
+        )
+
+    @app_commands.command(name="explicit-images")
+    @app_commands.describe(allow="Where images judged explicit may be posted")
+    @app_commands.choices(allow=EXPLICIT_CHOICES)
+    async def explicit_images(self, interaction: discord.Interaction[Any], allow: str) -> None:
+        """Block images judged explicit everywhere, or allow them in age-restricted channels."""
+        where = ExplicitImages(allow)
+        await self.policy.set_explicit_images(_guild(interaction), where)
+        await _answer(
+            interaction,
+            "Images judged explicit are now never posted; the member is told privately."
+            if where is ExplicitImages.BLOCKED
+            else "Images judged explicit are now posted in age-restricted channels only; "
+            "elsewhere the member is told privately.",
         )
 
     # ------------------------------------------------------------------ channels
@@ -553,4 +598,6 @@ async def setup(bot: commands.Bot) -> None:
     """Extension entry point."""
     if not isinstance(bot, TadaBot):
         raise TypeError("cogs.admin needs a TadaBot (it reads bot.services.policy)")
-    await bot.add_cog(AdminCog(bot.services.policy, bot.services.readiness))
+    await bot.add_cog(
+        AdminCog(bot.services.policy, bot.services.readiness, classifier=bot.services.safety.name)
+    )

@@ -43,7 +43,7 @@ def test_every_value_in_the_example_is_the_default() -> None:
         *_differences("engine.image", image, ImageSettings()),
         *(
             difference
-            for name in ("discord", "tada", "jobs", "metrics")
+            for name in ("discord", "tada", "jobs", "metrics", "safety")
             for difference in _differences(name, raw[name], getattr(bot, name))
         ),
     ]

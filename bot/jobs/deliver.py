@@ -48,6 +48,8 @@ from bot.jobs.render import Outgoing, ProgressImage, render, stopped_progress
 from bot.jobs.store import JobNotFound, JobStore
 from bot.media import IMAGE_SUFFIXES, MediaRejected
 from bot.messages import DEFAULT_FILE_LIMIT, requester_only
+from bot.policy.settings import ExplicitImages
+from bot.safety.service import WITHHELD_UNREADABLE, may_post
 from bot.store.models import utcnow
 from bot.tada.errors import TadaError, TadaProtocolError
 from bot.voice_channel import Clip, QueueFull, VoiceChannelPlayer
@@ -72,6 +74,8 @@ OUTCOME_NOTES = {
     JobState.QUEUED: "⏳ Accepted.",
     JobState.RUNNING: "⏳ Accepted.",
 }
+# The jobs whose result is a generated image, classified before it is posted.
+IMAGE_KINDS = frozenset({JobKind.LORA_GENERATE, JobKind.DEMO_GENERATE})
 # Runs a coroutine as one of the runner's tasks (stopped with the runner).
 Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 
@@ -131,14 +135,21 @@ class Delivery:
                 job = await self.store.get(job_id)
             except JobNotFound:
                 return  # the member asked the bot to forget them: nothing to post
+            if job.posted:
+                if job.state in FINAL_STATES:
+                    await self.services.gate.settle(
+                        job.id, delivered=job.state is JobState.FINISHED
+                    )
+                self._done(job.id)
+                return
+            files, note = await self._artifacts(job)
+            # No generated image reaches Discord unclassified: one judged explicit where
+            # it may not be posted ends the job, privately, before anything is counted.
+            job, files, note = await self._screen(job, files, note)
             if job.state in FINAL_STATES:
                 # Only what the member got counts against their quota.
                 await self.services.gate.settle(job.id, delivered=job.state is JobState.FINISHED)
-            if job.posted:
-                self._done(job.id)
-                return
             doubt = await self.store.in_doubt(job.id)
-            files, note = await self._artifacts(job)
             if files:
                 await self._play_in_voice(job, files[0][1])
             if files and await self._as_voice_message(job, files[0][1]):
@@ -310,6 +321,54 @@ class Delivery:
             log.warning("could not download the result of job %s: %s", job.id, exc)
             return (), f"The file could not be fetched from Ta-da; it is here: {url}"
         return ((name, b"".join(chunks)),), None
+
+    def age_restricted(self, channel_id: int | None) -> bool:
+        """Whether Discord marks the channel (or a thread's parent) age-restricted; a
+        channel the bot cannot see counts as not."""
+        if channel_id is None:
+            return False
+        channel = self.client.get_channel(channel_id)
+        is_nsfw = getattr(channel, "is_nsfw", None)
+        return bool(is_nsfw()) if callable(is_nsfw) else False
+
+    async def withheld_note(self, job: Job, image: bytes | None, *, what: str) -> str | None:
+        """``None`` when ``image`` may be shown where ``job`` was asked; else the member's
+        private note. ``image`` ``None``: an image that could not be fetched, which is not
+        linked unclassified either (unless no classifier is configured)."""
+        safety = self.services.safety
+        if safety.classifier is None:
+            return None
+        if image is None:
+            return WITHHELD_UNREADABLE
+        verdict = await safety.classify(image, what=what)
+        setting = (
+            (await self.services.policy.settings(job.guild_id)).explicit_images
+            if job.guild_id is not None
+            else ExplicitImages.BLOCKED
+        )
+        return may_post(verdict, setting, age_restricted=self.age_restricted(job.channel_id))
+
+    async def _screen(
+        self, job: Job, files: tuple[tuple[str, bytes], ...], note: str | None
+    ) -> tuple[Job, tuple[tuple[str, bytes], ...], str | None]:
+        """The job, files and note to post once a finished image has been classified."""
+        if job.kind not in IMAGE_KINDS or job.state is not JobState.FINISHED:
+            return job, files, note
+        withheld = await self.withheld_note(
+            job, files[0][1] if files else None, what=f"job {job.id}"
+        )
+        if withheld is None:
+            return job, files, note
+        log.info("job %s: its image is withheld (%s)", job.id, withheld[:40])
+        failed = await self.store.update(
+            job.id,
+            state=JobState.FAILED,
+            error=withheld,
+            # Told to the member alone (ephemeral or DM), never in the channel.
+            private=True,
+            result={**(job.result or {}), "withheld": True, "url": None},
+        )
+        return failed, (), None
 
     async def _play_in_voice(self, job: Job, audio: bytes) -> None:
         """Queue a ``/voice say`` speech in its voice channel, once (best effort: the

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from bot.metrics import BotMetrics
     from bot.policy import PolicyService
     from bot.readiness import EngineReadiness
+    from bot.safety import ImageSafety
     from bot.store import MemberStore, Store
     from bot.tada import TadaClient
 
@@ -56,6 +57,9 @@ class JobServices(Protocol):
 
     @property
     def metrics(self) -> BotMetrics: ...
+
+    @property
+    def safety(self) -> ImageSafety: ...
 
 
 @runtime_checkable

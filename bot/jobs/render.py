@@ -173,6 +173,10 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
     p = job.params
     result = job.result or {}
     extra = f"\n{note}" if note else ""
+    if job.state is JobState.FAILED and result.get("withheld"):
+        # An image judged explicit where it may not be shown: the note alone (a Retry
+        # with the same seed would draw the same image again).
+        return Outgoing(content=clip(f"{mention} {job.error or ''}", CONTENT_LIMIT))
     if job.state is JobState.FAILED:
         items: tuple[discord.ui.Item[Any], ...] = ()
         if job.kind is not JobKind.LORA_TRAIN:

@@ -173,7 +173,16 @@ class Trainings:
         except TadaError as exc:
             log.warning("job %s: validation image not shown: %s", job.id, exc)
             return None
-        return ProgressImage(filename=name, data=b"".join(chunks), step=training.validation_step)
+        data = b"".join(chunks)
+        # Classified like every generated image: one that may not be shown here is left
+        # out of the progress message (the text still shows the training's progress).
+        withheld = await self.delivery.withheld_note(
+            job, data, what=f"job {job.id} validation image"
+        )
+        if withheld is not None:
+            log.info("job %s: validation image withheld", job.id)
+            return None
+        return ProgressImage(filename=name, data=data, step=training.validation_step)
 
     async def _finish_training(self, job: Job, training: LoraTraining) -> None:
         if training.state is TrainingStatus.SUCCEEDED:

@@ -50,6 +50,26 @@ DEFAULT_BLOCKED_WORDS: tuple[str, ...] = (
     "xxx",
     "blowjob",
     "cumshot",
+    # Explicit images asked for by what they show (issue 29: refused before any work;
+    # the classifier catches what words miss). Unambiguous words only: "bare", "sex"
+    # alone and "tits" have innocent uses.
+    "topless",
+    "bottomless",
+    "undressed",
+    "unclothed",
+    "nipple",
+    "bare breasts",
+    "bare breast",
+    "boobs",
+    "genitals",
+    "genitalia",
+    "penis",
+    "vagina",
+    "erotic",
+    "erotica",
+    "having sex",
+    "sex scene",
+    "sexual intercourse",
     # Slurs.
     "nigger",
     "nigga",

@@ -29,6 +29,7 @@ from bot.policy.settings import (
     MAX_QUOTA_RULES,
     MAX_ROLES,
     MAX_WORDS,
+    ExplicitImages,
     GuildSettings,
     Limit,
     QuotaRule,
@@ -321,6 +322,14 @@ class PolicyService:
 
         def change(s: GuildSettings) -> GuildSettings:
             return s.model_copy(update={"voice_messages": enabled})
+
+        return await self._change(guild_id, change)
+
+    async def set_explicit_images(self, guild_id: int, where: ExplicitImages) -> GuildSettings:
+        """Where images judged explicit may be posted: nowhere, or age-restricted channels."""
+
+        def change(s: GuildSettings) -> GuildSettings:
+            return s.model_copy(update={"explicit_images": where})
 
         return await self._change(guild_id, change)
 

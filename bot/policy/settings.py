@@ -74,6 +74,13 @@ def limit_name(limit: Limit, amount: int) -> str:
     return (LIMIT_NAMES_ONE if amount == 1 else LIMIT_NAMES)[limit]
 
 
+class ExplicitImages(StrEnum):
+    """Where an image the classifier judges explicit may be posted."""
+
+    BLOCKED = "blocked"  # nowhere: the member is told privately, the usage is given back
+    AGE_RESTRICTED = "age_restricted"  # in age-restricted channels only; withheld elsewhere
+
+
 class QuotaRule(BaseModel):
     """One limit for the members holding ``role_id`` (the guild's id is @everyone).
 
@@ -121,6 +128,8 @@ class GuildSettings(BaseModel):
     private_results: bool = False
     # Speech posted as Discord voice messages (where the bot may), not MP3 attachments.
     voice_messages: bool = False
+    # Images judged explicit: never posted, or posted in age-restricted channels only.
+    explicit_images: ExplicitImages = ExplicitImages.BLOCKED
 
     def channels_for(self, feature: Feature) -> tuple[int, ...]:
         """The channels ``feature`` is limited to (empty: everywhere).

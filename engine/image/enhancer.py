@@ -50,7 +50,47 @@ COMPOSITION_TERMS = (
 QUALITY_TERMS = ("masterpiece", "best quality", "high resolution", "sharp focus", "professional")
 NEGATIVE_PROMPT = (
     "lowres, blurry, jpeg artifacts, deformed, bad anatomy, extra limbs, duplicate, "
-    "watermark, text, signature, cropped, worst quality"
+    "watermark, text, signature, cropped, worst quality, nsfw, nudity"
+)
+# Words and phrases that ask for explicit images; a prompt holding one is refused before
+# any work (``[engine.image.enhancer] refuse_explicit``), and a chat endpoint's answer
+# holding one is replaced by the template's. Unambiguous terms only, matched as whole
+# words (and plurals): "bare tree" or "Sussex" are fine.
+EXPLICIT_TERMS: tuple[str, ...] = (
+    "nsfw",
+    "porn",
+    "porno",
+    "pornographic",
+    "hentai",
+    "xxx",
+    "nude",
+    "nudes",
+    "naked",
+    "nudity",
+    "topless",
+    "bottomless",
+    "undressed",
+    "unclothed",
+    "nipple",
+    "bare breasts",
+    "boobs",
+    "genitals",
+    "genitalia",
+    "penis",
+    "vagina",
+    "erotic",
+    "erotica",
+    "having sex",
+    "sex scene",
+    "sexual intercourse",
+    "blowjob",
+    "cumshot",
+)
+_EXPLICIT = re.compile(
+    r"(?<![\w-])(?:"
+    + "|".join(r"\s+".join(map(re.escape, t.split())) for t in EXPLICIT_TERMS)
+    + r")s?(?![\w-])",
+    re.IGNORECASE,
 )
 SYSTEM_PROMPT = (
     "You rewrite short image prompts for a Stable Diffusion model. Keep the subject and "
@@ -58,6 +98,12 @@ SYSTEM_PROMPT = (
     "subject detail, lighting, composition and quality terms. Answer with the prompt only, "
     "one line, comma-separated, at most {max_words} words."
 )
+
+
+def explicit_term(text: str) -> str | None:
+    """The first term in ``text`` that asks for an explicit image, or ``None``."""
+    found = _EXPLICIT.search(" ".join(text.split()))
+    return found.group(0).lower() if found else None
 
 
 class EnhancerSource(StrEnum):
@@ -184,6 +230,13 @@ class ChatEnhancer:
             text = self._ask(_clean(prompt), trigger_word, seed)
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
             log.warning("prompt enhancer endpoint failed (%s); using the template", exc)
+            fallback = self.fallback.enhance(prompt, trigger_word, seed)
+            return EnhancedPrompt(
+                fallback.prompt, fallback.negative_prompt, EnhancerSource.FALLBACK
+            )
+        if explicit_term(text) is not None and explicit_term(prompt) is None:
+            # The endpoint made an ordinary prompt explicit: not drawn; the template instead.
+            log.warning("prompt enhancer endpoint added explicit terms; using the template")
             fallback = self.fallback.enhance(prompt, trigger_word, seed)
             return EnhancedPrompt(
                 fallback.prompt, fallback.negative_prompt, EnhancerSource.FALLBACK

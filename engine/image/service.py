@@ -25,6 +25,7 @@ from engine.errors import (
     Rejected,
     TooLargeUpload,
 )
+from engine.image.enhancer import explicit_term
 from engine.image.handlers import GENERATE_KIND, TRAIN_KIND
 from engine.image.models import LoraGenerationRow, LoraTrainingRow
 from engine.image.schemas import (
@@ -400,6 +401,16 @@ async def run_generation(
     The engine extensions of ``request`` (seed, negative prompt, aspect ratio, variation)
     travel in the job's payload; the worker maps the aspect ratio to its model's sizes.
     """
+    if settings_of(services).enhancer.refuse_explicit:
+        term = explicit_term(request.prompt)
+        if term is not None:
+            # Before any job: no queue slot, no GPU time for an image that is not drawn.
+            raise InvalidField(
+                "body",
+                "prompt",
+                f"the prompt asks for explicit content ({term!r}); this engine does not draw it",
+                request.prompt,
+            )
     generation_id = new_id()
     payload: dict[str, Any] = {"generation_id": generation_id, "prompt": request.prompt}
     if request.variation_of is not None:

@@ -163,6 +163,9 @@ class EnhancerSettings(_Section):
     api_key_env: str | None = Field(None, description="environment variable holding the key")
     timeout_seconds: float = Field(20.0, gt=0, le=600)
     max_words: int = Field(60, ge=10, le=300)
+    # Refuse prompts that ask for explicit images (422, before any work). Turn off only
+    # for a deployment that serves age-restricted communities alone.
+    refuse_explicit: bool = True
 
     @model_validator(mode="after")
     def _openai_needs_endpoint(self) -> EnhancerSettings:

@@ -178,6 +178,24 @@ async def test_the_built_in_list_blocks_whole_words_in_any_form(world: World) ->
     assert voice.startswith("Your text")
 
 
+async def test_prompts_asking_for_explicit_images_are_refused_before_any_work(
+    world: World,
+) -> None:
+    for prompt in [
+        "a topless woman on a beach",
+        "close-up of her nipples",
+        "a man with his penis out",
+        "an erotic photo, bare breasts",
+        "the couple having sex",
+        "fully undressed model",
+    ]:
+        text = await refused(world.gate, ask(text=prompt))
+        assert "nothing was sent to Ta-da" in text, prompt
+    # Ordinary prompts near those words pass.
+    for prompt in ["a woman in a sweater on a beach", "Sussex coast at dawn", "a bare tree"]:
+        await world.gate.admit(ask(text=prompt))
+
+
 async def test_admins_change_the_word_list(world: World) -> None:
     moderation = Moderation(exempt_words=("nude",), blocked_words=("pineapple pizza",))
     await world.policy.update(GUILD, lambda s: s.model_copy(update={"moderation": moderation}))

@@ -14,10 +14,12 @@ from pydantic import SecretStr
 from bot.app import BotServices, create_bot
 from bot.config import BotConfig
 from bot.jobs import JobKind, JobState, trainings
+from bot.safety import ImageSafety
 from bot.tada import TadaClient
 from bot.tada.models import LoraTraining
 from engine.settings import EngineSettings, JobSettings
 from tests.bot.conftest import make_bot_config
+from tests.bot.safety_world import ScriptedClassifier
 from tests.bot.test_demo import DemoChannelGate
 from tests.bot.test_lora import good_set, linked
 from tests.conftest import make_settings, register
@@ -146,6 +148,21 @@ async def test_a_private_training_shows_the_image_in_the_members_note(
     assert embed.description == "Validation image, step 4"
     [attached] = progress.attachments
     assert await attached.read() == (await _drawn(services, api, alice.id, str(job.tada_id)))[1]
+    _ = simcord_env.errors
+
+
+async def test_a_validation_image_judged_explicit_is_left_out(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    classifier = ScriptedClassifier()
+    safe = replace(services, safety=ImageSafety(classifier))
+    await simcord_env.restart_bot(create_bot(safe))
+
+    _, _, progress = await _train(simcord_env, safe, api)
+
+    # Both checkpoints' images were classified, neither shown; the progress is text.
+    assert classifier.seen == 2
+    assert progress.embeds == [] and progress.attachments == []
     _ = simcord_env.errors
 
 

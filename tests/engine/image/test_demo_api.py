@@ -84,6 +84,42 @@ async def test_demos_generate_with_their_lora_and_trigger_word(
         assert [g["demo"] for g in listed] == ["pudgy", "tadz"]
 
 
+async def test_a_prompt_asking_for_explicit_content_is_422_before_any_work(
+    tmp_path: Path, demo_loras: dict[str, Path]
+) -> None:
+    image = {
+        **IMAGE,
+        "generation": {"steps": 2},
+        "demos": {"tadz": {"lora_path": str(demo_loras["tadz"]), "trigger_word": "tadz"}},
+    }
+    settings = make_settings(
+        tmp_path / "e",
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        image=image,
+    )
+    async with running_engine(settings) as (_, api):
+        key = await register(api)
+        resp = await api.post(
+            "/api/demo/tadz", json={"prompt": "a Naked  woman on a beach"}, headers=h(key)
+        )
+        assert resp.status_code == 422, resp.text
+        [error] = resp.json()["detail"]
+        assert error["loc"] == ["body", "prompt"] and "explicit" in error["msg"]
+        # No generation was queued or made.
+        assert (await api.get("/api/loras/generations", headers=h(key))).json() == []
+    # An operator serving age-restricted communities alone can turn the refusal off.
+    image["enhancer"] = {"refuse_explicit": False}
+    settings = make_settings(
+        tmp_path / "f",
+        jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
+        image=image,
+    )
+    async with running_engine(settings) as (_, api):
+        key = await register(api)
+        resp = await api.post("/api/demo/tadz", json={"prompt": "nude"}, headers=h(key))
+        assert resp.status_code == 200, resp.text
+
+
 async def test_a_demo_whose_lora_file_is_missing_is_503(tmp_path: Path) -> None:
     image = {
         "demos": {

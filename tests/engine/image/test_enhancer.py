@@ -12,6 +12,7 @@ from engine.image.enhancer import (
     ChatEnhancer,
     EnhancerSource,
     TemplateEnhancer,
+    explicit_term,
     with_trigger,
 )
 from engine.image.settings import EnhancerSettings
@@ -109,3 +110,28 @@ def test_chat_failures_fall_back_to_the_template(response: httpx.Response | None
 def test_openai_backend_needs_an_endpoint() -> None:
     with pytest.raises(ValueError, match="base_url and model"):
         EnhancerSettings(backend="openai")
+
+
+def test_prompts_asking_for_explicit_images_are_recognised() -> None:
+    for prompt, term in [
+        ("a NUDE portrait", "nude"),
+        ("two  naked   people", "naked"),
+        ("the couple having   sex", "having sex"),
+        ("close-up of nipples", "nipples"),
+        ("an erotic photo", "erotic"),
+    ]:
+        assert explicit_term(prompt) == term, prompt
+    for prompt in ["a bare tree in Sussex", "a denuded hillside", "a nudeish-pink wall", "a cat"]:
+        assert explicit_term(prompt) is None, prompt
+    # The default negative prompt steers away from it as well.
+    assert explicit_term(NEGATIVE_PROMPT) == "nsfw"
+
+
+def test_a_chat_endpoint_that_makes_a_prompt_explicit_is_not_used() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        text = "a cat on a skateboard, topless woman watching"
+        return httpx.Response(200, json={"choices": [{"message": {"content": text}}]})
+
+    out = _chat(handler).enhance("a cat on a skateboard", "tadz", seed=5)
+    assert out.source is EnhancerSource.FALLBACK
+    assert explicit_term(out.prompt) is None
