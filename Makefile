@@ -78,6 +78,8 @@ bench: setup voice-data
 	$(PY) bench/sandbox_start.py
 	$(PY) bench/gate.py
 	$(PY) bench/hostile.py
+	$(PY) bench/hostile_audio.py
+	$(PY) bench/image_safety.py
 
 # Refresh the lock after changing dependencies (then run `make test`). A local build label
 # (torch's "+cpu") is dropped: the public index has no such version.
