@@ -104,9 +104,7 @@ def signature_in_fields(count: int = 400_000) -> bytes:
     mismatch is absorbed by its 'concatenated zip' correction)."""
     local, central, real = _good_part()
     directory = central + _many_records(count)
-    plain = struct.pack(
-        "<IHHHHIIH", 0x06054B50, 0, 0, real, real, len(directory), 0x06054B50, 0
-    )
+    plain = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, real, real, len(directory), 0x06054B50, 0)
     return local + directory + plain
 
 
@@ -220,12 +218,11 @@ def la_png(side: int = 7000) -> bytes:
 
 
 def wide_png(width: int = 195_312, height: int = 256) -> bytes:
-    """A palette PNG of an extreme aspect ratio (50 megapixels: at the pixel bound)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    """A grey PNG of an extreme aspect ratio (50 megapixels: at the pixel bound)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + _chunk(b"IHDR", ihdr)
-        + _chunk(b"PLTE", bytes([10, 80, 160]))
         + _chunk(b"IDAT", _blank_rows(width, height, 1))
         + _chunk(b"IEND", b"")
     )

@@ -221,8 +221,10 @@ async def lora_engine(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.Asyn
 
 
 def _hostile_puts(tmp: Path) -> Iterator[tuple[str, bytes, str]]:
-    yield "zip64", hostile.zip64_disagreeing(100_000), "entries"
-    la = hostile.zip_file(tmp / "la.zip", {**hostile.good_entries(), "set/la.png": hostile.la_png()})
+    yield "zip64", hostile.zip64_disagreeing(100_000), "end records disagree"
+    la = hostile.zip_file(
+        tmp / "la.zip", {**hostile.good_entries(), "set/la.png": hostile.la_png()}
+    )
     yield "la", la.read_bytes(), "'set/la.png'"
     meta = hostile.write_metadata_zip(tmp / "m.zip", "png", 64)
     yield "meta", meta.read_bytes(), "'set/meta.png'"
