@@ -31,7 +31,9 @@ from engine.image.untrusted import (
     ImageBounds,
     ImageRefused,
     NotAnImage,
+    NotUnpacked,
     Source,
+    TooManyEntries,
     ZipEntry,
     confined,
     decode_image,
@@ -237,6 +239,8 @@ def _read_one(source: Source, min_side: int, bounds: ImageBounds) -> tuple[int, 
             0,
             limits=bounds.limits(),
         )
+    except NotUnpacked as exc:
+        raise ImageRefused("could not be unpacked from the zip") from exc
     except NotAnImage as exc:
         raise ImageRefused("could not be decoded") from exc
     if min(header.width, header.height) < min_side:
@@ -258,6 +262,8 @@ def _decode_one(source: Source, bounds: ImageBounds) -> Image.Image:
             True,
             limits=bounds.limits(),
         )
+    except NotUnpacked as exc:
+        raise ImageRefused("could not be unpacked from the zip") from exc
     except NotAnImage as exc:
         raise ImageRefused("could not be decoded") from exc
     assert image is not None
@@ -398,6 +404,10 @@ def inspect_zip(data: bytes, *, min_side: int = MIN_IMAGE_SIDE) -> ImageSet:
                 MAX_ZIP_ENTRIES * 4096,
                 limits=LISTING_LIMITS,
             )
+        except TooManyEntries as exc:
+            raise MediaRejected(
+                f"That zip holds {exc.entries} entries; the bot takes at most {exc.limit}."
+            ) from exc
         except ImageRefused as exc:
             raise MediaRejected(f"That zip cannot be used: {exc}.") from exc
         refused: list[Refused] = []

@@ -208,7 +208,8 @@ class Confiner:
     def call(self, fn: Callable[..., T], *args: Any, limits: Limits) -> T:
         """``fn(*args)`` in a confined child; its result, or the exception it raised.
 
-        ``fn`` and its arguments and result must pickle (a module-level function, plain
+        ``fn`` and its arguments and result must pickle (a module-level function of an
+        importable module, not of the main script, which children do not import; plain
         data). An exception ``fn`` raises is raised here as it was (the caller's typed
         refusals pass through); running out of memory is :class:`OverMemory`.
         """
@@ -287,10 +288,62 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
             stream.close()
 
 
+def _lean_launch(popen: Any, process_obj: Any) -> None:
+    """``popen_forkserver.Popen._launch`` (Python 3.11-3.13), less the parent's main module.
+
+    multiprocessing has every child re-run the parent's main script (as ``__mp_main__``)
+    so that functions defined there unpickle. A confined call's function is module-level
+    elsewhere, and a program started as a script (``tada-bot``, ``tada-engine``,
+    ``bench/hostile.py``) would otherwise import everything it imports again in every
+    child: seconds a decode. (``set_forkserver_preload(["__main__"])`` does not help on
+    Python 3.11: the server is never given the main path.)
+    """
+    import io
+    from multiprocessing import forkserver, reduction, spawn, util
+    from multiprocessing.context import set_spawning_popen
+
+    prep_data = spawn.get_preparation_data(process_obj._name)
+    prep_data.pop("init_main_from_path", None)
+    prep_data.pop("init_main_from_name", None)
+    buf = io.BytesIO()
+    set_spawning_popen(popen)
+    try:
+        reduction.dump(prep_data, buf)
+        reduction.dump(process_obj, buf)
+    finally:
+        set_spawning_popen(None)
+    popen.sentinel, w = forkserver.connect_to_new_process(popen._fds)
+    parent_w = os.dup(w)
+    popen.finalizer = util.Finalize(popen, util.close_fds, (parent_w, popen.sentinel))  # type: ignore[attr-defined]
+    with open(w, "wb", closefd=True) as f:
+        f.write(buf.getbuffer())
+    popen.pid = forkserver.read_signed(popen.sentinel)
+
+
+if "forkserver" in multiprocessing.get_all_start_methods():
+    from multiprocessing import popen_forkserver
+    from multiprocessing.context import ForkServerProcess
+
+    class _LeanPopen(popen_forkserver.Popen):
+        def _launch(self, process_obj: Any) -> None:
+            _lean_launch(self, process_obj)
+
+    class _LeanProcess(ForkServerProcess):
+        @staticmethod
+        def _Popen(process_obj: Any) -> Any:
+            return _LeanPopen(process_obj)
+
+
+def _process_class() -> Any:
+    """The context's Process; under forkserver, one whose child skips ``__main__``."""
+    ctx = _context()
+    return _LeanProcess if ctx.get_start_method() == "forkserver" else ctx.Process
+
+
 def _call_confined(fn: Callable[..., T], args: tuple[Any, ...], limits: Limits) -> T:
     ctx = _context()
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child_main, args=(sender, fn, args, limits), daemon=True)
+    child = _process_class()(target=_child_main, args=(sender, fn, args, limits), daemon=True)
     deadline = time.monotonic() + limits.wall_seconds
     child.start()
     sender.close()

@@ -18,6 +18,7 @@ import io
 import math
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
@@ -80,6 +81,22 @@ class ImageRefused(ValueError):
 
 class NotAnImage(ImageRefused):
     """The bytes are not an image Pillow can read, or its data is damaged or truncated."""
+
+
+class NotUnpacked(NotAnImage):
+    """A zip entry that does not unpack: its size or CRC lies, or its method is unknown."""
+
+
+class TooManyEntries(ImageRefused):
+    """A zip whose directory holds (or declares) more entries than accepted."""
+
+    def __init__(self, entries: int, limit: int) -> None:
+        super().__init__(f"{entries} entries; at most {limit} are accepted")
+        self.entries = entries
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TooManyEntries, (self.entries, self.limit))
 
 
 @dataclass(frozen=True)
@@ -512,7 +529,7 @@ def list_zip(path: str, max_entries: int, max_directory_bytes: int) -> tuple[Zip
             end = zip_end(fh)
         if end is not None:
             if end.entries > max_entries:
-                raise ImageRefused(f"{end.entries} entries; at most {max_entries} are accepted")
+                raise TooManyEntries(end.entries, max_entries)
             if end.directory_bytes > max_directory_bytes:
                 raise ImageRefused(
                     f"its directory of entries is {end.directory_bytes} bytes, too large for a set"
@@ -520,7 +537,7 @@ def list_zip(path: str, max_entries: int, max_directory_bytes: int) -> tuple[Zip
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             if len(infos) > max_entries:
-                raise ImageRefused(f"{len(infos)} entries; at most {max_entries} are accepted")
+                raise TooManyEntries(len(infos), max_entries)
             return tuple(
                 ZipEntry(
                     i.filename,
@@ -588,7 +605,7 @@ def probe_image(
     except MemoryError:
         raise
     except Exception as exc:  # a damaged zip entry, a size that lies
-        raise NotAnImage(_unpack_reason(exc)) from None
+        raise _not_read(exc) from None
 
 
 def decode_image(
@@ -617,13 +634,15 @@ def decode_image(
     except MemoryError:
         raise
     except Exception as exc:
-        raise NotAnImage(_unpack_reason(exc)) from None
+        raise _not_read(exc) from None
 
 
-def _unpack_reason(exc: Exception) -> str:
+def _not_read(exc: Exception) -> NotAnImage:
     if isinstance(exc, zipfile.BadZipFile):
-        return "it holds more data than its header declares (or its checksum is wrong)"
-    return "it does not decode (damaged or truncated)"
+        return NotUnpacked("it holds more data than its header declares (or its CRC is wrong)")
+    if isinstance(exc, (NotImplementedError, RuntimeError, EOFError, zlib.error)):
+        return NotUnpacked("it does not unpack from the zip (damaged or unknown compression)")
+    return NotAnImage("it does not decode (damaged or truncated)")
 
 
 def confined(fn: Callable[..., T], *args: Any, limits: Limits) -> T:
