@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -43,21 +44,35 @@ TARGET_MB = 300.0
 MiB = 1024 * 1024
 
 
+def _tree_rss(proc: psutil.Process) -> int:
+    """RSS of ``proc`` and all its descendants (the confined decoders run in children)."""
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        procs = [proc]
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
 class PeakRss(threading.Thread):
-    """Samples this process's RSS every 2 ms; :meth:`finish` gives the peak growth in MB."""
+    """Samples the RSS of this process and its descendants every 2 ms; :meth:`finish`
+    gives the peak growth in MB."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         gc.collect()
         self.proc = psutil.Process()
-        self.baseline = self.proc.memory_info().rss
+        self.baseline = _tree_rss(self.proc)
         self.max_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self.peak = self.baseline
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.peak = max(self.peak, _tree_rss(self.proc))
             time.sleep(0.002)
 
     def finish(self) -> float:

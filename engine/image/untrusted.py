@@ -338,26 +338,6 @@ def drain(fh: IO[bytes]) -> None:
         pass
 
 
-def read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
-    """An entry's bytes, streamed: refused past ``cap`` or past what its header declares."""
-    if info.file_size > cap:
-        raise ImageRefused(f"it unpacks to {info.file_size} bytes; at most {cap} are accepted")
-    parts: list[bytes] = []
-    total = 0
-    try:
-        with zf.open(info) as fh:
-            while chunk := fh.read(MiB):
-                total += len(chunk)
-                if total > min(cap, info.file_size):
-                    raise ImageRefused("it holds more data than its header declares")
-                parts.append(chunk)
-    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
-        raise ImageRefused(
-            "it does not unpack (its size or checksum does not match the zip)"
-        ) from exc
-    return b"".join(parts)
-
-
 def is_unsafe_path(name: str) -> bool:
     """Absolute, drive-letter or ``..`` paths (with either separator)."""
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
