@@ -45,6 +45,8 @@ DECODE_SLACK_BYTES = 128 * MiB
 # before Pillow reads it whole.
 MAX_METADATA_BLOCK = 8 * MiB
 MAX_METADATA_TOTAL = 16 * MiB
+# Scans a JPEG may have: a progressive JPEG has about ten (libjpeg's default script).
+MAX_JPEG_SCANS = 100
 # Bytes per pixel of each decoded mode as Pillow stores it: one byte for the 8-bit
 # single-band modes, two for the 16-bit ones, and four for everything else (Pillow keeps
 # LA, PA, RGB, YCbCr, LAB and HSV in four-byte pixels, like RGBA).
@@ -403,7 +405,10 @@ def _walk_jpeg(fh: IO[bytes]) -> None:
         marker = fh.read(1)
         while marker == b"\xff":
             marker = fh.read(1)
-        if not marker or marker == b"\xda":  # start of scan: Pillow reads no further
+        if not marker:
+            return
+        if marker == b"\xda":  # the first scan: the rest is scans and their tables
+            _count_scans(fh)
             return
         if marker in (b"\x00", b"\xd8") or b"\xd0" <= marker <= b"\xd7":
             continue
@@ -415,6 +420,23 @@ def _walk_jpeg(fh: IO[bytes]) -> None:
         _too_much_metadata(length, total)
         if not _skip(fh, length - 2):
             return
+
+
+def _count_scans(fh: IO[bytes]) -> None:
+    """Refuse a JPEG of more than :data:`MAX_JPEG_SCANS` scans (each is a pass over every
+    block: a few hundred repeated scans cost minutes of CPU). In entropy-coded data a
+    0xFF byte is always followed by 0x00, so ``FF DA`` is a start-of-scan marker."""
+    scans = 1
+    carry = b""
+    while chunk := fh.read(MiB):
+        data = carry + chunk
+        scans += data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise ImageRefused(
+                f"it is a progressive JPEG of more than {MAX_JPEG_SCANS} scans; "
+                "save it again (baseline or standard progressive)"
+            )
+        carry = data[-1:] if data.endswith(b"\xff") else b""
 
 
 _WEBP_PIXELS = frozenset({b"VP8 ", b"VP8L", b"ALPH", b"ANMF", b"VP8X", b"ANIM"})

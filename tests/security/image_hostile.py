@@ -228,9 +228,9 @@ def wide_png(width: int = 195_312, height: int = 256) -> bytes:
     )
 
 
-def repeated_scans_jpeg(side: int = 4000, repeats: int = 600) -> bytes:
-    """A progressive JPEG that repeats one small AC scan ``repeats`` times: ~120 KB that
-    libjpeg walks over every block of, once per scan (about 17 ms of CPU a scan here)."""
+def repeated_scans_jpeg(side: int = 7000, repeats: int = 90) -> bytes:
+    """A progressive JPEG that repeats one small AC scan ``repeats`` times: ~200 KB that
+    libjpeg walks over every block of, once per scan (7000 px: ~40 ms of CPU a scan)."""
     buf = io.BytesIO()
     Image.new("L", (side, side), 128).save(buf, "JPEG", progressive=True, quality=90)
     data = buf.getvalue()

@@ -150,9 +150,19 @@ def test_a_progressive_jpeg_that_repeats_its_scans_is_stopped_at_the_cpu_bound(
     assert "CPU" in image_set.refused[0].reason
     assert got.cpu < 8, got.cpu
     # Training reads the images again, each confined as well.
-    report = ZipReport((ZipImage("set/scans.jpg", 4000, 4000, None),), (), ())
+    report = ZipReport((ZipImage("set/scans.jpg", 7000, 7000, None),), (), ())
     with pytest.raises(ImageRefused, match="CPU"):
         load_examples(path, report, "tadz", short_side=512, limits=limits)
+
+
+@pytest.mark.no_database
+def test_a_jpeg_of_hundreds_of_scans_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    jpeg = hostile.repeated_scans_jpeg(4000, 600)  # ~120 KB, ~10 s of CPU decoded
+    path = hostile.zip_file(tmp_path / "s.zip", {**hostile.good_entries(), "set/s.jpg": jpeg})
+    with hostile.TreePeak() as got:
+        text = _refusal(path)
+    assert "'set/s.jpg': it is a progressive JPEG of more than 100 scans" in text, text
+    assert got.cpu < 3, got.cpu
 
 
 @pytest.mark.no_database
