@@ -166,9 +166,11 @@ def _bot_stage(data: bytes) -> tuple[str, float]:
 
 
 def child(stage: str, zip_path: Path) -> dict[str, Any]:
-    """Run one stage on one zip in this process; the measurement of this process only."""
+    """Run one stage on one zip in this process; the measurement of this process and its
+    descendants (the confined decoders), CPU included (set-up too: an upper bound)."""
     data = zip_path.read_bytes()
     started = time.perf_counter()
+    cpu_before = _tree_cpu(psutil.Process())
     if stage == "bot-check":
         import bot.media  # noqa: F401  (imported before the baseline)
 
@@ -179,8 +181,23 @@ def child(stage: str, zip_path: Path) -> dict[str, Any]:
     return {
         "outcome": outcome,
         "peak_rss_growth_mb": growth,
+        "cpu_s": round(_tree_cpu(psutil.Process()) - cpu_before, 2),
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _tree_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of ``proc``, its live descendants and the children they reaped."""
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        procs = [proc]
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def run_child(stage: str, zip_path: Path, kill_mb: int, timeout: float) -> dict[str, Any]:
@@ -243,6 +260,7 @@ def main() -> int:
                 results.append({**row, **got})
                 print(
                     f"{name:45.45s} {stage:19s} {got['peak_rss_growth_mb']!s:>8} MB  "
+                    f"{got.get('cpu_s')!s:>6} s CPU  "
                     f"{got['outcome'][:90]}",
                     flush=True,
                 )
