@@ -7,6 +7,15 @@ million entries or sizes that lie. Everything here looks at what a file declares
 decoding it; what is decoded is decoded at the size it is needed at (JPEG draft, reduce),
 first frame only. The reasons are written for the member.
 
+The estimates are the cheap first gate; what bounds the work by construction is that every
+read of a member's bytes (the zip's directory, captions, each image's header and its
+decode) runs in a confined child process (:mod:`engine.confine`: address space of
+:attr:`ImageBounds.max_decode_bytes` plus :data:`DECODE_SLACK_BYTES`, CPU seconds, wall
+clock, result size), through :func:`confined`, which turns a limit hit into an
+:class:`ImageRefused` naming it. The zip's end records are read as zipfile reads them
+(:func:`zip_end`); metadata blocks are walked before Pillow reads them
+(:func:`check_metadata`).
+
 Pillow and the standard library only: the engine's zip check and training, and the bot's
 upload check, all read images through here. Blocking code: call it in a thread or worker.
 """

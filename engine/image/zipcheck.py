@@ -5,8 +5,10 @@ entries may be links, sizes may lie (zip bombs), the directory may hold millions
 entries, zips may nest, images may declare more pixels than memory holds or not decode.
 What the zip and each image declare is checked before anything is read, images are
 streamed from the zip and decoded at the size they are needed at
-(:mod:`engine.image.untrusted`). Every problem is collected, so the member fixes the zip
-once rather than once per problem. Blocking code: call it in a thread or in the worker.
+(:mod:`engine.image.untrusted`), each read in a confined child process. Problems are
+collected, so the member fixes the zip once rather than once per problem; a step that
+refuses (too many entries or images, too many pixels in all) stops before the next one
+reads anything. Blocking code: call it in a thread or in the worker.
 """
 
 from __future__ import annotations
