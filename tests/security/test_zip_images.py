@@ -106,11 +106,13 @@ def test_metadata_blocks_of_hundreds_of_megabytes_are_refused_unread(
         text = _refusal(path)
     assert f"'set/meta.{fmt}'" in text, text
     assert "good0" not in text, text
-    data = path.read_bytes()
+    # The bot refuses entries past 100 MB unread: its metadata walk is shown under that.
+    small = hostile.write_metadata_zip(path.with_name(f"small-{fmt}.zip"), fmt, 64)
+    data = small.read_bytes()
     with hostile.TreePeak() as bot:
         image_set = bot_inspect_zip(data)
     reasons = {r.name: r.reason for r in image_set.refused}
-    assert f"set/meta.{fmt}" in reasons, reasons
+    assert "metadata" in reasons.get(f"set/meta.{fmt}", ""), reasons
     assert len(image_set.kept) == 4
     for side, got in (("engine", engine), ("bot", bot)):
         assert got.growth_mb < BOUND_MB, (side, got.growth_mb)
