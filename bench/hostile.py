@@ -12,9 +12,10 @@ stage, through:
 
 Each child reports its RSS growth over its own baseline (taken after set-up, with the zip's
 bytes already in memory) at the peak: the larger of a 2 ms RSS sampler and the kernel's
-``ru_maxrss`` when that rose during the run. Decoders run confined in children of their own
-(:mod:`engine.confine`); their peak RSS (whole, not growth: an upper bound) is added, and so
-is their CPU: the figures are the process tree's. The parent kills a child past ``--kill-mb``.
+``ru_maxrss`` when that rose during the run, over the process tree: decoders run confined
+in children of their own (:mod:`engine.confine`), sampled with their parent, and each
+reports its own peak and CPU (its whole RSS, not growth: an upper bound). The parent
+kills a child past ``--kill-mb``.
 Writes bench/results/hostile.json; the target is under 300 MB for any input.
 
     python bench/hostile.py [--case NAME ...] [--stage STAGE ...]
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -45,14 +47,28 @@ TARGET_MB = 300.0
 MiB = 1024 * 1024
 
 
+def _tree_rss(proc: psutil.Process) -> int:
+    """RSS of ``proc`` and all its descendants (the confined decoders run in children)."""
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        procs = [proc]
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
 class PeakRss(threading.Thread):
-    """Samples this process's RSS every 2 ms; :meth:`finish` gives the peak growth in MB."""
+    """Samples the RSS of this process and its descendants every 2 ms; :meth:`finish`
+    gives the peak growth in MB."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         gc.collect()
         self.proc = psutil.Process()
-        self.baseline = self.proc.memory_info().rss
+        self.baseline = _tree_rss(self.proc)
         self.max_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self.peak = self.baseline
         self.done = threading.Event()
@@ -67,12 +83,13 @@ class PeakRss(threading.Thread):
 
     def run(self) -> None:
         while not self.done.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.peak = max(self.peak, _tree_rss(self.proc))
             time.sleep(0.002)
 
     def finish(self) -> float:
-        """The process tree's peak RSS growth in MB (this process's, plus its largest
-        confined decoder's whole peak); :attr:`cpu_seconds` is set alongside."""
+        """The process tree's peak RSS growth in MB: the sampled tree's, or the largest
+        confined decoder's own peak (the kernel's, for one too short-lived to sample) if
+        higher; :attr:`cpu_seconds` (this process and its confined decoders) alongside."""
         self.done.set()
         self.join()
         max_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -82,7 +99,7 @@ class PeakRss(threading.Thread):
             time.process_time() - self.cpu_before + sum(u.cpu_seconds for u in self.confined), 2
         )
         self.limits_hit = sorted({u.outcome for u in self.confined} - {"ok", "refused"})
-        self.growth_mb = round((max(0, peak - self.baseline) + child_peak) / MiB, 1)
+        self.growth_mb = round(max(peak - self.baseline, child_peak, 0) / MiB, 1)
         return self.growth_mb
 
 
@@ -172,7 +189,8 @@ def _bot_stage(data: bytes) -> tuple[str, PeakRss]:
 
 
 def child(stage: str, zip_path: Path) -> dict[str, Any]:
-    """Run one stage on one zip in this process; the measurement of this process only."""
+    """Run one stage on one zip in this process; the measurement of this process and its
+    descendants (the confined decoders), CPU included."""
     data = zip_path.read_bytes()
     started = time.perf_counter()
     if stage == "bot-check":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import array
 import asyncio
-import contextlib
 import hashlib
 import io
 import math
@@ -20,11 +19,9 @@ import shutil
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import IO
 
 from PIL import Image, ImageDraw, ImageOps
 
@@ -40,15 +37,20 @@ from engine.confine import (
     process_confiner,
 )
 from engine.image.untrusted import (
+    LISTING_LIMITS,
     ImageBounds,
     ImageRefused,
     NotAnImage,
-    check_header,
-    decode,
+    NotUnpacked,
+    Source,
+    TooManyEntries,
+    ZipEntry,
+    confined,
+    decode_image,
     is_archive,
     is_unsafe_path,
-    open_image,
-    zip_end,
+    list_zip,
+    probe_image,
 )
 from engine.voice.container import (
     AudioContainer,
@@ -298,55 +300,97 @@ def _thumbnail(image: Image.Image, side: int = 160) -> bytes:
     return out.getvalue()
 
 
-Opener = Callable[[], AbstractContextManager[IO[bytes]]]
-"""Opens one file of a set for reading (an attachment's bytes, or a zip entry streamed)."""
-
-
-def _decode_one(open_file: Opener, min_side: int, bounds: ImageBounds) -> Image.Image:
-    """One image, upright, its short side at most :data:`MAX_KEPT_SIDE`; or ImageRefused."""
+def _read_one(source: Source, min_side: int, bounds: ImageBounds) -> tuple[int, int]:
+    """What one image declares, checked (a confined child); the size it is kept at."""
     try:
-        with open_file() as fh, open_image(fh, IMAGE_FORMATS) as img:
-            width, height = img.size
-            if min(width, height) < min_side:
-                raise ImageRefused(f"too small ({width}x{height}, need {min_side} px)")
-            check_header(img, bounds, MAX_KEPT_SIDE)
-            return decode(img, MAX_KEPT_SIDE)
+        header = confined(
+            probe_image,
+            source,
+            IMAGE_FORMATS,
+            IMAGE_FORMATS,
+            bounds,
+            MAX_KEPT_SIDE,
+            0,
+            limits=bounds.limits(),
+        )
+    except NotUnpacked as exc:
+        raise ImageRefused("could not be unpacked from the zip") from exc
     except NotAnImage as exc:
         raise ImageRefused("could not be decoded") from exc
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
-        # RuntimeError: an encrypted entry; NotImplementedError: an unknown compression.
+    if min(header.width, header.height) < min_side:
+        raise ImageRefused(f"too small ({header.width}x{header.height}, need {min_side} px)")
+    scale = min(1.0, MAX_KEPT_SIDE / min(header.width, header.height))
+    return round(header.width * scale), round(header.height * scale)
+
+
+def _decode_one(source: Source, bounds: ImageBounds) -> Image.Image:
+    """One image, upright, its short side at most :data:`MAX_KEPT_SIDE` (a confined child)."""
+    try:
+        image = confined(
+            decode_image,
+            source,
+            IMAGE_FORMATS,
+            bounds,
+            MAX_KEPT_SIDE,
+            True,
+            True,
+            limits=bounds.limits(),
+        )
+    except NotUnpacked as exc:
         raise ImageRefused("could not be unpacked from the zip") from exc
+    except NotAnImage as exc:
+        raise ImageRefused("could not be decoded") from exc
+    assert image is not None
+    return image
 
 
 def _build(
-    files: Iterable[tuple[str, Opener]],
+    files: Iterable[tuple[str, Source]],
     refused: list[Refused],
     *,
     min_side: int,
-    bounds: ImageBounds = IMAGE_BOUNDS,
+    bounds: ImageBounds | None = None,
 ) -> ImageSet:
-    """Decode, turn upright, de-duplicate and zip images (PNG inside, numbered)."""
+    """Check, decode, turn upright, de-duplicate and zip images (PNG inside, numbered).
+
+    Refusals that cost nothing come first: by name, then by count (candidates past
+    :data:`MAX_SET_IMAGES` are not read), then by what each header declares (pixels,
+    frames, decode cost, metadata; the set's pixels), and only then is each decoded.
+    Every read of a member's bytes runs in a confined child (:mod:`engine.confine`).
+    """
+    bounds = bounds or IMAGE_BOUNDS
+    candidates: list[tuple[str, Source]] = []
+    for name, source in files:
+        if suffix_of(name) not in IMAGE_SUFFIXES:
+            refused.append(Refused(name, "not an image file"))
+        elif len(candidates) >= MAX_SET_IMAGES:
+            refused.append(Refused(name, f"more than {MAX_SET_IMAGES} images in the set"))
+        else:
+            candidates.append((name, source))
+    declared: list[tuple[str, Source]] = []
+    set_pixels = 0
+    for name, source in candidates:
+        try:
+            width, height = _read_one(source, min_side, bounds)
+        except ImageRefused as exc:
+            refused.append(Refused(name, str(exc)))
+            continue
+        set_pixels += width * height
+        if set_pixels > MAX_SET_PIXELS:
+            refused.append(Refused(name, "the set is already as large as the bot takes"))
+            set_pixels -= width * height
+            continue
+        declared.append((name, source))
     seen: set[str] = set()
     kept: list[str] = []
     thumbs: list[bytes] = []
-    set_pixels = 0
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
-        for name, open_file in files:
-            if suffix_of(name) not in IMAGE_SUFFIXES:
-                refused.append(Refused(name, "not an image file"))
-                continue
-            if len(kept) >= MAX_SET_IMAGES:
-                refused.append(Refused(name, f"more than {MAX_SET_IMAGES} images in the set"))
-                continue
+        for name, source in declared:
             try:
-                image = _decode_one(open_file, min_side, bounds)
+                image = _decode_one(source, bounds)
             except ImageRefused as exc:
                 refused.append(Refused(name, str(exc)))
-                continue
-            set_pixels += image.width * image.height
-            if set_pixels > MAX_SET_PIXELS:
-                refused.append(Refused(name, "the set is already as large as the bot takes"))
                 continue
             digest = hashlib.sha256(image.tobytes()).hexdigest()
             if digest in seen:
@@ -370,21 +414,19 @@ def build_image_set(
     """Decode, turn upright, de-duplicate and zip images (PNG inside, numbered).
 
     Each image's header is checked before it is decoded (pixels, frames, the memory its
-    decoding takes); larger ones are decoded at reduced size, first frame only. Raises
-    :class:`MediaRejected` when no image is usable, naming what was wrong.
+    decoding takes); larger ones are decoded at reduced size, first frame only, in a
+    confined child. Raises :class:`MediaRejected` when no image is usable, naming what
+    was wrong.
     """
-
-    def opener(data: bytes) -> Opener:
-        return lambda: contextlib.nullcontext(io.BytesIO(data))
-
-    return _build([(name, opener(data)) for name, data in files], [], min_side=min_side)
+    return _build([(name, Source(data=data)) for name, data in files], [], min_side=min_side)
 
 
-def _zip_entries(archive: zipfile.ZipFile, refused: list[Refused]) -> Iterator[tuple[str, Opener]]:
-    """The entries worth decoding, each streamed; the others go to ``refused`` with a reason."""
-    infos = archive.infolist()
-    declared = sum(i.file_size for i in infos)
-    packed = sum(i.compress_size for i in infos)
+def _zip_entries(
+    path: str, entries: Sequence[ZipEntry], refused: list[Refused]
+) -> Iterator[tuple[str, Source]]:
+    """The entries worth decoding; the others go to ``refused`` with a reason."""
+    declared = sum(i.file_size for i in entries)
+    packed = sum(i.compress_size for i in entries)
     if declared > MAX_UNPACKED_BYTES:
         raise MediaRejected(
             f"That zip unpacks to {declared // (1024 * 1024)} MB; the bot takes at most "
@@ -392,9 +434,9 @@ def _zip_entries(archive: zipfile.ZipFile, refused: list[Refused]) -> Iterator[t
         )
     if declared > 1024 * 1024 and declared > packed * MAX_COMPRESSION_RATIO:
         raise MediaRejected("That zip unpacks to far more than its size (a zip bomb?).")
-    for info in infos:
-        name = info.filename
-        if info.is_dir() or "__MACOSX" in name:
+    for info in entries:
+        name = info.name
+        if info.is_dir or "__MACOSX" in name:
             continue
         if is_unsafe_path(name):
             refused.append(Refused(name, "unsafe path (absolute or with '..')"))
@@ -412,34 +454,38 @@ def _zip_entries(archive: zipfile.ZipFile, refused: list[Refused]) -> Iterator[t
                 Refused(name, f"over {MAX_ENTRY_BYTES // (1024 * 1024)} MB once unpacked")
             )
             continue
-
-        def opener(entry: zipfile.ZipInfo = info) -> AbstractContextManager[IO[bytes]]:
-            return archive.open(entry)
-
-        yield name, opener
+        yield name, Source(path, name)
 
 
 def inspect_zip(data: bytes, *, min_side: int = MIN_IMAGE_SIDE) -> ImageSet:
     """Check a member's zip the same way and re-zip what is usable.
 
-    What the zip declares is checked before anything is read (entries, sizes, ratio);
-    entries are streamed one at a time, never unpacked whole.
+    Its directory is listed in a confined child (its end records read as Python's
+    zipfile reads them, so a ZIP64 record cannot hide millions of entries); what the
+    entries declare is checked before anything is read (entries, sizes, ratio); entries
+    are streamed one at a time from a private copy on disk, each in a confined child.
     """
     if len(data) > MAX_ZIP_BYTES:
         raise MediaRejected(f"That zip is over {MAX_ZIP_BYTES // (1024 * 1024)} MB.")
-    end = zip_end(io.BytesIO(data))
-    if end is not None and (
-        end.entries > MAX_ZIP_ENTRIES or end.directory_bytes > MAX_ZIP_ENTRIES * 4096
-    ):
-        raise MediaRejected(
-            f"That zip holds {end.entries} entries; the bot takes at most {MAX_ZIP_ENTRIES}."
-        )
-    refused: list[Refused] = []
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            return _build(_zip_entries(archive, refused), refused, min_side=min_side)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise MediaRejected("That file is not a readable zip archive.") from exc
+    with tempfile.TemporaryDirectory(prefix="tada-zip-") as tmp:
+        path = Path(tmp) / "set.zip"
+        path.write_bytes(data)
+        try:
+            entries = confined(
+                list_zip,
+                str(path),
+                MAX_ZIP_ENTRIES,
+                MAX_ZIP_ENTRIES * 4096,
+                limits=LISTING_LIMITS,
+            )
+        except TooManyEntries as exc:
+            raise MediaRejected(
+                f"That zip holds {exc.entries} entries; the bot takes at most {exc.limit}."
+            ) from exc
+        except ImageRefused as exc:
+            raise MediaRejected(f"That zip cannot be used: {exc}.") from exc
+        refused: list[Refused] = []
+        return _build(_zip_entries(str(path), entries, refused), refused, min_side=min_side)
 
 
 def contact_sheet(thumbnails: Sequence[bytes], *, columns: int = 5, side: int = 160) -> bytes:

@@ -121,8 +121,11 @@ resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 try:
-    os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNET)
-except (AttributeError, OSError):
+    import ctypes
+    unshare = ctypes.CDLL(None, use_errno=True).unshare
+    if unshare(0x10000000 | 0x40000000) != 0:  # CLONE_NEWUSER | CLONE_NEWNET
+        unshare(0x40000000)  # as root without user namespaces: CLONE_NEWNET alone
+except Exception:
     pass
 # glibc reserves 64 MB of address space for each thread's malloc arena: a program with a
 # thread per stage (ffmpeg 7) would spend its address-space budget on reservations.
@@ -132,6 +135,28 @@ os.execv(sys.argv[4], sys.argv[4:])
 # What a launched program's own address space is before it decodes anything (a static
 # ffmpeg maps about 60 MB of code and tables); added to the budget.
 _PROGRAM_BASE_BYTES = 160 * MiB
+
+
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+
+
+def leave_network() -> bool:
+    """Move this (single-threaded) process into a new, empty network namespace.
+
+    Through libc (``os.unshare`` is Python 3.12+): with a user namespace where the kernel
+    lets an unprivileged process make one, else the network namespace alone (root). Whether
+    it worked: where neither is allowed, the decoders still open nothing but their file.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        unshare = ctypes.CDLL(None, use_errno=True).unshare
+        return bool(unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0 or unshare(_CLONE_NEWNET) == 0)
+    except (OSError, AttributeError):
+        return False
 
 
 def _apply_limits(limits: Limits) -> None:
@@ -149,8 +174,7 @@ def _apply_limits(limits: Limits) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    with contextlib.suppress(AttributeError, OSError):
-        os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNET)  # type: ignore[attr-defined]
+    leave_network()
 
 
 def _child_main(
@@ -260,7 +284,8 @@ class Confiner:
     def call(self, fn: Callable[..., T], *args: Any, limits: Limits) -> T:
         """``fn(*args)`` in a confined child; its result, or the exception it raised.
 
-        ``fn`` and its arguments and result must pickle (a module-level function, plain
+        ``fn`` and its arguments and result must pickle (a module-level function of an
+        importable module, not of the main script, which children do not import; plain
         data). An exception ``fn`` raises is raised here as it was (the caller's typed
         refusals pass through); running out of memory is :class:`OverMemory`.
         """
@@ -368,10 +393,64 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
             stream.close()
 
 
+def _lean_launch(popen: Any, process_obj: Any) -> None:
+    """``popen_forkserver.Popen._launch`` (Python 3.11-3.13), less the parent's main module.
+
+    multiprocessing has every child re-run the parent's main script (as ``__mp_main__``)
+    so that functions defined there unpickle. A confined call's function is module-level
+    elsewhere, and a program started as a script (``tada-bot``, ``tada-engine``,
+    ``bench/hostile.py``) would otherwise import everything it imports again in every
+    child: seconds a decode. (``set_forkserver_preload(["__main__"])`` does not help on
+    Python 3.11: the server is never given the main path.)
+    """
+    import io
+    from multiprocessing import forkserver, reduction, spawn, util
+    from multiprocessing.context import set_spawning_popen
+
+    prep_data = spawn.get_preparation_data(process_obj._name)
+    prep_data.pop("init_main_from_path", None)
+    prep_data.pop("init_main_from_name", None)
+    buf = io.BytesIO()
+    set_spawning_popen(popen)
+    try:
+        reduction.dump(prep_data, buf)
+        reduction.dump(process_obj, buf)
+    finally:
+        set_spawning_popen(None)
+    popen.sentinel, w = forkserver.connect_to_new_process(popen._fds)
+    parent_w = os.dup(w)
+    popen.finalizer = util.Finalize(popen, util.close_fds, (parent_w, popen.sentinel))  # type: ignore[attr-defined]
+    with open(w, "wb", closefd=True) as f:
+        f.write(buf.getbuffer())
+    popen.pid = forkserver.read_signed(popen.sentinel)
+
+
+# Python 3.14 may launch differently: it gets the stock Process (correct, only slower).
+_LEAN = "forkserver" in multiprocessing.get_all_start_methods() and sys.version_info < (3, 14)
+if _LEAN:
+    from multiprocessing import popen_forkserver
+    from multiprocessing.context import ForkServerProcess
+
+    class _LeanPopen(popen_forkserver.Popen):
+        def _launch(self, process_obj: Any) -> None:
+            _lean_launch(self, process_obj)
+
+    class _LeanProcess(ForkServerProcess):
+        @staticmethod
+        def _Popen(process_obj: Any) -> Any:
+            return _LeanPopen(process_obj)
+
+
+def _process_class() -> Any:
+    """The context's Process; under forkserver, one whose child skips ``__main__``."""
+    ctx = _context()
+    return _LeanProcess if _LEAN and ctx.get_start_method() == "forkserver" else ctx.Process
+
+
 def _call_confined(fn: Callable[..., T], args: tuple[Any, ...], limits: Limits, cost: _Cost) -> T:
     ctx = _context()
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child_main, args=(sender, fn, args, limits), daemon=True)
+    child = _process_class()(target=_child_main, args=(sender, fn, args, limits), daemon=True)
     deadline = time.monotonic() + limits.wall_seconds
     child.start()
     sender.close()

@@ -856,16 +856,23 @@ def _load_checkpoint(
 
 
 def _cover_crop(image: Image.Image, width: int, height: int) -> tuple[Image.Image, int, int]:
-    """Resize to cover ``width`` x ``height`` and center-crop the excess; the crop's top, left."""
-    image = image.convert("RGB")
+    """Resize to cover ``width`` x ``height`` and center-crop the excess; the crop's top, left
+    (in the resized image's coordinates).
+
+    The crop is taken from the source before resizing (``resize``'s ``box``), so that only
+    ``width`` x ``height`` pixels are ever produced: a long, thin image is not upscaled whole
+    before most of it is cut away.
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     w, h = image.size
     scale = max(width / w, height / h)
-    resized = image.resize(
-        (max(width, round(w * scale)), max(height, round(h * scale))), Image.Resampling.BICUBIC
-    )
-    left = (resized.width - width) // 2
-    top = (resized.height - height) // 2
-    return resized.crop((left, top, left + width, top + height)), top, left
+    full_w, full_h = max(width, round(w * scale)), max(height, round(h * scale))
+    left = (full_w - width) // 2
+    top = (full_h - height) // 2
+    box = (left / scale, top / scale, (left + width) / scale, (top + height) / scale)
+    box = (max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3]))
+    return image.resize((width, height), Image.Resampling.BICUBIC, box=box), top, left
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:

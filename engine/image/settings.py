@@ -45,6 +45,12 @@ class ZipLimits(_Section):
         192, ge=1, description="memory one image may take to decode (estimated from its header)"
     )
     max_frames: int = Field(100, ge=1, description="frames an animated image may have")
+    max_aspect_ratio: float = Field(
+        8.0, ge=1, description="the long side of an image at most this many times the short one"
+    )
+    decode_cpu_seconds: int = Field(
+        20, ge=1, le=600, description="CPU seconds one image may take to read or decode"
+    )
 
     def image_bounds(self) -> ImageBounds:
         """The per-image bounds, for :mod:`engine.image.untrusted`."""
@@ -52,6 +58,8 @@ class ZipLimits(_Section):
             max_pixels=self.max_image_pixels,
             max_decode_bytes=self.max_decode_mib * MiB,
             max_frames=self.max_frames,
+            max_aspect=self.max_aspect_ratio,
+            cpu_seconds=self.decode_cpu_seconds,
         )
 
     @model_validator(mode="after")

@@ -5,15 +5,16 @@ entries may be links, sizes may lie (zip bombs), the directory may hold millions
 entries, zips may nest, images may declare more pixels than memory holds or not decode.
 What the zip and each image declare is checked before anything is read, images are
 streamed from the zip and decoded at the size they are needed at
-(:mod:`engine.image.untrusted`). Every problem is collected, so the member fixes the zip
-once rather than once per problem. Blocking code: call it in a thread or in the worker.
+(:mod:`engine.image.untrusted`), each read in a confined child process. Problems are
+collected, so the member fixes the zip once rather than once per problem; a step that
+refuses (too many entries or images, too many pixels in all) stops before the next one
+reads anything. Blocking code: call it in a thread or in the worker.
 """
 
 from __future__ import annotations
 
 import hashlib
 import stat
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -21,16 +22,18 @@ from typing import Any
 from engine.image.settings import ZipLimits
 from engine.image.types import TrainImage
 from engine.image.untrusted import (
-    ImageBounds,
+    LISTING_LIMITS,
+    ImageHeader,
     ImageRefused,
-    check_header,
-    decode,
-    drain,
+    Source,
+    ZipEntry,
+    confined,
+    decode_image,
     is_archive,
     is_unsafe_path,
-    open_image,
-    read_entry,
-    zip_end,
+    list_zip,
+    probe_image,
+    read_texts,
 )
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
@@ -40,6 +43,9 @@ _NAMED_FORMATS = IMAGE_FORMATS | {"GIF", "BMP", "TIFF"}
 # A central directory bigger than this is not a set of images (names of 4 KiB each).
 _DIRECTORY_BYTES_PER_ENTRY = 4096
 MAX_CAPTION_CHARS = 1000
+# A caption is read no further than this (UTF-8 takes at most 4 bytes a character; some
+# room for the blank lines and spaces that are stripped).
+MAX_CAPTION_BYTES = 4 * MAX_CAPTION_CHARS + 1024
 # Archive clutter from desktop tools: skipped without a mention.
 _JUNK_PREFIXES = ("__MACOSX/",)
 _JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
@@ -84,158 +90,172 @@ def _unsafe_path(name: str) -> bool:
     return is_unsafe_path(name)
 
 
-def _is_link(info: zipfile.ZipInfo) -> bool:
-    mode = info.external_attr >> 16
+def _is_link(entry: ZipEntry) -> bool:
+    mode = entry.external_attr >> 16
     return stat.S_ISLNK(mode)
 
 
-def _read_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
-    """Read an entry, refusing more bytes than its header declares (lying headers)."""
-    try:
-        return read_entry(zf, info, cap)
-    except ImageRefused as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def _check_image(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ZipLimits, bounds: ImageBounds
-) -> tuple[int, int]:
-    """Decode one entry (streamed, at the smallest size accepted) or say why it cannot be."""
-    try:
-        with zf.open(info) as fh:
-            with open_image(fh, _NAMED_FORMATS) as img:
-                if img.format not in IMAGE_FORMATS:
-                    raise ValueError(f"it is {img.format}, not jpg, png or webp")
-                width, height = img.size
-                if min(width, height) < limits.min_side:
-                    raise ValueError(
-                        f"it is {width}x{height}; each side needs at least {limits.min_side} px"
-                    )
-                check_header(img, bounds, limits.min_side)
-                decode(img, limits.min_side, upright=False)
-            drain(fh)  # the rest of the entry: its declared size and CRC are checked
-    except ImageRefused as exc:
-        raise ValueError(str(exc)) from exc
-    except zipfile.BadZipFile as exc:
-        raise ValueError("it holds more data than its header declares") from exc
-    return width, height
-
-
-def _directory_problem(path: Path, limits: ZipLimits) -> str | None:
-    """Too many entries, said by the zip's end record before Python parses its directory."""
-    with path.open("rb") as fh:
-        end = zip_end(fh)
-    if end is None:
-        return None
-    if end.entries > limits.max_entries:
-        return f"{end.entries} entries; at most {limits.max_entries} are accepted"
-    if end.directory_bytes > limits.max_entries * _DIRECTORY_BYTES_PER_ENTRY:
-        return f"its directory of entries is {end.directory_bytes} bytes, too large for a set"
-    return None
-
-
 def inspect_zip(path: Path, limits: ZipLimits) -> ZipReport:
-    """Check a training zip against ``limits``; never raises for bad content."""
+    """Check a training zip against ``limits``; never raises for bad content.
+
+    In this order, each step refusing before the next costs anything: the directory
+    (listed in a confined child: its end records read as zipfile reads them), what the
+    entries declare (sizes, ratio, paths, links, how many images), what each image's
+    header declares (one confined child each: pixels, frames, decode cost, metadata, and
+    the pixels of the set), then each image decoded (one confined child each, under the
+    OS limits of :meth:`ImageBounds.limits`), then the captions (read to a bound).
+    """
     problems: list[str] = []
     ignored: list[str] = []
     try:
-        directory = _directory_problem(path, limits)
-        if directory is not None:
-            return ZipReport((), (), (directory,))
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        return ZipReport((), (), (f"not a readable zip file ({exc})",))
-    with zf:
-        infos = zf.infolist()
-        if len(infos) > limits.max_entries:
-            problems.append(f"{len(infos)} entries; at most {limits.max_entries} are accepted")
-            return ZipReport((), (), tuple(problems))
-        declared = sum(i.file_size for i in infos)
-        packed = sum(i.compress_size for i in infos)
-        if declared > limits.max_uncompressed_bytes:
+        entries = confined(
+            list_zip,
+            str(path),
+            limits.max_entries,
+            limits.max_entries * _DIRECTORY_BYTES_PER_ENTRY,
+            limits=LISTING_LIMITS,
+        )
+    except ImageRefused as exc:
+        return ZipReport((), (), (str(exc),))
+    declared = sum(i.file_size for i in entries)
+    packed = sum(i.compress_size for i in entries)
+    if declared > limits.max_uncompressed_bytes:
+        problems.append(
+            f"it unpacks to {declared} bytes; at most {limits.max_uncompressed_bytes} are accepted"
+        )
+    if declared > _RATIO_FLOOR_BYTES and declared > packed * limits.max_compression_ratio:
+        problems.append(
+            f"compression ratio {declared / max(packed, 1):.0f}:1 is above "
+            f"{limits.max_compression_ratio:.0f}:1 (zip bomb?)"
+        )
+    if problems:
+        # Reading entries of a suspected bomb is exactly what it wants; stop here.
+        return ZipReport((), (), tuple(problems))
+    candidates: dict[str, ZipEntry] = {}
+    texts: dict[str, ZipEntry] = {}
+    for info in entries:
+        name = info.name
+        if _unsafe_path(name):
+            problems.append(f"{name!r}: unsafe path (absolute or '..')")
+            continue
+        if _is_link(info):
+            problems.append(f"{name!r}: links are not accepted")
+            continue
+        if info.is_dir:
+            continue
+        if info.flag_bits & 0x1:
+            problems.append(f"{name!r}: encrypted entries are not accepted")
+            continue
+        pure = PurePosixPath(name)
+        if name.startswith(_JUNK_PREFIXES) or pure.name in _JUNK_NAMES:
+            continue
+        suffix = pure.suffix.lower()
+        if is_archive(name):
             problems.append(
-                f"it unpacks to {declared} bytes; at most {limits.max_uncompressed_bytes} "
-                "are accepted"
+                f"{name!r}: zips or archives inside the zip are not accepted; "
+                "put the images in the zip itself"
             )
-        if declared > _RATIO_FLOOR_BYTES and declared > packed * limits.max_compression_ratio:
+        elif suffix in IMAGE_SUFFIXES:
+            candidates[name] = info
+        elif suffix == ".txt":
+            texts[str(pure.with_suffix(""))] = info
+        else:
+            ignored.append(name)
+    if len(candidates) > limits.max_images:
+        # Counted from the directory: not one of them is read.
+        problems.append(f"{len(candidates)} images; at most {limits.max_images} are accepted")
+        return ZipReport((), (), tuple(problems))
+    bounds = limits.image_bounds()
+    image_limits = bounds.limits()
+    headers: dict[str, ImageHeader] = {}
+    for name in candidates:
+        try:
+            headers[name] = confined(
+                probe_image,
+                Source(str(path), name),
+                _NAMED_FORMATS,
+                IMAGE_FORMATS,
+                bounds,
+                limits.min_side,
+                limits.min_side,
+                limits=image_limits,
+            )
+        except ImageRefused as exc:
+            problems.append(f"{name!r}: {exc}")
+    set_pixels = 0
+    for name, header in headers.items():
+        set_pixels += header.pixels
+        if set_pixels > limits.max_set_pixels:
             problems.append(
-                f"compression ratio {declared / max(packed, 1):.0f}:1 is above "
-                f"{limits.max_compression_ratio:.0f}:1 (zip bomb?)"
+                f"{name!r}: the images hold more than {limits.max_set_pixels // 1_000_000} "
+                "megapixels in all; send fewer or smaller images"
             )
-        if problems:
-            # Reading entries of a suspected bomb is exactly what it wants; stop here.
-            return ZipReport((), (), tuple(problems))
-        candidates: dict[str, zipfile.ZipInfo] = {}
-        texts: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
-            name = info.filename
-            if _unsafe_path(name):
-                problems.append(f"{name!r}: unsafe path (absolute or '..')")
-                continue
-            if _is_link(info):
-                problems.append(f"{name!r}: links are not accepted")
-                continue
-            if info.is_dir():
-                continue
-            if info.flag_bits & 0x1:
-                problems.append(f"{name!r}: encrypted entries are not accepted")
-                continue
-            pure = PurePosixPath(name)
-            if name.startswith(_JUNK_PREFIXES) or pure.name in _JUNK_NAMES:
-                continue
-            suffix = pure.suffix.lower()
-            if is_archive(name):
+    if set_pixels > limits.max_set_pixels:
+        return ZipReport((), tuple(sorted(ignored)), tuple(problems))
+    passed: list[str] = []
+    for name in headers:
+        try:
+            confined(
+                decode_image,
+                Source(str(path), name),
+                IMAGE_FORMATS,
+                bounds,
+                limits.min_side,
+                False,
+                False,
+                limits=image_limits,
+            )
+        except ImageRefused as exc:
+            problems.append(f"{name!r}: {exc}")
+            continue
+        passed.append(name)
+    captions = _captions(path, passed, texts)
+    images: list[ZipImage] = []
+    for name in passed:
+        header = headers[name]
+        text_info = texts.pop(str(PurePosixPath(name).with_suffix("")), None)
+        caption: str | None = None
+        if text_info is not None:
+            raw = captions.get(text_info.name)
+            if raw is None:
                 problems.append(
-                    f"{name!r}: zips or archives inside the zip are not accepted; "
-                    "put the images in the zip itself"
+                    f"{text_info.name!r}: caption longer than {MAX_CAPTION_CHARS} chars"
                 )
-            elif suffix in IMAGE_SUFFIXES:
-                candidates[name] = info
-            elif suffix == ".txt":
-                texts[str(pure.with_suffix(""))] = info
-            else:
-                ignored.append(name)
-        images: list[ZipImage] = []
-        cap = limits.max_uncompressed_bytes
-        bounds = limits.image_bounds()
-        set_pixels = 0
-        for name, info in candidates.items():
+                continue
             try:
-                width, height = _check_image(zf, info, limits, bounds)
-            except Exception as exc:
-                reason = str(exc) if isinstance(exc, ValueError) else "it does not decode"
-                problems.append(f"{name!r}: {reason}")
+                caption = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                problems.append(f"{text_info.name!r}: caption is not UTF-8 text")
                 continue
-            set_pixels += width * height
-            if set_pixels > limits.max_set_pixels:
+            if len(caption) > MAX_CAPTION_CHARS:
                 problems.append(
-                    f"{name!r}: the images hold more than {limits.max_set_pixels // 1_000_000} "
-                    "megapixels in all; send fewer or smaller images"
+                    f"{text_info.name!r}: caption longer than {MAX_CAPTION_CHARS} chars"
                 )
                 continue
-            caption = None
-            text_info = texts.pop(str(PurePosixPath(name).with_suffix("")), None)
-            if text_info is not None:
-                try:
-                    caption = _read_capped(zf, text_info, cap).decode("utf-8").strip()
-                except (ValueError, UnicodeDecodeError):
-                    problems.append(f"{text_info.filename!r}: caption is not UTF-8 text")
-                    continue
-                if len(caption) > MAX_CAPTION_CHARS:
-                    problems.append(
-                        f"{text_info.filename!r}: caption longer than {MAX_CAPTION_CHARS} chars"
-                    )
-                    continue
-            images.append(ZipImage(name, width, height, caption or None))
-        ignored.extend(info.filename for info in texts.values())
-        if len(images) < limits.min_images:
-            problems.append(
-                f"{len(images)} usable image(s) (jpg, png, webp); at least "
-                f"{limits.min_images} are needed"
-            )
-        elif len(images) > limits.max_images:
-            problems.append(f"{len(images)} images; at most {limits.max_images} are accepted")
+        images.append(ZipImage(name, header.width, header.height, caption or None))
+    ignored.extend(info.name for info in texts.values())
+    if len(images) < limits.min_images:
+        problems.append(
+            f"{len(images)} usable image(s) (jpg, png, webp); at least "
+            f"{limits.min_images} are needed"
+        )
     return ZipReport(tuple(images), tuple(sorted(ignored)), tuple(problems))
+
+
+def _captions(path: Path, names: list[str], texts: dict[str, ZipEntry]) -> dict[str, bytes | None]:
+    """The caption files of ``names``, each read to at most :data:`MAX_CAPTION_BYTES`
+    (+1: longer is refused), in one confined child."""
+    members = tuple(
+        texts[key].name
+        for name in names
+        if (key := str(PurePosixPath(name).with_suffix(""))) in texts
+    )
+    if not members:
+        return {}
+    try:
+        return confined(read_texts, str(path), members, MAX_CAPTION_BYTES, limits=LISTING_LIMITS)
+    except ImageRefused:
+        return dict.fromkeys(members)
 
 
 @dataclass(frozen=True)
@@ -330,14 +350,21 @@ def load_examples(
     """
     bounds = (limits or ZipLimits()).image_bounds()
     examples: list[TrainImage] = []
-    with zipfile.ZipFile(path) as zf:
-        for item in report.images:
-            try:
-                with zf.open(item.name) as fh, open_image(fh, IMAGE_FORMATS) as img:
-                    check_header(img, bounds, short_side)
-                    rgb = decode(img, short_side)
-            except ImageRefused as exc:
-                raise ImageRefused(f"the zip cannot be used: {item.name!r}: {exc}") from exc
-            caption = f"{trigger_word}, {item.caption}" if item.caption else trigger_word
-            examples.append(TrainImage(rgb, caption))
+    for item in report.images:
+        try:
+            rgb = confined(
+                decode_image,
+                Source(str(path), item.name),
+                IMAGE_FORMATS,
+                bounds,
+                short_side,
+                True,
+                True,
+                limits=bounds.limits(),
+            )
+        except ImageRefused as exc:
+            raise ImageRefused(f"the zip cannot be used: {item.name!r}: {exc}") from exc
+        assert rgb is not None
+        caption = f"{trigger_word}, {item.caption}" if item.caption else trigger_word
+        examples.append(TrainImage(rgb, caption))
     return examples

@@ -135,3 +135,37 @@ def test_each_run_reports_what_it_cost() -> None:
     assert call.peak_rss_bytes > 64 * MiB  # type: ignore[attr-defined]
     assert command.kind == "command" and command.peak_rss_bytes > 48 * MiB  # type: ignore[attr-defined]
     assert spun.outcome == "time"  # type: ignore[attr-defined]
+
+
+def _connect(port: int) -> str:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return "connected"
+    except OSError as exc:
+        return f"refused: {exc}"
+
+
+def test_a_confined_child_has_no_network_where_the_kernel_allows_it() -> None:
+    import socket
+    import subprocess
+
+    probe = subprocess.run(
+        [sys.executable, "-c", "from engine.confine import leave_network; print(leave_network())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    if probe.stdout.strip() != "True":
+        pytest.skip("this kernel allows no network namespace here")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert _connect(port) == "connected"  # the parent reaches it
+        got = Confiner(1).call(_connect, port, limits=Limits())
+        assert got.startswith("refused"), got
+        code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"
+        with pytest.raises(ChildFailed):
+            Confiner(1).run_command([sys.executable, "-c", code], Limits())
