@@ -113,9 +113,21 @@ class Conversion:
 
 
 def pitch(
-    audio: NDArray[Any], sample_rate: int, method: F0Tracker = F0Tracker.DIO
+    audio: NDArray[Any],
+    sample_rate: int,
+    method: F0Tracker = F0Tracker.DIO,
+    *,
+    octave_check: bool = False,
 ) -> tuple[Floats, Floats]:
-    """F0 per frame and the frame times."""
+    """F0 per frame and the frame times.
+
+    ``octave_check`` (DIO only): fold DIO's octave and fifth errors back with a check of
+    each frame's harmonics (:func:`octave_checked`). Members' samples need it: on a phone
+    band, in noise or from a headset DIO reads a voice 1.5x or 2x off (and the Piper base
+    voice a fifth high: 164 Hz where Harvest reads 107 Hz). The CPU reference back end
+    checks every track it makes, samples and base speech alike, so that both sides of the
+    F0 mapping are measured the same way.
+    """
     x = np.ascontiguousarray(audio, dtype=np.float64)
     if method is F0Tracker.HARVEST:
         f0, t = pyworld.harvest(
@@ -126,7 +138,9 @@ def pitch(
         x, sample_rate, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=FRAME_PERIOD_MS
     )
     f0 = pyworld.stonemask(x, f0, t, sample_rate)
-    return octave_checked(f0, harmonic_contrast(x, sample_rate)), t
+    if octave_check:
+        f0 = octave_checked(f0, harmonic_contrast(x, sample_rate))
+    return f0, t
 
 
 # The octave check: candidate F0s on a log grid, the harmonics it looks at, and its frames.
@@ -210,8 +224,7 @@ def octave_checked(f0: Floats, contrast: HarmonicContrast) -> Floats:
     A frame is folded (x2, /2, x3/2, x2/3) when the harmonic comb at the folded value is
     clearly stronger there and the folded value lies nearer the voice's centre (the median
     of the frames whose comb is clear): a check of the candidate's harmonics, held to the
-    speaker's own range. A voiced frame more than an octave and a half from the centre,
-    with nothing to fold it back to, is dropped as unvoiced.
+    speaker's own range. Voicing is left as DIO found it.
     """
     centre = contrast.clear_centre()
     voiced = np.flatnonzero(f0 > 0)
@@ -234,7 +247,6 @@ def octave_checked(f0: Floats, contrast: HarmonicContrast) -> Floats:
         best = np.where(take, folded, best)
         best_score = np.where(take, score, best_score)
         distance = np.where(take, np.abs(np.log(folded / centre)), distance)
-    best[distance > np.log(2.8)] = 0.0
     out[voiced] = best
     return out
 
@@ -246,6 +258,7 @@ def analyse(
     aperiodicity: bool = True,
     f0_track: tuple[Floats, Floats] | None = None,
     method: F0Tracker = F0Tracker.DIO,
+    octave_check: bool = False,
 ) -> WorldFeatures:
     """F0, spectral envelope and aperiodicity of ``audio``.
 
@@ -253,7 +266,11 @@ def analyse(
     ``f0_track`` reuses a :func:`pitch` result instead of tracking F0 again.
     """
     x = np.ascontiguousarray(audio, dtype=np.float64)
-    f0, t = f0_track if f0_track is not None else pitch(x, sample_rate, method)
+    f0, t = (
+        f0_track
+        if f0_track is not None
+        else pitch(x, sample_rate, method, octave_check=octave_check)
+    )
     # WORLD's default envelope floor (71 Hz) keeps the FFT at 1024 bins at 22 kHz: twice
     # as fast as fitting 55 Hz, and F0 below it still gets a usable envelope.
     sp = pyworld.cheaptrick(x, f0, t, sample_rate)
@@ -322,6 +339,8 @@ def speaker_stats(
     sample_rate: int,
     method: F0Tracker = F0Tracker.DIO,
     envelope_stride: int = 4,
+    *,
+    octave_check: bool = False,
 ) -> VoiceStats:
     """A speaker's F0 statistics and long-term envelope: F0 on every frame, envelope on a few.
 
@@ -329,7 +348,7 @@ def speaker_stats(
     the envelope four times cheaper and changes the average by a hair.
     """
     x = np.ascontiguousarray(audio, dtype=np.float64)
-    f0, t = pitch(x, sample_rate, method)
+    f0, t = pitch(x, sample_rate, method, octave_check=octave_check)
     mean, std = _robust_log_f0(f0)
     keep = slice(None, None, envelope_stride)
     sp = pyworld.cheaptrick(

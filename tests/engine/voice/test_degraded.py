@@ -59,7 +59,7 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> list[Recording]:
 
 
 def _median_f0(audio: NDArray[np.float32]) -> float:
-    f0, _ = world.pitch(audio, RATE, F0Tracker.DIO)
+    f0, _ = world.pitch(audio, RATE, F0Tracker.DIO, octave_check=True)
     return float(np.median(f0[f0 > 0]))
 
 
@@ -109,7 +109,7 @@ def test_degraded_speech_is_accepted_and_found_to_be_a_voice(
         except SampleRejected as exc:
             refused.append((r.speaker, r.condition, str(exc)))
             continue
-        stats = world.speaker_stats(sample.audio, RATE, F0Tracker.DIO)
+        stats = world.speaker_stats(sample.audio, RATE, F0Tracker.DIO, octave_check=True)
         share = stats.voiced_seconds / sample.speech_seconds
         if share < MIN_VOICED_SHARE or stats.log_f0_std < MIN_F0_SPREAD:
             refused.append((r.speaker, r.condition, f"voiced share {share:.2f}"))
