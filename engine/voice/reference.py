@@ -109,7 +109,9 @@ class CpuReferenceBackend:
         with self._base_lock:
             if self._base_stats is None or self._base_embedding is None:
                 speech = self.base_speech(BASE_REFERENCE_TEXT)
-                stats = world.speaker_stats(speech.audio, speech.sample_rate, self.f0_method)
+                stats = world.speaker_stats(
+                    speech.audio, speech.sample_rate, self.f0_method, octave_check=True
+                )
                 embedding = self.encoder.embed(speech.audio, speech.sample_rate)
                 self._base_stats, self._base_embedding = stats, embedding
             return self._base_stats, self._base_embedding
@@ -144,7 +146,9 @@ class CpuReferenceBackend:
     def analyse(self, sample: Sample) -> SpeakerProfile:
         """F0 statistics, long-term envelope and speaker embedding of a sample."""
         try:
-            stats = world.speaker_stats(sample.audio, sample.sample_rate, self.f0_method)
+            stats = world.speaker_stats(
+                sample.audio, sample.sample_rate, self.f0_method, octave_check=True
+            )
         except ValueError as exc:
             raise SampleRejected("no voice found in the sample; record yourself speaking") from exc
         active_seconds = max(0.001, sample.speech_seconds)
@@ -198,7 +202,9 @@ class CpuReferenceBackend:
             log.info("voice: too few words heard in the sample for a spectral mapping")
             return None
         rate = sample.sample_rate
-        target = world.analyse(sample.audio, rate, aperiodicity=False, method=self.f0_method)
+        target = world.analyse(
+            sample.audio, rate, aperiodicity=False, method=self.f0_method, octave_check=True
+        )
         # Piper reads differently each time: a short sample gets a few readings, pooled, so
         # its warp and mapping do not hang on one reading's timing (the sample is the same
         # in each: the ridge grows with the readings and the mapping stays as regularised).
@@ -213,7 +219,9 @@ class CpuReferenceBackend:
         for _ in range(readings):
             read = self.base_speech(said)
             read_audio.append(read.audio)
-            source = world.analyse(read.audio, rate, aperiodicity=False, method=self.f0_method)
+            source = world.analyse(
+                read.audio, rate, aperiodicity=False, method=self.f0_method, octave_check=True
+            )
             i, j = parallel.voiced_pairs(source.sp, source.f0, target.sp, target.f0, rate)
             sources.append(source)
             src_idx.append(i + offset)
@@ -311,7 +319,10 @@ class CpuReferenceBackend:
         base_stats, _ = self._base()
         plan = self.conversion(profile)
         chunks = self.piper.sentences(text)
-        tracks = [world.pitch(chunk, self.sample_rate, self.f0_method) for chunk in chunks]
+        tracks = [
+            world.pitch(chunk, self.sample_rate, self.f0_method, octave_check=True)
+            for chunk in chunks
+        ]
         mean, std = world.utterance_f0([f0 for f0, _ in tracks], base_stats)
         plan = replace(plan, source_log_f0_mean=mean, source_log_f0_std=std)
         raw_mapping = profile.params.get("mapping") if self.settings.spectral_mapping else None

@@ -40,7 +40,7 @@ DEFAULT_NEURAL_MODEL = "vibevoice/VibeVoice-1.5B-hf"
 class F0Tracker(StrEnum):
     """Which WORLD F0 tracker measures pitch (samples and base speech alike)."""
 
-    DIO = "dio"  # DIO + StoneMask: fast (~0.015 RTF); the default
+    DIO = "dio"  # DIO + StoneMask (+ a harmonic octave check on samples): fast; the default
     HARVEST = "harvest"  # steadier on low voices, but 10-40x DIO's cost: RTF well over 0.3
 
 

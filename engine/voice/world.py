@@ -113,9 +113,21 @@ class Conversion:
 
 
 def pitch(
-    audio: NDArray[Any], sample_rate: int, method: F0Tracker = F0Tracker.DIO
+    audio: NDArray[Any],
+    sample_rate: int,
+    method: F0Tracker = F0Tracker.DIO,
+    *,
+    octave_check: bool = False,
 ) -> tuple[Floats, Floats]:
-    """F0 per frame and the frame times."""
+    """F0 per frame and the frame times.
+
+    ``octave_check`` (DIO only): fold DIO's octave and fifth errors back with a check of
+    each frame's harmonics (:func:`octave_checked`). Members' samples need it: on a phone
+    band, in noise or from a headset DIO reads a voice 1.5x or 2x off (and the Piper base
+    voice a fifth high: 164 Hz where Harvest reads 107 Hz). The CPU reference back end
+    checks every track it makes, samples and base speech alike, so that both sides of the
+    F0 mapping are measured the same way.
+    """
     x = np.ascontiguousarray(audio, dtype=np.float64)
     if method is F0Tracker.HARVEST:
         f0, t = pyworld.harvest(
@@ -125,7 +137,118 @@ def pitch(
     f0, t = pyworld.dio(
         x, sample_rate, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=FRAME_PERIOD_MS
     )
-    return pyworld.stonemask(x, f0, t, sample_rate), t
+    f0 = pyworld.stonemask(x, f0, t, sample_rate)
+    if octave_check:
+        f0 = octave_checked(f0, harmonic_contrast(x, sample_rate))
+    return f0, t
+
+
+# The octave check: candidate F0s on a log grid, the harmonics it looks at, and its frames.
+_GRID = np.geomspace(F0_FLOOR, F0_CEIL, 160)
+_HARMONICS = 12
+_CHECK_HOP_S = 0.01
+_CHECK_WINDOW_S = 0.08
+# Contrast (natural log of magnitude) above which a frame's harmonic comb counts as clear.
+_CLEAR_CONTRAST = 1.0
+# Ratios a tracker's error can take: octaves, and a fifth (tracking 3 F0 / 2 or 2 F0 / 3).
+_FOLDS = (2.0, 0.5, 1.5, 2.0 / 3.0)
+# A fold is taken only when the comb at the folded value is this much clearer.
+_FOLD_MARGIN = 0.15
+
+
+@dataclass(frozen=True)
+class HarmonicContrast:
+    """Per frame and candidate F0: how much the spectrum at its harmonics stands above the
+    spectrum halfway between them (whitened log-magnitude, so level and formants cancel).
+
+    At the true F0 every harmonic is a peak and every midpoint a valley; an octave too low
+    puts half its harmonics in valleys, an octave (or a fifth) too high puts its midpoints
+    on peaks. Only the harmonics present count, so a phone band's missing fundamental
+    does not hide the voice's pitch (DIO and Harvest follow the fundamental itself).
+    """
+
+    values: Floats  # (frames, len(_GRID))
+    hop_s: float
+
+    def clear_centre(self) -> float | None:
+        """Median F0 of the frames with a clear comb; None when there are too few."""
+        best = self.values.max(axis=1)
+        clear = best > _CLEAR_CONTRAST
+        if int(clear.sum()) < 10:
+            return None
+        return float(np.exp(np.median(np.log(_GRID[self.values[clear].argmax(axis=1)]))))
+
+    def at(self, frames: NDArray[np.int64], f0: Floats) -> Floats:
+        """The contrast of candidate ``f0`` (Hz) in analysis frames ``frames``."""
+        cols = np.clip(np.round(np.log(f0 / F0_FLOOR) / np.log(_GRID[1] / _GRID[0])), 0, None)
+        cols = np.minimum(cols.astype(np.int64), len(_GRID) - 1)
+        inside = (f0 >= F0_FLOOR * 0.97) & (f0 <= F0_CEIL * 1.03)
+        return np.where(inside, self.values[frames, cols], -np.inf)
+
+
+def harmonic_contrast(x: NDArray[Any], sample_rate: int) -> HarmonicContrast:
+    """The :class:`HarmonicContrast` of ``x`` (80 ms windows every 10 ms, up to 3.4 kHz)."""
+    n_fft = int(2 ** np.ceil(np.log2(_CHECK_WINDOW_S * sample_rate)))
+    hop = max(1, int(_CHECK_HOP_S * sample_rate))
+    padded = np.pad(np.asarray(x, dtype=np.float64), (n_fft // 2, n_fft // 2))
+    n = max(1, 1 + (len(padded) - n_fft) // hop)
+    if len(padded) < n_fft:
+        padded = np.pad(padded, (0, n_fft - len(padded)))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:n]
+    mag = np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1)).astype(np.float32)
+    logs = np.log(mag + 1e-9 * float(mag.max()) + 1e-12)
+    bin_hz = sample_rate / n_fft
+    width = max(3, round(250.0 / bin_hz) | 1)
+    # Whitened: each bin against the mean of the 250 Hz around it.
+    cums = np.cumsum(np.pad(logs, ((0, 0), (width // 2 + 1, width // 2)), mode="edge"), axis=1)
+    white = logs - (cums[:, width:] - cums[:, :-width]) / width
+    top = min(3400.0, sample_rate / 2 * 0.95)
+    k = np.arange(1, _HARMONICS + 1, dtype=np.float64)
+
+    def comb(freqs: Floats) -> Floats:
+        keep = freqs <= top
+        pos = np.clip(freqs / bin_hz, 0, white.shape[1] - 2)
+        lo = np.floor(pos).astype(np.int64)
+        frac = (pos - lo).astype(np.float32)
+        vals = white[:, lo] * (1 - frac) + white[:, lo + 1] * frac  # (frames, grid, k)
+        return np.asarray((vals * keep).sum(axis=-1) / np.maximum(keep.sum(axis=-1), 1))
+
+    harmonics = comb(_GRID[:, None] * k[None, :])
+    midpoints = comb(_GRID[:, None] * (k[None, :] - 0.5))
+    return HarmonicContrast(values=(harmonics - midpoints).astype(np.float64), hop_s=_CHECK_HOP_S)
+
+
+def octave_checked(f0: Floats, contrast: HarmonicContrast) -> Floats:
+    """``f0`` (a 5 ms track) with octave and fifth errors folded back.
+
+    A frame is folded (x2, /2, x3/2, x2/3) when the harmonic comb at the folded value is
+    clearly stronger there and the folded value lies nearer the voice's centre (the median
+    of the frames whose comb is clear): a check of the candidate's harmonics, held to the
+    speaker's own range. Voicing is left as DIO found it.
+    """
+    centre = contrast.clear_centre()
+    voiced = np.flatnonzero(f0 > 0)
+    if centre is None or voiced.size == 0:
+        return f0
+    out = f0.copy()
+    cols = np.minimum(
+        np.round(voiced * (FRAME_PERIOD_MS / 1000.0) / contrast.hop_s).astype(np.int64),
+        len(contrast.values) - 1,
+    )
+    values = f0[voiced]
+    best = values.copy()
+    best_score = contrast.at(cols, values)
+    distance = np.abs(np.log(values / centre))
+    for ratio in _FOLDS:
+        folded = values * ratio
+        score = contrast.at(cols, folded)
+        nearer = np.abs(np.log(folded / centre)) < distance
+        take = nearer & (score > best_score + _FOLD_MARGIN)
+        best = np.where(take, folded, best)
+        best_score = np.where(take, score, best_score)
+        distance = np.where(take, np.abs(np.log(folded / centre)), distance)
+    out[voiced] = best
+    return out
 
 
 def analyse(
@@ -135,6 +258,7 @@ def analyse(
     aperiodicity: bool = True,
     f0_track: tuple[Floats, Floats] | None = None,
     method: F0Tracker = F0Tracker.DIO,
+    octave_check: bool = False,
 ) -> WorldFeatures:
     """F0, spectral envelope and aperiodicity of ``audio``.
 
@@ -142,7 +266,11 @@ def analyse(
     ``f0_track`` reuses a :func:`pitch` result instead of tracking F0 again.
     """
     x = np.ascontiguousarray(audio, dtype=np.float64)
-    f0, t = f0_track if f0_track is not None else pitch(x, sample_rate, method)
+    f0, t = (
+        f0_track
+        if f0_track is not None
+        else pitch(x, sample_rate, method, octave_check=octave_check)
+    )
     # WORLD's default envelope floor (71 Hz) keeps the FFT at 1024 bins at 22 kHz: twice
     # as fast as fitting 55 Hz, and F0 below it still gets a usable envelope.
     sp = pyworld.cheaptrick(x, f0, t, sample_rate)
@@ -211,6 +339,8 @@ def speaker_stats(
     sample_rate: int,
     method: F0Tracker = F0Tracker.DIO,
     envelope_stride: int = 4,
+    *,
+    octave_check: bool = False,
 ) -> VoiceStats:
     """A speaker's F0 statistics and long-term envelope: F0 on every frame, envelope on a few.
 
@@ -218,7 +348,7 @@ def speaker_stats(
     the envelope four times cheaper and changes the average by a hair.
     """
     x = np.ascontiguousarray(audio, dtype=np.float64)
-    f0, t = pitch(x, sample_rate, method)
+    f0, t = pitch(x, sample_rate, method, octave_check=octave_check)
     mean, std = _robust_log_f0(f0)
     keep = slice(None, None, envelope_stride)
     sp = pyworld.cheaptrick(

@@ -88,7 +88,9 @@ def transcode(wav: bytes, ext: str, tmp: Path) -> bytes:
 
 
 def median_f0(audio: NDArray[np.float32], sample_rate: int) -> float:
-    f0 = world.analyse(audio, sample_rate, aperiodicity=False).f0
+    # With the octave check samples get: plain DIO reads the base voice (and the "low"
+    # speaker made from it) a fifth high, 164 Hz where Harvest reads 107 Hz.
+    f0 = world.analyse(audio, sample_rate, aperiodicity=False, octave_check=True).f0
     return float(np.median(f0[f0 > 0]))
 
 

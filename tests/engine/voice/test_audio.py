@@ -137,3 +137,46 @@ def test_encode_writes_the_named_format(
     path.write_bytes(data)
     back = decode(path, RATE)
     assert abs(len(back) / RATE - len(base_sample.audio) / RATE) < 0.1
+
+
+def _gated(seconds: float, rate: int = RATE) -> np.ndarray:
+    """Syllable-rate on/off gating: sound that comes and goes like speech does."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (np.sin(2 * np.pi * 3 * t) > 0).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("kind", "detail"),
+    [
+        ("hiss", "stands out from its background"),
+        ("noise bursts", "no voice found"),
+        ("chords", "no voice found"),
+        ("tone", "steady tone"),
+    ],
+)
+def test_sound_that_is_not_speech_is_refused_with_its_reason(
+    tmp_path: Path, kind: str, detail: str
+) -> None:
+    """A voice-activity detector judges speech presence: loud sound alone is not speech."""
+    rng = np.random.default_rng(7)
+    t = np.arange(8 * RATE) / RATE
+    gate = _gated(8)
+    audio = {
+        "hiss": rng.normal(0, 0.1, t.size),
+        "noise bursts": rng.normal(0, 0.1, t.size) * gate,
+        "chords": sum(0.08 * np.sin(2 * np.pi * f * t) for f in (220, 277, 330, 440)) * gate,
+        "tone": 0.3 * np.sin(2 * np.pi * 180 * t) * gate,
+    }[kind]
+    with pytest.raises(SampleRejected, match=detail):
+        load(_write(tmp_path, np.asarray(audio, dtype=np.float32)))
+
+
+def test_speech_under_loud_noise_is_found(base_sample: Speaker, tmp_path: Path) -> None:
+    """Speech 5 dB over pink noise is still speech (a level threshold finds none of it)."""
+    from bench.degrade import add_noise
+
+    noisy = add_noise(base_sample.audio, base_sample.sample_rate, 5.0)
+    sample = load_sample(
+        _write(tmp_path, noisy), sample_rate=RATE, min_seconds=3, max_seconds=300, target_dbfs=-20
+    )
+    assert sample.speech_seconds > 0.6 * len(base_sample.audio) / base_sample.sample_rate
