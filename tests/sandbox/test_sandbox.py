@@ -46,6 +46,12 @@ def engine_settings(tmp_path: Path) -> EngineSettings:
     return make_settings(tmp_path / "data" / "engine", port=0)
 
 
+def services_bot(sandbox: Sandbox) -> TadaBot:
+    bot = sandbox.env.bot
+    assert isinstance(bot, TadaBot)
+    return bot
+
+
 def services_of(sandbox: Sandbox) -> Any:
     bot = sandbox.env.bot
     assert isinstance(bot, TadaBot)
@@ -260,13 +266,14 @@ async def test_the_page_is_answered_at_once_while_the_bot_works_on(
 ) -> None:
     # The freeze of issue 25: a browser action waited for all of the bot's work (a training,
     # a clone), so its tab showed "Completing action..." and other tabs were refused.
-    from tests.sandbox.slow_cog import DONE
+    from tests.sandbox.slow_cog import DONE, SlowCog
 
     extensions = (*EXTENSIONS, "tests.sandbox.slow_cog")
     async with open_sandbox(
         bot_config, engine_settings=engine_settings, extensions=extensions
     ) as sandbox:
-        slow = sandbox.env.bot.get_cog("SlowCog")
+        slow = services_bot(sandbox).get_cog("SlowCog")
+        assert isinstance(slow, SlowCog)
         address = sandbox.address
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{address.port}", timeout=200
