@@ -376,6 +376,9 @@ class LivePublication:
         return len(self.env.backend.transcript)
 
     def _record(self, page: Any, **kwargs: Any) -> None:
+        # Relative times (``<t:...:R>``) read against the preview's presentation time,
+        # which SimCord moves only on a refresh: moved to now on every publication.
+        self.preview._advance_presentation_time()
         self._publish(page, **kwargs)
         self._published[page.id] = self._changes()
 

@@ -175,7 +175,11 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
     extra = f"\n{note}" if note else ""
     if job.state is JobState.FAILED:
         items: tuple[discord.ui.Item[Any], ...] = ()
-        if job.kind is not JobKind.LORA_TRAIN:
+        # A training is retried from its image set. A demo that is not set up cannot be
+        # retried until it is: its notice can only be deleted.
+        if not result.get("retry", True):
+            items = (DeleteButton(job.id, owner),)
+        elif job.kind is not JobKind.LORA_TRAIN:
             items = (AgainButton(job.id, label="Retry"),)
         what = job.kind.yours
         return Outgoing(

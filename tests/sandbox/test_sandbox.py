@@ -145,6 +145,7 @@ async def test_the_page_shows_what_the_bot_posts_on_its_own(
             headers["X-Simcord-Context"] = opened["context"]["id"]
             revision = opened["publishedRevision"]
 
+            await asyncio.sleep(3)  # a page open a while: its presentation time was then
             # Like a job result: the bot posts without any browser action asking.
             channel = sandbox.env.bot.get_channel(sandbox.world.channels[SandboxChannel.GENERAL].id)
             assert isinstance(channel, discord.TextChannel)
@@ -154,6 +155,10 @@ async def test_the_page_shows_what_the_bot_posts_on_its_own(
             texts = [m.get("content") for m in state["messages"].values()]
             assert "Your training finished." in texts
             assert state["publishedRevision"] > revision
+            # Relative times in the page read against now (the wall clock), not the time
+            # the page was first published: "since 2 minutes", not "in 48 weeks".
+            shown_at = datetime.fromisoformat(state["profile"]["presentationTime"])
+            assert abs((shown_at - datetime.now(UTC)).total_seconds()) < 2.5
             # Nothing new: polling again does not republish.
             again = (await page.get("/api/state", headers=headers)).json()
             assert again["publishedRevision"] == state["publishedRevision"]
@@ -266,14 +271,15 @@ async def test_the_page_is_answered_at_once_while_the_bot_works_on(
 ) -> None:
     # The freeze of issue 25: a browser action waited for all of the bot's work (a training,
     # a clone), so its tab showed "Completing action..." and other tabs were refused.
-    from tests.sandbox.slow_cog import DONE, SlowCog
+    from tests.sandbox.slow_cog import DONE
 
     extensions = (*EXTENSIONS, "tests.sandbox.slow_cog")
     async with open_sandbox(
         bot_config, engine_settings=engine_settings, extensions=extensions
     ) as sandbox:
-        slow = services_bot(sandbox).get_cog("SlowCog")
-        assert isinstance(slow, SlowCog)
+        # discord.py imports an extension afresh: its class is not this module's SlowCog.
+        slow: Any = services_bot(sandbox).get_cog("SlowCog")
+        assert slow is not None
         address = sandbox.address
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{address.port}", timeout=200
