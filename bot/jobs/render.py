@@ -71,9 +71,10 @@ def progress_bar(fraction: float) -> str:
 
 
 def progress_fraction(training: LoraTraining) -> float:
-    """Progress as 0..1 whether the API reports 0..1 or 0..100."""
-    value = training.progress or 0.0
-    return value / 100.0 if value > 1.0 else value
+    """Progress as 0..1 whether the API reports 0..1 or 0..100 (an integer is always a
+    percentage: our engine's 1 is 1%, early in a long training, not 100%)."""
+    value = training.progress or 0
+    return value / 100.0 if isinstance(value, int) or value > 1.0 else value
 
 
 def _duration(seconds: float) -> str:
