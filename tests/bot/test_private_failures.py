@@ -89,6 +89,9 @@ async def test_operator_instructions_go_to_the_log_and_admin_show(
         f"{f.name}\n{f.value}" for e in show.response.embeds for f in e.fields
     ) + "".join(e.description or "" for e in show.response.embeds)
     assert "Tadz demo" in shown and "not configured" in shown, shown
+    # Worded for an admin: what is not set up yet, and who sets it up.
+    assert "Not set up on the Ta-da engine yet" in shown and "is missing" not in shown
+    assert "Whoever runs the bot sets them up" in shown
     added = await admin_says(server, "demo add", channel=server.general)
     assert "no Tadz demo model" in added, added
     _ = simcord_env.errors
