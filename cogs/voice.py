@@ -76,6 +76,13 @@ def voice_channel_of(
     state = interaction.user.voice if isinstance(interaction.user, discord.Member) else None
     room = state.channel if state is not None else None
     if not isinstance(room, discord.VoiceChannel | discord.StageChannel):
+        guild = interaction.guild
+        if guild is not None and not (guild.voice_channels or guild.stage_channels):
+            # The sandbox's simulated server, or a text-only one: nowhere to join.
+            raise UserFacingError(
+                "This server has no voice channel, so `/voice say` has nowhere to speak. "
+                "`/voice speak` posts the speech here instead."
+            )
         raise UserFacingError(
             "Join a voice channel first: `/voice say` speaks in the voice channel you are in. "
             "(`/voice speak` posts the speech here instead.)"
