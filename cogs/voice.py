@@ -47,8 +47,8 @@ def likeness_field(voice: Voice, latest: VoiceGeneration | None) -> tuple[str, s
         return None
     words = f" ({voice.base_likeness})" if voice.base_likeness else ""
     return "Before cloning", (
-        f"The base voice was {base}%{words} like your sample; cloning brings it closer. "
-        "Each speech shows how close the clone sounds."
+        f"The base voice was {base}%{words} like your sample, before cloning. Each speech "
+        "shows how close the clone sounds."
     )
 
 
