@@ -173,11 +173,12 @@ def test_a_first_session_voice_clone_speak_and_the_demo_channel(
 
 # The tiny image model, trained long enough (about a minute on a CPU, more under load) to
 # see the page stay usable while the bot works: issue 25's freeze only showed in trainings
-# that last. A validation image every 2000 steps, shown in the progress message.
+# that last (about 25 ms a step on a quiet 2-core machine). A validation image every 500
+# steps, shown in the progress message.
 TINY_TRAINING = """
 [engine.image.training]
-steps = 8000
-checkpoint_every = 2000
+steps = 2000
+checkpoint_every = 500
 rank = 4
 learning_rate = 1e-2
 batch_size = 2
