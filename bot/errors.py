@@ -65,6 +65,23 @@ class NotLinked(UserFacingError):
         )
 
 
+# How members call the demos (``/demo tadz``, ``/demo pudgy``).
+DEMO_NAMES = {"tadz": "Tadz", "pudgy": "Pudgy Penguins"}
+
+
+class DemoNotSetUp(UserFacingError):
+    """The engine has no model for this demo: no request can succeed until the bot's
+    operator adds one, so there is nothing to retry."""
+
+    def __init__(self, model: str) -> None:
+        name = DEMO_NAMES.get(model, model)
+        super().__init__(
+            f"The {name} demo is not set up on this server's Ta-da engine yet, so it cannot "
+            "make images for now. Server admins: `/tada-admin show` lists what the engine is "
+            "missing; whoever runs the bot adds the demo model to the engine's settings."
+        )
+
+
 def new_reference() -> str:
     """A short id that ties a member's report to one log line."""
     return secrets.token_hex(4).upper()

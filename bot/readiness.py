@@ -37,6 +37,9 @@ class Lack:
     what: str
     detail: str
     seen_at: datetime
+    # Known from the engine's own settings (embedded): it lasts until the bot restarts with
+    # other settings. A lack learnt from an answer may be fixed at any time, unseen.
+    from_settings: bool = False
 
 
 class EngineReadiness:
@@ -58,7 +61,9 @@ class EngineReadiness:
         for name in DEMO_TITLES:
             if name not in image.demos:
                 readiness.demo_missing(
-                    name, f"set [engine.image.demos.{name}] in the engine's config.toml"
+                    name,
+                    f"set [engine.image.demos.{name}] in the engine's config.toml",
+                    from_settings=True,
                 )
         if image.is_tiny:
             readiness.test_model_seen("no base model: [engine.image] model_path is not set")
@@ -72,14 +77,25 @@ class EngineReadiness:
         """Whether the engine is known to have no ``name`` demo model."""
         return f"demo:{name}" in self._lacks
 
+    def demo_not_set_up(self, name: str) -> bool:
+        """Whether the engine's settings have no ``name`` demo: every request would fail,
+        so members are told without one being made."""
+        lack = self._lacks.get(f"demo:{name}")
+        return lack is not None and lack.from_settings
+
     def missing_demos(self) -> list[str]:
         """The titles of the demos known to be missing."""
         return [title for name, title in DEMO_TITLES.items() if self.lacks_demo(name)]
 
-    def demo_missing(self, name: str, detail: str) -> None:
-        """The engine said the ``name`` demo is not configured."""
+    def demo_missing(self, name: str, detail: str, *, from_settings: bool = False) -> None:
+        """The engine said (or its settings say) the ``name`` demo is not configured."""
         title = DEMO_TITLES.get(name, f"{name} demo")
-        self._lacks[f"demo:{name}"] = Lack(f"{title}: not configured", detail, _now())
+        known = self._lacks.get(f"demo:{name}")
+        if known is not None and known.from_settings:
+            return  # the settings' word stands until a demo image is made
+        self._lacks[f"demo:{name}"] = Lack(
+            f"{title}: not configured", detail, _now(), from_settings=from_settings
+        )
 
     def demo_works(self, name: str) -> None:
         """A ``name`` demo image was made: whatever was missing is there now."""

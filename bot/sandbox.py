@@ -14,10 +14,17 @@ SimCord's preview shows one channel per session. :class:`Sandbox` serves the san
 channels one at a time at the same address and access token: ``/sandbox channel`` (a
 command only the sandbox loads) switches, then the page is reloaded.
 
+The page never waits for the bot's long work (:class:`AnsweredSettlement`): a browser
+action ends once the bot has answered the interaction it sent, as on Discord, and what the
+bot does next (a training's progress edits, a result) reaches the page as it polls
+(:class:`LivePublication`). The simulated clock follows the wall clock once the world is
+built (:func:`follow_wall_clock`), so times the bot keeps (jobs) and times Discord shows
+agree.
+
 SimCord has no public API for a long-lived preview, so a few of its internals are used
-(the preview's capability token, its publication hooks, the Env's current operation);
-``simcord[preview]`` is pinned to the exact version, and tests/sandbox breaks on an
-upgrade that changes them.
+(the preview's capability token, server and publication hooks, the Env's current
+operation, settlement and clock); ``simcord[preview]`` is pinned to the exact version, and
+tests/sandbox breaks on an upgrade that changes them.
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ import signal
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import discord
 
@@ -51,9 +60,13 @@ log = logging.getLogger(__name__)
 
 # The state of the simulated world kept between runs (ids and the access token).
 STATE_FILE = "sandbox.json"
-# How long one browser action may keep the bot busy before the page shows it as pending;
-# the bot's work goes on after that and the page catches up by itself.
+# How long a browser action may wait for the bot to answer the interaction it sent (Discord
+# itself gives a bot 3 s; a loaded machine may take longer) before the page shows it as not
+# completed. Answered interactions end the action at once: see AnsweredSettlement.
 ACTION_SETTLE_SECONDS = 120.0
+# After its answer, how long a browser action still waits for the bot's quick work (the
+# "accepted" edit after a deferral) before it ends and the page polls for the rest.
+ANSWERED_GRACE_SECONDS = 0.3
 # How long the page keeps showing the old channel after /sandbox channel answered.
 SWITCH_GRACE_SECONDS = 1.0
 # The sandbox's own commands (``/sandbox channel``), and the cog that keeps their requests.
@@ -70,6 +83,11 @@ class SandboxChannel(StrEnum):
     DEMO = "tadz-demo"
 
 
+# What the page tells about commands that need what a simulated Discord lacks.
+GENERAL_TOPIC = (
+    "Try the Ta-da commands here. /voice say needs a voice channel, which the sandbox does not "
+    "have: /voice speak posts the speech here instead."
+)
 BOT_NAME = "Ta-da"
 GUILD_NAME = "Ta-da Sandbox"
 ADMIN_ROLE = "Server Admin"
@@ -164,7 +182,7 @@ def build_world(env: simcord.Env) -> SandboxWorld:
     member = guild.add_member(user, roles=[admin_role])
     channels = {
         SandboxChannel.GENERAL: guild.create_text_channel(
-            SandboxChannel.GENERAL.value, topic="Try every Ta-da command here."
+            SandboxChannel.GENERAL.value, topic=GENERAL_TOPIC
         ),
         SandboxChannel.DEMO: guild.create_text_channel(
             SandboxChannel.DEMO.value, topic="Community demo channel: /demo tadz, /demo pudgy."
@@ -230,6 +248,8 @@ class Sandbox:
             layout="channel",
             port=self._port,
         )
+        # The same server with a favicon (the page's browser asks for one).
+        preview._server = _sandbox_server(preview, self._port)
         # The same token on every run and after every switch: a bookmarked page keeps working.
         preview.capability = self.access_token
         LivePublication(self.env, preview).install()
@@ -269,6 +289,67 @@ class Sandbox:
                 await self.switch(channel)
 
 
+class AnsweredSettlement:
+    """A browser action ends once the bot has answered the interaction it sent.
+
+    SimCord's actors settle after each interaction: they return only when every piece of
+    work the bot started is done or parked. That is what tests want, and what froze the
+    page: the preview's action endpoint awaits the actor, so after Train (a job the bot
+    watches for minutes) or a voice clone (a button handler that answers at once, then
+    awaits the engine for 20 s) the toolbar said "Completing action..." until the work
+    ended or ACTION_SETTLE_SECONDS ran out, and every other action in between, from any
+    tab, was refused as busy. Discord itself only waits for the answer (3 s); so does the
+    sandbox: once the interaction is answered (a message, a deferral, a modal, choices)
+    and ANSWERED_GRACE_SECONDS of quick work went by, the action ends; the bot's work goes
+    on and the page shows it as it polls (:class:`LivePublication`). A refresh of the page
+    settles only the quick work the same way.
+    """
+
+    def __init__(self, env: simcord.Env) -> None:
+        self.env = env
+        self._settle = env._settle_internal
+        # The interaction the running operation dispatched (SimCord observes each one
+        # just before it reaches the bot).
+        self._dispatched: Any = None
+
+    def install(self) -> None:
+        """Wrap this Env's settlement and observe its interactions."""
+        self.env._register_dispatch_observer(self._observe)
+        self.env._settle_internal = self._settle_answered  # type: ignore[method-assign]
+
+    def _observe(self, interaction: Any) -> None:
+        self._dispatched = interaction
+
+    async def _settle_answered(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109  (SimCord's signature)
+        idle: float = 0.05,
+        dispatch: str | None = None,
+        _deadline: float | None = None,
+    ) -> None:
+        interaction, self._dispatched = self._dispatched, None
+        page_refresh = dispatch is None and self.env._operation_label == "preview.action"
+        if (dispatch != "INTERACTION_CREATE" or interaction is None) and not page_refresh:
+            # Start-up, shutdown, time advancing: SimCord's own settlement, unchanged.
+            await self._settle(timeout=timeout, idle=idle, dispatch=dispatch, _deadline=_deadline)
+            return
+        loop = asyncio.get_running_loop()
+        limit = self.env.settle_timeout if timeout is None else timeout
+        deadline = loop.time() + limit if _deadline is None else _deadline
+        while True:
+            step = max(0.001, min(ANSWERED_GRACE_SECONDS, deadline - loop.time()))
+            try:
+                await self._settle(timeout=step, idle=idle, dispatch=dispatch)
+                return  # nothing left running
+            except TimeoutError:
+                answered = interaction is None or bool(interaction.responded)
+                if answered:
+                    return  # the rest is the bot's long work: the page polls for it
+                if loop.time() >= deadline:
+                    raise
+
+
 class LivePublication:
     """Keeps the page current when the bot posts on its own (job results, progress edits).
 
@@ -295,6 +376,9 @@ class LivePublication:
         return len(self.env.backend.transcript)
 
     def _record(self, page: Any, **kwargs: Any) -> None:
+        # Relative times (``<t:...:R>``) read against the preview's presentation time,
+        # which SimCord moves only on a refresh: moved to now on every publication.
+        self.preview._advance_presentation_time()
         self._publish(page, **kwargs)
         self._published[page.id] = self._changes()
 
@@ -426,6 +510,8 @@ async def _open_sandbox(
         # The world before the bot starts: its ids then depend on nothing the bot does (each
         # synced command takes an id), so they stay the same when cogs come and go.
         world = build_world(env)
+        follow_wall_clock(env)
+        AnsweredSettlement(env).install()
         if saved is not None and saved.ids != world.ids:
             log.warning(
                 "sandbox: the simulated ids changed since the last run (SimCord upgrade?); "
@@ -463,6 +549,68 @@ async def _open_sandbox(
             finally:
                 with contextlib.suppress(Exception):
                     await sandbox.close()
+
+
+# The page's icon (browsers ask for /favicon.ico whatever the page says).
+FAVICON_PATH = "/favicon.ico"
+
+
+@cache
+def favicon_png() -> bytes:
+    """A 32x32 PNG: Discord's blurple with a white "T"."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.rounded_rectangle((0, 0, 31, 31), radius=8, fill=(88, 101, 242, 255))
+    draw.rectangle((8, 7, 23, 11), fill="white")
+    draw.rectangle((14, 7, 17, 25), fill="white")
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _sandbox_server(preview: Preview, port: int) -> Any:
+    """SimCord's preview server, serving the page's favicon too."""
+    from aiohttp import web
+    from simcord.preview._server import PreviewServer
+
+    class SandboxPreviewServer(PreviewServer):
+        # Every path here gets a route; the favicon's is answered below, not from a file.
+        _STATIC_FILES: ClassVar[dict[str, str]] = {
+            **PreviewServer._STATIC_FILES,
+            FAVICON_PATH: "favicon.png",
+        }
+
+        async def _static(self, request: Any) -> Any:
+            if request.path != FAVICON_PATH:
+                return await super()._static(request)
+            if self.port is None or request.headers.get("Host", "") not in self._allowed_hosts():
+                raise web.HTTPForbidden()
+            return web.Response(
+                body=favicon_png(), content_type="image/png", headers=self._SECURITY_HEADERS
+            )
+
+    return SandboxPreviewServer(preview, port)
+
+
+def follow_wall_clock(env: simcord.Env) -> None:
+    """From now on, the simulated clock never reads earlier than the wall clock.
+
+    SimCord's clock starts at 1 January 2026 and moves only with the bot's timers, while
+    the bot's store stamps jobs with the real time: ``/jobs`` read "in 48 weeks". Called
+    once the world is built, so the world's ids (drawn from the clock) stay the same on
+    every run; later ids and times are the wall clock's (or later, when time is advanced).
+    """
+    clock = env.backend.clock
+    simulated = clock.now
+
+    def now() -> datetime:
+        return max(simulated(), datetime.now(UTC))
+
+    clock.now = now  # type: ignore[method-assign]
 
 
 def _channel_requests(bot: TadaBot) -> asyncio.Queue[SandboxChannel]:

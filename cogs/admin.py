@@ -59,22 +59,38 @@ def role_name(guild_id: int, role_id: int) -> str:
     return "@everyone" if role_id == guild_id else f"<@&{role_id}>"
 
 
+def channel_label(guild: discord.Guild | None, channel_id: int) -> str:
+    """A channel by name, as the settings page shows it: a mention in an embed is not
+    resolved everywhere (the sandbox showed a raw ``<#id>``), and one of a channel deleted
+    since would not be at all."""
+    channel = guild.get_channel(channel_id) if guild is not None else None
+    if channel is not None:
+        return f"#{channel.name}"
+    if guild is None:
+        return f"<#{channel_id}>"  # no cache to read names from: Discord resolves it
+    return f"a deleted channel (id {channel_id})"
+
+
 def render_settings(
     guild_id: int,
     settings: GuildSettings,
     key: SharedKeyInfo,
     readiness: EngineReadiness | None = None,
     classifier: str = "none",
+    guild: discord.Guild | None = None,
 ) -> discord.Embed:
     """The whole configuration on one page, with what the engine lacks (``classifier``:
-    the name of the bot's image classifier, "none" when it has none)."""
+    the name of the bot's image classifier, "none" when it has none; ``guild``: where
+    channel names come from)."""
     embed = discord.Embed(title="Ta-da settings for this server", colour=discord.Colour.blurple())
     channels = []
     roles = []
     for feature in Feature:
         name = FEATURE_NAMES[feature]
         listed = settings.channels_for(feature)
-        channels.append(f"{name}: " + (", ".join(f"<#{c}>" for c in listed) or "everywhere"))
+        channels.append(
+            f"{name}: " + (", ".join(channel_label(guild, c) for c in listed) or "everywhere")
+        )
         allowed = settings.roles_for(feature)
         roles.append(
             f"{name}: " + (", ".join(role_name(guild_id, r) for r in allowed) or "everyone")
@@ -85,7 +101,7 @@ def render_settings(
     embed.add_field(
         name="Roles", value=clip_lines("\n".join(roles), EMBED_FIELD_LIMIT), inline=False
     )
-    demo = ", ".join(f"<#{c}>" for c in settings.demo_channels) or "none"
+    demo = ", ".join(channel_label(guild, c) for c in settings.demo_channels) or "none"
     shared = (
         f"set {discord.utils.format_dt(key.set_at, 'R')} (never shown)"
         if key.set_at is not None
@@ -156,10 +172,11 @@ def render_settings(
     lacks = readiness.lacks() if readiness is not None else []
     if lacks:
         embed.add_field(
-            name="⚠️ The Ta-da engine is missing",
+            name="⚠️ Not set up on the Ta-da engine yet",
             value=clip_lines(
                 "\n".join(f"• {lack.what}" for lack in lacks)
-                + "\nThe bot's operator can see how to set it up in the bot's log.",
+                + "\nMembers are told so when they ask for these. Whoever runs the bot sets "
+                "them up in the engine's settings; the bot's log says which ones.",
                 EMBED_FIELD_LIMIT,
             ),
             inline=False,
@@ -297,7 +314,9 @@ class AdminCog(
         settings = await self.policy.settings(guild_id)
         key = await self.policy.shared_key_info(guild_id)
         await interaction.response.send_message(
-            embed=render_settings(guild_id, settings, key, self.readiness, self.classifier),
+            embed=render_settings(
+                guild_id, settings, key, self.readiness, self.classifier, interaction.guild
+            ),
             ephemeral=True,
         )
 

@@ -21,6 +21,7 @@ from bot.errors import NotLinked, UserFacingError
 from bot.gate import Action, Feature, request_for
 from bot.jobs.buttons import TrainButton
 from bot.jobs.images import ASPECT_RATIOS, MAX_SEED, ImageOptions, unsupported_note
+from bot.jobs.render import progress_fraction
 from bot.jobs.runner import JobRunner, admit
 from bot.media import (
     IMAGE_SUFFIXES,
@@ -202,7 +203,8 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Image sty
         tada = await self._tada(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         training = await tada.get_lora_training(upload)
-        progress = training.progress or 0
+        # A fraction (the hosted API) or a percentage (our engine), shown as a percentage.
+        progress = progress_fraction(training) * 100
         error = f"\nError: {training.error}" if training.error else ""
         await interaction.edit_original_response(
             content=f"Training `{upload}`: **{training.status}** ({progress:.0f}%){error}"

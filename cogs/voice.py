@@ -30,17 +30,39 @@ from bot.tada.models import Voice, VoiceGeneration
 from bot.ui import TadaView
 
 
-def voice_card(voice: Voice, owner: int) -> tuple[discord.Embed, discord.ui.View]:
-    """The card of a voice: name, length, id, and a Speak button."""
+def likeness_field(voice: Voice, latest: VoiceGeneration | None) -> tuple[str, str] | None:
+    """How close the clone sounds to the sample (its latest speech), beside where the base
+    voice started; before any speech, the starting point worded as such (a low figure
+    there is not the clone's result). Calibrated: 0% is where a stranger scores, 100% a
+    second recording of the same person."""
+    base = voice.base_similarity_score
+    before = f"{base}% for the base voice before cloning" if base is not None else ""
+    if latest is not None and latest.similarity_score is not None:
+        words = f" ({latest.likeness})" if latest.likeness else ""
+        against = f", against {before}" if before else ""
+        return "Likeness to your sample", (
+            f"**{latest.similarity_score}%**{words} in its latest speech{against}"
+        )
+    if base is None:
+        return None
+    words = f" ({voice.base_likeness})" if voice.base_likeness else ""
+    return "Before cloning", (
+        f"The base voice was {base}%{words} like your sample, before cloning. Each speech "
+        "shows how close the clone sounds."
+    )
+
+
+def voice_card(
+    voice: Voice, owner: int, latest: VoiceGeneration | None = None
+) -> tuple[discord.Embed, discord.ui.View]:
+    """The card of a voice: name, length, likeness, id, and a Speak button (``latest``: its
+    latest speech, if any)."""
     embed = discord.Embed(title=f"🎙️ {clip(visible(voice.name), 200)}")
     if voice.duration_seconds:
         embed.add_field(name="Sample length", value=f"{voice.duration_seconds:.1f} s")
-    if voice.base_similarity_score is not None:
-        # Calibrated: 0% is where a stranger scores, 100% a second recording of the member.
-        words = f" ({voice.base_likeness})" if voice.base_likeness else ""
-        embed.add_field(
-            name="Likeness before cloning", value=f"{voice.base_similarity_score}%{words}"
-        )
+    likeness = likeness_field(voice, latest)
+    if likeness is not None:
+        embed.add_field(name=likeness[0], value=likeness[1], inline=False)
     embed.add_field(name="Voice id", value=f"`{voice.id}`", inline=False)
     view = discord.ui.View(timeout=None)
     view.add_item(SpeakButton(owner, voice.id))
@@ -54,6 +76,13 @@ def voice_channel_of(
     state = interaction.user.voice if isinstance(interaction.user, discord.Member) else None
     room = state.channel if state is not None else None
     if not isinstance(room, discord.VoiceChannel | discord.StageChannel):
+        guild = interaction.guild
+        if guild is not None and not (guild.voice_channels or guild.stage_channels):
+            # The sandbox's simulated server, or a text-only one: nowhere to join.
+            raise UserFacingError(
+                "This server has no voice channel, so `/voice say` has nowhere to speak. "
+                "`/voice speak` posts the speech here instead."
+            )
         raise UserFacingError(
             "Join a voice channel first: `/voice say` speaks in the voice channel you are in. "
             "(`/voice speak` posts the speech here instead.)"
@@ -249,7 +278,9 @@ class VoiceCog(commands.GroupCog, group_name="voice", group_description="Cloned 
         tada = await self._tada(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         found = await tada.get_voice(voice)
-        embed, view = voice_card(found, interaction.user.id)
+        spoken = await tada.list_voice_generations(found.id, limit=1)
+        latest = spoken.generations[0] if spoken.generations else None
+        embed, view = voice_card(found, interaction.user.id, latest)
         await interaction.edit_original_response(embed=embed, view=view)
 
     @app_commands.command(name="speak")

@@ -86,6 +86,14 @@ def again_custom_id(job_id: str) -> str:
     return f"tada:again:{job_id}"
 
 
+def marks_result_of(custom_id: str | None, job_id: str) -> bool:
+    """Whether a button with ``custom_id`` tells that its message is ``job_id``'s result:
+    its Again button, or its Delete button where there is nothing to ask again."""
+    return custom_id is not None and (
+        custom_id == again_custom_id(job_id) or custom_id.startswith(f"tada:del:{job_id}:")
+    )
+
+
 class AgainButton(
     _Answering,
     discord.ui.DynamicItem[discord.ui.Button[Any]],

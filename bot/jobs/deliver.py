@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import discord
 
 from bot.config import JobsConfig
-from bot.jobs.buttons import again_custom_id
+from bot.jobs.buttons import marks_result_of
 from bot.jobs.deps import JobServices
 from bot.jobs.models import FINAL_STATES, Destination, Job, JobKind, JobState
 from bot.jobs.models import aware as _aware
@@ -278,17 +278,16 @@ class Delivery:
 
     async def _posted_in_channel(self, job: Job) -> int | None:
         """The id of the bot's message among the channel's latest that carries this job's
-        Again button, if there is one (best effort: ``None`` when the channel's history
+        Again (or Delete) button, if there is one (best effort: ``None`` when the channel's history
         cannot be read, or the message has scrolled past :data:`DOUBT_SCAN_MESSAGES`)."""
         channel = self._channel(job)
         me = self.client.user
         if channel is None or me is None:
             return None
-        marker = again_custom_id(job.id)
         try:
             async for message in channel.history(limit=DOUBT_SCAN_MESSAGES):
                 if message.author.id == me.id and any(
-                    getattr(child, "custom_id", None) == marker
+                    marks_result_of(getattr(child, "custom_id", None), job.id)
                     for row in message.components
                     for child in getattr(row, "children", ())
                 ):

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bot.config import JobsConfig
-from bot.errors import caused_by_member, reply_for
+from bot.errors import DemoNotSetUp, caused_by_member, reply_for
 from bot.jobs.deliver import Delivery
 from bot.jobs.images import generation_body, image_result
 from bot.jobs.models import Job, JobKind, JobState, speech_result
@@ -34,12 +34,19 @@ async def fail_job(
     """End the job with a member-facing reason. A failure the member's own input or
     account caused is theirs alone: it is answered privately, not in the channel."""
     text = reply_for(exc, where=f"job {job.kind.value} {job.id}").text
+    result = None
     if isinstance(exc, ServiceUnavailable) and job.kind is JobKind.DEMO_GENERATE:
-        readiness.demo_missing(str(job.params.get("model")), exc.message)
+        # The engine's only 503: the demo is not configured (its detail, for the operator,
+        # went to the log). Said as such, without a Retry that cannot succeed.
+        model = str(job.params.get("model"))
+        readiness.demo_missing(model, exc.message)
+        text = DemoNotSetUp(model).message
+        result = {"retry": False}
     await store.update(
         job.id,
         state=JobState.FAILED,
         error=text,
+        result=result,
         private=job.private or caused_by_member(exc),
         finished_at=utcnow(),
     )

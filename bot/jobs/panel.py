@@ -26,13 +26,15 @@ CANCELED = "Cancelled by you before it started; nothing was sent to Ta-da."
 
 
 def describe(job: Job, *, limit: int = 60) -> str:
-    """A job in a few words: what it is and its prompt, text or name."""
+    """A job in a few words: what it is and its prompt, text or name (a training: its
+    LoRA's)."""
     params = job.params
     detail = (
         params.get("prompt")
         or params.get("text")
         or params.get("lora_name")
         or params.get("voice_name")
+        or params.get("name")
         or ""
     )
     detail = " ".join(str(detail).split())

@@ -71,9 +71,10 @@ def progress_bar(fraction: float) -> str:
 
 
 def progress_fraction(training: LoraTraining) -> float:
-    """Progress as 0..1 whether the API reports 0..1 or 0..100."""
-    value = training.progress or 0.0
-    return value / 100.0 if value > 1.0 else value
+    """Progress as 0..1 whether the API reports 0..1 or 0..100 (an integer is always a
+    percentage: our engine's 1 is 1%, early in a long training, not 100%)."""
+    value = training.progress or 0
+    return value / 100.0 if isinstance(value, int) or value > 1.0 else value
 
 
 def _duration(seconds: float) -> str:
@@ -179,7 +180,11 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
         return Outgoing(content=clip(f"{mention} {job.error or ''}", CONTENT_LIMIT))
     if job.state is JobState.FAILED:
         items: tuple[discord.ui.Item[Any], ...] = ()
-        if job.kind is not JobKind.LORA_TRAIN:
+        # A training is retried from its image set. A demo that is not set up cannot be
+        # retried until it is: its notice can only be deleted.
+        if not result.get("retry", True):
+            items = (DeleteButton(job.id, owner),)
+        elif job.kind is not JobKind.LORA_TRAIN:
             items = (AgainButton(job.id, label="Retry"),)
         what = job.kind.yours
         return Outgoing(

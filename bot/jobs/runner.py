@@ -44,6 +44,7 @@ from discord.ext import tasks
 from pydantic import SecretStr
 
 from bot.config import DiscordConfig
+from bot.errors import DemoNotSetUp
 from bot.gate import Action, Admission, Feature, GateRequest, request_for
 from bot.jobs.deliver import Delivery
 from bot.jobs.deps import JobServices
@@ -234,6 +235,10 @@ class JobRunner:
         may take their time under load) and is ephemeral: the queue note is the member's
         business; the result is a follow-up, public unless the gate asked for privacy.
         """
+        model = str(request.params.get("model"))
+        if request.kind is JobKind.DEMO_GENERATE and self.services.readiness.demo_not_set_up(model):
+            # Known from the engine's settings: one private answer, no job, nothing to retry.
+            raise DemoNotSetUp(model)
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         greq = gate_request(interaction, request)

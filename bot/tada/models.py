@@ -149,7 +149,9 @@ class LoraTraining(TadaModel):
     status: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
-    progress: float | None = None
+    # Our engine: an integer percentage; elsewhere a fraction (0..1) or a percentage. Kept
+    # as sent (an int stays an int): a 1 is then 1%, not "done".
+    progress: int | float | None = None
     error: str | None = None
     name: str | None = None
     trigger_word: str | None = None

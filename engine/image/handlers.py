@@ -224,6 +224,9 @@ class ImageBackend:
             # any worker finds it.
             with ctx.storage.artifact_file(checkpoint_key(training_id)) as dest:
                 shutil.copyfile(checkpoint, dest)
+            on_validation(step, pixels)
+
+        def on_validation(step: int, pixels: Any) -> None:
             if pixels is None:
                 return
             vkey = validation_key(training_id)
@@ -246,6 +249,8 @@ class ImageBackend:
             validation_steps=cfg.validation_steps or arch.generation_steps,
             validation_guidance=arch.guidance_scale,
             on_checkpoint=on_checkpoint,
+            # The trained LoRA's own image at the end (the bot shows it as the last one).
+            on_final=on_validation if prompt else None,
         )
 
     def generate(self, ctx: JobContext) -> dict[str, Any]:

@@ -722,6 +722,8 @@ class ImageModel:
                     _save_checkpoint(opts.checkpoint, step, plan, named, optimizer, gen, losses)
                     if opts.on_checkpoint is not None:
                         opts.on_checkpoint(step, self._validation_image(opts))
+                if step == plan.steps and opts.on_final is not None:
+                    opts.on_final(step, self._validation_image(opts))
                 if on_step is not None:
                     on_step(step, plan.steps, losses[-1])
         finally:
@@ -773,6 +775,9 @@ class TrainOptions:
     validation_guidance: float = 7.0
     # Called after each checkpoint with its step and the validation image (or None).
     on_checkpoint: Callable[[int, np.ndarray | None], None] | None = None
+    # Called after the last step with it and the validation image of the trained LoRA (or
+    # None): a finished training shows what it ended with, not its last checkpoint's.
+    on_final: Callable[[int, np.ndarray | None], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ and a cancel button that keeps them from ever reaching Ta-da."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -14,10 +15,11 @@ from bot.app import BotServices
 from bot.config import BotConfig
 from bot.errors import UserFacingError
 from bot.gate import Feature
-from bot.jobs import JobRunner, JobState
+from bot.jobs import JobKind, JobRunner, JobState
 from bot.jobs.panel import CANCELED, JobPanel
 from bot.policy import Limit
 from bot.store import LinkedVia
+from bot.store.models import utcnow
 from engine.settings import EngineSettings
 from tests.bot.conftest import busy_job, make_bot_config
 from tests.bot.policy_world import (
@@ -90,6 +92,28 @@ async def test_recent_results_link_to_the_posted_message(
     assert "**Recent**" in text and "✅ Demo image (tadz) “a cat on a roof”" in text
     assert f"/{channel.id}/{posted.id})" in text
     assert result.response.components == []
+
+
+async def test_a_running_training_is_named_by_its_lora(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    channel, alice = await linked_member(simcord_env, services, api, "alice")
+    runner = runner_of(simcord_env)
+    # A training another process watches (the name is the upload's, set when it started).
+    job = await runner.store.create(
+        user_id=alice.id,
+        guild_id=None,
+        channel_id=None,
+        kind=JobKind.LORA_TRAIN,
+        params={"upload_id": "u" * 32, "name": "Cats", "trigger_word": "tadz"},
+    )
+    assert await runner.store.claim(job.id, "another-process", lease=timedelta(minutes=5))
+    await runner.store.update(job.id, state=JobState.RUNNING, started_at=utcnow())
+
+    result = await alice.slash(channel, "jobs")
+
+    assert result.response is not None
+    assert "**Running**\n• LoRA training “Cats” · running since <t:" in result.response.content
 
 
 async def test_queued_jobs_show_their_place_and_cancel_before_any_ta_da_call(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -88,9 +89,54 @@ async def test_operator_instructions_go_to_the_log_and_admin_show(
         f"{f.name}\n{f.value}" for e in show.response.embeds for f in e.fields
     ) + "".join(e.description or "" for e in show.response.embeds)
     assert "Tadz demo" in shown and "not configured" in shown, shown
+    # Worded for an admin: what is not set up yet, and who sets it up.
+    assert "Not set up on the Ta-da engine yet" in shown and "is missing" not in shown
+    assert "Whoever runs the bot sets them up" in shown
     added = await admin_says(server, "demo add", channel=server.general)
     assert "no Tadz demo model" in added, added
     _ = simcord_env.errors
+
+
+def button_labels(message: Any) -> list[str]:
+    return [
+        str(child.label)
+        for row in message.components or []
+        for child in getattr(row, "children", ())
+        if getattr(child, "label", None)
+    ]
+
+
+async def test_a_demo_the_engine_lacks_is_said_once_with_what_admins_can_do_and_no_retry(
+    simcord_env: simcord.Env, server: Server
+) -> None:
+    # Learnt from the engine's answer (a remote engine: its settings are not at hand).
+    asked = await server.alice.slash(server.general, "demo tadz", prompt="a cat")
+    [failed] = [m for m in server.general.history() if "failed" in m.content]
+    assert "The Tadz demo is not set up" in failed.content
+    assert "/tada-admin show" in failed.content
+    assert "Try again" not in failed.content and "busy" not in failed.content
+    assert button_labels(failed) == ["Delete"]  # no Retry: it cannot succeed until set up
+    assert asked.response is not None
+
+
+async def test_a_demo_the_engine_settings_lack_is_refused_up_front_privately(
+    simcord_env: simcord.Env, server: Server, services: BotServices
+) -> None:
+    # An embedded engine (a fresh install, the sandbox): its settings say there is no demo
+    # (EngineReadiness.of_embedded, tested below, records it so).
+    services.readiness.demo_missing("pudgy", "not in the settings", from_settings=True)
+    asked = await server.alice.slash(server.general, "demo pudgy", prompt="a penguin")
+
+    assert asked.response is not None and asked.ephemeral
+    text = asked.response.content
+    assert text.startswith("The Pudgy Penguins demo is not set up"), text
+    assert "/tada-admin show" in text
+    assert not asked.followups  # said once
+    assert not button_labels(asked.response)
+    assert server.general.history() == []
+    jobs = await simcord_env.bot.jobs.store.for_member(server.alice.id)  # type: ignore[attr-defined]
+    assert jobs == []  # nothing was queued, no quota used
+    _ = simcord_env.errors  # the refusal, answered by the central handler
 
 
 async def test_someone_elses_job_reads_like_a_missing_one(
@@ -118,5 +164,10 @@ def test_an_embedded_engine_says_up_front_what_it_lacks(tmp_path: Path) -> None:
     readiness = EngineReadiness.of_embedded(make_settings(tmp_path / "engine"))
     assert readiness.missing_demos() == ["Tadz demo", "Pudgy Penguins demo"]
     assert any("random test model" in lack.what for lack in readiness.lacks())
+    assert readiness.demo_not_set_up("tadz") and readiness.demo_not_set_up("pudgy")
+    # An engine's answer does not overrule its settings; a demo image made does.
+    readiness.demo_missing("tadz", "the engine said so")
+    assert readiness.demo_not_set_up("tadz")
     readiness.demo_works("tadz")
     assert readiness.missing_demos() == ["Pudgy Penguins demo"]
+    assert not readiness.demo_not_set_up("tadz")

@@ -28,8 +28,8 @@ from tests.waiting import CEILING_S
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
 TRAINING = {"steps": 4, "rank": 4, "learning_rate": 1e-2, "batch_size": 2}
-# Checkpoints at steps 2 and 4 draw a validation image each (none at the last step: the
-# LoRA itself is saved then).
+# Checkpoints at steps 2 and 4 draw a validation image each, and the trained LoRA its own
+# at the last step (6).
 WITH_VALIDATION = {**TRAINING, "steps": 6, "checkpoint_every": 2, "validation_steps": 2}
 # What an engine without the extension reports: no validation image, ever.
 WITHOUT_VALIDATION = {**TRAINING, "validation_prompt": None}
@@ -85,15 +85,16 @@ async def test_the_progress_message_shows_the_latest_validation_image(
 ) -> None:
     alice, job, progress = await _train(simcord_env, services, api)
 
-    # The latest checkpoint's image replaced the first one's: one embed, one attachment.
+    # The trained LoRA's own image (its last step) replaced the checkpoints': one embed,
+    # one attachment.
     [embed] = progress.embeds
-    assert embed.description == "Validation image, step 4"
+    assert embed.description == "Validation image, step 6"
     [attached] = progress.attachments
     assert attached.filename == "validation.png"
     assert embed.image is not None and "validation.png" in str(embed.image.url)
     # The very image the engine drew at that step, fetched by the bot and attached.
     step, drawn = await _drawn(services, api, alice.id, str(job.tada_id))
-    assert step == 4
+    assert step == 6
     assert await attached.read() == drawn
     _ = simcord_env.errors
 
@@ -115,8 +116,9 @@ async def test_each_validation_image_is_fetched_once(
 
     await _train(simcord_env, services, api)
 
-    # Polled every 50 ms and edited at each change, but one download per checkpoint.
-    assert len([u for u in fetched if "validation" in u]) == 2, fetched
+    # Polled every 50 ms and edited at each change, but one download per image (the two
+    # checkpoints' and the trained LoRA's).
+    assert len([u for u in fetched if "validation" in u]) == 3, fetched
     _ = simcord_env.errors
 
 
@@ -145,7 +147,7 @@ async def test_a_private_training_shows_the_image_in_the_members_note(
 
     assert job.private and progress.ephemeral
     [embed] = progress.embeds
-    assert embed.description == "Validation image, step 4"
+    assert embed.description == "Validation image, step 6"
     [attached] = progress.attachments
     assert await attached.read() == (await _drawn(services, api, alice.id, str(job.tada_id)))[1]
     _ = simcord_env.errors
@@ -174,6 +176,20 @@ async def test_without_a_validation_image_the_progress_is_text_only(
 
     assert progress.embeds == [] and progress.attachments == []
     _ = simcord_env.errors
+
+
+def test_an_integer_progress_is_a_percentage_even_at_one() -> None:
+    from bot.jobs.render import progress_fraction
+
+    def fraction(progress: object) -> float:
+        return progress_fraction(
+            LoraTraining.model_validate({"status": "processing", "progress": progress})
+        )
+
+    # Our engine sends an integer percentage: 1 is 1% (early in a long training), not done.
+    assert fraction(1) == 0.01 and fraction(50) == 0.5 and fraction(100) == 1.0
+    # Others send a fraction, or a percentage as a float.
+    assert fraction(0.5) == 0.5 and fraction(1.0) == 1.0 and fraction(42.0) == 0.42
 
 
 def test_the_hosted_training_status_has_no_validation_fields() -> None:

@@ -54,8 +54,11 @@ async def test_clone_then_speak_posts_the_audio_in_the_channel(
         "base_similarity_score"
     ]
     [made] = (await api.get("/api/voices/generations", headers=key)).json()["generations"]
-    base = next(f.value for f in card.embeds[0].fields if f.name == "Likeness before cloning")
-    assert base.startswith(f"{voice_base_score}%")
+    # The new voice's card: the base voice's figure, worded as the starting point (a low
+    # figure there is not the clone's result).
+    base = next(f.value for f in card.embeds[0].fields if f.name == "Before cloning")
+    assert base.startswith(f"The base voice was {voice_base_score}%")
+    assert "Each speech shows how close the clone sounds" in base
     assert (
         f"Likeness to your sample: **{made['similarity_score']}%** ({made['likeness']})"
         f" · the voice before cloning: {voice_base_score}%"
@@ -79,6 +82,13 @@ async def test_clone_then_speak_posts_the_audio_in_the_channel(
     assert f"**Alice** `{voice_id}`" in listed.response.content
     info = await alice.slash(channel, "voice info", voice=voice_id)
     assert info.response is not None and info.response.embeds[0].title == "🎙️ Alice"
+    # Once it has spoken, its card shows the clone's likeness, before against after.
+    [latest, _] = (await api.get("/api/voices/generations", headers=key)).json()["generations"]
+    likeness = next(
+        f.value for f in info.response.embeds[0].fields if f.name == "Likeness to your sample"
+    )
+    assert likeness.startswith(f"**{latest['similarity_score']}%**"), likeness
+    assert f"against {voice_base_score}% for the base voice before cloning" in likeness
     history = await alice.slash(channel, "voice history", voice=voice_id)
     assert history.ephemeral and history.response is not None
     assert "Second line." in history.response.content

@@ -85,6 +85,23 @@ async def wait_for(check: Callable[[], bool]) -> None:
     await async_wait_until(check, "the voice channel's state")
 
 
+async def test_say_in_a_server_without_voice_channels_says_it_cannot(
+    simcord_env: simcord.Env,
+) -> None:
+    # The sandbox's simulated server is one: it has text channels only.
+    guild = simcord_env.create_guild()
+    text = guild.create_text_channel("general")
+    alice = guild.add_member(simcord_env.create_user("alice"))
+
+    refused = await alice.slash(text, "voice say", voice="v" * 32, text="Hello.")
+
+    assert refused.ephemeral and refused.response is not None
+    assert refused.response.content.startswith("This server has no voice channel")
+    assert "`/voice speak` posts the speech here instead" in refused.response.content
+    assert not refused.followups and text.history() == []
+    _ = simcord_env.errors
+
+
 async def test_say_needs_a_voice_channel_then_queues_the_speech_there(
     simcord_env: simcord.Env,
     services: BotServices,

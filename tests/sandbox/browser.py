@@ -16,12 +16,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.prerequisites import chromium
@@ -237,7 +239,13 @@ class SandboxPage:
         """Reload the page until it shows ``#channel`` (the sandbox switches asynchronously)."""
         for _ in polls():
             self.page.goto("about:blank")
-            self.open(url)
+            try:
+                self.open(url)
+            except PlaywrightError:
+                # The switch closes the page's server and opens it again: between the two,
+                # a reload is refused.
+                time.sleep(0.5)
+                continue
             name = self.page.locator("#channel-name")
             with contextlib.suppress(PlaywrightTimeout):
                 name.filter(has_text=re.compile(f"^{re.escape(channel)}$")).wait_for(timeout=1000)

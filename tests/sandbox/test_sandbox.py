@@ -9,6 +9,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import discord
 import httpx
 import pytest
 
-from bot.app import TadaBot
+from bot.app import EXTENSIONS, TadaBot
 from bot.config import BotConfig
 from bot.sandbox import (
     STATE_FILE,
@@ -45,6 +47,12 @@ def engine_settings(tmp_path: Path) -> EngineSettings:
     return make_settings(tmp_path / "data" / "engine", port=0)
 
 
+def services_bot(sandbox: Sandbox) -> TadaBot:
+    bot = sandbox.env.bot
+    assert isinstance(bot, TadaBot)
+    return bot
+
+
 def services_of(sandbox: Sandbox) -> Any:
     bot = sandbox.env.bot
     assert isinstance(bot, TadaBot)
@@ -63,6 +71,12 @@ async def test_the_world_is_a_guild_with_an_admin_at_the_keyboard_and_two_channe
         assert me.guild_permissions.administrator
         assert not other.guild_permissions.administrator
         assert {c.name for c in guild.text_channels} == {"general", "tadz-demo"}
+        # No voice channel: the channel where members start says /voice say cannot work here.
+        general = guild.get_channel(world.channels[SandboxChannel.GENERAL].id)
+        assert isinstance(general, discord.TextChannel) and general.topic is not None
+        assert "/voice say needs a voice channel" in general.topic
+        # Discord's times are the wall clock's (the bot's jobs are stamped with it).
+        assert abs((sandbox.env.now() - datetime.now(UTC)).total_seconds()) < 60
         settings = await services_of(sandbox).policy.settings(world.guild.id)
         assert settings.demo_channels == (world.channels[SandboxChannel.DEMO].id,)
         # Every slash command is there, /sandbox included, and runs for the member.
@@ -132,6 +146,7 @@ async def test_the_page_shows_what_the_bot_posts_on_its_own(
             headers["X-Simcord-Context"] = opened["context"]["id"]
             revision = opened["publishedRevision"]
 
+            await asyncio.sleep(3)  # a page open a while: its presentation time was then
             # Like a job result: the bot posts without any browser action asking.
             channel = sandbox.env.bot.get_channel(sandbox.world.channels[SandboxChannel.GENERAL].id)
             assert isinstance(channel, discord.TextChannel)
@@ -141,6 +156,10 @@ async def test_the_page_shows_what_the_bot_posts_on_its_own(
             texts = [m.get("content") for m in state["messages"].values()]
             assert "Your training finished." in texts
             assert state["publishedRevision"] > revision
+            # Relative times in the page read against now (the wall clock), not the time
+            # the page was first published: "since 2 minutes", not "in 48 weeks".
+            shown_at = datetime.fromisoformat(state["profile"]["presentationTime"])
+            assert abs((shown_at - datetime.now(UTC)).total_seconds()) < 2.5
             # Nothing new: polling again does not republish.
             again = (await page.get("/api/state", headers=headers)).json()
             assert again["publishedRevision"] == state["publishedRevision"]
@@ -199,3 +218,100 @@ def test_production_without_a_token_stops_instead_of_starting_a_sandbox(tmp_path
     assert done.returncode == 2
     assert "DISCORD_TOKEN" in done.stderr
     assert "Open:" not in done.stdout
+
+
+class PageClient:
+    """One browser tab, at the preview's HTTP seam: opens a page and sends the actions the
+    page's scripts send (protocol 3)."""
+
+    def __init__(self, http: httpx.AsyncClient, token: str) -> None:
+        self.http = http
+        self.headers = {"X-Simcord-Capability": token}
+        self.payload: dict[str, Any] = {}
+        self.sequence = 0
+
+    async def open(self, viewer_id: int | None = None) -> None:
+        body = {} if viewer_id is None else {"viewer_id": str(viewer_id)}
+        self.payload = (await self.http.post("/api/pages", json=body, headers=self.headers)).json()
+        self.headers["X-Simcord-Context"] = self.payload["context"]["id"]
+
+    async def state(self) -> dict[str, Any]:
+        self.payload = (await self.http.get("/api/state", headers=self.headers)).json()
+        return self.payload
+
+    async def run(self, invocation: str, **options: str) -> dict[str, Any]:
+        """Run a slash command as the page's Send does; the action's answer."""
+        catalog = (await self.http.get("/api/commands", headers=self.headers)).json()
+        await self.state()  # the revision the page has seen last
+        [entry] = [e for e in catalog["entries"] if e["invocation"] == invocation]
+        self.sequence += 1
+        body = {
+            "protocol_version": 3,
+            "sequence": self.sequence,
+            "request_id": f"r{self.sequence}-{id(self)}",
+            "generation": self.payload["context"]["generation"],
+            "bot_generation": self.payload["botGeneration"],
+            "published_revision": self.payload["publishedRevision"],
+            "kind": "run_command",
+            "command_id": entry["commandId"],
+            "path": entry["path"],
+            "schema_fingerprint": entry["schemaFingerprint"],
+            "options": options,
+        }
+        answer: dict[str, Any] = (
+            await self.http.post("/api/action", json=body, headers=self.headers)
+        ).json()
+        return answer
+
+    def texts(self) -> list[str]:
+        return [str(m.get("content") or "") for m in self.payload["messages"].values()]
+
+
+async def test_the_page_is_answered_at_once_while_the_bot_works_on(
+    bot_config: BotConfig, engine_settings: EngineSettings
+) -> None:
+    # The freeze of issue 25: a browser action waited for all of the bot's work (a training,
+    # a clone), so its tab showed "Completing action..." and other tabs were refused.
+    from tests.sandbox.slow_cog import DONE
+
+    extensions = (*EXTENSIONS, "tests.sandbox.slow_cog")
+    async with open_sandbox(
+        bot_config, engine_settings=engine_settings, extensions=extensions
+    ) as sandbox:
+        # discord.py imports an extension afresh: its class is not this module's SlowCog.
+        slow: Any = services_bot(sandbox).get_cog("SlowCog")
+        assert slow is not None
+        address = sandbox.address
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{address.port}", timeout=200
+        ) as http:
+            first, second = (
+                PageClient(http, address.access_token),
+                PageClient(http, address.access_token),
+            )
+            await first.open()
+            await second.open(sandbox.world.other.id)
+            icon = await http.get("/favicon.ico")
+            assert icon.status_code == 200 and icon.headers["content-type"] == "image/png"
+            assert icon.content.startswith(b"\x89PNG")
+
+            started = time.monotonic()
+            answer = await asyncio.wait_for(first.run("slow"), 20)
+            assert time.monotonic() - started < 10
+            assert answer["settlement"] == "settled" and not answer["rejected"]
+            assert slow.started.is_set() and not slow.release.is_set()  # still working
+
+            # Another tab (another member) meanwhile: answered, not refused as busy.
+            other = await asyncio.wait_for(second.run("tada help"), 20)
+            assert other["settlement"] == "settled" and not other["rejected"], other
+            await second.state()
+            assert any("/tada register" in t for t in second.texts())
+
+            # The work ends later; the first tab sees its result as it polls.
+            slow.release.set()
+            for _ in range(100):
+                await first.state()
+                if DONE in first.texts():
+                    break
+                await asyncio.sleep(0.1)
+            assert DONE in first.texts()

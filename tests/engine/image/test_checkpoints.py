@@ -103,6 +103,7 @@ def test_a_checkpoint_made_for_other_settings_is_not_used(
 @pytest.mark.no_database
 def test_a_validation_image_is_drawn_at_each_checkpoint(model: ImageModel, tmp_path: Path) -> None:
     drawn: list[tuple[int, np.ndarray | None]] = []
+    final: list[tuple[int, np.ndarray | None]] = []
     opts = TrainOptions(
         checkpoint=tmp_path / "v.pt",
         checkpoint_every=2,
@@ -110,9 +111,13 @@ def test_a_validation_image_is_drawn_at_each_checkpoint(model: ImageModel, tmp_p
         validation_steps=2,
         validation_guidance=3.5,
         on_checkpoint=lambda step, image: drawn.append((step, image)),
+        on_final=lambda step, image: final.append((step, image)),
     )
     model.train_lora(examples(), tmp_path / "v.safetensors", options=opts, **FIT)
     assert [s for s, _ in drawn] == [2, 4]  # the final LoRA itself is step 6's
+    # ...and its own image is drawn at the end (no checkpoint there).
+    [(last, last_image)] = final
+    assert last == 6 and last_image is not None and last_image.shape == (32, 32, 3)
     images = [i for _, i in drawn]
     assert all(i is not None and i.shape == (32, 32, 3) for i in images)
     assert np.abs(images[0] - images[1]).max() > 1e-4  # the LoRA moved between them
@@ -222,12 +227,13 @@ async def test_the_training_status_shows_the_latest_validation_image(tmp_path: P
         assert started.json()["validation_image_url"] is None  # none before a checkpoint
         final = await wait_final(api, key, upload_id)
         assert final["status"] == "succeeded", final
-        assert final["validation_step"] == 4
+        # The trained LoRA's own image (drawn at the last step), not the last checkpoint's.
+        assert final["validation_step"] == 6
         image = await api.get(path_of(final["validation_image_url"]))
         assert image.status_code == 200
         assert Image.open(io.BytesIO(image.content)).size == (32, 32)
         listed = (await api.get("/api/loras/trainings", headers=h(key))).json()
-        assert listed["trainings"][0]["validation_step"] == 4
+        assert listed["trainings"][0]["validation_step"] == 6
         other = await register(api, "mallory@example.com")
         assert (
             await api.get(f"/api/loras/trainings/{upload_id}", headers=h(other))
