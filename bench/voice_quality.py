@@ -452,6 +452,9 @@ class SpeakerResult:
     clone_seconds: float
     held_out_seconds: float
     create_seconds: float
+    # CPU seconds of this process (all its threads) for the same work: unlike the wall
+    # clock, what another process on a shared machine does barely moves it.
+    create_cpu_seconds: float
     # Judge (independent encoder) cosines to the held-out part.
     judge_base: float
     judge_clone: float
@@ -462,6 +465,7 @@ class SpeakerResult:
     wer_base: float
     wer_clone: float
     rtf: float
+    rtf_cpu: float
     transcripts: list[str] = field(default_factory=list)
 
 
@@ -564,7 +568,7 @@ def evaluate(
     rows = []
     for spk in speakers:
         path = wav_file(spk.clone, spk.sample_rate, directory / f"{spk.name}.wav")
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         sample = load_sample(
             path,
             sample_rate=backend.sample_rate,
@@ -574,6 +578,7 @@ def evaluate(
         )
         profile = backend.analyse(sample)
         create_s = time.perf_counter() - start
+        create_cpu = time.process_time() - cpu_start
         held_j = judge.embed(spk.held_out, spk.sample_rate)
         held_o = own.embed(spk.held_out, spk.sample_rate)
         embedded["held"][judge.name].append(held_j)
@@ -581,11 +586,13 @@ def evaluate(
         embedded["clone"][judge.name].append(judge.embed(spk.clone, spk.sample_rate))
         embedded["clone"][own.name].append(own.embed(spk.clone, spk.sample_rate))
         jb, jc, ob, oc, wb, wc, synth_s, audio_s = [], [], [], [], [], [], 0.0, 0.0
+        synth_cpu = 0.0
         transcripts = []
         for text, heard, bj, bo in zip(texts, base_words, base_j, base_o, strict=True):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             speech = backend.synthesise(text, profile)
             synth_s += time.perf_counter() - start
+            synth_cpu += time.process_time() - cpu_start
             audio_s += speech.seconds
             jb.append(cosine(bj, held_j))
             jc.append(cosine(judge.embed(speech.audio, speech.sample_rate), held_j))
@@ -603,6 +610,7 @@ def evaluate(
             clone_seconds=round(spk.clone_seconds, 2),
             held_out_seconds=round(spk.held_out_seconds, 2),
             create_seconds=round(create_s, 3),
+            create_cpu_seconds=round(create_cpu, 3),
             judge_base=round(statistics.fmean(jb), 4),
             judge_clone=round(statistics.fmean(jc), 4),
             judge_gain=round(statistics.fmean(jc) - statistics.fmean(jb), 4),
@@ -611,6 +619,7 @@ def evaluate(
             wer_base=round(statistics.fmean(wb), 4),
             wer_clone=round(statistics.fmean(wc), 4),
             rtf=round(synth_s / max(audio_s, 1e-6), 4),
+            rtf_cpu=round(synth_cpu / max(audio_s, 1e-6), 4),
             transcripts=transcripts,
         )
         log(format_row(row))

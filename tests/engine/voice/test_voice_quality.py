@@ -81,8 +81,11 @@ def test_clones_stay_intelligible_and_fast(evaluation: vq.Evaluation) -> None:
     assert wers[len(wers) // 2] <= 0.2, wers
     for r in evaluation.speakers:
         assert r.wer_base <= 0.15, r
-        assert r.rtf < 1.0, r.speaker  # 0.3 on a quiet machine; CI shares its 2 cores
-        assert r.create_seconds < 25.0, r.speaker
+        # CPU seconds, not the wall clock: a loaded machine (CI shares its 2 cores) once
+        # read a 19 s sample's clone at 42 s of wall time. Quiet, the wall RTF is about 0.3
+        # and a clone 5 to 14 s; the CPU figures count every thread, so a little more.
+        assert r.rtf_cpu < 1.5, r.speaker
+        assert r.create_cpu_seconds < 40.0, r.speaker
 
 
 def test_cloning_moves_toward_the_speaker_on_held_out_speech(evaluation: vq.Evaluation) -> None:
