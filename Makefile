@@ -61,6 +61,9 @@ voice-data:
 		flite pocketsphinx-testdata alsa-utils >/dev/null; } || echo "make: could not install the voice evaluation data"
 
 run: setup
+	@# The voice model the config names, once (resumable; with no network: one line, and
+	@# the CPU reference serves until a later start pulls it).
+	-@$(VENV)/bin/tada-engine models pull --offline-ok
 	$(VENV)/bin/tada-bot
 
 run-gpu: gpu

@@ -100,7 +100,6 @@ def pull_hub(
 ) -> PulledModel:
     """Download a hub repository's loadable files (or only those named in ``include``);
     resume, then verify each one. A folder pulled before keeps the files it had."""
-    import httpx
     from huggingface_hub import HfApi, constants, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -111,7 +110,7 @@ def pull_hub(
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
     except HfHubHTTPError as exc:
         raise PullError(f"{repo_id}: the hub refused the look-up ({exc})") from exc
-    except (httpx.HTTPError, OSError) as exc:
+    except Exception as exc:  # no answer: the hub client's own transport errors (httpx2...)
         raise HubUnreachable(
             f"{repo_id}: the hub cannot be reached ({type(exc).__name__}; no network?)"
         ) from exc

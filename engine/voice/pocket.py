@@ -144,6 +144,8 @@ class PocketModel:
                     config=str(path),
                     temp=settings.pocket_temperature,
                     eos_threshold=settings.pocket_eos_threshold,
+                    # int8 kernels exist for the CPU only.
+                    quantize=settings.pocket_quantize and placement.device == "cpu",
                 )
         self.model: Any = model.to(placement.device).eval()
         if not getattr(self.model, "has_voice_cloning", True):
