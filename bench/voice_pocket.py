@@ -144,6 +144,7 @@ def main(runs: int = 3) -> dict[str, Any]:
             pocket_model=str(root / "kyutai--pocket-tts"),
             pocket_tokenizer=str(root / "kyutai--pocket-tts-without-voice-cloning"),
             pocket_eos_threshold=1e9,  # never stop early: random heads would at random
+            pocket_quantize=False,  # float32 first; int8 below
         )
         started = time.perf_counter()
         model = PocketModel(settings, Placement("cpu", "float32"))

@@ -123,6 +123,11 @@ def local_config(settings: VoiceSettings) -> dict[str, Any]:
     return config
 
 
+def weights_kind(settings: VoiceSettings, placement: Placement) -> str:
+    """int8 (dynamically quantized language model) on a CPU when asked; else float32."""
+    return "int8" if settings.pocket_quantize and placement.device == "cpu" else "float32"
+
+
 class PocketModel:
     """A loaded Pocket TTS model on one device; one generation at a time."""
 
@@ -144,8 +149,7 @@ class PocketModel:
                     config=str(path),
                     temp=settings.pocket_temperature,
                     eos_threshold=settings.pocket_eos_threshold,
-                    # int8 kernels exist for the CPU only.
-                    quantize=settings.pocket_quantize and placement.device == "cpu",
+                    quantize=weights_kind(settings, placement) == "int8",
                 )
         self.model: Any = model.to(placement.device).eval()
         if not getattr(self.model, "has_voice_cloning", True):
@@ -216,7 +220,7 @@ class PocketModel:
         return np.concatenate(parts).astype(np.float32)
 
     def describe(self) -> str:
-        return f"{self.placement.device}, float32"
+        return f"{self.placement.device}, {weights_kind(self.settings, self.placement)}"
 
 
 class PocketBackend:
@@ -301,7 +305,7 @@ class PocketBackend:
             placement = machine_placement(self.settings)
         except NeuralUnavailable as exc:
             return f"{what} unavailable ({exc})"
-        return f"{what} on {placement.device}, float32"
+        return f"{what} on {placement.device}, {weights_kind(self.settings, placement)}"
 
     def analyse(self, sample: Sample) -> SpeakerProfile:
         """Check the sample is speech, embed it, keep its first seconds as the voice prompt."""

@@ -96,7 +96,7 @@ def test_it_loads_clones_and_speaks_at_its_rate(
     pocket: PocketBackend, speakers: dict[str, Speaker], cap_seconds: float
 ) -> None:
     assert pocket.sample_rate == SAMPLE_RATE
-    assert pocket.describe().endswith("on cpu, float32")
+    assert pocket.describe().endswith("on cpu, int8")  # quantized on a CPU by default
     profile = pocket.analyse(as_sample(speakers["low"]))
     assert profile.backend == "pocket"
     assert profile.base_similarity is None
