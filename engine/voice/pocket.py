@@ -139,6 +139,11 @@ class PocketModel:
         self.placement = placement
         self._torch = torch
         tts_model = import_pocket()
+        # pocket-tts logs several INFO lines per sentence (timers): warnings only, unless
+        # the operator set its level.
+        pocket_log = logging.getLogger("pocket_tts")
+        if pocket_log.level == logging.NOTSET:
+            pocket_log.setLevel(logging.WARNING)
         config = local_config(settings)
         with tempfile.TemporaryDirectory(prefix="tada-pocket-") as tmp:
             path = Path(tmp) / "config.yaml"
