@@ -351,6 +351,9 @@ class PocketBackend:
             # voice when this model cannot load (the reference learns a zero-shot voice
             # from the clip it keeps).
             return self.fallback.synthesise(text, profile, progress)
+        if not any(c.isalnum() for c in text):
+            # pocket-tts refuses a text with nothing to read: the job says so.
+            return Speech(np.zeros(0, dtype=np.float32), SAMPLE_RATE)
         clip = pcm16_from_b64(str(profile.params["reference_pcm16"]))
         if int(profile.params.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
             raise NeuralUnavailable("this voice's clip is not at 24 kHz; clone it again")

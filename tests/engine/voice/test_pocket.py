@@ -111,6 +111,15 @@ def test_it_loads_clones_and_speaks_at_its_rate(
     assert -1.0 <= pocket.similarity(speech, profile) <= 1.0
 
 
+@pytest.mark.no_database
+@pytest.mark.parametrize("text", ["   ", "...", "\n"])
+def test_a_text_with_nothing_to_read_gives_no_audio(
+    pocket: PocketBackend, speakers: dict[str, Speaker], text: str
+) -> None:
+    profile = pocket.analyse(as_sample(speakers["low"]))
+    assert pocket.synthesise(text, profile).audio.size == 0  # the job: "nothing to say aloud"
+
+
 class Stop(Exception):
     pass
 
