@@ -221,6 +221,8 @@ def _models(settings: EngineSettings, args: argparse.Namespace) -> int:
         configured = {
             "[engine.image] base_model": settings.image.get("base_model"),
             "[engine.voice] neural_model": settings.voice.get("neural_model"),
+            "[engine.voice] pocket_model": settings.voice.get("pocket_model"),
+            "[engine.voice] pocket_tokenizer": settings.voice.get("pocket_tokenizer"),
         }
         for model in pulled:
             mark = "".join(

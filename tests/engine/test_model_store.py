@@ -354,6 +354,9 @@ def test_models_pull_with_no_source_fetches_the_pocket_files_the_config_names(
     model = PocketModel(voice, Placement("cpu", "float32"))
     clip = (np.random.default_rng(0).standard_normal(3 * 24000) * 0.1).astype(np.float32)
     assert model.generate(clip, "Hi.").size > 0
+    assert engine_cli(["--config", str(config), "models", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "kyutai/pocket-tts\t" in listed and "<- [engine.voice] pocket_model" in listed
     # Pulled: a later start needs no network (an endpoint nothing answers on).
     dead = "http://127.0.0.1:9"
     assert engine_cli(["--config", str(config), "models", "pull", "--endpoint", dead]) == 0
