@@ -58,6 +58,9 @@ voice-data:
 	@$(PYTHON) -m tests.prerequisites install voice-data
 
 run: setup
+	@# The voice model the config names, once (resumable; with no network: one line, and
+	@# the CPU reference serves until a later start pulls it).
+	-@$(VENV)/bin/tada-engine models pull --offline-ok
 	$(VENV)/bin/tada-bot
 
 run-gpu: gpu

@@ -9,6 +9,7 @@ Prints and writes to bench/results/voice.json:
   speakers, next to the unconverted base voice's, for each conversion variant.
 
     python bench/voice.py [--runs 3]
+    python bench/voice.py --backend pocket [--runs 3]   # Pocket TTS: bench/voice_pocket.py
 """
 
 from __future__ import annotations
@@ -211,7 +212,19 @@ def replace_settings(settings: VoiceSettings, changes: dict[str, Any]) -> VoiceS
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--backend",
+        choices=["cpu-reference", "pocket"],
+        default="cpu-reference",
+        help="pocket: Pocket TTS with full-size random weights, next to the CPU reference "
+        "(bench/voice_pocket.py, bench/results/voice_pocket.json)",
+    )
     args = parser.parse_args()
+    if args.backend == "pocket":
+        from bench.voice_pocket import main as pocket_main
+
+        pocket_main(args.runs)
+        return
     settings = VoiceSettings()
     results: dict[str, Any] = {
         "machine": {

@@ -223,6 +223,8 @@ def _models(settings: EngineSettings, args: argparse.Namespace) -> int:
         configured = {
             "[engine.image] base_model": settings.image.get("base_model"),
             "[engine.voice] neural_model": settings.voice.get("neural_model"),
+            "[engine.voice] pocket_model": settings.voice.get("pocket_model"),
+            "[engine.voice] pocket_tokenizer": settings.voice.get("pocket_tokenizer"),
         }
         for model in pulled:
             mark = "".join(
@@ -234,6 +236,8 @@ def _models(settings: EngineSettings, args: argparse.Namespace) -> int:
         if not pulled:
             print(f"nothing pulled yet under {model_store.models_dir(settings.data_dir)}")
         return 0
+    if args.source is None:
+        return _pull_configured(settings, args.endpoint, offline_ok=args.offline_ok)
     try:
         model = model_store.pull(
             args.source,
@@ -249,6 +253,69 @@ def _models(settings: EngineSettings, args: argparse.Namespace) -> int:
     line = usage_line(model.name, model.path)
     if line is not None:
         print(line)
+    return 0
+
+
+def configured_pulls(settings: EngineSettings) -> list[tuple[str, list[str] | None, str | None]]:
+    """What the config's voice back end loads from the hub: (hub id, files or None for
+    the loadable ones, revision)."""
+    from engine import model_store
+    from engine.voice.settings import VoiceBackendName, voice_settings
+
+    voice = voice_settings(settings.voice)
+    if voice.backend in (VoiceBackendName.POCKET, VoiceBackendName.AUTO):
+        from engine.voice.pocket import pocket_config, required_files
+
+        by_repo: dict[str, tuple[list[str], str | None]] = {}
+        for repo, name, revision in required_files(pocket_config(voice)):
+            files, _ = by_repo.setdefault(repo, ([], revision))
+            files.append(name)
+        return [(repo, files, revision) for repo, (files, revision) in by_repo.items()]
+    if voice.backend is VoiceBackendName.NEURAL and model_store.is_hub_id(voice.neural_model):
+        return [(voice.neural_model, None, None)]
+    return []
+
+
+def _pull_configured(settings: EngineSettings, endpoint: str | None, *, offline_ok: bool) -> int:
+    """``models pull`` with no source: every model the config names that is not here yet."""
+    from engine import model_store
+
+    try:
+        wanted = configured_pulls(settings)
+    except Exception as exc:  # an invalid [engine.voice]: the engine says so at start too
+        print(f"tada-engine: nothing pulled: {exc}", file=sys.stderr)
+        return 1
+    root = model_store.models_dir(settings.data_dir)
+    for repo, files, revision in wanted:
+        folder = root / model_store.local_name(repo)
+        if (folder / model_store.RECORD).is_file() and all(
+            (folder / f).is_file() for f in files or []
+        ):
+            continue  # pulled before: no network needed
+        try:
+            model = model_store.pull_hub(
+                repo, settings.data_dir, revision=revision, endpoint=endpoint, include=files
+            )
+        except model_store.HubUnreachable as exc:
+            print(
+                f"tada-engine: {exc}: voices use the CPU reference until `tada-engine models "
+                "pull` runs with a network",
+                file=sys.stderr,
+            )
+            return 0 if offline_ok else 1
+        except model_store.PullError as exc:
+            gated = "kyutai/pocket-tts" in repo and any(c in str(exc) for c in ("401", "403"))
+            hint = (
+                " (this repository is gated: accept its terms on "
+                f"https://huggingface.co/{repo} and set HF_TOKEN)"
+                if gated
+                else ""
+            )
+            print(f"tada-engine: {exc}{hint}", file=sys.stderr)
+            return 0 if offline_ok else 1
+        print(f"pulled {model.name}: {model.size_bytes / 1e6:.1f} MB in {model.path}")
+    if not wanted:
+        print("the config names no model to pull")
     return 0
 
 
@@ -361,7 +428,18 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="fetch model weights once (never at request time)")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     pull = models_sub.add_parser("pull", help="download a hub repository or one https file")
-    pull.add_argument("source", help="hub id (org/name) or https:// URL")
+    pull.add_argument(
+        "source",
+        nargs="?",
+        help="hub id (org/name) or https:// URL; none: every model the config names "
+        "([engine.voice] backend) that is not pulled yet",
+    )
+    pull.add_argument(
+        "--offline-ok",
+        action="store_true",
+        help="exit 0 when the hub cannot be reached or refuses (one line says so): "
+        "the first start goes on with the CPU reference",
+    )
     pull.add_argument("--revision", help="hub branch, tag or commit")
     pull.add_argument("--endpoint", help="hub endpoint (default: $HF_ENDPOINT or the hub)")
     pull.add_argument("--sha256", help="expected SHA-256 of a URL's file")

@@ -174,6 +174,23 @@ def check_models(settings: EngineSettings) -> list[Check]:
     except ValueError as exc:
         checks.append(_problem("models", f"invalid [engine.voice]: {exc}", "fix [engine.voice]"))
     else:
+        if voice.backend in (VoiceBackendName.POCKET, VoiceBackendName.AUTO):
+            from engine.voice.neural import NeuralUnavailable
+            from engine.voice.pocket import local_config
+
+            try:
+                local_config(voice)
+            except NeuralUnavailable as exc:
+                checks.append(
+                    _problem(
+                        "models",
+                        f"voice: {exc}; until then the CPU reference serves",
+                        "tada-engine models pull",
+                    )
+                )
+            else:
+                what = voice.pocket_config or voice.pocket_language
+                checks.append(_ok("models", f"voice: Pocket TTS {what}, pulled"))
         if voice.backend is VoiceBackendName.NEURAL:
             found = _model_path_problem(
                 "[engine.voice] neural_model", voice.neural_model, settings.data_dir

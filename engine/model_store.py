@@ -72,6 +72,10 @@ def safe_destination(folder: Path, name: str) -> Path:
     return dest
 
 
+class HubUnreachable(PullError):
+    """No answer from the hub at all (no network, a firewall, a wrong endpoint)."""
+
+
 @dataclass(frozen=True)
 class PulledModel:
     """One folder or file under the models directory."""
@@ -127,24 +131,46 @@ def pull_hub(
     revision: str | None = None,
     endpoint: str | None = None,
     token: str | None = None,
+    include: Iterable[str] | None = None,
 ) -> PulledModel:
-    """Download a hub repository's loadable files; resume, then verify each one."""
-    from huggingface_hub import HfApi, constants
+    """Download a hub repository's loadable files (or only those named in ``include``);
+    resume, then verify each one. A folder pulled before keeps the files it had."""
+    from huggingface_hub import HfApi, constants, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
+    # The operator's hub token (HF_TOKEN or `hf auth login`) for gated repositories.
+    token = token or get_token()
     api = HfApi(endpoint=endpoint, token=token)
     try:
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
     except HfHubHTTPError as exc:
         raise PullError(f"{repo_id}: the hub refused the look-up ({exc})") from exc
+    except Exception as exc:  # no answer: the hub client's own transport errors (httpx2...)
+        raise HubUnreachable(
+            f"{repo_id}: the hub cannot be reached ({type(exc).__name__}; no network?)"
+        ) from exc
     siblings = {s.rfilename: s for s in info.siblings or []}
     target = models_dir(data_dir) / local_name(repo_id)
     # Every name the hub lists, kept or not, before anything is written: a listing with
     # one name that leaves the folder is not to be trusted with the others.
     dests = {name: safe_destination(target, name) for name in siblings}
-    files = _wanted(siblings)
+    if include is None:
+        files = _wanted(siblings)
+    else:
+        files = sorted(set(include))
+        missing = [f for f in files if f not in siblings]
+        if missing:
+            raise PullError(f"{repo_id}: no such file(s) in the repository: {', '.join(missing)}")
     if not files:
         raise PullError(f"{repo_id}: the repository has no files to pull")
+    kept: list[str] = []
+    if include is not None and (target / RECORD).is_file():
+        earlier = json.loads((target / RECORD).read_text()).get("files", [])
+        kept = [
+            f
+            for f in earlier
+            if isinstance(f, str) and f in dests and (target / f).is_file() and f not in files
+        ]
     base = (endpoint or constants.ENDPOINT).rstrip("/")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     (target / RECORD).unlink(missing_ok=True)  # not usable until whole again
@@ -177,6 +203,7 @@ def pull_hub(
             f"{repo_id}: {len(bad)} file(s) did not match the hub's metadata and were deleted: "
             f"{', '.join(bad)}; run the same pull again"
         )
+    files = sorted([*files, *kept])
     size = sum(dests[f].stat().st_size for f in files)
     record = {"source": repo_id, "revision": info.sha, "files": files, "size_bytes": size}
     (target / RECORD).write_text(json.dumps(record, indent=2) + "\n")

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from engine.voice.settings import DEFAULT_POCKET_MODEL, DEFAULT_POCKET_TOKENIZER
+
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "placeholder"})
 SECRET_ENV = "TADA_ENGINE_SECRET_KEY"
 MODE_ENV = "TADA_MODE"
@@ -247,6 +249,13 @@ class MetricsSettings(_Section):
         return self
 
 
+# Pulled-model keys whose default is a hub id: their pulled folder is used when there.
+_DEFAULT_PULLED = {
+    "pocket_model": DEFAULT_POCKET_MODEL,
+    "pocket_tokenizer": DEFAULT_POCKET_TOKENIZER,
+}
+
+
 class EngineSettings(_Section):
     """Everything the engine needs; build it with :func:`load_engine_settings` or directly."""
 
@@ -282,18 +291,20 @@ class EngineSettings(_Section):
     @classmethod
     def _pulled_models(cls, data: Any) -> Any:
         """``[engine.image] base_model`` (and ``single_file_config``) or ``[engine.voice]
-        neural_model = "org/name"``: the folder ``models pull`` made."""
+        neural_model = "org/name"`` (and ``pocket_model``, ``pocket_tokenizer``, named or
+        not): the folder ``models pull`` made."""
         if not isinstance(data, dict):
             return data
         for section, keys in (
             ("image", ("base_model", "single_file_config")),
-            ("voice", ("neural_model",)),
+            ("voice", ("neural_model", "pocket_model", "pocket_tokenizer")),
         ):
             values = data.get(section)
             if not isinstance(values, dict):
                 continue
             for key in keys:
-                named = values.get(key)
+                # The pocket back end's folders are named by default: resolved all the same.
+                named = values.get(key, _DEFAULT_PULLED.get(key))
                 if isinstance(named, str) and not Path(named).exists():
                     from engine.model_store import resolve_pulled
 

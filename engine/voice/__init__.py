@@ -8,6 +8,8 @@
 - :mod:`engine.voice.reference`: the CPU reference back end, built from
   :mod:`engine.voice.piper_base` (base speech), :mod:`engine.voice.world` (conversion) and
   :mod:`engine.voice.similarity` (resemblyzer).
+- :mod:`engine.voice.pocket`: the neural back end for CPU hosts (Kyutai Pocket TTS);
+  :mod:`engine.voice.neural`: VibeVoice through transformers, for GPUs.
 - :mod:`engine.voice.models`, :mod:`engine.voice.store`, :mod:`engine.voice.schemas`: tables,
   queries and API models.
 - :mod:`engine.voice.service`: the API side (clone, speak, typed errors);

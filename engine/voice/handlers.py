@@ -43,6 +43,10 @@ def build_backend(settings: VoiceSettings) -> VoiceBackend:
         from engine.voice.neural import NeuralBackend
 
         return NeuralBackend(settings)
+    if settings.backend in (VoiceBackendName.POCKET, VoiceBackendName.AUTO):
+        from engine.voice.pocket import PocketBackend
+
+        return PocketBackend(settings)
     from engine.voice.reference import CpuReferenceBackend
 
     return CpuReferenceBackend(settings)

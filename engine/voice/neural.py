@@ -365,15 +365,13 @@ class NeuralBackend:
     def synthesise(
         self, text: str, profile: SpeakerProfile, progress: Progress | None = None
     ) -> Speech:
-        if profile.backend != self.name:
-            # A voice the CPU reference cloned keeps speaking through it.
-            return self.fallback.synthesise(text, profile, progress)
-        model = self.model()
+        model = self.model() if "reference_pcm16" in profile.params else None
         if model is None:
-            raise NeuralUnavailable(
-                f"this voice was cloned with the neural model, which cannot load here "
-                f"({self.unavailable})"
-            )
+            # A voice the CPU reference cloned keeps speaking through it; so does every
+            # voice when the model cannot load (the reference learns a zero-shot voice from
+            # the clip it keeps). A voice the pocket back end cloned keeps the same kind of
+            # clip, and VibeVoice speaks from it.
+            return self.fallback.synthesise(text, profile, progress)
         reference = pcm16_from_b64(str(profile.params["reference_pcm16"]))
         expected = max(1.0, len(text) / TYPICAL_CHARS_PER_SECOND * FRAMES_PER_SECOND)
 

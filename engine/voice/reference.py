@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from numpy.typing import NDArray
 from engine.voice import parallel, world
 from engine.voice.audio import Sample, SampleRejected, normalise
 from engine.voice.backend import Progress, SpeakerProfile, Speech
-from engine.voice.piper_base import PiperBase
+from engine.voice.piper_base import BaseVoiceError, PiperBase
 from engine.voice.settings import VoiceSettings
 from engine.voice.similarity import SpeakerEncoder, cosine
 from engine.voice.transcribe import Transcriber, TranscriberUnavailable
@@ -45,6 +46,14 @@ MAX_READINGS = 3
 CHECK_SECONDS = 10.0
 # Neighbours of the warp estimate that are tried as well (and no warp at all).
 WARP_STEP = 1.06
+
+
+# Profiles learnt from other back ends' kept clips, kept in memory.
+KEPT_PROFILES = 32
+
+
+class KeptClipMissing(BaseVoiceError):
+    """A voice another back end made, with no clip this back end can learn it from."""
 
 
 def warp_candidates(estimate: float, max_warp: float) -> list[float]:
@@ -79,6 +88,8 @@ class CpuReferenceBackend:
         self._piper: PiperBase | None = None
         self._base_stats: world.VoiceStats | None = None
         self._base_embedding: NDArray[np.float32] | None = None
+        self._kept: dict[str, SpeakerProfile] = {}
+        self._kept_lock = threading.Lock()
 
     @property
     def piper(self) -> PiperBase:
@@ -315,7 +326,7 @@ class CpuReferenceBackend:
         with the audio) and lets progress move.
         """
         if profile.backend != self.name:
-            raise ValueError(f"profile was made by {profile.backend!r}, not {self.name!r}")
+            profile = self.from_kept_clip(profile)
         base_stats, _ = self._base()
         plan = self.conversion(profile)
         chunks = self.piper.sentences(text)
@@ -337,6 +348,48 @@ class CpuReferenceBackend:
                 progress((i + 1) / len(chunks))
         audio = normalise(self._join(converted), self.sample_rate, self.settings.target_dbfs)
         return Speech(audio, self.sample_rate)
+
+    def from_kept_clip(self, profile: SpeakerProfile) -> SpeakerProfile:
+        """This back end's profile of a voice another back end cloned, learnt from the clip
+        that voice keeps (a zero-shot model's voice prompt): once per clip, kept in memory.
+
+        So a voice cloned by the neural or pocket back end keeps speaking when the operator
+        switches to the CPU reference, or when that model cannot load here.
+        """
+        from engine.voice.neural import pcm16_from_b64
+
+        data = profile.params.get("reference_pcm16")
+        if not isinstance(data, str):
+            raise KeptClipMissing(
+                f"this voice was cloned by the {profile.backend!r} back end and keeps no "
+                "sample the CPU reference can learn it from; clone it again"
+            )
+        key = hashlib.sha256(data.encode("ascii")).hexdigest()
+        with self._kept_lock:
+            learnt = self._kept.get(key)
+        if learnt is not None:
+            return learnt
+        import librosa
+
+        clip = pcm16_from_b64(data)
+        rate = int(profile.params.get("sample_rate", self.sample_rate))
+        if rate != self.sample_rate:
+            clip = np.asarray(
+                librosa.resample(clip, orig_sr=rate, target_sr=self.sample_rate), dtype=np.float32
+            )
+        seconds = len(clip) / self.sample_rate
+        try:
+            learnt = self.analyse(Sample(clip, self.sample_rate, seconds, seconds))
+        except SampleRejected as exc:
+            raise KeptClipMissing(
+                f"the CPU reference cannot learn this {profile.backend!r} voice from its kept "
+                f"clip ({exc}); clone it again"
+            ) from exc
+        with self._kept_lock:
+            self._kept[key] = learnt
+            while len(self._kept) > KEPT_PROFILES:
+                self._kept.pop(next(iter(self._kept)))
+        return learnt
 
     def similarity(self, speech: Speech, profile: SpeakerProfile) -> float:
         # 30 s of speech pins a speaker embedding down; more only costs time.

@@ -14,6 +14,11 @@ class VoiceBackendName(StrEnum):
 
     CPU_REFERENCE = "cpu-reference"  # Piper base speech + WORLD conversion, on any CPU
     NEURAL = "neural"  # a zero-shot cloning model (VibeVoice) through transformers, for GPUs
+    POCKET = "pocket"  # Kyutai Pocket TTS: zero-shot cloning in real time on a CPU (or a GPU)
+    # The neural clone the hardware runs well: today Pocket TTS on a CPU and on a GPU
+    # (VibeVoice only when named: Microsoft has withdrawn it); the CPU reference until the
+    # model is pulled.
+    AUTO = "auto"
 
 
 class NeuralDevice(StrEnum):
@@ -32,6 +37,11 @@ class NeuralDtype(StrEnum):
     FLOAT16 = "float16"
     FLOAT32 = "float32"
 
+
+# Pocket TTS's pulled folders (`tada-engine models pull` with no argument fetches the
+# language's files into them): the voice-cloning weights, and the tokenizer.
+DEFAULT_POCKET_MODEL = "kyutai/pocket-tts"
+DEFAULT_POCKET_TOKENIZER = "kyutai/pocket-tts-without-voice-cloning"
 
 # The transformers-format VibeVoice 1.5B (MIT licence): `tada-engine models pull` it first.
 DEFAULT_NEURAL_MODEL = "vibevoice/VibeVoice-1.5B-hf"
@@ -97,6 +107,21 @@ class VoiceSettings(BaseModel):
     neural_guidance_scale: float = Field(1.3, ge=1.0, le=5.0)
     # How much of the sample the model hears as the voice prompt (longer: slower, closer).
     neural_reference_seconds: float = Field(10.0, ge=3.0, le=60.0)
+    # The pocket back end (backend = "pocket" or "auto"): the language model pocket-tts
+    # packages a config for ("english", "french", "german", "spanish", "italian",
+    # "portuguese", "dutch", a "_24l" variant...), or a local pocket-tts YAML (pocket_config,
+    # a community model; its hf:// files are looked up in the two pulled folders below).
+    pocket_language: str = Field("english", pattern=r"^[a-z0-9_-]+$")
+    pocket_config: Path | None = None
+    pocket_model: str = DEFAULT_POCKET_MODEL
+    pocket_tokenizer: str = DEFAULT_POCKET_TOKENIZER
+    # Sampling temperature and end-of-speech threshold (pocket-tts's defaults).
+    pocket_temperature: float = Field(0.3, ge=0.0, le=2.0)
+    pocket_eos_threshold: float = Field(-4.0, ge=-20.0, le=1e9)
+    # int8 dynamic quantization of the language model's layers (CPU only): its authors
+    # measured ~27 % faster on x86 with an unchanged WER; here 0.67 instead of 1.12 real-time
+    # factor on 2 loaded cores (bench/results/voice_pocket.json). false: float32.
+    pocket_quantize: bool = True
     audio_format: AudioFormat = AudioFormat.MP3
     mp3_bitrate_kbps: int = Field(96, ge=32, le=320)
 

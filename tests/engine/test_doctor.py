@@ -106,3 +106,14 @@ def test_missing_models_say_where_and_how_to_get_them(
     assert voice.endswith("Fix: tada-engine models pull someone/not-pulled")
     assert f"[engine.image] base_model = '{missing}': no such file or folder" in image
     assert "Fix: put the model there, or set [engine.image] base_model to where it is" in image
+
+
+def test_an_unpulled_pocket_model_says_how_to_get_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = f'[general]\ndata_dir = "{tmp_path / "data"}"\n[engine.voice]\nbackend = "auto"\n'
+    code, lines = doctor_lines(capsys, tmp_path, config)
+    assert code == 1
+    (voice,) = problems(lines, "models")
+    assert "never pulled" in voice and "the CPU reference serves" in voice
+    assert voice.endswith("Fix: tada-engine models pull")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -292,3 +293,86 @@ def test_a_url_file_resumes_and_checks_its_sha256(hub: tuple[Hub, str], tmp_path
     assert model.path.read_bytes() == victim.read_bytes()
     with pytest.raises(model_store.PullError, match="https"):
         model_store.pull("http://example.com/x.safetensors", tmp_path)
+
+
+@pytest.fixture(scope="module")
+def pocket_hub_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny random Pocket TTS as the hub holds it (both repositories' files in one tree,
+    which the loopback hub serves for any repository), plus another language's weights
+    that a pull of this language must leave on the hub; and the config naming them."""
+    import shutil
+
+    from engine.voice.random_pocket import build_random_pocket
+
+    built = tmp_path_factory.mktemp("pocket-built")
+    config = build_random_pocket(built, "tiny")
+    served = tmp_path_factory.mktemp("pocket-hub")
+    for folder in ("kyutai--pocket-tts", "kyutai--pocket-tts-without-voice-cloning"):
+        shutil.copytree(built / folder / "languages", served / "languages", dirs_exist_ok=True)
+    other = served / "languages" / "other" / "model.safetensors"
+    other.parent.mkdir(parents=True)
+    shutil.copy(served / "languages" / "tiny" / "model.safetensors", other)
+    return served, config
+
+
+def _pocket_config(tmp_path: Path, data: Path, pocket_yaml: Path) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[engine]\ndata_dir = "{data}"\n[engine.voice]\nbackend = "pocket"\n'
+        f'pocket_config = "{pocket_yaml}"\n'
+    )
+    return config
+
+
+def test_models_pull_with_no_source_fetches_the_pocket_files_the_config_names(
+    pocket_hub_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.settings import load_engine_settings
+    from engine.voice.neural import Placement
+    from engine.voice.pocket import PocketModel
+    from engine.voice.settings import voice_settings
+
+    served, pocket_yaml = pocket_hub_files
+    data = tmp_path / "data"
+    config = _pocket_config(tmp_path, data, pocket_yaml)
+    for state, endpoint in _serve(Hub(served)):
+        state.cuts["languages/tiny/model.safetensors"] = 1  # cut once: the pull goes on
+        assert engine_cli(["--config", str(config), "models", "pull", "--endpoint", endpoint]) == 0
+    out = capsys.readouterr().out
+    assert "model.safetensors: cut; resuming" in out
+    assert "pulled kyutai/pocket-tts:" in out and "pulled kyutai/pocket-tts-without" in out
+    model_dir = data / "models" / "kyutai--pocket-tts"
+    weights = model_dir / "languages" / "tiny" / "model.safetensors"
+    assert weights.read_bytes() == (served / "languages/tiny/model.safetensors").read_bytes()
+    assert not (model_dir / "languages" / "other").exists()  # only this language's files
+    assert not (model_dir / "languages" / "tiny" / "tokenizer.json").exists()
+    tokenizer_dir = data / "models" / "kyutai--pocket-tts-without-voice-cloning"
+    assert (tokenizer_dir / "languages" / "tiny" / "tokenizer.json").is_file()
+    assert not (tokenizer_dir / "languages" / "tiny" / "model.safetensors").exists()
+    # The config names the default hub ids: they resolve to the pulled folders, which load.
+    voice = voice_settings(load_engine_settings(config).voice)
+    assert voice.pocket_model == str(model_dir)
+    model = PocketModel(voice, Placement("cpu", "float32"))
+    clip = (np.random.default_rng(0).standard_normal(3 * 24000) * 0.1).astype(np.float32)
+    assert model.generate(clip, "Hi.").size > 0
+    assert engine_cli(["--config", str(config), "models", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "kyutai/pocket-tts\t" in listed and "<- [engine.voice] pocket_model" in listed
+    # Pulled: a later start needs no network (an endpoint nothing answers on).
+    dead = "http://127.0.0.1:9"
+    assert engine_cli(["--config", str(config), "models", "pull", "--endpoint", dead]) == 0
+
+
+def test_with_no_network_the_first_start_says_so_in_one_line(
+    pocket_hub_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, pocket_yaml = pocket_hub_files
+    config = _pocket_config(tmp_path, tmp_path / "data", pocket_yaml)
+    dead = "http://127.0.0.1:9"
+    pull = ["--config", str(config), "models", "pull", "--endpoint", dead]
+    assert engine_cli([*pull, "--offline-ok"]) == 0  # `make run` goes on
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "cannot be reached" in err[0] and "CPU reference" in err[0]
+    assert engine_cli(pull) == 1  # asked for by hand: a failure
+    assert not (tmp_path / "data" / "models" / "kyutai--pocket-tts" / model_store.RECORD).exists()

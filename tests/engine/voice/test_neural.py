@@ -224,3 +224,21 @@ def test_the_written_down_full_config_is_the_published_size() -> None:
     total = sum(p.numel() for p in model.parameters())
     text = sum(p.numel() for p in model.model.language_model.parameters())
     assert 2.65e9 < total < 2.75e9 and 1.5e9 < text < 1.6e9
+
+
+@pytest.mark.no_database
+def test_a_pocket_voice_speaks_through_vibevoice_and_the_reference(
+    neural: NeuralBackend, speakers: dict[str, Speaker]
+) -> None:
+    made_by_pocket = neural.analyse(as_sample(speakers["low"])).model_copy(
+        update={"backend": "pocket"}
+    )
+    speech = neural.synthesise(TEXT, made_by_pocket)  # the same kind of clip: VibeVoice speaks
+    assert speech.sample_rate == SAMPLE_RATE and speech.seconds > 0
+    reference = backend_for(VoiceSettings())
+    assert isinstance(reference, CpuReferenceBackend)
+    unloadable = NeuralBackend(neural_settings("some-org/never-pulled"), fallback=reference)
+    made_by_vibevoice = made_by_pocket.model_copy(update={"backend": "neural"})
+    # The model cannot load here: the CPU reference learns the voice from its clip.
+    speech = unloadable.synthesise(TEXT, made_by_vibevoice)
+    assert speech.sample_rate == reference.sample_rate and speech.seconds > 0.3

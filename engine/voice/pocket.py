@@ -1,0 +1,375 @@
+"""The neural back end for CPU hosts: Kyutai Pocket TTS (code MIT, weights CC-BY-4.0).
+
+A 100 M-parameter flow language model over the Mimi codec's latents: it hears the speaker's
+own sample as its voice prompt and speaks the text in that voice, with no training per voice,
+faster than real time on two CPU cores (its authors: about 6x on an Apple M4, 2.3-2.5x on a
+4-vCPU x86 cloud VM; ours is in ``bench/results/voice_pocket.json``). It also runs on a CUDA
+GPU (``neural_device``).
+
+Weights come from ``tada-engine models pull`` (with no argument it pulls what the config
+names): the language's ``model.safetensors`` from ``kyutai/pocket-tts`` (the voice-cloning
+checkpoint; the hub asks each account to accept its terms once, then ``HF_TOKEN``) and its
+``tokenizer.json`` from ``kyutai/pocket-tts-without-voice-cloning``, both at the revisions the
+pinned pocket-tts package's config names. They are opened as local files: nothing downloads
+at run time. When the model cannot load (not pulled, a broken file), the back end says why in
+one log line and serves every request with the CPU reference instead.
+
+A voice keeps its sample's first seconds (16-bit PCM in its profile, like VibeVoice's voices),
+so a voice cloned by one zero-shot back end speaks through the other, and a voice the CPU
+reference cloned keeps speaking through the CPU reference. The model's state for a voice
+(the key/value cache after hearing the clip) is computed on the voice's first use and kept in
+memory for the most recent voices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engine.model_loading import loading_models
+from engine.voice import world
+from engine.voice.audio import Sample, SampleRejected, normalise
+from engine.voice.backend import Progress, SpeakerProfile, Speech, VoiceBackend
+from engine.voice.neural import (
+    NeuralUnavailable,
+    Placement,
+    machine_placement,
+    pcm16_b64,
+    pcm16_from_b64,
+)
+from engine.voice.random_pocket import hf_file, import_pocket
+from engine.voice.reference import MIN_F0_SPREAD, MIN_VOICED_SHARE, SIMILARITY_SECONDS
+from engine.voice.settings import VoiceSettings
+from engine.voice.similarity import SpeakerEncoder, cosine
+
+log = logging.getLogger(__name__)
+NAME = "pocket"
+SAMPLE_RATE = 24000
+# Back ends whose profiles keep a voice prompt clip (``reference_pcm16``) a zero-shot model
+# can speak from.
+ZERO_SHOT = ("pocket", "neural")
+# What progress expects: English read aloud runs about 14 characters per second.
+TYPICAL_CHARS_PER_SECOND = 14.0
+# Voice states kept in memory (about 6 MB each for a 10 s clip with the released model).
+STATES_KEPT = 8
+
+
+def pocket_config(settings: VoiceSettings) -> dict[str, Any]:
+    """The model's config: ``pocket_config`` when set, else the packaged language's."""
+    import yaml
+
+    from engine.voice.random_pocket import language_config
+
+    if settings.pocket_config is None:
+        try:
+            return language_config(settings.pocket_language)
+        except FileNotFoundError as exc:
+            raise NeuralUnavailable(
+                f"pocket-tts has no model for language {settings.pocket_language!r}"
+            ) from exc
+    data: dict[str, Any] = yaml.safe_load(settings.pocket_config.read_text(encoding="utf-8"))
+    return data
+
+
+def required_files(config: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    """The (hub id, file, revision) a config loads: the weights with voice cloning and the
+    tokenizer. Local paths are not listed (nothing to pull)."""
+    wanted = [str(config["weights_path"]), str(config["flow_lm"]["lookup_table"]["tokenizer_path"])]
+    return [hf_file(path) for path in wanted if path.startswith("hf://")]
+
+
+def _local(path: str, folder: str, what: str) -> str:
+    """An ``hf://`` path in the config -> the file in its pulled folder (or refuse)."""
+    if not path.startswith("hf://"):
+        return path
+    repo, name, _ = hf_file(path)
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise NeuralUnavailable(
+            f"the pocket model's {what} ({repo}) was never pulled: run `tada-engine models "
+            "pull` (nothing downloads at run time)"
+        )
+    file = root / name
+    if not file.is_file():
+        raise NeuralUnavailable(
+            f"{file} is missing: run `tada-engine models pull` again (it fetches the language's "
+            "files)"
+        )
+    return str(file)
+
+
+def local_config(settings: VoiceSettings) -> dict[str, Any]:
+    """The config with every hub path replaced by its pulled file."""
+    config = pocket_config(settings)
+    if "weights_path" not in config:
+        raise NeuralUnavailable("the pocket config names no weights_path")
+    config = {k: v for k, v in config.items() if k != "weights_path_without_voice_cloning"}
+    config["weights_path"] = _local(str(config["weights_path"]), settings.pocket_model, "weights")
+    table = dict(config["flow_lm"]["lookup_table"])
+    table["tokenizer_path"] = _local(
+        str(table["tokenizer_path"]), settings.pocket_tokenizer, "tokenizer"
+    )
+    config["flow_lm"] = {**config["flow_lm"], "lookup_table": table}
+    return config
+
+
+def weights_kind(settings: VoiceSettings, placement: Placement) -> str:
+    """int8 (dynamically quantized language model) on a CPU when asked; else float32."""
+    return "int8" if settings.pocket_quantize and placement.device == "cpu" else "float32"
+
+
+class PocketModel:
+    """A loaded Pocket TTS model on one device; one generation at a time."""
+
+    def __init__(self, settings: VoiceSettings, placement: Placement) -> None:
+        import torch
+        import yaml
+
+        self.settings = settings
+        self.placement = placement
+        self._torch = torch
+        tts_model = import_pocket()
+        # pocket-tts logs several INFO lines per sentence (timers): warnings only, unless
+        # the operator set its level.
+        pocket_log = logging.getLogger("pocket_tts")
+        if pocket_log.level == logging.NOTSET:
+            pocket_log.setLevel(logging.WARNING)
+        config = local_config(settings)
+        with tempfile.TemporaryDirectory(prefix="tada-pocket-") as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+            # Under the process-wide lock: no other model is built while this one is.
+            with loading_models():
+                model: Any = tts_model.load_model(
+                    config=str(path),
+                    temp=settings.pocket_temperature,
+                    eos_threshold=settings.pocket_eos_threshold,
+                    quantize=weights_kind(settings, placement) == "int8",
+                )
+        self.model: Any = model.to(placement.device).eval()
+        if not getattr(self.model, "has_voice_cloning", True):
+            raise NeuralUnavailable("these pocket weights cannot clone voices")
+        self._lock = threading.Lock()
+        self._states: OrderedDict[str, Any] = OrderedDict()
+
+    def state_for(self, clip: NDArray[np.float32]) -> Any:
+        """The model's state after hearing ``clip`` (24 kHz), computed once per clip."""
+        torch = self._torch
+        key = hashlib.sha256(clip.tobytes()).hexdigest()
+        with self._lock:
+            state = self._states.get(key)
+            if state is not None:
+                self._states.move_to_end(key)
+                return state
+            audio = torch.from_numpy(np.ascontiguousarray(clip))[None].to(self.placement.device)
+            with torch.inference_mode():
+                state = self.model.get_state_for_audio_prompt(audio)
+            self._states[key] = state
+            while len(self._states) > STATES_KEPT:
+                self._states.popitem(last=False)
+            return state
+
+    def stream(
+        self, clip: NDArray[np.float32], text: str, stop: threading.Event
+    ) -> Iterator[NDArray[np.float32]]:
+        """Audio chunks (24 kHz) of ``text`` in the voice of ``clip`` as they are decoded.
+
+        Holds the model while it runs; ``stop`` ends the generation at the next frame.
+        """
+        state = self.state_for(clip)
+        with self._lock:
+            chunks = self.model.generate_audio_stream(state, text, copy_state=True, stop=stop)
+            try:
+                for chunk in chunks:
+                    yield np.asarray(chunk.detach().float().cpu().numpy(), dtype=np.float32)
+            finally:
+                # The generator's threads stop at the next frame; wait for them, so the
+                # next generation never runs beside this one.
+                stop.set()
+                for _ in chunks:
+                    pass
+
+    def generate(
+        self,
+        clip: NDArray[np.float32],
+        text: str,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> NDArray[np.float32]:
+        """All of ``text``; ``on_chunk(samples so far)`` after each chunk may raise to stop."""
+        parts: list[NDArray[np.float32]] = []
+        done = 0
+        stop = threading.Event()
+        stream = self.stream(clip, text, stop)
+        try:
+            for chunk in stream:
+                parts.append(chunk)
+                done += chunk.size
+                if on_chunk is not None:
+                    on_chunk(done)
+        finally:
+            close: Any = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        if not parts:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(parts).astype(np.float32)
+
+    def describe(self) -> str:
+        return f"{self.placement.device}, {weights_kind(self.settings, self.placement)}"
+
+
+class PocketBackend:
+    """Pocket TTS for clones and speech, resemblyzer for similarity, the CPU reference as the
+    fallback (and for voices the CPU reference made). Thread-safe; loads on first use."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        settings: VoiceSettings,
+        encoder: SpeakerEncoder | None = None,
+        fallback: VoiceBackend | None = None,
+    ) -> None:
+        self.settings = settings
+        self.encoder = encoder or SpeakerEncoder()
+        self._fallback = fallback
+        self._lock = threading.Lock()
+        self._model: PocketModel | None = None
+        self.unavailable: str | None = None
+
+    @property
+    def fallback(self) -> VoiceBackend:
+        """The CPU reference, sharing this back end's speaker encoder."""
+        with self._lock:
+            if self._fallback is None:
+                from engine.voice.reference import CpuReferenceBackend
+
+                self._fallback = CpuReferenceBackend(self.settings, encoder=self.encoder)
+            return self._fallback
+
+    def model(self) -> PocketModel | None:
+        """The loaded model, or None when it cannot load (logged once, with the reason)."""
+        with self._lock:
+            if self._model is None and self.unavailable is None:
+                started = time.monotonic()
+                try:
+                    self._model = PocketModel(self.settings, machine_placement(self.settings))
+                except Exception as exc:  # any failure to load means: serve with the CPU reference
+                    self.unavailable = str(exc) or type(exc).__name__
+                    log.error(
+                        "voice: the pocket back end cannot load (%s); falling back to the "
+                        "CPU reference (cpu-reference) for every voice",
+                        self.unavailable,
+                    )
+                else:
+                    log.info(
+                        "voice: pocket model (%s) loaded in %.1f s on %s",
+                        self.settings.pocket_config or self.settings.pocket_language,
+                        time.monotonic() - started,
+                        self._model.describe(),
+                    )
+            return self._model
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE if self.model() is not None else self.fallback.sample_rate
+
+    @property
+    def warm(self) -> bool:
+        with self._lock:
+            loaded, failed = self._model is not None, self.unavailable is not None
+        if failed:
+            return self.fallback.warm
+        return loaded
+
+    def warm_up(self, stop: threading.Event | None = None) -> None:
+        steps: list[Callable[[], object]] = [self.encoder.load, self.model]
+        for step in steps:
+            if stop is not None and stop.is_set():
+                return
+            step()
+        if self.unavailable is not None:
+            self.fallback.warm_up(stop)
+
+    def describe(self) -> str:
+        model = self.settings.pocket_config or self.settings.pocket_language
+        what = f"{self.name} (Pocket TTS {model}, resemblyzer similarity)"
+        if self.unavailable is not None:
+            return f"{what} unavailable ({self.unavailable}); using {self.fallback.describe()}"
+        try:
+            placement = machine_placement(self.settings)
+        except NeuralUnavailable as exc:
+            return f"{what} unavailable ({exc})"
+        return f"{what} on {placement.device}, {weights_kind(self.settings, placement)}"
+
+    def analyse(self, sample: Sample) -> SpeakerProfile:
+        """Check the sample is speech, embed it, keep its first seconds as the voice prompt."""
+        if self.model() is None:
+            return self.fallback.analyse(sample)
+        try:
+            stats = world.speaker_stats(sample.audio, sample.sample_rate)
+        except ValueError as exc:
+            raise SampleRejected("no voice found in the sample; record yourself speaking") from exc
+        if stats.voiced_seconds / max(0.001, sample.speech_seconds) < MIN_VOICED_SHARE:
+            raise SampleRejected(
+                "no voice found in the sample (it sounds like noise or music); "
+                "record yourself speaking"
+            )
+        if stats.log_f0_std < MIN_F0_SPREAD:
+            raise SampleRejected(
+                "the sample is a steady tone, not speech; record yourself speaking"
+            )
+        embedding = self.encoder.embed(sample.audio, sample.sample_rate)
+        clip = sample.audio[: int(self.settings.neural_reference_seconds * sample.sample_rate)]
+        model = self.model()
+        if model is not None:
+            model.state_for(pcm16_from_b64(pcm16_b64(clip)))  # the first speech starts sooner
+        return SpeakerProfile(
+            backend=self.name,
+            embedding=[round(float(v), 6) for v in embedding],
+            median_f0_hz=round(stats.median_f0_hz, 2),
+            base_similarity=None,  # no base voice: the model speaks in the sample's voice
+            params={"reference_pcm16": pcm16_b64(clip), "sample_rate": sample.sample_rate},
+        )
+
+    def synthesise(
+        self, text: str, profile: SpeakerProfile, progress: Progress | None = None
+    ) -> Speech:
+        model = self.model() if profile.backend in ZERO_SHOT else None
+        if model is None:
+            # A voice the CPU reference cloned keeps speaking through it; so does every
+            # voice when this model cannot load (the reference learns a zero-shot voice
+            # from the clip it keeps).
+            return self.fallback.synthesise(text, profile, progress)
+        if not any(c.isalnum() for c in text):
+            # pocket-tts refuses a text with nothing to read: the job says so.
+            return Speech(np.zeros(0, dtype=np.float32), SAMPLE_RATE)
+        clip = pcm16_from_b64(str(profile.params["reference_pcm16"]))
+        if int(profile.params.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
+            raise NeuralUnavailable("this voice's clip is not at 24 kHz; clone it again")
+        expected = max(1.0, len(text) / TYPICAL_CHARS_PER_SECOND * SAMPLE_RATE)
+
+        def on_chunk(samples: int) -> None:
+            if progress is not None:
+                progress(min(0.99, samples / expected))
+
+        audio = model.generate(clip, text, on_chunk)
+        if progress is not None:
+            progress(1.0)
+        if audio.size:
+            audio = normalise(audio, SAMPLE_RATE, self.settings.target_dbfs)
+        return Speech(audio, SAMPLE_RATE)
+
+    def similarity(self, speech: Speech, profile: SpeakerProfile) -> float:
+        head = speech.audio[: int(SIMILARITY_SECONDS * speech.sample_rate)]
+        return cosine(self.encoder.embed(head, speech.sample_rate), profile.embedding_array())
