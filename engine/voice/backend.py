@@ -7,6 +7,7 @@ is ``[engine.voice] backend``; :func:`engine.voice.handlers.build_backend` build
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,3 +90,15 @@ class VoiceBackend(Protocol):
     def describe(self) -> str:
         """The back end, its models, device and dtype, in one line for the start-up log."""
         ...
+
+
+def pcm16_b64(audio: NDArray[np.float32]) -> str:
+    """Audio as base64 of 16-bit PCM (how a voice keeps its prompt clip in its profile)."""
+    ints = np.clip(np.round(audio * 32767), -32768, 32767).astype("<i2")
+    return base64.b64encode(ints.tobytes()).decode("ascii")
+
+
+def pcm16_from_b64(data: str) -> NDArray[np.float32]:
+    """The clip :func:`pcm16_b64` kept, as float samples."""
+    ints = np.frombuffer(base64.b64decode(data), dtype="<i2")
+    return (ints.astype(np.float32) / 32767.0).astype(np.float32)

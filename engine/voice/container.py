@@ -238,7 +238,10 @@ def _wav_format(fh: BinaryIO) -> Declared:
         pos += 8 + size + (size & 1)
         if pos >= total:
             break
-    raise ContainerRefused("the WAV file has no format header")
+    raise ContainerRefused(
+        "the WAV file has no format header: it is not audio we can decode (send a wav, "
+        "mp3, m4a, ogg, flac or webm recording)"
+    )
 
 
 def _flac_format(fh: BinaryIO) -> Declared:

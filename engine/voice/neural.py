@@ -16,7 +16,6 @@ environment.
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
@@ -31,7 +30,14 @@ from numpy.typing import NDArray
 from engine.model_loading import loading_models
 from engine.voice import world
 from engine.voice.audio import Sample, SampleRejected, normalise
-from engine.voice.backend import Progress, SpeakerProfile, Speech, VoiceBackend
+from engine.voice.backend import (
+    Progress,
+    SpeakerProfile,
+    Speech,
+    VoiceBackend,
+    pcm16_b64,
+    pcm16_from_b64,
+)
 from engine.voice.piper_base import BaseVoiceError
 from engine.voice.reference import MIN_F0_SPREAD, MIN_VOICED_SHARE, SIMILARITY_SECONDS
 from engine.voice.settings import NeuralDevice, NeuralDtype, VoiceSettings
@@ -141,17 +147,6 @@ def model_folder(settings: VoiceSettings) -> Path:
         f"{settings.neural_model!r} is neither a local folder nor a pulled model: run "
         f"`tada-engine models pull {settings.neural_model}` (nothing downloads at run time)"
     )
-
-
-def pcm16_b64(audio: NDArray[np.float32]) -> str:
-    """Audio as base64 of 16-bit PCM (how a voice keeps its prompt clip in its profile)."""
-    ints = np.clip(np.round(audio * 32767), -32768, 32767).astype("<i2")
-    return base64.b64encode(ints.tobytes()).decode("ascii")
-
-
-def pcm16_from_b64(data: str) -> NDArray[np.float32]:
-    ints = np.frombuffer(base64.b64decode(data), dtype="<i2")
-    return (ints.astype(np.float32) / 32767.0).astype(np.float32)
 
 
 def frame_cap(text: str) -> int:

@@ -39,14 +39,15 @@ from numpy.typing import NDArray
 from engine.model_loading import loading_models
 from engine.voice import world
 from engine.voice.audio import Sample, SampleRejected, normalise
-from engine.voice.backend import Progress, SpeakerProfile, Speech, VoiceBackend
-from engine.voice.neural import (
-    NeuralUnavailable,
-    Placement,
-    machine_placement,
+from engine.voice.backend import (
+    Progress,
+    SpeakerProfile,
+    Speech,
+    VoiceBackend,
     pcm16_b64,
     pcm16_from_b64,
 )
+from engine.voice.neural import NeuralUnavailable, Placement, machine_placement
 from engine.voice.random_pocket import hf_file, import_pocket
 from engine.voice.reference import MIN_F0_SPREAD, MIN_VOICED_SHARE, SIMILARITY_SECONDS
 from engine.voice.settings import VoiceSettings

@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 
 from engine.voice import parallel, world
 from engine.voice.audio import Sample, SampleRejected, normalise
-from engine.voice.backend import Progress, SpeakerProfile, Speech
+from engine.voice.backend import Progress, SpeakerProfile, Speech, pcm16_from_b64
 from engine.voice.piper_base import BaseVoiceError, PiperBase
 from engine.voice.settings import VoiceSettings
 from engine.voice.similarity import SpeakerEncoder, cosine
@@ -356,8 +356,6 @@ class CpuReferenceBackend:
         So a voice cloned by the neural or pocket back end keeps speaking when the operator
         switches to the CPU reference, or when that model cannot load here.
         """
-        from engine.voice.neural import pcm16_from_b64
-
         data = profile.params.get("reference_pcm16")
         if not isinstance(data, str):
             raise KeptClipMissing(

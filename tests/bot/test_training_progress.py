@@ -162,8 +162,9 @@ async def test_a_validation_image_judged_explicit_is_left_out(
 
     _, _, progress = await _train(simcord_env, safe, api)
 
-    # Both checkpoints' images were classified, neither shown; the progress is text.
-    assert classifier.seen == 2
+    # Every image the training drew (both checkpoints' and the finished LoRA's own) was
+    # classified, none shown; the progress is text.
+    assert classifier.seen == 3
     assert progress.embeds == [] and progress.attachments == []
     _ = simcord_env.errors
 

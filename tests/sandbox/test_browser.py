@@ -187,8 +187,10 @@ steps = 2
 """
 # Longer than ACTION_TIMEOUT_MS: the whole training.
 TRAINING_TIMEOUT_MS = 400_000
-# A command sent while the bot works is answered within this (Discord: 3 s; a loaded CPU).
-ANSWER_TIMEOUT_MS = 20_000
+# A command sent while the bot trains is answered while it still trains: that, checked after
+# each answer, is the promptness that matters (a frozen page answers only once the training
+# ends). The wait itself is the ceiling that only ends a hang, whatever the machine's load.
+ANSWER_TIMEOUT_MS = int(CEILING_S * 1000)
 
 
 def test_lora_upload_train_with_progress_then_generate_an_image(
@@ -233,12 +235,14 @@ def test_lora_upload_train_with_progress_then_generate_an_image(
         other.timeline.locator("article.channel-message").filter(
             has_text="What you can still do on this server"
         ).last.wait_for(timeout=ANSWER_TIMEOUT_MS)
+        assert "100%" not in progress.inner_text()  # answered while the training ran
         # And the first tab too: /jobs names the training's LoRA, still running.
         page.start_command("jobs")
         page.send()
-        jobs = page.timeline.locator("article.channel-message").filter(has_text="Running").last
-        jobs.wait_for(timeout=ANSWER_TIMEOUT_MS)
-        assert "Cats" in jobs.inner_text()
+        jobs = page.timeline.locator("article.channel-message").filter(has_text="LoRA training")
+        jobs.last.wait_for(timeout=ANSWER_TIMEOUT_MS)
+        listed = jobs.last.inner_text()
+        assert "Running" in listed and "Cats" in listed, listed
         assert "100%" not in progress.inner_text()  # all of it while the training ran
         page.shot("answered-while-training")
 

@@ -22,9 +22,8 @@ import torch
 from engine.model_store import RECORD
 from engine.settings import EngineSettings, JobSettings
 from engine.voice.audio import Sample
-from engine.voice.backend import SpeakerProfile
+from engine.voice.backend import SpeakerProfile, pcm16_b64
 from engine.voice.handlers import build_backend
-from engine.voice.neural import pcm16_b64
 from engine.voice.pocket import SAMPLE_RATE, PocketBackend, local_config, required_files
 from engine.voice.random_pocket import TINY_CONFIG, build_random_pocket
 from engine.voice.reference import CpuReferenceBackend, KeptClipMissing
