@@ -115,7 +115,8 @@ async def test_a_prompt_asking_for_explicit_content_is_422_before_any_work(
         image=image,
     )
     async with running_engine(settings) as (_, api):
-        key = await register(api)
+        # Another member: on the PostgreSQL pass both engines share one database.
+        key = await register(api, "bob@example.com")
         resp = await api.post("/api/demo/tadz", json={"prompt": "nude"}, headers=h(key))
         assert resp.status_code == 200, resp.text
 
