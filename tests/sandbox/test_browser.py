@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.bot.media_samples import _speech_wav, picture, zip_of
 from tests.prerequisites import BROWSER
@@ -258,7 +259,18 @@ def test_lora_upload_train_with_progress_then_generate_an_image(
         assert "`tadz`" in result.inner_text() or "tadz" in result.inner_text()
         page.shot("trained")
 
-        result.get_by_role("button", name="Generate").click()
+        # A click at the moment the page republishes the message can be refused as stale
+        # (docs/sandbox.md), and a loaded machine answers late: click again until the form
+        # opens, under the ceiling that only ends a hang.
+        deadline = time.monotonic() + CEILING_S
+        while True:
+            page.message_with("is trained").get_by_role("button", name="Generate").click()
+            try:
+                page.dialog.get_by_role("textbox").first.wait_for(timeout=30_000)
+                break
+            except PlaywrightTimeout:
+                if time.monotonic() > deadline:
+                    raise
         page.dialog.get_by_role("textbox").first.fill("a cat on a sofa")
         page.dialog.get_by_role("button", name="Submit").click()
         posted = page.message_with("Enhanced prompt")
