@@ -59,7 +59,7 @@ from engine.voice.container import (
     HeaderRefused,
     declared_format,
     detect,
-    ffmpeg_input,
+    ffmpeg_decode_mono,
 )
 
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".flac", ".webm"})
@@ -203,33 +203,7 @@ def decode_mono(
     with tempfile.TemporaryDirectory(prefix="tada-audio-") as tmp:
         source = Path(tmp) / "sample"
         source.write_bytes(data)
-        cmd = [
-            ffmpeg_path(),
-            "-nostdin",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-filter_threads",
-            "1",
-            "-threads",
-            "1",
-            *ffmpeg_input(container, f"file:{source}"),
-            # Stop just past the limit: hours of low-bitrate audio must not unpack whole.
-            "-t",
-            f"{seconds:.3f}",
-            "-vn",
-            "-threads",
-            "1",
-            "-ac",
-            "1",
-            "-ar",
-            str(DECODE_RATE),
-            "-f",
-            "s16le",
-            "-acodec",
-            "pcm_s16le",
-            "pipe:1",
-        ]
+        cmd = ffmpeg_decode_mono(ffmpeg_path(), container, f"file:{source}", seconds, DECODE_RATE)
         limits = replace(AUDIO_LIMITS, output_bytes=int((seconds + 1.0) * DECODE_RATE) * 2)
         try:
             raw = (confiner or process_confiner()).run_command(cmd, limits)

@@ -82,33 +82,53 @@ run_pass "pip check" python -m pip check
 run_pass "docs" docs_build
 # Each pytest pass lists its slowest tests (over 10 s), where trimming would pay.
 durations=(--durations=15 --durations-min=10)
-run_pass "pytest" pytest -q "${durations[@]}" "$@"
+# Each pytest pass runs on one worker per core (pytest-xdist), at most 4 and one per 3 GiB of
+# memory (each worker loads its own models); TADA_TEST_WORKERS=1 runs them in one process.
+# A test file stays on one worker (--dist loadfile): its module fixtures are built once.
+workers=${TADA_TEST_WORKERS:-$(python - <<'PY'
+import os
+cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+try:
+    with open("/proc/meminfo") as meminfo:
+        kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+    by_memory = max(1, kib // (3 * 1024 * 1024))
+except (OSError, StopIteration):
+    by_memory = cores
+print(max(1, min(cores, 4, by_memory)))
+PY
+)}
+if [ "$workers" -gt 1 ]; then
+    parallel=(-n "$workers" --dist loadfile)
+else
+    parallel=()
+fi
+echo "== pytest workers: $workers"
+run_pass "pytest" pytest -q "${parallel[@]}" "${durations[@]}" "$@"
 
-# The engine and security suites again with the engine database on a real PostgreSQL, which
-# the tests start themselves (tests/servers.py). Skipped when pytest was given arguments.
-pg_engine="pytest, PostgreSQL: engine and security"
-pg_bot="pytest, PostgreSQL: the bot store"
+# The engine and security suites, and the bot store's, again on a real PostgreSQL, which the
+# tests start themselves (tests/servers.py). Skipped when pytest was given arguments.
+pg="pytest, PostgreSQL: engine, security, bot store"
 s3="pytest, object storage"
 if [ "$#" -eq 0 ]; then
     # Once is enough, in the pass above: the tests marked no_database (the models', the
     # voice evaluation's, the bombs' memory; a marked test that opens a database fails,
     # tests/conftest.py), and the voice quality test, which clones and speaks over the API
-    # as voice/test_api.py does here and adds how the clones sound.
-    run_pass "$pg_engine" TADA_TEST_DB=postgres pytest -q "${durations[@]}" -m "not no_database" \
-        tests/engine tests/security --ignore=tests/engine/voice/test_quality.py
-    # The bot store's shared state, claims, quotas and shards (the rest of the bot suite
-    # reads its SQLite store file directly).
-    run_pass "$pg_bot" TADA_TEST_DB=postgres pytest -q "${durations[@]}" \
+    # as voice/test_api.py does here and adds how the clones sound. Of the bot suite: the
+    # store's shared state, claims, quotas and shards (the rest reads its SQLite store file
+    # directly). One pass for both: its workers start once.
+    run_pass "$pg" TADA_TEST_DB=postgres pytest -q "${parallel[@]}" "${durations[@]}" \
+        -m "not no_database" tests/engine tests/security \
+        --ignore=tests/engine/voice/test_quality.py \
         tests/bot/test_shared_state.py \
         tests/bot/test_policy.py tests/bot/test_sharding.py tests/bot/test_jobs_runner.py \
         tests/bot/test_jobs_panel.py tests/bot/test_quota.py
     # Uploads, LoRAs and voices with files in SeaweedFS (tests/engine/test_storage.py trains
     # and generates on both back ends in the main pass).
-    run_pass "$s3" TADA_TEST_STORAGE=s3 pytest -q "${durations[@]}" tests/engine/test_uploads.py \
-        tests/engine/image/test_demo_api.py tests/engine/image/test_generation_options.py \
-        tests/engine/voice/test_api.py
+    run_pass "$s3" TADA_TEST_STORAGE=s3 pytest -q "${parallel[@]}" "${durations[@]}" \
+        tests/engine/test_uploads.py tests/engine/image/test_demo_api.py \
+        tests/engine/image/test_generation_options.py tests/engine/voice/test_api.py
 else
-    for name in "$pg_engine" "$pg_bot" "$s3"; do
+    for name in "$pg" "$s3"; do
         skip_pass "$name" "pytest was given arguments"
     done
 fi
@@ -116,7 +136,7 @@ fi
 echo
 echo "== summary: one line per pass"
 for i in "${!names[@]}"; do
-    printf '%-42s %-16s %6ss  %s\n' "${names[$i]}" "${results[$i]}" "${times[$i]}" \
+    printf '%-48s %-16s %6ss  %s\n' "${names[$i]}" "${results[$i]}" "${times[$i]}" \
         "${closings[$i]}"
 done
 # The last line, pytest's form: the tests of every pytest pass added up, and the passes

@@ -33,7 +33,7 @@ from engine.confine import (
     OverTime,
     process_confiner,
 )
-from engine.voice.container import ContainerRefused, detect, ffmpeg_input
+from engine.voice.container import ContainerRefused, detect, ffmpeg_decode_mono
 from engine.voice.settings import AudioFormat
 
 FloatAudio = NDArray[np.float32]
@@ -123,32 +123,9 @@ def decode(
     except ContainerRefused as exc:
         raise SampleRejected(str(exc)) from exc
     seconds = (max_seconds if max_seconds is not None else _LONGEST_S) + 1.0
-    cmd = [
-        ffmpeg_exe(),
-        "-nostdin",
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-filter_threads",
-        "1",
-        "-threads",
-        "1",
-        *ffmpeg_input(container, f"file:{path.resolve()}"),
-        "-t",
-        f"{seconds:.3f}",
-        "-vn",
-        "-threads",
-        "1",
-        "-ac",
-        "1",
-        "-ar",
-        str(sample_rate),
-        "-f",
-        "s16le",
-        "-acodec",
-        "pcm_s16le",
-        "-",
-    ]
+    cmd = ffmpeg_decode_mono(
+        ffmpeg_exe(), container, f"file:{path.resolve()}", seconds, sample_rate
+    )
     # A second of slack over what ``seconds`` of 16-bit mono take.
     output = int((seconds + 1.0) * sample_rate) * 2
     limits = replace(DECODE_LIMITS, output_bytes=output)

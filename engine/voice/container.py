@@ -411,3 +411,37 @@ def ffmpeg_input(container: AudioContainer, source: str) -> list[str]:
         ["-enable_drefs", "0", "-use_absolute_path", "0"] if container is AudioContainer.MP4 else []
     )
     return ["-protocol_whitelist", protocol, "-f", container.value, *extra, "-i", source]
+
+
+def ffmpeg_decode_mono(
+    ffmpeg: str, container: AudioContainer, source: str, seconds: float, sample_rate: int
+) -> list[str]:
+    """The whole ffmpeg command that decodes ``source`` (see :func:`ffmpeg_input`) to 16-bit
+    little-endian mono at ``sample_rate`` on stdout, stopping just past ``seconds`` (hours of
+    low-bitrate audio must not unpack whole), with one thread; run it confined."""
+    return [
+        ffmpeg,
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-filter_threads",
+        "1",
+        "-threads",
+        "1",
+        *ffmpeg_input(container, source),
+        "-t",
+        f"{seconds:.3f}",
+        "-vn",
+        "-threads",
+        "1",
+        "-ac",
+        "1",
+        "-ar",
+        str(sample_rate),
+        "-f",
+        "s16le",
+        "-acodec",
+        "pcm_s16le",
+        "pipe:1",
+    ]
