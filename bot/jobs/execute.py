@@ -12,7 +12,7 @@ from typing import Any
 from bot.config import JobsConfig
 from bot.errors import DemoNotSetUp, caused_by_member, reply_for
 from bot.jobs.deliver import Delivery
-from bot.jobs.images import generation_body, image_result
+from bot.jobs.images import generation_body, image_result, refine_call, refinement_of
 from bot.jobs.models import Job, JobKind, JobState, speech_result
 from bot.jobs.recover import find_generation
 from bot.jobs.store import JobStore
@@ -130,8 +130,16 @@ class Execution:
                     await self.store.update(job.id, params=p)
             # Seed, size, negative prompt, variation: only what this API offers is sent.
             offer = await tada.generation_offer()
-            body = generation_body(p, offer)
-            image = await tada.generate_lora(str(p["lora_id"]), str(p["prompt"]), **body)
+            if refinement_of(p) is not None:
+                # Upscale or vary a posted image (engine extensions, this API's own paths).
+                image_id, strength = refine_call(p, offer)
+                if strength is None:
+                    image = await tada.upscale_image(image_id)
+                else:
+                    image = await tada.vary_image(image_id, strength)
+            else:
+                body = generation_body(p, offer)
+                image = await tada.generate_lora(str(p["lora_id"]), str(p["prompt"]), **body)
         elif job.kind is JobKind.DEMO_GENERATE:
             demo = tada.demo_pudgy if p.get("model") == "pudgy" else tada.demo_tadz
             image = await demo(str(p["prompt"]))
