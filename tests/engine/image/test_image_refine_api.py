@@ -16,9 +16,10 @@ from PIL import Image
 from engine.app import create_app
 from engine.image.pipeline import ImageModel
 from engine.image.settings import ImageSettings
+from engine.image.types import TrainImage
 from tests.conftest import get_from, make_settings, register, running_engine, services_of
 from tests.engine.image.test_lora_api import h, settings_for, upload_zip, wait_final
-from tests.engine.image.zips import good_zip
+from tests.engine.image.zips import good_zip, image_bytes
 
 Engine = tuple[FastAPI, httpx.AsyncClient]
 Trained = tuple[str, str, dict]
@@ -224,3 +225,29 @@ def test_img2img_shares_the_loaded_modules_and_is_deterministic(arch: str) -> No
     other = model.refine(source, "a cat", strength=0.3, seed=3, steps=2, width=64, height=64)
     assert first.shape == (64, 64, 3)
     assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+async def test_a_demo_image_is_upscaled_and_varied_with_its_demo_lora(tmp_path: Path) -> None:
+    model = ImageModel.from_settings(ImageSettings())
+    examples = [
+        TrainImage(Image.open(io.BytesIO(image_bytes(i))).convert("RGB"), "tadz") for i in range(2)
+    ]
+    lora = tmp_path / "tadz.safetensors"
+    model.train_lora(examples, lora, rank=4, steps=2, learning_rate=1e-2, seed=0)
+    demos = {"tadz": {"lora_path": str(lora), "trigger_word": "tadz"}}
+    async with running_engine(settings_for(tmp_path, demos=demos)) as (_, api):
+        key = await register(api)
+        resp = await api.post("/api/demo/tadz", json={"prompt": "on a beach"}, headers=h(key))
+        assert resp.status_code == 200, resp.text
+        parent = resp.json()
+
+        big = await upscale(api, key, parent["id"])
+        varied = await vary(api, key, parent["id"], "subtle")
+
+        for answer in (big, varied):
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["demo"] == "tadz" and body["lora_id"] is None
+            assert body["parent_id"] == parent["id"]
+            assert body["enhanced_prompt"] == parent["enhanced_prompt"]
+        assert (await image_of(api, big.json())).size == (64, 64)
