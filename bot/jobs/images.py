@@ -34,6 +34,8 @@ REFINEMENTS: dict[str, tuple[str | None, str]] = {
     "vary_subtle": ("subtle", "Subtle variation of"),
     "vary_strong": ("strong", "Strong variation of"),
 }
+# The jobs whose images the post's Upscale and Vary buttons work on.
+REFINABLE_KINDS = frozenset({JobKind.LORA_GENERATE, JobKind.DEMO_GENERATE})
 NOT_REFINED_HERE = (
     "This server's Ta-da API does not upscale or vary images (the hosted Ta-da API has "
     "neither); use Re-roll or Variations instead."
@@ -166,17 +168,25 @@ def variation_request(job: Job, parent_url: str | None) -> JobRequest:
 
 
 def refine_request(job: Job, operation: str, parent_url: str | None) -> JobRequest:
-    """Upscale or vary (``operation``, a :data:`REFINEMENTS` key) the image ``job`` made: a
-    LoRA image job like any other (the same gate, quota and queue), of the same LoRA and
-    prompt, linked to the message it was posted in (``parent_url``)."""
+    """Upscale or vary (``operation``, a :data:`REFINEMENTS` key) the image ``job`` made: an
+    image job of the same kind as its parent (the same gate, quota and queue), of the same
+    LoRA or demo and prompt, linked to the message it was posted in (``parent_url``)."""
     if operation not in REFINEMENTS:
         raise ValueError(f"unknown image operation {operation!r}")
-    result = _finished_image(job)
+    result = job.result or {}
+    if job.kind not in REFINABLE_KINDS or job.state is not JobState.FINISHED:
+        raise UserFacingError("Only a finished image can be upscaled or varied from here.")
+    if not result.get("generation_id"):
+        raise UserFacingError("Ta-da gave this image no id, so it cannot be upscaled or varied.")
     p = job.params
     prompt = str(result.get("prompt") or p["prompt"])
+    origin = (
+        {"lora_id": p["lora_id"], "lora_name": p.get("lora_name")}
+        if job.kind is JobKind.LORA_GENERATE
+        else {"model": p.get("model")}
+    )
     params: dict[str, Any] = {
-        "lora_id": p["lora_id"],
-        "lora_name": p.get("lora_name"),
+        **origin,
         "prompt": prompt,
         "refine": {"image_id": str(result["generation_id"]), "operation": operation},
         "parent_job": job.id,
@@ -185,7 +195,13 @@ def refine_request(job: Job, operation: str, parent_url: str | None) -> JobReque
     }
     if parent_url:
         params["parent_url"] = parent_url
-    return JobRequest(JobKind.LORA_GENERATE, params, text=prompt)
+    return JobRequest(job.kind, params, text=prompt)
+
+
+def image_operations(offer: GenerationOffer) -> GenerationOffer:
+    """Of ``offer``, only the image operations (a demo takes no generation controls, but
+    its image may be upscaled and varied)."""
+    return GenerationOffer(upscale=offer.upscale, vary_image=offer.vary_image)
 
 
 def refinement_of(params: dict[str, Any]) -> tuple[str, str] | None:

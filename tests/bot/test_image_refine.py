@@ -23,7 +23,7 @@ from bot.safety import ImageSafety
 from bot.store import LinkedVia
 from engine.settings import EngineSettings, JobSettings
 from tests.bot.conftest import ENGINE_URL
-from tests.bot.policy_world import admin_says, make_server
+from tests.bot.policy_world import admin_says, demo_loras, make_server
 from tests.bot.safety_world import ScriptedClassifier
 from tests.bot.test_lora_controls import (
     IMAGE,
@@ -41,12 +41,17 @@ pytestmark = pytest.mark.simcord(settle_timeout=120)
 IMAGE_OPS = "/api/images/"
 
 
+__all__ = ["demo_loras"]  # the module-scoped fixture, used through engine_settings
+
+
 @pytest.fixture
-def engine_settings(tmp_path: Path) -> EngineSettings:  # quick trainings, as lora_controls'
+def engine_settings(tmp_path: Path, demo_loras: dict[str, Path]) -> EngineSettings:
+    """Quick trainings (as lora_controls'), and the Tadz demo."""
+    demos = {"tadz": {"lora_path": str(demo_loras["tadz"]), "trigger_word": "tadz"}}
     return make_settings(
         tmp_path / "engine",
         jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
-        image=IMAGE,
+        image={**IMAGE, "demos": demos},
     )
 
 
@@ -185,4 +190,36 @@ async def test_the_buttons_use_the_servers_quota(
     for answer in answers:
         assert answer.ephemeral
         assert any("used all your LoRA allowance" in t for t in said(answer)), said(answer)
+    _ = simcord_env.errors
+
+
+async def test_a_demo_image_is_upscaled_and_varied_too(
+    simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
+) -> None:
+    server = make_server(simcord_env)
+    key = await register(api, "alice@example.com")
+    await services.members.save(server.alice.id, SecretStr(key), via=LinkedVia.LINK)
+    made = await server.alice.slash(server.general, "demo tadz", prompt="a cat")
+    parent = made.followups[-1]
+    # A demo has no seed or variation controls, but its image can be upscaled and varied.
+    assert labels_of(parent) == [
+        "Re-roll",
+        "Upscale 2x",
+        "Vary (subtle)",
+        "Vary (strong)",
+        "Delete",
+    ]
+    parent_id = (await job_of(simcord_env).for_member(server.alice.id))[0].tada_id
+    calls = image_calls(api)
+    jump = f"https://discord.com/channels/{server.guild.id}/{server.general.id}/{parent.id}"
+
+    refused = await server.admin.click(parent, label="Upscale 2x")
+    assert refused.ephemeral and calls == []
+    upscaled = await server.alice.click(parent, label="Upscale 2x")
+
+    assert calls == [(f"/api/images/{parent_id}/upscale", None)]
+    post = upscaled.followups[-1]
+    assert f"↪️ Upscaled 2x from {jump}" in post.content
+    assert post.embeds[0].title == "Tadz demo"
+    assert await size_of(post) == (64, 64)
     _ = simcord_env.errors
