@@ -375,11 +375,8 @@ async def _variation_payload(
             f"a variation keeps its parent's prompt: send {parent.prompt!r}",
             request.prompt,
         )
-    seed = parent.seed
-    while seed == parent.seed:
-        seed = secrets.randbelow(MAX_SEED + 1)
     return {
-        "seed": seed,
+        "seed": _new_seed(parent.seed),
         "variation_of": parent.id,
         "enhanced_prompt": parent.enhanced_prompt,
         "full_negative_prompt": parent.negative_prompt,
@@ -455,6 +452,7 @@ async def run_generation(
 
 
 def _new_seed(old: int) -> int:
+    """A random seed other than ``old`` (a variation must not draw its parent again)."""
     seed = old
     while seed == old:
         seed = secrets.randbelow(MAX_SEED + 1)
