@@ -143,6 +143,10 @@ async def test_upscale_and_vary_are_the_owners_and_link_to_their_parent(
     assert drawn["parent_id"] == parent_id and drawn["operation"] == "upscale"
     # The upscale's own post offers the same buttons (an upscale of an upscale, a variation).
     assert "Upscale 2x" in labels_of(post) and "Vary (strong)" in labels_of(post)
+    # Its Re-roll upscales the same image again (a new seed).
+    rerolled = await alice.click(post, label="Re-roll")
+    assert calls[-1] == (f"/api/images/{parent_id}/upscale", None)
+    assert f"↪️ Upscaled 2x from {jump}" in rerolled.followups[-1].content
 
     for label, strength in (("Vary (subtle)", "subtle"), ("Vary (strong)", "strong")):
         varied = await alice.click(parent, label=label)
@@ -150,7 +154,7 @@ async def test_upscale_and_vary_are_the_owners_and_link_to_their_parent(
         post = varied.followups[-1]
         assert f"↪️ {strength.title()} variation of {jump}" in post.content
         assert await size_of(post) == (32, 32)
-    assert classifier.seen == seen + 3
+    assert classifier.seen == seen + 4
 
     # A variation judged explicit is withheld like any image: nothing in the channel.
     classifier.explicit = True
