@@ -365,7 +365,9 @@ class ImageBackend:
         except NotStored as exc:
             raise JobFailed("the image to upscale or vary is no longer stored") from exc
         except (OSError, Image.DecompressionBombError) as exc:
-            raise JobFailed(f"the stored image cannot be read: {exc}") from exc
+            # The reason (with a server path in it) goes to the log, not to the caller.
+            log.warning("stored image %s cannot be read: %s", key, exc)
+            raise JobFailed("the stored image cannot be read; draw a new one") from exc
 
 
 def image_handlers(
