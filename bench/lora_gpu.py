@@ -5,6 +5,8 @@ architecture only) with random weights directly on the GPU in bf16, then through
 engine's own :class:`ImageModel`:
 
 - seconds per 1024x1024 image (SDXL 30 steps with CFG, FLUX 28 steps at guidance 3.5);
+- seconds per Upscale 2x (1024 -> 2048, img2img at the engine's upscale strength) and per
+  Vary subtle / strong (img2img at 1024), from the same loaded modules (``from_pipe``);
 - LoRA training steps/s at 1024 (bucketed, cached latents and text embeddings), without the
   memory options and with them (gradient checkpointing, 8-bit AdamW when bitsandbytes is
   importable);
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import platform
 import statistics
 import sys
@@ -34,13 +37,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.lora import device_name, sample_images, sync
 from engine.image.offline_tokenizers import offline_t5_tokenizer, offline_tokenizer
 from engine.image.pipeline import ImageModel, TrainOptions
+from engine.image.settings import GenerationSettings
 from engine.image.tiny import build_tiny_pipeline
 from engine.image.types import TrainImage
 
@@ -166,6 +172,45 @@ def measure_generation(model: ImageModel, arch: str, size: int, runs: int) -> di
     }
 
 
+def measure_refine(model: ImageModel, arch: str, size: int, runs: int) -> dict[str, Any]:
+    """Seconds per Upscale 2x (size -> 2 x size) and per Vary (subtle, strong) of a drawn
+    image: img2img through the engine's ImageModel.refine at the engine's default strengths,
+    with each model's steps (img2img runs ``steps x strength`` of them)."""
+    gen = GEN[arch]
+    cfg = GenerationSettings()
+    prompt = "tadz, a portrait photo"
+    drawn = model.generate(prompt, seed=0, width=size, height=size, **gen)
+    source = Image.fromarray((np.clip(drawn, 0, 1) * 255).round().astype(np.uint8))
+    # Warm-up at the upscale's size: the img2img pipeline is made, kernels are picked.
+    model.refine(source, prompt, strength=0.5, steps=2, width=2 * size, height=2 * size)
+    out: dict[str, Any] = {"source_size": size}
+    cases = {
+        "upscale_2x": (cfg.upscale_strength, 2 * size),
+        "vary_subtle": (cfg.vary_subtle_strength, size),
+        "vary_strong": (cfg.vary_strong_strength, size),
+    }
+    for name, (strength, side) in cases.items():
+        _reset_peak(model.device)
+        times = []
+        for seed in range(runs):
+            sync(model.device)
+            started = time.perf_counter()
+            model.refine(
+                source, prompt, strength=strength, seed=seed + 1, width=side, height=side, **gen
+            )
+            sync(model.device)
+            times.append(time.perf_counter() - started)
+        out[name] = {
+            "size": side,
+            "strength": strength,
+            "denoising_steps": int(max(gen["steps"], math.ceil(1 / strength)) * strength),
+            "seconds_per_image": round(statistics.median(times), 3),
+            "runs": [round(t, 3) for t in times],
+            "peak_vram_gib": _peak_gib(model.device),
+        }
+    return out
+
+
 def measure_training(
     model: ImageModel, size: int, steps: int, warmup: int, options: TrainOptions
 ) -> dict[str, Any]:
@@ -224,6 +269,12 @@ def bench_arch(arch: str, args: argparse.Namespace, device: torch.device) -> dic
     sync(device)
     out["build_seconds"] = round(time.perf_counter() - started, 1)
     out["generation"] = measure_generation(model, arch, args.size, args.runs)
+    out["refine"] = measure_refine(model, arch, args.size, args.runs)
+    if args.skip_training:
+        del model, pipe
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return out
     bf16 = torch.bfloat16 if device.type == "cuda" else None
     eight = eight_bit_available(device)
     out["training"] = {
@@ -261,6 +312,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--skip-training", action="store_true", help="generation, upscale and vary only"
+    )
     args = parser.parse_args()
     if args.dry_run:
         device = torch.device("cpu")

@@ -22,6 +22,7 @@ from bot.jobs.images import (
     ImageOptions,
     parse_ratio,
     parse_seed,
+    refine_request,
     seed_card,
     variation_request,
     with_new_seed,
@@ -380,6 +381,44 @@ class VaryButton(_JobButton, kind="vary", label="Variations", style=discord.Butt
         await runner_of(interaction).submit(interaction, variation_request(job, parent))
 
 
+async def _refine(interaction: discord.Interaction[Any], job_id: str, operation: str) -> None:
+    """Queue an upscale or a variation of a posted image, linked to its post (owner only)."""
+    job = await _job_of(interaction, job_id)
+    _check_owner(interaction, job.user_id)
+    parent = interaction.message.jump_url if interaction.message is not None else None
+    await runner_of(interaction).submit(interaction, refine_request(job, operation, parent))
+
+
+class UpscaleButton(
+    _JobButton, kind="upscale", label="Upscale 2x", style=discord.ButtonStyle.secondary
+):
+    """This image at twice its size, redrawn lightly with the same LoRA, linked to this post
+    (owner only; admitted and counted like the command)."""
+
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        await _refine(interaction, self.job_id, "upscale")
+
+
+class VarySubtleButton(
+    _JobButton, kind="vsubtle", label="Vary (subtle)", style=discord.ButtonStyle.secondary
+):
+    """A subtle variation drawn from this image (details change), linked to this post
+    (owner only; admitted and counted like the command)."""
+
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        await _refine(interaction, self.job_id, "vary_subtle")
+
+
+class VaryStrongButton(
+    _JobButton, kind="vstrong", label="Vary (strong)", style=discord.ButtonStyle.secondary
+):
+    """A strong variation drawn from this image (its composition and colours kept), linked
+    to this post (owner only; admitted and counted like the command)."""
+
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        await _refine(interaction, self.job_id, "vary_strong")
+
+
 class SeedButton(_JobButton, kind="seed", label="Use seed", style=discord.ButtonStyle.secondary):
     """The image's seed and parameters, shown privately to whoever asks; its owner also
     gets **Draw with this seed** (a new prompt, the same seed)."""
@@ -477,4 +516,7 @@ PERSISTENT_BUTTONS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     VaryButton,
     SeedButton,
     ReseedButton,
+    UpscaleButton,
+    VarySubtleButton,
+    VaryStrongButton,
 )

@@ -12,7 +12,13 @@ from typing import Any
 from bot.config import JobsConfig
 from bot.errors import DemoNotSetUp, caused_by_member, reply_for
 from bot.jobs.deliver import Delivery
-from bot.jobs.images import generation_body, image_result
+from bot.jobs.images import (
+    generation_body,
+    image_operations,
+    image_result,
+    refine_call,
+    refinement_of,
+)
 from bot.jobs.models import Job, JobKind, JobState, speech_result
 from bot.jobs.recover import find_generation
 from bot.jobs.store import JobStore
@@ -20,6 +26,7 @@ from bot.readiness import EngineReadiness, is_test_model
 from bot.store.models import utcnow
 from bot.tada import TadaClient
 from bot.tada.errors import ServiceUnavailable, TadaError, TadaTimeout, TadaTransportError
+from bot.tada.models import ImageGeneration
 from bot.tada.offer import GenerationOffer
 
 log = logging.getLogger(__name__)
@@ -130,11 +137,19 @@ class Execution:
                     await self.store.update(job.id, params=p)
             # Seed, size, negative prompt, variation: only what this API offers is sent.
             offer = await tada.generation_offer()
-            body = generation_body(p, offer)
-            image = await tada.generate_lora(str(p["lora_id"]), str(p["prompt"]), **body)
+            if refinement_of(p) is not None:
+                image = await self._refine(tada, p, offer)
+            else:
+                body = generation_body(p, offer)
+                image = await tada.generate_lora(str(p["lora_id"]), str(p["prompt"]), **body)
         elif job.kind is JobKind.DEMO_GENERATE:
-            demo = tada.demo_pudgy if p.get("model") == "pudgy" else tada.demo_tadz
-            image = await demo(str(p["prompt"]))
+            # A demo takes the prompt alone; its post may offer upscale and vary.
+            offer = image_operations(await tada.generation_offer())
+            if refinement_of(p) is not None:
+                image = await self._refine(tada, p, offer)
+            else:
+                demo = tada.demo_pudgy if p.get("model") == "pudgy" else tada.demo_tadz
+                image = await demo(str(p["prompt"]))
         else:
             raise ValueError(f"{job.kind} is not a generation")
         readiness = self.readiness
@@ -145,6 +160,16 @@ class Execution:
         elif image.model:
             readiness.real_model_seen()
         return image_result(image, p, offer)
+
+    @staticmethod
+    async def _refine(
+        tada: TadaClient, params: dict[str, Any], offer: GenerationOffer
+    ) -> ImageGeneration:
+        """Upscale or vary a posted image (engine extensions, this API's own paths)."""
+        image_id, strength = refine_call(params, offer)
+        if strength is None:
+            return await tada.upscale_image(image_id)
+        return await tada.vary_image(image_id, strength)
 
     async def _lora_name(self, tada: TadaClient, lora_id: str) -> str | None:
         """The name of the LoRA ``lora_id`` (its upload's id or its training's id)."""

@@ -1,5 +1,6 @@
 """The controls members expect of an image command: a seed, an aspect ratio, a negative
-prompt, variations of an image, and the seed shown so it can be reused.
+prompt, variations of an image, upscale 2x and vary (subtle / strong) of a posted image,
+and the seed shown so it can be reused.
 
 They are engine extensions: the hosted Ta-da API takes only ``prompt``. Each travels in the
 job's parameters and is sent only when the API's OpenAPI document offers it
@@ -25,6 +26,20 @@ ASPECT_RATIOS: tuple[str, ...] = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:
 MAX_SEED = 2**31 - 1
 # Words for the member, per control.
 LABELS = {"seed": "seed", "negative_prompt": "negative prompt", "aspect_ratio": "aspect ratio"}
+# The image operations of a post's buttons (engine extensions: img2img from the image), by
+# the name the engine answers in ``operation``: the strength sent to ``/vary`` (None: an
+# upscale), and how the result's post names its parent.
+REFINEMENTS: dict[str, tuple[str | None, str]] = {
+    "upscale": (None, "Upscaled 2x from"),
+    "vary_subtle": ("subtle", "Subtle variation of"),
+    "vary_strong": ("strong", "Strong variation of"),
+}
+# The jobs whose images the post's Upscale and Vary buttons work on.
+REFINABLE_KINDS = frozenset({JobKind.LORA_GENERATE, JobKind.DEMO_GENERATE})
+NOT_REFINED_HERE = (
+    "This server's Ta-da API does not upscale or vary images (the hosted Ta-da API has "
+    "neither); use Re-roll or Variations instead."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +126,14 @@ def image_result(
         "width": image.width,
         "height": image.height,
         "variation_of": image.variation_of,
+        "parent_id": image.parent_id,
+        "operation": image.operation,
         # Whether the seed can be sent back to this API, and whether it makes variations.
         "seed_reusable": offer.seed,
         "can_vary": offer.variation_of and image.id is not None,
+        # Whether this API upscales and varies the image (the Upscale / Vary buttons).
+        "can_upscale": offer.upscale and image.id is not None,
+        "can_vary_image": offer.vary_image and image.id is not None,
     }
 
 
@@ -145,6 +165,73 @@ def variation_request(job: Job, parent_url: str | None) -> JobRequest:
     if parent_url:
         params["parent_url"] = parent_url
     return JobRequest(JobKind.LORA_GENERATE, params, text=prompt)
+
+
+def refine_request(job: Job, operation: str, parent_url: str | None) -> JobRequest:
+    """Upscale or vary (``operation``, a :data:`REFINEMENTS` key) the image ``job`` made: an
+    image job of the same kind as its parent (the same gate, quota and queue), of the same
+    LoRA or demo and prompt, linked to the message it was posted in (``parent_url``)."""
+    if operation not in REFINEMENTS:
+        raise ValueError(f"unknown image operation {operation!r}")
+    result = job.result or {}
+    if job.kind not in REFINABLE_KINDS or job.state is not JobState.FINISHED:
+        raise UserFacingError("Only a finished image can be upscaled or varied from here.")
+    if not result.get("generation_id"):
+        raise UserFacingError("Ta-da gave this image no id, so it cannot be upscaled or varied.")
+    p = job.params
+    prompt = str(result.get("prompt") or p["prompt"])
+    origin = (
+        {"lora_id": p["lora_id"], "lora_name": p.get("lora_name")}
+        if job.kind is JobKind.LORA_GENERATE
+        else {"model": p.get("model")}
+    )
+    params: dict[str, Any] = {
+        **origin,
+        "prompt": prompt,
+        "refine": {"image_id": str(result["generation_id"]), "operation": operation},
+        "parent_job": job.id,
+        # Shown on the post: the result keeps its parent's.
+        **{k: p[k] for k in ("negative_prompt",) if p.get(k)},
+    }
+    if parent_url:
+        params["parent_url"] = parent_url
+    return JobRequest(job.kind, params, text=prompt)
+
+
+def image_operations(offer: GenerationOffer) -> GenerationOffer:
+    """Of ``offer``, only the image operations (a demo takes no generation controls, but
+    its image may be upscaled and varied)."""
+    return GenerationOffer(upscale=offer.upscale, vary_image=offer.vary_image)
+
+
+def refinement_of(params: dict[str, Any]) -> tuple[str, str] | None:
+    """The image id and operation of an upscale or vary job (``None``: a plain image)."""
+    refine = params.get("refine")
+    if not isinstance(refine, dict):
+        return None
+    return str(refine["image_id"]), str(refine["operation"])
+
+
+def refine_call(params: dict[str, Any], offer: GenerationOffer) -> tuple[str, str | None]:
+    """What to ask the API for an upscale or vary job: the image id, and the strength of a
+    variation (``None``: an upscale); a clear refusal where this API has neither."""
+    found = refinement_of(params)
+    assert found is not None
+    image_id, operation = found
+    strength, _ = REFINEMENTS[operation]
+    if not (offer.upscale if strength is None else offer.vary_image):
+        raise UserFacingError(NOT_REFINED_HERE)
+    return image_id, strength
+
+
+def parent_lead(params: dict[str, Any]) -> str:
+    """How a post names the message of the image it came from ("" when none)."""
+    parent = params.get("parent_url")
+    if not isinstance(parent, str) or not parent:
+        return ""
+    found = refinement_of(params)
+    what = REFINEMENTS[found[1]][1] if found and found[1] in REFINEMENTS else "Variation of"
+    return f" ↪️ {what} {parent}"
 
 
 def with_new_seed(job: Job, request: JobRequest) -> JobRequest:
@@ -217,6 +304,9 @@ def seed_card(job: Job) -> str:
         lines.append(f"Negative prompt: {clip(negative, 300)}")
     if result.get("variation_of"):
         lines.append(f"A variation of generation `{result['variation_of']}`.")
+    if result.get("parent_id") and result.get("operation") in REFINEMENTS:
+        what = REFINEMENTS[str(result["operation"])][1]
+        lines.append(f"{what} generation `{result['parent_id']}`.")
     if isinstance(seed, int) and result.get("seed_reusable"):
         ratio = p.get("aspect_ratio")
         options = f"`seed:{seed}`" + (f" `aspect_ratio:{ratio}`" if ratio else "")

@@ -13,7 +13,7 @@ from typing import Any
 
 from bot.errors import UserFacingError
 from bot.jobs.deliver import Delivery
-from bot.jobs.images import image_result
+from bot.jobs.images import image_result, refinement_of
 from bot.jobs.models import Job, JobKind, JobState, speech_result
 from bot.jobs.models import aware as _aware
 from bot.jobs.store import JobStore
@@ -50,6 +50,8 @@ async def find_generation(tada: TadaClient, job: Job, store: JobStore) -> dict[s
             if image.prompt == p["prompt"]
             # A variation and a fresh image of the same prompt are not the same request.
             and (not offer.variation_of or image.variation_of == p.get("variation_of"))
+            # Nor are an upscale or a variation of an image (their parent and operation).
+            and (image.parent_id, image.operation) == (refinement_of(p) or (None, None))
             and image.created_at is not None
             and _aware(image.created_at) >= since
         ]

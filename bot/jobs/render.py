@@ -14,9 +14,12 @@ from bot.jobs.buttons import (
     DeleteButton,
     GenerateButton,
     SeedButton,
+    UpscaleButton,
     VaryButton,
+    VaryStrongButton,
+    VarySubtleButton,
 )
-from bot.jobs.images import image_fields
+from bot.jobs.images import image_fields, parent_lead
 from bot.jobs.models import Job, JobKind, JobState
 from bot.messages import (
     CONTENT_LIMIT,
@@ -233,12 +236,15 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
     embed = _prompt_embed(title, prompt, enhanced if isinstance(enhanced, str) else None)
     for name, value in image_fields(job):
         embed.add_field(name=name, value=clip(value, EMBED_FIELD_LIMIT), inline=True)
-    parent = p.get("parent_url")
-    # A jump link: Discord shows it as a link to the image this one varies.
-    lead = f" ↪️ Variation of {parent}" if isinstance(parent, str) and parent else ""
+    # A jump link: Discord shows it as a link to the image this one varies or upscales.
+    lead = parent_lead(p)
     buttons: list[discord.ui.Item[Any]] = [AgainButton(job.id, label="Re-roll")]
     if result.get("can_vary"):
         buttons.append(VaryButton(job.id))
+    if result.get("can_upscale"):
+        buttons.append(UpscaleButton(job.id))
+    if result.get("can_vary_image"):
+        buttons += [VarySubtleButton(job.id), VaryStrongButton(job.id)]
     if job.kind is JobKind.LORA_GENERATE and isinstance(result.get("seed"), int):
         buttons.append(SeedButton(job.id))
     buttons.append(DeleteButton(job.id, owner))

@@ -355,6 +355,18 @@ class TadaClient:
         resp = await self._call("GET", f"/api/loras/generations/{generation_id}", idempotent=True)
         return self._parse(ImageGeneration, resp)
 
+    async def upscale_image(self, image_id: str) -> ImageGeneration:
+        """``POST /api/images/{image_id}/upscale`` (engine extension): the image at twice
+        its size, redrawn lightly with its LoRA; ``parent_id`` names ``image_id``."""
+        resp = await self._call("POST", f"/api/images/{image_id}/upscale")
+        return self._parse(ImageGeneration, resp)
+
+    async def vary_image(self, image_id: str, strength: str) -> ImageGeneration:
+        """``POST /api/images/{image_id}/vary`` (engine extension): a variation of the image
+        (``strength``: ``subtle`` or ``strong``) with a new seed."""
+        resp = await self._call("POST", f"/api/images/{image_id}/vary", json={"strength": strength})
+        return self._parse(ImageGeneration, resp)
+
     # ------------------------------------------------------------------ offer
 
     async def generation_offer(self) -> GenerationOffer:

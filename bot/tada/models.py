@@ -191,3 +191,7 @@ class ImageGeneration(TadaModel):
     model: str | None = None
     # Engine extension: the generation this one is a variation of.
     variation_of: str | None = None
+    # Engine extensions: the image this one was upscaled or varied from, and which of those
+    # ("upscale", "vary_subtle", "vary_strong").
+    parent_id: str | None = None
+    operation: str | None = None

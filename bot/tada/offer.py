@@ -3,8 +3,9 @@ OpenAPI document.
 
 The hosted API's LoRA generation body carries only ``prompt``; our engine documents
 optional extensions (``seed``, ``negative_prompt``, ``aspect_ratio``, ``variation_of``) in
-the same request schema. The bot sends an extension only to an API whose document lists
-it, so the same bot works against both. A document that cannot be fetched or read means
+the same request schema, and the image operations (upscale, vary) as paths of their own.
+The bot sends an extension only to an API whose document lists it, so the same bot works
+against both. A document that cannot be fetched or read means
 the hosted contract: nothing beyond ``prompt``.
 """
 
@@ -18,6 +19,9 @@ from typing import Any
 
 # The LoRA generation operation: the latest revision's path first, then the seed's.
 GENERATION_PATHS = ("/api/loras/{lora_id}/generations", "/api/loras/generations/{upload_id}")
+# The image operations (engine extensions): img2img from a generated image.
+UPSCALE_PATH = "/api/images/{image_id}/upscale"
+VARY_PATH = "/api/images/{image_id}/vary"
 # How long a fetched document is trusted, and how soon a failed fetch is tried again.
 DEFAULT_TTL_SECONDS = 600.0
 FAILURE_TTL_SECONDS = 60.0
@@ -32,6 +36,9 @@ class GenerationOffer:
     variation_of: bool = False
     # The accepted width:height ratios; ``("*",)`` when any string is accepted.
     aspect_ratios: tuple[str, ...] = ()
+    # Upscale 2x and Vary (subtle / strong) of a generated image.
+    upscale: bool = False
+    vary_image: bool = False
 
     @property
     def aspect_ratio(self) -> bool:
@@ -41,7 +48,14 @@ class GenerationOffer:
     @property
     def any(self) -> bool:
         """Whether anything beyond the hosted contract is offered."""
-        return self.seed or self.negative_prompt or self.variation_of or self.aspect_ratio
+        return (
+            self.seed
+            or self.negative_prompt
+            or self.variation_of
+            or self.aspect_ratio
+            or self.upscale
+            or self.vary_image
+        )
 
     def accepts_ratio(self, ratio: str) -> bool:
         """Whether ``ratio`` may be sent."""
@@ -103,8 +117,15 @@ def _enum_of(document: Mapping[str, Any], schema: Any) -> tuple[str, ...]:
     return tuple(values)
 
 
+def _posts(document: Mapping[str, Any], path: str) -> bool:
+    paths = document.get("paths")
+    operation = paths.get(path) if isinstance(paths, Mapping) else None
+    return isinstance(operation, Mapping) and isinstance(operation.get("post"), Mapping)
+
+
 def offer_of(document: Any) -> GenerationOffer:
-    """What the LoRA generation body of an OpenAPI ``document`` accepts beyond ``prompt``."""
+    """What the LoRA generation body of an OpenAPI ``document`` accepts beyond ``prompt``,
+    and whether it upscales and varies images."""
     if not isinstance(document, Mapping):
         return HOSTED_OFFER
     props = _body_properties(document)
@@ -113,6 +134,8 @@ def offer_of(document: Any) -> GenerationOffer:
         negative_prompt="negative_prompt" in props,
         variation_of="variation_of" in props,
         aspect_ratios=_enum_of(document, props["aspect_ratio"]) if "aspect_ratio" in props else (),
+        upscale=_posts(document, UPSCALE_PATH),
+        vary_image=_posts(document, VARY_PATH),
     )
 
 

@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
 from sqlalchemy import select, update
 
 from engine.image.enhancer import EnhancedPrompt, EnhancerSource, PromptEnhancer, build_enhancer
@@ -293,23 +294,31 @@ class ImageBackend:
             width, height = int(p["width"]), int(p["height"])
         elif p.get("aspect_ratio"):
             width, height = model.aspect_size(str(p["aspect_ratio"]), width, height)
+        # An upscale or a variation: img2img from the parent image, stored by this engine.
+        source = self._source_image(ctx, str(p["source_key"])) if "source_key" in p else None
+        drawing: dict[str, Any] = {
+            "negative_prompt": enhanced.negative_prompt,
+            "weight": weight,
+            "seed": seed,
+            "steps": gen_cfg.steps or arch.generation_steps,
+            "guidance_scale": (
+                arch.guidance_scale if gen_cfg.guidance_scale is None else gen_cfg.guidance_scale
+            ),
+            "width": width,
+            "height": height,
+        }
         try:
             with lora_file as lora_path:
-                pixels = model.generate(
-                    enhanced.prompt,
-                    negative_prompt=enhanced.negative_prompt,
-                    lora=lora_path,
-                    weight=weight,
-                    seed=seed,
-                    steps=gen_cfg.steps or arch.generation_steps,
-                    guidance_scale=(
-                        arch.guidance_scale
-                        if gen_cfg.guidance_scale is None
-                        else gen_cfg.guidance_scale
-                    ),
-                    width=width,
-                    height=height,
-                )
+                if source is None:
+                    pixels = model.generate(enhanced.prompt, lora=lora_path, **drawing)
+                else:
+                    pixels = model.refine(
+                        source,
+                        enhanced.prompt,
+                        strength=float(p["strength"]),
+                        lora=lora_path,
+                        **drawing,
+                    )
         except NotStored as exc:
             raise JobFailed(f"the LoRA file {lora_name} is missing") from exc
         except ModelError as exc:
@@ -340,9 +349,25 @@ class ImageBackend:
                         model=model.label,
                         image_key=image_key,
                         variation_of=p.get("variation_of"),
+                        parent_id=p.get("parent_id"),
+                        operation=p.get("operation"),
                     )
                 )
         return {"generation_id": generation_id, "image_key": image_key}
+
+    @staticmethod
+    def _source_image(ctx: JobContext, key: str) -> Image.Image:
+        """The stored image an upscale or a variation starts from, decoded (an image this
+        engine wrote, of a size it drew)."""
+        try:
+            with ctx.storage.local_artifact(key) as path, Image.open(path) as image:
+                return image.convert("RGB")
+        except NotStored as exc:
+            raise JobFailed("the image to upscale or vary is no longer stored") from exc
+        except (OSError, Image.DecompressionBombError) as exc:
+            # The reason (with a server path in it) goes to the log, not to the caller.
+            log.warning("stored image %s cannot be read: %s", key, exc)
+            raise JobFailed("the stored image cannot be read; draw a new one") from exc
 
 
 def image_handlers(

@@ -65,3 +65,7 @@ class LoraGenerationRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # The generation this one varies (same prompt, new seed); an id of the same member.
     variation_of: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # The image this one was made from by img2img (an upscale or a variation), of the same
+    # member, and which of those it is (an ``ImageOperation`` value).
+    parent_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    operation: Mapped[str | None] = mapped_column(String(16), nullable=True)

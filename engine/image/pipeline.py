@@ -25,8 +25,11 @@ import numpy as np
 import torch
 from diffusers import (
     DDPMScheduler,
+    FluxImg2ImgPipeline,
     FluxPipeline,
+    StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
 )
 from diffusers.utils import convert_state_dict_to_kohya
@@ -115,6 +118,12 @@ _PIPELINES: dict[str, Any] = {
     "sd15": StableDiffusionPipeline,
     "sdxl": StableDiffusionXLPipeline,
     "flux": FluxPipeline,
+}
+# Each architecture's img2img counterpart, built from the loaded pipeline's own modules.
+_IMG2IMG: dict[str, Any] = {
+    "sd15": StableDiffusionImg2ImgPipeline,
+    "sdxl": StableDiffusionXLImg2ImgPipeline,
+    "flux": FluxImg2ImgPipeline,
 }
 
 
@@ -247,6 +256,8 @@ class ImageModel:
                 self.pipe.vae_scale_factor
             )
         self._lock = threading.RLock()
+        # The img2img pipeline (upscale, vary), made on first use from the same modules.
+        self._img2img_pipe: Pipeline | None = None
         self._adapters: OrderedDict[str, Path] = OrderedDict()
         self.max_adapters = 8
         for module in self._components():
@@ -501,6 +512,71 @@ class ImageModel:
             )
             image: np.ndarray = np.asarray(out.images[0], dtype=np.float32)
         return image
+
+    def img2img(self) -> Pipeline:
+        """The img2img pipeline of this architecture, sharing every module with the loaded
+        one (diffusers' ``from_pipe``: no second copy of the weights, and the LoRA adapters
+        loaded into the denoiser apply to both)."""
+        with self._lock:
+            if self._img2img_pipe is None:
+                pipe = _IMG2IMG[self.arch].from_pipe(self.pipe)
+                pipe.set_progress_bar_config(disable=True)
+                self._img2img_pipe = pipe
+            return self._img2img_pipe
+
+    @torch.no_grad()
+    def refine(
+        self,
+        image: Image.Image,
+        prompt: str,
+        *,
+        strength: float,
+        negative_prompt: str | None = None,
+        lora: Path | None = None,
+        weight: float = 1.0,
+        seed: int = 0,
+        steps: int = 30,
+        guidance_scale: float = 7.0,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> np.ndarray:
+        """``image`` redrawn by img2img at ``width`` x ``height`` (default: its own size), as
+        float32 HxWx3 in [0, 1]: ``strength`` is the share of the denoising redone (an
+        upscale: the image resized, then lightly redrawn at the new size; a variation: the
+        same size, more redrawn, a new seed). The same arguments give the same pixels."""
+        width, height = width or image.width, height or image.height
+        multiple = self._multiple()
+        if width % multiple or height % multiple:
+            raise ModelError(f"{width}x{height} is not a multiple of {multiple} on this model")
+        source = image.convert("RGB")
+        if source.size != (width, height):
+            source = source.resize((width, height), Image.Resampling.LANCZOS)
+        # Img2img runs int(steps * strength) of ``steps``: at least one step always runs.
+        total = max(steps, math.ceil(1 / strength))
+        with self._lock:
+            self._activate(lora, weight)
+            pipe = self.img2img()
+            extra: dict[str, Any] = {"negative_prompt": negative_prompt}
+            if self.is_flux:
+                # As in generate(): no negative prompt without true CFG; FLUX's img2img
+                # resizes to the size it is given, so it is given the source's.
+                extra = {
+                    "max_sequence_length": flux.max_sequence_length(self.pipe),
+                    "width": width,
+                    "height": height,
+                }
+            out = pipe(
+                prompt=prompt,
+                image=source,
+                strength=strength,
+                num_inference_steps=total,
+                guidance_scale=guidance_scale,
+                generator=torch.Generator(device="cpu").manual_seed(seed),
+                output_type="np",
+                **extra,
+            )
+            pixels: np.ndarray = np.asarray(out.images[0], dtype=np.float32)
+        return pixels
 
     # -- training -------------------------------------------------------------------------
 

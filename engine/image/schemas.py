@@ -129,6 +129,36 @@ class GenerateLoraRequest(BaseModel):
         return value
 
 
+class VaryStrength(StrEnum):
+    """How far a variation of an image may move away from it (img2img strength)."""
+
+    SUBTLE = "subtle"  # the same picture, details redrawn
+    STRONG = "strong"  # the same composition and colours, much redrawn
+
+
+class ImageOperation(StrEnum):
+    """What an image made from another image (its ``parent_id``) is."""
+
+    UPSCALE = "upscale"  # twice the size, redrawn lightly at that size
+    VARY_SUBTLE = "vary_subtle"  # a subtle variation (same size, new seed)
+    VARY_STRONG = "vary_strong"  # a strong variation (same size, new seed)
+
+    @classmethod
+    def vary(cls, strength: VaryStrength) -> ImageOperation:
+        """The variation of ``strength``."""
+        return cls.VARY_SUBTLE if strength is VaryStrength.SUBTLE else cls.VARY_STRONG
+
+
+class VaryRequest(BaseModel):
+    """Body of ``POST /api/images/{image_id}/vary`` (an engine extension)."""
+
+    strength: VaryStrength = Field(
+        description=_EXT + "subtle: details change, the picture stays; strong: the "
+        "composition and colours stay, much is redrawn.",
+        json_schema_extra=EXTENSION,
+    )
+
+
 class LoraGeneration(BaseModel):
     """A generated image: a signed ``url`` and the prompt as enhanced for the model."""
 
@@ -148,5 +178,17 @@ class LoraGeneration(BaseModel):
     variation_of: str | None = Field(
         None,
         description=_EXT + "The generation this one is a variation of.",
+        json_schema_extra=EXTENSION,
+    )
+    parent_id: str | None = Field(
+        None,
+        description=_EXT + "The image this one was made from (upscaled or varied); its "
+        "prompt, LoRA and base model are this one's.",
+        json_schema_extra=EXTENSION,
+    )
+    operation: ImageOperation | None = Field(
+        None,
+        description=_EXT + "What was done to the parent image: upscale, vary_subtle, "
+        "vary_strong; null for an image drawn from a prompt.",
         json_schema_extra=EXTENSION,
     )

@@ -31,6 +31,7 @@ from engine.image.models import LoraGenerationRow, LoraTrainingRow
 from engine.image.schemas import (
     MAX_SEED,
     GenerateLoraRequest,
+    ImageOperation,
     LoraGeneration,
     LoraTraining,
     LoraTrainingList,
@@ -332,6 +333,8 @@ def generation_view(services: ImageServices, base: str, row: LoraGenerationRow) 
         height=row.height,
         model=row.model,
         variation_of=row.variation_of,
+        parent_id=row.parent_id,
+        operation=ImageOperation(row.operation) if row.operation else None,
     )
 
 
@@ -372,11 +375,8 @@ async def _variation_payload(
             f"a variation keeps its parent's prompt: send {parent.prompt!r}",
             request.prompt,
         )
-    seed = parent.seed
-    while seed == parent.seed:
-        seed = secrets.randbelow(MAX_SEED + 1)
     return {
-        "seed": seed,
+        "seed": _new_seed(parent.seed),
         "variation_of": parent.id,
         "enhanced_prompt": parent.enhanced_prompt,
         "full_negative_prompt": parent.negative_prompt,
@@ -448,6 +448,92 @@ async def run_generation(
     row = await session.get(LoraGenerationRow, generation_id)
     if row is None:  # pragma: no cover - the handler writes it before succeeding
         raise JobOutcomeError("generation finished without a record")
+    return generation_view(services, base, row)
+
+
+def _new_seed(old: int) -> int:
+    """A random seed other than ``old`` (a variation must not draw its parent again)."""
+    seed = old
+    while seed == old:
+        seed = secrets.randbelow(MAX_SEED + 1)
+    return seed
+
+
+async def run_refinement(
+    services: ImageServices,
+    session: AsyncSession,
+    base: str,
+    user_id: str,
+    image_id: str,
+    operation: ImageOperation,
+) -> LoraGeneration:
+    """Upscale or vary one of the caller's images (img2img with its base model, its LoRA or
+    demo, and its prompt as enhanced, with a new seed); waits for the image like a generation,
+    through the same job queue and pending-job cap. Another member's image is 404."""
+    parent = await session.get(LoraGenerationRow, image_id)
+    if parent is None or parent.user_id != user_id:
+        raise NotFound("image not found")
+    cfg = settings_of(services)
+    gen = cfg.generation
+    width, height = parent.width, parent.height
+    if operation is ImageOperation.UPSCALE:
+        width, height = 2 * width, 2 * height
+        if width * height > gen.max_upscale_pixels:
+            raise Rejected(
+                f"this image is {parent.width}x{parent.height}: twice that ({width}x{height}) "
+                f"is more than this engine draws ({gen.max_upscale_pixels} pixels)"
+            )
+    strength = {
+        ImageOperation.UPSCALE: gen.upscale_strength,
+        ImageOperation.VARY_SUBTLE: gen.vary_subtle_strength,
+        ImageOperation.VARY_STRONG: gen.vary_strong_strength,
+    }[operation]
+    generation_id = new_id()
+    payload: dict[str, Any] = {
+        "generation_id": generation_id,
+        "prompt": parent.prompt,
+        # The parent's prompt as the model got it: no second enhancement.
+        "enhanced_prompt": parent.enhanced_prompt,
+        "full_negative_prompt": parent.negative_prompt,
+        "enhancer": parent.enhancer,
+        "seed": _new_seed(parent.seed),
+        "width": width,
+        "height": height,
+        "source_key": parent.image_key,
+        "strength": strength,
+        "operation": operation.value,
+        "parent_id": parent.id,
+    }
+    if parent.training_id is not None:
+        lora = await ready_lora(session, user_id, parent.training_id)
+        payload |= {
+            "training_id": lora.id,
+            "upload_id": lora.upload_id,
+            "lora_key": lora.lora_key,
+            "trigger_word": lora.trigger_word,
+        }
+    elif parent.demo is not None:
+        demo = cfg.demos.get(parent.demo)
+        if demo is None or not demo.lora_path.is_file():
+            raise Rejected(f"the {parent.demo} demo is not set up on this engine any more")
+        payload["demo"] = parent.demo
+    else:  # pragma: no cover - every generation has a LoRA or a demo
+        raise Rejected("this image has no LoRA to draw it again with")
+    done = await submit_and_wait(
+        services.jobs,
+        session,
+        GENERATE_KIND,
+        payload,
+        user_id,
+        within=services.settings.jobs.wait_timeout_seconds,
+        still_running="the image is still being drawn; it will appear in "
+        f"GET /api/loras/generations as {generation_id}",
+    )
+    if done.status != JobStatus.SUCCEEDED.value:
+        raise JobOutcomeError(f"{operation.value} {done.status}: {done.error or 'no reason given'}")
+    row = await session.get(LoraGenerationRow, generation_id)
+    if row is None:  # pragma: no cover - the handler writes it before succeeding
+        raise JobOutcomeError("the image finished without a record")
     return generation_view(services, base, row)
 
 

@@ -160,6 +160,14 @@ class GenerationSettings(_Section):
     output_format: Literal["png", "webp"] = "png"
     lora_weight: float = Field(1.0, ge=0, le=2)
     max_loaded_adapters: int = Field(8, ge=1, le=256)
+    # Upscale 2x and Vary (img2img from a generated image): how much of the image is redrawn
+    # (0: nothing, 1: all of it), and the largest upscale (width x height) drawn.
+    upscale_strength: float = Field(0.3, gt=0, le=1)
+    vary_subtle_strength: float = Field(0.4, gt=0, le=1)
+    vary_strong_strength: float = Field(0.75, gt=0, le=1)
+    max_upscale_pixels: int = Field(
+        2048 * 2048, ge=64, description="an upscale larger than this is refused (400)"
+    )
 
 
 class EnhancerSettings(_Section):

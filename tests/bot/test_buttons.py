@@ -20,7 +20,10 @@ from bot.jobs.buttons import (
     SeedButton,
     SpeakButton,
     TrainButton,
+    UpscaleButton,
     VaryButton,
+    VaryStrongButton,
+    VarySubtleButton,
     prompt_modal,
     speak_modal,
 )
@@ -40,6 +43,9 @@ JOB = "0123456789abcdef0123456789abcdef"
         (VaryButton(JOB), f"tada:vary:{JOB}"),
         (SeedButton(JOB), f"tada:seed:{JOB}"),
         (ReseedButton(JOB), f"tada:reseed:{JOB}"),
+        (UpscaleButton(JOB), f"tada:upscale:{JOB}"),
+        (VarySubtleButton(JOB), f"tada:vsubtle:{JOB}"),
+        (VaryStrongButton(JOB), f"tada:vstrong:{JOB}"),
     ],
 )
 def test_custom_ids_keep_their_formats(button: discord.ui.DynamicItem[Any], custom_id: str) -> None:

@@ -164,7 +164,15 @@ async def test_seed_aspect_ratio_and_negative_prompt_reach_the_engine_and_show_o
         "Size": f"{drawn['width']}×{drawn['height']} (16:9)",
         "Negative prompt": "dogs",
     }
-    assert labels_of(post) == ["Re-roll", "Variations", "Use seed", "Delete"]
+    assert labels_of(post) == [
+        "Re-roll",
+        "Variations",
+        "Upscale 2x",
+        "Vary (subtle)",
+        "Vary (strong)",
+        "Use seed",
+        "Delete",
+    ]
     # No note about unsupported options: this API takes them all.
     assert not any("does not support" in m.content for m in made.followups)
 
@@ -333,6 +341,7 @@ async def test_against_the_hosted_contract_only_the_prompt_is_sent(
         assert note.ephemeral and "seed, aspect ratio" in note.content
         # Nothing on the post that this API cannot do.
         assert "Variations" not in labels_of(post)
+        assert not {"Upscale 2x", "Vary (subtle)", "Vary (strong)"} & set(labels_of(post))
         assert labels_of(post)[0] == "Re-roll"
         await simcord_env.restart_bot(create_bot(hosted))  # before its services close
     _ = simcord_env.errors

@@ -38,7 +38,12 @@ async def test_the_engine_document_offers_every_extension(api: httpx.AsyncClient
     document = (await api.get("/openapi.json")).json()
     offer = offer_of(document)
     assert offer == GenerationOffer(
-        seed=True, negative_prompt=True, variation_of=True, aspect_ratios=ASPECT_RATIOS
+        seed=True,
+        negative_prompt=True,
+        variation_of=True,
+        aspect_ratios=ASPECT_RATIOS,
+        upscale=True,
+        vary_image=True,
     )
     assert offer.aspect_ratio
 

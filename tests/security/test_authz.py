@@ -60,6 +60,9 @@ def routes(ids: dict[str, str]) -> list[Route]:
         Route("GET", f"/api/loras/{ids['lora_upload']}/generations"),
         Route("POST", f"/api/loras/{ids['lora_upload']}/generations", json=prompt),
         Route("GET", f"/api/loras/generations/{ids['lora_generation']}"),
+        # Engine extensions: upscale and vary one of your images.
+        Route("POST", f"/api/images/{ids['lora_generation']}/upscale"),
+        Route("POST", f"/api/images/{ids['lora_generation']}/vary", json={"strength": "subtle"}),
     ]
 
 
@@ -187,7 +190,7 @@ async def test_a_second_users_key_gets_404_for_every_object_of_the_first(
             assert listed.status_code == 200
             assert not set(ids.values()) & set(_ids_in(listed.json())), path
             checked += 1
-        assert checked == 15 + len(LISTS)
+        assert checked == 17 + len(LISTS)
 
         # A voice upload id is not a LoRA upload id, even for its owner.
         wrong_kind = await api.post(f"/api/loras/trainings/{second_upload}", headers=h(alice))
