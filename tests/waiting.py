@@ -10,6 +10,7 @@ about 20 s; beside other work 56 s was seen, and a fixed 30 s wait failed (issue
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from collections.abc import Callable, Iterator
 
@@ -48,3 +49,17 @@ def polls(ceiling: float = CEILING_S) -> Iterator[int]:
     while tries == 0 or time.monotonic() < deadline:
         yield tries
         tries += 1
+
+
+def cpu_seconds(*, children_only: bool = False) -> float:
+    """CPU seconds this process and its waited-for children have spent so far (with
+    ``children_only``, those children's alone: the confined decoders).
+
+    What a test that bounds the cost of some work compares, before and after: a loaded
+    machine stretches the wall clock of the same work, never its CPU seconds."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = children.ru_utime + children.ru_stime
+    if children_only:
+        return spent
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return spent + own.ru_utime + own.ru_stime

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import struct
 import subprocess
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from bot.media import MediaRejected, check_audio
 from engine.voice.audio import SampleRejected, decode, ffmpeg_exe
 from engine.voice.container import AudioContainer, ContainerRefused, detect
 from tests.security import audio_hostile as hostile
+from tests.waiting import cpu_seconds
 
 pytestmark = pytest.mark.no_database
 
@@ -46,7 +46,7 @@ DECODING = settings(FAST, max_examples=8)
 def check_bounded(data: bytes) -> AudioContainer | None:
     """``detect`` on ``data``: a container or a typed refusal, in bounded time and memory."""
     tracemalloc.start()
-    started = time.monotonic()
+    started = cpu_seconds()
     try:
         return detect(io.BytesIO(data))
     except ContainerRefused:
@@ -54,7 +54,7 @@ def check_bounded(data: bytes) -> AudioContainer | None:
     finally:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        assert time.monotonic() - started < CHECK_SECONDS
+        assert cpu_seconds() - started < CHECK_SECONDS
         assert peak < CHECK_PEAK_BYTES, peak
 
 
@@ -62,14 +62,14 @@ def decode_bounded(data: bytes, tmp: Path) -> None:
     """The engine's confined decode: a refusal or at most ``MAX_SECONDS`` (+1) of audio."""
     path = tmp / "fuzz.bin"
     path.write_bytes(data)
-    started = time.monotonic()
+    started = cpu_seconds()
     try:
         audio = decode(path, RATE, MAX_SECONDS)
     except SampleRejected as exc:
         assert str(exc)
     else:
         assert len(audio) <= (MAX_SECONDS + 1.5) * RATE
-    assert time.monotonic() - started < DECODE_SECONDS
+    assert cpu_seconds() - started < DECODE_SECONDS
 
 
 # -- WAV headers ---------------------------------------------------------------------------
