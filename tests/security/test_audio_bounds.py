@@ -45,6 +45,7 @@ box_trees = hostile.box_trees
 # -- the cheap gate: what a header declares ------------------------------------------------
 
 
+@pytest.mark.no_database  # the gate and the confined decoders alone
 def test_declared_rates_channels_and_zero_fields_are_refused_before_decoding(
     tmp_path: Path,
 ) -> None:
@@ -54,6 +55,7 @@ def test_declared_rates_channels_and_zero_fields_are_refused_before_decoding(
         assert reason in str(caught.value), (name, str(caught.value))
 
 
+@pytest.mark.no_database  # the gate and the confined decoders alone
 def test_box_trees_are_refused_counted_not_recursed(tmp_path: Path) -> None:
     for name, (data, _, reason) in box_trees().items():
         started = cpu_seconds()
@@ -63,12 +65,14 @@ def test_box_trees_are_refused_counted_not_recursed(tmp_path: Path) -> None:
         assert cpu_seconds() - started < 5, name
 
 
+@pytest.mark.no_database  # the gate and the confined decoders alone
 def test_the_matroska_gate_reads_a_bounded_number_of_elements() -> None:
     started = cpu_seconds()
     assert detect(io.BytesIO(hostile.matroska_many_fields(3_000_000))) is AudioContainer.MATROSKA
     assert cpu_seconds() - started < 2
 
 
+@pytest.mark.no_database  # the gate and the confined decoders alone
 def test_an_ordinary_header_passes_the_gate(tmp_path: Path) -> None:
     for data in (
         hostile.wav_declaring(48000, channels=2),
@@ -81,6 +85,7 @@ def test_an_ordinary_header_passes_the_gate(tmp_path: Path) -> None:
 # -- the OS bound, whatever the gate lets through ------------------------------------------
 
 
+@pytest.mark.no_database  # the gate and the confined decoders alone
 def test_the_engines_decode_is_confined_when_no_header_says_the_rate(tmp_path: Path) -> None:
     """Tracks past the elements the gate reads: the confined ffmpeg hits its limit."""
     ((data, _, _),) = hostile.unchecked_headers(tmp_path).values()
@@ -94,6 +99,7 @@ def test_the_engines_decode_is_confined_when_no_header_says_the_rate(tmp_path: P
     assert cpu_seconds() - started < 5
 
 
+@pytest.mark.no_database  # the gate and the confined decoders alone
 def test_the_bots_decode_fixes_rate_and_channels_and_bounds_its_output(tmp_path: Path) -> None:
     """Past the gate (called directly), the 1 MHz stereo FLAC decodes to 16 kHz mono."""
     data = hostile.flac_declaring(1_000_000, 2)
@@ -108,6 +114,7 @@ def test_the_bots_decode_fixes_rate_and_channels_and_bounds_its_output(tmp_path:
 # -- the bot: a short message, never an arithmetic error ----------------------------------
 
 
+@pytest.mark.no_database  # the gate and the confined decoders alone
 def test_the_bot_refuses_each_with_a_short_message(tmp_path: Path) -> None:
     family = {**lying_headers(tmp_path), **box_trees()}
     family.update(hostile.unchecked_headers(tmp_path))
@@ -139,6 +146,7 @@ MEASURED = [
 ]
 
 
+@pytest.mark.no_database  # the gate and the confined decoders alone
 def test_each_costs_bounded_memory_and_cpu(tmp_path: Path) -> None:
     family = {**lying_headers(tmp_path), **box_trees(), **hostile.unchecked_headers(tmp_path)}
     for name, stage in MEASURED:
