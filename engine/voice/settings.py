@@ -15,9 +15,9 @@ class VoiceBackendName(StrEnum):
     CPU_REFERENCE = "cpu-reference"  # Piper base speech + WORLD conversion, on any CPU
     NEURAL = "neural"  # a zero-shot cloning model (VibeVoice) through transformers, for GPUs
     POCKET = "pocket"  # Kyutai Pocket TTS: zero-shot cloning in real time on a CPU (or a GPU)
-    # The neural clone the hardware runs well: today Pocket TTS on a CPU and on a GPU
-    # (VibeVoice only when named: Microsoft has withdrawn it); the CPU reference until the
-    # model is pulled.
+    # The default: the neural clone the hardware runs well, today Pocket TTS on a CPU and
+    # on a GPU (VibeVoice only when named: Microsoft has withdrawn it); the CPU reference
+    # (one log line saying how to pull) until `tada-engine models pull` has fetched it.
     AUTO = "auto"
 
 
@@ -71,7 +71,8 @@ class VoiceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: VoiceBackendName = VoiceBackendName.CPU_REFERENCE
+    # "auto": Pocket TTS once pulled (`make run` pulls it), else the CPU reference.
+    backend: VoiceBackendName = VoiceBackendName.AUTO
     # Load the voice models when a worker starts (in the background), so the first clone
     # does not wait for them; false: on the first voice job (tests, API-only processes).
     preload: bool = True
@@ -122,6 +123,11 @@ class VoiceSettings(BaseModel):
     # measured ~27 % faster on x86 with an unchanged WER; here 0.67 instead of 1.12 real-time
     # factor on 2 loaded cores (bench/results/voice_pocket.json). false: float32.
     pocket_quantize: bool = True
+    # torch intra-op threads for each of pocket-tts's two pipeline threads (generation and
+    # decoding run side by side): 1 keeps two cores busy without oversubscription (RTF
+    # 0.43 vs 0.67 at torch's process-wide 2 in one bench run on 2 loaded cores:
+    # bench/results/voice_pocket.json). 0: torch's process-wide setting.
+    pocket_threads: int = Field(1, ge=0, le=64)
     audio_format: AudioFormat = AudioFormat.MP3
     mp3_bitrate_kbps: int = Field(96, ge=32, le=320)
 
