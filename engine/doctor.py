@@ -191,9 +191,9 @@ def check_models(settings: EngineSettings) -> list[Check]:
             except NotPulled as exc:
                 # auto (the default) serves with the CPU reference by design until a pull;
                 # an explicit "pocket" is a choice the host does not meet yet.
-                found = _note if voice.backend is VoiceBackendName.AUTO else _problem
+                say = _note if voice.backend is VoiceBackendName.AUTO else _problem
                 checks.append(
-                    found(
+                    say(
                         "models",
                         f"voice: {exc}; until then the CPU reference serves (Piper + WORLD "
                         "conversion, not a neural clone)",
