@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class VoiceBackendName(StrEnum):
@@ -128,8 +129,21 @@ class VoiceSettings(BaseModel):
     # 0.43 vs 0.67 at torch's process-wide 2 in one bench run on 2 loaded cores:
     # bench/results/voice_pocket.json). 0: torch's process-wide setting.
     pocket_threads: int = Field(1, ge=0, le=64)
+    # ISO 639-1 codes of the languages the back end speaks; a text in another language is
+    # refused with a 400 that says so. Empty: what its model is known to speak (Pocket TTS:
+    # its pocket_language; the CPU reference: its Piper voice's; VibeVoice: en, zh; a
+    # community pocket_config: unknown, nothing refused).
+    languages: tuple[str, ...] = ()
     audio_format: AudioFormat = AudioFormat.MP3
     mp3_bitrate_kbps: int = Field(96, ge=32, le=320)
+
+    @field_validator("languages")
+    @classmethod
+    def _iso_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for code in value:
+            if not re.fullmatch(r"[a-z]{2}", code):
+                raise ValueError(f"voice.languages: {code!r} is not an ISO 639-1 code like 'en'")
+        return value
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> VoiceSettings:
