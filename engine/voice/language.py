@@ -23,6 +23,7 @@ are spoken, unless they are written in a script none of the spoken languages use
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -148,6 +149,24 @@ def names_of(codes: frozenset[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+@functools.lru_cache(maxsize=4)
+def detector(codes: frozenset[str]) -> Any:
+    """A lingua detector choosing among ``codes`` (ISO 639-1; those lingua lacks are left
+    out). Its models are read-only data (about 2 s to load): one per set of languages for
+    the whole process, shared by its engines. Thread-safe."""
+    from lingua import IsoCode639_1, LanguageDetectorBuilder
+
+    known = [
+        getattr(IsoCode639_1, c.upper()) for c in sorted(codes) if hasattr(IsoCode639_1, c.upper())
+    ]
+    return (
+        LanguageDetectorBuilder.from_iso_codes_639_1(*known)
+        .with_low_accuracy_mode()
+        .with_preloaded_language_models()
+        .build()
+    )
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Whether the back end can speak a text, and what language it was read as."""
@@ -175,7 +194,6 @@ class LanguageCheck:
     def __init__(self, settings: VoiceSettings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._detector: Any = None
         self._spoken: frozenset[str] | None = None
         self._known = False
 
@@ -189,22 +207,7 @@ class LanguageCheck:
             return self._spoken
 
     def _detector_for(self, spoken: frozenset[str]) -> Any:
-        from lingua import IsoCode639_1, LanguageDetectorBuilder
-
-        with self._lock:
-            if self._detector is None:
-                codes = [
-                    getattr(IsoCode639_1, c.upper())
-                    for c in sorted(CANDIDATES | spoken)
-                    if hasattr(IsoCode639_1, c.upper())
-                ]
-                self._detector = (
-                    LanguageDetectorBuilder.from_iso_codes_639_1(*codes)
-                    .with_low_accuracy_mode()
-                    .with_preloaded_language_models()
-                    .build()
-                )
-            return self._detector
+        return detector(CANDIDATES | spoken)
 
     def judge(self, text: str, locale: str | None = None) -> Verdict:
         """Whether the back end speaks ``text``'s language (``locale``: the member's, a hint)."""
