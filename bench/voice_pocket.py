@@ -81,7 +81,9 @@ def median_of(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
 
 
-def main(runs: int = 3) -> dict[str, Any]:
+def main(runs: int = 3, compare_only: bool = False) -> dict[str, Any]:
+    """``compare_only``: the int8 before/after comparison and the baseline only, written to
+    voice_pocket_threads.json (a quick rerun when the machine is quieter)."""
     import torch
 
     cores = os.cpu_count() or 1
@@ -164,7 +166,7 @@ def main(runs: int = 3) -> dict[str, Any]:
             "threads": {},
         }
         previous = torch.get_num_threads()
-        for threads in sorted({1, cores}):
+        for threads in [] if compare_only else sorted({1, cores}):
             torch.set_num_threads(threads)
             started = time.perf_counter()
             model._states.clear()
@@ -212,7 +214,8 @@ def main(runs: int = 3) -> dict[str, Any]:
     out["cpu_reference_baseline_after"] = baseline()
     out["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "voice_pocket.json").write_text(json.dumps(out, indent=2) + "\n")
+    name = "voice_pocket_threads.json" if compare_only else "voice_pocket.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     return out
 
