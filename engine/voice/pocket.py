@@ -175,10 +175,12 @@ class PocketModel:
         """pocket-tts generates and decodes in two threads that run side by side: each gets
         ``pocket_threads`` intra-op threads, set in that thread as it starts.
 
-        Two threads of one op each on a 2-core machine keep both cores busy without the
-        OpenMP oversubscription (4 spinning threads on 2 cores) that torch's process-wide
-        setting gives them (bench/results/voice_pocket.json). torch's setting for threads
-        not started yet is put back as each pipeline thread ends.
+        With 1, two threads on a 2-core machine keep both cores busy without the OpenMP
+        oversubscription (4 threads on 2 cores) of torch's process-wide setting, as
+        pocket-tts itself sets; 0 (the default) leaves torch's setting: on a shared, loaded
+        machine its extra threads won a bigger CPU share and ran faster
+        (bench/results/voice_pocket_threads.json). torch's setting for threads not started
+        yet is put back as each pipeline thread ends.
         """
         threads = self.settings.pocket_threads
         if not threads or self.placement.device != "cpu":

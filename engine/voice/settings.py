@@ -124,11 +124,13 @@ class VoiceSettings(BaseModel):
     # measured ~27 % faster on x86 with an unchanged WER; here 0.67 instead of 1.12 real-time
     # factor on 2 loaded cores (bench/results/voice_pocket.json). false: float32.
     pocket_quantize: bool = True
-    # torch intra-op threads for each of pocket-tts's two pipeline threads (generation and
-    # decoding run side by side): 1 keeps two cores busy without oversubscription (RTF
-    # 0.43 vs 0.67 at torch's process-wide 2 in one bench run on 2 loaded cores:
-    # bench/results/voice_pocket.json). 0: torch's process-wide setting.
-    pocket_threads: int = Field(1, ge=0, le=64)
+    # torch intra-op threads in each of pocket-tts's two pipeline threads (generation and
+    # decoding run side by side); 0: torch's process-wide setting (the machine's cores).
+    # 1 keeps two threads on two cores (pocket-tts's own choice), but on a shared, loaded
+    # machine it got half the CPU share: RTF 2.17 vs 1.31 at load 8-15, the same CPU
+    # seconds per audio second (bench/results/voice_pocket_threads.json). Try 1 on a
+    # dedicated host.
+    pocket_threads: int = Field(0, ge=0, le=64)
     # ISO 639-1 codes of the languages the back end speaks; a text in another language is
     # refused with a 400 that says so. Empty: what its model is known to speak (Pocket TTS:
     # its pocket_language; the CPU reference: its Piper voice's; VibeVoice: en, zh; a
