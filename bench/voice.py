@@ -219,11 +219,17 @@ def main() -> None:
         help="pocket: Pocket TTS with full-size random weights, next to the CPU reference "
         "(bench/voice_pocket.py, bench/results/voice_pocket.json)",
     )
+    parser.add_argument(
+        "--compare-only",
+        action="store_true",
+        help="pocket: only the int8 settings before/after, side by side, and the baseline "
+        "(bench/results/voice_pocket_threads.json)",
+    )
     args = parser.parse_args()
     if args.backend == "pocket":
         from bench.voice_pocket import main as pocket_main
 
-        pocket_main(args.runs)
+        pocket_main(args.runs, compare_only=args.compare_only)
         return
     settings = VoiceSettings()
     results: dict[str, Any] = {

@@ -13,8 +13,12 @@ machine is shared, so only numbers from one run compare):
 - real-time factor: compute seconds per second of speech, the whole sentence;
 - CPU seconds of the process per second of speech (all its threads): less sensitive than
   wall time to other jobs on the machine;
-- with torch at one thread (pocket-tts's own setting) and at the machine's core count, and
-  there with int8 dynamic quantization (``pocket_quantize``).
+- float32 with torch at one thread (pocket-tts's own setting) and at the machine's core
+  count, process-wide;
+- int8 dynamic quantization (``pocket_quantize``, the default on a CPU) with torch at the
+  machine's core count process-wide (before) and with one intra-op thread in each of
+  pocket-tts's two pipeline threads (``pocket_threads = 1``, the default since), in
+  alternating runs so that both see the same machine load.
 
 Writes bench/results/voice_pocket.json.
 
@@ -77,7 +81,9 @@ def median_of(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
 
 
-def main(runs: int = 3) -> dict[str, Any]:
+def main(runs: int = 3, compare_only: bool = False) -> dict[str, Any]:
+    """``compare_only``: the int8 before/after comparison and the baseline only, written to
+    voice_pocket_threads.json (a quick rerun when the machine is quieter)."""
     import torch
 
     cores = os.cpu_count() or 1
@@ -145,6 +151,7 @@ def main(runs: int = 3) -> dict[str, Any]:
             pocket_tokenizer=str(root / "kyutai--pocket-tts-without-voice-cloning"),
             pocket_eos_threshold=1e9,  # never stop early: random heads would at random
             pocket_quantize=False,  # float32 first; int8 below
+            pocket_threads=0,  # torch's process-wide setting, set per row below
         )
         started = time.perf_counter()
         model = PocketModel(settings, Placement("cpu", "float32"))
@@ -159,7 +166,7 @@ def main(runs: int = 3) -> dict[str, Any]:
             "threads": {},
         }
         previous = torch.get_num_threads()
-        for threads in sorted({1, cores}):
+        for threads in [] if compare_only else sorted({1, cores}):
             torch.set_num_threads(threads)
             started = time.perf_counter()
             model._states.clear()
@@ -173,27 +180,42 @@ def main(runs: int = 3) -> dict[str, Any]:
                 "known_voice": {"runs": warm, "median": median_of(warm)},
                 "new_voice": {"runs": fresh, "median": median_of(fresh)},
             }
-        # The same at the machine's core count with int8 dynamic quantization.
+        # int8 dynamic quantization (the default on a CPU), torch at the machine's core
+        # count process-wide (what a worker has), side by side in alternating runs: the
+        # settings before (pocket-tts's two pipeline threads at torch's process-wide count)
+        # and after (pocket_threads = 1: one intra-op thread in each of them).
         torch.set_num_threads(cores)
-        started = time.perf_counter()
-        quantized = PocketModel(
-            settings.model_copy(update={"pocket_quantize": True}), Placement("cpu", "float32")
-        )
-        quantized_load = time.perf_counter() - started
-        quantized.state_for(clip)
-        pocket_once(quantized, clip, fresh_voice=False)  # warm-up
-        warm = [pocket_once(quantized, clip, fresh_voice=False) for _ in range(runs)]
-        out["pocket"]["int8_quantized"] = {
-            "threads": cores,
-            "load_s": round(quantized_load, 2),
-            "known_voice": {"runs": warm, "median": median_of(warm)},
-        }
+        compared: dict[str, Any] = {}
+        models: dict[str, PocketModel] = {}
+        for label, pinned in (("before_process_wide_threads", 0), ("after_pocket_threads_1", 1)):
+            started = time.perf_counter()
+            models[label] = PocketModel(
+                settings.model_copy(update={"pocket_quantize": True, "pocket_threads": pinned}),
+                Placement("cpu", "float32"),
+            )
+            compared[label] = {
+                "pocket_threads": pinned,
+                "torch_threads_process_wide": cores,
+                "load_s": round(time.perf_counter() - started, 2),
+            }
+            models[label].state_for(clip)
+            pocket_once(models[label], clip, fresh_voice=False)  # warm-up
+        rows: dict[str, list[dict[str, float]]] = {label: [] for label in models}
+        for _ in range(max(runs, 5)):
+            for label, model_ in models.items():
+                rows[label].append(pocket_once(model_, clip, fresh_voice=False))
+        for label in models:
+            compared[label]["known_voice"] = {"runs": rows[label], "median": median_of(rows[label])}
+            fresh = [pocket_once(models[label], clip, fresh_voice=True) for _ in range(runs)]
+            compared[label]["new_voice"] = {"runs": fresh, "median": median_of(fresh)}
+        out["pocket"]["int8_compared"] = compared
         torch.set_num_threads(previous)
     # The load changed meanwhile: the baseline again, after.
     out["cpu_reference_baseline_after"] = baseline()
     out["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "voice_pocket.json").write_text(json.dumps(out, indent=2) + "\n")
+    name = "voice_pocket_threads.json" if compare_only else "voice_pocket.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     return out
 

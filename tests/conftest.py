@@ -38,7 +38,7 @@ from engine.services import EngineServices
 from engine.settings import EngineSettings, JobSettings, LimitSettings
 from engine.voice.backend import VoiceBackend
 from engine.voice.handlers import build_backend
-from engine.voice.settings import VoiceSettings, voice_settings
+from engine.voice.settings import VoiceBackendName, VoiceSettings, voice_settings
 from tests import prerequisites
 from tests.servers import (
     PostgresServer,
@@ -73,9 +73,17 @@ RELAXED_LIMITS = LimitSettings(
 # test_parallel.py, test_quality.py, test_voice_quality.py) and through the API, stored
 # and spoken from the database, with MAPPED_VOICE (voice/test_api.py). Elsewhere a clone is
 # the API's and the bot's path, which the mapping does not change: it is left off there.
-TEST_VOICE: dict[str, object] = {"preload": False, "spectral_mapping": False}
+# The back end is pinned: the default ("auto") would use Pocket TTS wherever its weights
+# were pulled; tests of the pocket back end use its random-weight model (test_pocket.py).
+TEST_VOICE: dict[str, object] = {
+    "backend": "cpu-reference",
+    "preload": False,
+    "spectral_mapping": False,
+}
 # The product's default conversion, mapping included (still no preload).
-MAPPED_VOICE: dict[str, object] = {"preload": False}
+MAPPED_VOICE: dict[str, object] = {"backend": "cpu-reference", "preload": False}
+# The CPU reference with its defaults (the session's shared one: backend_for(REFERENCE_VOICE)).
+REFERENCE_VOICE = VoiceSettings(backend=VoiceBackendName.CPU_REFERENCE)
 AppFactory = Callable[..., "AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]"]
 
 

@@ -122,7 +122,8 @@ class Execution:
                 named = {"voice_name": p.get("voice_name") or voice.name}
                 base = {"voice_base_score": voice.base_similarity_score}
                 await self.store.update(job.id, params={**p, **named, **base})
-            spoken = await tada.generate_voice(str(p["voice_id"]), str(p["text"]))
+            locale = str(p["locale"]) if p.get("locale") else None
+            spoken = await tada.generate_voice(str(p["voice_id"]), str(p["text"]), locale=locale)
             return speech_result(spoken)
         if job.kind is JobKind.LORA_GENERATE:
             if not p.get("lora_name"):

@@ -35,7 +35,7 @@ import math
 import socket
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -110,6 +110,13 @@ async def admit(
     admission = await services.gate.admit(request)
     tada = await services.accounts.client_for(interaction.user.id, shared_key=admission.shared_key)
     return admission, tada
+
+
+def locale_of(interaction: discord.Interaction[Any]) -> str | None:
+    """The member's Discord locale ("en-US", "de", "pt-BR"), ``None`` when not given."""
+    locale = getattr(interaction, "locale", None)
+    value = getattr(locale, "value", locale)
+    return value if isinstance(value, str) and value else None
 
 
 class JobRunner:
@@ -241,6 +248,10 @@ class JobRunner:
             raise DemoNotSetUp(model)
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
+        locale = locale_of(interaction)
+        if request.kind is JobKind.VOICE_SPEAK and locale and "locale" not in request.params:
+            # The member's Discord locale: the engine's hint to the text's language.
+            request = replace(request, params={**request.params, "locale": locale})
         greq = gate_request(interaction, request)
         admission = await self.services.gate.admit(greq)
         # Whose key it will use: the member without one is told to link before anything is saved.

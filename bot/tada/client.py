@@ -209,8 +209,12 @@ class TadaClient:
         resp = await self._call("GET", f"/api/voices/{voice_id}", idempotent=True)
         return self._parse(Voice, resp)
 
-    async def generate_voice(self, voice_id: str, text: str) -> SpokenAudio:
-        """Speak ``text`` with a voice.
+    async def generate_voice(
+        self, voice_id: str, text: str, *, locale: str | None = None
+    ) -> SpokenAudio:
+        """Speak ``text`` with a voice; ``locale`` (the member's Discord locale) goes as
+        ``Accept-Language``: the engine's hint to the text's language (an API that does
+        not read it ignores it).
 
         ``POST /api/voices/{voice_id}/generations`` (latest), falling back to the seed's
         ``POST /api/voices/generations/{voice_id}``.
@@ -221,6 +225,7 @@ class TadaClient:
             fallback=f"/api/voices/generations/{voice_id}",
             route="generate_voice",
             json={"text": text},
+            headers={"Accept-Language": locale} if locale else None,
         )
         return self._parse(SpokenAudio, resp)
 
@@ -498,6 +503,7 @@ class TadaClient:
         fallback: str | None = None,
         route: str | None = None,
         authenticated: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """One API call; with ``fallback``, the seed path is tried on 404/405."""
         candidates = [path] if fallback is None else [path, fallback]
@@ -511,6 +517,7 @@ class TadaClient:
                 path=candidate,
                 params=params,
                 json=json,
+                headers=headers,
                 idempotent=idempotent,
                 authenticated=authenticated,
             )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 
 from engine.api.deps import BaseUrl, CurrentUser, Services, Session
 from engine.api.upload_urls import issue_upload_url
@@ -142,6 +142,15 @@ async def generate(
     services: Services,
     session: Session,
     base: BaseUrl,
+    accept_language: Annotated[
+        str | None,
+        Header(
+            description="The member's locale (e.g. de, pt-BR): a hint to the detection of "
+            "the text's language; a text in a language the voice does not speak answers 400"
+        ),
+    ] = None,
 ) -> VoiceGenerationResponse:
     """Speak ``text`` in the voice (the request waits for the audio)."""
-    return await service.speak(services, session, base, user.id, voice_id, body.text)
+    return await service.speak(
+        services, session, base, user.id, voice_id, body.text, accept_language
+    )

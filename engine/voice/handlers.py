@@ -22,6 +22,7 @@ from engine.models import Upload, UploadKind, UploadStatus, new_id, utcnow
 from engine.storage import NotStored, TooLarge
 from engine.voice.audio import CONTENT_TYPES, SampleRejected, encode, load_sample
 from engine.voice.backend import SpeakerProfile, VoiceBackend
+from engine.voice.language import LanguageCheck
 from engine.voice.models import Voice, VoiceGeneration
 from engine.voice.piper_base import BaseVoiceError
 from engine.voice.settings import AudioFormat, VoiceBackendName, VoiceSettings
@@ -101,6 +102,8 @@ class VoiceHandlers:
         self.settings = settings
         self._backend = backend
         self._backend_lock = threading.Lock()
+        # What the back end speaks, and the text's language (the API asks before queueing).
+        self.languages = LanguageCheck(settings)
 
     @property
     def backend(self) -> VoiceBackend:

@@ -50,7 +50,7 @@ from engine.voice.backend import (
 from engine.voice.neural import NeuralUnavailable, Placement, machine_placement
 from engine.voice.random_pocket import hf_file, import_pocket
 from engine.voice.reference import MIN_F0_SPREAD, MIN_VOICED_SHARE, SIMILARITY_SECONDS
-from engine.voice.settings import VoiceSettings
+from engine.voice.settings import VoiceBackendName, VoiceSettings
 from engine.voice.similarity import SpeakerEncoder, cosine
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,10 @@ def required_files(config: dict[str, Any]) -> list[tuple[str, str, str | None]]:
     return [hf_file(path) for path in wanted if path.startswith("hf://")]
 
 
+class NotPulled(NeuralUnavailable):
+    """The pocket model's files are not in their pulled folders (never pulled, or partly)."""
+
+
 def _local(path: str, folder: str, what: str) -> str:
     """An ``hf://`` path in the config -> the file in its pulled folder (or refuse)."""
     if not path.startswith("hf://"):
@@ -96,13 +100,13 @@ def _local(path: str, folder: str, what: str) -> str:
     repo, name, _ = hf_file(path)
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise NeuralUnavailable(
+        raise NotPulled(
             f"the pocket model's {what} ({repo}) was never pulled: run `tada-engine models "
             "pull` (nothing downloads at run time)"
         )
     file = root / name
     if not file.is_file():
-        raise NeuralUnavailable(
+        raise NotPulled(
             f"{file} is missing: run `tada-engine models pull` again (it fetches the language's "
             "files)"
         )
@@ -162,6 +166,39 @@ class PocketModel:
             raise NeuralUnavailable("these pocket weights cannot clone voices")
         self._lock = threading.Lock()
         self._states: OrderedDict[str, Any] = OrderedDict()
+        # torch's intra-op threads for new threads when a generation started (put back by
+        # the pinned pipeline threads as they end).
+        self._threads_before = torch.get_num_threads()
+        self._pin_pipeline_threads()
+
+    def _pin_pipeline_threads(self) -> None:
+        """pocket-tts generates and decodes in two threads that run side by side: each gets
+        ``pocket_threads`` intra-op threads, set in that thread as it starts.
+
+        With 1, two threads on a 2-core machine keep both cores busy without the OpenMP
+        oversubscription (4 threads on 2 cores) of torch's process-wide setting, as
+        pocket-tts itself sets; 0 (the default) leaves torch's setting: on a shared, loaded
+        machine its extra threads won a bigger CPU share and ran faster
+        (bench/results/voice_pocket_threads.json). torch's setting for threads not started
+        yet is put back as each pipeline thread ends.
+        """
+        threads = self.settings.pocket_threads
+        if not threads or self.placement.device != "cpu":
+            return
+        torch = self._torch
+
+        def pinned(run: Callable[..., Any]) -> Callable[..., Any]:
+            def in_thread(*args: Any, **kwargs: Any) -> Any:
+                torch.set_num_threads(threads)
+                try:
+                    return run(*args, **kwargs)
+                finally:
+                    torch.set_num_threads(self._threads_before)
+
+            return in_thread
+
+        for name in ("_decode_audio_worker", "_autoregressive_generation"):
+            setattr(self.model, name, pinned(getattr(self.model, name)))
 
     def state_for(self, clip: NDArray[np.float32]) -> Any:
         """The model's state after hearing ``clip`` (24 kHz), computed once per clip."""
@@ -189,6 +226,7 @@ class PocketModel:
         """
         state = self.state_for(clip)
         with self._lock:
+            self._threads_before = self._torch.get_num_threads()
             chunks = self.model.generate_audio_stream(state, text, copy_state=True, stop=stop)
             try:
                 for chunk in chunks:
@@ -265,13 +303,24 @@ class PocketBackend:
                 started = time.monotonic()
                 try:
                     self._model = PocketModel(self.settings, machine_placement(self.settings))
+                except NeuralUnavailable as exc:
+                    self.unavailable = str(exc)
+                    if self.settings.backend is VoiceBackendName.AUTO and isinstance(
+                        exc, NotPulled
+                    ):
+                        # The default on a host that has not pulled yet (offline start): not
+                        # an error, the CPU reference is the designed fallback.
+                        log.warning(
+                            "voice: no neural voice model pulled yet, so the CPU reference "
+                            "(Piper + WORLD conversion, not a neural clone) serves every voice; "
+                            "run `tada-engine models pull` (make run does) and restart "
+                            "for Pocket TTS clones"
+                        )
+                    else:
+                        self._say_falling_back()
                 except Exception as exc:  # any failure to load means: serve with the CPU reference
                     self.unavailable = str(exc) or type(exc).__name__
-                    log.error(
-                        "voice: the pocket back end cannot load (%s); falling back to the "
-                        "CPU reference (cpu-reference) for every voice",
-                        self.unavailable,
-                    )
+                    self._say_falling_back()
                 else:
                     log.info(
                         "voice: pocket model (%s) loaded in %.1f s on %s",
@@ -280,6 +329,13 @@ class PocketBackend:
                         self._model.describe(),
                     )
             return self._model
+
+    def _say_falling_back(self) -> None:
+        log.error(
+            "voice: the pocket back end cannot load (%s); falling back to the "
+            "CPU reference (cpu-reference) for every voice",
+            self.unavailable,
+        )
 
     @property
     def sample_rate(self) -> int:
@@ -309,6 +365,12 @@ class PocketBackend:
             return f"{what} unavailable ({self.unavailable}); using {self.fallback.describe()}"
         try:
             placement = machine_placement(self.settings)
+            local_config(self.settings)  # its files pulled? (the model loads later)
+        except NotPulled:
+            return (
+                f"{what} not pulled yet (`tada-engine models pull`); using "
+                f"{self.fallback.describe()}"
+            )
         except NeuralUnavailable as exc:
             return f"{what} unavailable ({exc})"
         return f"{what} on {placement.device}, {weights_kind(self.settings, placement)}"

@@ -8,6 +8,7 @@ through :class:`VoiceServices`, the part of it this module uses.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,7 +18,7 @@ from engine.jobs import JobService, TooManyPendingJobs, submit_and_wait
 from engine.models import JobStatus, UploadKind, UploadStatus, as_utc
 from engine.uploads import get_owned_upload, mark_upload, receive_direct_upload
 from engine.voice import store
-from engine.voice.handlers import CLONE_KIND, GENERATE_KIND
+from engine.voice.handlers import CLONE_KIND, GENERATE_KIND, VoiceHandlers
 from engine.voice.models import Voice
 from engine.voice.models import VoiceGeneration as GenerationRow
 from engine.voice.schemas import (
@@ -43,6 +44,9 @@ class VoiceServices(Protocol):
 
     @property
     def storage(self) -> Storage: ...
+
+    @property
+    def voice(self) -> VoiceHandlers: ...
 
     def artifact_url(self, base_url: str, key: str) -> str:
         """A signed, expiring GET URL for a stored artifact."""
@@ -205,10 +209,19 @@ async def speak(
     user_id: str,
     voice_id: str,
     text: str,
+    locale: str | None = None,
 ) -> VoiceGenerationResponse:
-    """Speak ``text`` in the caller's voice; waits for the audio (the contract is synchronous)."""
+    """Speak ``text`` in the caller's voice; waits for the audio (the contract is synchronous).
+
+    A text in a language the back end does not speak is refused (:class:`Rejected`, saying
+    so); ``locale`` (the member's, e.g. ``Accept-Language``) is a hint to the detection.
+    """
     text = clean_text(text, services.settings.limits.max_speech_chars)
     await owned_voice(session, user_id, voice_id)
+    # Off the event loop: the detector's models load on first use (a few seconds).
+    verdict = await asyncio.to_thread(services.voice.languages.judge, text, locale)
+    if not verdict.spoken:
+        raise Rejected(verdict.reason or "this voice does not speak the text's language")
     done = await submit_and_wait(
         services.jobs,
         session,

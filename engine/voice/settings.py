@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class VoiceBackendName(StrEnum):
@@ -15,9 +16,9 @@ class VoiceBackendName(StrEnum):
     CPU_REFERENCE = "cpu-reference"  # Piper base speech + WORLD conversion, on any CPU
     NEURAL = "neural"  # a zero-shot cloning model (VibeVoice) through transformers, for GPUs
     POCKET = "pocket"  # Kyutai Pocket TTS: zero-shot cloning in real time on a CPU (or a GPU)
-    # The neural clone the hardware runs well: today Pocket TTS on a CPU and on a GPU
-    # (VibeVoice only when named: Microsoft has withdrawn it); the CPU reference until the
-    # model is pulled.
+    # The default: the neural clone the hardware runs well, today Pocket TTS on a CPU and
+    # on a GPU (VibeVoice only when named: Microsoft has withdrawn it); the CPU reference
+    # (one log line saying how to pull) until `tada-engine models pull` has fetched it.
     AUTO = "auto"
 
 
@@ -71,7 +72,8 @@ class VoiceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: VoiceBackendName = VoiceBackendName.CPU_REFERENCE
+    # "auto": Pocket TTS once pulled (`make run` pulls it), else the CPU reference.
+    backend: VoiceBackendName = VoiceBackendName.AUTO
     # Load the voice models when a worker starts (in the background), so the first clone
     # does not wait for them; false: on the first voice job (tests, API-only processes).
     preload: bool = True
@@ -122,8 +124,28 @@ class VoiceSettings(BaseModel):
     # measured ~27 % faster on x86 with an unchanged WER; here 0.67 instead of 1.12 real-time
     # factor on 2 loaded cores (bench/results/voice_pocket.json). false: float32.
     pocket_quantize: bool = True
+    # torch intra-op threads in each of pocket-tts's two pipeline threads (generation and
+    # decoding run side by side); 0: torch's process-wide setting (the machine's cores).
+    # 1 keeps two threads on two cores (pocket-tts's own choice), but on a shared, loaded
+    # machine it got half the CPU share: RTF 2.17 vs 1.31 at load 8-15, the same CPU
+    # seconds per audio second (bench/results/voice_pocket_threads.json). Try 1 on a
+    # dedicated host.
+    pocket_threads: int = Field(0, ge=0, le=64)
+    # ISO 639-1 codes of the languages the back end speaks; a text in another language is
+    # refused with a 400 that says so. Empty: what its model is known to speak (Pocket TTS:
+    # its pocket_language; the CPU reference: its Piper voice's; VibeVoice: en, zh; a
+    # community pocket_config: unknown, nothing refused).
+    languages: tuple[str, ...] = ()
     audio_format: AudioFormat = AudioFormat.MP3
     mp3_bitrate_kbps: int = Field(96, ge=32, le=320)
+
+    @field_validator("languages")
+    @classmethod
+    def _iso_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for code in value:
+            if not re.fullmatch(r"[a-z]{2}", code):
+                raise ValueError(f"voice.languages: {code!r} is not an ISO 639-1 code like 'en'")
+        return value
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> VoiceSettings:

@@ -9,14 +9,13 @@ from functools import cache
 
 from PIL import Image, ImageDraw
 
-from engine.voice.settings import VoiceSettings
-from tests.conftest import backend_for
+from tests.conftest import REFERENCE_VOICE, backend_for
 from tests.engine.voice.conftest import SAMPLE_TEXT, wav_bytes
 
 
 @cache
 def _speech_wav() -> bytes:
-    speech = backend_for(VoiceSettings()).base_speech(SAMPLE_TEXT)
+    speech = backend_for(REFERENCE_VOICE).base_speech(SAMPLE_TEXT)
     return wav_bytes(speech.audio, speech.sample_rate)
 
 

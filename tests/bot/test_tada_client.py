@@ -377,3 +377,13 @@ async def test_a_real_socket_that_never_answers_times_out() -> None:
     finally:
         stop.set()
         server.close()
+
+
+async def test_speech_carries_the_members_locale_as_accept_language(sleeps: Sleeps) -> None:
+    server = Scripted(httpx.Response(200, json={"url": "http://x/a.mp3"}))
+    await client_for(server, sleeps).generate_voice("v1", "hallo", locale="de")
+    await client_for(server, sleeps).generate_voice("v1", "hello")
+    with_locale, without = server.requests
+    assert with_locale.headers["Accept-Language"] == "de"
+    assert "Accept-Language" not in without.headers
+    assert with_locale.headers["X-API-Key"] == "tada_secret"

@@ -14,8 +14,7 @@ from PIL import Image
 from bot.tada import NotFound, ServiceUnavailable, TadaClient
 from bot.tada.models import TrainingStatus
 from engine.settings import JobSettings
-from engine.voice.settings import VoiceSettings
-from tests.conftest import backend_for, make_settings, running_engine
+from tests.conftest import REFERENCE_VOICE, backend_for, make_settings, running_engine
 from tests.engine.image.zips import good_zip
 from tests.engine.voice.conftest import SAMPLE_TEXT, wav_bytes
 from tests.waiting import CEILING_S, polls
@@ -42,7 +41,7 @@ async def me(tmp_path: Path) -> AsyncIterator[TadaClient]:
 
 
 async def test_voice_clone_speak_list_and_download(me: TadaClient, tmp_path: Path) -> None:
-    speech = await asyncio.to_thread(backend_for(VoiceSettings()).base_speech, SAMPLE_TEXT)
+    speech = await asyncio.to_thread(backend_for(REFERENCE_VOICE).base_speech, SAMPLE_TEXT)
     target = await me.create_voice_upload_url("Me", "sample.wav")
     await me.put_upload(target, wav_bytes(speech.audio, speech.sample_rate))
 

@@ -111,9 +111,24 @@ def test_missing_models_say_where_and_how_to_get_them(
 def test_an_unpulled_pocket_model_says_how_to_get_it(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    config = f'[general]\ndata_dir = "{tmp_path / "data"}"\n[engine.voice]\nbackend = "auto"\n'
+    config = f'[general]\ndata_dir = "{tmp_path / "data"}"\n[engine.voice]\nbackend = "pocket"\n'
     code, lines = doctor_lines(capsys, tmp_path, config)
     assert code == 1
     (voice,) = problems(lines, "models")
     assert "never pulled" in voice and "the CPU reference serves" in voice
     assert voice.endswith("Fix: tada-engine models pull")
+
+
+def test_the_default_backend_unpulled_is_a_note_not_a_problem(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # backend = "auto" (the default): the CPU reference serves by design until the pull.
+    config = f'[general]\ndata_dir = "{tmp_path / "data"}"\n'
+    (tmp_path / "config.toml").write_text(config)
+    assert main(["--config", str(tmp_path / "config.toml"), "migrate"]) == 0
+    code, lines = doctor_lines(capsys, tmp_path, config)
+    assert code == 0, "\n".join(lines)
+    (note,) = [line for line in lines if line.startswith("NOTE")]
+    assert note.split()[1] == "models" and "never pulled" in note
+    assert "not a neural clone" in note and note.endswith("To do: tada-engine models pull")
+    assert lines[-1].startswith("all ") and lines[-1].endswith("(1 note(s): see NOTE above)")

@@ -316,12 +316,11 @@ async def test_a_lora_on_s3_bad_zip_refused_then_trained_and_drawn(
 async def test_a_voice_on_s3_is_cloned_and_speaks(
     seaweedfs: SeaweedFSServer, tmp_path: Path, prefix: str
 ) -> None:
-    from engine.voice.settings import VoiceSettings
-    from tests.conftest import backend_for
+    from tests.conftest import REFERENCE_VOICE, backend_for
     from tests.engine.voice.conftest import GENERATION_TEXT, SAMPLE_TEXT, wav_bytes
 
     speech = await anyio.to_thread.run_sync(
-        lambda: backend_for(VoiceSettings()).base_speech(SAMPLE_TEXT)
+        lambda: backend_for(REFERENCE_VOICE).base_speech(SAMPLE_TEXT)
     )
     sample = wav_bytes(speech.audio, speech.sample_rate)
     async with running_engine(s3_engine_settings(seaweedfs, tmp_path, prefix)) as (app, api):

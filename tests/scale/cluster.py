@@ -92,6 +92,7 @@ max_pending_jobs = 100000
 max_pending_uploads = 100000
 
 [engine.voice]
+backend = "cpu-reference"  # the measured back end, whatever a host has pulled
 # Loaded as each worker starts, beside the first jobs, not by the first job of each kind.
 preload = true
 spectral_mapping = false

@@ -19,8 +19,7 @@ import httpx
 import pytest
 
 from engine.settings import JobSettings
-from engine.voice.settings import VoiceSettings
-from tests.conftest import backend_for, make_settings, register, running_engine
+from tests.conftest import REFERENCE_VOICE, backend_for, make_settings, register, running_engine
 from tests.engine.image.test_lora_api import IMAGE, upload_zip, wait_final
 from tests.engine.image.zips import good_zip
 from tests.engine.voice.conftest import SAMPLE_TEXT, fetch, h, upload_sample, wav_bytes
@@ -101,7 +100,7 @@ async def test_a_second_users_key_gets_404_for_every_object_of_the_first(
         jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
         image={**IMAGE, "generation": {"steps": 1}},
     )
-    speech = backend_for(VoiceSettings()).base_speech(SAMPLE_TEXT)  # type: ignore[attr-defined]
+    speech = backend_for(REFERENCE_VOICE).base_speech(SAMPLE_TEXT)  # type: ignore[attr-defined]
     sample = wav_bytes(speech.audio, speech.sample_rate)
     async with running_engine(settings) as (_, api):
         alice = await register(api, "alice@example.com")

@@ -27,8 +27,8 @@ from engine.settings import JobSettings
 from engine.voice import world
 from engine.voice.audio import ffmpeg_exe
 from engine.voice.reference import CpuReferenceBackend
-from engine.voice.settings import VoiceSettings
 from tests.conftest import (
+    REFERENCE_VOICE,
     TEST_VOICE,
     backend_for,
     get_from,
@@ -97,7 +97,7 @@ def median_f0(audio: NDArray[np.float32], sample_rate: int) -> float:
 @pytest.fixture(scope="session")
 def reference_backend() -> CpuReferenceBackend:
     """The process-wide back end of the default settings (the engine's own instance)."""
-    backend = backend_for(VoiceSettings())
+    backend = backend_for(REFERENCE_VOICE)
     assert isinstance(backend, CpuReferenceBackend)
     return backend
 

@@ -439,7 +439,7 @@ async def test_a_broken_voice_install_fails_fast_and_leaves_the_upload_usable(
     settings = make_settings(
         tmp_path,
         jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=CEILING_S),
-        voice={"piper_sha256": "0" * 64},
+        voice={"backend": "cpu-reference", "piper_sha256": "0" * 64},
     )
     async with running_engine(settings) as (app, api):
         key = await register(api)

@@ -33,7 +33,7 @@ from engine.voice.neural import (
 from engine.voice.random_model import build_random_model
 from engine.voice.reference import CpuReferenceBackend
 from engine.voice.settings import NeuralDevice, NeuralDtype, VoiceSettings
-from tests.conftest import backend_for, make_settings, register, running_engine
+from tests.conftest import REFERENCE_VOICE, backend_for, make_settings, register, running_engine
 from tests.engine.voice.conftest import Speaker, clone, fetch, h
 from tests.waiting import CEILING_S
 
@@ -146,7 +146,7 @@ def test_a_model_that_cannot_load_falls_back_to_the_cpu_reference(
         model = str(tmp_path / "broken")
         (tmp_path / "broken").mkdir()
         (tmp_path / "broken" / "config.json").write_text("{not json")
-    reference = backend_for(VoiceSettings())  # the session's loaded CPU reference
+    reference = backend_for(REFERENCE_VOICE)  # the session's loaded CPU reference
     assert isinstance(reference, CpuReferenceBackend)
     backend = NeuralBackend(neural_settings(model), fallback=reference)
     with caplog.at_level(logging.ERROR, logger="engine.voice.neural"):
@@ -235,7 +235,7 @@ def test_a_pocket_voice_speaks_through_vibevoice_and_the_reference(
     )
     speech = neural.synthesise(TEXT, made_by_pocket)  # the same kind of clip: VibeVoice speaks
     assert speech.sample_rate == SAMPLE_RATE and speech.seconds > 0
-    reference = backend_for(VoiceSettings())
+    reference = backend_for(REFERENCE_VOICE)
     assert isinstance(reference, CpuReferenceBackend)
     unloadable = NeuralBackend(neural_settings("some-org/never-pulled"), fallback=reference)
     made_by_vibevoice = made_by_pocket.model_copy(update={"backend": "neural"})

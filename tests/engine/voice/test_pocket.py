@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -152,6 +154,47 @@ def test_loading_leaves_torchs_threads_alone(tiny: Path) -> None:
 
 
 @pytest.mark.no_database
+@pytest.mark.parametrize("pinned", [1, 0])
+def test_the_two_pipeline_threads_run_at_pocket_threads(
+    tiny: Path, speakers: dict[str, Speaker], monkeypatch: pytest.MonkeyPatch, pinned: int
+) -> None:
+    from pocket_tts.models.tts_model import TTSModel
+
+    seen: dict[str, int] = {}
+
+    def spy(name: str) -> object:
+        original = getattr(TTSModel, name)
+
+        def run(self: object, *args: object, **kwargs: object) -> object:
+            seen[name] = torch.get_num_threads()
+            return original(self, *args, **kwargs)
+
+        return run
+
+    for name in ("_decode_audio_worker", "_autoregressive_generation"):
+        monkeypatch.setattr(TTSModel, name, spy(name))
+    torch.set_num_threads(2)
+    try:
+        backend = PocketBackend(pocket_settings(tiny, pocket_threads=pinned))
+        model = backend.model()
+        assert model is not None, backend.unavailable
+        model.generate(as_sample(speakers["low"]).audio[: 3 * SAMPLE_RATE], TEXT)
+        assert seen == {
+            "_decode_audio_worker": pinned or 2,
+            "_autoregressive_generation": pinned or 2,
+        }
+        # The caller's threads, and those of threads started afterwards, are as they were.
+        assert torch.get_num_threads() == 2
+        later: list[int] = []
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert later == [2]
+    finally:
+        torch.set_num_threads(1)
+
+
+@pytest.mark.no_database
 def test_voices_of_the_other_back_ends_keep_speaking(
     pocket: PocketBackend, reference: CpuReferenceBackend, speakers: dict[str, Speaker]
 ) -> None:
@@ -218,6 +261,23 @@ def test_a_model_that_cannot_load_falls_back_to_the_cpu_reference(
 
 
 @pytest.mark.no_database
+def test_auto_unpulled_serves_with_the_reference_and_says_how_to_pull_once(
+    reference: CpuReferenceBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert VoiceSettings().backend == "auto"  # the default
+    backend = PocketBackend(VoiceSettings(), encoder=reference.encoder, fallback=reference)
+    assert "not pulled yet (`tada-engine models pull`); using cpu-reference" in backend.describe()
+    with caplog.at_level(logging.INFO, logger="engine.voice.pocket"):
+        assert backend.sample_rate == reference.sample_rate
+        assert backend.sample_rate == reference.sample_rate
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert len(said) == 1, said
+    level, line = said[0]
+    assert level == logging.WARNING  # the designed fallback, not an error
+    assert "no neural voice model pulled yet" in line and "`tada-engine models pull`" in line
+
+
+@pytest.mark.no_database
 def test_auto_picks_pocket_and_the_pulled_hub_ids_name_the_pulled_folders(
     tmp_path: Path,
 ) -> None:
@@ -258,7 +318,7 @@ def test_the_config_is_opened_from_local_files_only(tiny: Path) -> None:
 async def test_clone_and_speak_through_the_api(
     tmp_path: Path, tiny: Path, speakers: dict[str, Speaker], cap_seconds: float
 ) -> None:
-    voice = {**pocket_settings(tiny).model_dump(mode="json"), **TEST_VOICE}
+    voice = {**pocket_settings(tiny).model_dump(mode="json"), **TEST_VOICE, "backend": "pocket"}
     settings = make_settings(
         tmp_path / "engine",
         jobs=JobSettings(in_process_workers=1, wait_timeout_seconds=120),
@@ -278,3 +338,42 @@ async def test_clone_and_speak_through_the_api(
         assert 0.5 < body["duration_seconds"] <= cap_seconds + 0.1
         audio = await fetch(api, body["url"])
         assert audio.status_code == 200 and len(audio.content) > 1000
+
+
+async def test_voices_keep_speaking_when_the_operator_switches_back_ends(
+    tmp_path: Path, tiny: Path, speakers: dict[str, Speaker]
+) -> None:
+    # One engine's data (database, stored voices) served by the CPU reference, then by the
+    # pocket back end (what "auto" becomes once pulled), then by the CPU reference again.
+    jobs = JobSettings(in_process_workers=1, wait_timeout_seconds=120)
+    by_reference = make_settings(tmp_path / "engine", jobs=jobs, voice=TEST_VOICE)
+    pocket_voice = {
+        **pocket_settings(tiny).model_dump(mode="json"),
+        **TEST_VOICE,
+        "backend": "pocket",
+    }
+    by_pocket = make_settings(tmp_path / "engine", jobs=jobs, voice=pocket_voice)
+
+    async def speaks(api: httpx.AsyncClient, key: str, voice_id: str) -> float:
+        spoken = await api.post(
+            f"/api/voices/{voice_id}/generations", json={"text": TEXT}, headers=h(key)
+        )
+        assert spoken.status_code == 200, spoken.text
+        return float(spoken.json()["duration_seconds"])
+
+    async with running_engine(by_reference) as (_, api):
+        key = await register(api, "switch@example.com")
+        resp = await clone(api, key, speakers["low"].wav())
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["backend"] == "cpu-reference"
+        old_voice = resp.json()["id"]
+    async with running_engine(by_pocket) as (_, api):
+        assert await speaks(api, key, old_voice) > 0.3  # spoken by the CPU reference
+        resp = await clone(api, key, speakers["high"].wav())
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["backend"] == "pocket"
+        new_voice = resp.json()["id"]
+        assert await speaks(api, key, new_voice) > 0.5
+    async with running_engine(by_reference) as (_, api):
+        assert await speaks(api, key, new_voice) > 0.3  # learnt from its kept clip
+        assert await speaks(api, key, old_voice) > 0.3

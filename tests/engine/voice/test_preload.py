@@ -18,7 +18,7 @@ from tests.waiting import CEILING_S
 
 def _cold_voice(target_dbfs: float) -> dict[str, object]:
     # Distinct settings get their own (cold) back end: other tests may have warmed the default.
-    return {"target_dbfs": target_dbfs}
+    return {"backend": "cpu-reference", "target_dbfs": target_dbfs}
 
 
 async def test_a_worker_loads_the_voice_models_at_start(
