@@ -16,6 +16,7 @@ from bot.jobs.images import generation_body, image_result
 from bot.jobs.models import Job, JobKind, JobState, speech_result
 from bot.jobs.recover import find_generation
 from bot.jobs.store import JobStore
+from bot.jobs.streamed import can_stream, speak_streamed
 from bot.readiness import EngineReadiness, is_test_model
 from bot.store.models import utcnow
 from bot.tada import TadaClient
@@ -115,6 +116,14 @@ class Execution:
                 named = {"voice_name": p.get("voice_name") or voice.name}
                 base = {"voice_base_score": voice.base_similarity_score}
                 await self.store.update(job.id, params={**p, **named, **base})
+            player = self.delivery.player
+            if (
+                player is not None
+                and can_stream(job, self.delivery.client, player)
+                and (await tada.generation_offer()).speech_stream
+            ):
+                # Heard while it is made (``/voice say``); the file is posted once whole.
+                return await speak_streamed(tada, job, player)
             spoken = await tada.generate_voice(str(p["voice_id"]), str(p["text"]))
             return speech_result(spoken)
         if job.kind is JobKind.LORA_GENERATE:

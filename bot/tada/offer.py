@@ -18,6 +18,8 @@ from typing import Any
 
 # The LoRA generation operation: the latest revision's path first, then the seed's.
 GENERATION_PATHS = ("/api/loras/{lora_id}/generations", "/api/loras/generations/{upload_id}")
+# The engine's speech stream extension (``POST``: a WAV sent while the speech is made).
+SPEECH_STREAM_PATH = "/api/voices/{voice_id}/speech/stream"
 # How long a fetched document is trusted, and how soon a failed fetch is tried again.
 DEFAULT_TTL_SECONDS = 600.0
 FAILURE_TTL_SECONDS = 60.0
@@ -32,6 +34,8 @@ class GenerationOffer:
     variation_of: bool = False
     # The accepted width:height ratios; ``("*",)`` when any string is accepted.
     aspect_ratios: tuple[str, ...] = ()
+    # Speech streamed while it is made (``/voice say`` starts playing at once).
+    speech_stream: bool = False
 
     @property
     def aspect_ratio(self) -> bool:
@@ -113,7 +117,14 @@ def offer_of(document: Any) -> GenerationOffer:
         negative_prompt="negative_prompt" in props,
         variation_of="variation_of" in props,
         aspect_ratios=_enum_of(document, props["aspect_ratio"]) if "aspect_ratio" in props else (),
+        speech_stream=_has_post(document, SPEECH_STREAM_PATH),
     )
+
+
+def _has_post(document: Mapping[str, Any], path: str) -> bool:
+    paths = document.get("paths")
+    operation = paths.get(path) if isinstance(paths, Mapping) else None
+    return isinstance(operation, Mapping) and isinstance(operation.get("post"), Mapping)
 
 
 class OfferCache:
