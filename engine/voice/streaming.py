@@ -12,7 +12,6 @@ Async code only: the model runs in the job worker, as for every speech.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import struct
@@ -59,15 +58,22 @@ def _pcm_of(data: bytes) -> tuple[int, bytes]:
         return fh.getframerate(), fh.readframes(fh.getnframes())
 
 
-def _take_blocking(storage: Storage, key: str) -> bytes | None:
-    """A stored piece's bytes, deleted once read; ``None`` while it is not there."""
-    try:
-        with storage.local_artifact(key) as path:
-            data = path.read_bytes()
-    except NotStored:
-        return None
-    storage.delete_artifact(key)
-    return data
+def _take_blocking(storage: Storage, key: str, wait: float) -> bytes | None:
+    """A stored piece's bytes, deleted once read; ``None`` if it is not there within
+    ``wait`` seconds (looked for every :data:`POLL_SECONDS`, in this thread: the event loop
+    schedules no timer per look)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with storage.local_artifact(key) as path:
+                data = path.read_bytes()
+        except NotStored:
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(POLL_SECONDS)
+            continue
+        storage.delete_artifact(key)
+        return data
 
 
 @dataclass
@@ -88,9 +94,22 @@ class SpeechStream:
         """The generation the job records (``GET /api/voices/generations/{id}`` once done)."""
         return generation_id_of(self.job_id)
 
-    async def _take(self, index: int) -> bytes | None:
+    async def _take(self, index: int, wait: float = 0.0) -> bytes | None:
+        """Piece ``index`` once stored (waiting up to ``wait`` seconds for it), or ``None``."""
         key = stream_part_key(self.voice_id, self.generation_id, index)
-        return await anyio.to_thread.run_sync(_take_blocking, self.services.storage, key)
+        return await anyio.to_thread.run_sync(_take_blocking, self.services.storage, key, wait)
+
+    async def next_piece(self, index: int) -> bytes | None:
+        """Piece ``index``, waited for while the job runs; ``None`` once the job has ended
+        without it (or the wait limit passed)."""
+        while time.monotonic() < self.deadline:
+            # Final before the look: every piece was stored before the job ended.
+            final = self._final is not None
+            data = await self._take(index, 0.0 if final else STATE_SECONDS)
+            if data is not None or final:
+                return data
+            await self._job()
+        return None
 
     async def _job(self) -> Job | None:
         """The job once final (kept), else ``None``."""
@@ -104,21 +123,11 @@ class SpeechStream:
         """The WAV: its header, then each piece's samples as the worker stores them."""
         try:
             yield wav_header(self.sample_rate) + self.first
-            checked = 0.0
-            while time.monotonic() < self.deadline:
-                data = await self._take(self.sent)
-                if data is not None:
-                    self.sent += 1
-                    yield _pcm_of(data)[1]
-                    continue
-                if self._final is not None:
-                    return  # final before this look: every piece was stored before it
-                if time.monotonic() - checked >= STATE_SECONDS:
-                    checked = time.monotonic()
-                    if await self._job() is not None:
-                        continue  # one more look: the last piece may have come meanwhile
-                await asyncio.sleep(POLL_SECONDS)
-            log.warning("speech stream of job %s: cut off at the wait limit", self.job_id)
+            while (data := await self.next_piece(self.sent)) is not None:
+                self.sent += 1
+                yield _pcm_of(data)[1]
+            if self._final is None:
+                log.warning("speech stream of job %s: cut off at the wait limit", self.job_id)
         finally:
             # A listener gone (or the wait over) leaves the worker's later pieces: they are
             # taken away once it ends, within the wait limit.
@@ -126,10 +135,8 @@ class SpeechStream:
                 await self._tidy()
 
     async def _tidy(self) -> None:
-        while True:
-            if await self._job() is not None or time.monotonic() >= self.deadline:
-                break
-            await asyncio.sleep(STATE_SECONDS)
+        while await self._job() is None and time.monotonic() < self.deadline:
+            await anyio.to_thread.run_sync(time.sleep, STATE_SECONDS)
         job = self._final
         stored = (job.result or {}).get("stream_parts") if job is not None else None
         last = int(stored) if isinstance(stored, int) else self.sent
@@ -153,21 +160,14 @@ async def open_stream(
     stream = SpeechStream(
         services, job.id, voice_id, 0, b"", deadline=time.monotonic() + wait, sent=0
     )
-    checked = 0.0
-    while time.monotonic() < stream.deadline:
-        data = await stream._take(0)
-        if data is not None:
-            stream.sample_rate, stream.first = _pcm_of(data)
-            stream.sent = 1
-            return stream
-        if stream._final is not None:
-            done = stream._final
-            raise JobOutcomeError(f"generation failed: {done.error or done.status}")
-        if time.monotonic() - checked >= STATE_SECONDS:
-            checked = time.monotonic()
-            if await stream._job() is not None:
-                continue
-        await asyncio.sleep(POLL_SECONDS)
+    data = await stream.next_piece(0)
+    if data is not None:
+        stream.sample_rate, stream.first = _pcm_of(data)
+        stream.sent = 1
+        return stream
+    if stream._final is not None:
+        done = stream._final
+        raise JobOutcomeError(f"generation failed: {done.error or done.status}")
     # Nobody listens to a speech that has not started by now: it is stopped.
     await services.jobs.cancel(job.id)
     with anyio.CancelScope(shield=True):
