@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import struct
 import time
 import wave
@@ -61,19 +62,20 @@ def _pcm_of(data: bytes) -> tuple[int, bytes]:
 def _take_blocking(storage: Storage, key: str, wait: float) -> bytes | None:
     """A stored piece's bytes, deleted once read; ``None`` if it is not there within
     ``wait`` seconds (looked for every :data:`POLL_SECONDS`, in this thread: the event loop
-    schedules no timer per look)."""
-    deadline = time.monotonic() + wait
-    while True:
+    schedules no timer per look). The looks are counted, not timed: a test's virtual clock
+    may stand still while this thread sleeps."""
+    looks = max(1, math.ceil(wait / POLL_SECONDS) + 1)
+    for look in range(looks):
         try:
             with storage.local_artifact(key) as path:
                 data = path.read_bytes()
         except NotStored:
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(POLL_SECONDS)
+            if look < looks - 1:
+                time.sleep(POLL_SECONDS)
             continue
         storage.delete_artifact(key)
         return data
+    return None
 
 
 @dataclass
