@@ -90,11 +90,23 @@ async def whole(tada: TadaClient, voice_id: str, text: str) -> dict[str, float]:
     return {"first_audio_s": first - started, "complete_s": made - started}
 
 
+async def queue_wait(app: Any) -> float:
+    """How long the latest job waited in the engine's queue before a worker took it."""
+    from sqlalchemy import select
+
+    from engine.models import Job
+
+    async with app.state.services.db.session() as s:
+        job = (await s.scalars(select(Job).order_by(Job.created_at.desc()).limit(1))).one()
+    return (job.started_at - job.created_at).total_seconds()
+
+
 async def streamed(tada: TadaClient, voice_id: str, text: str) -> dict[str, float]:
     started = time.perf_counter()
     source = StreamedSpeech()
     first: float | None = None
     async with tada.stream_speech(voice_id, text) as stream:
+        answered = time.perf_counter()
         async for pcm in stream.pcm():
             await source.feed(pcm, stream.sample_rate)
             if first is None:
@@ -104,7 +116,12 @@ async def streamed(tada: TadaClient, voice_id: str, text: str) -> dict[str, floa
     await tada.get_voice_generation(stream.generation_id)
     done = time.perf_counter()
     assert first is not None
-    return {"first_audio_s": first - started, "complete_s": done - started}
+    return {
+        "first_audio_s": first - started,
+        "complete_s": done - started,
+        # The answer's first piece received (the rest is the bot's Opus encoding).
+        "first_piece_received_s": answered - started,
+    }
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -138,7 +155,7 @@ async def run(runs: int, data_dir: Path) -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=600) as http:
             reg = await http.post(f"{base}/api/users/register", params={"email": "b@example.com"})
             key = SecretStr(reg.json()["api_key"])
-            tada = TadaClient(http, base_url=base).with_key(key)
+            tada = TadaClient(http, base_url=base, timeout=httpx.Timeout(600.0)).with_key(key)
             sample = backend.base_speech(SAMPLE_TEXT)  # type: ignore[attr-defined]
             target = await tada.create_voice_upload_url("bench", "bench.wav")
             await tada.put_upload(target, wav_bytes(sample.audio, sample.sample_rate))
@@ -151,13 +168,11 @@ async def run(runs: int, data_dir: Path) -> dict[str, Any]:
                 for _ in range(runs):
                     times["whole"].append(await whole(tada, voice.id, text))
                     times["stream"].append(await streamed(tada, voice.id, text))
+                    times["stream"][-1]["queue_wait_s"] = await queue_wait(app)
                 out[name] = {
                     "text": text,
                     **{
-                        path: {
-                            "first_audio_s": summary([r["first_audio_s"] for r in rs]),
-                            "complete_s": summary([r["complete_s"] for r in rs]),
-                        }
+                        path: {key: summary([r[key] for r in rs]) for key in rs[0]}
                         for path, rs in times.items()
                     },
                 }

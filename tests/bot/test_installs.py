@@ -33,6 +33,7 @@ async def synced_commands(config: BotConfig, api: httpx.AsyncClient) -> dict[str
             [put] = [r for r in env.http_requests if r.method == "PUT"]
         finally:
             await env.shutdown()
+    assert isinstance(put.json, list)
     return {c["name"]: c for c in put.json}
 
 

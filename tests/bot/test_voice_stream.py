@@ -84,7 +84,7 @@ async def test_a_skipped_source_takes_no_more_audio() -> None:
 
 
 def test_the_offer_names_the_stream_only_where_the_document_has_it() -> None:
-    stream = {"paths": {"/api/voices/{voice_id}/speech/stream": {"post": {}}}}
+    stream: dict[str, Any] = {"paths": {"/api/voices/{voice_id}/speech/stream": {"post": {}}}}
     assert offer_of(stream).speech_stream
     assert not offer_of({"paths": {}}).speech_stream
     assert not offer_of(
