@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 import discord
 import httpx
 from discord.ext import commands
+from discord.utils import MISSING
 
 from bot.accounts import AccountService
 from bot.config import BotConfig
 from bot.crypto import KeyBox, keybox_for
 from bot.embedded import EmbeddedEngine
 from bot.gate import Gate
+from bot.installs import everywhere, keep_server_commands_in_servers
 from bot.jobs import JobRunner
 from bot.jobs.buttons import PERSISTENT_BUTTONS
 from bot.jobs.panel import JobPanel
@@ -190,7 +192,12 @@ class TadaBot(commands.AutoShardedBot):
         intents: discord.Intents | None = None,
     ) -> None:
         shards = services.config.discord
+        # With user installs on, every command defaults to both installs and every context;
+        # off, nothing is sent and Discord keeps its defaults (a server install).
+        installs, contexts = everywhere() if shards.user_installs else (MISSING, MISSING)
         super().__init__(
+            allowed_installs=installs,
+            allowed_contexts=contexts,
             shard_count=shards.shard_count,
             # None: every shard (discord.py's default for AutoShardedBot).
             shard_ids=list(shards.shard_ids) if shards.shard_ids is not None else None,  # type: ignore[arg-type]
@@ -224,6 +231,9 @@ class TadaBot(commands.AutoShardedBot):
         """Load the cogs, resume jobs, then sync slash commands (instantly to a dev guild)."""
         for name in self.extension_names:
             await self.load_extension(name)
+        if self.services.config.discord.user_installs:
+            kept = keep_server_commands_in_servers(self.tree)
+            log.info("user installs on; kept in servers only: %s", ", ".join(kept))
         # Buttons on results posted by any earlier run keep working.
         self.add_dynamic_items(*PERSISTENT_BUTTONS)
         await self.jobs.start()

@@ -118,6 +118,9 @@ class DiscordConfig(_Section):
     # them and share one store (``[store] database_url``, PostgreSQL).
     shard_count: int = Field(1, ge=1, le=4096)
     shard_ids: tuple[int, ...] | None = None
+    # Members may add the app to their own account and use it in DMs and in servers where
+    # the bot is not (bot/installs.py); off: a server install only, as before.
+    user_installs: bool = False
 
     @model_validator(mode="after")
     def _shards_in_range(self) -> DiscordConfig:

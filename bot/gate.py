@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import discord
 from pydantic import SecretStr
 
+from bot.installs import server_of
+
 
 class Feature(StrEnum):
     """What a request uses; admins allow channels, roles and quotas per feature."""
@@ -74,14 +76,16 @@ def request_for(
     the bot's permissions in the channel; in DMs only the member and the channel.
     """
     user = interaction.user
-    in_guild = interaction.guild_id is not None and isinstance(user, discord.Member)
+    # A server where the app is only the member's own install set no rules for it: as DMs.
+    guild_id = server_of(interaction)
+    in_guild = guild_id is not None and isinstance(user, discord.Member)
     return GateRequest(
         user_id=user.id,
-        guild_id=interaction.guild_id,
+        guild_id=guild_id,
         channel_id=interaction.channel_id or 0,
         role_ids=(
             frozenset(role.id for role in user.roles)
-            if isinstance(user, discord.Member)
+            if in_guild and isinstance(user, discord.Member)
             else frozenset()
         ),
         feature=feature,
@@ -89,7 +93,9 @@ def request_for(
         cost=cost,
         text=text,
         # Administrators are not limited by roles or quotas (as the job runner decides).
-        is_admin=isinstance(user, discord.Member) and user.guild_permissions.administrator,
+        is_admin=in_guild
+        and isinstance(user, discord.Member)
+        and user.guild_permissions.administrator,
         bot_permissions=interaction.app_permissions if in_guild else None,
     )
 

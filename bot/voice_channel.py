@@ -6,6 +6,11 @@ PyNaCl and davey are what discord.py's voice needs) and plays each clip with
 ``FFmpegOpusAudio`` (the imageio-ffmpeg wheel's ffmpeg encodes Opus, so no system libopus
 is needed). A clip that cannot be played is skipped with a warning in the log; the
 speech itself was already posted in the text channel.
+
+A speech that is still being made (the engine's speech stream) plays as it arrives: a
+:class:`StreamedSpeech` source takes each block of samples, has ffmpeg encode it to Opus in
+a thread, and hands the packets to discord.py's player thread; while the next block is
+being made the player gets Opus silence, so it never waits (nor blocks the event loop).
 """
 
 from __future__ import annotations
@@ -14,11 +19,15 @@ import asyncio
 import contextlib
 import io
 import logging
+import subprocess
+import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import discord
+from discord.oggparse import OggStream
 
 from bot.media import ffmpeg_path
 
@@ -32,14 +41,111 @@ MAX_QUEUE = 20
 Connect = Callable[[discord.VoiceChannel | discord.StageChannel], Awaitable[discord.VoiceClient]]
 
 
+# One 20 ms Opus frame of silence: what the player sends while a streamed speech waits.
+OPUS_SILENCE = b"\xf8\xff\xfe"
+_OPUS_HEADERS = (b"OpusHead", b"OpusTags")
+# ffmpeg's encoding of one block must not hang a worker thread.
+_ENCODE_TIMEOUT_S = 30.0
+
+
+def encode_opus(pcm: bytes, sample_rate: int) -> list[bytes]:
+    """16-bit mono samples as Discord's Opus packets (48 kHz stereo, 20 ms each), with the
+    bundled ffmpeg (blocking: call it in a thread)."""
+    args = [
+        ffmpeg_path(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-f",
+        "s16le",
+        "-ar",
+        str(sample_rate),
+        "-ac",
+        "1",
+        "-i",
+        "pipe:0",
+        "-map_metadata",
+        "-1",
+        "-c:a",
+        "libopus",
+        "-b:a",
+        "96k",
+        "-ar",
+        "48000",
+        "-ac",
+        "2",
+        "-frame_duration",
+        "20",
+        "-f",
+        "opus",
+        "pipe:1",
+    ]
+    done = subprocess.run(args, input=pcm, capture_output=True, timeout=_ENCODE_TIMEOUT_S)
+    if done.returncode != 0:
+        raise OSError(f"ffmpeg could not encode speech: {done.stderr[-200:]!r}")
+    packets = OggStream(io.BytesIO(done.stdout)).iter_packets()
+    return [p for p in packets if not p.startswith(_OPUS_HEADERS)]
+
+
+class StreamedSpeech(discord.AudioSource):
+    """Opus packets of a speech still arriving: :meth:`feed` adds samples (encoded in a
+    thread), :meth:`end` says there are no more. :meth:`read` never waits: it gives
+    :data:`OPUS_SILENCE` until the next packet is there, and ``b""`` (the end) once
+    everything fed has been read after :meth:`end`."""
+
+    def __init__(self, encode: Callable[[bytes, int], list[bytes]] = encode_opus) -> None:
+        self._encode = encode
+        self._packets: deque[bytes] = deque()
+        self._ended = threading.Event()
+        self._closed = threading.Event()
+        self.created_at = time.monotonic()
+        # When the player took the first packet of speech (the latency a member hears).
+        self.first_audio_at: float | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the player is done with it (played to the end, skipped or stopped)."""
+        return self._closed.is_set()
+
+    async def feed(self, pcm: bytes, sample_rate: int) -> None:
+        """Queue 16-bit mono samples; nothing once the player is done with the source."""
+        if not pcm or self.closed:
+            return
+        packets = await asyncio.to_thread(self._encode, pcm, sample_rate)
+        self._packets.extend(packets)
+
+    def end(self) -> None:
+        """No more samples will come."""
+        self._ended.set()
+
+    def is_opus(self) -> bool:
+        return True
+
+    def read(self) -> bytes:
+        # ``end`` comes after the last ``feed``: looked at first, no packet is missed.
+        ended = self._ended.is_set()
+        try:
+            packet = self._packets.popleft()
+        except IndexError:
+            return b"" if ended or self.closed else OPUS_SILENCE
+        if self.first_audio_at is None:
+            self.first_audio_at = time.monotonic()
+        return packet
+
+    def cleanup(self) -> None:
+        self._closed.set()
+        self._packets.clear()
+
+
 @dataclass(frozen=True, slots=True)
 class Clip:
-    """One speech to play: its audio, where, and for whom (for the log)."""
+    """One speech to play: its audio (or its stream), where, and for whom (for the log)."""
 
     audio: bytes
     channel_id: int
     user_id: int
     label: str = ""
+    stream: StreamedSpeech | None = None
 
 
 @dataclass
@@ -59,6 +165,8 @@ async def _connect(channel: discord.VoiceChannel | discord.StageChannel) -> disc
 
 
 def _source(clip: Clip) -> discord.AudioSource:
+    if clip.stream is not None:
+        return clip.stream
     return discord.FFmpegOpusAudio(
         io.BytesIO(clip.audio),
         pipe=True,
@@ -117,6 +225,9 @@ class VoiceChannelPlayer:
         guild = self._guilds.pop(guild_id, None)
         if guild is None:
             return False
+        for waiting in guild.clips:
+            if waiting.stream is not None:
+                waiting.stream.cleanup()
         guild.clips.clear()
         was_in = guild.voice is not None
         if guild.idle is not None:
@@ -152,6 +263,9 @@ class VoiceChannelPlayer:
                     await self._play(guild, clip)
                 except Exception:  # one clip's failure must not stop the queue
                     log.warning("guild %s: could not play %s", guild_id, clip.label, exc_info=True)
+                finally:
+                    if clip.stream is not None:
+                        clip.stream.cleanup()  # its feeder stops encoding what none will hear
         except asyncio.CancelledError:
             await self._leave(guild)
             raise

@@ -18,6 +18,7 @@ from discord.ext import commands
 from bot.app import BotServices, TadaBot
 from bot.errors import NotLinked, UserFacingError, reply_for
 from bot.gate import Action, Feature, GateRequest, request_for
+from bot.installs import server_of
 from bot.jobs.buttons import RepostButton, SpeakButton
 from bot.jobs.runner import JobRunner, admit
 from bot.media import AUDIO_SUFFIXES, MAX_AUDIO_BYTES, check_audio_async, suffix_of
@@ -73,6 +74,12 @@ def voice_channel_of(
     interaction: discord.Interaction[Any],
 ) -> discord.VoiceChannel | discord.StageChannel:
     """The voice channel the member is in, where the bot may speak; else a short refusal."""
+    if interaction.guild_id is not None and server_of(interaction) is None:
+        # The member's own install, in a server that has not added the bot: no voice there.
+        raise UserFacingError(
+            "I can only speak in the voice channels of servers that added me. "
+            "`/voice speak` posts the speech here instead."
+        )
     state = interaction.user.voice if isinstance(interaction.user, discord.Member) else None
     room = state.channel if state is not None else None
     if not isinstance(room, discord.VoiceChannel | discord.StageChannel):

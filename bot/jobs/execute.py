@@ -22,6 +22,7 @@ from bot.jobs.images import (
 from bot.jobs.models import Job, JobKind, JobState, speech_result
 from bot.jobs.recover import find_generation
 from bot.jobs.store import JobStore
+from bot.jobs.streamed import can_stream, speak_streamed
 from bot.readiness import EngineReadiness, is_test_model
 from bot.store.models import utcnow
 from bot.tada import TadaClient
@@ -123,6 +124,14 @@ class Execution:
                 base = {"voice_base_score": voice.base_similarity_score}
                 await self.store.update(job.id, params={**p, **named, **base})
             locale = str(p["locale"]) if p.get("locale") else None
+            player = self.delivery.player
+            if (
+                player is not None
+                and can_stream(job, self.delivery.client, player)
+                and (await tada.generation_offer()).speech_stream
+            ):
+                # Heard while it is made (``/voice say``); the file is posted once whole.
+                return await speak_streamed(tada, job, player, locale=locale)
             spoken = await tada.generate_voice(str(p["voice_id"]), str(p["text"]), locale=locale)
             return speech_result(spoken)
         if job.kind is JobKind.LORA_GENERATE:

@@ -258,7 +258,9 @@ class JobRunner:
         await self.services.accounts.client_for(greq.user_id, shared_key=admission.shared_key)
         job = await self.store.create(
             user_id=greq.user_id,
-            guild_id=interaction.guild_id,
+            # Where the server's rules apply (its shard, its policy); a user install's
+            # speech in a server without the bot posts like one asked in DMs.
+            guild_id=greq.guild_id,
             channel_id=interaction.channel_id,
             kind=request.kind,
             params=request.params,

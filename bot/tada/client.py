@@ -11,9 +11,11 @@ seed's path when the server answers 404 or 405, then remembers which one works.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
+import struct
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -107,6 +109,46 @@ def _detail(resp: httpx.Response) -> Any:
     if isinstance(body, dict) and "detail" in body:
         return body["detail"]
     return body
+
+
+# A WAV header as the engine's speech stream sends it (RIFF, fmt, data: 44 bytes).
+WAV_HEADER_BYTES = 44
+
+
+@dataclass
+class SpeechStream:
+    """A speech arriving while it is made (the engine's speech stream extension)."""
+
+    generation_id: str
+    sample_rate: int
+    _chunks: AsyncIterator[bytes]
+    _carry: bytes = b""
+
+    async def pcm(self) -> AsyncIterator[bytes]:
+        """16-bit mono samples as they arrive, in whole samples."""
+        data = self._carry
+        self._carry = b""
+        if data:
+            usable = len(data) - len(data) % 2
+            if usable:
+                yield data[:usable]
+            data = data[usable:]
+        async for chunk in self._chunks:
+            data += chunk
+            usable = len(data) - len(data) % 2
+            if usable:
+                yield data[:usable]
+            data = data[usable:]
+
+
+def _wav_rate(header: bytes) -> int:
+    """The sample rate of a 16-bit mono PCM WAV header (the stream's only format)."""
+    if header[:4] != b"RIFF" or header[8:16] != b"WAVEfmt " or header[36:40] != b"data":
+        raise TadaProtocolError("the speech stream is not a WAV")
+    fmt, channels, rate, _, _, bits = struct.unpack("<HHIIHH", header[20:36])
+    if (fmt, channels, bits) != (1, 1, 16) or not 8000 <= rate <= 48000:
+        raise TadaProtocolError("the speech stream is not 16-bit mono PCM")
+    return int(rate)
 
 
 class TadaClient:
@@ -228,6 +270,55 @@ class TadaClient:
             headers={"Accept-Language": locale} if locale else None,
         )
         return self._parse(SpokenAudio, resp)
+
+    @contextlib.asynccontextmanager
+    async def stream_speech(
+        self, voice_id: str, text: str, *, locale: str | None = None
+    ) -> AsyncIterator[SpeechStream]:
+        """Speak ``text`` with a voice, the audio arriving while it is made: the engine's
+        ``POST /api/voices/{voice_id}/speech/stream`` extension (check
+        :meth:`generation_offer` first: the hosted API has no such route).
+
+        Not retried: a speech asked twice is made twice. Once the stream ends, the
+        generation is ``get_voice_generation(stream.generation_id)``.
+        """
+        path = f"/api/voices/{voice_id}/speech/stream"
+        headers = {API_KEY_HEADER: self._api_key.get_secret_value()} if self._api_key else {}
+        if locale:  # as for generate_voice: the hint to the text's language
+            headers["Accept-Language"] = locale
+        try:
+            async with self._http.stream(
+                "POST",
+                self.base_url + path,
+                json={"text": text},
+                headers=headers,
+                timeout=self.transfer_timeout,
+                follow_redirects=False,
+            ) as resp:
+                if not resp.is_success:
+                    await resp.aread()
+                    self._raise_for_status(resp, "POST", path)
+                chunks = resp.aiter_raw()
+                head = b""
+                async for chunk in chunks:
+                    head += chunk
+                    if len(head) >= WAV_HEADER_BYTES:
+                        break
+                if len(head) < WAV_HEADER_BYTES:
+                    raise TadaProtocolError(f"{path}: the stream ended before its audio")
+                generation_id = resp.headers.get("X-Generation-Id", "")
+                if not generation_id:
+                    raise TadaProtocolError(f"{path}: the stream names no generation")
+                yield SpeechStream(
+                    generation_id,
+                    _wav_rate(head[:WAV_HEADER_BYTES]),
+                    chunks,
+                    head[WAV_HEADER_BYTES:],
+                )
+        except httpx.TimeoutException as exc:
+            raise TadaTimeout(f"POST {path}: no answer in time ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise TadaTransportError(f"POST {path}: {type(exc).__name__}: {exc}") from exc
 
     async def list_voice_generations(
         self, voice_id: str, *, limit: int = 20, offset: int = 0

@@ -22,6 +22,8 @@ GENERATION_PATHS = ("/api/loras/{lora_id}/generations", "/api/loras/generations/
 # The image operations (engine extensions): img2img from a generated image.
 UPSCALE_PATH = "/api/images/{image_id}/upscale"
 VARY_PATH = "/api/images/{image_id}/vary"
+# The engine's speech stream extension (``POST``: a WAV sent while the speech is made).
+SPEECH_STREAM_PATH = "/api/voices/{voice_id}/speech/stream"
 # How long a fetched document is trusted, and how soon a failed fetch is tried again.
 DEFAULT_TTL_SECONDS = 600.0
 FAILURE_TTL_SECONDS = 60.0
@@ -39,6 +41,8 @@ class GenerationOffer:
     # Upscale 2x and Vary (subtle / strong) of a generated image.
     upscale: bool = False
     vary_image: bool = False
+    # Speech streamed while it is made (``/voice say`` starts playing at once).
+    speech_stream: bool = False
 
     @property
     def aspect_ratio(self) -> bool:
@@ -125,7 +129,7 @@ def _posts(document: Mapping[str, Any], path: str) -> bool:
 
 def offer_of(document: Any) -> GenerationOffer:
     """What the LoRA generation body of an OpenAPI ``document`` accepts beyond ``prompt``,
-    and whether it upscales and varies images."""
+    whether it upscales and varies images, and whether it streams speech."""
     if not isinstance(document, Mapping):
         return HOSTED_OFFER
     props = _body_properties(document)
@@ -136,6 +140,7 @@ def offer_of(document: Any) -> GenerationOffer:
         aspect_ratios=_enum_of(document, props["aspect_ratio"]) if "aspect_ratio" in props else (),
         upscale=_posts(document, UPSCALE_PATH),
         vary_image=_posts(document, VARY_PATH),
+        speech_stream=_posts(document, SPEECH_STREAM_PATH),
     )
 
 

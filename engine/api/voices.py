@@ -12,13 +12,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
 
 from engine.api.deps import BaseUrl, CurrentUser, Services, Session
 from engine.api.upload_urls import issue_upload_url
 from engine.models import UploadKind
 from engine.schemas import MAX_OFFSET, UploadUrlResponse, VoiceUpload
 from engine.uploads import list_uploads
-from engine.voice import service, store
+from engine.voice import service, store, streaming
 from engine.voice.schemas import (
     VoiceClone,
     VoiceGeneration,
@@ -26,6 +27,15 @@ from engine.voice.schemas import (
     VoiceGenerationRequest,
     VoiceGenerationResponse,
 )
+
+# The member's locale as ``Accept-Language``: the hint to the text's language.
+LocaleHint = Annotated[
+    str | None,
+    Header(
+        description="The member's locale (e.g. de, pt-BR): a hint to the detection of "
+        "the text's language; a text in a language the voice does not speak answers 400",
+    ),
+]
 
 router = APIRouter(prefix="/api/voices", tags=["voices"])
 
@@ -142,15 +152,51 @@ async def generate(
     services: Services,
     session: Session,
     base: BaseUrl,
-    accept_language: Annotated[
-        str | None,
-        Header(
-            description="The member's locale (e.g. de, pt-BR): a hint to the detection of "
-            "the text's language; a text in a language the voice does not speak answers 400"
-        ),
-    ] = None,
+    accept_language: LocaleHint = None,
 ) -> VoiceGenerationResponse:
     """Speak ``text`` in the voice (the request waits for the audio)."""
     return await service.speak(
         services, session, base, user.id, voice_id, body.text, accept_language
+    )
+
+
+@router.post(
+    "/{voice_id}/speech/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "16-bit mono WAV of open length, sent piece by piece as it is made",
+            "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+            "headers": {
+                "X-Generation-Id": {
+                    "description": "The generation it records (GET /api/voices/generations/"
+                    "{id} once the stream ends: its stored file and similarity)",
+                    "schema": {"type": "string"},
+                },
+            },
+        }
+    },
+    description=(
+        "Engine extension (not in the hosted Ta-da API). Speak ``text`` in the voice and "
+        "send the audio while it is made, sentence by sentence: the answer starts with the "
+        "first piece. The same checks, limits and job cap as POST /api/voices/{voice_id}/"
+        "generations; the whole speech is recorded as a generation like any other."
+    ),
+)
+async def stream_speech(
+    voice_id: str,
+    body: VoiceGenerationRequest,
+    user: CurrentUser,
+    services: Services,
+    session: Session,
+    accept_language: LocaleHint = None,
+) -> StreamingResponse:
+    """Speak ``text`` in the voice, streamed (engine extension)."""
+    speech = await streaming.open_stream(
+        services, session, user.id, voice_id, body.text, accept_language
+    )
+    return StreamingResponse(
+        speech.body(),
+        media_type="audio/wav",
+        headers={"X-Generation-Id": speech.generation_id, "Cache-Control": "no-store"},
     )

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -90,6 +90,31 @@ class VoiceBackend(Protocol):
     def describe(self) -> str:
         """The back end, its models, device and dtype, in one line for the start-up log."""
         ...
+
+
+@runtime_checkable
+class StreamingBackend(Protocol):
+    """A back end that gives speech out piece by piece as it makes it (an optional seam:
+    :func:`stream_speech` serves the others with one piece, the whole speech)."""
+
+    def stream(
+        self, text: str, profile: SpeakerProfile, progress: Progress | None = None
+    ) -> Iterator[Speech]:
+        """The speech of ``text`` in pieces that, played back to back, are the speech;
+        each is given out as soon as it is made (``progress`` as in ``synthesise``)."""
+        ...
+
+
+def stream_speech(
+    backend: VoiceBackend, text: str, profile: SpeakerProfile, progress: Progress | None = None
+) -> Iterator[Speech]:
+    """``text`` spoken piece by piece: the back end's own stream, or one piece."""
+    if isinstance(backend, StreamingBackend):
+        yield from backend.stream(text, profile, progress)
+        return
+    speech = backend.synthesise(text, profile, progress)
+    if speech.audio.size:
+        yield speech
 
 
 def pcm16_b64(audio: NDArray[np.float32]) -> str:

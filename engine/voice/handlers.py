@@ -12,8 +12,10 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -21,7 +23,7 @@ from engine.jobs import Handler, JobContext, JobFailed
 from engine.models import Upload, UploadKind, UploadStatus, new_id, utcnow
 from engine.storage import NotStored, TooLarge
 from engine.voice.audio import CONTENT_TYPES, SampleRejected, encode, load_sample
-from engine.voice.backend import SpeakerProfile, VoiceBackend
+from engine.voice.backend import SpeakerProfile, Speech, VoiceBackend, stream_speech
 from engine.voice.language import LanguageCheck
 from engine.voice.models import Voice, VoiceGeneration
 from engine.voice.piper_base import BaseVoiceError
@@ -87,12 +89,26 @@ def artifact_key(voice_id: str, generation_id: str, settings: VoiceSettings) -> 
 _GENERATION_IDS = uuid.UUID("5e1d7a0c-6b2f-4a7e-9c1d-7ada00000001")
 
 
-def _speech_result(row: VoiceGeneration) -> dict[str, Any]:
-    return {
+def stream_part_key(voice_id: str, generation_id: str, index: int) -> str:
+    """Where the ``index``-th piece of a streamed generation waits for the API (a WAV)."""
+    return f"voices/{voice_id}/{generation_id}.stream/{index:04d}.wav"
+
+
+def generation_id_of(job_id: str) -> str:
+    """The id of the generation a speech job records (the API knows it from the job's id)."""
+    return str(uuid.uuid5(_GENERATION_IDS, job_id))
+
+
+def _speech_result(row: VoiceGeneration, stream_parts: int = 0) -> dict[str, Any]:
+    result: dict[str, Any] = {
         "generation_id": row.id,
         "content_type": CONTENT_TYPES[AudioFormat(row.audio_format)],
         "similarity": row.similarity,
     }
+    if stream_parts:
+        # How many pieces a streamed job stored: the API takes away any left unsent.
+        result["stream_parts"] = stream_parts
+    return result
 
 
 class VoiceHandlers:
@@ -206,7 +222,12 @@ class VoiceHandlers:
         return {"voice_id": voice_id}
 
     def generate(self, ctx: JobContext) -> dict[str, Any]:
-        """Speak the text in the voice, store the audio, record the generation."""
+        """Speak the text in the voice, store the audio, record the generation.
+
+        A streamed job (``stream`` in its payload, the speech stream extension) also stores
+        each piece as soon as it is made (:func:`stream_part_key`), for the API to send on;
+        its recorded audio is those pieces back to back, what the listener heard.
+        """
         voice_id = str(ctx.payload["voice_id"])
         text = str(ctx.payload["text"])
         with ctx.sessions() as s:
@@ -228,8 +249,15 @@ class VoiceHandlers:
                 last_check = time.monotonic()
                 ctx.check_canceled()
 
+        generation_id = generation_id_of(ctx.job_id)
+        parts: list[Speech] = []
         try:
-            speech = backend.synthesise(text, profile, progress)
+            if ctx.payload.get("stream"):
+                speech = self._stream(
+                    ctx, backend, voice_id, generation_id, text, profile, progress, parts
+                )
+            else:
+                speech = backend.synthesise(text, profile, progress)
         except BaseVoiceError as exc:
             raise JobFailed(str(exc)) from exc
         if speech.audio.size == 0:
@@ -240,7 +268,6 @@ class VoiceHandlers:
         data = encode(speech.audio, speech.sample_rate, s_.audio_format, s_.mp3_bitrate_kbps)
         # One generation per job, whichever run records it: two runs of one job (a stalled
         # worker's and its replacement's) write the same row, and the second insert fails.
-        generation_id = str(uuid.uuid5(_GENERATION_IDS, ctx.job_id))
         key = artifact_key(voice_id, generation_id, s_)
         ctx.storage.write_artifact(key, data)
         row = VoiceGeneration(
@@ -262,5 +289,27 @@ class VoiceHandlers:
                 first = s.get(VoiceGeneration, generation_id)
             if first is None:
                 raise
-            return _speech_result(first)
-        return _speech_result(row)
+            return _speech_result(first, len(parts))
+        return _speech_result(row, len(parts))
+
+    def _stream(
+        self,
+        ctx: JobContext,
+        backend: VoiceBackend,
+        voice_id: str,
+        generation_id: str,
+        text: str,
+        profile: SpeakerProfile,
+        progress: Callable[[float], None],
+        pieces: list[Speech],
+    ) -> Speech:
+        """Make the speech piece by piece, storing each piece as it comes (and adding it to
+        ``pieces``); the whole."""
+        for piece in stream_speech(backend, text, profile, progress):
+            data = encode(piece.audio, piece.sample_rate, AudioFormat.WAV, 0)
+            ctx.storage.write_artifact(stream_part_key(voice_id, generation_id, len(pieces)), data)
+            pieces.append(piece)
+        if not pieces:
+            return Speech(np.zeros(0, dtype=np.float32), backend.sample_rate)
+        audio = np.concatenate([p.audio for p in pieces]).astype(np.float32)
+        return Speech(audio, pieces[0].sample_rate)

@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 
 from engine.model_loading import loading_models
 from engine.voice import world
-from engine.voice.audio import Sample, SampleRejected, normalise
+from engine.voice.audio import Sample, SampleRejected, normalise, speech_dbfs
 from engine.voice.backend import (
     Progress,
     SpeakerProfile,
@@ -46,6 +46,7 @@ from engine.voice.backend import (
     VoiceBackend,
     pcm16_b64,
     pcm16_from_b64,
+    stream_speech,
 )
 from engine.voice.neural import NeuralUnavailable, Placement, machine_placement
 from engine.voice.random_pocket import hf_file, import_pocket
@@ -63,6 +64,10 @@ ZERO_SHOT = ("pocket", "neural")
 TYPICAL_CHARS_PER_SECOND = 14.0
 # Voice states kept in memory (about 6 MB each for a 10 s clip with the released model).
 STATES_KEPT = 8
+# A streamed speech's pieces: the first as soon as this much audio is decoded (what a
+# listener waits for), the next ones each this much longer (fewer, larger pieces).
+FIRST_PIECE_S = 0.4
+PIECE_S = 1.5
 
 
 def pocket_config(settings: VoiceSettings) -> dict[str, Any]:
@@ -432,6 +437,59 @@ class PocketBackend:
         if audio.size:
             audio = normalise(audio, SAMPLE_RATE, self.settings.target_dbfs)
         return Speech(audio, SAMPLE_RATE)
+
+    def stream(
+        self, text: str, profile: SpeakerProfile, progress: Progress | None = None
+    ) -> Iterator[Speech]:
+        """The model's own stream, in pieces of :data:`FIRST_PIECE_S` then :data:`PIECE_S`.
+
+        The level of the whole speech is not known while it is made: every piece gets the
+        gain that brings the first one to the target level (peaks softly limited).
+        """
+        model = self.model() if profile.backend in ZERO_SHOT else None
+        if model is None:
+            yield from stream_speech(self.fallback, text, profile, progress)
+            return
+        if not any(c.isalnum() for c in text):
+            return
+        clip = pcm16_from_b64(str(profile.params["reference_pcm16"]))
+        if int(profile.params.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
+            raise NeuralUnavailable("this voice's clip is not at 24 kHz; clone it again")
+        expected = max(1.0, len(text) / TYPICAL_CHARS_PER_SECOND * SAMPLE_RATE)
+        target = self.settings.target_dbfs
+        gain: float | None = None
+        pending: list[NDArray[np.float32]] = []
+        done = 0
+        stop = threading.Event()
+        chunks = model.stream(clip, text, stop)
+
+        def piece() -> Speech:
+            nonlocal gain
+            audio = np.concatenate(pending).astype(np.float32)
+            pending.clear()
+            if gain is None:
+                level = speech_dbfs(audio, SAMPLE_RATE)
+                gain = min(target - level, 40.0) if np.isfinite(level) else 0.0
+            scaled = np.clip(audio * 10.0 ** (gain / 20.0), -0.99, 0.99)
+            return Speech(scaled.astype(np.float32), SAMPLE_RATE)
+
+        try:
+            for chunk in chunks:
+                pending.append(chunk)
+                done += chunk.size
+                if progress is not None:
+                    progress(min(0.99, done / expected))
+                wanted = FIRST_PIECE_S if gain is None else PIECE_S
+                if sum(p.size for p in pending) >= wanted * SAMPLE_RATE:
+                    yield piece()
+            if pending:
+                yield piece()
+        finally:
+            close: Any = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        if progress is not None:
+            progress(1.0)
 
     def similarity(self, speech: Speech, profile: SpeakerProfile) -> float:
         head = speech.audio[: int(SIMILARITY_SECONDS * speech.sample_rate)]

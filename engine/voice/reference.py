@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -50,10 +51,46 @@ WARP_STEP = 1.06
 
 # Profiles learnt from other back ends' kept clips, kept in memory.
 KEPT_PROFILES = 32
+# A streamed speech's first piece: a long first sentence is cut after about this many words
+# (at a clause boundary when there is one), since its synthesis is what a listener waits for.
+FIRST_PIECE_WORDS = 6
+# Words a cut never ends on: "climbed the | stairs" sounds broken, "climbed the stairs |" not.
+_SHORT_WORD = 3
+# The gap between the two parts of a cut first sentence (a breath, shorter than a sentence's).
+CUT_PAUSE_S = 0.06
+_SENTENCE_END = re.compile(r"(?<=[.!?\u2026])\s+")
+_CLAUSE_END = re.compile(r"[,;:\u2013\u2014]$")
 
 
 class KeptClipMissing(BaseVoiceError):
     """A voice another back end made, with no clip this back end can learn it from."""
+
+
+def stream_pieces(text: str) -> list[tuple[str, bool]]:
+    """``text`` as the pieces a streamed speech is made in: (piece, starts a sentence).
+
+    Sentence by sentence, except that a first sentence longer than twice
+    :data:`FIRST_PIECE_WORDS` words is cut in two: after the last clause mark (comma,
+    semicolon, colon, dash) within that many words, else after :data:`FIRST_PIECE_WORDS`
+    words, moved past short words so that the cut does not end on "the" or "to".
+    """
+    sentences = [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+    if not sentences:
+        return []
+    pieces = [(s, True) for s in sentences]
+    words = sentences[0].split()
+    if len(words) <= 2 * FIRST_PIECE_WORDS:
+        return pieces
+    limit = 2 * FIRST_PIECE_WORDS
+    clauses = [i + 1 for i, w in enumerate(words[:limit]) if _CLAUSE_END.search(w) and i >= 2]
+    if clauses:
+        cut = clauses[-1]
+    else:
+        cut = FIRST_PIECE_WORDS
+        while cut < limit and len(words[cut - 1].strip(",.;:")) <= _SHORT_WORD:
+            cut += 1
+    head, tail = " ".join(words[:cut]), " ".join(words[cut:])
+    return [(head, True), (tail, False), *pieces[1:]]
 
 
 def warp_candidates(estimate: float, max_warp: float) -> list[float]:
@@ -348,6 +385,45 @@ class CpuReferenceBackend:
                 progress((i + 1) / len(chunks))
         audio = normalise(self._join(converted), self.sample_rate, self.settings.target_dbfs)
         return Speech(audio, self.sample_rate)
+
+    def stream(
+        self, text: str, profile: SpeakerProfile, progress: Progress | None = None
+    ) -> Iterator[Speech]:
+        """The speech of ``text`` piece by piece (:func:`stream_pieces`), each as soon as it
+        is made: the first one reaches a listener while the rest are still being made.
+
+        Each piece is converted with the text's pitch statistics so far (the whole text's
+        are not known yet) and brought to the target level on its own; a piece after the
+        first starts with its pause, so the pieces played back to back are the speech.
+        """
+        if profile.backend != self.name:
+            profile = self.from_kept_clip(profile)
+        base_stats, _ = self._base()
+        plan = self.conversion(profile)
+        raw_mapping = profile.params.get("mapping") if self.settings.spectral_mapping else None
+        mapping = parallel.SpectralMapping.from_json(raw_mapping) if raw_mapping else None
+        rate = self.sample_rate
+        pieces = stream_pieces(text)
+        tracks: list[NDArray[np.float64]] = []
+        spoken = False
+        for i, (piece, new_sentence) in enumerate(pieces):
+            audio = self._join(self.piper.sentences(piece))
+            if audio.size:
+                track = world.pitch(audio, rate, self.f0_method, octave_check=True)
+                tracks.append(track[0])
+                mean, std = world.utterance_f0(tracks, base_stats)
+                step = replace(plan, source_log_f0_mean=mean, source_log_f0_std=std)
+                features = world.convert(world.analyse(audio, rate, f0_track=track), step)
+                if mapping is not None:
+                    features = parallel.apply_voiced(features, mapping)
+                out = normalise(world.synthesise(features), rate, self.settings.target_dbfs)
+                if spoken:
+                    gap = SENTENCE_PAUSE_S if new_sentence else CUT_PAUSE_S
+                    out = np.concatenate([np.zeros(int(gap * rate), dtype=np.float32), out])
+                spoken = True
+                yield Speech(out.astype(np.float32), rate)
+            if progress is not None:
+                progress((i + 1) / len(pieces))
 
     def from_kept_clip(self, profile: SpeakerProfile) -> SpeakerProfile:
         """This back end's profile of a voice another back end cloned, learnt from the clip

@@ -202,6 +202,15 @@ async def create_voice(
     raise JobOutcomeError(f"voice cloning failed: {done.error or done.status}")
 
 
+async def check_language(services: VoiceServices, text: str, locale: str | None) -> None:
+    """Refuse (:class:`Rejected`, saying so) a text in a language the back end does not
+    speak; ``locale`` (the member's, e.g. ``Accept-Language``) is a hint to the detection."""
+    # Off the event loop: the detector's models load on first use (a few seconds).
+    verdict = await asyncio.to_thread(services.voice.languages.judge, text, locale)
+    if not verdict.spoken:
+        raise Rejected(verdict.reason or "this voice does not speak the text's language")
+
+
 async def speak(
     services: VoiceServices,
     session: AsyncSession,
@@ -218,10 +227,7 @@ async def speak(
     """
     text = clean_text(text, services.settings.limits.max_speech_chars)
     await owned_voice(session, user_id, voice_id)
-    # Off the event loop: the detector's models load on first use (a few seconds).
-    verdict = await asyncio.to_thread(services.voice.languages.judge, text, locale)
-    if not verdict.spoken:
-        raise Rejected(verdict.reason or "this voice does not speak the text's language")
+    await check_language(services, text, locale)
     done = await submit_and_wait(
         services.jobs,
         session,

@@ -24,9 +24,15 @@ import torch
 from engine.model_store import RECORD
 from engine.settings import EngineSettings, JobSettings
 from engine.voice.audio import Sample
-from engine.voice.backend import SpeakerProfile, pcm16_b64
+from engine.voice.backend import SpeakerProfile, pcm16_b64, stream_speech
 from engine.voice.handlers import build_backend
-from engine.voice.pocket import SAMPLE_RATE, PocketBackend, local_config, required_files
+from engine.voice.pocket import (
+    FIRST_PIECE_S,
+    SAMPLE_RATE,
+    PocketBackend,
+    local_config,
+    required_files,
+)
 from engine.voice.random_pocket import TINY_CONFIG, build_random_pocket
 from engine.voice.reference import CpuReferenceBackend, KeptClipMissing
 from engine.voice.settings import VoiceSettings
@@ -377,3 +383,32 @@ async def test_voices_keep_speaking_when_the_operator_switches_back_ends(
     async with running_engine(by_reference) as (_, api):
         assert await speaks(api, key, new_voice) > 0.3  # learnt from its kept clip
         assert await speaks(api, key, old_voice) > 0.3
+
+
+@pytest.mark.no_database
+def test_the_stream_is_the_speech_in_pieces(
+    pocket: PocketBackend, speakers: dict[str, Speaker], cap_seconds: float
+) -> None:
+    profile = pocket.analyse(as_sample(speakers["low"]))
+    seen: list[float] = []
+    pieces = list(pocket.stream(TEXT, profile, seen.append))
+    # A short first piece (what a listener waits for), then the rest.
+    assert len(pieces) >= 2
+    assert FIRST_PIECE_S <= pieces[0].seconds < 1.0
+    assert {p.sample_rate for p in pieces} == {SAMPLE_RATE}
+    audio = np.concatenate([p.audio for p in pieces])
+    assert 0.5 < len(audio) / SAMPLE_RATE <= cap_seconds + 0.1
+    assert np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
+    assert seen == sorted(seen) and seen[-1] == 1.0
+
+
+@pytest.mark.no_database
+def test_a_cpu_reference_voice_streams_through_the_reference(
+    pocket: PocketBackend, reference: CpuReferenceBackend, speakers: dict[str, Speaker]
+) -> None:
+    sample = speakers["high"]
+    seconds = len(sample.audio) / sample.sample_rate
+    profile = reference.analyse(Sample(sample.audio, sample.sample_rate, seconds, seconds))
+    pieces = list(stream_speech(pocket, "Good evening. The lamp is lit.", profile))
+    assert len(pieces) == 2  # sentence by sentence
+    assert {p.sample_rate for p in pieces} == {reference.sample_rate}
