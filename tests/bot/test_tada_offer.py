@@ -44,6 +44,7 @@ async def test_the_engine_document_offers_every_extension(api: httpx.AsyncClient
         aspect_ratios=ASPECT_RATIOS,
         upscale=True,
         vary_image=True,
+        speech_stream=True,
     )
     assert offer.aspect_ratio
 
