@@ -246,7 +246,14 @@ class LoraCog(commands.GroupCog, group_name="lora", group_description="Image sty
         tada = await self._tada(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         images = await tada.list_all_lora_generations(limit=100)
-        lines = [f"• “{clip(g.prompt or '', 120)}” {g.image_url or ''}".rstrip() for g in images]
+        # Links in <>: Discord shows no preview, so no image is drawn here unclassified
+        # (a key's images made through the API never went through this bot's classifier).
+        lines = [
+            f"• “{clip(g.prompt or '', 120)}” <{g.image_url}>"
+            if g.image_url
+            else f"• “{clip(g.prompt or '', 120)}”"
+            for g in images
+        ]
         view = PagedView(paginate(lines, per_page=5), interaction.user.id)
         await interaction.edit_original_response(content=view.page(), view=view)
 

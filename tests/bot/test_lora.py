@@ -109,6 +109,9 @@ async def test_zip_upload_train_progress_mention_generate(
     gallery = await alice.slash(channel, "lora gallery")
     assert gallery.ephemeral and gallery.response is not None
     assert "a cat on a sofa" in gallery.response.content
+    # Links, never previews: the images of a key's API use were not classified by this bot.
+    urls = [w for w in gallery.response.content.split() if "http" in w]
+    assert urls and all(u.startswith("<http") and u.endswith(">") for u in urls), urls
     choices = await alice.autocomplete(channel, "lora generate", "lora", "ca")
     assert [c["value"] for c in choices] == [upload_id]
 
