@@ -86,7 +86,7 @@ def from_bytes(data: bytes) -> Fingerprint:
 
 def _pcm(audio: FloatAudio, sample_rate: int) -> bytes:
     if sample_rate != FINGERPRINT_RATE and audio.size:
-        n = int(round(len(audio) * FINGERPRINT_RATE / sample_rate))
+        n = round(len(audio) * FINGERPRINT_RATE / sample_rate)
         # Linear interpolation is enough: Chromaprint low-passes to 5.5 kHz anyway.
         audio = np.interp(
             np.arange(n) * (sample_rate / FINGERPRINT_RATE), np.arange(len(audio)), audio
@@ -138,7 +138,7 @@ def fingerprints(
     with tempfile.TemporaryDirectory(prefix="tada-fp-") as tmp:
         path = Path(tmp) / "speech.s16"
         path.write_bytes(_pcm(audio, sample_rate))
-        return [_run(path, int(round(FINGERPRINT_RATE * r)), confiner) for r in rates]
+        return [_run(path, round(FINGERPRINT_RATE * r), confiner) for r in rates]
 
 
 def fingerprint(

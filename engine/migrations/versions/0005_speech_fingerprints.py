@@ -26,7 +26,10 @@ def upgrade() -> None:
             "user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
         ),
         sa.Column(
-            "voice_id", sa.String(36), sa.ForeignKey("voices.id", ondelete="CASCADE"), nullable=False
+            "voice_id",
+            sa.String(36),
+            sa.ForeignKey("voices.id", ondelete="CASCADE"),
+            nullable=False,
         ),
         sa.Column("method", sa.String(16), nullable=False),
         sa.Column("fingerprint", sa.LargeBinary(), nullable=False),
