@@ -24,6 +24,7 @@ from bot.policy.service import MAX_USAGE_DAYS, SharedKeyInfo
 from bot.policy.settings import FEATURE_NAMES, LIMIT_NAMES, ExplicitImages
 from bot.policy.store import UsageLine
 from bot.readiness import EngineReadiness
+from bot.trace import SpeechTracer, TraceReport, TraceUnavailable, check_clip
 from bot.ui import TadaModal
 
 FEATURE_CHOICES = [
@@ -270,6 +271,34 @@ class SharedKeyModal(TadaModal, title="Shared Ta-da key for demo channels"):
         )
 
 
+def render_trace(report: TraceReport) -> str:
+    """The private answer to ``/tada-admin trace``."""
+    if not report.made_here:
+        return (
+            f"**Not made here.** This {report.clip_seconds:.1f} s clip matches no speech made "
+            "with this bot. A trace can miss speech cut under 2 s, pitch or speed changed by "
+            "more than about 2 semitones, or buried under louder sound; a person imitating "
+            "a voice is never found (see the admin guide's *Tracing speech* page)."
+        )
+    lines = ["**Made with this bot.**"]
+    for found in report.matches:
+        when = discord.utils.format_dt(found.made_at, "f")
+        match = f"{round(found.score * 100)}% fingerprint match"
+        if found.elsewhere:
+            lines.append(
+                f"• Speech in the voice **{found.voice_name}**, made {when} in another server "
+                f"or a DM (who and where stay there) · {match}"
+            )
+            continue
+        who = f"<@{found.member_id}>" if found.member_id else "a member"
+        where = f" in <#{found.channel_id}>" if found.channel_id else ""
+        lines.append(
+            f"• Asked by {who}{where}, {when}, in the voice **{found.voice_name}** · {match}"
+            f" · generation `{found.generation_id}`"
+        )
+    return clip_lines("\n".join(lines), CONTENT_LIMIT)
+
+
 def _guild(interaction: discord.Interaction[Any]) -> int:
     if interaction.guild_id is None:
         raise UserFacingError("Server settings can only be changed in a server.")
@@ -299,11 +328,30 @@ class AdminCog(
         readiness: EngineReadiness | None = None,
         *,
         classifier: str = "none",
+        tracer: SpeechTracer | None = None,
     ) -> None:
         super().__init__()
         self.policy = policy
         self.readiness = readiness or EngineReadiness()
         self.classifier = classifier
+        self.tracer = tracer
+
+    # ------------------------------------------------------------------ trace
+
+    @app_commands.command(name="trace")
+    @app_commands.describe(audio="The clip to check: an audio file or a saved voice message")
+    async def trace(self, interaction: discord.Interaction[Any], audio: discord.Attachment) -> None:
+        """Was this speech made with the bot? Which member, which voice, when, where."""
+        guild_id = _guild(interaction)
+        if self.tracer is None:
+            raise TraceUnavailable("Tracing is not set up on this bot.")
+        check_clip(audio.filename, audio.size)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        data = await audio.read()
+        report = await self.tracer.trace(guild_id, data)
+        await interaction.followup.send(
+            render_trace(report), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+        )
 
     # ------------------------------------------------------------------ overview
 
@@ -618,5 +666,10 @@ async def setup(bot: commands.Bot) -> None:
     if not isinstance(bot, TadaBot):
         raise TypeError("cogs.admin needs a TadaBot (it reads bot.services.policy)")
     await bot.add_cog(
-        AdminCog(bot.services.policy, bot.services.readiness, classifier=bot.services.safety.name)
+        AdminCog(
+            bot.services.policy,
+            bot.services.readiness,
+            classifier=bot.services.safety.name,
+            tracer=bot.services.tracer,
+        )
     )

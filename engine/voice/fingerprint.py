@@ -36,16 +36,21 @@ from engine.voice.audio import FloatAudio, ffmpeg_exe
 Fingerprint = NDArray[np.uint32]
 # The rate the PCM handed to Chromaprint is written at (it works at 11025 Hz itself).
 FINGERPRINT_RATE = 22050
-# One Chromaprint item per 4096 / 3 samples at 11025 Hz.
-ITEM_SECONDS = 4096 / 3 / 11025
+# Speech is fingerprinted played at half speed: an octave down, which leaves its chroma
+# (pitch classes) as it was, and twice as many items per second of speech. Chromaprint's
+# filters eat about 2 s of each clip's edges, which at normal speed left a 3 s sentence
+# untraceable; at half speed 2 s of speech is enough.
+PLAYBACK = 0.5
+# One Chromaprint item per 4096 / 3 samples at 11025 Hz, in seconds of the speech itself.
+ITEM_SECONDS = 4096 / 3 / 11025 * PLAYBACK
 # Playback rates a clip is also tried at: 2.5 % apart (Chromaprint holds about +-1.5 %
 # of pitch), covering changes of speed or pitch up to about +-13 %.
 RATE_STEP = 1.025
 RATE_STEPS = 5
-# A match needs this share of equal bits over at least MIN_OVERLAP items (about 1.2 s):
-# unrelated speech stays under 0.7 at its best offset (bench/results/trace.json).
+# A match needs this share of equal bits over at least MIN_OVERLAP items (about 1.2 s of
+# speech): unrelated speech stays under 0.75 at its best offset (bench/results/trace.json).
 MATCH_THRESHOLD = 0.78
-MIN_OVERLAP = 10
+MIN_OVERLAP = 20
 # What fingerprinting one clip may cost: ffmpeg reading raw PCM needs little.
 FINGERPRINT_LIMITS = Limits(
     memory_bytes=256 * MiB, cpu_seconds=20, wall_seconds=60, output_bytes=4 * MiB
@@ -133,12 +138,13 @@ def fingerprints(
     *,
     confiner: Confiner | None = None,
 ) -> list[Fingerprint]:
-    """Chromaprint fingerprints of ``audio`` played at each of ``rates`` (1.0: as it is)."""
+    """Chromaprint fingerprints of ``audio`` played at each of ``rates`` (1.0: as it is,
+    then at :data:`PLAYBACK` speed)."""
     confiner = confiner or process_confiner()
     with tempfile.TemporaryDirectory(prefix="tada-fp-") as tmp:
         path = Path(tmp) / "speech.s16"
         path.write_bytes(_pcm(audio, sample_rate))
-        return [_run(path, round(FINGERPRINT_RATE * r), confiner) for r in rates]
+        return [_run(path, round(FINGERPRINT_RATE * PLAYBACK * r), confiner) for r in rates]
 
 
 def fingerprint(

@@ -8,7 +8,7 @@ stored fingerprints in scope: a member's own generations, or every generation fo
 engine's operator.
 
 What it cannot catch is measured in bench/trace.py and written for admins in
-docs/trace.md: clips shorter than about 1.2 s, pitch or speed changed by more than about
+docs/trace.md: clips shorter than about 2 s, pitch or speed changed by more than about
 13 %, speech mixed under louder music, and a re-recording of the same text spoken anew.
 """
 
@@ -111,7 +111,7 @@ def _prepare(path: Path, confiner: Confiner | None) -> _Query:
         raise TraceRefused("the clip could not be fingerprinted; send a shorter one") from exc
     if len(variants[0]) < MIN_OVERLAP:
         raise TraceRefused(
-            f"the clip is too short to trace ({seconds:.1f} s); send at least 4 s of speech"
+            f"the clip is too short to trace ({seconds:.1f} s); send at least 2 s of speech"
         )
     return _Query(variants, query_rates(), seconds)
 
