@@ -51,8 +51,7 @@ def as_voice_message(mp3: bytes, tmp: Path) -> bytes:
     src, dst = tmp / "speech.mp3", tmp / "clip.ogg"
     src.write_bytes(mp3)
     subprocess.run(
-        [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), "-c:a", "libopus"]
-        + ["-b:a", "32k", str(dst)],
+        [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), "-c:a", "libopus", "-b:a", "32k", str(dst)],
         check=True,
         capture_output=True,
     )
