@@ -26,6 +26,7 @@ from tests.waiting import CEILING_S
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
 OPERATOR = "operator-token-for-bot-tests-0123456789"
+OPUS_32K = ("-c:a", "libopus", "-b:a", "32k")
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def as_voice_message(mp3: bytes, tmp: Path) -> bytes:
     src, dst = tmp / "speech.mp3", tmp / "clip.ogg"
     src.write_bytes(mp3)
     subprocess.run(
-        [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), "-c:a", "libopus", "-b:a", "32k", str(dst)],
+        [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), *OPUS_32K, str(dst)],
         check=True,
         capture_output=True,
     )
