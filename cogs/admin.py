@@ -131,6 +131,15 @@ def render_settings(
         ),
         inline=False,
     )
+    embed.add_field(
+        name="Soundboard, emoji, stickers",
+        value=(
+            "buttons under results make them (Create Expressions needed)"
+            if settings.expressions
+            else "off"
+        ),
+        inline=False,
+    )
     checked = (
         f"checked by {classifier} before posting"
         if classifier != "none"
@@ -402,6 +411,22 @@ class AdminCog(
             "(as an MP3 elsewhere, and for private results)."
             if enabled
             else "Speech is now posted as MP3 attachments.",
+        )
+
+    @app_commands.command(name="expressions")
+    @app_commands.describe(
+        enabled="On: buttons under results make soundboard sounds, emoji and stickers"
+    )
+    async def expressions(self, interaction: discord.Interaction[Any], enabled: bool) -> None:
+        """Let members turn speech into soundboard sounds and images into emoji or stickers."""
+        await self.policy.set_expressions(_guild(interaction), enabled)
+        await _answer(
+            interaction,
+            "Results now carry **Soundboard** (speech) and **Emoji** / **Sticker** (images) "
+            "buttons. Members need Discord's **Create Expressions** permission and the "
+            "feature's roles (`/tada-admin roles`); I need **Create Expressions** too."
+            if enabled
+            else "Results no longer carry soundboard, emoji and sticker buttons.",
         )
 
     @app_commands.command(name="explicit-images")
