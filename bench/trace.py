@@ -73,6 +73,10 @@ TRANSFORMS: dict[str, tuple[list[str], str]] = {
         ["-ss", "0.8", "-t", "2.5", "-c:a", "libopus", "-b:a", "32k"],
         "ogg",
     ),
+    "middle 3 s excerpt, opus 32 kbps": (
+        ["-ss", "0.5", "-t", "3.0", "-c:a", "libopus", "-b:a", "32k"],
+        "ogg",
+    ),
     "speed x0.92 (pitch+tempo), mp3": (
         ["-af", "asetrate={rate_092},aresample={rate}", "-c:a", "libmp3lame"],
         "mp3",
@@ -100,6 +104,14 @@ TRANSFORMS: dict[str, tuple[list[str], str]] = {
     "pitch -3 semitones (tempo kept), opus": (
         ["-af", "rubberband=pitch=0.8409", "-c:a", "libopus", "-b:a", "32k"],
         "ogg",
+    ),
+    "pitch +4 semitones (tempo kept), opus": (
+        ["-af", "rubberband=pitch=1.2599", "-c:a", "libopus", "-b:a", "32k"],
+        "ogg",
+    ),
+    "speed x1.30 (pitch+tempo), mp3": (
+        ["-af", "asetrate={rate_130},aresample={rate}", "-c:a", "libmp3lame"],
+        "mp3",
     ),
     "tempo x1.1 (pitch kept), opus": (
         ["-af", "atempo=1.1", "-c:a", "libopus", "-b:a", "32k"],
@@ -205,9 +217,10 @@ def main() -> None:
     results: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "cpu": platform.processor()},
         "method": "Chromaprint (ffmpeg chromaprint muxer, algorithm 1), "
-        f"{len(fp.query_rates())} playback rates {fp.RATE_STEP}^-{fp.RATE_STEPS}.."
-        f"{fp.RATE_STEP}^{fp.RATE_STEPS}, match >= {fp.MATCH_THRESHOLD} equal bits over "
-        f">= {fp.MIN_OVERLAP} items",
+        f"speech at half speed, {len(fp.query_plan())} guesses per clip (speed "
+        f"{fp.RATE_STEP}^-{fp.RATE_STEPS}..{fp.RATE_STEP}^{fp.RATE_STEPS}, pitch-only from "
+        f"{fp.RATE_STEP}^{fp.PITCH_FROM_STEP}, tempo {list(fp.TEMPOS)}), match >= "
+        f"{fp.MATCH_THRESHOLD} equal bits over >= {fp.MIN_OVERLAP} items",
     }
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -238,6 +251,7 @@ def main() -> None:
             "rate_092": str(round(rate * 0.92)),
             "rate_108": str(round(rate * 1.08)),
             "rate_115": str(round(rate * 1.15)),
+            "rate_130": str(round(rate * 1.30)),
         }
         detection: dict[str, Any] = {}
         for label, (args, ext) in TRANSFORMS.items():

@@ -9,10 +9,11 @@ recordings, built to survive lossy codecs, and the ffmpeg binary the engine alre
 (imageio-ffmpeg) has its ``chromaprint`` muxer, so no new dependency. It works on a
 chroma image (12 pitch classes over time), which lossy codecs and small tempo changes
 barely touch; it is *not* made to survive a pitch change (a shift of more than about 1.5 %
-moves the chroma). :func:`query_variants` therefore fingerprints an uploaded clip at a
-grid of playback rates: reading the samples at another rate undoes a speed change (pitch
-and tempo together) exactly, and a pitch-only change to within the tempo change that
-Chromaprint tolerates. bench/trace.py measures what this catches and what it misses.
+moves the chroma). :func:`query_variants` therefore fingerprints an uploaded clip in
+several guesses of how it was changed (:func:`query_plan`): read at another rate, which
+undoes a speed change (pitch and tempo together) exactly; read at another rate and
+time-stretched back, which undoes a pitch-only change; time-stretched only, which undoes a
+tempo-only change. bench/trace.py measures what this catches and what it misses.
 
 ffmpeg runs confined (:mod:`engine.confine`) on PCM we wrote ourselves; untrusted files
 reach it only decoded by :func:`engine.voice.audio.decode` first.
@@ -44,9 +45,13 @@ PLAYBACK = 0.5
 # One Chromaprint item per 4096 / 3 samples at 11025 Hz, in seconds of the speech itself.
 ITEM_SECONDS = 4096 / 3 / 11025 * PLAYBACK
 # Playback rates a clip is also tried at: 2.5 % apart (Chromaprint holds about +-1.5 %
-# of pitch), covering changes of speed or pitch up to about +-13 %.
+# of pitch), covering changes of speed or pitch up to about +-19 % (3 semitones).
 RATE_STEP = 1.025
-RATE_STEPS = 5
+RATE_STEPS = 7
+# Pitch-only changes are tried from this many steps out (nearer ones leave a tempo error
+# that Chromaprint tolerates), and tempo-only changes at these factors (+-5 % is held).
+PITCH_FROM_STEP = 3
+TEMPOS = (0.8, 0.89, 1.12, 1.25)
 # A match needs this share of equal bits over at least MIN_OVERLAP items (about 1.2 s of
 # speech): unrelated speech stays under 0.75 at its best offset (bench/results/trace.json).
 MATCH_THRESHOLD = 0.78
@@ -99,7 +104,7 @@ def _pcm(audio: FloatAudio, sample_rate: int) -> bytes:
     return np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2").tobytes()
 
 
-def _run(pcm_path: Path, read_rate: int, confiner: Confiner) -> Fingerprint:
+def _run(pcm_path: Path, read_rate: int, tempo: float, confiner: Confiner) -> Fingerprint:
     cmd = [
         ffmpeg_exe(),
         "-nostdin",
@@ -118,6 +123,8 @@ def _run(pcm_path: Path, read_rate: int, confiner: Confiner) -> Fingerprint:
         "1",
         "-i",
         f"file:{pcm_path}",
+        # A tempo change (pitch kept) to undo, after the rate's.
+        *(["-af", f"atempo={tempo:.5f}"] if tempo != 1.0 else []),
         "-f",
         "chromaprint",
         "-fp_format",
@@ -131,20 +138,31 @@ def _run(pcm_path: Path, read_rate: int, confiner: Confiner) -> Fingerprint:
     return from_bytes(raw)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One guess at how a clip was changed, as the way to read it back: at ``rate`` times
+    its speed (pitch and tempo), then time-stretched by ``tempo`` (pitch kept)."""
+
+    rate: float = 1.0
+    tempo: float = 1.0
+
+
 def fingerprints(
     audio: FloatAudio,
     sample_rate: int,
-    rates: Sequence[float] = (1.0,),
+    plan: Sequence[Variant] = (Variant(),),
     *,
     confiner: Confiner | None = None,
 ) -> list[Fingerprint]:
-    """Chromaprint fingerprints of ``audio`` played at each of ``rates`` (1.0: as it is,
-    then at :data:`PLAYBACK` speed)."""
+    """Chromaprint fingerprints of ``audio`` read back as each :class:`Variant` of ``plan``
+    (then played at :data:`PLAYBACK` speed)."""
     confiner = confiner or process_confiner()
     with tempfile.TemporaryDirectory(prefix="tada-fp-") as tmp:
         path = Path(tmp) / "speech.s16"
         path.write_bytes(_pcm(audio, sample_rate))
-        return [_run(path, round(FINGERPRINT_RATE * PLAYBACK * r), confiner) for r in rates]
+        return [
+            _run(path, round(FINGERPRINT_RATE * PLAYBACK * v.rate), v.tempo, confiner) for v in plan
+        ]
 
 
 def fingerprint(
@@ -154,19 +172,28 @@ def fingerprint(
     return fingerprints(audio, sample_rate, confiner=confiner)[0]
 
 
-def query_rates(steps: int = RATE_STEPS, step: float = RATE_STEP) -> list[float]:
-    """The playback rates a clip is tried at: 1.0 first, then outwards."""
-    rates = [1.0]
-    for k in range(1, steps + 1):
-        rates += [step**k, step**-k]
-    return rates
+def query_plan() -> list[Variant]:
+    """The guesses a clip is tried in: as it is first, then speed, pitch and tempo changes.
+
+    A clip sped up by ``s`` is read at ``1/s``; one pitched by ``p`` (tempo kept) is read
+    at ``1/p``, which leaves it ``1/p`` slow, and stretched by ``p``; one whose tempo
+    changed by ``t`` is stretched by ``1/t``.
+    """
+    plan = [Variant()]
+    for k in range(1, RATE_STEPS + 1):
+        plan += [Variant(rate=RATE_STEP**k), Variant(rate=RATE_STEP**-k)]
+    for k in range(PITCH_FROM_STEP, RATE_STEPS + 1):
+        for p in (RATE_STEP**k, RATE_STEP**-k):
+            plan.append(Variant(rate=1 / p, tempo=p))
+    plan += [Variant(tempo=1 / t) for t in TEMPOS]
+    return plan
 
 
 def query_variants(
     audio: FloatAudio, sample_rate: int, *, confiner: Confiner | None = None
 ) -> list[Fingerprint]:
-    """Fingerprints of an uploaded clip at every rate of :func:`query_rates`."""
-    return fingerprints(audio, sample_rate, query_rates(), confiner=confiner)
+    """Fingerprints of an uploaded clip in every guess of :func:`query_plan`."""
+    return fingerprints(audio, sample_rate, query_plan(), confiner=confiner)
 
 
 def align(query: Fingerprint, stored: Fingerprint) -> Alignment:

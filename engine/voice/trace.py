@@ -3,7 +3,7 @@
 Generation stores each speech's fingerprint (:func:`fingerprint_row`, called by the
 worker's handler); :func:`trace_clip` decodes an uploaded clip (untrusted bytes: through
 the confined decoder, :func:`engine.voice.audio.decode`), fingerprints it at a grid of
-playback rates (:func:`engine.voice.fingerprint.query_variants`) and compares it with the
+guesses of how it was changed (:func:`engine.voice.fingerprint.query_variants`) and compares it with the
 stored fingerprints in scope: a member's own generations, or every generation for the
 engine's operator.
 
@@ -33,9 +33,10 @@ from engine.voice.fingerprint import (
     MIN_OVERLAP,
     Fingerprint,
     FingerprintError,
+    Variant,
     best_alignment,
     from_bytes,
-    query_rates,
+    query_plan,
     query_variants,
     to_bytes,
 )
@@ -67,7 +68,8 @@ class TraceMatch(BaseModel):
     created_at: datetime
     score: float = Field(description="Share of equal fingerprint bits (0.5 unrelated, 1 same)")
     offset_seconds: float = Field(description="Where the clip starts in the generation")
-    rate: float = Field(description="The playback rate at which the clip matched best")
+    rate: float = Field(description="The playback rate the clip matched best at")
+    tempo: float = Field(1.0, description="The time stretch (pitch kept) it matched best at")
 
 
 class TraceResult(BaseModel):
@@ -94,7 +96,7 @@ def fingerprint_row(generation: VoiceGeneration, fp: Fingerprint) -> SpeechFinge
 @dataclass(frozen=True)
 class _Query:
     variants: list[Fingerprint]
-    rates: list[float]
+    plan: list[Variant]
     seconds: float
 
 
@@ -113,7 +115,7 @@ def _prepare(path: Path, confiner: Confiner | None) -> _Query:
         raise TraceRefused(
             f"the clip is too short to trace ({seconds:.1f} s); send at least 2 s of speech"
         )
-    return _Query(variants, query_rates(), seconds)
+    return _Query(variants, query_plan(), seconds)
 
 
 def _compare(query: _Query, rows: Sequence[tuple[str, bytes]]) -> list[tuple[str, float, int, int]]:
@@ -181,7 +183,8 @@ async def trace_clip(
                     created_at=as_utc(generation.created_at),
                     score=round(score, 4),
                     offset_seconds=round(offset * ITEM_SECONDS, 2),
-                    rate=round(query.rates[variant], 4),
+                    rate=round(query.plan[variant].rate, 4),
+                    tempo=round(query.plan[variant].tempo, 4),
                 )
             )
     return TraceResult(
