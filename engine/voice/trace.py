@@ -2,10 +2,10 @@
 
 Generation stores each speech's fingerprint (:func:`fingerprint_row`, called by the
 worker's handler); :func:`trace_clip` decodes an uploaded clip (untrusted bytes: through
-the confined decoder, :func:`engine.voice.audio.decode`), fingerprints it at a grid of
-guesses of how it was changed (:func:`engine.voice.fingerprint.query_variants`) and compares it with the
-stored fingerprints in scope: a member's own generations, or every generation for the
-engine's operator.
+the confined decoder, :func:`engine.voice.audio.decode`), fingerprints it in several
+guesses of how it was changed (:func:`engine.voice.fingerprint.query_variants`) and
+compares it with the stored fingerprints in scope: a member's own generations, or every
+generation for the engine's operator.
 
 What it cannot catch is measured in bench/trace.py and written for admins in
 docs/trace.md: clips shorter than about 2 s, pitch or speed changed by more than about
