@@ -8,8 +8,8 @@ compares it with the stored fingerprints in scope: a member's own generations, o
 generation for the engine's operator.
 
 What it cannot catch is measured in bench/trace.py and written for admins in
-docs/trace.md: clips shorter than about 2 s, pitch or speed changed by more than about
-13 %, speech mixed under louder music, and a re-recording of the same text spoken anew.
+docs/tracing.md: clips shorter than about 3 s, pitch or speed changed by more than about
+3 semitones, speech under louder sound, a person imitating the voice.
 """
 
 from __future__ import annotations
