@@ -33,6 +33,8 @@ from bot.expression_media import (
     soundboard_mp3,
     sticker_png,
 )
+from bot.expressions import expression_name
+from bot.jobs.buttons import PERSISTENT_BUTTONS, EmojiButton, SoundboardButton, StickerButton
 from bot.store import LinkedVia
 from engine.settings import EngineSettings
 from engine.voice.audio import ffmpeg_exe
@@ -46,6 +48,7 @@ from tests.conftest import register
 
 __all__ = ["demo_loras"]
 pytestmark = pytest.mark.simcord(settle_timeout=120)
+JOB = "0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
@@ -202,3 +205,31 @@ def test_limits_hold_for_long_speech_and_large_images() -> None:
     assert len(emoji) <= EMOJI_MAX_BYTES and Image.open(io.BytesIO(emoji)).size == (128, 128)
     assert len(sticker) <= STICKER_MAX_BYTES
     assert Image.open(io.BytesIO(sticker)).size == (320, 320)
+
+
+@pytest.mark.parametrize(
+    ("button", "custom_id"),
+    [
+        (SoundboardButton(JOB), f"tada:sound:{JOB}"),
+        (EmojiButton(JOB), f"tada:emoji:{JOB}"),
+        (StickerButton(JOB), f"tada:sticker:{JOB}"),
+    ],
+)
+def test_expression_buttons_survive_restarts(
+    button: discord.ui.DynamicItem[Any], custom_id: str
+) -> None:
+    assert button.custom_id == custom_id
+    matching = [
+        cls
+        for cls in PERSISTENT_BUTTONS
+        if cls.__discord_ui_compiled_template__.fullmatch(custom_id)  # type: ignore[attr-defined]
+    ]
+    assert matching == [type(button)]
+
+
+def test_expression_names_are_what_discord_takes() -> None:
+    assert expression_name("Alicia") == "Alicia"
+    assert expression_name("x") == "Ta-da result"
+    assert len(expression_name("A" * 80)) == 32
+    assert expression_name("Tadz demo: a cat!", emoji=True) == "Tadz_demo_a_cat"
+    assert expression_name("🎉", emoji=True) == "tada_result"

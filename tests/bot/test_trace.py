@@ -119,3 +119,14 @@ async def test_a_member_cannot_run_trace(simcord_env: simcord.Env, services: Bot
     server = make_server(simcord_env)
     assert "tada-admin trace" in server.admin.available_commands(server.general)
     assert "tada-admin trace" not in server.alice.available_commands(server.general)
+
+
+def test_the_bots_operator_token_comes_from_the_environment_only() -> None:
+    from bot.config import OPERATOR_TOKEN_ENV, ConfigError, load_bot_config
+
+    config = load_bot_config({}, {OPERATOR_TOKEN_ENV: OPERATOR})
+    assert config.tada.operator_token is not None
+    assert config.tada.operator_token.get_secret_value() == OPERATOR
+    assert OPERATOR not in repr(config)
+    with pytest.raises(ConfigError, match=OPERATOR_TOKEN_ENV):
+        load_bot_config({"tada": {"operator_token": OPERATOR}}, {})

@@ -169,3 +169,27 @@ async def test_trace_is_an_extension_in_the_openapi_document(
     op = (await api.get("/openapi.json")).json()["paths"]["/api/trace/speech"]["post"]
     assert op["x-tada-extension"] is True
     assert "application/octet-stream" in op["requestBody"]["content"]
+
+
+def test_the_operator_token_comes_from_the_environment_only(tmp_path: Path) -> None:
+    from engine.settings import (
+        OPERATOR_TOKEN_ENV,
+        SettingsError,
+        load_engine_settings,
+        settings_for_child,
+        settings_from_parent,
+    )
+
+    config = tmp_path / "config.toml"
+    config.write_text("[engine]\n")
+    token = "x" * 20
+    settings = load_engine_settings(config, {OPERATOR_TOKEN_ENV: token})
+    assert settings.trace.operator_token is not None
+    assert settings.trace.operator_token.get_secret_value() == token
+    child = settings_from_parent({"TADA_ENGINE_SETTINGS_JSON": settings_for_child(settings)})
+    assert child is not None and child.trace.operator_token == settings.trace.operator_token
+    with pytest.raises(SettingsError, match=OPERATOR_TOKEN_ENV):
+        load_engine_settings(config, {OPERATOR_TOKEN_ENV: "short"})
+    config.write_text('[engine.trace]\noperator_token = "in-the-file-0123456789"\n')
+    with pytest.raises(SettingsError, match="must not be in the config file"):
+        load_engine_settings(config, {})
