@@ -112,7 +112,10 @@ class SpeechTracer:
                 "The engine refused the bot's operator token; the bot's operator must set "
                 "TADA_ENGINE_OPERATOR_TOKEN to the engine's."
             ) from exc
-        except (InvalidRequest, PayloadTooLarge) as exc:
+        except InvalidRequest as exc:
+            why = "; ".join(str(e.get("msg", "")) for e in exc.errors) or exc.message
+            raise UserFacingError(f"I cannot trace that clip: {why}") from exc
+        except PayloadTooLarge as exc:
             raise UserFacingError(f"I cannot trace that clip: {exc.message}") from exc
         except TadaError as exc:
             log.warning("trace failed: %s", exc)

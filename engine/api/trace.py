@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Request
 
 from engine.api.deps import Services, Session, get_current_user
+from engine.api.errors import invalid
 from engine.voice.trace import MAX_TRACE_BYTES, TraceRefused, TraceResult, trace_clip
 
 router = APIRouter(prefix="/api/trace", tags=["trace"])
@@ -78,8 +79,8 @@ async def trace_speech(
     with tempfile.TemporaryDirectory(prefix="tada-trace-") as tmp:
         path = Path(tmp) / "clip"
         if await _save_body(request, path) == 0:
-            raise HTTPException(422, "send the audio clip as the request body")
+            invalid("body", "audio", "send the audio clip as the request body")
         try:
             return await trace_clip(session, path, user_id=user_id)
         except TraceRefused as exc:
-            raise HTTPException(422, str(exc)) from exc
+            invalid("body", "audio", str(exc))

@@ -193,3 +193,55 @@ def test_the_operator_token_comes_from_the_environment_only(tmp_path: Path) -> N
     config.write_text('[engine.trace]\noperator_token = "in-the-file-0123456789"\n')
     with pytest.raises(SettingsError, match="must not be in the config file"):
         load_engine_settings(config, {})
+
+
+def test_generated_requests_get_no_5xx_and_answers_match_the_schema(tmp_path: Path) -> None:
+    """schemathesis on the trace extension alone (the whole API's run is in
+    tests/conformance/test_schemathesis.py)."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+    from schemathesis.checks import (
+        content_type_conformance,
+        not_a_server_error,
+        response_schema_conformance,
+    )
+    from schemathesis.python import asgi
+
+    from engine.app import create_app
+
+    app = create_app(make_settings(tmp_path / "engine", trace={"operator_token": OPERATOR}))
+    checks = [not_a_server_error, response_schema_conformance, content_type_conformance]
+    sent = 0
+    try:
+        with asgi.get_client(app) as client:  # type: ignore[arg-type]
+            resp = client.post("/api/users/register", params={"email": "fuzz@example.com"})
+            headers = {"X-API-Key": resp.json()["api_key"]}
+            schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+            operations = [r.ok() for r in schema.get_all_operations()]  # type: ignore[union-attr]
+            [operation] = [op for op in operations if op.path == "/api/trace/speech"]
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+                @given(case=operation.as_strategy(generation_mode=mode))
+                @settings(
+                    max_examples=8,
+                    deadline=None,
+                    derandomize=True,
+                    database=None,
+                    suppress_health_check=list(HealthCheck),
+                    phases=[Phase.explicit, Phase.generate],
+                )
+                def exercise(case: schemathesis.Case) -> None:
+                    nonlocal sent
+                    sent += 1
+                    case.call_and_validate(headers=headers, checks=checks)
+
+                try:
+                    exercise()
+                except Unsatisfiable:
+                    # Raw bytes have no invalid form to generate.
+                    assert mode is GenerationMode.NEGATIVE
+    finally:
+        asgi.shutdown_lifespans()
+    assert sent >= 8
