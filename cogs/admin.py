@@ -7,6 +7,7 @@ is ephemeral. Thin: each command calls :class:`bot.policy.PolicyService` and ren
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import discord
@@ -17,6 +18,7 @@ from pydantic import SecretStr
 from bot.app import TadaBot
 from bot.errors import UserFacingError
 from bot.gate import Action, Feature
+from bot.media import AUDIO_SUFFIXES, suffix_of
 from bot.messages import CONTENT_LIMIT, EMBED_FIELD_LIMIT, clip_lines
 from bot.policy import GuildSettings, Limit, PolicyService, UsageReport
 from bot.policy.moderation import DEFAULT_BLOCKED_WORDS, active_words
@@ -308,6 +310,31 @@ def render_trace(report: TraceReport) -> str:
     return clip_lines("\n".join(lines), CONTENT_LIMIT)
 
 
+_MESSAGE_LINK = re.compile(r"https://(?:\w+\.)?discord(?:app)?\.com/channels/(\d+)/(\d+)/(\d+)/?$")
+
+
+async def linked_audio(
+    interaction: discord.Interaction[Any], guild_id: int, link: str
+) -> discord.Attachment:
+    """The first audio attachment of the message ``link`` points to, in this server."""
+    found = _MESSAGE_LINK.match(link.strip())
+    if found is None or int(found[1]) != guild_id:
+        raise UserFacingError("That is not a link to a message of this server.")
+    channel = interaction.client.get_channel(int(found[2]))
+    if not isinstance(channel, discord.abc.Messageable):
+        raise UserFacingError("I cannot see the channel of that message.")
+    try:
+        message = await channel.fetch_message(int(found[3]))
+    except (discord.NotFound, discord.Forbidden) as exc:
+        raise UserFacingError(
+            "I cannot read that message (deleted, or not visible to me)."
+        ) from exc
+    for attachment in message.attachments:
+        if suffix_of(attachment.filename) in AUDIO_SUFFIXES:
+            return attachment
+    raise UserFacingError("That message holds no audio file.")
+
+
 def _guild(interaction: discord.Interaction[Any]) -> int:
     if interaction.guild_id is None:
         raise UserFacingError("Server settings can only be changed in a server.")
@@ -348,12 +375,25 @@ class AdminCog(
     # ------------------------------------------------------------------ trace
 
     @app_commands.command(name="trace")
-    @app_commands.describe(audio="The clip to check: an audio file or a saved voice message")
-    async def trace(self, interaction: discord.Interaction[Any], audio: discord.Attachment) -> None:
+    @app_commands.describe(
+        audio="The clip to check: an audio file or a saved voice message",
+        message_link="Or the link to a message of this server that holds the clip",
+    )
+    async def trace(
+        self,
+        interaction: discord.Interaction[Any],
+        audio: discord.Attachment | None = None,
+        message_link: app_commands.Range[str, 1, 200] | None = None,
+    ) -> None:
         """Was this speech made with the bot? Which member, which voice, when, where."""
         guild_id = _guild(interaction)
         if self.tracer is None:
             raise TraceUnavailable("Tracing is not set up on this bot.")
+        if (audio is None) == (message_link is None):
+            raise UserFacingError("Give the clip as `audio`, or a `message_link` to it (one).")
+        if audio is None:
+            assert message_link is not None
+            audio = await linked_audio(interaction, guild_id, message_link)
         check_clip(audio.filename, audio.size)
         await interaction.response.defer(ephemeral=True, thinking=True)
         data = await audio.read()

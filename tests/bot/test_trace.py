@@ -87,6 +87,14 @@ async def test_trace_names_the_member_voice_channel_and_time_privately(
     assert server.general.last_message is not None
     assert server.general.last_message.id == posted.id  # nothing posted publicly
 
+    # The clip reposted by a member, traced by its message's link.
+    reposted = await server.alice.send(server.general, "lol", attachments=[("clip.ogg", clip)])
+    link = f"https://discord.com/channels/{server.guild.id}/{server.general.id}/{reposted.id}"
+    traced = await server.admin.slash(server.general, "tada-admin trace", message_link=link)
+    answer = traced.followups[-1] if traced.followups else traced.response
+    assert answer is not None and answer.ephemeral
+    assert "Made with this bot" in answer.content and f"**{voice.name}**" in answer.content
+
     unrelated = sorted(SPHINX_LIBRIVOX.glob("*.wav"))[0].read_bytes()
     traced = await server.admin.slash(
         server.general, "tada-admin trace", audio=("other.wav", unrelated)
