@@ -138,3 +138,19 @@ def test_the_bots_operator_token_comes_from_the_environment_only() -> None:
     assert OPERATOR not in repr(config)
     with pytest.raises(ConfigError, match=OPERATOR_TOKEN_ENV):
         load_bot_config({"tada": {"operator_token": OPERATOR}}, {})
+
+
+async def test_the_embedded_engine_gets_an_operator_token_from_the_bot(tmp_path: Path) -> None:
+    from bot.app import open_services
+
+    config = make_bot_config(tmp_path / "bot")
+    settings = make_settings(tmp_path / "engine", port=0)
+    assert settings.trace.operator_token is None
+    async with open_services(config, engine_settings=settings) as services:
+        assert services.engine is not None and services.tracer is not None
+        assert services.tracer.available
+        engine_token = services.engine.settings.trace.operator_token
+        assert engine_token is not None and len(engine_token.get_secret_value()) >= 32
+        unrelated = sorted(SPHINX_LIBRIVOX.glob("*.wav"))[0].read_bytes()
+        report = await services.tracer.trace(1234, unrelated)
+        assert report.made_here is False and report.clip_seconds > 3
