@@ -287,7 +287,7 @@ def render_trace(report: TraceReport) -> str:
     if not report.made_here:
         return (
             f"**Not made here.** This {report.clip_seconds:.1f} s clip matches no speech made "
-            "with this bot. A trace can miss speech cut under 2 s, pitch or speed changed by "
+            "with this bot. A trace can miss speech cut under 3 s, pitch or speed changed by "
             "more than about 2 semitones, or buried under louder sound; a person imitating "
             "a voice is never found (see the admin guide's *Tracing speech* page)."
         )

@@ -40,7 +40,7 @@ FINGERPRINT_RATE = 22050
 # Speech is fingerprinted played at half speed: an octave down, which leaves its chroma
 # (pitch classes) as it was, and twice as many items per second of speech. Chromaprint's
 # filters eat about 2 s of each clip's edges, which at normal speed left a 3 s sentence
-# untraceable; at half speed 2 s of speech is enough.
+# untraceable; at half speed 3 s of speech is enough (2.5 s is not: bench/trace.py).
 PLAYBACK = 0.5
 # One Chromaprint item per 4096 / 3 samples at 11025 Hz, in seconds of the speech itself.
 ITEM_SECONDS = 4096 / 3 / 11025 * PLAYBACK

@@ -113,7 +113,7 @@ def _prepare(path: Path, confiner: Confiner | None) -> _Query:
         raise TraceRefused("the clip could not be fingerprinted; send a shorter one") from exc
     if len(variants[0]) < MIN_OVERLAP:
         raise TraceRefused(
-            f"the clip is too short to trace ({seconds:.1f} s); send at least 2 s of speech"
+            f"the clip is too short to trace ({seconds:.1f} s); send at least 3 s of speech"
         )
     return _Query(variants, query_plan(), seconds)
 
