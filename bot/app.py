@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import discord
 import httpx
 from discord.ext import commands
 from discord.utils import MISSING
+from pydantic import SecretStr
 
 from bot.accounts import AccountService
 from bot.config import BotConfig
@@ -36,6 +38,7 @@ from bot.readiness import EngineReadiness
 from bot.safety import ImageSafety, build_classifier
 from bot.store import MemberStore, Store
 from bot.tada import TadaClient
+from bot.trace import SpeechTracer
 from bot.ui import TadaCommandTree
 from bot.voice_channel import VoiceChannelPlayer
 
@@ -76,6 +79,8 @@ class BotServices:
     readiness: EngineReadiness = field(default_factory=EngineReadiness)
     # This process's Prometheus metrics (its own registry; served on [metrics] port).
     metrics: BotMetrics = field(default_factory=BotMetrics)
+    # ``/tada-admin trace``: the engine's operator token, and the job records.
+    tracer: SpeechTracer | None = None
 
 
 def _http_client(config: BotConfig) -> httpx.AsyncClient:
@@ -127,11 +132,20 @@ async def open_services(
         await store.migrate()
         box = keys if keys is not None else await asyncio.to_thread(keybox_for, config)
         engine: EmbeddedEngine | None = None
+        operator_token = config.tada.operator_token
         if base_url is None:
             if config.tada.embedded:
                 if engine_settings is None:
                     engine_settings = embedded_engine_settings(config)
                 assert engine_settings is not None  # config.tada.embedded
+                if engine_settings.trace.operator_token is None:
+                    # The bot is its embedded engine's operator: a token of this run's own,
+                    # so that /tada-admin trace works with no set-up.
+                    trace = engine_settings.trace.model_copy(
+                        update={"operator_token": SecretStr(secrets.token_urlsafe(32))}
+                    )
+                    engine_settings = engine_settings.model_copy(update={"trace": trace})
+                operator_token = engine_settings.trace.operator_token
                 engine = EmbeddedEngine(engine_settings)
                 await stack.enter_async_context(engine)
                 base_url = engine.base_url
@@ -163,6 +177,7 @@ async def open_services(
             tada=tada,
             accounts=AccountService(members, tada),
             engine=engine,
+            tracer=SpeechTracer(tada, store, operator_token),
             gate=gate,
             policy=PolicyService(policy_store, box, tada, gate),
             safety=safety,

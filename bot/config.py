@@ -30,6 +30,8 @@ from engine.settings import SecretProblem
 
 TOKEN_ENV = "DISCORD_TOKEN"
 ENCRYPTION_KEY_ENV = "TADA_BOT_ENCRYPTION_KEY"
+# The engine operator's token (same variable as the engine's): /tada-admin trace.
+OPERATOR_TOKEN_ENV = "TADA_ENGINE_OPERATOR_TOKEN"
 MODE_ENV = "TADA_MODE"
 EMBEDDED = "embedded"
 GENERATE_FERNET_KEY = (
@@ -150,6 +152,9 @@ class TadaConfig(_Section):
     # How long the API's OpenAPI document (which optional generation controls it offers)
     # is trusted before it is fetched again.
     offer_ttl_seconds: float = Field(600.0, gt=0)
+    # The engine operator's token, for ``/tada-admin trace`` (from the environment only,
+    # TADA_ENGINE_OPERATOR_TOKEN; the embedded engine gets one from the bot by itself).
+    operator_token: SecretStr | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -316,6 +321,12 @@ def load_bot_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = 
         sections["store"]["database_url"] = env["TADA_BOT_DATABASE_URL"]
     if env.get("TADA_API_URL"):
         sections["tada"]["base_url"] = env["TADA_API_URL"]
+    if "operator_token" in sections["tada"]:
+        raise ConfigError(
+            f"tada.operator_token must not be in the config file; set {OPERATOR_TOKEN_ENV}"
+        )
+    if env.get(OPERATOR_TOKEN_ENV, "").strip():
+        sections["tada"]["operator_token"] = env[OPERATOR_TOKEN_ENV].strip()
     if env.get(METRICS_PORT_ENV, "").strip():
         sections["metrics"]["port"] = env[METRICS_PORT_ENV].strip()
     data.update(sections)

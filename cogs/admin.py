@@ -7,6 +7,7 @@ is ephemeral. Thin: each command calls :class:`bot.policy.PolicyService` and ren
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import discord
@@ -17,6 +18,7 @@ from pydantic import SecretStr
 from bot.app import TadaBot
 from bot.errors import UserFacingError
 from bot.gate import Action, Feature
+from bot.media import AUDIO_SUFFIXES, suffix_of
 from bot.messages import CONTENT_LIMIT, EMBED_FIELD_LIMIT, clip_lines
 from bot.policy import GuildSettings, Limit, PolicyService, UsageReport
 from bot.policy.moderation import DEFAULT_BLOCKED_WORDS, active_words
@@ -24,6 +26,7 @@ from bot.policy.service import MAX_USAGE_DAYS, SharedKeyInfo
 from bot.policy.settings import FEATURE_NAMES, LIMIT_NAMES, ExplicitImages
 from bot.policy.store import UsageLine
 from bot.readiness import EngineReadiness
+from bot.trace import SpeechTracer, TraceReport, TraceUnavailable, check_clip
 from bot.ui import TadaModal
 
 FEATURE_CHOICES = [
@@ -127,6 +130,15 @@ def render_settings(
             "as voice messages (an MP3 where the bot may not post one)"
             if settings.voice_messages
             else "as MP3 attachments"
+        ),
+        inline=False,
+    )
+    embed.add_field(
+        name="Soundboard, emoji, stickers",
+        value=(
+            "buttons under results make them (Create Expressions needed)"
+            if settings.expressions
+            else "off"
         ),
         inline=False,
     )
@@ -270,6 +282,59 @@ class SharedKeyModal(TadaModal, title="Shared Ta-da key for demo channels"):
         )
 
 
+def render_trace(report: TraceReport) -> str:
+    """The private answer to ``/tada-admin trace``."""
+    if not report.made_here:
+        return (
+            f"**Not made here.** This {report.clip_seconds:.1f} s clip matches no speech made "
+            "with this bot. A trace can miss speech cut under 3 s, pitch or speed changed by "
+            "more than about 2 semitones, or buried under louder sound; a person imitating "
+            "a voice is never found (see the admin guide's *Tracing speech* page)."
+        )
+    lines = ["**Made with this bot.**"]
+    for found in report.matches:
+        when = discord.utils.format_dt(found.made_at, "f")
+        match = f"{round(found.score * 100)}% fingerprint match"
+        if found.elsewhere:
+            lines.append(
+                f"• Speech in the voice **{found.voice_name}**, made {when} in another server "
+                f"or a DM (who and where stay there) · {match}"
+            )
+            continue
+        who = f"<@{found.member_id}>" if found.member_id else "a member"
+        where = f" in <#{found.channel_id}>" if found.channel_id else ""
+        lines.append(
+            f"• Asked by {who}{where}, {when}, in the voice **{found.voice_name}** · {match}"
+            f" · generation `{found.generation_id}`"
+        )
+    return clip_lines("\n".join(lines), CONTENT_LIMIT)
+
+
+_MESSAGE_LINK = re.compile(r"https://(?:\w+\.)?discord(?:app)?\.com/channels/(\d+)/(\d+)/(\d+)/?$")
+
+
+async def linked_audio(
+    interaction: discord.Interaction[Any], guild_id: int, link: str
+) -> discord.Attachment:
+    """The first audio attachment of the message ``link`` points to, in this server."""
+    found = _MESSAGE_LINK.match(link.strip())
+    if found is None or int(found[1]) != guild_id:
+        raise UserFacingError("That is not a link to a message of this server.")
+    channel = interaction.client.get_channel(int(found[2]))
+    if not isinstance(channel, discord.abc.Messageable):
+        raise UserFacingError("I cannot see the channel of that message.")
+    try:
+        message = await channel.fetch_message(int(found[3]))
+    except (discord.NotFound, discord.Forbidden) as exc:
+        raise UserFacingError(
+            "I cannot read that message (deleted, or not visible to me)."
+        ) from exc
+    for attachment in message.attachments:
+        if suffix_of(attachment.filename) in AUDIO_SUFFIXES:
+            return attachment
+    raise UserFacingError("That message holds no audio file.")
+
+
 def _guild(interaction: discord.Interaction[Any]) -> int:
     if interaction.guild_id is None:
         raise UserFacingError("Server settings can only be changed in a server.")
@@ -299,11 +364,43 @@ class AdminCog(
         readiness: EngineReadiness | None = None,
         *,
         classifier: str = "none",
+        tracer: SpeechTracer | None = None,
     ) -> None:
         super().__init__()
         self.policy = policy
         self.readiness = readiness or EngineReadiness()
         self.classifier = classifier
+        self.tracer = tracer
+
+    # ------------------------------------------------------------------ trace
+
+    @app_commands.command(name="trace")
+    @app_commands.describe(
+        audio="The clip to check: an audio file or a saved voice message",
+        message_link="Or the link to a message of this server that holds the clip",
+    )
+    async def trace(
+        self,
+        interaction: discord.Interaction[Any],
+        audio: discord.Attachment | None = None,
+        message_link: app_commands.Range[str, 1, 200] | None = None,
+    ) -> None:
+        """Was this speech made with the bot? Which member, which voice, when, where."""
+        guild_id = _guild(interaction)
+        if self.tracer is None:
+            raise TraceUnavailable("Tracing is not set up on this bot.")
+        if (audio is None) == (message_link is None):
+            raise UserFacingError("Give the clip as `audio`, or a `message_link` to it (one).")
+        if audio is None:
+            assert message_link is not None
+            audio = await linked_audio(interaction, guild_id, message_link)
+        check_clip(audio.filename, audio.size)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        data = await audio.read()
+        report = await self.tracer.trace(guild_id, data)
+        await interaction.followup.send(
+            render_trace(report), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+        )
 
     # ------------------------------------------------------------------ overview
 
@@ -354,6 +451,22 @@ class AdminCog(
             "(as an MP3 elsewhere, and for private results)."
             if enabled
             else "Speech is now posted as MP3 attachments.",
+        )
+
+    @app_commands.command(name="expressions")
+    @app_commands.describe(
+        enabled="On: buttons under results make soundboard sounds, emoji and stickers"
+    )
+    async def expressions(self, interaction: discord.Interaction[Any], enabled: bool) -> None:
+        """Let members turn speech into soundboard sounds and images into emoji or stickers."""
+        await self.policy.set_expressions(_guild(interaction), enabled)
+        await _answer(
+            interaction,
+            "Results now carry **Soundboard** (speech) and **Emoji** / **Sticker** (images) "
+            "buttons. Members need Discord's **Create Expressions** permission and the "
+            "feature's roles (`/tada-admin roles`); I need **Create Expressions** too."
+            if enabled
+            else "Results no longer carry soundboard, emoji and sticker buttons.",
         )
 
     @app_commands.command(name="explicit-images")
@@ -618,5 +731,10 @@ async def setup(bot: commands.Bot) -> None:
     if not isinstance(bot, TadaBot):
         raise TypeError("cogs.admin needs a TadaBot (it reads bot.services.policy)")
     await bot.add_cog(
-        AdminCog(bot.services.policy, bot.services.readiness, classifier=bot.services.safety.name)
+        AdminCog(
+            bot.services.policy,
+            bot.services.readiness,
+            classifier=bot.services.safety.name,
+            tracer=bot.services.tracer,
+        )
     )

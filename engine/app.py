@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
 
-from engine.api import demo, images, loras, storage, users, voices
+from engine.api import demo, images, loras, storage, trace, users, voices
 from engine.api.errors import install_error_handlers
 from engine.api.guard import RateLimits, RequestGuard
 from engine.api.metrics import RequestMetrics
@@ -114,7 +114,7 @@ def create_app(
             status_code=429, content={"detail": str(exc)}, headers={"Retry-After": "30"}
         )
 
-    for module in (users, voices, loras, demo, images, storage):
+    for module in (users, voices, loras, demo, images, storage, trace):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["meta"])

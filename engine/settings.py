@@ -214,6 +214,27 @@ class JobSettings(_Section):
         return self
 
 
+OPERATOR_TOKEN_ENV = "TADA_ENGINE_OPERATOR_TOKEN"
+
+
+class TraceSettings(_Section):
+    """Tracing speech back to its generation (engine extension ``POST /api/trace/speech``).
+
+    A member traces among their own generations with their API key; the operator traces
+    among every generation with ``X-Operator-Token: <TADA_ENGINE_OPERATOR_TOKEN>`` (from
+    the environment only; unset: nobody can). The bot's embedded engine gets one from
+    the bot, for ``/tada-admin trace``.
+    """
+
+    operator_token: SecretStr | None = None  # from the environment only
+
+    @model_validator(mode="after")
+    def _token_long_enough(self) -> TraceSettings:
+        if self.operator_token is not None and len(self.operator_token.get_secret_value()) < 16:
+            raise ValueError(f"{OPERATOR_TOKEN_ENV} must be at least 16 characters")
+        return self
+
+
 METRICS_TOKEN_ENV = "TADA_ENGINE_METRICS_TOKEN"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -283,6 +304,7 @@ class EngineSettings(_Section):
     jobs: JobSettings = JobSettings()
     storage: StorageSettings = StorageSettings()
     metrics: MetricsSettings = MetricsSettings()
+    trace: TraceSettings = TraceSettings()
     # Back-end sections owned by the voice and image packages; validated there.
     voice: dict[str, Any] = Field(default_factory=dict)
     image: dict[str, Any] = Field(default_factory=dict)
@@ -410,6 +432,16 @@ def load_engine_settings(
             **(metrics if isinstance(metrics, dict) else {}),
             "token": env[METRICS_TOKEN_ENV],
         }
+    trace = data.get("trace")
+    if isinstance(trace, dict) and "operator_token" in trace:
+        raise SettingsError(
+            f"engine.trace.operator_token must not be in the config file; set {OPERATOR_TOKEN_ENV}"
+        )
+    if env.get(OPERATOR_TOKEN_ENV):
+        data["trace"] = {
+            **(trace if isinstance(trace, dict) else {}),
+            "operator_token": env[OPERATOR_TOKEN_ENV],
+        }
     storage = data.get("storage")
     if isinstance(storage, dict) and "secret_access_key" in storage:
         raise SettingsError(
@@ -447,6 +479,8 @@ def settings_for_child(settings: EngineSettings) -> str:
     data["storage"]["secret_access_key"] = s3_secret.get_secret_value() if s3_secret else None
     metrics_token = settings.metrics.token
     data["metrics"]["token"] = metrics_token.get_secret_value() if metrics_token else None
+    operator = settings.trace.operator_token
+    data["trace"]["operator_token"] = operator.get_secret_value() if operator else None
     return json.dumps(data)
 
 

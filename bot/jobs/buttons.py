@@ -17,6 +17,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import discord
 
 from bot.errors import NotLinked, UserFacingError, report_error
+from bot.expressions import (
+    ExpressionKind,
+    base_name_of,
+    check_may_create,
+    made_line,
+    make_expression,
+)
 from bot.jobs.deps import JobActions
 from bot.jobs.images import (
     ImageOptions,
@@ -449,6 +456,61 @@ class ReseedButton(
         await interaction.response.send_modal(SeedModal(job))
 
 
+class _ExpressionButton(
+    _JobButton,
+    kind="expression",
+    label="Expression",
+    style=discord.ButtonStyle.secondary,
+):
+    """Make the result above into one of the server's expressions (``expression_kind``),
+    for a member the server's roles allow (:func:`bot.expressions.check_may_create`)."""
+
+    expression_kind: ClassVar[ExpressionKind]
+
+    async def act(self, interaction: discord.Interaction[Any]) -> None:
+        job = await _job_of(interaction, self.job_id)
+        if interaction.guild_id is None or not isinstance(interaction.user, discord.Member):
+            raise UserFacingError("This works in a server only.")
+        policy = runner_of(interaction).services.policy
+        kind = self.expression_kind
+        check_may_create(interaction.user, await policy.settings(interaction.guild_id), kind)
+        await interaction.response.defer(thinking=True)
+        made = await make_expression(
+            interaction.user,
+            interaction.message,
+            kind,
+            base_name=base_name_of(job.params, kind),
+            owner_id=job.user_id,
+        )
+        await interaction.followup.send(
+            made_line(interaction.user.id, made), allowed_mentions=discord.AllowedMentions.none()
+        )
+
+
+class SoundboardButton(
+    _ExpressionButton, kind="sound", label="Soundboard", style=discord.ButtonStyle.secondary
+):
+    """This speech as a soundboard sound (its first 5 s)."""
+
+    expression_kind = ExpressionKind.SOUND
+
+
+class EmojiButton(
+    _ExpressionButton, kind="emoji", label="Emoji", style=discord.ButtonStyle.secondary
+):
+    """This image as a custom emoji (centre square, 128x128)."""
+
+    expression_kind = ExpressionKind.EMOJI
+
+
+class StickerButton(
+    _ExpressionButton, kind="sticker", label="Sticker", style=discord.ButtonStyle.secondary
+):
+    """This image as a sticker (centre square, 320x320)."""
+
+    expression_kind = ExpressionKind.STICKER
+
+
 class SeedModal(TadaModal):
     """A generation with a chosen seed: the posted image's parameters, to edit."""
 
@@ -519,4 +581,7 @@ PERSISTENT_BUTTONS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     UpscaleButton,
     VarySubtleButton,
     VaryStrongButton,
+    SoundboardButton,
+    EmojiButton,
+    StickerButton,
 )

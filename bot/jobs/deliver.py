@@ -155,7 +155,7 @@ class Delivery:
             if files and await self._as_voice_message(job, files[0][1]):
                 # The voice message holds the audio; the card below says where it is.
                 files, note = (), VOICE_MESSAGE_NOTE
-            outgoing = render(job, files, note)
+            outgoing = render(job, files, note, expressions=await self._expressions(job))
             destinations: tuple[Destination, ...] = (
                 (Destination.INTERACTION, Destination.DM)
                 if job.private
@@ -395,6 +395,13 @@ class Delivery:
             self.player.enqueue(job.guild_id, clip)
         except QueueFull:
             log.warning("job %s: the voice queue of guild %s is full", job.id, job.guild_id)
+
+    async def _expressions(self, job: Job) -> bool:
+        """Whether the post gets buttons that make it a soundboard sound, emoji or sticker
+        (a finished result posted in a server that turned them on)."""
+        if job.state is not JobState.FINISHED or job.private or job.guild_id is None:
+            return False
+        return (await self.services.policy.settings(job.guild_id)).expressions
 
     async def _as_voice_message(self, job: Job, audio: bytes) -> bool:
         """Post a speech's audio as a voice message in its channel when the server asks for

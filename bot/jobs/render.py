@@ -12,9 +12,12 @@ import discord
 from bot.jobs.buttons import (
     AgainButton,
     DeleteButton,
+    EmojiButton,
     GenerateButton,
     SeedButton,
     UpscaleButton,
+    SoundboardButton,
+    StickerButton,
     VaryButton,
     VaryStrongButton,
     VarySubtleButton,
@@ -170,8 +173,15 @@ def likeness_line(score: Any, words: Any, base_score: Any) -> str:
     return f"\nLikeness to your sample: **{score}%**{said}{base}"
 
 
-def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = None) -> Outgoing:
-    """What to post for a final job (``files``: the downloaded artifacts, if any)."""
+def render(
+    job: Job,
+    files: tuple[tuple[str, bytes], ...],
+    note: str | None = None,
+    *,
+    expressions: bool = False,
+) -> Outgoing:
+    """What to post for a final job (``files``: the downloaded artifacts, if any;
+    ``expressions``: the server lets results become soundboard sounds, emoji, stickers)."""
     mention = f"<@{job.user_id}>"
     owner = job.user_id
     p = job.params
@@ -213,7 +223,12 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
         return Outgoing(
             content=clip(f"{mention} 🗣️ **{voice}** says:\n> {text}{score}{extra}", CONTENT_LIMIT),
             files=files,
-            items=(AgainButton(job.id, label="Speak again"), DeleteButton(job.id, owner)),
+            items=(
+                AgainButton(job.id, label="Speak again"),
+                # On the post that holds the audio (a voice message holds it elsewhere).
+                *((SoundboardButton(job.id),) if expressions and files else ()),
+                DeleteButton(job.id, owner),
+            ),
         )
     if job.kind is JobKind.LORA_TRAIN:
         trigger = visible(str(p.get("trigger_word") or ""))
@@ -247,6 +262,8 @@ def render(job: Job, files: tuple[tuple[str, bytes], ...], note: str | None = No
         buttons += [VarySubtleButton(job.id), VaryStrongButton(job.id)]
     if job.kind is JobKind.LORA_GENERATE and isinstance(result.get("seed"), int):
         buttons.append(SeedButton(job.id))
+    if expressions and files:
+        buttons += [EmojiButton(job.id), StickerButton(job.id)]
     buttons.append(DeleteButton(job.id, owner))
     return Outgoing(
         content=clip(f"{mention}{lead}{extra}", CONTENT_LIMIT),

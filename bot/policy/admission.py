@@ -233,8 +233,9 @@ class PolicyGate:
         if not roles or request.is_admin:
             return
         assert request.guild_id is not None
-        held = request.role_ids | {request.guild_id}  # the guild's id is @everyone
-        if held & set(roles):
+        if settings.role_allows(
+            request.feature, request.guild_id, request.role_ids, is_admin=request.is_admin
+        ):
             return
         raise UserFacingError(
             f"On this server, `{COMMAND_OF[request.feature]}` is for members with one of "

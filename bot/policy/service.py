@@ -325,6 +325,14 @@ class PolicyService:
 
         return await self._change(guild_id, change)
 
+    async def set_expressions(self, guild_id: int, enabled: bool) -> GuildSettings:
+        """Offer buttons that make results into soundboard sounds, emoji and stickers."""
+
+        def change(s: GuildSettings) -> GuildSettings:
+            return s.model_copy(update={"expressions": enabled})
+
+        return await self._change(guild_id, change)
+
     async def set_explicit_images(self, guild_id: int, where: ExplicitImages) -> GuildSettings:
         """Where images judged explicit may be posted: nowhere, or age-restricted channels."""
 

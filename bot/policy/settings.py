@@ -130,6 +130,8 @@ class GuildSettings(BaseModel):
     voice_messages: bool = False
     # Images judged explicit: never posted, or posted in age-restricted channels only.
     explicit_images: ExplicitImages = ExplicitImages.BLOCKED
+    # Buttons on posted results make soundboard sounds, custom emoji and stickers.
+    expressions: bool = False
 
     def channels_for(self, feature: Feature) -> tuple[int, ...]:
         """The channels ``feature`` is limited to (empty: everywhere).
@@ -144,3 +146,12 @@ class GuildSettings(BaseModel):
     def roles_for(self, feature: Feature) -> tuple[int, ...]:
         """The roles ``feature`` is limited to (empty: everyone)."""
         return self.roles.get(feature, ())
+
+    def role_allows(
+        self, feature: Feature, guild_id: int, role_ids: frozenset[int], *, is_admin: bool
+    ) -> bool:
+        """Whether a member holding ``role_ids`` may use ``feature`` here (admins may)."""
+        roles = self.roles_for(feature)
+        if not roles or is_admin:
+            return True
+        return bool((role_ids | {guild_id}) & set(roles))  # the guild's id is @everyone

@@ -41,6 +41,7 @@ from bot.tada.models import (
     LoraUpload,
     Registration,
     SpokenAudio,
+    TraceAnswer,
     UploadReceipt,
     UploadUrl,
     Voice,
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 
 HOSTED_BASE_URL = "https://api.ta-da.io/tadzagent"
 API_KEY_HEADER = "X-API-Key"
+# The engine operator's token (engine extension: tracing speech among every generation).
+OPERATOR_HEADER = "X-Operator-Token"
 MAX_REDIRECTS = 5
 
 
@@ -207,6 +210,30 @@ class TadaClient:
             _routes=self._routes,
             _offers=self._offers,
         )
+
+    # ------------------------------------------------------------------ trace
+
+    async def trace_speech(self, audio: bytes, *, operator_token: SecretStr) -> TraceAnswer:
+        """``POST /api/trace/speech`` (engine extension) as the engine's operator: whether
+        ``audio`` is (part of) speech made by this engine, and which generation.
+
+        The engine decodes the clip confined (untrusted bytes). Raises
+        :class:`~bot.tada.errors.NotFound` where the API has no such endpoint (the hosted
+        Ta-da API), :class:`~bot.tada.errors.Unauthorized` for a wrong operator token.
+        """
+        path = "/api/trace/speech"
+        resp = await self._send(
+            "POST",
+            self.base_url + path,
+            path=path,
+            headers={OPERATOR_HEADER: operator_token.get_secret_value()},
+            content=lambda: audio,
+            idempotent=True,  # a read: sending it twice changes nothing
+            authenticated=False,
+            transfer=True,
+        )
+        self._raise_for_status(resp, "POST", path)
+        return self._parse(TraceAnswer, resp)
 
     # ------------------------------------------------------------------ users
 
@@ -696,7 +723,8 @@ class TadaClient:
         """One request, following redirects ourselves so the key stays with its origin.
 
         httpx copies every header but ``Authorization`` onto a redirect, wherever it leads;
-        a member's ``X-API-Key`` must never reach another origin (scheme, host and port).
+        a member's ``X-API-Key`` (or the operator's token) must never reach another origin
+        (scheme, host and port).
         """
         resp = await self._http.request(
             method, url, headers=headers, follow_redirects=False, **kwargs
@@ -707,6 +735,7 @@ class TadaClient:
                 return resp
             if _origin(nxt.url) != _origin(resp.request.url):
                 nxt.headers.pop(API_KEY_HEADER, None)
+                nxt.headers.pop(OPERATOR_HEADER, None)
             await resp.aclose()
             resp = await self._http.send(nxt, follow_redirects=False)
         return resp

@@ -195,3 +195,26 @@ class ImageGeneration(TadaModel):
     # ("upscale", "vary_subtle", "vary_strong").
     parent_id: str | None = None
     operation: str | None = None
+
+
+class TraceMatch(TadaModel):
+    """One generation a traced clip was found in (engine extension)."""
+
+    generation_id: str
+    voice_id: str
+    voice_name: str
+    user_id: str | None = None
+    created_at: datetime
+    score: float
+    offset_seconds: float = 0.0
+    rate: float = 1.0
+
+
+class TraceAnswer(TadaModel):
+    """``POST /api/trace/speech`` (engine extension): was the clip made here?"""
+
+    made_here: bool
+    scope: str
+    clip_seconds: float
+    searched: int
+    matches: list[TraceMatch] = Field(default_factory=list)

@@ -37,6 +37,9 @@ from engine.settings import LimitSettings
 # Escapes that may encode half of a surrogate pair; only these bodies get the full check.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _UPLOAD_PREFIX = "/storage/uploads/"
+# Bodies that are not JSON and stream to disk under their own caps: uploads, and clips
+# to trace (engine/api/trace.py), which the JSON body cap would refuse.
+_STREAMED_PREFIXES = (_UPLOAD_PREFIX, "/api/trace/")
 _REGISTER = "/api/users/register"
 
 
@@ -228,7 +231,7 @@ class RequestGuard:
             await send(message)
 
         try:
-            if path.startswith(_UPLOAD_PREFIX):
+            if path.startswith(_STREAMED_PREFIXES):
                 await self.app(scope, stalled_receive, guarded_send)
                 return
             if not _has_body(scope):

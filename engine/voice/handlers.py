@@ -24,10 +24,12 @@ from engine.models import Upload, UploadKind, UploadStatus, new_id, utcnow
 from engine.storage import NotStored, TooLarge
 from engine.voice.audio import CONTENT_TYPES, SampleRejected, encode, load_sample
 from engine.voice.backend import SpeakerProfile, Speech, VoiceBackend, stream_speech
+from engine.voice.fingerprint import fingerprint
 from engine.voice.language import LanguageCheck
 from engine.voice.models import Voice, VoiceGeneration
 from engine.voice.piper_base import BaseVoiceError
 from engine.voice.settings import AudioFormat, VoiceBackendName, VoiceSettings
+from engine.voice.trace import fingerprint_row
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +268,9 @@ class VoiceHandlers:
         similarity = backend.similarity(speech, profile)
         s_ = self.settings
         data = encode(speech.audio, speech.sample_rate, s_.audio_format, s_.mp3_bitrate_kbps)
+        # Traceable from the start: a clip of it found later leads back here (a failure
+        # raises, and the job is tried again: no speech leaves untraced).
+        trace_fp = fingerprint(speech.audio, speech.sample_rate)
         # One generation per job, whichever run records it: two runs of one job (a stalled
         # worker's and its replacement's) write the same row, and the second insert fails.
         key = artifact_key(voice_id, generation_id, s_)
@@ -284,6 +289,8 @@ class VoiceHandlers:
         try:
             with ctx.sessions.begin() as s:
                 s.add(row)
+                s.flush()  # the generation's row before the fingerprint's, which points at it
+                s.add(fingerprint_row(row, trace_fp))
         except IntegrityError:
             with ctx.sessions() as s:
                 first = s.get(VoiceGeneration, generation_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from engine.models import Base, new_id, utcnow
@@ -52,4 +52,23 @@ class VoiceGeneration(Base):
     duration_seconds: Mapped[float] = mapped_column(Float)
     # resemblyzer cosine of the generated speech to the voice's sample.
     similarity: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SpeechFingerprint(Base):
+    """The acoustic fingerprint of one generation, taken as it was made (who, voice, when
+    are the generation's; kept here too so a trace reads one table)."""
+
+    __tablename__ = "speech_fingerprints"
+    __table_args__ = (Index("ix_speech_fingerprints_user", "user_id", "created_at"),)
+
+    generation_id: Mapped[str] = mapped_column(
+        ForeignKey("voice_generations.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    voice_id: Mapped[str] = mapped_column(ForeignKey("voices.id", ondelete="CASCADE"))
+    # "chromaprint1": Chromaprint's algorithm 1 through ffmpeg (engine.voice.fingerprint).
+    method: Mapped[str] = mapped_column(String(16))
+    # Little-endian 32-bit items, one per ~0.124 s of speech.
+    fingerprint: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
