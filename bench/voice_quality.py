@@ -817,6 +817,9 @@ def main() -> None:
                 log=print,
                 condition=condition,
             )
+            if len(conditions) > 1:
+                # Written after each condition: a long run stopped early keeps its table.
+                args.out.with_suffix(".md").write_text(condition_table(results))
     result = results[conditions[0]]
     body = result.to_json()
     if len(conditions) > 1:
