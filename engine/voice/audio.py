@@ -10,9 +10,11 @@ Blocking code (subprocesses, numpy): the job worker calls it, never the event lo
 from __future__ import annotations
 
 import io
+import logging
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import imageio_ffmpeg
 import numpy as np
@@ -33,14 +35,20 @@ from engine.confine import (
     OverTime,
     process_confiner,
 )
+from engine.voice import frontend
 from engine.voice.container import ContainerRefused, detect, ffmpeg_decode_mono
 from engine.voice.settings import AudioFormat
+
+if TYPE_CHECKING:
+    from engine.voice.similarity import SpeakerEncoder
+
+log = logging.getLogger(__name__)
 
 FloatAudio = NDArray[np.float32]
 # How long ffmpeg may take on one 5-minute sample before we call it broken.
 _DECODE_TIMEOUT_S = 120
-# A sample counts as clipped beyond repair when this share of it sits at full scale.
-_CLIPPED_SHARE = 0.01
+# A sample counts as clipped at this level (beyond frontend.REPAIRABLE_CLIPPED_SHARE of it
+# there, beyond repair).
 _FULL_SCALE = 0.999
 # Below this RMS level (dBFS) a recording is silence or hiss, not a voice.
 _SILENT_DBFS = -55.0
@@ -59,6 +67,14 @@ class SampleRejected(ValueError):
     """The sample cannot be used to clone a voice; the message says why, for the member."""
 
 
+class TooShortAfterTrimming(SampleRejected):
+    """Once silence, music and background are cut, too little of the sample is left."""
+
+
+class SeveralSpeakers(SampleRejected):
+    """More than one person speaks in the sample."""
+
+
 @dataclass(frozen=True)
 class Sample:
     """A decoded, checked and normalised voice sample."""
@@ -67,6 +83,11 @@ class Sample:
     sample_rate: int
     original_seconds: float
     speech_seconds: float
+    # The band the recording carries (a phone call: about 300-3400 Hz); None: full band.
+    band_hz: tuple[float, float] | None = None
+    front_end: frontend.FrontEndReport | None = None
+    # Speaker embeddings of its 1.6 s windows (resemblyzer), when the speakers were checked.
+    partials: NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
 
     @property
     def seconds(self) -> float:
@@ -250,8 +271,17 @@ def load_sample(
     min_seconds: float,
     max_seconds: float,
     target_dbfs: float,
+    encoder: SpeakerEncoder | None = None,
+    denoiser: frontend.Denoiser | None = None,
+    denoise: bool = True,
 ) -> Sample:
-    """Decode and judge a voice sample; raise :class:`SampleRejected` with a clear reason."""
+    """Decode, judge and clean a voice sample; raise :class:`SampleRejected` with a reason.
+
+    After the confined decode, the front end (:mod:`engine.voice.frontend`) works on the
+    PCM: clipping repaired, a noisy recording (measured SNR) denoised, silence and
+    background cut, the band measured. With ``encoder``, a sample in which two people
+    speak is refused (:class:`SeveralSpeakers`).
+    """
     audio = decode(path, sample_rate, max_seconds)
     seconds = len(audio) / sample_rate
     if seconds < min_seconds:
@@ -266,13 +296,25 @@ def load_sample(
     level = rms_dbfs(audio)
     if level < _SILENT_DBFS:
         raise SampleRejected("the sample is (nearly) silent; check the microphone")
-    clipped = float(np.mean(np.abs(audio) >= _FULL_SCALE))
-    if clipped > _CLIPPED_SHARE:
+    clipped = frontend.clipped_share(audio, _FULL_SCALE)
+    if clipped > frontend.REPAIRABLE_CLIPPED_SHARE:
         raise SampleRejected(
             f"the sample is clipped ({clipped:.0%} of it at full scale); "
             "record again a little further from the microphone"
         )
-    speech_seconds = float(speech_mask(audio, sample_rate).sum()) * _VAD_CHUNK / _VAD_RATE
+    repaired = 0
+    if clipped > 0:
+        audio, repaired = frontend.repair_clipping(audio, sample_rate, _FULL_SCALE)
+    snr = frontend.estimate_snr_db(audio, sample_rate)
+    snr_after: float | None = None
+    if denoise and snr < frontend.DENOISE_BELOW_DB:
+        try:
+            audio = (denoiser or frontend.Denoiser())(audio, sample_rate)
+            snr_after = frontend.estimate_snr_db(audio, sample_rate)
+        except frontend.DenoiserUnavailable as exc:
+            log.warning("voice: a noisy sample (%.0f dB SNR) analysed as it is: %s", snr, exc)
+    speech = speech_mask(audio, sample_rate)
+    speech_seconds = float(speech.sum()) * _VAD_CHUNK / _VAD_RATE
     if speech_seconds < min_seconds * 0.6:
         # Not enough speech. If sound does stand out, it is something else than a voice.
         sound_seconds = float(active_mask(audio, sample_rate).sum()) * _FRAME_S
@@ -289,11 +331,38 @@ def load_sample(
             f"only {speech_seconds:.1f} s of speech stands out from its background; "
             f"record at least {min_seconds:.0f} s of speech in a quiet place"
         )
+    trimmed = frontend.trim_to_speech(audio, sample_rate, speech, _VAD_CHUNK / _VAD_RATE)
+    if len(trimmed) / sample_rate < min_seconds:
+        raise TooShortAfterTrimming(
+            f"only {len(trimmed) / sample_rate:.1f} s is left once silence and background "
+            f"are cut; record at least {min_seconds:.0f} s of yourself speaking"
+        )
+    low, high = frontend.measure_band(trimmed, sample_rate)
+    band = (low, high) if low > 0 or high < sample_rate / 2 * 0.9 else None
+    out = normalise(trimmed, sample_rate, target_dbfs)
+    partials = None
+    if encoder is not None:
+        partials = encoder.partials(out, sample_rate)
+        if frontend.several_speakers(partials):
+            raise SeveralSpeakers(
+                "two different voices are in the sample; record only yourself speaking"
+            )
+    report = frontend.FrontEndReport(
+        snr_db=round(snr, 1),
+        denoised=snr_after is not None,
+        snr_after_db=None if snr_after is None else round(snr_after, 1),
+        clipped_repaired=repaired,
+        band_hz=(low, high),
+        trimmed_seconds=round((len(audio) - len(trimmed)) / sample_rate, 2),
+    )
     return Sample(
-        audio=normalise(audio, sample_rate, target_dbfs),
+        audio=out,
         sample_rate=sample_rate,
         original_seconds=seconds,
         speech_seconds=speech_seconds,
+        band_hz=band,
+        front_end=report,
+        partials=partials,
     )
 
 

@@ -181,6 +181,8 @@ class VoiceHandlers:
                     min_seconds=s_.min_sample_seconds,
                     max_seconds=s_.max_sample_seconds,
                     target_dbfs=s_.target_dbfs,
+                    # Two voices in one sample are refused (the back end's speaker encoder).
+                    encoder=getattr(backend, "encoder", None),
                 )
             ctx.report(30)
             profile = backend.analyse(sample)

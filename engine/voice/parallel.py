@@ -121,6 +121,49 @@ def fit(
     return SpectralMapping(weights=np.asarray(weights, dtype=np.float64), pairs=len(x))
 
 
+def outside_band_from(
+    target_sp: Floats, source_sp: Floats, sample_rate: int, band_hz: tuple[float, float] | None
+) -> Floats:
+    """The target's envelopes with what lies outside its recording's band taken from the
+    aligned source frames (level-matched at each band edge), so a mapping learnt on them
+    changes nothing there: a phone's band limits are not the speaker's timbre.
+
+    ``target_sp`` and ``source_sp``: envelopes of aligned frame pairs (same shape).
+    """
+    if band_hz is None:
+        return target_sp
+    from engine.voice.world import in_band
+
+    n_bins = target_sp.shape[1]
+    freqs = np.linspace(0.0, sample_rate / 2, n_bins)
+    keep = in_band(freqs, band_hz)
+    if not keep.any():
+        return target_sp
+    inside = np.flatnonzero(keep)
+    lo, hi = inside[0], inside[-1]
+    log_t = np.log(np.maximum(target_sp, 1e-16))
+    log_s = np.log(np.maximum(source_sp, 1e-16))
+    out = log_t.copy()
+    edge = 4  # bins averaged at each edge for the level match
+    upper = (log_t[:, hi - edge : hi + 1] - log_s[:, hi - edge : hi + 1]).mean(axis=1)
+    lower = (log_t[:, lo : lo + edge + 1] - log_s[:, lo : lo + edge + 1]).mean(axis=1)
+    out[:, hi + 1 :] = log_s[:, hi + 1 :] + upper[:, np.newaxis]
+    out[:, :lo] = log_s[:, :lo] + lower[:, np.newaxis]
+    return np.asarray(np.exp(out))
+
+
+def band_limited(
+    audio: NDArray[np.float32], sample_rate: int, band_hz: tuple[float, float] | None
+) -> NDArray[np.float32]:
+    """``audio`` with everything outside ``band_hz`` removed (an FFT brick wall)."""
+    if band_hz is None:
+        return audio
+    spectrum = np.fft.rfft(audio.astype(np.float64))
+    freqs = np.fft.rfftfreq(len(audio), 1.0 / sample_rate)
+    spectrum[(freqs < band_hz[0]) | (freqs > band_hz[1])] = 0.0
+    return np.asarray(np.fft.irfft(spectrum, len(audio)), dtype=np.float32)
+
+
 def apply(sp: Floats, mapping: SpectralMapping, sample_rate: int) -> Floats:
     """Map every frame's envelope; the source's frame energy is kept (loudness contour)."""
     coded = code(sp, sample_rate, mapping.weights.shape[1])

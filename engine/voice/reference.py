@@ -195,7 +195,11 @@ class CpuReferenceBackend:
         """F0 statistics, long-term envelope and speaker embedding of a sample."""
         try:
             stats = world.speaker_stats(
-                sample.audio, sample.sample_rate, self.f0_method, octave_check=True
+                sample.audio,
+                sample.sample_rate,
+                self.f0_method,
+                octave_check=True,
+                band_hz=sample.band_hz,
             )
         except ValueError as exc:
             raise SampleRejected("no voice found in the sample; record yourself speaking") from exc
@@ -209,7 +213,12 @@ class CpuReferenceBackend:
             raise SampleRejected(
                 "the sample is a steady tone, not speech; record yourself speaking"
             )
-        embedding = self.encoder.embed(sample.audio, sample.sample_rate)
+        if sample.partials is not None and len(sample.partials):
+            # The windows the speaker check embedded: their mean is the utterance embedding.
+            mean = sample.partials.mean(axis=0)
+            embedding = (mean / max(float(np.linalg.norm(mean)), 1e-9)).astype(np.float32)
+        else:
+            embedding = self.encoder.embed(sample.audio, sample.sample_rate)
         _, base_embedding = self._base()
         params: dict[str, object] = {"stats": stats.to_json()}
         if self.settings.spectral_mapping:
@@ -286,8 +295,9 @@ class CpuReferenceBackend:
             log.info("voice: no spectral mapping: too little aligned speech")
             return None
         i, j = pairs
+        band = sample.band_hz
         estimate = world.estimate_warp_parallel(
-            pooled.sp[i], target.sp[j], rate, self.settings.max_warp
+            pooled.sp[i], target.sp[j], rate, self.settings.max_warp, band
         )
         check = self._check_features(sources[0], readings=read_audio)
         best: tuple[float, float, parallel.SpectralMapping] | None = None
@@ -297,15 +307,17 @@ class CpuReferenceBackend:
         )
         for warp in warp_candidates(estimate, self.settings.max_warp):
             converted = world.convert(paired, self._plan(stats, warp))
+            # Outside the sample's band the mapping is taught to change nothing.
+            goal = parallel.outside_band_from(target.sp[j], converted.sp, rate, band)
             try:
                 mapping = parallel.fit(
                     converted.sp,
                     paired.f0,
-                    target.sp,
-                    target.f0,
+                    goal,
+                    target.f0[j],
                     rate,
                     ridge=self.settings.mapping_ridge * readings,
-                    pairs=(np.arange(len(i), dtype=np.int64), j),
+                    pairs=(np.arange(len(i), dtype=np.int64), np.arange(len(j), dtype=np.int64)),
                 )
             except ValueError as exc:
                 log.info("voice: no spectral mapping: %s", exc)
@@ -313,6 +325,8 @@ class CpuReferenceBackend:
             heard = world.synthesise(
                 parallel.apply_voiced(world.convert(check, self._plan(stats, warp)), mapping)
             )
+            # Compared as the sample was heard: through the same band.
+            heard = parallel.band_limited(heard, rate, band)
             score = cosine(self.encoder.embed(heard, rate), embedding)
             if best is None or score > best[0]:
                 best = (score, warp, mapping)

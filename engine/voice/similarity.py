@@ -64,6 +64,20 @@ class SpeakerEncoder:
                 embedding = encoder.embed_utterance(wav)
         return np.asarray(embedding, dtype=np.float32)
 
+    def partials(self, audio: NDArray[Any], sample_rate: int) -> NDArray[np.float32]:
+        """Embeddings of the 1.6 s windows of ``audio`` (about 1.3 per second of speech)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from resemblyzer import preprocess_wav
+
+            encoder = self._load()
+            wav = preprocess_wav(np.asarray(audio, dtype=np.float32), source_sr=sample_rate)
+            if wav.size < ENCODER_RATE * 2:
+                return np.zeros((0, 256), dtype=np.float32)
+            with self._lock:
+                _, partial, _ = encoder.embed_utterance(wav, return_partials=True)
+        return np.asarray(partial, dtype=np.float32)
+
 
 def _resample(audio: NDArray[np.float32], sample_rate: int) -> NDArray[np.float32]:
     import librosa

@@ -56,27 +56,43 @@ class VoiceStats:
     log_f0_std: float
     envelope: Floats  # long-term log-power envelope on the band grid (N_BANDS,)
     voiced_seconds: float
+    # The band the recording carried (a phone's 300-3400 Hz): outside it the envelope
+    # says nothing about the speaker. None: the whole band.
+    band_hz: tuple[float, float] | None = None
 
     @property
     def median_f0_hz(self) -> float:
         return float(np.exp(self.log_f0_mean))
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "log_f0_mean": self.log_f0_mean,
             "log_f0_std": self.log_f0_std,
             "envelope": [round(float(v), 5) for v in self.envelope],
             "voiced_seconds": self.voiced_seconds,
         }
+        if self.band_hz is not None:
+            out["band_hz"] = [round(float(v), 1) for v in self.band_hz]
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VoiceStats:
+        band = data.get("band_hz")
         return cls(
             log_f0_mean=float(data["log_f0_mean"]),
             log_f0_std=float(data["log_f0_std"]),
             envelope=np.asarray(data["envelope"], dtype=np.float64),
             voiced_seconds=float(data["voiced_seconds"]),
+            band_hz=(float(band[0]), float(band[1])) if band else None,
         )
+
+
+def in_band(freqs_hz: Floats, band_hz: tuple[float, float] | None) -> NDArray[np.bool_]:
+    """Which frequencies lie safely inside a recording's band (5 % in from each edge)."""
+    if band_hz is None:
+        return np.ones(np.shape(freqs_hz), dtype=bool)
+    low, high = band_hz
+    return np.asarray((freqs_hz >= low * 1.05) & (freqs_hz <= high * 0.95))
 
 
 @dataclass(frozen=True)
@@ -341,6 +357,7 @@ def speaker_stats(
     envelope_stride: int = 4,
     *,
     octave_check: bool = False,
+    band_hz: tuple[float, float] | None = None,
 ) -> VoiceStats:
     """A speaker's F0 statistics and long-term envelope: F0 on every frame, envelope on a few.
 
@@ -362,6 +379,7 @@ def speaker_stats(
         log_f0_std=std,
         envelope=long_term_envelope(sparse),
         voiced_seconds=float((f0 > 0).sum()) * FRAME_PERIOD_MS / 1000.0,
+        band_hz=band_hz,
     )
 
 
@@ -379,14 +397,23 @@ def _shape(envelope: Floats) -> Floats:
     return envelope - np.polyval(coeffs, x)
 
 
-def estimate_warp(source: Floats, target: Floats, sample_rate: int, max_warp: float) -> float:
-    """The formant-warp factor that best lines the source's envelope shape up with the target's."""
+def estimate_warp(
+    source: Floats,
+    target: Floats,
+    sample_rate: int,
+    max_warp: float,
+    band_hz: tuple[float, float] | None = None,
+) -> float:
+    """The formant-warp factor that best lines the source's envelope shape up with the target's
+    (inside the target recording's band only)."""
     best, best_err = 1.0, float("inf")
-    goal = _shape(target)
+    keep = in_band(_band_centres_hz(sample_rate), band_hz)
+    goal = _shape(target[keep])
     for warp in WARP_GRID:
         if warp > max_warp or warp < 1.0 / max_warp:
             continue
-        err = float(np.mean((_shape(_warp_envelope(source, float(warp), sample_rate)) - goal) ** 2))
+        warped = _warp_envelope(source, float(warp), sample_rate)[keep]
+        err = float(np.mean((_shape(warped) - goal) ** 2))
         # A small pull toward 1.0: when the evidence is flat, do not move formants.
         err += 0.02 * float(np.log(warp)) ** 2
         if err < best_err:
@@ -404,7 +431,11 @@ def _log_at(log_sp: Floats, freqs_hz: Floats, sample_rate: int) -> Floats:
 
 
 def estimate_warp_parallel(
-    source_sp: Floats, target_sp: Floats, sample_rate: int, max_warp: float
+    source_sp: Floats,
+    target_sp: Floats,
+    sample_rate: int,
+    max_warp: float,
+    band_hz: tuple[float, float] | None = None,
 ) -> float:
     """The formant warp that best explains aligned frame pairs of the same sounds.
 
@@ -422,6 +453,8 @@ def estimate_warp_parallel(
     if len(source_sp) != len(target_sp) or len(source_sp) < 10:
         raise ValueError("too few aligned frames to estimate a warp")
     centres = _band_centres_hz(sample_rate)
+    # Only where the speaker's recording carries sound (a phone band stops at 3.4 kHz).
+    centres = centres[in_band(centres, band_hz)]
     log_src = np.log(np.maximum(source_sp, 1e-16))
     tgt = _log_at(np.log(np.maximum(target_sp, 1e-16)), centres, sample_rate)
     tgt -= tgt.mean(axis=1, keepdims=True)
@@ -467,15 +500,18 @@ def plan_conversion(
     envelopes.
     """
     warp_full = (
-        estimate_warp(source.envelope, target.envelope, sample_rate, max_warp)
+        estimate_warp(source.envelope, target.envelope, sample_rate, max_warp, target.band_hz)
         if warp_estimate is None
         else float(np.clip(warp_estimate, 1.0 / max_warp, max_warp))
     )
     warp = float(np.exp(warp_weight * np.log(warp_full)))
     warped = _warp_envelope(source.envelope, warp, sample_rate)
     # Level differences are the recording's, not the speaker's: match shape and tilt only.
+    # Outside the band the recording carried nothing is learnt (no phone band as timbre).
+    keep = in_band(_band_centres_hz(sample_rate), target.band_hz)
     diff = target.envelope - warped
-    diff -= diff.mean()
+    diff -= diff[keep].mean() if keep.any() else diff.mean()
+    diff[~keep] = 0.0
     limit = max_envelope_db / 10.0 * np.log(10.0)  # dB of power -> natural log of power
     correction = np.clip(_smooth(diff), -limit, limit) * envelope_weight
     target_std = source.log_f0_std + f0_spread_weight * (target.log_f0_std - source.log_f0_std)
