@@ -82,7 +82,9 @@ def test_the_sandbox_start_shows_what_runs_where_and_no_noise(tmp_path: Path) ->
     for noise in NOISE:
         assert noise not in log, f"{noise!r} in the start-up output:\n{log}"
     assert "embedded Ta-da engine at http://127.0.0.1:" in log
-    assert "voice: cpu-reference" in log and "on cpu, float32" in log
+    # The default back end is "auto": Pocket TTS once pulled, the CPU reference until then.
+    assert "voice: auto (Pocket TTS" in log and "using cpu-reference" in log, log
+    assert "on cpu, float32" in log
     assert "image: the tiny random test model (draws noise" in log
     assert "voice: loading the models in the background" in log
     assert "Traceback" not in log
