@@ -433,6 +433,20 @@ async def run_generation(
         }
     if demo is not None:
         payload["demo"] = demo
+    return await _draw(services, session, base, user_id, payload, generation_id, "generation")
+
+
+async def _draw(
+    services: ImageServices,
+    session: AsyncSession,
+    base: str,
+    user_id: str,
+    payload: dict[str, Any],
+    generation_id: str,
+    what: str,
+) -> LoraGeneration:
+    """Queue the drawing job ``payload`` describes and wait for it; the image it recorded as
+    ``generation_id`` (``what``, e.g. "generation" or "upscale", names it in a failure)."""
     done = await submit_and_wait(
         services.jobs,
         session,
@@ -444,10 +458,10 @@ async def run_generation(
         f"GET /api/loras/generations as {generation_id}",
     )
     if done.status != JobStatus.SUCCEEDED.value:
-        raise JobOutcomeError(f"generation {done.status}: {done.error or 'no reason given'}")
+        raise JobOutcomeError(f"{what} {done.status}: {done.error or 'no reason given'}")
     row = await session.get(LoraGenerationRow, generation_id)
     if row is None:  # pragma: no cover - the handler writes it before succeeding
-        raise JobOutcomeError("generation finished without a record")
+        raise JobOutcomeError(f"the {what} finished without a record")
     return generation_view(services, base, row)
 
 
@@ -519,22 +533,7 @@ async def run_refinement(
         payload["demo"] = parent.demo
     else:  # pragma: no cover - every generation has a LoRA or a demo
         raise Rejected("this image has no LoRA to draw it again with")
-    done = await submit_and_wait(
-        services.jobs,
-        session,
-        GENERATE_KIND,
-        payload,
-        user_id,
-        within=services.settings.jobs.wait_timeout_seconds,
-        still_running="the image is still being drawn; it will appear in "
-        f"GET /api/loras/generations as {generation_id}",
-    )
-    if done.status != JobStatus.SUCCEEDED.value:
-        raise JobOutcomeError(f"{operation.value} {done.status}: {done.error or 'no reason given'}")
-    row = await session.get(LoraGenerationRow, generation_id)
-    if row is None:  # pragma: no cover - the handler writes it before succeeding
-        raise JobOutcomeError("the image finished without a record")
-    return generation_view(services, base, row)
+    return await _draw(services, session, base, user_id, payload, generation_id, operation.value)
 
 
 async def list_generations(
