@@ -93,6 +93,22 @@ def stream_pieces(text: str) -> list[tuple[str, bool]]:
     return [(head, True), (tail, False), *pieces[1:]]
 
 
+# A sample whose band ends below this is band-limited (a phone call, 3.4-4.6 kHz): what the
+# voice has above its band is not learnt from it. Above it (wideband recordings reach 7.5 kHz
+# and more, Piper's own 22 kHz voice 8.3 kHz) the whole spectrum is learnt, as before the
+# band was measured: restricting a wideband sample moved the pitch of synthetic speakers'
+# clones by up to 29% (tests/engine/voice/test_quality.py).
+BAND_LIMITED_BELOW_HZ = 6000.0
+
+
+def learnt_band(sample: Sample) -> tuple[float, float] | None:
+    """The band the voice is learnt within: the sample's when it is band-limited, else all."""
+    band = sample.band_hz
+    if band is None or band[1] >= BAND_LIMITED_BELOW_HZ:
+        return None
+    return band
+
+
 def warp_candidates(estimate: float, max_warp: float) -> list[float]:
     """The estimate, one step either side of it, and 1.0; within the limits, no repeats."""
     out: list[float] = []
@@ -199,7 +215,7 @@ class CpuReferenceBackend:
                 sample.sample_rate,
                 self.f0_method,
                 octave_check=True,
-                band_hz=sample.band_hz,
+                band_hz=learnt_band(sample),
             )
         except ValueError as exc:
             raise SampleRejected("no voice found in the sample; record yourself speaking") from exc
@@ -295,7 +311,7 @@ class CpuReferenceBackend:
             log.info("voice: no spectral mapping: too little aligned speech")
             return None
         i, j = pairs
-        band = sample.band_hz
+        band = learnt_band(sample)
         estimate = world.estimate_warp_parallel(
             pooled.sp[i], target.sp[j], rate, self.settings.max_warp, band
         )

@@ -83,7 +83,7 @@ def test_the_sandbox_start_shows_what_runs_where_and_no_noise(tmp_path: Path) ->
         assert noise not in log, f"{noise!r} in the start-up output:\n{log}"
     assert "embedded Ta-da engine at http://127.0.0.1:" in log
     # The default back end is "auto": Pocket TTS once pulled, the CPU reference until then.
-    assert "voice: auto (Pocket TTS" in log and "using cpu-reference" in log, log
+    assert "voice: pocket (Pocket TTS" in log and "using cpu-reference" in log, log
     assert "on cpu, float32" in log
     assert "image: the tiny random test model (draws noise" in log
     assert "voice: loading the models in the background" in log
