@@ -375,7 +375,11 @@ async def test_voices_keep_speaking_when_the_operator_switches_back_ends(
         old_voice = resp.json()["id"]
     async with running_engine(by_pocket) as (_, api):
         assert await speaks(api, key, old_voice) > 0.3  # spoken by the CPU reference
-        resp = await clone(api, key, speakers["high"].wav())
+        # The lower speaker again (another voice of the same person): the higher one is
+        # WORLD-shifted Piper speech, which the reference's voice detector now and then
+        # hears as music when it learns the voice from the kept clip below (a PostgreSQL
+        # pass saw it once), and that is about the sample, not the switch.
+        resp = await clone(api, key, speakers["low"].wav())
         assert resp.status_code == 200, resp.text
         assert resp.json()["backend"] == "pocket"
         new_voice = resp.json()["id"]
