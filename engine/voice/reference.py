@@ -229,12 +229,7 @@ class CpuReferenceBackend:
             raise SampleRejected(
                 "the sample is a steady tone, not speech; record yourself speaking"
             )
-        if sample.partials is not None and len(sample.partials):
-            # The windows the speaker check embedded: their mean is the utterance embedding.
-            mean = sample.partials.mean(axis=0)
-            embedding = (mean / max(float(np.linalg.norm(mean)), 1e-9)).astype(np.float32)
-        else:
-            embedding = self.encoder.embed(sample.audio, sample.sample_rate)
+        embedding = self.encoder.embed(sample.audio, sample.sample_rate)
         _, base_embedding = self._base()
         params: dict[str, object] = {"stats": stats.to_json()}
         if self.settings.spectral_mapping:
