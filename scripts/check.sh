@@ -98,7 +98,7 @@ print(max(1, min(cores, 4, by_memory)))
 PY
 )}
 if [ "$workers" -gt 1 ]; then
-    parallel=(-n "$workers" --dist loadfile)
+    parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder)
 else
     parallel=()
 fi

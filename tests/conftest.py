@@ -135,6 +135,29 @@ def fail_missing_prerequisite_in_ci(report: pytest.CollectReport | pytest.TestRe
         report.longrepr = f"CI is set: a missing prerequisite fails the run. {reason}"
 
 
+def slow_seconds(item: pytest.Item) -> float:
+    """About how long the test's file takes on a quiet 2-core machine (its ``slow`` mark),
+    0 for a file without one."""
+    mark = item.get_closest_marker("slow")
+    if mark is None:
+        return 0.0
+    return float(mark.args[0] if mark.args else mark.kwargs["seconds"])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slowest files first, the longest of them first; the rest keep their order.
+
+    ``scripts/check.sh`` hands whole files to its workers in this order (``--dist loadfile
+    --no-loadscope-reorder``), so the long files start at once and the many short ones fill
+    in around them: the workers end together instead of one running a long file alone at
+    the end (xdist's own order, by number of tests, put the few-test, long files last)."""
+    cost: dict[str, float] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        cost[path] = max(cost.get(path, 0.0), slow_seconds(item))
+    items.sort(key=lambda item: -cost[item.nodeid.split("::")[0]])
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield

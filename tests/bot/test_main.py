@@ -18,6 +18,8 @@ from tests.bot.conftest import make_bot_config
 from tests.conftest import make_settings
 from tests.waiting import CEILING_S, polls, wait_until
 
+pytestmark = pytest.mark.slow(30)
+
 ROOT = Path(__file__).parents[2]
 
 

@@ -17,7 +17,7 @@ from tests.bot.mentions import assert_pings_at_most, pinged
 from tests.bot.worker_world import bot_config, engine_settings  # noqa: F401
 from tests.conftest import register
 
-pytestmark = pytest.mark.simcord(settle_timeout=120)
+pytestmark = [pytest.mark.simcord(settle_timeout=120), pytest.mark.slow(30)]
 
 
 async def test_spoken_text_and_voice_names_ping_nobody_on_any_path(

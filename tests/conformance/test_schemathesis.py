@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -35,6 +36,8 @@ from engine.settings import JobSettings
 from tests.conftest import make_settings
 from tests.engine.image.zips import image_bytes
 from tests.waiting import CEILING_S
+
+pytestmark = pytest.mark.slow(60)
 
 MAX_EXAMPLES = 6
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]

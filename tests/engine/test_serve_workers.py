@@ -15,9 +15,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import psutil
+import pytest
 from PIL import Image
 
 from tests.waiting import CEILING_S, polls
+
+pytestmark = pytest.mark.slow(25)
 
 
 def _free_port() -> int:

@@ -27,6 +27,8 @@ from tests.engine.image.test_lora_api import IMAGE, h, upload_zip, wait_final
 from tests.engine.image.zips import good_zip
 from tests.waiting import CEILING_S
 
+pytestmark = pytest.mark.slow(20)
+
 REPO = Path(__file__).resolve().parents[2]
 STOP_SECONDS = 60
 METRICS_TOKEN = "w" * 32

@@ -13,10 +13,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from tests.engine.image.zips import good_zip
 from tests.faults.engine_process import EngineProcess
 from tests.waiting import CEILING_S
+
+pytestmark = pytest.mark.slow(75)
 
 FINAL = ("succeeded", "failed", "canceled")
 

@@ -28,6 +28,8 @@ from tests.faults.engine_process import EngineProcess
 from tests.faults.test_engine_restart import write_config
 from tests.waiting import polls
 
+pytestmark = pytest.mark.slow(30)
+
 POLL = 60.0  # virtual seconds between the watcher's polls: each is one advance_time
 
 

@@ -33,6 +33,8 @@ from tests.bot.conftest import make_bot_config
 from tests.conftest import make_settings
 from tests.waiting import CEILING_S, polls
 
+pytestmark = pytest.mark.slow(40)
+
 pytest.importorskip("aiohttp")
 ROOT = Path(__file__).parents[2]
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import simcord
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
@@ -54,6 +55,8 @@ from tests.scale.cluster import (
     short_sample,
 )
 from tests.servers import PostgresServer
+
+pytestmark = pytest.mark.slow(70)
 
 SHARDS = 2  # one bot, two shards, one process each
 MEMBERS_PER_BOT = 3

@@ -29,6 +29,8 @@ from tests.engine.voice.conftest import base_sample, h, reference_backend, uploa
 from tests.security import audio_hostile as hostile
 from tests.waiting import cpu_seconds
 
+pytestmark = pytest.mark.slow(30)
+
 __all__ = ["base_sample", "reference_backend"]  # fixtures
 
 # Peak RSS bounds (MB): the target for the process itself, and what a confined

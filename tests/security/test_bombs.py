@@ -36,6 +36,8 @@ from tests.engine.image.zips import image_bytes
 from tests.security import bombs
 from tests.waiting import CEILING_S
 
+pytestmark = pytest.mark.slow(90)
+
 LIMITS = ZipLimits()
 
 # case -> what the engine's check says about it ("ok": accepted, decoded at bounded cost).

@@ -29,6 +29,8 @@ from tests.conftest import (
 from tests.engine.image.zips import build_zip, good_zip, image_bytes
 from tests.waiting import CEILING_S, polls
 
+pytestmark = pytest.mark.slow(20)
+
 IMAGE = {
     "training": {"steps": 6, "rank": 4, "learning_rate": 1e-2, "batch_size": 2},
     "zip": {"min_side": 32},

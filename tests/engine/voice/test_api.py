@@ -36,6 +36,8 @@ from tests.engine.voice.conftest import (
 )
 from tests.waiting import CEILING_S, polls
 
+pytestmark = pytest.mark.slow(45)
+
 
 async def stored_profile(app: FastAPI, voice_id: str) -> dict:
     """What the back end learnt for a voice, as the database holds it."""

@@ -24,7 +24,7 @@ from engine.voice.audio import SampleRejected, load_sample
 from engine.voice.reference import MIN_F0_SPREAD, MIN_VOICED_SHARE
 from engine.voice.settings import F0Tracker
 
-pytestmark = pytest.mark.no_database
+pytestmark = [pytest.mark.no_database, pytest.mark.slow(35)]
 
 RATE = 22050
 CLIP_SECONDS = 8.0

@@ -14,7 +14,7 @@ from engine.voice.settings import VoiceSettings
 from engine.voice.transcribe import TranscriberUnavailable
 from tests.engine.voice.conftest import Speaker
 
-pytestmark = pytest.mark.no_database
+pytestmark = [pytest.mark.no_database, pytest.mark.slow(25)]
 
 
 def _warped(features: world.WorldFeatures, warp: float) -> world.WorldFeatures:

@@ -26,6 +26,8 @@ from tests.engine.voice.conftest import (
     median_f0,
 )
 
+pytestmark = pytest.mark.slow(25)
+
 
 @pytest.fixture
 def voice_section() -> dict[str, object]:

@@ -22,7 +22,7 @@ from engine.voice.settings import VoiceSettings
 from engine.voice.similarity import DVECTOR, RESEMBLYZER, Calibration, Likeness, likeness
 from tests.prerequisites import VOICE_DATA
 
-pytestmark = pytest.mark.no_database
+pytestmark = [pytest.mark.no_database, pytest.mark.slow(150)]
 
 
 @pytest.fixture(scope="module")
