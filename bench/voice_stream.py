@@ -138,6 +138,8 @@ async def run(runs: int, data_dir: Path) -> dict[str, Any]:
             "data_dir": data_dir,
             "jobs": JobSettings(in_process_workers=1, wait_timeout_seconds=600),
             "limits": RELAXED_LIMITS,
+            # Pinned: the default ("auto") is Pocket TTS wherever its weights were pulled.
+            "voice": {"backend": "cpu-reference"},
         }
     )
     backend = build_backend(voice_settings(settings.voice))
