@@ -61,17 +61,22 @@ class _WakeableWorker(Worker):
     """A huey worker thread whose idle wait ends as soon as ``wake`` is set (this process
     enqueued a job), instead of at its next poll of the queue."""
 
+    delay: float
+    default_delay: float
+    max_delay: float
+    backoff: float
+
     def __init__(self, *args: object, wake: threading.Event, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.wake = wake
 
     def sleep(self) -> None:
-        self.delay = min(self.delay, self.max_delay)
-        if self.wake.wait(self.delay):
+        delay: float = min(self.delay, self.max_delay)
+        if self.wake.wait(delay):
             self.wake.clear()
             self.delay = self.default_delay
         else:
-            self.delay *= self.backoff
+            self.delay = delay * self.backoff
 
 
 class _QuietConsumer(Consumer):
