@@ -133,6 +133,14 @@ async def streamed(tada: TadaClient, voice_id: str, text: str) -> dict[str, floa
         first_packet(source)
         heard["at"] = time.perf_counter()
         heard["cpu"] = time.process_time() - cpu
+        # Then it plays on at 20 ms a packet: the silence it is given once the speech has
+        # started (the next piece not there yet) is a gap a member hears.
+        gaps, due = 0, time.perf_counter()
+        while packet := source.read():
+            gaps += packet == OPUS_SILENCE
+            due += 0.02
+            time.sleep(max(0.0, due - time.perf_counter()))
+        heard["gaps_s"] = gaps * 0.02
 
     listener = asyncio.create_task(asyncio.to_thread(listen))
     async with tada.stream_speech(voice_id, text) as stream:
@@ -140,15 +148,17 @@ async def streamed(tada: TadaClient, voice_id: str, text: str) -> dict[str, floa
         async for pcm in stream.pcm():
             await source.feed(pcm, stream.sample_rate)
     source.end()
-    await listener
     await tada.get_voice_generation(stream.generation_id)
     done = time.perf_counter()
+    await listener
     return {
         "first_audio_s": heard["at"] - started,
         "first_audio_cpu_s": heard["cpu"],
         "complete_s": done - started,
         # The answer's first piece received (the rest is the bot's Opus encoding).
         "first_piece_received_s": answered - started,
+        # Silence within the speech while the player waited for the next piece.
+        "gaps_s": heard["gaps_s"],
         "load_1min": load(),
     }
 
