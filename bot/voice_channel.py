@@ -105,9 +105,7 @@ class StreamedSpeech(discord.AudioSource):
         encode: Callable[[bytes, int], Iterable[bytes]] | None = None,
         flush: Callable[[], Iterable[bytes]] | None = None,
     ) -> None:
-        if encode is None:
-            opus = OpusStream.open()
-            encode, flush = (encode_opus, None) if opus is None else (opus.encode, opus.flush)
+        # Chosen at the first block, in its thread (loading libopus looks for it on disk).
         self._encode = encode
         self._flush = flush
         # One encoding at a time (the encoder keeps state between blocks).
@@ -136,6 +134,12 @@ class StreamedSpeech(discord.AudioSource):
 
     def _encode_blocking(self, pcm: bytes, sample_rate: int) -> None:
         with self._encoding:
+            if self._encode is None:
+                opus = OpusStream.open()
+                if opus is None:
+                    self._encode = encode_opus
+                else:
+                    self._encode, self._flush = opus.encode, opus.flush
             for packet in self._encode(pcm, sample_rate):
                 if self.closed:  # skipped or stopped: nobody will hear the rest
                     return

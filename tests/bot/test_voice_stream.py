@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from bot.app import BotServices
 from bot.jobs import JobState
+from bot.opus_stream import OpusStream
 from bot.store import LinkedVia
 from bot.tada import TadaClient
 from bot.tada.errors import NotFound, TadaProtocolError
@@ -46,9 +47,8 @@ def tone(seconds: float, rate: int = RATE) -> bytes:
 
 
 def in_process() -> StreamedSpeech:
-    source = StreamedSpeech()
-    assert source._encode != encode_opus, "libopus is on this machine: in process by default"
-    return source
+    assert OpusStream.open() is not None, "libopus is on this machine: in process by default"
+    return StreamedSpeech()
 
 
 def with_ffmpeg() -> StreamedSpeech:
