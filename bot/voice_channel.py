@@ -8,9 +8,11 @@ is needed). A clip that cannot be played is skipped with a warning in the log; t
 speech itself was already posted in the text channel.
 
 A speech that is still being made (the engine's speech stream) plays as it arrives: a
-:class:`StreamedSpeech` source takes each block of samples, has ffmpeg encode it to Opus in
-a thread, and hands the packets to discord.py's player thread; while the next block is
-being made the player gets Opus silence, so it never waits (nor blocks the event loop).
+:class:`StreamedSpeech` source takes each block of samples, encodes it to Opus in a thread
+(in this process with discord.py's libopus, :mod:`bot.opus_stream`; where libopus is
+missing, with ffmpeg, one process per block), and hands the packets to discord.py's player
+thread as they are encoded; while the next block is being made the player gets Opus
+silence, so it never waits (nor blocks the event loop).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import discord
 from discord.oggparse import OggStream
 
 from bot.media import ffmpeg_path
+from bot.opus_stream import OpusStream
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +94,29 @@ class StreamedSpeech(discord.AudioSource):
     """Opus packets of a speech still arriving: :meth:`feed` adds samples (encoded in a
     thread), :meth:`end` says there are no more. :meth:`read` never waits: it gives
     :data:`OPUS_SILENCE` until the next packet is there, and ``b""`` (the end) once
-    everything fed has been read after :meth:`end`."""
+    everything fed has been read after :meth:`end`.
 
-    def __init__(self, encode: Callable[[bytes, int], list[bytes]] = encode_opus) -> None:
+    ``encode`` turns a block of 16-bit mono samples into packets and ``flush`` gives the
+    last ones at the end; by default one :class:`~bot.opus_stream.OpusStream` (in this
+    process), else :func:`encode_opus` (ffmpeg, block by block)."""
+
+    def __init__(
+        self,
+        encode: Callable[[bytes, int], Iterable[bytes]] | None = None,
+        flush: Callable[[], Iterable[bytes]] | None = None,
+    ) -> None:
+        # Chosen at the first block, in its thread (loading libopus looks for it on disk).
         self._encode = encode
+        self._flush = flush
+        # One encoding at a time (the encoder keeps state between blocks).
+        self._encoding = threading.Lock()
         self._packets: deque[bytes] = deque()
         self._ended = threading.Event()
         self._closed = threading.Event()
         self.created_at = time.monotonic()
-        # When the player took the first packet of speech (the latency a member hears).
+        # When the first samples came (the engine's first piece), and when the player took
+        # the first packet of speech (the latency a member hears).
+        self.first_fed_at: float | None = None
         self.first_audio_at: float | None = None
 
     @property
@@ -111,11 +128,34 @@ class StreamedSpeech(discord.AudioSource):
         """Queue 16-bit mono samples; nothing once the player is done with the source."""
         if not pcm or self.closed:
             return
-        packets = await asyncio.to_thread(self._encode, pcm, sample_rate)
-        self._packets.extend(packets)
+        if self.first_fed_at is None:
+            self.first_fed_at = time.monotonic()
+        await asyncio.to_thread(self._encode_blocking, pcm, sample_rate)
+
+    def _encode_blocking(self, pcm: bytes, sample_rate: int) -> None:
+        with self._encoding:
+            if self._encode is None:
+                opus = OpusStream.open()
+                if opus is None:
+                    self._encode = encode_opus
+                else:
+                    self._encode, self._flush = opus.encode, opus.flush
+            for packet in self._encode(pcm, sample_rate):
+                if self.closed:  # skipped or stopped: nobody will hear the rest
+                    return
+                self._packets.append(packet)  # the player may take it at once
 
     def end(self) -> None:
-        """No more samples will come."""
+        """No more samples will come (the encoder's last packets are queued)."""
+        # Without waiting: a feed still encoding (its task cancelled) keeps the encoder,
+        # and the last few milliseconds are dropped rather than the event loop held.
+        if self._flush is not None and not self.closed and self._encoding.acquire(False):
+            try:
+                self._packets.extend(self._flush())
+            except Exception:  # the end of a speech is not worth failing its clip for
+                log.warning("could not encode the end of a streamed speech", exc_info=True)
+            finally:
+                self._encoding.release()
         self._ended.set()
 
     def is_opus(self) -> bool:

@@ -39,6 +39,8 @@ async def start_services(services: EngineServices, *, consumer: bool) -> None:
         services.queue.start_consumer(workers)
         services.worker.start_heartbeat()
         services.start_warm_up()
+    elif services.voice.settings.preload:
+        services.start_warm_up(models=False)  # an API process: the language detector
 
 
 def _finite(value: object) -> object:

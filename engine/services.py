@@ -90,13 +90,15 @@ class EngineServices:
         query = urlencode({"expires": expires, "signature": sig})
         return f"{base}/storage/uploads/{upload_id}?{query}", expires
 
-    def start_warm_up(self) -> threading.Thread:
-        """Where a worker starts: say which device and dtype each back end uses, and load
-        the voice models (``[engine.voice] preload``), in a background thread, so that
-        neither the API's start nor the first member's clone waits for them."""
+    def start_warm_up(self, *, models: bool = True) -> threading.Thread:
+        """Where a worker starts (``models``): say which device and dtype each back end
+        uses, and load the voice models; where the API answers: load the text's language
+        detector. Both with ``[engine.voice] preload``, in a background thread, so that
+        neither the start nor the first member's clone or speech waits for them."""
         thread = threading.Thread(
             target=warm_up,
             args=(self.settings, self.voice, self._warm_up_stop, self.metrics),
+            kwargs={"models": models},
             name="engine-warm-up",
             daemon=True,
         )
@@ -121,19 +123,27 @@ def warm_up(
     voice: VoiceHandlers,
     stop: threading.Event | None = None,
     metrics: EngineMetrics | None = None,
+    *,
+    models: bool = True,
 ) -> None:
-    """Log the device report, then load the voice models when configured (blocking); the
-    load's time goes to ``metrics``."""
-    # Imported here: torch loads only where a worker runs.
-    from engine.devices import log_device_report
-    from engine.image.settings import image_settings
-
+    """With ``models`` (a worker), log the device report, then load the voice models when
+    configured (blocking; the load's time goes to ``metrics``); then, when configured, the
+    language detector the API asks before each speech (about 1-2 s to load, else paid by
+    the first member's speech)."""
     try:
-        log_device_report(image_settings(settings.image), voice_line=voice.backend.describe())
+        if models:
+            # Imported here: torch loads only where a worker runs.
+            from engine.devices import log_device_report
+            from engine.image.settings import image_settings
+
+            log_device_report(image_settings(settings.image), voice_line=voice.backend.describe())
         if voice.settings.preload and not (stop is not None and stop.is_set()):
-            started = time.perf_counter()
-            if voice.warm_up(stop) and metrics is not None:
-                metrics.model_loaded("voice", time.perf_counter() - started)
+            if models:
+                started = time.perf_counter()
+                if voice.warm_up(stop) and metrics is not None:
+                    metrics.model_loaded("voice", time.perf_counter() - started)
+            if not (stop is not None and stop.is_set()):
+                voice.languages.warm_up()
     except Exception:  # a report must never take the worker down; jobs say what is wrong
         log.exception("engine: warm-up failed")
 

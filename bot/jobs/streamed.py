@@ -40,19 +40,21 @@ async def speak_streamed(
     assert job.guild_id is not None
     p = job.params
     source = StreamedSpeech()
-    async with tada.stream_speech(str(p["voice_id"]), str(p["text"]), locale=locale) as stream:
-        clip = Clip(b"", int(p["play_in"]), job.user_id, label=f"job {job.id}", stream=source)
-        try:
-            player.enqueue(job.guild_id, clip)
-        except QueueFull:
-            log.warning("job %s: the voice queue of guild %s is full", job.id, job.guild_id)
-            source.cleanup()
-        try:
+    # Queued before the engine is asked: the bot joins the voice channel (a voice gateway
+    # handshake) while the first piece is made, and the source gives silence until it comes.
+    clip = Clip(b"", int(p["play_in"]), job.user_id, label=f"job {job.id}", stream=source)
+    try:
+        player.enqueue(job.guild_id, clip)
+    except QueueFull:
+        log.warning("job %s: the voice queue of guild %s is full", job.id, job.guild_id)
+        source.cleanup()
+    try:
+        async with tada.stream_speech(str(p["voice_id"]), str(p["text"]), locale=locale) as stream:
             # The whole stream is read even when nobody listens any more: it is the speech
             # the engine records, and its end is when the file can be posted.
             async for pcm in stream.pcm():
                 await source.feed(pcm, stream.sample_rate)
-        finally:
-            source.end()
+    finally:
+        source.end()  # a refused or broken stream ends the clip too (the player moves on)
     spoken = await tada.get_voice_generation(stream.generation_id)
     return {**speech_result(spoken), "played": True}

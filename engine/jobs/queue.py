@@ -9,11 +9,12 @@ jobs (a GPU machine) while another worker takes the voice jobs (a CPU machine).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from huey import Huey, RedisHuey, SqliteHuey
-from huey.consumer import Consumer
+from huey.consumer import Consumer, Worker
 
 from engine.settings import EngineSettings
 
@@ -23,6 +24,11 @@ TASK_NAME = "tada.run_job"
 QUEUES = ("voice", "image")
 # The one queue of the default layout: every kind.
 ALL_QUEUES = "all"
+# An idle consumer thread looks at its queue after this long, then less and less often (up
+# to POLL_MAX_SECONDS). A job enqueued by this process wakes it at once (the API with its
+# in-process workers, the default); a job from another process is seen at the next look.
+POLL_FIRST_SECONDS = 0.05
+POLL_MAX_SECONDS = 0.5
 
 
 class UnknownQueue(ValueError):
@@ -51,8 +57,46 @@ def build_hueys(settings: EngineSettings) -> dict[str, Huey]:
     return {name: build_huey(settings, f"tada-{name}") for name in QUEUES}
 
 
+class _WakeableWorker(Worker):
+    """A huey worker thread whose idle wait ends as soon as ``wake`` is set (this process
+    enqueued a job), instead of at its next poll of the queue."""
+
+    delay: float
+    default_delay: float
+    max_delay: float
+    backoff: float
+
+    def __init__(self, *args: object, wake: threading.Event, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.wake = wake
+
+    def sleep(self) -> None:
+        delay: float = min(self.delay, self.max_delay)
+        if self.wake.wait(delay):
+            self.wake.clear()
+            self.delay = self.default_delay
+        else:
+            self.delay = delay * self.backoff
+
+
 class _QuietConsumer(Consumer):
-    """A consumer that leaves signal handling to the host process (uvicorn)."""
+    """A consumer that leaves signal handling to the host process (uvicorn), and whose
+    worker threads wake on ``wake``."""
+
+    def __init__(self, huey: Huey, *, wake: threading.Event, **kwargs: object) -> None:
+        self.wake = wake
+        super().__init__(huey, **kwargs)
+
+    def _create_worker(self) -> Worker:
+        return _WakeableWorker(
+            huey=self.huey,
+            stop_flag=self.stop_flag,
+            default_delay=self.default_delay,
+            max_delay=self.max_delay,
+            backoff=self.backoff,
+            max_tasks=self.max_tasks,
+            wake=self.wake,
+        )
 
     def _set_signal_handlers(self) -> None:
         return None
@@ -71,7 +115,9 @@ class JobQueue:
         self._tasks = {
             name: huey.task(name=TASK_NAME)(self._run) for name, huey in self.hueys.items()
         }
-        self._consumers: list[Consumer] = []
+        self._consumers: list[_QuietConsumer] = []
+        # Set by enqueue: wakes this process's idle consumer threads of that queue.
+        self._wakes = {name: threading.Event() for name in self.hueys}
 
     @property
     def names(self) -> list[str]:
@@ -110,8 +156,11 @@ class JobQueue:
     def enqueue(self, job_id: str, kind: str | None = None) -> None:
         """Blocking: put the id on its kind's queue (call from a thread in async code).
 
-        ``kind`` chooses the queue when they are split; without it, the first one."""
-        self._tasks[self.queue_for(kind or "")](job_id)
+        ``kind`` chooses the queue when they are split; without it, the first one. This
+        process's consumer threads of that queue wake at once."""
+        name = self.queue_for(kind or "")
+        self._tasks[name](job_id)
+        self._wakes[name].set()
 
     def pending(self, queues: Iterable[str] | None = None) -> int:
         return sum(int(self.hueys[q].pending_count()) for q in self.select(queues))
@@ -126,18 +175,28 @@ class JobQueue:
                 return True
         return False
 
-    def start_consumer(self, workers: int, queues: Iterable[str] | None = None) -> None:
-        """Start ``workers`` consumer threads per queue (``queues``: all by default)."""
+    def start_consumer(
+        self,
+        workers: int,
+        queues: Iterable[str] | None = None,
+        *,
+        poll_seconds: float = POLL_FIRST_SECONDS,
+        max_poll_seconds: float = POLL_MAX_SECONDS,
+    ) -> None:
+        """Start ``workers`` consumer threads per queue (``queues``: all by default); idle,
+        they look at the queue every ``poll_seconds``, backing off to ``max_poll_seconds``,
+        and at once when this process enqueues."""
         if workers <= 0 or self._consumers:
             return
         for name in self.select(queues):
             consumer = _QuietConsumer(
                 self.hueys[name],
+                wake=self._wakes[name],
                 workers=workers,
                 worker_type="thread",
                 periodic=False,
-                initial_delay=0.05,
-                max_delay=0.5,
+                initial_delay=poll_seconds,
+                max_delay=max_poll_seconds,
                 check_worker_health=False,
             )
             consumer.start()
@@ -147,6 +206,8 @@ class JobQueue:
     def stop_consumer(self) -> None:
         consumers, self._consumers = self._consumers, []
         for consumer in consumers:
+            consumer.stop_flag.set()
+            consumer.wake.set()  # an idle thread sees the stop now, not at its next look
             consumer.stop(graceful=True)
 
     def close(self) -> None:

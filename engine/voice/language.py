@@ -206,6 +206,12 @@ class LanguageCheck:
                 self._known = True
             return self._spoken
 
+    def warm_up(self) -> None:
+        """Load the detector now (blocking), not at the first text long enough to judge."""
+        spoken = self.spoken
+        if spoken:
+            self._detector_for(spoken)
+
     def _detector_for(self, spoken: frozenset[str]) -> Any:
         return detector(CANDIDATES | spoken)
 

@@ -53,7 +53,10 @@ WARP_STEP = 1.06
 KEPT_PROFILES = 32
 # A streamed speech's first piece: a long first sentence is cut after about this many words
 # (at a clause boundary when there is one), since its synthesis is what a listener waits for.
-FIRST_PIECE_WORDS = 6
+# Four words (about 1.5 s of speech) take ~0.2 s of CPU to make and convert, seven ~0.28 s,
+# thirteen ~0.4 s (bench/voice_stream.py's sentence on this machine's cores); the first
+# piece's playing time is what the rest of the sentence has to be made in.
+FIRST_PIECE_WORDS = 4
 # Words a cut never ends on: "climbed the | stairs" sounds broken, "climbed the stairs |" not.
 _SHORT_WORD = 3
 # The gap between the two parts of a cut first sentence (a breath, shorter than a sentence's).

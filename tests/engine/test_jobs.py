@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import anyio.to_thread
 from sqlalchemy import update
 
 from engine.jobs import JobContext, JobFailed
+from engine.jobs.queue import JobQueue, build_huey
 from engine.models import Job, JobStatus
 from engine.settings import JobSettings
 from tests.conftest import make_settings, running_engine, services_of
@@ -161,3 +163,23 @@ async def test_the_in_process_consumer_runs_jobs_and_wait_returns(tmp_path: Path
         done = await jobs.wait(job.id, within=CEILING_S)
         assert done.status == JobStatus.SUCCEEDED.value
         assert seen_threads and seen_threads[0] != threading.main_thread().name
+
+
+def test_an_idle_consumer_takes_a_job_at_once_not_at_its_next_look(tmp_path: Path) -> None:
+    """A job enqueued in this process wakes the idle consumer (the API and its in-process
+    workers): ``/voice say`` does not wait for the next look at the queue."""
+    queue = JobQueue(build_huey(make_settings(tmp_path)))
+    ran = threading.Event()
+    queue.bind(lambda job_id: ran.set())
+    # Looks 30 s apart: only a wake-up can start the job within the test's wait.
+    queue.start_consumer(1, poll_seconds=30.0, max_poll_seconds=30.0)
+    try:
+        time.sleep(0.3)  # the consumer thread found the queue empty and waits
+        started = time.monotonic()
+        queue.enqueue("job-1", "voice.generate")
+        assert ran.wait(5.0), "the job waited for the consumer's next look"
+        assert time.monotonic() - started < 1.0
+    finally:
+        stopping = time.monotonic()
+        queue.close()
+    assert time.monotonic() - stopping < 5.0  # the idle thread woke to stop, too

@@ -170,3 +170,20 @@ async def test_the_api_refuses_a_text_the_voice_cannot_speak_before_any_job(
             url, json={"text": "Hello there."}, headers={**h(alice), "Accept-Language": header}
         )
         assert spoken.status_code == 200, spoken.text
+
+
+def test_the_engine_start_loads_the_detector_not_the_first_speech(tmp_path: Path) -> None:
+    """With ``preload``, the warm-up where the API answers loads the detector: the first
+    member's ``/voice say`` does not wait 1-2 s for it before its job is even queued."""
+    from engine.services import warm_up
+    from engine.voice.handlers import VoiceHandlers
+    from engine.voice.language import detector
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, voice={"backend": "cpu-reference", "preload": True})
+    voice = VoiceHandlers(VoiceSettings(backend="cpu-reference", preload=True))
+    asked = detector.cache_info()
+    warm_up(settings, voice, models=False)
+    now = detector.cache_info()
+    assert now.hits + now.misses == asked.hits + asked.misses + 1
+    assert voice._backend is None  # an API process loads no voice model
