@@ -40,9 +40,9 @@ def _opus(audio: NDArray[np.float32], rate: int, tmp: Path, kbps: int = 32) -> N
     """``audio`` through Opus at ``kbps`` (a Discord voice message), decoded confined."""
     src, dst = tmp / "in.wav", tmp / f"out-{kbps}.ogg"
     src.write_bytes(wav_bytes(audio, rate))
+    codec = ["-c:a", "libopus", "-b:a", f"{kbps}k"]
     subprocess.run(
-        [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src)]
-        + ["-c:a", "libopus", "-b:a", f"{kbps}k", str(dst)],
+        [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), *codec, str(dst)],
         check=True,
         capture_output=True,
     )
