@@ -122,7 +122,7 @@ def _watermark_score(watermarker: Watermarker | None, audio: FloatAudio) -> floa
     if watermarker is None:
         return None
     try:
-        return watermarker.detect(audio, FINGERPRINT_RATE)
+        return watermarker.find(audio, FINGERPRINT_RATE).score
     except BaseVoiceError as exc:  # the fingerprint still answers
         log.warning("trace: the watermark cannot be looked for: %s", exc)
         return None

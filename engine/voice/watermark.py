@@ -29,6 +29,7 @@ import threading
 import types
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -46,11 +47,32 @@ MARK_THRESHOLD = 0.5
 WINDOW_SECONDS = 10.0
 # Shorter audio is left as it is (nothing to hear), and not judged.
 MIN_SECONDS = 0.1
+# The mark holds under a speed change of about +-1.5 % only (bench/results/watermark.json):
+# a clip not marked as it is is also read at these rates, 2.5 % apart, which undoes a
+# speed change (pitch and tempo) of x0.76..x1.31 exactly, and a pitch-only change up to
+# about 4.7 semitones up to a tempo change the decoder tolerates.
+RATE_STEP = 1.025
+RATE_STEPS = 11
+# Those guesses look at this much of the clip, its loudest stretch (their cost is the
+# decoder's, once per guess).
+GUESS_SECONDS = 2.0
 # The packaged checkpoint (PerthNet "implicit", step 250,000) and its hyper-parameters.
 _PRETRAINED = ("pretrained", "implicit")
 _CHECKPOINT = "perth_net_250000.pth.tar"
 
 FloatAudio = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What :meth:`Watermarker.find` says of a clip."""
+
+    score: float  # the decoder's confidence, 0..1 (above MARK_THRESHOLD: marked)
+    speed: float  # the speed change (pitch and tempo) it was found at; 1.0: as it is
+
+    @property
+    def marked(self) -> bool:
+        return self.score > MARK_THRESHOLD
 
 
 class WatermarkUnavailable(BaseVoiceError):
@@ -280,6 +302,45 @@ class Watermarker:
         marked = np.concatenate([marked[: len(audio)], audio[len(marked) :]])
         return np.clip(marked, -1.0, 1.0).astype(np.float32)
 
+    def find(self, samples: FloatAudio, rate: int) -> Detection:
+        """Whether ``samples`` carry the mark as they are (:meth:`detect`), or else played
+        at another speed (:data:`RATE_STEPS` guesses each way on the loudest
+        :data:`GUESS_SECONDS`, best first found): what the trace route asks."""
+        import librosa
+
+        score = self.detect(samples, rate)
+        best = Detection(score, 1.0)
+        excerpt = _loudest(np.asarray(samples, dtype=np.float32), rate, GUESS_SECONDS)
+        if score > MARK_THRESHOLD or len(excerpt) < MIN_SECONDS * rate:
+            return best
+        target = self.net.hp.sample_rate
+        # Read as if recorded at rate * g: a clip sped up by 1 / g is undone.
+        factors = [RATE_STEP**step for step in range(-RATE_STEPS, RATE_STEPS + 1) if step]
+        guesses = [
+            np.asarray(librosa.resample(excerpt, orig_sr=rate * g, target_sr=target), np.float32)
+            for g in factors
+        ]
+        for g, guess_score in zip(factors, self._batch_scores(guesses), strict=True):
+            if guess_score > best.score:
+                best = Detection(round(guess_score, 4), round(1 / g, 4))
+        return best
+
+    def _batch_scores(self, signals: list[FloatAudio]) -> list[float]:
+        """The decoder's confidence for each signal (at the net's rate), in one batch: five
+        times cheaper than one by one. Shorter ones are padded with silence, which the
+        decoder's mask leaves out."""
+        import torch
+
+        net = self.net
+        with torch.inference_mode():
+            mags = [net.ap.signal_to_magphase(torch.from_numpy(x))[0] for x in signals]
+            frames = max(m.shape[-1] for m in mags)
+            batch = torch.zeros(len(mags), mags[0].shape[0], frames)
+            for i, mag in enumerate(mags):
+                batch[i, :, : mag.shape[-1]] = mag
+            scores = net.decoder(batch).clip(0.0, 1.0)
+        return [float(v) for v in scores]
+
     def detect(self, samples: FloatAudio, rate: int) -> float:
         """How surely ``samples`` carry the mark, 0..1 (above :data:`MARK_THRESHOLD`: yes):
         the decoder's confidence over each :data:`WINDOW_SECONDS` window, the best one."""
@@ -301,3 +362,15 @@ class Watermarker:
                 score = self._perth.get_watermark(audio[start:end], sample_rate=rate, round=False)
                 best = max(best, float(np.asarray(score).max()))
         return round(best, 4)
+
+
+def _loudest(audio: FloatAudio, rate: int, seconds: float) -> FloatAudio:
+    """The ``seconds`` of ``audio`` with the most energy (steps of a tenth of a second)."""
+    n = int(seconds * rate)
+    if len(audio) <= n:
+        return audio
+    hop = max(1, rate // 10)
+    energy = np.concatenate([[0.0], np.cumsum(audio.astype(np.float64) ** 2)])
+    starts = np.arange(0, len(audio) - n + 1, hop)
+    start = int(starts[np.argmax(energy[starts + n] - energy[starts])])
+    return audio[start : start + n]
