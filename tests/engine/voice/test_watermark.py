@@ -108,6 +108,29 @@ def test_speech_made_here_keeps_its_mark_through_mp3_and_opus(
 
 
 @pytest.mark.no_database
+def test_a_sped_up_copy_is_found_by_reading_it_at_other_rates(
+    watermarker: Watermarker, reference_backend: CpuReferenceBackend, tmp_path: Path
+) -> None:
+    speech = reference_backend.base_speech("Ships far out at sea counted on him every night.")
+    rate = speech.sample_rate
+    src, dst = tmp_path / "marked.wav", tmp_path / "fast.mp3"
+    src.write_bytes(wav_bytes(watermarker.apply(speech.audio, rate), rate))
+    # 8 % faster, pitch and tempo together (ffmpeg's asetrate), then MP3.
+    speed_up = ["-af", f"asetrate={round(rate * 1.08)},aresample={rate}"]
+    subprocess.run(
+        [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), *speed_up, str(dst)],
+        check=True,
+        capture_output=True,
+    )
+    fast = decode(dst, RATE)
+    assert watermarker.detect(fast, RATE) < MARK_THRESHOLD  # the mark holds +-1.5 % only
+    found = watermarker.find(fast, RATE)
+    assert found.marked and found.speed == pytest.approx(1.08, abs=0.03), found
+    plain = watermarker.find(speech.audio, rate)
+    assert not plain.marked, plain
+
+
+@pytest.mark.no_database
 def test_human_speech_carries_no_mark(watermarker: Watermarker, tmp_path: Path) -> None:
     try:
         humans = vq.human_speakers()
@@ -116,7 +139,8 @@ def test_human_speech_carries_no_mark(watermarker: Watermarker, tmp_path: Path) 
     for speaker in humans:
         audio = vq._resample(speaker.clone, speaker.sample_rate, RATE)[: 6 * RATE]
         assert watermarker.detect(audio, RATE) < MARK_THRESHOLD, speaker.name
-        assert watermarker.detect(_opus(audio, RATE, tmp_path), RATE) < MARK_THRESHOLD
+        # Nor read at any of the trace's other rates.
+        assert not watermarker.find(_opus(audio, RATE, tmp_path), RATE).marked, speaker.name
 
 
 @pytest.mark.no_database
