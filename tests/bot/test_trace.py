@@ -164,7 +164,7 @@ def test_a_clip_found_by_its_watermark_alone_is_called_machine_made() -> None:
     from cogs.admin import render_trace
 
     text = render_trace(TraceReport(False, 6.2, (), watermarked=True, watermark_score=0.99))
-    assert "machine-made" in text and "Ta-da watermark: yes (0.99)" in text
+    assert "Machine-made" in text and "Ta-da watermark: yes (0.99)" in text
     assert "Not made here" not in text
     unknown = render_trace(TraceReport(False, 6.2, ()))
     assert "Not made here" in unknown and "watermark" not in unknown
