@@ -38,8 +38,9 @@ from numpy.typing import NDArray
 
 from engine.voice.piper_base import BaseVoiceError
 
-# A clip carries the mark when the decoder's confidence is above this (0..1). Speech not
-# made here reads 0.00-0.05 and marked speech 0.95-1.00, through MP3 and Opus alike
+# A clip carries the mark when the decoder's confidence is above this (0..1). As they are,
+# 67 clips not made here read at most 0.07, and marked speech 0.55 (Opus 16 kbps) to 1.0;
+# read at the other rates of :meth:`Watermarker.find`, one flite clip reached 0.496
 # (bench/results/watermark.json).
 MARK_THRESHOLD = 0.5
 # Long clips are judged in windows of this length (the best one counts), so a short
