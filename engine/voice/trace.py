@@ -46,7 +46,7 @@ from engine.voice.fingerprint import (
 )
 from engine.voice.models import SpeechFingerprint, Voice, VoiceGeneration
 from engine.voice.piper_base import BaseVoiceError
-from engine.voice.watermark import MARK_THRESHOLD, Watermarker
+from engine.voice.watermark import GUESS_THRESHOLD, MARK_THRESHOLD, Detection, Watermarker
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,9 @@ class TraceResult(BaseModel):
         "engine's watermark is off)",
     )
     watermark_score: float | None = Field(
-        None, description=f"The watermark decoder's confidence, 0..1 (above {MARK_THRESHOLD}: yes)"
+        None,
+        description=f"The watermark decoder's confidence, 0..1 (yes above {MARK_THRESHOLD} as "
+        f"the clip is, above {GUESS_THRESHOLD} where found at another speed)",
     )
 
 
@@ -115,14 +117,14 @@ class _Query:
     variants: list[Fingerprint]
     plan: list[Variant]
     seconds: float
-    watermark_score: float | None
+    watermark: Detection | None
 
 
-def _watermark_score(watermarker: Watermarker | None, audio: FloatAudio) -> float | None:
+def _watermark(watermarker: Watermarker | None, audio: FloatAudio) -> Detection | None:
     if watermarker is None:
         return None
     try:
-        return watermarker.find(audio, FINGERPRINT_RATE).score
+        return watermarker.find(audio, FINGERPRINT_RATE)
     except BaseVoiceError as exc:  # the fingerprint still answers
         log.warning("trace: the watermark cannot be looked for: %s", exc)
         return None
@@ -144,7 +146,7 @@ def _prepare(path: Path, confiner: Confiner | None, watermarker: Watermarker | N
         raise TraceRefused(
             f"the clip is too short to trace ({seconds:.1f} s); send at least 3 s of speech"
         )
-    return _Query(variants, query_plan(), seconds, _watermark_score(watermarker, audio))
+    return _Query(variants, query_plan(), seconds, _watermark(watermarker, audio))
 
 
 def _compare(query: _Query, rows: Sequence[tuple[str, bytes]]) -> list[tuple[str, float, int, int]]:
@@ -224,8 +226,6 @@ async def trace_clip(
         clip_seconds=round(query.seconds, 2),
         searched=searched,
         matches=matches,
-        watermarked=None
-        if query.watermark_score is None
-        else query.watermark_score > MARK_THRESHOLD,
-        watermark_score=query.watermark_score,
+        watermarked=None if query.watermark is None else query.watermark.marked,
+        watermark_score=None if query.watermark is None else query.watermark.score,
     )

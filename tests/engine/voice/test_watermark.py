@@ -21,7 +21,13 @@ from engine.settings import JobSettings
 from engine.voice.audio import decode, encode, ffmpeg_exe
 from engine.voice.reference import CpuReferenceBackend
 from engine.voice.settings import AudioFormat, VoiceSettings
-from engine.voice.watermark import MARK_THRESHOLD, Watermarker, torchaudio_stand_in
+from engine.voice.watermark import (
+    GUESS_THRESHOLD,
+    MARK_THRESHOLD,
+    Detection,
+    Watermarker,
+    torchaudio_stand_in,
+)
 from tests.conftest import TEST_VOICE, make_settings, register, running_engine, shared_watermarker
 from tests.engine.voice.conftest import GENERATION_TEXT, Speaker, clone, fetch, h, wav_bytes
 from tests.prerequisites import SPHINX_LIBRIVOX
@@ -238,3 +244,11 @@ async def test_with_the_setting_off_speech_is_not_marked(
     # Found by its fingerprint; the watermark was not looked for.
     assert answer.json()["made_here"] is True
     assert answer.json()["watermarked"] is None and answer.json()["watermark_score"] is None
+
+
+def test_a_clip_found_only_at_another_speed_must_score_more() -> None:
+    """The speed guesses are many chances for a clip not made here to read high."""
+    assert Detection(0.55, 1.0).marked
+    assert not Detection(0.55, 1.08).marked
+    assert Detection(GUESS_THRESHOLD + 0.01, 1.08).marked
+    assert GUESS_THRESHOLD > MARK_THRESHOLD
