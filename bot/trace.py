@@ -63,6 +63,10 @@ class TraceReport:
     made_here: bool
     clip_seconds: float
     matches: tuple[TracedSpeech, ...]
+    # Whether the clip carries the Ta-da watermark (machine-made by a Ta-da engine, even
+    # one whose generation is not found); None: the engine did not look.
+    watermarked: bool | None = None
+    watermark_score: float | None = None
 
 
 def check_clip(file_name: str, size: int) -> None:
@@ -150,4 +154,10 @@ class SpeechTracer:
                     elsewhere=not here,
                 )
             )
-        return TraceReport(answer.made_here, answer.clip_seconds, tuple(found))
+        return TraceReport(
+            answer.made_here,
+            answer.clip_seconds,
+            tuple(found),
+            watermarked=answer.watermarked,
+            watermark_score=answer.watermark_score,
+        )

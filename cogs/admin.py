@@ -282,16 +282,30 @@ class SharedKeyModal(TadaModal, title="Shared Ta-da key for demo channels"):
         )
 
 
+def _watermark_line(report: TraceReport) -> str:
+    if report.watermarked is None:
+        return ""
+    answer = "yes" if report.watermarked else "no"
+    return f"\nTa-da watermark: {answer} ({report.watermark_score or 0.0:.2f})."
+
+
 def render_trace(report: TraceReport) -> str:
     """The private answer to ``/tada-admin trace``."""
+    if not report.made_here and report.watermarked:
+        return (
+            f"**Machine-made, not found here.** This {report.clip_seconds:.1f} s clip carries "
+            "the watermark of Ta-da speech but matches none made with this bot (deleted "
+            "since, or made by another Ta-da engine)." + _watermark_line(report)
+        )
     if not report.made_here:
         return (
             f"**Not made here.** This {report.clip_seconds:.1f} s clip matches no speech made "
             "with this bot. A trace can miss speech cut under 3 s, pitch or speed changed by "
             "more than about 2 semitones, or buried under louder sound; a person imitating "
             "a voice is never found (see the admin guide's *Tracing speech* page)."
+            + _watermark_line(report)
         )
-    lines = ["**Made with this bot.**"]
+    lines = ["**Made with this bot.**" + _watermark_line(report)]
     for found in report.matches:
         when = discord.utils.format_dt(found.made_at, "f")
         match = f"{round(found.score * 100)}% fingerprint match"

@@ -25,6 +25,7 @@ from engine.metrics import bearer_matches
 from engine.services import EngineServices, build_services
 from engine.settings import EngineSettings
 from engine.voice.backend import VoiceBackend
+from engine.voice.watermark import Watermarker
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,14 @@ def create_app(
     *,
     handlers: Mapping[str, Handler] | None = None,
     voice_backend: VoiceBackend | None = None,
+    watermarker: Watermarker | None = None,
 ) -> FastAPI:
     """Build the engine app. Services start in the lifespan and close when it ends
-    (``handlers`` and ``voice_backend``: see :func:`engine.services.build_services`)."""
-    services = build_services(settings, handlers=handlers, voice_backend=voice_backend)
+    (``handlers``, ``voice_backend`` and ``watermarker``: see
+    :func:`engine.services.build_services`)."""
+    services = build_services(
+        settings, handlers=handlers, voice_backend=voice_backend, watermarker=watermarker
+    )
     rates = RateLimits(settings.limits)
 
     @asynccontextmanager

@@ -21,6 +21,7 @@ from engine.storage.local import LocalStorage
 from engine.voice.backend import VoiceBackend
 from engine.voice.handlers import VoiceHandlers
 from engine.voice.settings import voice_settings
+from engine.voice.watermark import Watermarker
 
 log = logging.getLogger(__name__)
 # How long closing waits for a warm-up to reach its next step (one model load).
@@ -164,19 +165,22 @@ def build_services(
     *,
     handlers: Mapping[str, Handler] | None = None,
     voice_backend: VoiceBackend | None = None,
+    watermarker: Watermarker | None = None,
     metrics: EngineMetrics | None = None,
 ) -> EngineServices:
-    """Build the services; ``handlers`` replaces the default back ends (tests use it), and
-    ``voice_backend`` the voice back end ``[engine.voice]`` names (tests share one loaded
-    back end between many engines of one process). ``metrics``: this process's metrics
-    (a fresh registry by default)."""
+    """Build the services; ``handlers`` replaces the default back ends (tests use it),
+    ``voice_backend`` the voice back end ``[engine.voice]`` names and ``watermarker`` the
+    watermark's net (tests share one loaded instance of each between many engines of one
+    process). ``metrics``: this process's metrics (a fresh registry by default)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = metrics if metrics is not None else EngineMetrics()
     db = Database(settings.resolved_database_url)
     storage = build_storage(settings)
     signer = UrlSigner(settings.signing_key())
     queue = JobQueue(build_hueys(settings))
-    voice = VoiceHandlers(voice_settings(settings.voice), backend=voice_backend)
+    voice = VoiceHandlers(
+        voice_settings(settings.voice), backend=voice_backend, watermarker=watermarker
+    )
     worker = JobWorker(
         settings=settings,
         sessions=db.sync_session,

@@ -39,6 +39,7 @@ from engine.settings import EngineSettings, JobSettings, LimitSettings
 from engine.voice.backend import VoiceBackend
 from engine.voice.handlers import build_backend
 from engine.voice.settings import VoiceBackendName, VoiceSettings, voice_settings
+from engine.voice.watermark import Watermarker
 from tests import prerequisites
 from tests.servers import (
     PostgresServer,
@@ -350,13 +351,23 @@ def backend_for(settings: VoiceSettings) -> VoiceBackend:
     return _shared_backend(settings.model_copy(update={"preload": True}))
 
 
+@functools.cache
+def shared_watermarker() -> Watermarker:
+    """The watermark's net for the whole test session (it loads on first use), given to
+    every :func:`running_engine` whose settings have the watermark on."""
+    return Watermarker()
+
+
 @asynccontextmanager
 async def running_engine(
     settings: EngineSettings, handlers: Mapping[str, Handler] | None = None
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """Start the app (lifespan included) and a client that talks to it in-process."""
     app = create_app(
-        settings, handlers=handlers, voice_backend=backend_for(voice_settings(settings.voice))
+        settings,
+        handlers=handlers,
+        voice_backend=backend_for(voice_settings(settings.voice)),
+        watermarker=shared_watermarker(),
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

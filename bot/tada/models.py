@@ -218,3 +218,6 @@ class TraceAnswer(TadaModel):
     clip_seconds: float
     searched: int
     matches: list[TraceMatch] = Field(default_factory=list)
+    # Whether it carries the Ta-da watermark (null: the engine did not look).
+    watermarked: bool | None = None
+    watermark_score: float | None = None

@@ -5,7 +5,8 @@ detected from its bytes). It streams to a temporary file under :data:`MAX_TRACE_
 (the request guard leaves ``/api/trace/`` bodies to this route, as it does uploads), is
 decoded by the confined decoder and compared with the stored fingerprints
 (:mod:`engine.voice.trace`): with ``X-API-Key``, among the caller's own generations; with
-``X-Operator-Token``, among every generation of this engine.
+``X-Operator-Token``, among every generation of this engine. Either way the answer says
+whether the clip carries the Ta-da watermark (machine-made by a Ta-da engine).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ async def trace_speech(
     ] = None,
 ) -> TraceResult:
     """Engine extension: whether the clip in the body is (part of) speech made here, and
-    which generation (voice, when); the caller's own generations, or all for the operator."""
+    which generation (voice, when); the caller's own generations, or all for the operator.
+    ``watermarked``: whether it carries the Ta-da watermark, whoever made it."""
     operator = _is_operator(services, x_operator_token)
     user_id = None if operator else (await get_current_user(session, x_api_key)).id
     with tempfile.TemporaryDirectory(prefix="tada-trace-") as tmp:
@@ -81,6 +83,8 @@ async def trace_speech(
         if await _save_body(request, path) == 0:
             invalid("body", "audio", "send the audio clip as the request body")
         try:
-            return await trace_clip(session, path, user_id=user_id)
+            return await trace_clip(
+                session, path, user_id=user_id, watermarker=services.voice.watermarker
+            )
         except TraceRefused as exc:
             invalid("body", "audio", str(exc))

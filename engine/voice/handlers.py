@@ -30,6 +30,7 @@ from engine.voice.models import Voice, VoiceGeneration
 from engine.voice.piper_base import BaseVoiceError
 from engine.voice.settings import AudioFormat, VoiceBackendName, VoiceSettings
 from engine.voice.trace import fingerprint_row
+from engine.voice.watermark import Watermarker
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,20 @@ def _speech_result(row: VoiceGeneration, stream_parts: int = 0) -> dict[str, Any
 class VoiceHandlers:
     """The worker side of voices: the back end and the two handlers, on one instance."""
 
-    def __init__(self, settings: VoiceSettings, *, backend: VoiceBackend | None = None) -> None:
+    def __init__(
+        self,
+        settings: VoiceSettings,
+        *,
+        backend: VoiceBackend | None = None,
+        watermarker: Watermarker | None = None,
+    ) -> None:
         self.settings = settings
         self._backend = backend
         self._backend_lock = threading.Lock()
+        # PerTh's net ([engine.voice] watermark): loaded by the warm-up or first use.
+        self._watermarker = watermarker if settings.watermark else None
+        if settings.watermark and self._watermarker is None:
+            self._watermarker = Watermarker()
         # What the back end speaks, and the text's language (the API asks before queueing).
         self.languages = LanguageCheck(settings)
 
@@ -131,13 +142,33 @@ class VoiceHandlers:
                 self._backend = build_backend(self.settings)
             return self._backend
 
+    @property
+    def watermarker(self) -> Watermarker | None:
+        """The watermark's net, or ``None`` when ``[engine.voice] watermark`` is off."""
+        return self._watermarker
+
+    def _mark(self, speech: Speech) -> Speech:
+        """``speech`` with the watermark (the setting on); a net that cannot load fails
+        the job with the reason, so no speech leaves unmarked."""
+        if self._watermarker is None:
+            return speech
+        return Speech(self._watermarker.apply(speech.audio, speech.sample_rate), speech.sample_rate)
+
     def handlers(self) -> dict[str, Handler]:
         """Job kind -> handler."""
         return {CLONE_KIND: self.clone, GENERATE_KIND: self.generate}
 
     def warm_up(self, stop: threading.Event | None = None) -> bool:
-        """Load the back end's models now (see :func:`warm_up_voice`)."""
-        return warm_up_voice(self.backend, stop)
+        """Load the back end's models now (see :func:`warm_up_voice`), and the watermark's."""
+        if not warm_up_voice(self.backend, stop):
+            return False
+        if self._watermarker is not None and not (stop is not None and stop.is_set()):
+            try:
+                self._watermarker.load()
+            except BaseVoiceError as exc:
+                log.error("voice: the watermark cannot start: %s", exc)
+                return False
+        return True
 
     def _ready_backend(self) -> VoiceBackend:
         """The back end with its models loaded; a broken install fails the job at once."""
@@ -261,7 +292,8 @@ class VoiceHandlers:
                     ctx, backend, voice_id, generation_id, text, profile, progress, parts
                 )
             else:
-                speech = backend.synthesise(text, profile, progress)
+                # Marked before anything measures, encodes or fingerprints it.
+                speech = self._mark(backend.synthesise(text, profile, progress))
         except BaseVoiceError as exc:
             raise JobFailed(str(exc)) from exc
         if speech.audio.size == 0:
@@ -314,7 +346,9 @@ class VoiceHandlers:
     ) -> Speech:
         """Make the speech piece by piece, storing each piece as it comes (and adding it to
         ``pieces``); the whole."""
-        for piece in stream_speech(backend, text, profile, progress):
+        for made in stream_speech(backend, text, profile, progress):
+            # Each piece is marked as it is made (the whole is these pieces, so it is too).
+            piece = self._mark(made)
             data = encode(piece.audio, piece.sample_rate, AudioFormat.WAV, 0)
             ctx.storage.write_artifact(stream_part_key(voice_id, generation_id, len(pieces)), data)
             pieces.append(piece)

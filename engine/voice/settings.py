@@ -136,6 +136,11 @@ class VoiceSettings(BaseModel):
     # its pocket_language; the CPU reference: its Piper voice's; VibeVoice: en, zh; a
     # community pocket_config: unknown, nothing refused).
     languages: tuple[str, ...] = ()
+    # Mark every speech (made whole or streamed) with PerTh's imperceptible watermark
+    # before it is encoded and fingerprinted (engine/voice/watermark.py; about 0.1 CPU s per
+    # second of speech), and look for it in clips sent to the trace extension. false: no
+    # mark, and traces answer by fingerprint alone.
+    watermark: bool = True
     audio_format: AudioFormat = AudioFormat.MP3
     mp3_bitrate_kbps: int = Field(96, ge=32, le=320)
 

@@ -5,7 +5,10 @@ worker's handler); :func:`trace_clip` decodes an uploaded clip (untrusted bytes:
 the confined decoder, :func:`engine.voice.audio.decode`), fingerprints it in several
 guesses of how it was changed (:func:`engine.voice.fingerprint.query_variants`) and
 compares it with the stored fingerprints in scope: a member's own generations, or every
-generation for the engine's operator.
+generation for the engine's operator. It also looks for the watermark every speech of a
+Ta-da engine carries (:mod:`engine.voice.watermark`), which needs no stored row: a clip
+whose generation was deleted, or was made by another Ta-da engine, is still recognised as
+machine-made.
 
 What it cannot catch is measured in bench/trace.py and written for admins in
 docs/tracing.md: clips shorter than about 3 s, pitch or speed changed by more than about
@@ -14,6 +17,7 @@ docs/tracing.md: clips shorter than about 3 s, pitch or speed changed by more th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.confine import Confiner
 from engine.models import as_utc
-from engine.voice.audio import SampleRejected, decode
+from engine.voice.audio import FloatAudio, SampleRejected, decode
 from engine.voice.fingerprint import (
     FINGERPRINT_RATE,
     ITEM_SECONDS,
@@ -41,6 +45,10 @@ from engine.voice.fingerprint import (
     to_bytes,
 )
 from engine.voice.models import SpeechFingerprint, Voice, VoiceGeneration
+from engine.voice.piper_base import BaseVoiceError
+from engine.voice.watermark import GUESS_THRESHOLD, MARK_THRESHOLD, Detection, Watermarker
+
+log = logging.getLogger(__name__)
 
 METHOD = "chromaprint1"
 # What a clip to trace may be: the longest stretch decoded, the most bytes accepted.
@@ -80,6 +88,17 @@ class TraceResult(BaseModel):
     clip_seconds: float
     searched: int = Field(description="Fingerprints compared")
     matches: list[TraceMatch]
+    watermarked: bool | None = Field(
+        None,
+        description="Whether the clip carries the Ta-da watermark (speech made by a Ta-da "
+        "engine, even one whose generation is not here); null: not looked for (the "
+        "engine's watermark is off)",
+    )
+    watermark_score: float | None = Field(
+        None,
+        description=f"The watermark decoder's confidence, 0..1 (yes above {MARK_THRESHOLD} as "
+        f"the clip is, above {GUESS_THRESHOLD} where found at another speed)",
+    )
 
 
 def fingerprint_row(generation: VoiceGeneration, fp: Fingerprint) -> SpeechFingerprint:
@@ -98,10 +117,22 @@ class _Query:
     variants: list[Fingerprint]
     plan: list[Variant]
     seconds: float
+    watermark: Detection | None
 
 
-def _prepare(path: Path, confiner: Confiner | None) -> _Query:
-    """Decode the clip (confined, capped) and fingerprint its variants. Blocking."""
+def _watermark(watermarker: Watermarker | None, audio: FloatAudio) -> Detection | None:
+    if watermarker is None:
+        return None
+    try:
+        return watermarker.find(audio, FINGERPRINT_RATE)
+    except BaseVoiceError as exc:  # the fingerprint still answers
+        log.warning("trace: the watermark cannot be looked for: %s", exc)
+        return None
+
+
+def _prepare(path: Path, confiner: Confiner | None, watermarker: Watermarker | None) -> _Query:
+    """Decode the clip (confined, capped), fingerprint its variants and look for the
+    watermark. Blocking."""
     try:
         audio = decode(path, FINGERPRINT_RATE, MAX_TRACE_SECONDS, confiner=confiner)
     except SampleRejected as exc:
@@ -115,7 +146,7 @@ def _prepare(path: Path, confiner: Confiner | None) -> _Query:
         raise TraceRefused(
             f"the clip is too short to trace ({seconds:.1f} s); send at least 3 s of speech"
         )
-    return _Query(variants, query_plan(), seconds)
+    return _Query(variants, query_plan(), seconds, _watermark(watermarker, audio))
 
 
 def _compare(query: _Query, rows: Sequence[tuple[str, bytes]]) -> list[tuple[str, float, int, int]]:
@@ -139,10 +170,12 @@ async def trace_clip(
     *,
     user_id: str | None,
     confiner: Confiner | None = None,
+    watermarker: Watermarker | None = None,
 ) -> TraceResult:
     """Whether the clip at ``path`` is (part of) a generation in scope: ``user_id``'s own,
-    or every one for ``None`` (the operator). Raises :class:`TraceRefused`."""
-    query = await anyio.to_thread.run_sync(_prepare, path, confiner)
+    or every one for ``None`` (the operator); and whether it carries the watermark
+    (``watermarker``: ``None`` does not look). Raises :class:`TraceRefused`."""
+    query = await anyio.to_thread.run_sync(_prepare, path, confiner, watermarker)
     statement = select(SpeechFingerprint.generation_id, SpeechFingerprint.fingerprint).order_by(
         SpeechFingerprint.created_at.desc()
     )
@@ -193,4 +226,6 @@ async def trace_clip(
         clip_seconds=round(query.seconds, 2),
         searched=searched,
         matches=matches,
+        watermarked=None if query.watermark is None else query.watermark.marked,
+        watermark_score=None if query.watermark is None else query.watermark.score,
     )

@@ -84,6 +84,7 @@ async def test_trace_names_the_member_voice_channel_and_time_privately(
     assert f"<#{server.general.id}>" in answer.content
     assert f"**{voice.name}**" in answer.content
     assert "<t:" in answer.content  # when, in the reader's time zone
+    assert "Ta-da watermark: yes" in answer.content, answer.content
     assert server.general.last_message is not None
     assert server.general.last_message.id == posted.id  # nothing posted publicly
 
@@ -102,6 +103,7 @@ async def test_trace_names_the_member_voice_channel_and_time_privately(
     answer = traced.followups[-1] if traced.followups else traced.response
     assert answer is not None and answer.ephemeral
     assert "Not made here" in answer.content
+    assert "Ta-da watermark: no" in answer.content, answer.content
 
     refused = await server.admin.slash(
         server.general, "tada-admin trace", audio=("notes.txt", b"hello")
@@ -154,3 +156,15 @@ async def test_the_embedded_engine_gets_an_operator_token_from_the_bot(tmp_path:
         unrelated = sorted(SPHINX_LIBRIVOX.glob("*.wav"))[0].read_bytes()
         report = await services.tracer.trace(1234, unrelated)
         assert report.made_here is False and report.clip_seconds > 3
+        assert report.watermarked is False and report.watermark_score is not None
+
+
+def test_a_clip_found_by_its_watermark_alone_is_called_machine_made() -> None:
+    from bot.trace import TraceReport
+    from cogs.admin import render_trace
+
+    text = render_trace(TraceReport(False, 6.2, (), watermarked=True, watermark_score=0.99))
+    assert "Machine-made" in text and "Ta-da watermark: yes (0.99)" in text
+    assert "Not made here" not in text
+    unknown = render_trace(TraceReport(False, 6.2, ()))
+    assert "Not made here" in unknown and "watermark" not in unknown
