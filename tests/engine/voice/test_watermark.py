@@ -33,6 +33,8 @@ from tests.engine.voice.conftest import GENERATION_TEXT, Speaker, clone, fetch, 
 from tests.prerequisites import SPHINX_LIBRIVOX
 from tests.waiting import CEILING_S
 
+pytestmark = pytest.mark.slow(60)
+
 OPERATOR = "operator-token-for-tests-0123456789"
 RATE = 22050
 
