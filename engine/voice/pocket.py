@@ -51,7 +51,7 @@ from engine.voice.backend import (
 from engine.voice.neural import NeuralUnavailable, Placement, machine_placement
 from engine.voice.random_pocket import hf_file, import_pocket
 from engine.voice.reference import MIN_F0_SPREAD, MIN_VOICED_SHARE, SIMILARITY_SECONDS
-from engine.voice.settings import VoiceBackendName, VoiceSettings
+from engine.voice.settings import PocketQuantize, VoiceBackendName, VoiceSettings
 from engine.voice.similarity import SpeakerEncoder, cosine
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,43 @@ def local_config(settings: VoiceSettings) -> dict[str, Any]:
     return config
 
 
+def quantize_mode(settings: VoiceSettings, placement: Placement) -> PocketQuantize:
+    """What runs as int8: as asked on a CPU; nothing on a GPU (dynamic int8 is CPU-only)."""
+    return settings.pocket_quantize if placement.device == "cpu" else PocketQuantize.OFF
+
+
 def weights_kind(settings: VoiceSettings, placement: Placement) -> str:
-    """int8 (dynamically quantized language model) on a CPU when asked; else float32."""
-    return "int8" if settings.pocket_quantize and placement.device == "cpu" else "float32"
+    """float32; int8 (the language model's layers, pocket-tts's own); or int8 in the flow
+    head and the codec decoder too."""
+    mode = quantize_mode(settings, placement)
+    if mode is PocketQuantize.OFF:
+        return "float32"
+    return "int8" if mode is PocketQuantize.BACKBONE else "int8 with the flow head and codec"
+
+
+def quantize_heads(model: Any) -> None:
+    """int8 dynamic quantization of the flow head and of the codec decoder's transformer
+    (``pocket_quantize = "all"``), on top of pocket-tts's own (the language model's layers).
+
+    The flow head goes through pocket-tts's own function (its ``flow_net`` group, with the
+    backend it picks: torchao when installed, else torch.ao); the codec decoder's transformer
+    through torch.ao's ``quantize_dynamic``, which pocket-tts's attention layers accept (the
+    key/value cache stays float32). The codec's convolutions and its encoder (voice prompts)
+    stay float32.
+    """
+    import warnings
+
+    import torch
+    from pocket_tts.quantization import apply_dynamic_int8
+
+    with warnings.catch_warnings():
+        # torch.ao's quantize_dynamic warns, every call, that it will move to torchao.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        apply_dynamic_int8(model.flow_lm, {"flow_net"})
+        torch.ao.quantization.quantize_dynamic(
+            model.mimi.decoder_transformer, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+        )
 
 
 class PocketModel:
@@ -164,8 +198,10 @@ class PocketModel:
                     config=str(path),
                     temp=settings.pocket_temperature,
                     eos_threshold=settings.pocket_eos_threshold,
-                    quantize=weights_kind(settings, placement) == "int8",
+                    quantize=quantize_mode(settings, placement) is not PocketQuantize.OFF,
                 )
+                if quantize_mode(settings, placement) is PocketQuantize.ALL:
+                    quantize_heads(model)
         self.model: Any = model.to(placement.device).eval()
         if not getattr(self.model, "has_voice_cloning", True):
             raise NeuralUnavailable("these pocket weights cannot clone voices")
