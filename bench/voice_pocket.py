@@ -81,6 +81,12 @@ VARIANTS = (
 PIPELINE = ("_autoregressive_generation", "_decode_audio_worker")
 
 
+def revalidated(settings: VoiceSettings, changes: dict[str, Any]) -> VoiceSettings:
+    """``settings`` with ``changes``, validated (model_copy(update=...) would not convert
+    them: "off" would stay a string, true would not mean "backbone")."""
+    return VoiceSettings.model_validate({**settings.model_dump(), **changes})
+
+
 def count_thread_cpu(model: PocketModel) -> dict[str, float]:
     """Wrap pocket-tts's two pipeline threads' functions (over any pinning) to add up each
     thread's own CPU seconds (its OpenMP workers, with pocket_threads = 0, not included)."""
@@ -314,7 +320,7 @@ def main(
             out["pocket"]["int8_vs_float"] = int8_vs_float(
                 {
                     mode: PocketModel(
-                        settings.model_copy(update={"pocket_quantize": mode}),
+                        revalidated(settings, {"pocket_quantize": mode}),
                         Placement("cpu", "float32"),
                     )
                     for mode in ("off", "backbone", "all")
@@ -351,7 +357,7 @@ def variants_compared(
     for label, mode, threads in VARIANTS:
         started = time.perf_counter()
         models[label] = PocketModel(
-            settings.model_copy(update={"pocket_quantize": mode, "pocket_threads": threads}),
+            revalidated(settings, {"pocket_quantize": mode, "pocket_threads": threads}),
             Placement("cpu", "float32"),
         )
         compared[label] = {
@@ -386,7 +392,7 @@ def int8_compared(
     for label, pinned in (("before_process_wide_threads", 0), ("after_pocket_threads_1", 1)):
         started = time.perf_counter()
         models[label] = PocketModel(
-            settings.model_copy(update={"pocket_quantize": "backbone", "pocket_threads": pinned}),
+            revalidated(settings, {"pocket_quantize": "backbone", "pocket_threads": pinned}),
             Placement("cpu", "float32"),
         )
         compared[label] = {

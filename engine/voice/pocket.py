@@ -135,7 +135,10 @@ def local_config(settings: VoiceSettings) -> dict[str, Any]:
 
 def quantize_mode(settings: VoiceSettings, placement: Placement) -> PocketQuantize:
     """What runs as int8: as asked on a CPU; nothing on a GPU (dynamic int8 is CPU-only)."""
-    return settings.pocket_quantize if placement.device == "cpu" else PocketQuantize.OFF
+    if placement.device != "cpu":
+        return PocketQuantize.OFF
+    # PocketQuantize(): a copy made with model_copy(update=...) holds the plain string.
+    return PocketQuantize(settings.pocket_quantize)
 
 
 def weights_kind(settings: VoiceSettings, placement: Placement) -> str:

@@ -27,16 +27,18 @@ from engine.settings import EngineSettings, JobSettings
 from engine.voice.audio import Sample
 from engine.voice.backend import SpeakerProfile, pcm16_b64, stream_speech
 from engine.voice.handlers import build_backend
+from engine.voice.neural import Placement
 from engine.voice.pocket import (
     FIRST_PIECE_S,
     SAMPLE_RATE,
     PocketBackend,
     local_config,
+    quantize_mode,
     required_files,
 )
 from engine.voice.random_pocket import TINY_CONFIG, build_random_pocket
 from engine.voice.reference import CpuReferenceBackend, KeptClipMissing
-from engine.voice.settings import VoiceSettings
+from engine.voice.settings import PocketQuantize, VoiceSettings
 from tests.conftest import TEST_VOICE, backend_for, make_settings, register, running_engine
 from tests.engine.voice.conftest import Speaker, clone, fetch, h
 
@@ -169,6 +171,19 @@ def test_pocket_quantize_names_the_int8_layers(given: object, expected: str) -> 
     # true/false (the setting's earlier spelling) keep meaning pocket-tts's own int8 / float32.
     assert VoiceSettings.model_validate({"pocket_quantize": given}).pocket_quantize == expected
     assert VoiceSettings().pocket_quantize == "backbone"
+
+
+@pytest.mark.no_database
+def test_an_unvalidated_copy_of_the_settings_quantizes_as_it_names() -> None:
+    # model_copy(update=...) skips validation: the mode arrives as a plain string.
+    cpu = Placement("cpu", "float32")
+    for mode in ("off", "backbone", "all"):
+        copied = VoiceSettings().model_copy(update={"pocket_quantize": mode})
+        assert quantize_mode(copied, cpu) == mode
+        assert isinstance(quantize_mode(copied, cpu), PocketQuantize)
+    assert (
+        quantize_mode(VoiceSettings(pocket_quantize="all"), Placement("cuda", "float16")) == "off"
+    )
 
 
 @pytest.mark.no_database
