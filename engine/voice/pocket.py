@@ -213,36 +213,41 @@ class PocketModel:
         # torch's intra-op threads for new threads when a generation started (put back by
         # the pinned pipeline threads as they end).
         self._threads_before = torch.get_num_threads()
-        self._pin_pipeline_threads()
+        self._wrap_pipeline_threads()
 
-    def _pin_pipeline_threads(self) -> None:
-        """pocket-tts generates and decodes in two threads that run side by side: each gets
-        ``pocket_threads`` intra-op threads, set in that thread as it starts.
+    def _wrap_pipeline_threads(self) -> None:
+        """pocket-tts generates and decodes in two threads that run side by side: each runs
+        under ``torch.inference_mode`` (pocket-tts's own ``no_grad`` still tracks tensor
+        versions: 2-5 % of the generation thread's CPU, measured) and, with
+        ``pocket_threads``, at that many intra-op threads, set in that thread as it starts.
 
         With 1, two threads on a 2-core machine keep both cores busy without the OpenMP
         oversubscription (4 threads on 2 cores) of torch's process-wide setting, as
         pocket-tts itself sets; 0 (the default) leaves torch's setting: on a shared, loaded
         machine its extra threads won a bigger CPU share and ran faster
-        (bench/results/voice_pocket_threads.json). torch's setting for threads not started
-        yet is put back as each pipeline thread ends.
+        (bench/results/voice_pocket.json, ``variants_compared``). torch's setting for
+        threads not started yet is put back as each pipeline thread ends.
         """
-        threads = self.settings.pocket_threads
-        if not threads or self.placement.device != "cpu":
-            return
+        threads = self.settings.pocket_threads if self.placement.device == "cpu" else 0
         torch = self._torch
 
-        def pinned(run: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(run: Callable[..., Any]) -> Callable[..., Any]:
             def in_thread(*args: Any, **kwargs: Any) -> Any:
-                torch.set_num_threads(threads)
+                if threads:
+                    torch.set_num_threads(threads)
                 try:
-                    return run(*args, **kwargs)
+                    # The voice's state arrives deep-copied (copy_state=True): its tensors
+                    # are ordinary ones, updated in place here, which inference mode allows.
+                    with torch.inference_mode():
+                        return run(*args, **kwargs)
                 finally:
-                    torch.set_num_threads(self._threads_before)
+                    if threads:
+                        torch.set_num_threads(self._threads_before)
 
             return in_thread
 
         for name in ("_decode_audio_worker", "_autoregressive_generation"):
-            setattr(self.model, name, pinned(getattr(self.model, name)))
+            setattr(self.model, name, wrapped(getattr(self.model, name)))
 
     def state_for(self, clip: NDArray[np.float32]) -> Any:
         """The model's state after hearing ``clip`` (24 kHz), computed once per clip."""

@@ -230,6 +230,37 @@ def test_quantize_all_runs_the_flow_head_and_codec_decoder_in_int8_and_speaks_it
 
 @pytest.mark.no_database
 @pytest.mark.parametrize("pinned", [1, 0])
+def test_the_two_pipeline_threads_run_in_inference_mode(
+    tiny: Path, speakers: dict[str, Speaker], monkeypatch: pytest.MonkeyPatch, pinned: int
+) -> None:
+    from pocket_tts.models.tts_model import TTSModel
+
+    seen: dict[str, bool] = {}
+
+    def spy(name: str) -> object:
+        original = getattr(TTSModel, name)
+
+        def run(self: object, *args: object, **kwargs: object) -> object:
+            seen[name] = torch.is_inference_mode_enabled()
+            return original(self, *args, **kwargs)
+
+        return run
+
+    for name in ("_decode_audio_worker", "_autoregressive_generation"):
+        monkeypatch.setattr(TTSModel, name, spy(name))
+    backend = PocketBackend(pocket_settings(tiny, pocket_threads=pinned))
+    model = backend.model()
+    assert model is not None, backend.unavailable
+    clip = as_sample(speakers["low"]).audio[: 3 * SAMPLE_RATE]
+    first = model.generate(clip, TEXT)
+    assert seen == {"_decode_audio_worker": True, "_autoregressive_generation": True}
+    # The voice's kept state is untouched by a generation: the next one speaks as long.
+    assert model.generate(clip, TEXT).size == first.size > 0
+    assert not torch.is_inference_mode_enabled()
+
+
+@pytest.mark.no_database
+@pytest.mark.parametrize("pinned", [1, 0])
 def test_the_two_pipeline_threads_run_at_pocket_threads(
     tiny: Path, speakers: dict[str, Speaker], monkeypatch: pytest.MonkeyPatch, pinned: int
 ) -> None:
