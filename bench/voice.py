@@ -225,11 +225,17 @@ def main() -> None:
         help="pocket: only the int8 settings before/after, side by side, and the baseline "
         "(bench/results/voice_pocket_threads.json)",
     )
+    parser.add_argument(
+        "--variants-only",
+        action="store_true",
+        help="pocket: only float32 against the int8 variants (pocket_quantize, pocket_threads), "
+        "one sentence and three, and int8's output change, merged into voice_pocket.json",
+    )
     args = parser.parse_args()
     if args.backend == "pocket":
         from bench.voice_pocket import main as pocket_main
 
-        pocket_main(args.runs, compare_only=args.compare_only)
+        pocket_main(args.runs, compare_only=args.compare_only, variants_only=args.variants_only)
         return
     settings = VoiceSettings()
     results: dict[str, Any] = {

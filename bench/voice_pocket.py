@@ -20,9 +20,23 @@ machine is shared, so only numbers from one run compare):
   pocket-tts's two pipeline threads (``pocket_threads = 1``, the default since), in
   alternating runs so that both see the same machine load.
 
+- ``variants_compared``: float32 against the int8 settings (``pocket_quantize`` "backbone",
+  pocket-tts's own, and "all", which adds the flow head and the codec decoder's transformer),
+  each with ``pocket_threads`` 0 or 1, in alternating rounds (each round runs every variant
+  once, so all see the same load), for one sentence and for three, next to the CPU
+  reference's baseline for the same texts; every run records the 1-minute load average.
+  With ``pocket_threads = 1`` the generation thread's and the decoding thread's own CPU
+  time are counted too (``thread_time``): the larger of the two per second of speech is
+  the real-time factor the two threads would reach on two otherwise idle cores (they run
+  side by side, one core each), an estimate this shared machine cannot measure directly;
+- ``int8_vs_float``: how far int8 moves the output from float32 on the same random weights
+  (the same latents through the codec decoder; the same backbone output through the flow
+  head), as signal-to-noise ratios. Random weights say little about trained ones: the
+  effect on speech must be re-measured with the released weights.
+
 Writes bench/results/voice_pocket.json.
 
-    python bench/voice.py --backend pocket [--runs 3]
+    python bench/voice.py --backend pocket [--runs 3] [--variants-only]
 """
 
 from __future__ import annotations
@@ -50,40 +64,152 @@ from engine.voice.settings import VoiceSettings
 
 RESULTS = Path(__file__).parent / "results"
 SENTENCE = "The morning train was late again, so Maria walked the long way to the office."
+THREE_SENTENCES = (
+    f"{SENTENCE} She passed the bakery on the corner, where the smell of fresh bread drifted "
+    "into the street. A delivery van stopped beside her, and the driver asked for directions "
+    "to the old library."
+)
 CLIP_SECONDS = 10.0
+# variants_compared: (label, pocket_quantize, pocket_threads).
+VARIANTS = (
+    ("float32_threads_1", "off", 1),
+    ("int8_backbone_threads_0", "backbone", 0),  # the defaults before this comparison
+    ("int8_backbone_threads_1", "backbone", 1),
+    ("int8_all_threads_0", "all", 0),
+    ("int8_all_threads_1", "all", 1),
+)
+PIPELINE = ("_autoregressive_generation", "_decode_audio_worker")
 
 
-def pocket_once(model: PocketModel, clip: np.ndarray, fresh_voice: bool) -> dict[str, float]:
+def revalidated(settings: VoiceSettings, changes: dict[str, Any]) -> VoiceSettings:
+    """``settings`` with ``changes``, validated (model_copy(update=...) would not convert
+    them: "off" would stay a string, true would not mean "backbone")."""
+    return VoiceSettings.model_validate({**settings.model_dump(), **changes})
+
+
+def count_thread_cpu(model: PocketModel) -> dict[str, float]:
+    """Wrap pocket-tts's two pipeline threads' functions (over any pinning) to add up each
+    thread's own CPU seconds (its OpenMP workers, with pocket_threads = 0, not included)."""
+    spent = dict.fromkeys(PIPELINE, 0.0)
+
+    def counted(name: str) -> Any:
+        run = getattr(model.model, name)
+
+        def in_thread(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return run(*args, **kwargs)
+            finally:
+                spent[name] += time.thread_time() - start
+
+        return in_thread
+
+    for name in PIPELINE:
+        setattr(model.model, name, counted(name))
+    return spent
+
+
+def pocket_once(
+    model: PocketModel,
+    clip: np.ndarray,
+    fresh_voice: bool,
+    text: str = SENTENCE,
+    spent: dict[str, float] | None = None,
+) -> dict[str, float]:
     if fresh_voice:
         model._states.clear()
     stop = threading.Event()
+    before = dict(spent or {})
     cpu = time.process_time()
     start = time.perf_counter()
     first = None
     samples = 0
-    for chunk in model.stream(clip, SENTENCE, stop):
+    for chunk in model.stream(clip, text, stop):
         if first is None:
             first = time.perf_counter() - start
         samples += chunk.size
     total = time.perf_counter() - start
     cpu = time.process_time() - cpu
     seconds = samples / SAMPLE_RATE
-    return {
+    row = {
         "first_audio_s": round(first or total, 3),
         "total_s": round(total, 3),
         "audio_s": round(seconds, 3),
         "rtf": round(total / seconds, 3),
         "cpu_s_per_audio_s": round(cpu / seconds, 3),
     }
+    if spent is not None and model.settings.pocket_threads == 1:
+        generation = (spent[PIPELINE[0]] - before[PIPELINE[0]]) / seconds
+        decoding = (spent[PIPELINE[1]] - before[PIPELINE[1]]) / seconds
+        row["generation_thread_cpu_s_per_audio_s"] = round(generation, 3)
+        row["decoding_thread_cpu_s_per_audio_s"] = round(decoding, 3)
+        row["rtf_two_idle_cores_estimate"] = round(max(generation, decoding), 3)
+    row["load_1min"] = round(os.getloadavg()[0], 2)
+    return row
 
 
 def median_of(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
 
 
-def main(runs: int = 3, compare_only: bool = False) -> dict[str, Any]:
+def snr_db(reference: Any, other: Any) -> float:
+    """Signal-to-noise ratio of ``other`` against ``reference`` (higher: closer)."""
+    noise = float(((other - reference) ** 2).sum())
+    signal = float((reference**2).sum())
+    return round(10 * float(np.log10(signal / max(noise, 1e-30))), 1)
+
+
+def int8_vs_float(models: dict[str, PocketModel], frames: int = 24) -> dict[str, Any]:
+    """How far each int8 variant's parts move the output from float32's, on the same
+    inputs: the flow head's latent for the same backbone outputs and noise, and the codec
+    decoder's audio for the same latents (decoded a frame at a time, as in a stream)."""
+    import torch
+    from pocket_tts.modules.stateful_module import increment_steps, init_states
+
+    torch.manual_seed(1)
+    ldim = models["off"].model.flow_lm.ldim
+    dim = models["off"].model.flow_lm.dim
+    latents = torch.randn(1, frames, ldim)
+    conditions = torch.randn(frames, dim)
+    noise = torch.randn(frames, ldim) * 0.3**0.5
+    out: dict[str, Any] = {}
+    reference: dict[str, Any] = {}
+    for mode, model in models.items():
+        tts = model.model
+        with torch.inference_mode():
+            flow = tts.flow_lm.flow_net(
+                conditions, torch.zeros(frames, 1), torch.ones(frames, 1), noise
+            )
+            steps = int(tts.mimi.encoder_frame_rate / tts.mimi.frame_rate)
+            state = init_states(tts.mimi, batch_size=1, sequence_length=frames * steps)
+            audio = []
+            for i in range(frames):
+                audio.append(tts.mimi.decode_from_latent(latents[:, i : i + 1], state))
+                increment_steps(tts.mimi, state, increment=steps)
+            decoded = torch.cat(audio, dim=-1)
+        if mode == "off":
+            reference = {"flow": flow, "audio": decoded}
+            continue
+        out[mode] = {
+            "flow_head_latent_snr_db": snr_db(reference["flow"], flow),
+            "codec_decoder_audio_snr_db": snr_db(reference["audio"], decoded),
+        }
+    out["note"] = (
+        "random weights: the codec decoder's transformer adds its output through a layer "
+        "scale of 0.01, so its int8 error barely reaches the audio here; trained weights "
+        "differ. Re-measure the speech (WER, speaker similarity) with the released weights."
+    )
+    return out
+
+
+def main(
+    runs: int = 3, compare_only: bool = False, variants_only: bool = False, size: str = "full"
+) -> dict[str, Any]:
     """``compare_only``: the int8 before/after comparison and the baseline only, written to
-    voice_pocket_threads.json (a quick rerun when the machine is quieter)."""
+    voice_pocket_threads.json (a quick rerun when the machine is quieter). ``variants_only``:
+    ``variants_compared`` and ``int8_vs_float`` only, merged into voice_pocket.json (the
+    other sections kept from the last full run). ``size`` "tiny": a smoke test of this
+    script on the tests' tiny model, written nowhere."""
     import torch
 
     cores = os.cpu_count() or 1
@@ -118,12 +244,12 @@ def main(runs: int = 3, compare_only: bool = False) -> dict[str, Any]:
     seconds = len(base.audio) / base.sample_rate
     profile = reference.analyse(Sample(base.audio, base.sample_rate, seconds, seconds))
 
-    def baseline() -> dict[str, Any]:
+    def baseline(text: str = SENTENCE) -> dict[str, Any]:
         rows = []
         for _ in range(runs):
             cpu = time.process_time()
             start = time.perf_counter()
-            speech = reference.synthesise(SENTENCE, profile)
+            speech = reference.synthesise(text, profile)
             total = time.perf_counter() - start
             cpu = time.process_time() - cpu
             rows.append(
@@ -133,16 +259,18 @@ def main(runs: int = 3, compare_only: bool = False) -> dict[str, Any]:
                     "audio_s": round(speech.seconds, 3),
                     "rtf": round(total / speech.seconds, 3),
                     "cpu_s_per_audio_s": round(cpu / speech.seconds, 3),
+                    "load_1min": round(os.getloadavg()[0], 2),
                 }
             )
         return {"runs": rows, "median": median_of(rows)}
 
-    out["cpu_reference_baseline"] = baseline()
+    if not variants_only:
+        out["cpu_reference_baseline"] = baseline()
 
     with tempfile.TemporaryDirectory(prefix="pocket-full-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        config = build_random_pocket(root, "full", "english")
+        config = build_random_pocket(root, "tiny" if size == "tiny" else "full", "english")
         built = time.perf_counter() - started
         settings = VoiceSettings(
             backend="pocket",
@@ -150,7 +278,7 @@ def main(runs: int = 3, compare_only: bool = False) -> dict[str, Any]:
             pocket_model=str(root / "kyutai--pocket-tts"),
             pocket_tokenizer=str(root / "kyutai--pocket-tts-without-voice-cloning"),
             pocket_eos_threshold=1e9,  # never stop early: random heads would at random
-            pocket_quantize=False,  # float32 first; int8 below
+            pocket_quantize="off",  # float32 first; int8 below
             pocket_threads=0,  # torch's process-wide setting, set per row below
         )
         started = time.perf_counter()
@@ -166,7 +294,7 @@ def main(runs: int = 3, compare_only: bool = False) -> dict[str, Any]:
             "threads": {},
         }
         previous = torch.get_num_threads()
-        for threads in [] if compare_only else sorted({1, cores}):
+        for threads in [] if compare_only or variants_only else sorted({1, cores}):
             torch.set_num_threads(threads)
             started = time.perf_counter()
             model._states.clear()
@@ -185,40 +313,109 @@ def main(runs: int = 3, compare_only: bool = False) -> dict[str, Any]:
         # settings before (pocket-tts's two pipeline threads at torch's process-wide count)
         # and after (pocket_threads = 1: one intra-op thread in each of them).
         torch.set_num_threads(cores)
-        compared: dict[str, Any] = {}
-        models: dict[str, PocketModel] = {}
-        for label, pinned in (("before_process_wide_threads", 0), ("after_pocket_threads_1", 1)):
-            started = time.perf_counter()
-            models[label] = PocketModel(
-                settings.model_copy(update={"pocket_quantize": True, "pocket_threads": pinned}),
-                Placement("cpu", "float32"),
+        if not variants_only:
+            out["pocket"]["int8_compared"] = int8_compared(settings, clip, runs, cores)
+        if not compare_only:
+            out["pocket"]["variants_compared"] = variants_compared(settings, clip, runs, baseline)
+            out["pocket"]["int8_vs_float"] = int8_vs_float(
+                {
+                    mode: PocketModel(
+                        revalidated(settings, {"pocket_quantize": mode}),
+                        Placement("cpu", "float32"),
+                    )
+                    for mode in ("off", "backbone", "all")
+                }
             )
-            compared[label] = {
-                "pocket_threads": pinned,
-                "torch_threads_process_wide": cores,
-                "load_s": round(time.perf_counter() - started, 2),
-            }
-            models[label].state_for(clip)
-            pocket_once(models[label], clip, fresh_voice=False)  # warm-up
-        rows: dict[str, list[dict[str, float]]] = {label: [] for label in models}
-        for _ in range(max(runs, 5)):
-            for label, model_ in models.items():
-                rows[label].append(pocket_once(model_, clip, fresh_voice=False))
-        for label in models:
-            compared[label]["known_voice"] = {"runs": rows[label], "median": median_of(rows[label])}
-            fresh = [pocket_once(models[label], clip, fresh_voice=True) for _ in range(runs)]
-            compared[label]["new_voice"] = {"runs": fresh, "median": median_of(fresh)}
-        out["pocket"]["int8_compared"] = compared
         torch.set_num_threads(previous)
     # The load changed meanwhile: the baseline again, after.
     out["cpu_reference_baseline_after"] = baseline()
     out["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(out, indent=2))
+    if size == "tiny":
+        return out
     RESULTS.mkdir(exist_ok=True)
     name = "voice_pocket_threads.json" if compare_only else "voice_pocket.json"
+    if variants_only and (RESULTS / name).is_file():
+        kept = json.loads((RESULTS / name).read_text())
+        kept["machine_variants"] = out["machine"]
+        kept["cpu_reference_baseline_variants_after"] = out["cpu_reference_baseline_after"]
+        kept.setdefault("pocket", {}).update(
+            {k: out["pocket"][k] for k in ("variants_compared", "int8_vs_float")}
+        )
+        out = kept
     (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
     return out
 
 
+def variants_compared(
+    settings: VoiceSettings, clip: np.ndarray, runs: int, baseline: Any
+) -> dict[str, Any]:
+    """Every variant once a round, ``runs`` rounds, for one sentence and for three."""
+    compared: dict[str, Any] = {}
+    models: dict[str, PocketModel] = {}
+    spent: dict[str, dict[str, float]] = {}
+    for label, mode, threads in VARIANTS:
+        started = time.perf_counter()
+        models[label] = PocketModel(
+            revalidated(settings, {"pocket_quantize": mode, "pocket_threads": threads}),
+            Placement("cpu", "float32"),
+        )
+        compared[label] = {
+            "pocket_quantize": mode,
+            "pocket_threads": threads,
+            "load_s": round(time.perf_counter() - started, 2),
+        }
+        spent[label] = count_thread_cpu(models[label])
+        models[label].state_for(clip)
+        pocket_once(models[label], clip, fresh_voice=False)  # warm-up
+    for key, text in (("one_sentence", SENTENCE), ("three_sentences", THREE_SENTENCES)):
+        rows: dict[str, list[dict[str, float]]] = {label: [] for label in models}
+        for _ in range(runs):
+            for label, model in models.items():
+                rows[label].append(
+                    pocket_once(model, clip, fresh_voice=False, text=text, spent=spent[label])
+                )
+        for label in models:
+            compared[label][key] = {"runs": rows[label], "median": median_of(rows[label])}
+        compared[f"cpu_reference_baseline_{key}"] = baseline(text)
+    compared["texts"] = {"one_sentence": SENTENCE, "three_sentences": THREE_SENTENCES}
+    return compared
+
+
+def int8_compared(
+    settings: VoiceSettings, clip: np.ndarray, runs: int, cores: int
+) -> dict[str, Any]:
+    """int8 (pocket-tts's own) with torch's process-wide threads against pocket_threads = 1,
+    in alternating runs."""
+    compared: dict[str, Any] = {}
+    models: dict[str, PocketModel] = {}
+    for label, pinned in (("before_process_wide_threads", 0), ("after_pocket_threads_1", 1)):
+        started = time.perf_counter()
+        models[label] = PocketModel(
+            revalidated(settings, {"pocket_quantize": "backbone", "pocket_threads": pinned}),
+            Placement("cpu", "float32"),
+        )
+        compared[label] = {
+            "pocket_threads": pinned,
+            "torch_threads_process_wide": cores,
+            "load_s": round(time.perf_counter() - started, 2),
+        }
+        models[label].state_for(clip)
+        pocket_once(models[label], clip, fresh_voice=False)  # warm-up
+    rows: dict[str, list[dict[str, float]]] = {label: [] for label in models}
+    for _ in range(max(runs, 5)):
+        for label, model_ in models.items():
+            rows[label].append(pocket_once(model_, clip, fresh_voice=False))
+    for label in models:
+        compared[label]["known_voice"] = {"runs": rows[label], "median": median_of(rows[label])}
+        fresh = [pocket_once(models[label], clip, fresh_voice=True) for _ in range(runs)]
+        compared[label]["new_voice"] = {"runs": fresh, "median": median_of(fresh)}
+    return compared
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    main(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 3,
+        variants_only="--variants-only" in sys.argv,
+        size="tiny" if "--tiny" in sys.argv else "full",
+    )

@@ -51,7 +51,7 @@ from engine.voice.backend import (
 from engine.voice.neural import NeuralUnavailable, Placement, machine_placement
 from engine.voice.random_pocket import hf_file, import_pocket
 from engine.voice.reference import MIN_F0_SPREAD, MIN_VOICED_SHARE, SIMILARITY_SECONDS
-from engine.voice.settings import VoiceBackendName, VoiceSettings
+from engine.voice.settings import PocketQuantize, VoiceBackendName, VoiceSettings
 from engine.voice.similarity import SpeakerEncoder, cosine
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,46 @@ def local_config(settings: VoiceSettings) -> dict[str, Any]:
     return config
 
 
+def quantize_mode(settings: VoiceSettings, placement: Placement) -> PocketQuantize:
+    """What runs as int8: as asked on a CPU; nothing on a GPU (dynamic int8 is CPU-only)."""
+    if placement.device != "cpu":
+        return PocketQuantize.OFF
+    # PocketQuantize(): a copy made with model_copy(update=...) holds the plain string.
+    return PocketQuantize(settings.pocket_quantize)
+
+
 def weights_kind(settings: VoiceSettings, placement: Placement) -> str:
-    """int8 (dynamically quantized language model) on a CPU when asked; else float32."""
-    return "int8" if settings.pocket_quantize and placement.device == "cpu" else "float32"
+    """float32; int8 (the language model's layers, pocket-tts's own); or int8 in the flow
+    head and the codec decoder too."""
+    mode = quantize_mode(settings, placement)
+    if mode is PocketQuantize.OFF:
+        return "float32"
+    return "int8" if mode is PocketQuantize.BACKBONE else "int8 with the flow head and codec"
+
+
+def quantize_heads(model: Any) -> None:
+    """int8 dynamic quantization of the flow head and of the codec decoder's transformer
+    (``pocket_quantize = "all"``), on top of pocket-tts's own (the language model's layers).
+
+    The flow head goes through pocket-tts's own function (its ``flow_net`` group, with the
+    backend it picks: torchao when installed, else torch.ao); the codec decoder's transformer
+    through torch.ao's ``quantize_dynamic``, which pocket-tts's attention layers accept (the
+    key/value cache stays float32). The codec's convolutions and its encoder (voice prompts)
+    stay float32.
+    """
+    import warnings
+
+    import torch
+    from pocket_tts.quantization import apply_dynamic_int8
+
+    with warnings.catch_warnings():
+        # torch.ao's quantize_dynamic warns, every call, that it will move to torchao.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        apply_dynamic_int8(model.flow_lm, {"flow_net"})
+        torch.ao.quantization.quantize_dynamic(
+            model.mimi.decoder_transformer, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+        )
 
 
 class PocketModel:
@@ -164,8 +201,10 @@ class PocketModel:
                     config=str(path),
                     temp=settings.pocket_temperature,
                     eos_threshold=settings.pocket_eos_threshold,
-                    quantize=weights_kind(settings, placement) == "int8",
+                    quantize=quantize_mode(settings, placement) is not PocketQuantize.OFF,
                 )
+                if quantize_mode(settings, placement) is PocketQuantize.ALL:
+                    quantize_heads(model)
         self.model: Any = model.to(placement.device).eval()
         if not getattr(self.model, "has_voice_cloning", True):
             raise NeuralUnavailable("these pocket weights cannot clone voices")
@@ -174,36 +213,41 @@ class PocketModel:
         # torch's intra-op threads for new threads when a generation started (put back by
         # the pinned pipeline threads as they end).
         self._threads_before = torch.get_num_threads()
-        self._pin_pipeline_threads()
+        self._wrap_pipeline_threads()
 
-    def _pin_pipeline_threads(self) -> None:
-        """pocket-tts generates and decodes in two threads that run side by side: each gets
-        ``pocket_threads`` intra-op threads, set in that thread as it starts.
+    def _wrap_pipeline_threads(self) -> None:
+        """pocket-tts generates and decodes in two threads that run side by side: each runs
+        under ``torch.inference_mode`` (pocket-tts's own ``no_grad`` still tracks tensor
+        versions: 2-5 % of the generation thread's CPU, measured) and, with
+        ``pocket_threads``, at that many intra-op threads, set in that thread as it starts.
 
         With 1, two threads on a 2-core machine keep both cores busy without the OpenMP
         oversubscription (4 threads on 2 cores) of torch's process-wide setting, as
         pocket-tts itself sets; 0 (the default) leaves torch's setting: on a shared, loaded
         machine its extra threads won a bigger CPU share and ran faster
-        (bench/results/voice_pocket_threads.json). torch's setting for threads not started
-        yet is put back as each pipeline thread ends.
+        (bench/results/voice_pocket.json, ``variants_compared``). torch's setting for
+        threads not started yet is put back as each pipeline thread ends.
         """
-        threads = self.settings.pocket_threads
-        if not threads or self.placement.device != "cpu":
-            return
+        threads = self.settings.pocket_threads if self.placement.device == "cpu" else 0
         torch = self._torch
 
-        def pinned(run: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(run: Callable[..., Any]) -> Callable[..., Any]:
             def in_thread(*args: Any, **kwargs: Any) -> Any:
-                torch.set_num_threads(threads)
+                if threads:
+                    torch.set_num_threads(threads)
                 try:
-                    return run(*args, **kwargs)
+                    # The voice's state arrives deep-copied (copy_state=True): its tensors
+                    # are ordinary ones, updated in place here, which inference mode allows.
+                    with torch.inference_mode():
+                        return run(*args, **kwargs)
                 finally:
-                    torch.set_num_threads(self._threads_before)
+                    if threads:
+                        torch.set_num_threads(self._threads_before)
 
             return in_thread
 
         for name in ("_decode_audio_worker", "_autoregressive_generation"):
-            setattr(self.model, name, pinned(getattr(self.model, name)))
+            setattr(self.model, name, wrapped(getattr(self.model, name)))
 
     def state_for(self, clip: NDArray[np.float32]) -> Any:
         """The model's state after hearing ``clip`` (24 kHz), computed once per clip."""

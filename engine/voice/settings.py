@@ -48,6 +48,19 @@ DEFAULT_POCKET_TOKENIZER = "kyutai/pocket-tts-without-voice-cloning"
 DEFAULT_NEURAL_MODEL = "vibevoice/VibeVoice-1.5B-hf"
 
 
+class PocketQuantize(StrEnum):
+    """Which of Pocket TTS's layers run as int8 (dynamic quantization, CPU only)."""
+
+    OFF = "off"  # float32 throughout
+    # The language model's attention and feed-forward layers: pocket-tts's own
+    # ``quantize=True``, which its authors measured with an unchanged WER. The default.
+    BACKBONE = "backbone"
+    # Also the flow head and the codec decoder's transformer (their Linear layers): less CPU
+    # a second of speech (bench/results/voice_pocket.json), but their effect on the speech
+    # is measured only on random weights so far: re-measure with the released weights.
+    ALL = "all"
+
+
 class F0Tracker(StrEnum):
     """Which WORLD F0 tracker measures pitch (samples and base speech alike)."""
 
@@ -120,10 +133,11 @@ class VoiceSettings(BaseModel):
     # Sampling temperature and end-of-speech threshold (pocket-tts's defaults).
     pocket_temperature: float = Field(0.3, ge=0.0, le=2.0)
     pocket_eos_threshold: float = Field(-4.0, ge=-20.0, le=1e9)
-    # int8 dynamic quantization of the language model's layers (CPU only): its authors
-    # measured ~27 % faster on x86 with an unchanged WER; here 0.67 instead of 1.12 real-time
-    # factor on 2 loaded cores (bench/results/voice_pocket.json). false: float32.
-    pocket_quantize: bool = True
+    # int8 dynamic quantization (CPU only): "backbone" (the default; true means the same)
+    # is pocket-tts's own, on the language model's layers, which its authors measured ~27 %
+    # faster on x86 with an unchanged WER; "all" adds the flow head and the codec decoder's
+    # transformer; "off" (or false): float32. bench/results/voice_pocket.json has the times.
+    pocket_quantize: PocketQuantize = PocketQuantize.BACKBONE
     # torch intra-op threads in each of pocket-tts's two pipeline threads (generation and
     # decoding run side by side); 0: torch's process-wide setting (the machine's cores).
     # 1 keeps two threads on two cores (pocket-tts's own choice), but on a shared, loaded
@@ -143,6 +157,14 @@ class VoiceSettings(BaseModel):
     watermark: bool = True
     audio_format: AudioFormat = AudioFormat.MP3
     mp3_bitrate_kbps: int = Field(96, ge=32, le=320)
+
+    @field_validator("pocket_quantize", mode="before")
+    @classmethod
+    def _quantize_bool(cls, value: Any) -> Any:
+        # The setting was a boolean before it named layers: keep both spellings working.
+        if isinstance(value, bool):
+            return PocketQuantize.BACKBONE if value else PocketQuantize.OFF
+        return value
 
     @field_validator("languages")
     @classmethod

@@ -20,22 +20,25 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from engine.model_store import RECORD
 from engine.settings import EngineSettings, JobSettings
 from engine.voice.audio import Sample
 from engine.voice.backend import SpeakerProfile, pcm16_b64, stream_speech
 from engine.voice.handlers import build_backend
+from engine.voice.neural import Placement
 from engine.voice.pocket import (
     FIRST_PIECE_S,
     SAMPLE_RATE,
     PocketBackend,
     local_config,
+    quantize_mode,
     required_files,
 )
 from engine.voice.random_pocket import TINY_CONFIG, build_random_pocket
 from engine.voice.reference import CpuReferenceBackend, KeptClipMissing
-from engine.voice.settings import VoiceSettings
+from engine.voice.settings import PocketQuantize, VoiceSettings
 from tests.conftest import TEST_VOICE, backend_for, make_settings, register, running_engine
 from tests.engine.voice.conftest import Speaker, clone, fetch, h
 
@@ -157,6 +160,103 @@ def test_loading_leaves_torchs_threads_alone(tiny: Path) -> None:
         assert torch.get_num_threads() == 2  # pocket-tts's import sets 1 for the process
     finally:
         torch.set_num_threads(1)
+
+
+@pytest.mark.no_database
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [(True, "backbone"), (False, "off"), ("off", "off"), ("backbone", "backbone"), ("all", "all")],
+)
+def test_pocket_quantize_names_the_int8_layers(given: object, expected: str) -> None:
+    # true/false (the setting's earlier spelling) keep meaning pocket-tts's own int8 / float32.
+    assert VoiceSettings.model_validate({"pocket_quantize": given}).pocket_quantize == expected
+    assert VoiceSettings().pocket_quantize == "backbone"
+
+
+@pytest.mark.no_database
+def test_an_unvalidated_copy_of_the_settings_quantizes_as_it_names() -> None:
+    # model_copy(update=...) skips validation: the mode arrives as a plain string.
+    cpu = Placement("cpu", "float32")
+    for mode in ("off", "backbone", "all"):
+        copied = VoiceSettings().model_copy(update={"pocket_quantize": mode})
+        assert quantize_mode(copied, cpu) == mode
+        assert isinstance(quantize_mode(copied, cpu), PocketQuantize)
+    assert (
+        quantize_mode(VoiceSettings(pocket_quantize="all"), Placement("cuda", "float16")) == "off"
+    )
+
+
+@pytest.mark.no_database
+@pytest.mark.parametrize("given", ["int4", "yes", 2, ""])
+def test_an_unknown_pocket_quantize_is_refused(given: object) -> None:
+    with pytest.raises(ValidationError, match="pocket_quantize"):
+        VoiceSettings.model_validate({"pocket_quantize": given})
+
+
+@pytest.mark.no_database
+def test_quantize_all_runs_the_flow_head_and_codec_decoder_in_int8_and_speaks_its_length(
+    tiny: Path, speakers: dict[str, Speaker], cap_seconds: float
+) -> None:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    clip = as_sample(speakers["low"]).audio[: 3 * SAMPLE_RATE]
+    lengths = {}
+    for mode in ("all", "backbone"):
+        backend = PocketBackend(pocket_settings(tiny, pocket_quantize=mode))
+        model = backend.model()
+        assert model is not None, backend.unavailable
+        flow_net = model.model.flow_lm.flow_net
+        decoder = model.model.mimi.decoder_transformer
+        int8 = [
+            isinstance(m, DynamicInt8Linear)
+            for part in (flow_net, decoder)
+            for m in part.modules()
+            if isinstance(m, (torch.nn.Linear, DynamicInt8Linear))
+        ]
+        assert int8 and all(int8) == (mode == "all") and any(int8) == (mode == "all")
+        # pocket-tts's own int8 (the language model's layers) in both.
+        assert isinstance(model.model.flow_lm.transformer.layers[0].linear1, DynamicInt8Linear)
+        # The codec's encoder (voice prompts) stays float32.
+        encoder = model.model.mimi.encoder_transformer
+        assert not any(isinstance(m, DynamicInt8Linear) for m in encoder.modules())
+        audio = model.generate(clip, TEXT)
+        assert np.isfinite(audio).all()
+        lengths[mode] = audio.size / SAMPLE_RATE
+        expected_kind = "int8 with the flow head and codec" if mode == "all" else "int8"
+        assert backend.describe().endswith(f"on cpu, {expected_kind}")
+    # The model never says its end: both speak to the length cap, frame for frame.
+    assert lengths["all"] == lengths["backbone"] == pytest.approx(cap_seconds, abs=1e-6)
+
+
+@pytest.mark.no_database
+@pytest.mark.parametrize("pinned", [1, 0])
+def test_the_two_pipeline_threads_run_in_inference_mode(
+    tiny: Path, speakers: dict[str, Speaker], monkeypatch: pytest.MonkeyPatch, pinned: int
+) -> None:
+    from pocket_tts.models.tts_model import TTSModel
+
+    seen: dict[str, bool] = {}
+
+    def spy(name: str) -> object:
+        original = getattr(TTSModel, name)
+
+        def run(self: object, *args: object, **kwargs: object) -> object:
+            seen[name] = torch.is_inference_mode_enabled()
+            return original(self, *args, **kwargs)
+
+        return run
+
+    for name in ("_decode_audio_worker", "_autoregressive_generation"):
+        monkeypatch.setattr(TTSModel, name, spy(name))
+    backend = PocketBackend(pocket_settings(tiny, pocket_threads=pinned))
+    model = backend.model()
+    assert model is not None, backend.unavailable
+    clip = as_sample(speakers["low"]).audio[: 3 * SAMPLE_RATE]
+    first = model.generate(clip, TEXT)
+    assert seen == {"_decode_audio_worker": True, "_autoregressive_generation": True}
+    # The voice's kept state is untouched by a generation: the next one speaks as long.
+    assert model.generate(clip, TEXT).size == first.size > 0
+    assert not torch.is_inference_mode_enabled()
 
 
 @pytest.mark.no_database
