@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,20 +27,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.model_loading import loading_models
-from engine.voice import world
-from engine.voice.audio import Sample, SampleRejected, normalise
+from engine.voice.audio import Sample, normalise
 from engine.voice.backend import (
     Progress,
     SpeakerProfile,
     Speech,
-    VoiceBackend,
-    pcm16_b64,
     pcm16_from_b64,
 )
 from engine.voice.piper_base import BaseVoiceError
-from engine.voice.reference import MIN_F0_SPREAD, MIN_VOICED_SHARE, SIMILARITY_SECONDS
 from engine.voice.settings import NeuralDevice, NeuralDtype, VoiceSettings
-from engine.voice.similarity import SpeakerEncoder, cosine
+from engine.voice.zero_shot import ZeroShotBackend
 
 log = logging.getLogger(__name__)
 NAME = "neural"
@@ -237,83 +232,27 @@ class VibeVoiceModel:
         return f"{self.placement.device}, {self.placement.dtype}"
 
 
-class NeuralBackend:
+class NeuralBackend(ZeroShotBackend[VibeVoiceModel]):
     """VibeVoice for clones and speech, resemblyzer for similarity, the CPU reference as the
     fallback (and for voices the CPU reference made). Thread-safe; loads on first use."""
 
     name = NAME
+    sample_rate_of_model = SAMPLE_RATE
 
-    def __init__(
-        self,
-        settings: VoiceSettings,
-        encoder: SpeakerEncoder | None = None,
-        fallback: VoiceBackend | None = None,
-    ) -> None:
-        self.settings = settings
-        self.encoder = encoder or SpeakerEncoder()
-        self._fallback = fallback
-        self._lock = threading.Lock()
-        self._model: VibeVoiceModel | None = None
-        # Why the model could not load (once known, it is not tried again).
-        self.unavailable: str | None = None
+    def _load(self) -> VibeVoiceModel:
+        placement = machine_placement(self.settings)
+        return VibeVoiceModel(model_folder(self.settings), placement, self.settings)
 
-    @property
-    def fallback(self) -> VoiceBackend:
-        """The CPU reference, sharing this back end's speaker encoder."""
-        with self._lock:
-            if self._fallback is None:
-                from engine.voice.reference import CpuReferenceBackend
+    def _loaded_what(self, model: VibeVoiceModel) -> str:
+        return f"neural model {self.settings.neural_model} on {model.describe()}"
 
-                self._fallback = CpuReferenceBackend(self.settings, encoder=self.encoder)
-            return self._fallback
-
-    def model(self) -> VibeVoiceModel | None:
-        """The loaded model, or None when it cannot load (logged once, with the reason)."""
-        with self._lock:
-            if self._model is None and self.unavailable is None:
-                started = time.monotonic()
-                try:
-                    placement = machine_placement(self.settings)
-                    self._model = VibeVoiceModel(
-                        model_folder(self.settings), placement, self.settings
-                    )
-                except Exception as exc:  # any failure to load means: serve with the CPU reference
-                    self.unavailable = str(exc) or type(exc).__name__
-                    log.error(
-                        "voice: the neural back end cannot load %s (%s); falling back to the "
-                        "CPU reference (cpu-reference) for every voice",
-                        self.settings.neural_model,
-                        self.unavailable,
-                    )
-                else:
-                    log.info(
-                        "voice: neural model %s loaded in %.1f s on %s",
-                        self.settings.neural_model,
-                        time.monotonic() - started,
-                        self._model.describe(),
-                    )
-            return self._model
-
-    @property
-    def sample_rate(self) -> int:
-        return SAMPLE_RATE if self.model() is not None else self.fallback.sample_rate
-
-    @property
-    def warm(self) -> bool:
-        with self._lock:
-            loaded, failed = self._model is not None, self.unavailable is not None
-        if failed:
-            return self.fallback.warm
-        return loaded
-
-    def warm_up(self, stop: threading.Event | None = None) -> None:
-        steps: list[Callable[[], object]] = [self.encoder.load, self.model]
-        for step in steps:
-            if stop is not None and stop.is_set():
-                return
-            step()
-        if self.unavailable is not None:
-            self.fallback.warm_up(stop)
+    def _load_failed(self, exc: Exception) -> None:
+        log.error(
+            "voice: the neural back end cannot load %s (%s); falling back to the "
+            "CPU reference (cpu-reference) for every voice",
+            self.settings.neural_model,
+            self.unavailable,
+        )
 
     def describe(self) -> str:
         what = f"{self.name} (VibeVoice {self.settings.neural_model}, resemblyzer similarity)"
@@ -334,28 +273,7 @@ class NeuralBackend:
         """Check the sample is speech, embed it, keep its first seconds as the voice prompt."""
         if self.model() is None:
             return self.fallback.analyse(sample)
-        try:
-            stats = world.speaker_stats(sample.audio, sample.sample_rate)
-        except ValueError as exc:
-            raise SampleRejected("no voice found in the sample; record yourself speaking") from exc
-        if stats.voiced_seconds / max(0.001, sample.speech_seconds) < MIN_VOICED_SHARE:
-            raise SampleRejected(
-                "no voice found in the sample (it sounds like noise or music); "
-                "record yourself speaking"
-            )
-        if stats.log_f0_std < MIN_F0_SPREAD:
-            raise SampleRejected(
-                "the sample is a steady tone, not speech; record yourself speaking"
-            )
-        embedding = self.encoder.embed(sample.audio, sample.sample_rate)
-        clip = sample.audio[: int(self.settings.neural_reference_seconds * sample.sample_rate)]
-        return SpeakerProfile(
-            backend=self.name,
-            embedding=[round(float(v), 6) for v in embedding],
-            median_f0_hz=round(stats.median_f0_hz, 2),
-            base_similarity=None,  # no base voice: the model speaks in the sample's voice
-            params={"reference_pcm16": pcm16_b64(clip), "sample_rate": sample.sample_rate},
-        )
+        return self.clip_profile(sample)[0]
 
     def synthesise(
         self, text: str, profile: SpeakerProfile, progress: Progress | None = None
@@ -380,7 +298,3 @@ class NeuralBackend:
         if audio.size:
             audio = normalise(audio, SAMPLE_RATE, self.settings.target_dbfs)
         return Speech(audio, SAMPLE_RATE)
-
-    def similarity(self, speech: Speech, profile: SpeakerProfile) -> float:
-        head = speech.audio[: int(SIMILARITY_SECONDS * speech.sample_rate)]
-        return cosine(self.encoder.embed(head, speech.sample_rate), profile.embedding_array())

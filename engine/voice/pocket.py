@@ -27,7 +27,6 @@ import hashlib
 import logging
 import tempfile
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,22 +36,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.model_loading import loading_models
-from engine.voice import world
-from engine.voice.audio import Sample, SampleRejected, normalise, speech_dbfs
+from engine.voice.audio import Sample, normalise, speech_dbfs
 from engine.voice.backend import (
     Progress,
     SpeakerProfile,
     Speech,
-    VoiceBackend,
     pcm16_b64,
     pcm16_from_b64,
     stream_speech,
 )
 from engine.voice.neural import NeuralUnavailable, Placement, machine_placement
 from engine.voice.random_pocket import hf_file, import_pocket
-from engine.voice.reference import MIN_F0_SPREAD, MIN_VOICED_SHARE, SIMILARITY_SECONDS
 from engine.voice.settings import PocketQuantize, VoiceBackendName, VoiceSettings
-from engine.voice.similarity import SpeakerEncoder, cosine
+from engine.voice.zero_shot import ZeroShotBackend
 
 log = logging.getLogger(__name__)
 NAME = "pocket"
@@ -316,96 +312,32 @@ class PocketModel:
         return f"{self.placement.device}, {weights_kind(self.settings, self.placement)}"
 
 
-class PocketBackend:
+class PocketBackend(ZeroShotBackend[PocketModel]):
     """Pocket TTS for clones and speech, resemblyzer for similarity, the CPU reference as the
     fallback (and for voices the CPU reference made). Thread-safe; loads on first use."""
 
     name = NAME
+    sample_rate_of_model = SAMPLE_RATE
 
-    def __init__(
-        self,
-        settings: VoiceSettings,
-        encoder: SpeakerEncoder | None = None,
-        fallback: VoiceBackend | None = None,
-    ) -> None:
-        self.settings = settings
-        self.encoder = encoder or SpeakerEncoder()
-        self._fallback = fallback
-        self._lock = threading.Lock()
-        self._model: PocketModel | None = None
-        self.unavailable: str | None = None
+    def _load(self) -> PocketModel:
+        return PocketModel(self.settings, machine_placement(self.settings))
 
-    @property
-    def fallback(self) -> VoiceBackend:
-        """The CPU reference, sharing this back end's speaker encoder."""
-        with self._lock:
-            if self._fallback is None:
-                from engine.voice.reference import CpuReferenceBackend
+    def _loaded_what(self, model: PocketModel) -> str:
+        what = self.settings.pocket_config or self.settings.pocket_language
+        return f"pocket model ({what}) on {model.describe()}"
 
-                self._fallback = CpuReferenceBackend(self.settings, encoder=self.encoder)
-            return self._fallback
-
-    def model(self) -> PocketModel | None:
-        """The loaded model, or None when it cannot load (logged once, with the reason)."""
-        with self._lock:
-            if self._model is None and self.unavailable is None:
-                started = time.monotonic()
-                try:
-                    self._model = PocketModel(self.settings, machine_placement(self.settings))
-                except NeuralUnavailable as exc:
-                    self.unavailable = str(exc)
-                    if self.settings.backend is VoiceBackendName.AUTO and isinstance(
-                        exc, NotPulled
-                    ):
-                        # The default on a host that has not pulled yet (offline start): not
-                        # an error, the CPU reference is the designed fallback.
-                        log.warning(
-                            "voice: no neural voice model pulled yet, so the CPU reference "
-                            "(Piper + WORLD conversion, not a neural clone) serves every voice; "
-                            "run `tada-engine models pull` (make run does) and restart "
-                            "for Pocket TTS clones"
-                        )
-                    else:
-                        self._say_falling_back()
-                except Exception as exc:  # any failure to load means: serve with the CPU reference
-                    self.unavailable = str(exc) or type(exc).__name__
-                    self._say_falling_back()
-                else:
-                    log.info(
-                        "voice: pocket model (%s) loaded in %.1f s on %s",
-                        self.settings.pocket_config or self.settings.pocket_language,
-                        time.monotonic() - started,
-                        self._model.describe(),
-                    )
-            return self._model
-
-    def _say_falling_back(self) -> None:
-        log.error(
-            "voice: the pocket back end cannot load (%s); falling back to the "
-            "CPU reference (cpu-reference) for every voice",
-            self.unavailable,
-        )
-
-    @property
-    def sample_rate(self) -> int:
-        return SAMPLE_RATE if self.model() is not None else self.fallback.sample_rate
-
-    @property
-    def warm(self) -> bool:
-        with self._lock:
-            loaded, failed = self._model is not None, self.unavailable is not None
-        if failed:
-            return self.fallback.warm
-        return loaded
-
-    def warm_up(self, stop: threading.Event | None = None) -> None:
-        steps: list[Callable[[], object]] = [self.encoder.load, self.model]
-        for step in steps:
-            if stop is not None and stop.is_set():
-                return
-            step()
-        if self.unavailable is not None:
-            self.fallback.warm_up(stop)
+    def _load_failed(self, exc: Exception) -> None:
+        if self.settings.backend is VoiceBackendName.AUTO and isinstance(exc, NotPulled):
+            # The default on a host that has not pulled yet (offline start): not an error,
+            # the CPU reference is the designed fallback.
+            log.warning(
+                "voice: no neural voice model pulled yet, so the CPU reference "
+                "(Piper + WORLD conversion, not a neural clone) serves every voice; "
+                "run `tada-engine models pull` (make run does) and restart "
+                "for Pocket TTS clones"
+            )
+        else:
+            super()._load_failed(exc)
 
     def describe(self) -> str:
         model = self.settings.pocket_config or self.settings.pocket_language
@@ -428,31 +360,11 @@ class PocketBackend:
         """Check the sample is speech, embed it, keep its first seconds as the voice prompt."""
         if self.model() is None:
             return self.fallback.analyse(sample)
-        try:
-            stats = world.speaker_stats(sample.audio, sample.sample_rate)
-        except ValueError as exc:
-            raise SampleRejected("no voice found in the sample; record yourself speaking") from exc
-        if stats.voiced_seconds / max(0.001, sample.speech_seconds) < MIN_VOICED_SHARE:
-            raise SampleRejected(
-                "no voice found in the sample (it sounds like noise or music); "
-                "record yourself speaking"
-            )
-        if stats.log_f0_std < MIN_F0_SPREAD:
-            raise SampleRejected(
-                "the sample is a steady tone, not speech; record yourself speaking"
-            )
-        embedding = self.encoder.embed(sample.audio, sample.sample_rate)
-        clip = sample.audio[: int(self.settings.neural_reference_seconds * sample.sample_rate)]
+        profile, clip = self.clip_profile(sample)
         model = self.model()
         if model is not None:
             model.state_for(pcm16_from_b64(pcm16_b64(clip)))  # the first speech starts sooner
-        return SpeakerProfile(
-            backend=self.name,
-            embedding=[round(float(v), 6) for v in embedding],
-            median_f0_hz=round(stats.median_f0_hz, 2),
-            base_similarity=None,  # no base voice: the model speaks in the sample's voice
-            params={"reference_pcm16": pcm16_b64(clip), "sample_rate": sample.sample_rate},
-        )
+        return profile
 
     def synthesise(
         self, text: str, profile: SpeakerProfile, progress: Progress | None = None
@@ -534,7 +446,3 @@ class PocketBackend:
                 close()
         if progress is not None:
             progress(1.0)
-
-    def similarity(self, speech: Speech, profile: SpeakerProfile) -> float:
-        head = speech.audio[: int(SIMILARITY_SECONDS * speech.sample_rate)]
-        return cosine(self.encoder.embed(head, speech.sample_rate), profile.embedding_array())
