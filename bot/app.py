@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 import httpx
+from discord import app_commands
 from discord.ext import commands
 from discord.utils import MISSING
 from pydantic import SecretStr
@@ -39,6 +40,7 @@ from bot.safety import ImageSafety, build_classifier
 from bot.store import MemberStore, Store
 from bot.tada import TadaClient
 from bot.trace import SpeechTracer
+from bot.translations import CommandTranslator
 from bot.ui import TadaCommandTree
 from bot.voice_channel import VoiceChannelPlayer
 
@@ -205,6 +207,7 @@ class TadaBot(commands.AutoShardedBot):
         services: BotServices,
         extensions: Sequence[str] = EXTENSIONS,
         intents: discord.Intents | None = None,
+        translator: app_commands.Translator | None = None,
     ) -> None:
         shards = services.config.discord
         # With user installs on, every command defaults to both installs and every context;
@@ -228,6 +231,8 @@ class TadaBot(commands.AutoShardedBot):
         # Read by the central error handler (refusals) through the interaction's client.
         self.metrics = services.metrics
         self.extension_names = tuple(extensions)
+        # Command names and descriptions in the members' languages (installed in setup_hook).
+        self.command_translator = translator or CommandTranslator()
         # Speech played in voice channels (``/voice say``), a queue per guild.
         self.voice_player = VoiceChannelPlayer(self)
         # Members' requests: run fairly, posted where asked, resumed after a restart.
@@ -244,6 +249,7 @@ class TadaBot(commands.AutoShardedBot):
 
     async def setup_hook(self) -> None:
         """Load the cogs, resume jobs, then sync slash commands (instantly to a dev guild)."""
+        await self.tree.set_translator(self.command_translator)
         for name in self.extension_names:
             await self.load_extension(name)
         if self.services.config.discord.user_installs:
