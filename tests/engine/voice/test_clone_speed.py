@@ -94,3 +94,23 @@ def test_the_embedding_from_the_speaker_checks_windows_is_the_utterances_own(
     assert len(partials) > 3
     mean = partials.mean(axis=0)
     assert np.allclose(mean / np.linalg.norm(mean), encoder.embed(audio, rate), atol=1e-6)
+
+
+def test_the_transcript_for_the_mapping_is_one_greedy_pass(
+    reference_backend: CpuReferenceBackend, base_sample: Speaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No temperature fallback: it decoded a sample of repeated phrases six times over."""
+    transcriber = reference_backend.transcriber
+    model = transcriber._load()
+    seen: list[dict[str, Any]] = []
+    real = model.transcribe
+
+    def transcribe(audio: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs)
+        return real(audio, **kwargs)
+
+    monkeypatch.setattr(model, "transcribe", transcribe)
+    rate = base_sample.sample_rate
+    assert transcriber.transcribe(base_sample.audio[: 4 * rate], rate)
+    assert len(seen) == 1
+    assert seen[0].get("temperature") in (0.0, (0.0,), [0.0])
