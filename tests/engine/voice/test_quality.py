@@ -59,9 +59,9 @@ async def test_each_clone_sounds_like_its_own_speaker(
         audio = decode(path, rate)
 
         # Pitch: the generated speech's median F0 lands within 20 % of the target's. It was
-        # 12 %; full 2-worker runs read 13 to 29 % off. No state shared between tests moves
-        # it (one thread per worker, the session's back end, the files a worker runs first:
-        # alone and after them it reads the same spread). The reading itself varies from run
+        # 12 %; full 2-worker runs read 13 to 19 % off. No state shared between tests was
+        # found to move it (one thread per worker; the session's back end after the voice
+        # files that use it: within the spread seen alone). The reading itself varies from run
         # to run with no code change: Piper samples its speech (the speakers and the text
         # read differ each run), and on this voice DIO with the octave check and Harvest
         # disagree frame by frame by a fifth or an octave. Four clones in one process read
