@@ -157,6 +157,75 @@ def _joined(clips: Iterable[tuple[Audio, int]], rate: int, pause_s: float = 0.3)
     return np.concatenate(parts)
 
 
+# Where the Debian packages' files are read from: "/" (installed), or a folder they were
+# unpacked into without root (``apt-get download PKG && dpkg -x PKG.deb DIR``).
+DEB_ROOT = Path(os.environ.get("TADA_VOICE_DEB_ROOT", "/"))
+ALLISON = DEB_ROOT / "usr/share/asterisk/sounds/en_US_f_Allison"
+CODEC2_RAW = DEB_ROOT / "usr/share/codec2/raw"
+
+
+_PCM16K = ("-f", "s16le", "-ac", "1", "-ar", "16000", "-")
+
+
+def _read_g722(path: Path) -> tuple[Audio, int]:
+    """A raw G.722 prompt (16 kHz wideband) through the engine's bundled ffmpeg."""
+    from engine.voice.audio import ffmpeg_exe
+
+    pcm = subprocess.run(
+        [ffmpeg_exe(), "-loglevel", "error", "-f", "g722", "-i", str(path), *_PCM16K],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0, 16000
+
+
+def _prompts(paths: list[Path], seconds: float) -> tuple[list[Path], list[Path]]:
+    """G.722 prompts of 2 to 8 s (sentences; not digits, nor the minute-long demos), in
+    name order, until ``seconds`` of them; and the rest of those prompts."""
+    usable = sorted(p for p in paths if 2.0 <= p.stat().st_size / 8000 <= 8.0)
+    taken: list[Path] = []
+    total = 0.0
+    for p in usable:
+        if total >= seconds:
+            break
+        taken.append(p)
+        total += p.stat().st_size / 8000  # G.722: 64 kbit/s
+    return taken, [p for p in usable if p not in taken]
+
+
+def other_material_speakers() -> list[EvalSpeaker]:
+    """Real speakers from other material than pocketsphinx's and ALSA's (issue 26, item 3):
+    Allison Smith's Asterisk prompts (CC-BY-SA-3.0, G.722 at 16 kHz, a trained IVR voice)
+    and the radio amateur VE9QRP from codec2's examples (LGPL-2.1; 8 kHz, a USB headset)."""
+    _need(ALLISON / "vm-intro.g722", "asterisk-core-sounds-en-g722")
+    _need(CODEC2_RAW / "ve9qrp.raw", "codec2-examples")
+    prompts = [p for p in ALLISON.glob("*.g722") if p.is_file()]
+    clone, rest = _prompts(prompts, 22.0)
+    held, _ = _prompts(rest[len(rest) // 2 :], 8.0)
+    qrp = np.fromfile(CODEC2_RAW / "ve9qrp.raw", dtype="<i2").astype(np.float32) / 32768.0
+    rate8 = 8000
+    return [
+        EvalSpeaker(
+            "allison",
+            "f",
+            "human",
+            "asterisk-core-sounds-en-g722",
+            _joined(map(_read_g722, clone), 16000),
+            _joined(map(_read_g722, held), 16000),
+            16000,
+        ),
+        EvalSpeaker(
+            "ve9qrp",
+            "m",
+            "human",
+            "codec2-examples",
+            qrp[: 25 * rate8],
+            qrp[30 * rate8 : 42 * rate8],
+            rate8,
+        ),
+    ]
+
+
 def _need(path: Path, package: str) -> None:
     if not path.exists():
         raise MaterialMissing(f"{path} is missing: install the Debian package {package}")
@@ -315,6 +384,9 @@ def kokoro_speakers(
 
 HUMAN_SPEAKERS = ("librivox", "sphinx", "alsa")
 FLITE_SPEAKERS = ("slt", "rms", "awb")
+# Asked for by name only (``--speakers allison,ve9qrp``): their packages are not yet part of
+# ``make voice-data``, so the default evaluation and its CI test stay as they were.
+OTHER_SPEAKERS = ("allison", "ve9qrp")
 SPEAKERS = (*HUMAN_SPEAKERS, *FLITE_SPEAKERS, *KOKORO_VOICES)
 
 
@@ -327,7 +399,7 @@ def all_speakers(
     """Every evaluation speaker, or those named in ``only`` (raises MaterialMissing naming
     what to install). Only the material of the named speakers is made: a subset is quick."""
     wanted = set(SPEAKERS if only is None else only)
-    unknown = wanted - set(SPEAKERS)
+    unknown = wanted - set(SPEAKERS) - set(OTHER_SPEAKERS)
     if unknown:
         raise ValueError(f"unknown speakers {sorted(unknown)}; known: {', '.join(SPEAKERS)}")
     out: list[EvalSpeaker] = []
@@ -335,6 +407,8 @@ def all_speakers(
         out += human_speakers()
     if wanted & set(FLITE_SPEAKERS):
         out += flite_speakers(directory)
+    if wanted & set(OTHER_SPEAKERS):
+        out += other_material_speakers()
     voices = tuple(v for v in kokoro_voices if only is None or v in wanted)
     if voices:
         out += kokoro_speakers(voices, kokoro_sentences)

@@ -43,6 +43,12 @@ MIN_TRANSCRIPT_WORDS = 4
 # MAX_READINGS) for the parallel data: one reading of a few seconds is a noisy estimate.
 PARALLEL_SECONDS = 12.0
 MAX_READINGS = 3
+# A longer sample gives the mapping its first this many seconds only (cut at the quietest
+# moment of the last few seconds before it): the transcript, the base voice's reading, both
+# analyses and the alignment then cost half of a 30 s sample's, and 15 s of one speaker's
+# own words are more than a short sample's three readings of 5 s give.
+PARALLEL_MAX_SECONDS = 15.0
+_CUT_SEARCH_S = 3.0
 # How much of a reading is resynthesised to choose between warps (costs ~0.1 s per second).
 CHECK_SECONDS = 10.0
 # Neighbours of the warp estimate that are tried as well (and no warp at all).
@@ -110,6 +116,22 @@ def learnt_band(sample: Sample) -> tuple[float, float] | None:
     if band is None or band[1] >= BAND_LIMITED_BELOW_HZ:
         return None
     return band
+
+
+def parallel_part(audio: NDArray[np.float32], sample_rate: int) -> NDArray[np.float32]:
+    """What of a sample the spectral mapping learns from: all of it up to
+    :data:`PARALLEL_MAX_SECONDS`, else its start, cut at the quietest 30 ms of the last
+    :data:`_CUT_SEARCH_S` seconds before that (a pause, not the middle of a word)."""
+    limit = int(PARALLEL_MAX_SECONDS * sample_rate)
+    if len(audio) <= limit:
+        return audio
+    frame = max(1, int(0.03 * sample_rate))
+    start = limit - int(_CUT_SEARCH_S * sample_rate)
+    window = audio[start:limit].astype(np.float64)
+    n = len(window) // frame
+    energy = (window[: n * frame].reshape(n, frame) ** 2).mean(axis=1)
+    cut = start + int(np.argmin(energy)) * frame + frame // 2
+    return audio[:cut]
 
 
 def warp_candidates(estimate: float, max_warp: float) -> list[float]:
@@ -212,6 +234,8 @@ class CpuReferenceBackend:
 
     def analyse(self, sample: Sample) -> SpeakerProfile:
         """F0 statistics, long-term envelope and speaker embedding of a sample."""
+        # One pitch track of the sample serves its statistics and the mapping's target.
+        track = world.pitch(sample.audio, sample.sample_rate, self.f0_method, octave_check=True)
         try:
             stats = world.speaker_stats(
                 sample.audio,
@@ -219,6 +243,7 @@ class CpuReferenceBackend:
                 self.f0_method,
                 octave_check=True,
                 band_hz=learnt_band(sample),
+                f0_track=track,
             )
         except ValueError as exc:
             raise SampleRejected("no voice found in the sample; record yourself speaking") from exc
@@ -232,11 +257,11 @@ class CpuReferenceBackend:
             raise SampleRejected(
                 "the sample is a steady tone, not speech; record yourself speaking"
             )
-        embedding = self.encoder.embed(sample.audio, sample.sample_rate)
+        embedding = self._embedding(sample)
         _, base_embedding = self._base()
         params: dict[str, object] = {"stats": stats.to_json()}
         if self.settings.spectral_mapping:
-            learnt = self._learn_mapping(sample, stats, embedding)
+            learnt = self._learn_mapping(sample, stats, embedding, track)
             if learnt is not None:
                 warp, mapping = learnt
                 params["warp"] = warp
@@ -249,8 +274,22 @@ class CpuReferenceBackend:
             params=params,
         )
 
+    def _embedding(self, sample: Sample) -> NDArray[np.float32]:
+        """The sample's speaker embedding. The speaker check already embedded its windows
+        (:meth:`SpeakerEncoder.partials`, on the same audio): resemblyzer's utterance
+        embedding is their mean, normalised, so it is taken from them, not computed again."""
+        partials = sample.partials
+        if partials is not None and len(partials):
+            mean = np.asarray(partials, dtype=np.float32).mean(axis=0)
+            return np.asarray(mean / max(float(np.linalg.norm(mean)), 1e-12), dtype=np.float32)
+        return self.encoder.embed(sample.audio, sample.sample_rate)
+
     def _learn_mapping(
-        self, sample: Sample, stats: world.VoiceStats, embedding: NDArray[np.float32]
+        self,
+        sample: Sample,
+        stats: world.VoiceStats,
+        embedding: NDArray[np.float32],
+        track: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None,
     ) -> tuple[float, parallel.SpectralMapping] | None:
         """The base voice reads the sample's transcript; learn base-to-speaker envelopes.
 
@@ -264,23 +303,31 @@ class CpuReferenceBackend:
         tried on the first reading, converted and resynthesised, and the one the speaker
         encoder finds closest to the sample is kept: a choice made on the sample alone.
         """
+        rate = sample.sample_rate
+        audio = parallel_part(sample.audio, rate)
         try:
-            said = self.transcriber.transcribe(sample.audio, sample.sample_rate)
+            said = self.transcriber.transcribe(audio, rate)
         except TranscriberUnavailable as exc:
             log.warning("voice: no spectral mapping, long-term envelope only: %s", exc)
             return None
         if len(said.split()) < MIN_TRANSCRIPT_WORDS:
             log.info("voice: too few words heard in the sample for a spectral mapping")
             return None
-        rate = sample.sample_rate
-        target = world.analyse(
-            sample.audio, rate, aperiodicity=False, method=self.f0_method, octave_check=True
-        )
+        if track is not None:
+            frames = world.frames_of(len(audio), rate)
+            target = world.analyse(
+                audio, rate, aperiodicity=False, f0_track=(track[0][:frames], track[1][:frames])
+            )
+        else:
+            target = world.analyse(
+                audio, rate, aperiodicity=False, method=self.f0_method, octave_check=True
+            )
         # Piper reads differently each time: a short sample gets a few readings, pooled, so
         # its warp and mapping do not hang on one reading's timing (the sample is the same
         # in each: the ridge grows with the readings and the mapping stays as regularised).
+        speech_seconds = sample.speech_seconds * len(audio) / max(len(sample.audio), 1)
         readings = int(
-            np.clip(np.ceil(PARALLEL_SECONDS / max(sample.speech_seconds, 1.0)), 1, MAX_READINGS)
+            np.clip(np.ceil(PARALLEL_SECONDS / max(speech_seconds, 1.0)), 1, MAX_READINGS)
         )
         sources: list[world.WorldFeatures] = []
         src_idx: list[NDArray[np.int64]] = []

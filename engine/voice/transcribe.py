@@ -67,6 +67,12 @@ class Transcriber:
                 wav,
                 language="en",
                 beam_size=1,
+                # One greedy pass: faster-whisper's default decodes a window up to five
+                # more times at higher temperatures when its text repeats itself, which a
+                # sample of repeated phrases does: 15 of a 26 CPU s clone went there
+                # (bench/voice_clone_speed.py). The mapping aligns what was said; a
+                # sampled rewording would not align better.
+                temperature=0.0,
                 condition_on_previous_text=False,
                 suppress_tokens=[-1, *self._no_digits],
             )

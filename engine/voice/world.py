@@ -128,6 +128,11 @@ class Conversion:
         )
 
 
+def frames_of(samples: int, sample_rate: int) -> int:
+    """How many 5 ms frames WORLD's trackers give ``samples`` of audio."""
+    return int(1000.0 * samples / sample_rate / FRAME_PERIOD_MS) + 1
+
+
 def pitch(
     audio: NDArray[Any],
     sample_rate: int,
@@ -358,14 +363,20 @@ def speaker_stats(
     *,
     octave_check: bool = False,
     band_hz: tuple[float, float] | None = None,
+    f0_track: tuple[Floats, Floats] | None = None,
 ) -> VoiceStats:
     """A speaker's F0 statistics and long-term envelope: F0 on every frame, envelope on a few.
 
     A long-term average needs no 5 ms resolution; fitting a quarter of the frames makes
-    the envelope four times cheaper and changes the average by a hair.
+    the envelope four times cheaper and changes the average by a hair. ``f0_track``: a
+    :func:`pitch` result of ``audio`` made with the same ``method`` and ``octave_check``.
     """
     x = np.ascontiguousarray(audio, dtype=np.float64)
-    f0, t = pitch(x, sample_rate, method, octave_check=octave_check)
+    f0, t = (
+        f0_track
+        if f0_track is not None
+        else pitch(x, sample_rate, method, octave_check=octave_check)
+    )
     mean, std = _robust_log_f0(f0)
     keep = slice(None, None, envelope_stride)
     sp = pyworld.cheaptrick(

@@ -1,0 +1,116 @@
+"""A clone does no work twice and learns its mapping from a bounded part of a long sample
+(issue 26, item 5: a 30 s clone within 5 s; bench/voice_clone_speed.py measures it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine.voice import world
+from engine.voice.audio import Sample
+from engine.voice.reference import CpuReferenceBackend
+from engine.voice.settings import VoiceSettings
+from tests.engine.voice.conftest import Speaker
+
+
+def test_a_long_sample_is_cut_in_a_pause_for_the_mapping() -> None:
+    from engine.voice.reference import PARALLEL_MAX_SECONDS, parallel_part
+
+    rate = 16000
+    t = np.arange(30 * rate) / rate
+    audio = (0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)
+    gap = (t >= 13.4) & (t < 13.6)
+    audio[gap] = 0.0
+    part = parallel_part(audio, rate)
+    assert 13.4 <= len(part) / rate <= 13.6
+    assert len(part) <= PARALLEL_MAX_SECONDS * rate
+    short = audio[: 10 * rate]
+    assert parallel_part(short, rate) is short
+
+
+class _Listening:
+    """The real transcriber, remembering how much audio it was given."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.seconds: list[float] = []
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int) -> str:
+        self.seconds.append(len(audio) / sample_rate)
+        return str(self.real.transcribe(audio, sample_rate))
+
+
+def test_a_long_clone_tracks_the_samples_pitch_once_and_maps_from_its_start(
+    reference_backend: CpuReferenceBackend,
+    base_sample: Speaker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engine.voice.reference import PARALLEL_MAX_SECONDS
+
+    listening = _Listening(reference_backend.transcriber)
+    backend = CpuReferenceBackend(
+        VoiceSettings(),
+        encoder=reference_backend.encoder,
+        transcriber=listening,  # type: ignore[arg-type]
+    )
+    backend._piper = reference_backend.piper
+    rate = base_sample.sample_rate
+    # About 32 s of speech: the test sample read twice.
+    audio = np.concatenate([base_sample.audio, np.zeros(rate // 4, np.float32), base_sample.audio])
+    seconds = len(audio) / rate
+    assert seconds > 2 * PARALLEL_MAX_SECONDS - 4
+    partials = reference_backend.encoder.partials(audio, rate)
+    sample = Sample(audio, rate, seconds, seconds, partials=partials)
+
+    tracked: list[int] = []
+    real_pitch = world.pitch
+
+    def pitch(x: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        tracked.append(len(x))
+        return real_pitch(x, *args, **kwargs)
+
+    monkeypatch.setattr(world, "pitch", pitch)
+    profile = backend.analyse(sample)
+
+    assert "mapping" in profile.params
+    assert tracked.count(len(audio)) == 1  # statistics and mapping share one track
+    assert len(listening.seconds) == 1
+    assert PARALLEL_MAX_SECONDS - 3.5 <= listening.seconds[0] <= PARALLEL_MAX_SECONDS
+    # The stored embedding is the utterance's own, taken from the speaker check's windows.
+    own = reference_backend.encoder.embed(audio, rate)
+    assert np.allclose(profile.embedding_array(), own, atol=1e-5)
+
+
+def test_the_embedding_from_the_speaker_checks_windows_is_the_utterances_own(
+    reference_backend: CpuReferenceBackend, base_sample: Speaker
+) -> None:
+    """resemblyzer's utterance embedding is the normalised mean of its windows' ones: taking
+    it from the windows the speaker check embedded changes nothing but the time."""
+    encoder = reference_backend.encoder
+    audio, rate = base_sample.audio, base_sample.sample_rate
+    partials = encoder.partials(audio, rate)
+    assert len(partials) > 3
+    mean = partials.mean(axis=0)
+    assert np.allclose(mean / np.linalg.norm(mean), encoder.embed(audio, rate), atol=1e-6)
+
+
+def test_the_transcript_for_the_mapping_is_one_greedy_pass(
+    reference_backend: CpuReferenceBackend, base_sample: Speaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No temperature fallback: it decoded a sample of repeated phrases six times over."""
+    transcriber = reference_backend.transcriber
+    model = transcriber._load()
+    seen: list[dict[str, Any]] = []
+    real = model.transcribe
+
+    def transcribe(audio: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs)
+        return real(audio, **kwargs)
+
+    monkeypatch.setattr(model, "transcribe", transcribe)
+    rate = base_sample.sample_rate
+    assert transcriber.transcribe(base_sample.audio[: 4 * rate], rate)
+    assert len(seen) == 1
+    assert seen[0].get("temperature") in (0.0, (0.0,), [0.0])
