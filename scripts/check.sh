@@ -23,6 +23,16 @@ failed_names=()
 
 now() { date +%s.%N; }
 
+# closing_line LOG: pytest's closing line, "3 failed, 120 passed, 2 skipped in 61.20s (0:01:01)"
+# (with -q it has no "=" around it), else the log's last line.
+closing_line() {
+    local closing
+    closing=$(grep -E '^(=+ )?[0-9a-z ,]+ in [0-9.]+s( \([0-9:]+\))?( =+)?$' "$1" \
+        | tail -n 1 | sed -E 's/^=+ //; s/ =+$//')
+    [ -n "$closing" ] || closing=$(tail -n 1 "$1")
+    echo "$closing"
+}
+
 # run_pass NAME COMMAND...: run one pass, record its result and time.
 # A pytest pass's output is also kept, for its closing line in the summary.
 run_pass() {
@@ -35,11 +45,7 @@ run_pass() {
         # (env assignments first, e.g. TADA_TEST_DB=postgres pytest ...)
         env "$@" 2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
-        # pytest's closing line: "3 failed, 120 passed, 2 skipped in 61.20s (0:01:01)"
-        # (with -q it has no "=" around it)
-        closing=$(grep -E '^(=+ )?[0-9a-z ,]+ in [0-9.]+s( \([0-9:]+\))?( =+)?$' "$log" \
-            | tail -n 1 | sed -E 's/^=+ //; s/ =+$//')
-        [ -n "$closing" ] || closing=$(tail -n 1 "$log")
+        closing=$(closing_line "$log")
     else
         "$@"
         rc=$?
@@ -78,9 +84,7 @@ finish_pass() {
     rc=$?
     echo "== ${bg_names[$i]}"
     cat "$log"
-    closing=$(grep -E '^(=+ )?[0-9a-z ,]+ in [0-9.]+s( \([0-9:]+\))?( =+)?$' "$log" \
-        | tail -n 1 | sed -E 's/^=+ //; s/ =+$//')
-    [ -n "$closing" ] || closing=$(tail -n 1 "$log")
+    closing=$(closing_line "$log")
     names+=("${bg_names[$i]}")
     times+=("$(awk -v a="${bg_starts[$i]}" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }')")
     closings+=("$closing")
