@@ -7,9 +7,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import simcord
 from fastapi import FastAPI
 
 from bot.app import BotServices, TadaBot, create_bot, open_services
@@ -96,3 +98,16 @@ async def busy_job(runner: JobRunner, member: int, *, state: JobState = JobState
     assert await runner.store.claim(job.id, "another-process", lease=timedelta(minutes=5))
     await runner.store.update(job.id, state=state, started_at=utcnow())
     return job.id
+
+
+async def synced_payload(config: BotConfig, api: httpx.AsyncClient) -> list[dict[str, Any]]:
+    """The commands the bot syncs at start-up, as discord.py sends them (SimCord's PUT)."""
+    async with open_services(config, http=api, base_url=ENGINE_URL) as services:
+        env = simcord.Env(create_bot(services))
+        await env.start()
+        try:
+            [put] = [r for r in env.http_requests if r.method == "PUT"]
+        finally:
+            await env.shutdown()
+    assert isinstance(put.json, list)
+    return put.json

@@ -12,29 +12,19 @@ from typing import Any
 
 import discord
 import httpx
-import simcord
 from fastapi import FastAPI
 
-from bot.app import create_bot, open_services
 from bot.config import BotConfig, DiscordConfig
 from bot.gate import Action, Feature, request_for
 from bot.installs import server_of
-from tests.bot.conftest import ENGINE_URL
+from tests.bot.conftest import synced_payload
 
 SERVER_ONLY = {"tada-admin", "quota"}
 
 
 async def synced_commands(config: BotConfig, api: httpx.AsyncClient) -> dict[str, Any]:
     """The command payloads the bot syncs at start-up, by name."""
-    async with open_services(config, http=api, base_url=ENGINE_URL) as services:
-        env = simcord.Env(create_bot(services))
-        await env.start()
-        try:
-            [put] = [r for r in env.http_requests if r.method == "PUT"]
-        finally:
-            await env.shutdown()
-    assert isinstance(put.json, list)
-    return {c["name"]: c for c in put.json}
+    return {c["name"]: c for c in await synced_payload(config, api)}
 
 
 async def test_commands_carry_installs_and_contexts_only_when_the_operator_opts_in(

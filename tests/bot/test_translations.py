@@ -19,12 +19,10 @@ import discord
 import httpx
 import pytest
 import regex
-import simcord
 from discord import app_commands
 from discord.app_commands import TranslationContext, TranslationContextLocation
 from fastapi import FastAPI
 
-from bot.app import create_bot, open_services
 from bot.config import BotConfig
 from bot.translations import (
     LOCALES,
@@ -35,25 +33,12 @@ from bot.translations import (
     CommandTranslator,
     language_neutral,
 )
-from tests.bot.conftest import ENGINE_URL
+from tests.bot.conftest import synced_payload
 
 # Discord's rule for a chat-input command's or option's name (its API documentation).
 NAME = regex.compile(r"^[-_\p{L}\p{N}\p{sc=Deva}\p{sc=Thai}]{1,32}$")
 SUBCOMMAND, GROUP = 1, 2
 WANTED = {"fr", "de", "es-ES", "it", "pt-BR", "nl"}
-
-
-async def synced_payload(config: BotConfig, api: httpx.AsyncClient) -> list[dict[str, Any]]:
-    """The commands the bot syncs at start-up, as discord.py sends them."""
-    async with open_services(config, http=api, base_url=ENGINE_URL) as services:
-        env = simcord.Env(create_bot(services))
-        await env.start()
-        try:
-            [put] = [r for r in env.http_requests if r.method == "PUT"]
-        finally:
-            await env.shutdown()
-    assert isinstance(put.json, list)
-    return put.json
 
 
 @dataclass(frozen=True)
