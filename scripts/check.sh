@@ -50,15 +50,20 @@ run_pass() {
         "$@"
         rc=$?
     fi
-    names+=("$name")
-    times+=("$(awk -v a="$start" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }')")
-    closings+=("$closing")
-    if [ "$rc" -eq 0 ]; then
+    record_pass "$name" "$start" "$rc" "$closing"
+}
+
+# record_pass NAME START RC CLOSING: one line of the summary (its seconds from START).
+record_pass() {
+    names+=("$1")
+    times+=("$(awk -v a="$2" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }')")
+    closings+=("$4")
+    if [ "$3" -eq 0 ]; then
         results+=("passed")
     else
-        results+=("failed (exit $rc)")
+        results+=("failed (exit $3)")
         failed=$((failed + 1))
-        failed_names+=("$name")
+        failed_names+=("$1")
     fi
 }
 
@@ -79,22 +84,12 @@ start_pass() {
     bg_pids+=("$!")
 }
 finish_pass() {
-    local i=$1 rc closing log="$logs/bg$1.log"
+    local i=$1 rc log="$logs/bg$1.log"
     wait "${bg_pids[$i]}"
     rc=$?
     echo "== ${bg_names[$i]}"
     cat "$log"
-    closing=$(closing_line "$log")
-    names+=("${bg_names[$i]}")
-    times+=("$(awk -v a="${bg_starts[$i]}" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }')")
-    closings+=("$closing")
-    if [ "$rc" -eq 0 ]; then
-        results+=("passed")
-    else
-        results+=("failed (exit $rc)")
-        failed=$((failed + 1))
-        failed_names+=("${bg_names[$i]}")
-    fi
+    record_pass "${bg_names[$i]}" "${bg_starts[$i]}" "$rc" "$(closing_line "$log")"
 }
 
 # mkdocs build --strict into a temporary folder, removed however the build ends.
