@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every check, locally and in CI: format, lint, type-check, the lock, the docs, tests (SQLite, then
-# the PostgreSQL passes and the object-storage pass).
+# Every check, locally and in CI: format, lint, type-check, the lock, the docs, tests (SQLite,
+# with the PostgreSQL pass and the object-storage pass beside it).
 #
 # Every pass runs whatever the others do; the end prints one line per pass (name, result,
 # seconds) and the exit status is non-zero if any pass failed. Arguments go to the main
@@ -10,7 +10,23 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 # Ctrl-C stops the whole check, not just the pass that is running.
-trap 'echo; echo "== interrupted"; exit 130' INT TERM
+bg_pids=()
+# Ctrl-C also stops the passes running beside it, and everything they started.
+descendants() {
+    local child
+    for child in $(pgrep -P "$1"); do
+        echo "$child"
+        descendants "$child"
+    done
+}
+stop_side_passes() {
+    local pid
+    for pid in "${bg_pids[@]}"; do
+        # shellcheck disable=SC2046
+        kill -TERM "$pid" $(descendants "$pid") 2>/dev/null
+    done
+}
+trap 'echo; echo "== interrupted"; stop_side_passes; exit 130' INT TERM
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
@@ -53,10 +69,11 @@ run_pass() {
     record_pass "$name" "$start" "$rc" "$closing"
 }
 
-# record_pass NAME START RC CLOSING: one line of the summary (its seconds from START).
+# record_pass NAME START RC CLOSING [END]: one line of the summary (its seconds from START to
+# END, or to now).
 record_pass() {
     names+=("$1")
-    times+=("$(awk -v a="$2" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }')")
+    times+=("$(awk -v a="$2" -v b="${5:-$(now)}" 'BEGIN { printf "%.0f", b - a }')")
     closings+=("$4")
     if [ "$3" -eq 0 ]; then
         results+=("passed")
@@ -67,12 +84,12 @@ record_pass() {
     fi
 }
 
-# start_pass NAME COMMAND... / finish_pass: a pytest pass run beside the next one, for passes
-# that mostly wait on their servers (the PostgreSQL and object-storage passes). Its output
-# is shown whole once it ends, then recorded like run_pass's.
+# start_pass NAME COMMAND... / finish_pass I: a pass run beside the others (the PostgreSQL and
+# object-storage passes, which mostly wait on their servers, and mypy). Its output is shown
+# whole once it ends, then recorded like run_pass's.
 bg_names=()
-bg_pids=()
 bg_starts=()
+bg_pytest=()
 start_pass() {
     local name=$1
     shift
@@ -80,16 +97,24 @@ start_pass() {
     echo "== $name: started (its output follows when it ends)"
     bg_names+=("$name")
     bg_starts+=("$(now)")
-    env "$@" >"$log" 2>&1 &
+    # Only a pytest pass's closing line goes to the summary (its counts are added up there).
+    if [ "$1" = "pytest" ] || [ "${1%%=*}" != "$1" ]; then bg_pytest+=(1); else bg_pytest+=(0); fi
+    (
+        env "$@" >"$log" 2>&1
+        rc=$?
+        now >"$log.end"
+        exit "$rc"
+    ) &
     bg_pids+=("$!")
 }
 finish_pass() {
-    local i=$1 rc log="$logs/bg$1.log"
+    local i=$1 rc closing="" log="$logs/bg$1.log"
     wait "${bg_pids[$i]}"
     rc=$?
     echo "== ${bg_names[$i]}"
     cat "$log"
-    record_pass "${bg_names[$i]}" "${bg_starts[$i]}" "$rc" "$(closing_line "$log")"
+    if [ "${bg_pytest[$i]}" -eq 1 ]; then closing=$(closing_line "$log"); fi
+    record_pass "${bg_names[$i]}" "${bg_starts[$i]}" "$rc" "$closing" "$(cat "$log.end")"
 }
 
 # mkdocs build --strict into a temporary folder, removed however the build ends.
@@ -109,17 +134,10 @@ skip_pass() {
 
 run_pass "ruff format" ruff format --check bot cogs engine tests bench scripts
 run_pass "ruff lint" ruff check bot cogs engine tests bench scripts
-run_pass "mypy" mypy
-# constraints.txt against the public index only (a fresh machine's view).
-run_pass "lock" python scripts/check_lock.py
-# The installed dependencies agree with each other.
-run_pass "pip check" python -m pip check
-# The documentation site: a broken link, a missing page or one left out of nav fails.
-run_pass "docs" docs_build
 # Each pytest pass lists its slowest tests (over 10 s), where trimming would pay.
 durations=(--durations=15 --durations-min=10)
-# Each pytest pass runs on one worker per core (pytest-xdist), at most 4 and one per 3 GiB of
-# memory (each worker loads its own models); TADA_TEST_WORKERS=1 runs them in one process.
+# The main pytest pass runs on one worker per core (pytest-xdist), at most 4 and one per 3 GiB
+# of memory (each worker loads its own models); TADA_TEST_WORKERS=1 runs it in one process.
 # A test file stays on one worker (--dist loadfile): its module fixtures are built once.
 workers=${TADA_TEST_WORKERS:-$(python - <<'PY'
 import os
@@ -133,36 +151,43 @@ except (OSError, StopIteration):
 print(max(1, min(cores, 4, by_memory)))
 PY
 )}
-if [ "$workers" -gt 1 ]; then
-    parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder)
-else
-    parallel=()
+# xdist's options for N workers (none for one: a plain process).
+xdist() {
+    if [ "$1" -gt 1 ]; then
+        echo "-n $1 --dist loadfile --no-loadscope-reorder"
+    fi
+}
+read -r -a parallel <<<"$(xdist "$workers")"
+# The PostgreSQL and object-storage passes run beside the main pass, with half its workers
+# each (one on two cores): they wait on their servers more than they compute (together
+# about 60% of a core each when run alone), and the main pass's own waits leave the cores
+# room. mypy (one core for about 80 s without its cache) runs beside it too.
+side_workers=$((workers / 2 > 1 ? workers / 2 : 1))
+read -r -a side_parallel <<<"$(xdist "$side_workers")"
+# Each test process's torch and BLAS get their share of the cores (tests/__init__.py).
+if [ "$#" -eq 0 ]; then
+    export TADA_TEST_PROCESSES=$((workers + 2 * side_workers))
 fi
-echo "== pytest workers: $workers"
-run_pass "pytest" pytest -q "${parallel[@]}" "${durations[@]}" "$@"
 
 # The engine and security suites, and the bot store's, again on a real PostgreSQL, which the
 # tests start themselves (tests/servers.py). Skipped when pytest was given arguments.
 pg="pytest, PostgreSQL: engine, security, bot store"
 s3="pytest, object storage"
 if [ "$#" -eq 0 ]; then
-    # Once is enough, in the pass above: the tests marked no_database (the models', the
+    # Once is enough, in the main pass: the tests marked no_database (the models', the
     # voice evaluation's, the bombs' memory; a marked test that opens a database fails,
     # tests/conftest.py), and the voice quality test, which clones and speaks over the API
     # as voice/test_api.py does here and adds how the clones sound. Of the bot suite: the
     # store's shared state, claims, quotas and shards (the rest reads its SQLite store file
     # directly). One pass for both: its workers start once.
     #
-    # Also left to the pass above: the files whose database use is incidental to what they
+    # Also left to the main pass: the files whose database use is incidental to what they
     # test (models, decoders, input checks), where the rows they write are the ones the
     # API, trace, stream, storage and security tests here write too. Voices are cloned and
     # spoken on PostgreSQL by voice/test_trace.py and voice/test_stream.py; the voice API's
     # own file runs in the object-storage pass. These were about 130 of the pass's 300 CPU
     # seconds.
-    #
-    # The PostgreSQL and object-storage passes run side by side: they wait on their servers
-    # more than they compute (together about 60% of a core each when run alone).
-    start_pass "$pg" TADA_TEST_DB=postgres pytest -q "${parallel[@]}" "${durations[@]}" \
+    start_pass "$pg" TADA_TEST_DB=postgres pytest -q "${side_parallel[@]}" "${durations[@]}" \
         -m "not no_database" tests/engine tests/security \
         --ignore=tests/engine/voice/test_quality.py \
         --ignore=tests/engine/voice/test_api.py \
@@ -183,12 +208,23 @@ if [ "$#" -eq 0 ]; then
         tests/bot/test_jobs_panel.py tests/bot/test_quota.py
     # Uploads, LoRAs and voices with files in SeaweedFS (tests/engine/test_storage.py trains
     # and generates on both back ends in the main pass).
-    start_pass "$s3" TADA_TEST_STORAGE=s3 pytest -q "${parallel[@]}" "${durations[@]}" \
+    start_pass "$s3" TADA_TEST_STORAGE=s3 pytest -q "${side_parallel[@]}" "${durations[@]}" \
         tests/engine/test_uploads.py tests/engine/image/test_demo_api.py \
         tests/engine/image/test_generation_options.py tests/engine/voice/test_api.py
-    finish_pass 0
-    finish_pass 1
-else
+fi
+start_pass "mypy" mypy
+# constraints.txt against the public index only (a fresh machine's view).
+run_pass "lock" python scripts/check_lock.py
+# The installed dependencies agree with each other.
+run_pass "pip check" python -m pip check
+# The documentation site: a broken link, a missing page or one left out of nav fails.
+run_pass "docs" docs_build
+echo "== pytest workers: $workers (beside it: $side_workers for each of the other passes)"
+run_pass "pytest" pytest -q "${parallel[@]}" "${durations[@]}" "$@"
+for i in "${!bg_names[@]}"; do
+    finish_pass "$i"
+done
+if [ "$#" -ne 0 ]; then
     for name in "$pg" "$s3"; do
         skip_pass "$name" "pytest was given arguments"
     done
