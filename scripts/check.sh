@@ -182,10 +182,12 @@ if [ "$#" -eq 0 ]; then
         tests/bot/test_policy.py tests/bot/test_sharding.py tests/bot/test_jobs_runner.py \
         tests/bot/test_jobs_panel.py tests/bot/test_quota.py
     # Uploads, LoRAs and voices with files in SeaweedFS (tests/engine/test_storage.py trains
-    # and generates on both back ends in the main pass).
+    # and generates on both back ends in the main pass), and the pocket voices' stored
+    # model states.
     start_pass "$s3" TADA_TEST_STORAGE=s3 pytest -q "${parallel[@]}" "${durations[@]}" \
         tests/engine/test_uploads.py tests/engine/image/test_demo_api.py \
-        tests/engine/image/test_generation_options.py tests/engine/voice/test_api.py
+        tests/engine/image/test_generation_options.py tests/engine/voice/test_api.py \
+        tests/engine/voice/test_pocket_states.py
     finish_pass 0
     finish_pass 1
 else
