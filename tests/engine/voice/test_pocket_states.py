@@ -20,10 +20,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from engine.services import build_storage
+from engine.services import build_services, build_storage
 from engine.storage import NotStored, Storage, StorageError
 from engine.voice.backend import SpeakerProfile
-from engine.voice.handlers import VoiceHandlers
 from engine.voice.pocket import PocketBackend, PocketModel
 from engine.voice.random_pocket import build_random_pocket
 from engine.voice.reference import CpuReferenceBackend
@@ -266,9 +265,14 @@ def test_the_states_kept_in_memory_are_bounded(
     assert calls[0] == 4  # the oldest was let go
 
 
-def test_the_engine_gives_its_storage_to_the_pocket_back_end(tmp_path: Path, tiny: Path) -> None:
-    storage = build_storage(make_settings(tmp_path / "engine"))
-    handlers = VoiceHandlers(pocket_settings(tiny), storage=storage)
-    backend = handlers.backend
-    assert isinstance(backend, PocketBackend)
-    assert backend.storage is storage
+async def test_the_engine_gives_its_storage_to_the_pocket_back_end(
+    tmp_path: Path, tiny: Path
+) -> None:
+    voice = pocket_settings(tiny).model_dump(mode="json")
+    services = build_services(make_settings(tmp_path / "engine", voice=voice))
+    try:
+        backend = services.voice.backend
+        assert isinstance(backend, PocketBackend)
+        assert backend.storage is services.storage
+    finally:
+        await services.close()
