@@ -49,7 +49,13 @@ from engine.voice.backend import (
     stream_speech,
 )
 from engine.voice.neural import NeuralUnavailable, Placement, machine_placement
-from engine.voice.pocket_states import ModelState, StoredStates, clip_id, model_identity
+from engine.voice.pocket_states import (
+    ModelState,
+    StoredStates,
+    clip_id,
+    forget_clip,
+    model_identity,
+)
 from engine.voice.random_pocket import hf_file, import_pocket
 from engine.voice.settings import PocketQuantize, VoiceBackendName, VoiceSettings
 from engine.voice.similarity import SpeakerEncoder
@@ -400,9 +406,9 @@ class PocketBackend(ZeroShotBackend[PocketModel]):
         return clip
 
     def forget(self, profile: SpeakerProfile) -> None:
-        """A deleted voice: its model state goes, from memory and from the engine's storage
-        (this model's; no error when there is none). Raises StorageError when the store
-        cannot delete it."""
+        """A deleted voice: its model states go, from memory and from the engine's storage
+        (every model's; no error when there are none). Never loads the model. Raises
+        StorageError when the store cannot delete them."""
         if profile.backend not in ZERO_SHOT or "reference_pcm16" not in profile.params:
             return
         clip = pcm16_from_b64(str(profile.params["reference_pcm16"]))
@@ -410,12 +416,8 @@ class PocketBackend(ZeroShotBackend[PocketModel]):
             model = self._model  # loaded or not: forgetting never loads it
         if model is not None:
             model.let_go(clip)
-        try:
-            states = self._stored_states(machine_placement(self.settings))
-        except NeuralUnavailable:
-            return  # never pulled here: this model stored nothing
-        if states is not None:
-            states.delete(clip_id(clip))
+        if self.storage is not None:
+            forget_clip(self.storage, clip_id(clip))
 
     def _loaded_what(self, model: PocketModel) -> str:
         what = self.settings.pocket_config or self.settings.pocket_language

@@ -8,7 +8,7 @@ It depends on the clip and the model only (computing it twice gives the same ten
 it is stored once per (clip, model) as an artifact
 ``voice-states/<clip sha256>/<model identity>.safetensors``, on local disk or in the S3
 bucket like any other artifact, and read back by the first speech of the voice in any
-process.
+process. A deleted voice's folder goes whole (:func:`forget_clip`): every model's state.
 
 Safety: the file is safetensors (tensors and a JSON header; nothing is executed when it is
 read, unlike a pickle). Its header names the format, the model identity and the clip it was
@@ -177,7 +177,7 @@ class StoredStates:
         self.identity = identity
 
     def key(self, clip: str) -> str:
-        return f"{PREFIX}/{clip}/{self.identity}.safetensors"
+        return f"{clip_folder(clip)}/{self.identity}.safetensors"
 
     def key_for(self, clip: NDArray[np.float32]) -> str:
         return self.key(clip_id(clip))
@@ -208,3 +208,13 @@ class StoredStates:
     def delete(self, clip: str) -> None:
         """Delete ``clip``'s state of this model (no error when there is none)."""
         self.storage.delete_artifact(self.key(clip))
+
+
+def clip_folder(clip: str) -> str:
+    """Where the states of ``clip`` (its SHA-256), one per model, are stored."""
+    return f"{PREFIX}/{clip}"
+
+
+def forget_clip(storage: Storage, clip: str) -> None:
+    """Delete every stored state of ``clip``, whichever model made it (a deleted voice)."""
+    storage.delete_artifacts(clip_folder(clip))

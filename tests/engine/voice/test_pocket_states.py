@@ -189,21 +189,34 @@ def test_a_broken_or_mismatched_state_is_recomputed_and_rewritten(
     assert calls[0] == 0
 
 
-def test_forgetting_a_voice_deletes_its_state(
+def test_forgetting_a_voice_deletes_its_states(
     tiny: Path,
     storage: Storage,
     reference: CpuReferenceBackend,
+    speakers: dict[str, Speaker],
     voice: tuple[SpeakerProfile, dict[str, dict[str, torch.Tensor]]],
 ) -> None:
     profile, _ = voice
     backend, model, calls = started(pocket_settings(tiny), storage, reference)
     assert model.states is not None
-    key = model.states.key_for(backend.clip_of(profile))
+    clip = backend.clip_of(profile)
+    key = model.states.key_for(clip)
     backend.synthesise(TEXT, profile)
     assert calls[0] == 0
+    # Another model's state of the same voice (the operator changed pocket_quantize).
+    _, float32, _ = started(pocket_settings(tiny, pocket_quantize="off"), storage, reference)
+    float32.state_for(clip)
+    assert float32.states is not None
+    other_key = float32.states.key_for(clip)
+    stored_bytes(storage, other_key)
+    # Another voice's state stays.
+    other_clip = as_sample(speakers["high"]).audio[: 3 * 24000]
+    float32.state_for(other_clip)
     backend.forget(profile)
-    with pytest.raises(NotStored):
-        stored_bytes(storage, key)
+    for gone in (key, other_key):
+        with pytest.raises(NotStored):
+            stored_bytes(storage, gone)
+    stored_bytes(storage, float32.states.key_for(other_clip))
     backend.synthesise(TEXT, profile)
     assert calls[0] == 1  # not in memory either
     # Forgetting a voice whose state was never stored, or forgotten already, is no error;
