@@ -179,7 +179,10 @@ def build_services(
     signer = UrlSigner(settings.signing_key())
     queue = JobQueue(build_hueys(settings))
     voice = VoiceHandlers(
-        voice_settings(settings.voice), backend=voice_backend, watermarker=watermarker
+        voice_settings(settings.voice),
+        backend=voice_backend,
+        watermarker=watermarker,
+        storage=storage,
     )
     worker = JobWorker(
         settings=settings,

@@ -207,10 +207,12 @@ if [ "$#" -eq 0 ]; then
         tests/bot/test_policy.py tests/bot/test_sharding.py tests/bot/test_jobs_runner.py \
         tests/bot/test_jobs_panel.py tests/bot/test_quota.py
     # Uploads, LoRAs and voices with files in SeaweedFS (tests/engine/test_storage.py trains
-    # and generates on both back ends in the main pass).
+    # and generates on both back ends in the main pass), and the pocket voices' stored
+    # model states.
     start_pass "$s3" TADA_TEST_STORAGE=s3 pytest -q "${side_parallel[@]}" "${durations[@]}" \
         tests/engine/test_uploads.py tests/engine/image/test_demo_api.py \
-        tests/engine/image/test_generation_options.py tests/engine/voice/test_api.py
+        tests/engine/image/test_generation_options.py tests/engine/voice/test_api.py \
+        tests/engine/voice/test_pocket_states.py
 fi
 start_pass "mypy" mypy
 # constraints.txt against the public index only (a fresh machine's view).

@@ -111,6 +111,11 @@ class Storage(Protocol):
         """Delete a stored artifact (no error when there is none)."""
         ...
 
+    def delete_artifacts(self, folder: str) -> None:
+        """Delete every artifact under ``folder`` (``voice-states/<clip>``: the keys that
+        start with ``folder + "/"``; no error when there are none)."""
+        ...
+
 
 __all__ = [
     "Check",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -89,6 +90,11 @@ class LocalStorage:
 
     def delete_artifact(self, key: str) -> None:
         self.artifact_path(key).unlink(missing_ok=True)
+
+    def delete_artifacts(self, folder: str) -> None:
+        path = self.artifact_path(folder)
+        if path.is_dir():
+            shutil.rmtree(path)
 
     async def write_stream(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,3 +221,18 @@ class S3Storage:
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"object storage refused to delete an artifact: {exc}") from exc
         (self.cache / key).unlink(missing_ok=True)
+
+    def delete_artifacts(self, folder: str) -> None:
+        prefix = self.artifact_key(folder) + "/"
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                # One DELETE each: a folder holds a few objects, and every S3-compatible
+                # store has DeleteObject (not all take DeleteObjects' checksum).
+                for item in page.get("Contents", []):
+                    self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"object storage refused to delete artifacts: {exc}") from exc
+        shutil.rmtree(self.cache / folder, ignore_errors=True)

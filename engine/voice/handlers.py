@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from engine.jobs import Handler, JobContext, JobFailed
 from engine.models import Upload, UploadKind, UploadStatus, new_id, utcnow
-from engine.storage import NotStored, TooLarge
+from engine.storage import NotStored, Storage, TooLarge
 from engine.voice.audio import CONTENT_TYPES, SampleRejected, encode, load_sample
 from engine.voice.backend import SpeakerProfile, Speech, VoiceBackend, stream_speech
 from engine.voice.fingerprint import fingerprint
@@ -42,8 +42,9 @@ GENERATE_KIND = "voice.generate"
 _CANCEL_CHECK_SECONDS = 1.0
 
 
-def build_backend(settings: VoiceSettings) -> VoiceBackend:
-    """The back end ``settings`` name; its models load later (``warm_up`` or first use)."""
+def build_backend(settings: VoiceSettings, storage: Storage | None = None) -> VoiceBackend:
+    """The back end ``settings`` name; its models load later (``warm_up`` or first use).
+    ``storage``: where the pocket back end keeps voices' model states for every worker."""
     # Imported here: pyworld, Piper, torch and transformers load only where voice work runs.
     if settings.backend is VoiceBackendName.NEURAL:
         from engine.voice.neural import NeuralBackend
@@ -52,7 +53,7 @@ def build_backend(settings: VoiceSettings) -> VoiceBackend:
     if settings.backend in (VoiceBackendName.POCKET, VoiceBackendName.AUTO):
         from engine.voice.pocket import PocketBackend
 
-        return PocketBackend(settings)
+        return PocketBackend(settings, storage=storage)
     from engine.voice.reference import CpuReferenceBackend
 
     return CpuReferenceBackend(settings)
@@ -123,9 +124,12 @@ class VoiceHandlers:
         *,
         backend: VoiceBackend | None = None,
         watermarker: Watermarker | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self.settings = settings
         self._backend = backend
+        # The engine's storage, for the back end it builds (voices' model states).
+        self._storage = storage
         self._backend_lock = threading.Lock()
         # PerTh's net ([engine.voice] watermark): loaded by the warm-up or first use.
         self._watermarker = watermarker if settings.watermark else None
@@ -139,7 +143,7 @@ class VoiceHandlers:
         """The back end of ``[engine.voice] backend``, built on first use and kept."""
         with self._backend_lock:
             if self._backend is None:
-                self._backend = build_backend(self.settings)
+                self._backend = build_backend(self.settings, self._storage)
             return self._backend
 
     @property

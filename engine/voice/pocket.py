@@ -17,13 +17,14 @@ one log line and serves every request with the CPU reference instead.
 A voice keeps its sample's first seconds (16-bit PCM in its profile, like VibeVoice's voices),
 so a voice cloned by one zero-shot back end speaks through the other, and a voice the CPU
 reference cloned keeps speaking through the CPU reference. The model's state for a voice
-(the key/value cache after hearing the clip) is computed on the voice's first use and kept in
-memory for the most recent voices.
+(the key/value cache after hearing the clip, 2-14 s of CPU with the released model) is
+computed when the voice is cloned (or on its first use), stored through the engine's storage
+(:mod:`engine.voice.pocket_states`: any worker, after a restart too, reads it instead of
+hearing the clip again) and kept in memory for the ``pocket_states_kept`` most recent voices.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import threading
@@ -36,18 +37,28 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.model_loading import loading_models
+from engine.storage import Storage
 from engine.voice.audio import Sample, normalise, speech_dbfs
 from engine.voice.backend import (
     Progress,
     SpeakerProfile,
     Speech,
+    VoiceBackend,
     pcm16_b64,
     pcm16_from_b64,
     stream_speech,
 )
 from engine.voice.neural import NeuralUnavailable, Placement, machine_placement
+from engine.voice.pocket_states import (
+    ModelState,
+    StoredStates,
+    clip_id,
+    forget_clip,
+    model_identity,
+)
 from engine.voice.random_pocket import hf_file, import_pocket
 from engine.voice.settings import PocketQuantize, VoiceBackendName, VoiceSettings
+from engine.voice.similarity import SpeakerEncoder
 from engine.voice.zero_shot import ZeroShotBackend
 
 log = logging.getLogger(__name__)
@@ -58,8 +69,6 @@ SAMPLE_RATE = 24000
 ZERO_SHOT = ("pocket", "neural")
 # What progress expects: English read aloud runs about 14 characters per second.
 TYPICAL_CHARS_PER_SECOND = 14.0
-# Voice states kept in memory (about 6 MB each for a 10 s clip with the released model).
-STATES_KEPT = 8
 # A streamed speech's pieces: the first as soon as this much audio is decoded (what a
 # listener waits for), the next ones each this much longer (fewer, larger pieces).
 FIRST_PIECE_S = 0.4
@@ -171,10 +180,23 @@ def quantize_heads(model: Any) -> None:
         )
 
 
+def state_identity(settings: VoiceSettings, placement: Placement) -> str:
+    """What a voice state of this model is stored under, with its clip
+    (:func:`engine.voice.pocket_states.model_identity`); NotPulled before a pull."""
+    return model_identity(
+        pocket_config(settings),
+        Path(str(local_config(settings)["weights_path"])),
+        quantize_mode(settings, placement).value,
+        placement.device,
+    )
+
+
 class PocketModel:
     """A loaded Pocket TTS model on one device; one generation at a time."""
 
-    def __init__(self, settings: VoiceSettings, placement: Placement) -> None:
+    def __init__(
+        self, settings: VoiceSettings, placement: Placement, states: StoredStates | None = None
+    ) -> None:
         import torch
         import yaml
 
@@ -205,7 +227,17 @@ class PocketModel:
         if not getattr(self.model, "has_voice_cloning", True):
             raise NeuralUnavailable("these pocket weights cannot clone voices")
         self._lock = threading.Lock()
-        self._states: OrderedDict[str, Any] = OrderedDict()
+        # Voice states in memory, most recently used last (about 6 MB each for a 10 s clip
+        # with the released model), and in the engine's storage.
+        self._states: OrderedDict[str, ModelState] = OrderedDict()
+        self.states = states
+        # What a voice state of this model holds (layers, keys, dtypes): a stored one is
+        # checked against it.
+        from pocket_tts.modules.stateful_module import init_states
+
+        self._template: ModelState = init_states(
+            self.model.flow_lm, batch_size=1, sequence_length=1
+        )
         # torch's intra-op threads for new threads when a generation started (put back by
         # the pinned pipeline threads as they end).
         self._threads_before = torch.get_num_threads()
@@ -245,22 +277,47 @@ class PocketModel:
         for name in ("_decode_audio_worker", "_autoregressive_generation"):
             setattr(self.model, name, wrapped(getattr(self.model, name)))
 
-    def state_for(self, clip: NDArray[np.float32]) -> Any:
-        """The model's state after hearing ``clip`` (24 kHz), computed once per clip."""
+    def state_for(self, clip: NDArray[np.float32]) -> ModelState:
+        """The model's state after hearing ``clip`` (24 kHz): kept in memory, else read
+        from the engine's storage, else computed (and stored for every worker)."""
         torch = self._torch
-        key = hashlib.sha256(clip.tobytes()).hexdigest()
+        key = clip_id(clip)
         with self._lock:
             state = self._states.get(key)
             if state is not None:
                 self._states.move_to_end(key)
                 return state
-            audio = torch.from_numpy(np.ascontiguousarray(clip))[None].to(self.placement.device)
-            with torch.inference_mode():
-                state = self.model.get_state_for_audio_prompt(audio)
-            self._states[key] = state
-            while len(self._states) > STATES_KEPT:
-                self._states.popitem(last=False)
-            return state
+            stored = self.states.load(key, self._template) if self.states is not None else None
+            if stored is not None:
+                state = {
+                    module: {k: t.to(self.placement.device) for k, t in values.items()}
+                    for module, values in stored.items()
+                }
+            else:
+                audio = torch.from_numpy(np.ascontiguousarray(clip))[None]
+                with torch.inference_mode():
+                    state = self.model.get_state_for_audio_prompt(audio.to(self.placement.device))
+            self._keep(key, state)
+        if stored is None and self.states is not None:
+            # Outside the lock: a generation need not wait for the store.
+            self.states.save(key, state)
+        return state
+
+    def _keep(self, key: str, state: ModelState) -> None:
+        self._states[key] = state
+        self._states.move_to_end(key)
+        while len(self._states) > self.settings.pocket_states_kept:
+            self._states.popitem(last=False)
+
+    def kept_states(self) -> list[str]:
+        """The clips (their SHA-256) whose states are in memory, oldest first."""
+        with self._lock:
+            return list(self._states)
+
+    def let_go(self, clip: NDArray[np.float32]) -> None:
+        """Let go of ``clip``'s state in memory (the stored one stays)."""
+        with self._lock:
+            self._states.pop(clip_id(clip), None)
 
     def stream(
         self, clip: NDArray[np.float32], text: str, stop: threading.Event
@@ -319,8 +376,48 @@ class PocketBackend(ZeroShotBackend[PocketModel]):
     name = NAME
     sample_rate_of_model = SAMPLE_RATE
 
+    def __init__(
+        self,
+        settings: VoiceSettings,
+        encoder: SpeakerEncoder | None = None,
+        fallback: VoiceBackend | None = None,
+        storage: Storage | None = None,
+    ) -> None:
+        super().__init__(settings, encoder, fallback)
+        # Where voice states are stored for every worker (None: in memory only).
+        self.storage = storage
+
     def _load(self) -> PocketModel:
-        return PocketModel(self.settings, machine_placement(self.settings))
+        placement = machine_placement(self.settings)
+        return PocketModel(self.settings, placement, self._stored_states(placement))
+
+    def _stored_states(self, placement: Placement) -> StoredStates | None:
+        """This model's voice states in the engine's storage (None: no storage given)."""
+        if self.storage is None:
+            return None
+        return StoredStates(self.storage, state_identity(self.settings, placement))
+
+    @staticmethod
+    def clip_of(profile: SpeakerProfile) -> NDArray[np.float32]:
+        """The voice prompt a zero-shot voice keeps (24 kHz)."""
+        clip = pcm16_from_b64(str(profile.params["reference_pcm16"]))
+        if int(profile.params.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
+            raise NeuralUnavailable("this voice's clip is not at 24 kHz; clone it again")
+        return clip
+
+    def forget(self, profile: SpeakerProfile) -> None:
+        """A deleted voice: its model states go, from memory and from the engine's storage
+        (every model's; no error when there are none). Never loads the model. Raises
+        StorageError when the store cannot delete them."""
+        if profile.backend not in ZERO_SHOT or "reference_pcm16" not in profile.params:
+            return
+        clip = pcm16_from_b64(str(profile.params["reference_pcm16"]))
+        with self._lock:
+            model = self._model  # loaded or not: forgetting never loads it
+        if model is not None:
+            model.let_go(clip)
+        if self.storage is not None:
+            forget_clip(self.storage, clip_id(clip))
 
     def _loaded_what(self, model: PocketModel) -> str:
         what = self.settings.pocket_config or self.settings.pocket_language
@@ -378,9 +475,7 @@ class PocketBackend(ZeroShotBackend[PocketModel]):
         if not any(c.isalnum() for c in text):
             # pocket-tts refuses a text with nothing to read: the job says so.
             return Speech(np.zeros(0, dtype=np.float32), SAMPLE_RATE)
-        clip = pcm16_from_b64(str(profile.params["reference_pcm16"]))
-        if int(profile.params.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
-            raise NeuralUnavailable("this voice's clip is not at 24 kHz; clone it again")
+        clip = self.clip_of(profile)
         expected = max(1.0, len(text) / TYPICAL_CHARS_PER_SECOND * SAMPLE_RATE)
 
         def on_chunk(samples: int) -> None:
@@ -408,9 +503,7 @@ class PocketBackend(ZeroShotBackend[PocketModel]):
             return
         if not any(c.isalnum() for c in text):
             return
-        clip = pcm16_from_b64(str(profile.params["reference_pcm16"]))
-        if int(profile.params.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
-            raise NeuralUnavailable("this voice's clip is not at 24 kHz; clone it again")
+        clip = self.clip_of(profile)
         expected = max(1.0, len(text) / TYPICAL_CHARS_PER_SECOND * SAMPLE_RATE)
         target = self.settings.target_dbfs
         gain: float | None = None

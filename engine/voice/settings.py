@@ -145,6 +145,11 @@ class VoiceSettings(BaseModel):
     # seconds per audio second (bench/results/voice_pocket_threads.json). Try 1 on a
     # dedicated host.
     pocket_threads: int = Field(0, ge=0, le=64)
+    # Voices whose model state (what the model holds after hearing the voice's clip: about
+    # 6 MB each with the released model) a worker keeps in memory, most recent first. Every
+    # state is also stored through the engine's storage (voice-states/...), so a voice let
+    # go here, or new to this worker, is read back instead of heard again (2-14 s of CPU).
+    pocket_states_kept: int = Field(8, ge=1, le=4096)
     # ISO 639-1 codes of the languages the back end speaks; a text in another language is
     # refused with a 400 that says so. Empty: what its model is known to speak (Pocket TTS:
     # its pocket_language; the CPU reference: its Piper voice's; VibeVoice: en, zh; a

@@ -92,6 +92,27 @@ def test_artifacts_are_written_read_and_replaced(store: Storage) -> None:
         store.write_artifact("../escape", b"x")
 
 
+def test_a_folder_of_artifacts_is_deleted_and_nothing_beside_it(store: Storage) -> None:
+    for key in ("voice-states/c1/m1.safetensors", "voice-states/c1/m2.safetensors"):
+        store.write_artifact(key, b"state")
+    with store.local_artifact("voice-states/c1/m1.safetensors"):
+        pass  # a worker's cached copy (S3) goes too
+    store.write_artifact("voice-states/c10/m1.safetensors", b"another clip's")
+    store.write_artifact("voice-states/c1.safetensors", b"beside the folder")
+    store.delete_artifacts("voice-states/c1")
+    for key in ("voice-states/c1/m1.safetensors", "voice-states/c1/m2.safetensors"):
+        with pytest.raises(NotStored), store.local_artifact(key):
+            pass
+    for key in ("voice-states/c10/m1.safetensors", "voice-states/c1.safetensors"):
+        with store.local_artifact(key) as path:
+            assert path.read_bytes() != b"state"
+    if isinstance(store, S3Storage):
+        assert not (store.cache / "voice-states" / "c1").exists()
+    store.delete_artifacts("voice-states/none")  # nothing there: no error
+    with pytest.raises(ValueError):
+        store.delete_artifacts("../escape")
+
+
 def test_a_failed_artifact_write_stores_nothing(store: Storage) -> None:
     with pytest.raises(RuntimeError), store.artifact_file("loras/t2.safetensors") as dest:
         dest.write_bytes(b"half")
