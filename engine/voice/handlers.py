@@ -45,6 +45,13 @@ _CANCEL_CHECK_SECONDS = 1.0
 def build_backend(settings: VoiceSettings) -> VoiceBackend:
     """The back end ``settings`` name; its models load later (``warm_up`` or first use)."""
     # Imported here: pyworld, Piper, torch and transformers load only where voice work runs.
+    from engine.voice.choice import chosen_backend
+
+    chosen = chosen_backend(settings)
+    if chosen is VoiceBackendName.QWEN3:
+        from engine.voice.qwen3 import Qwen3Backend
+
+        return Qwen3Backend(settings)
     if settings.backend is VoiceBackendName.NEURAL:
         from engine.voice.neural import NeuralBackend
 
