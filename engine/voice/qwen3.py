@@ -21,11 +21,13 @@ end says why in one log line and the CPU reference serves every request.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import sys
 import threading
 import types
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +53,8 @@ MIN_CHARS_PER_SECOND = 6.0
 CAP_EXTRA_SECONDS = 2.0
 # What progress expects: English read aloud runs about 14 characters per second.
 TYPICAL_CHARS_PER_SECOND = 14.0
+# Voice prompts (speaker embeddings) kept in memory, by clip.
+PROMPTS_KEPT = 32
 # The module of qwen-tts that imports torchaudio (and sox, onnxruntime): only the 25 Hz
 # tokenizer uses it.
 _TORCHAUDIO_MODULE = "qwen_tts.core.tokenizer_25hz.vq.speech_vq"
@@ -241,6 +245,7 @@ def qwen_tts_modules() -> types.SimpleNamespace:
         ) from exc
     return types.SimpleNamespace(
         Qwen3TTSModel=qwen_tts.Qwen3TTSModel,
+        VoiceClonePromptItem=qwen_tts.VoiceClonePromptItem,
         Qwen3TTSConfig=Qwen3TTSConfig,
         Qwen3TTSForConditionalGeneration=Qwen3TTSForConditionalGeneration,
         Qwen3TTSProcessor=Qwen3TTSProcessor,
@@ -298,6 +303,8 @@ class Qwen3Model:
                 "cloning needs a Base model (Qwen/Qwen3-TTS-12Hz-1.7B-Base or -0.6B-Base)"
             )
         self.wrapper: Any = wrapper
+        self._item_class: Any = qt.VoiceClonePromptItem
+        self._prompts: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def generate(
@@ -321,9 +328,7 @@ class Qwen3Model:
             hook = self.wrapper.model.talker.register_forward_hook(each_step)
             try:
                 with torch.inference_mode():
-                    prompt = self.wrapper.create_voice_clone_prompt(
-                        ref_audio=(reference, SAMPLE_RATE), x_vector_only_mode=True
-                    )
+                    prompt = [self._prompt(reference)]
                     wavs, rate = self.wrapper.generate_voice_clone(
                         text=text,
                         language="Auto",
@@ -339,6 +344,31 @@ class Qwen3Model:
 
             audio = librosa.resample(audio, orig_sr=int(rate), target_sr=SAMPLE_RATE)
         return audio
+
+    def _prompt(self, reference: NDArray[np.float32]) -> Any:
+        """The voice prompt of a clip: its speaker embedding (x-vector), computed once per
+        clip. Built here rather than by ``create_voice_clone_prompt``, which also encodes
+        the clip with the codec's encoder for the in-context mode (a transcript of the
+        clip) and throws the codes away in the x-vector mode."""
+        key = hashlib.sha256(np.ascontiguousarray(reference).tobytes()).hexdigest()
+        item = self._prompts.get(key)
+        if item is None:
+            embedding = self.wrapper.model.extract_speaker_embedding(
+                audio=np.asarray(reference, dtype=np.float32), sr=SAMPLE_RATE
+            )
+            item = self._item_class(
+                ref_code=None,
+                ref_spk_embedding=embedding,
+                x_vector_only_mode=True,
+                icl_mode=False,
+                ref_text=None,
+            )
+            self._prompts[key] = item
+            while len(self._prompts) > PROMPTS_KEPT:
+                self._prompts.popitem(last=False)
+        else:
+            self._prompts.move_to_end(key)
+        return item
 
     def describe(self) -> str:
         return f"{self.placement.device}, {self.placement.dtype}"
