@@ -68,6 +68,8 @@ run: setup
 	$(VENV)/bin/tada-bot
 
 run-gpu: gpu
+	@# As `make run`, with torch's CUDA build: "auto" pulls Qwen3-TTS too (the GPU voice).
+	-@$(VENV)/bin/tada-engine models pull --offline-ok
 	$(VENV)/bin/tada-bot
 
 test: setup browser voice-data
