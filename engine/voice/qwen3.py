@@ -149,6 +149,26 @@ def _repair_codec_encoder() -> None:
 
     encoder_class.__init__ = __init__
     encoder_class._tada_repaired = True
+    # Its checkpoint keeps Mimi's flat transformers-4 key layout (``encoder.layers``,
+    # ``encoder_transformer.``, ``downsample.``); transformers 5.24 renames those for its
+    # own MimiModel only, never for a subclass defined outside it, so the published
+    # encoder's weights would be left out (random) with a warning. The same renamings,
+    # registered for this class.
+    from transformers.conversion_mapping import (
+        get_checkpoint_conversion_mapping,
+        register_checkpoint_conversion_mapping,
+    )
+
+    mimi = get_checkpoint_conversion_mapping("MimiModel") or []
+    encoder_side = [
+        rename
+        for rename in mimi
+        if any(p.startswith(("^encoder", "^downsample")) for p in rename.source_patterns)
+    ]
+    if encoder_side:
+        register_checkpoint_conversion_mapping(
+            "Qwen3TTSTokenizerV2Encoder", encoder_side, overwrite=True
+        )
 
 
 def _repair_tied_keys() -> None:

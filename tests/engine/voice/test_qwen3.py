@@ -183,6 +183,41 @@ def test_importing_qwen_tts_leaves_other_transformers_models_buildable() -> None
     assert torch.allclose(model.rotary_emb.inv_freq, expected)
 
 
+def test_a_codec_encoder_in_the_published_key_layout_loads_its_weights(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # The published speech_tokenizer/model.safetensors keeps Mimi's flat transformers-4
+    # layout; transformers 5.24 renames it for its own MimiModel only, so unrepaired the
+    # encoder of Qwen3-TTS's codec loaded random weights (with a warning).
+    import shutil
+
+    from safetensors.torch import save_file
+
+    qt = qwen_tts_modules()
+    loaded = qt.Qwen3TTSTokenizerV2Model.from_pretrained(str(tiny_model / "speech_tokenizer"))
+    nested_to_flat = {
+        "encoder.encoder.encoder_seanet.layers.": "encoder.encoder.layers.",
+        "encoder.encoder.encoder_transformer.": "encoder.encoder_transformer.",
+        "encoder.encoder.downsample.": "encoder.downsample.",
+    }
+    published: dict[str, torch.Tensor] = {}
+    for name, tensor in loaded.state_dict().items():
+        for nested, flat in nested_to_flat.items():
+            if name.startswith(nested):
+                name = flat + name[len(nested) :]
+        published[name] = torch.randn_like(tensor) if name.startswith("encoder.") else tensor
+    assert "encoder.downsample.conv.weight" in published
+    codec = tmp_path / "speech_tokenizer"
+    shutil.copytree(tiny_model / "speech_tokenizer", codec)
+    save_file({k: v.contiguous() for k, v in published.items()}, codec / "model.safetensors")
+    again = qt.Qwen3TTSTokenizerV2Model.from_pretrained(str(codec)).state_dict()
+    for nested, flat in nested_to_flat.items():
+        names = [n for n in again if n.startswith(nested)]
+        assert names, nested
+        for name in names:
+            assert torch.equal(again[name], published[flat + name[len(nested) :]]), name
+
+
 def test_the_written_down_full_talker_is_the_published_size() -> None:
     # bench/voice_gpu_qwen3.sh builds this one on a GPU; no download can check it, so its
     # size does: the 1.7B talker has 1,916,676,352 parameters (the published 1.7B model's
