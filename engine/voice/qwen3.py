@@ -416,7 +416,12 @@ class Qwen3Backend(ZeroShotBackend[Qwen3Model]):
             placement = machine_placement(self.settings)
         except NeuralUnavailable as exc:
             return f"{what} unavailable ({exc})"
-        return f"{what} on {placement.device}, {placement.dtype}"
+        device = placement.device
+        if device == "cuda":
+            import torch
+
+            device = f"cuda ({torch.cuda.get_device_name(0)})"
+        return f"{what} on {device}, {placement.dtype}"
 
     def analyse(self, sample: Sample) -> SpeakerProfile:
         """Check the sample is speech, embed it, keep its first seconds as the voice prompt."""
