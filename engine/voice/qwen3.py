@@ -332,9 +332,11 @@ class Qwen3Model:
         reference: NDArray[np.float32],
         text: str,
         on_frame: Callable[[int], None] | None = None,
+        reference_text: str | None = None,
     ) -> NDArray[np.float32]:
         """Speak ``text`` in the voice of ``reference`` (24 kHz); ``on_frame(n)`` is told
-        after each codec frame and may raise to stop."""
+        after each codec frame and may raise to stop. With ``reference_text`` (the clip's
+        transcript), in Qwen3-TTS's in-context mode."""
         torch = self._torch
         frames = 0
 
@@ -348,7 +350,7 @@ class Qwen3Model:
             hook = self.wrapper.model.talker.register_forward_hook(each_step)
             try:
                 with torch.inference_mode():
-                    prompt = [self._prompt(reference)]
+                    prompt = [self._prompt(reference, reference_text)]
                     wavs, rate = self.wrapper.generate_voice_clone(
                         text=text,
                         language="Auto",
@@ -365,13 +367,23 @@ class Qwen3Model:
             audio = librosa.resample(audio, orig_sr=int(rate), target_sr=SAMPLE_RATE)
         return audio
 
-    def _prompt(self, reference: NDArray[np.float32]) -> Any:
-        """The voice prompt of a clip: its speaker embedding (x-vector), computed once per
-        clip. Built here rather than by ``create_voice_clone_prompt``, which also encodes
-        the clip with the codec's encoder for the in-context mode (a transcript of the
-        clip) and throws the codes away in the x-vector mode."""
-        key = hashlib.sha256(np.ascontiguousarray(reference).tobytes()).hexdigest()
+    def _prompt(self, reference: NDArray[np.float32], reference_text: str | None) -> Any:
+        """The voice prompt of a clip, computed once per clip: its speaker embedding
+        (x-vector) alone, or with ``reference_text`` the in-context prompt (the clip's codec
+        codes and transcript too). The x-vector one is built here rather than by
+        ``create_voice_clone_prompt``, which would encode the clip with the codec's encoder
+        and throw the codes away."""
+        digest = hashlib.sha256(np.ascontiguousarray(reference).tobytes())
+        digest.update((reference_text or "").encode())
+        key = digest.hexdigest()
         item = self._prompts.get(key)
+        if item is None and reference_text:
+            item = self.wrapper.create_voice_clone_prompt(
+                ref_audio=(np.asarray(reference, dtype=np.float32), SAMPLE_RATE),
+                ref_text=reference_text,
+                x_vector_only_mode=False,
+            )[0]
+            self._prompts[key] = item
         if item is None:
             embedding = self.wrapper.model.extract_speaker_embedding(
                 audio=np.asarray(reference, dtype=np.float32), sr=SAMPLE_RATE
@@ -427,7 +439,27 @@ class Qwen3Backend(ZeroShotBackend[Qwen3Model]):
         """Check the sample is speech, embed it, keep its first seconds as the voice prompt."""
         if self.model() is None:
             return self.fallback.analyse(sample)
-        return self.clip_profile(sample)[0]
+        profile, clip = self.clip_profile(sample)
+        if not self.settings.qwen3_in_context:
+            return profile
+        transcript = self._transcript(clip, sample.sample_rate)
+        if not transcript:
+            return profile  # nothing heard to read: the x-vector alone
+        params = {**profile.params, "reference_text": transcript}
+        return profile.model_copy(update={"params": params})
+
+    def _transcript(self, clip: NDArray[np.float32], rate: int) -> str:
+        """The clip's transcript (Whisper tiny.en), or "" when it cannot be made."""
+        from engine.voice.transcribe import Transcriber, TranscriberUnavailable
+
+        transcriber = getattr(self.fallback, "transcriber", None)
+        if not isinstance(transcriber, Transcriber):
+            transcriber = Transcriber()
+        try:
+            return transcriber.transcribe(clip, rate).strip()
+        except TranscriberUnavailable as exc:
+            log.warning("voice: no transcript of the clip (%s): the x-vector alone", exc)
+            return ""
 
     def synthesise(
         self, text: str, profile: SpeakerProfile, progress: Progress | None = None
@@ -450,7 +482,13 @@ class Qwen3Backend(ZeroShotBackend[Qwen3Model]):
             if progress is not None:
                 progress(min(0.99, frames / expected))
 
-        audio = model.generate(np.asarray(reference, dtype=np.float32), text, on_frame)
+        said = profile.params.get("reference_text") if self.settings.qwen3_in_context else None
+        audio = model.generate(
+            np.asarray(reference, dtype=np.float32),
+            text,
+            on_frame,
+            reference_text=str(said) if said else None,
+        )
         if progress is not None:
             progress(1.0)
         if audio.size:

@@ -139,6 +139,11 @@ class VoiceSettings(BaseModel):
     qwen3_revision: str = Field("", pattern=r"^[A-Za-z0-9._/-]*$")
     # Sampling temperature of the first codebook (qwen-tts's default).
     qwen3_temperature: float = Field(0.9, gt=0.0, le=2.0)
+    # Qwen3-TTS's in-context mode: the kept clip's codes and its transcript (made at clone
+    # time by the engine's Whisper tiny.en, so for English samples only) are the prompt,
+    # besides the speaker x-vector; closer to the speaker by its authors' design, but a
+    # wrong transcript misleads it. false (the default): the x-vector alone.
+    qwen3_in_context: bool = False
     # The pocket back end (backend = "pocket" or "auto"): the language model pocket-tts
     # packages a config for ("english", "french", "german", "spanish", "italian",
     # "portuguese", "dutch", a "_24l" variant...), or a local pocket-tts YAML (pocket_config,

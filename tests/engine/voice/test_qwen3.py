@@ -95,6 +95,28 @@ def test_it_loads_clones_and_speaks_at_its_rate(
     assert -1.0 <= qwen3.similarity(speech, profile) <= 1.0
 
 
+def test_in_context_mode_prompts_with_the_clip_and_its_transcript(
+    tiny_model: Path, speakers: dict[str, Speaker]
+) -> None:
+    reference = backend_for(REFERENCE_VOICE)
+    assert isinstance(reference, CpuReferenceBackend)
+    backend = Qwen3Backend(
+        qwen3_settings(tiny_model, qwen3_in_context=True),
+        encoder=reference.encoder,
+        fallback=reference,
+    )
+    profile = backend.analyse(as_sample(speakers["low"]))
+    said = str(profile.params.get("reference_text", ""))
+    assert len(said.split()) >= 3, said  # Whisper heard the sample's words
+    speech = backend.synthesise(TEXT, profile)
+    # The clip's own part of the decoded audio is cut off: only the new speech is left.
+    assert 0 < speech.seconds <= frame_cap(TEXT) / FRAMES_PER_SECOND + 0.1
+    model = backend.model()
+    assert model is not None
+    (item,) = model._prompts.values()
+    assert item.icl_mode and item.ref_code is not None and item.ref_text == said
+
+
 class Stop(Exception):
     pass
 
