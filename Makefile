@@ -31,6 +31,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --retries 1 --no-deps -c constraints.txt --extra-index-url $(TORCH_CPU_INDEX) torch
 	@echo "== set-up 4/4: the project and its pinned dependencies, torch's too (about 560 MB)"
 	$(PY) -m pip install -c constraints.txt -e '.[engine,ml,dev,sandbox]'
+	@# Qwen3-TTS's model code (the GPU voice back end, engine/voice/qwen3.py): without its
+	@# declared dependencies, which pin torchaudio (no build for our torch), sox and gradio,
+	@# none of which the 12 Hz models use (pyproject.toml, [project.optional-dependencies]).
+	$(PY) -m pip install --no-deps -c constraints.txt qwen-tts-hf
 	@touch $(STAMP)
 	@echo "== set-up done: $(VENV) holds $$(du -sh $(VENV) | cut -f1)"
 
@@ -64,6 +68,8 @@ run: setup
 	$(VENV)/bin/tada-bot
 
 run-gpu: gpu
+	@# As `make run`, with torch's CUDA build: "auto" pulls Qwen3-TTS too (the GPU voice).
+	-@$(VENV)/bin/tada-engine models pull --offline-ok
 	$(VENV)/bin/tada-bot
 
 test: setup browser voice-data

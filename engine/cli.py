@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -225,6 +226,7 @@ def _models(settings: EngineSettings, args: argparse.Namespace) -> int:
             "[engine.voice] neural_model": settings.voice.get("neural_model"),
             "[engine.voice] pocket_model": settings.voice.get("pocket_model"),
             "[engine.voice] pocket_tokenizer": settings.voice.get("pocket_tokenizer"),
+            "[engine.voice] qwen3_model": settings.voice.get("qwen3_model"),
         }
         for model in pulled:
             mark = "".join(
@@ -256,13 +258,31 @@ def _models(settings: EngineSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-def configured_pulls(settings: EngineSettings) -> list[tuple[str, list[str] | None, str | None]]:
+def configured_pulls(
+    settings: EngineSettings, *, cuda: bool | None = None
+) -> list[tuple[str, list[str] | None, str | None]]:
     """What the config's voice back end loads from the hub: (hub id, files or None for
-    the loadable ones, revision)."""
+    the loadable ones, revision). "auto" pulls Pocket TTS, and on a host with a CUDA GPU
+    (``cuda``; default: ask torch) Qwen3-TTS too."""
     from engine import model_store
+    from engine.voice.choice import cuda_present
     from engine.voice.settings import VoiceBackendName, voice_settings
 
     voice = voice_settings(settings.voice)
+    qwen3: list[tuple[str, list[str] | None, str | None]] = []
+    # A pulled model is named by its folder here (the settings resolved the hub id): its
+    # record says which repository it came from, so a new pinned revision pulls again.
+    source = voice.qwen3_model
+    record = Path(voice.qwen3_model).expanduser() / model_store.RECORD
+    if not model_store.is_hub_id(source) and record.is_file():
+        source = str(json.loads(record.read_text()).get("source", ""))
+    if model_store.is_hub_id(source) and (
+        voice.backend is VoiceBackendName.QWEN3
+        or (voice.backend is VoiceBackendName.AUTO and (cuda_present() if cuda is None else cuda))
+    ):
+        qwen3 = [(source, None, voice.qwen3_revision or None)]
+    if voice.backend is VoiceBackendName.QWEN3:
+        return qwen3
     if voice.backend in (VoiceBackendName.POCKET, VoiceBackendName.AUTO):
         from engine.voice.pocket import pocket_config, required_files
 
@@ -270,10 +290,22 @@ def configured_pulls(settings: EngineSettings) -> list[tuple[str, list[str] | No
         for repo, name, revision in required_files(pocket_config(voice)):
             files, _ = by_repo.setdefault(repo, ([], revision))
             files.append(name)
-        return [(repo, files, revision) for repo, (files, revision) in by_repo.items()]
+        pocket = [(repo, files, revision) for repo, (files, revision) in by_repo.items()]
+        return pocket + qwen3
     if voice.backend is VoiceBackendName.NEURAL and model_store.is_hub_id(voice.neural_model):
         return [(voice.neural_model, None, None)]
     return []
+
+
+def _at_revision(record: Path, revision: str | None) -> bool:
+    """Whether a pulled folder is at ``revision`` as far as can be told offline: a pinned
+    commit sha must be the one its record names; a branch or tag cannot be checked."""
+    if revision is None or not re.fullmatch(r"[0-9a-f]{40}", revision):
+        return True
+    try:
+        return bool(json.loads(record.read_text()).get("revision") == revision)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _pull_configured(settings: EngineSettings, endpoint: str | None, *, offline_ok: bool) -> int:
@@ -288,8 +320,10 @@ def _pull_configured(settings: EngineSettings, endpoint: str | None, *, offline_
     root = model_store.models_dir(settings.data_dir)
     for repo, files, revision in wanted:
         folder = root / model_store.local_name(repo)
-        if (folder / model_store.RECORD).is_file() and all(
-            (folder / f).is_file() for f in files or []
+        if (
+            (folder / model_store.RECORD).is_file()
+            and all((folder / f).is_file() for f in files or [])
+            and _at_revision(folder / model_store.RECORD, revision)
         ):
             continue  # pulled before: no network needed
         try:
@@ -331,6 +365,8 @@ def usage_line(name: str, path: Path) -> str | None:
             model_type = None
         if model_type == "vibevoice":
             return f'use it: [engine.voice] backend = "neural" and neural_model = "{name}"'
+        if model_type == "qwen3_tts":
+            return f'use it: [engine.voice] backend = "qwen3" and qwen3_model = "{name}"'
     if path.suffix == ".safetensors":
         return f'use it as a LoRA: [engine.image.demos.tadz] lora_path = "{path}"'
     return None

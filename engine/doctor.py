@@ -211,6 +211,32 @@ def check_models(settings: EngineSettings) -> list[Check]:
             else:
                 what = voice.pocket_config or voice.pocket_language
                 checks.append(_ok("models", f"voice: Pocket TTS {what}, pulled"))
+        if voice.backend is VoiceBackendName.QWEN3:
+            import importlib.util
+
+            from engine.voice.choice import qwen3_pulled
+
+            if not qwen3_pulled(voice):
+                checks.append(
+                    _problem(
+                        "models",
+                        f"voice: [engine.voice] qwen3_model = {voice.qwen3_model!r} is not "
+                        "pulled (a folder with speech_tokenizer/); until then the CPU "
+                        "reference serves",
+                        "tada-engine models pull",
+                    )
+                )
+            elif importlib.util.find_spec("qwen_tts") is None:
+                checks.append(
+                    _problem(
+                        "models",
+                        "voice: Qwen3-TTS's model code (qwen-tts-hf) is not installed; until "
+                        "then the CPU reference serves",
+                        "pip install --no-deps -c constraints.txt qwen-tts-hf (make setup does)",
+                    )
+                )
+            else:
+                checks.append(_ok("models", f"voice: Qwen3-TTS {voice.qwen3_model}"))
         if voice.backend is VoiceBackendName.NEURAL:
             found = _model_path_problem(
                 "[engine.voice] neural_model", voice.neural_model, settings.data_dir

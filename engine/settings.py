@@ -17,7 +17,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from engine.voice.settings import DEFAULT_POCKET_MODEL, DEFAULT_POCKET_TOKENIZER
+from engine.voice.settings import (
+    DEFAULT_POCKET_MODEL,
+    DEFAULT_POCKET_TOKENIZER,
+    DEFAULT_QWEN3_MODEL,
+)
 
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "placeholder"})
 SECRET_ENV = "TADA_ENGINE_SECRET_KEY"
@@ -274,6 +278,7 @@ class MetricsSettings(_Section):
 _DEFAULT_PULLED = {
     "pocket_model": DEFAULT_POCKET_MODEL,
     "pocket_tokenizer": DEFAULT_POCKET_TOKENIZER,
+    "qwen3_model": DEFAULT_QWEN3_MODEL,
 }
 
 
@@ -313,13 +318,13 @@ class EngineSettings(_Section):
     @classmethod
     def _pulled_models(cls, data: Any) -> Any:
         """``[engine.image] base_model`` (and ``single_file_config``) or ``[engine.voice]
-        neural_model = "org/name"`` (and ``pocket_model``, ``pocket_tokenizer``, named or
-        not): the folder ``models pull`` made."""
+        neural_model = "org/name"`` (and ``pocket_model``, ``pocket_tokenizer``,
+        ``qwen3_model``, named or not): the folder ``models pull`` made."""
         if not isinstance(data, dict):
             return data
         for section, keys in (
             ("image", ("base_model", "single_file_config")),
-            ("voice", ("neural_model", "pocket_model", "pocket_tokenizer")),
+            ("voice", ("neural_model", "pocket_model", "pocket_tokenizer", "qwen3_model")),
         ):
             values = data.get(section)
             if not isinstance(values, dict):

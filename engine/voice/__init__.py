@@ -9,7 +9,9 @@
   :mod:`engine.voice.piper_base` (base speech), :mod:`engine.voice.world` (conversion) and
   :mod:`engine.voice.similarity` (resemblyzer).
 - :mod:`engine.voice.pocket`: the neural back end for CPU hosts (Kyutai Pocket TTS);
-  :mod:`engine.voice.neural`: VibeVoice through transformers, for GPUs.
+  :mod:`engine.voice.qwen3`: the one for GPUs (Qwen3-TTS); :mod:`engine.voice.choice`: which
+  of them ``backend = "auto"`` runs; :mod:`engine.voice.neural`: VibeVoice through
+  transformers (selectable, not a default).
 - :mod:`engine.voice.models`, :mod:`engine.voice.store`, :mod:`engine.voice.schemas`: tables,
   queries and API models.
 - :mod:`engine.voice.service`: the API side (clone, speak, typed errors);

@@ -46,6 +46,13 @@ def build_backend(settings: VoiceSettings, storage: Storage | None = None) -> Vo
     """The back end ``settings`` name; its models load later (``warm_up`` or first use).
     ``storage``: where the pocket back end keeps voices' model states for every worker."""
     # Imported here: pyworld, Piper, torch and transformers load only where voice work runs.
+    from engine.voice.choice import chosen_backend
+
+    chosen = chosen_backend(settings)
+    if chosen is VoiceBackendName.QWEN3:
+        from engine.voice.qwen3 import Qwen3Backend
+
+        return Qwen3Backend(settings)
     if settings.backend is VoiceBackendName.NEURAL:
         from engine.voice.neural import NeuralBackend
 

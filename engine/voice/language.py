@@ -46,6 +46,8 @@ POCKET_LANGUAGES = {
 }
 # VibeVoice 1.5B's model card: English and Chinese.
 VIBEVOICE_LANGUAGES = frozenset({"en", "zh"})
+# Qwen3-TTS's model card: ten languages.
+QWEN3_LANGUAGES = frozenset({"zh", "en", "ja", "ko", "de", "fr", "ru", "pt", "es", "it"})
 # What the detector chooses from: the languages of Discord's locales (Norwegian as Bokmål),
 # a few widely written ones Discord has no locale for, and whatever the back end speaks.
 _DISCORD_LOCALES = "bg cs da de el en es fi fr hi hr hu id it ja ko lt nb nl pl pt ro ru sv th tr"
@@ -121,8 +123,13 @@ def spoken_languages(settings: VoiceSettings) -> frozenset[str] | None:
         return frozenset(settings.languages)
     backend = settings.backend
     if backend is VoiceBackendName.AUTO:
-        pulled = pocket_pulled(settings)
-        backend = VoiceBackendName.POCKET if pulled else VoiceBackendName.CPU_REFERENCE
+        from engine.voice.choice import chosen_backend
+
+        backend = chosen_backend(settings)
+        if backend is VoiceBackendName.POCKET and not pocket_pulled(settings):
+            backend = VoiceBackendName.CPU_REFERENCE
+    if backend is VoiceBackendName.QWEN3:
+        return QWEN3_LANGUAGES
     if backend is VoiceBackendName.POCKET:
         if settings.pocket_config is not None:
             return None

@@ -66,7 +66,7 @@ NAME = "pocket"
 SAMPLE_RATE = 24000
 # Back ends whose profiles keep a voice prompt clip (``reference_pcm16``) a zero-shot model
 # can speak from.
-ZERO_SHOT = ("pocket", "neural")
+ZERO_SHOT = ("pocket", "neural", "qwen3")
 # What progress expects: English read aloud runs about 14 characters per second.
 TYPICAL_CHARS_PER_SECOND = 14.0
 # A streamed speech's pieces: the first as soon as this much audio is decoded (what a

@@ -16,9 +16,11 @@ class VoiceBackendName(StrEnum):
     CPU_REFERENCE = "cpu-reference"  # Piper base speech + WORLD conversion, on any CPU
     NEURAL = "neural"  # a zero-shot cloning model (VibeVoice) through transformers, for GPUs
     POCKET = "pocket"  # Kyutai Pocket TTS: zero-shot cloning in real time on a CPU (or a GPU)
-    # The default: the neural clone the hardware runs well, today Pocket TTS on a CPU and
-    # on a GPU (VibeVoice only when named: Microsoft has withdrawn it); the CPU reference
-    # (one log line saying how to pull) until `tada-engine models pull` has fetched it.
+    QWEN3 = "qwen3"  # Qwen3-TTS 12 Hz Base (Apache-2.0): zero-shot cloning for GPUs
+    # The default: the neural clone the hardware runs well: on a host where torch sees a
+    # CUDA GPU, Qwen3-TTS once pulled; else (and on a GPU until it is pulled) Pocket TTS
+    # (VibeVoice only when named: Microsoft has withdrawn it); the CPU reference (one log
+    # line saying how to pull) until `tada-engine models pull` has fetched one.
     AUTO = "auto"
 
 
@@ -46,6 +48,10 @@ DEFAULT_POCKET_TOKENIZER = "kyutai/pocket-tts-without-voice-cloning"
 
 # The transformers-format VibeVoice 1.5B (MIT licence): `tada-engine models pull` it first.
 DEFAULT_NEURAL_MODEL = "vibevoice/VibeVoice-1.5B-hf"
+
+# Qwen3-TTS 12 Hz 1.7B Base (Apache-2.0): the GPU back end's model (`qwen3_revision` pins
+# the hub revision `tada-engine models pull` fetches).
+DEFAULT_QWEN3_MODEL = "Qwen/Qwen3-TTS-12Hz-1.7B-Base"
 
 
 class PocketQuantize(StrEnum):
@@ -122,6 +128,22 @@ class VoiceSettings(BaseModel):
     neural_guidance_scale: float = Field(1.3, ge=1.0, le=5.0)
     # How much of the sample the model hears as the voice prompt (longer: slower, closer).
     neural_reference_seconds: float = Field(10.0, ge=3.0, le=60.0)
+    # The qwen3 back end (backend = "qwen3", or "auto" on a CUDA host once pulled): a pulled
+    # hub id or a local folder (with its speech_tokenizer/ codec). It runs on
+    # neural_device / neural_dtype (bfloat16 on a GPU that has it) and keeps
+    # neural_reference_seconds of the sample as the voice prompt.
+    qwen3_model: str = DEFAULT_QWEN3_MODEL
+    # The hub revision `tada-engine models pull` fetches: a commit sha pins the weights
+    # for reproducibility (`tada-engine models list` shows the sha a pull got); "": the
+    # repository's main branch at the time of the pull.
+    qwen3_revision: str = Field("", pattern=r"^[A-Za-z0-9._/-]*$")
+    # Sampling temperature of the first codebook (qwen-tts's default).
+    qwen3_temperature: float = Field(0.9, gt=0.0, le=2.0)
+    # Qwen3-TTS's in-context mode: the kept clip's codes and its transcript (made at clone
+    # time by the engine's Whisper tiny.en, so for English samples only) are the prompt,
+    # besides the speaker x-vector; closer to the speaker by its authors' design, but a
+    # wrong transcript misleads it. false (the default): the x-vector alone.
+    qwen3_in_context: bool = False
     # The pocket back end (backend = "pocket" or "auto"): the language model pocket-tts
     # packages a config for ("english", "french", "german", "spanish", "italian",
     # "portuguese", "dutch", a "_24l" variant...), or a local pocket-tts YAML (pocket_config,

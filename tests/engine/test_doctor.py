@@ -119,6 +119,17 @@ def test_an_unpulled_pocket_model_says_how_to_get_it(
     assert voice.endswith("Fix: tada-engine models pull")
 
 
+def test_an_unpulled_qwen3_model_says_how_to_get_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = f'[general]\ndata_dir = "{tmp_path / "data"}"\n[engine.voice]\nbackend = "qwen3"\n'
+    code, lines = doctor_lines(capsys, tmp_path, config)
+    assert code == 1
+    (voice,) = problems(lines, "models")
+    assert "qwen3_model = 'Qwen/Qwen3-TTS-12Hz-1.7B-Base' is not pulled" in voice
+    assert voice.endswith("Fix: tada-engine models pull")
+
+
 def test_the_default_backend_unpulled_is_a_note_not_a_problem(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ then generate with what was pulled (named in config by its hub id)."""
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 import threading
 import time
@@ -58,7 +59,9 @@ class Hub:
                     sha = hashlib.sha256(data).hexdigest()
                     entry["lfs"] = {"size": len(data), "sha256": sha, "pointerSize": 130}
                 siblings.append(entry)
-            return {"id": f"{org}/{name}", "sha": COMMIT, "siblings": siblings}
+            # As the hub does: a revision that is a commit sha resolves to itself.
+            sha = rev if re.fullmatch(r"[0-9a-f]{40}", rev) else COMMIT
+            return {"id": f"{org}/{name}", "sha": sha, "siblings": siblings}
 
         @app.get("/api/models/{org}/{name}/tree/{rev}")
         async def tree(org: str, name: str, rev: str) -> list[dict[str, object]]:
