@@ -32,6 +32,7 @@ from engine.voice.backend import (
     Progress,
     SpeakerProfile,
     Speech,
+    VoiceBackend,
     pcm16_from_b64,
 )
 from engine.voice.piper_base import BaseVoiceError
@@ -131,6 +132,24 @@ def machine_placement(settings: VoiceSettings) -> Placement:
     cuda = torch.cuda.is_available()
     bf16 = bool(cuda and torch.cuda.is_bf16_supported())
     return choose_placement(settings.neural_device, settings.neural_dtype, cuda=cuda, bf16=bf16)
+
+
+def describe_on_machine(
+    what: str, unavailable: str | None, fallback: VoiceBackend, settings: VoiceSettings
+) -> str:
+    """A GPU back end's one-line description: where it runs, or why it cannot and what serves."""
+    if unavailable is not None:
+        return f"{what} unavailable ({unavailable}); using {fallback.describe()}"
+    try:
+        placement = machine_placement(settings)
+    except NeuralUnavailable as exc:
+        return f"{what} unavailable ({exc})"
+    device = placement.device
+    if device == "cuda":
+        import torch
+
+        device = f"cuda ({torch.cuda.get_device_name(0)})"
+    return f"{what} on {device}, {placement.dtype}"
 
 
 def model_folder(settings: VoiceSettings) -> Path:
@@ -256,18 +275,7 @@ class NeuralBackend(ZeroShotBackend[VibeVoiceModel]):
 
     def describe(self) -> str:
         what = f"{self.name} (VibeVoice {self.settings.neural_model}, resemblyzer similarity)"
-        if self.unavailable is not None:
-            return f"{what} unavailable ({self.unavailable}); using {self.fallback.describe()}"
-        try:
-            placement = machine_placement(self.settings)
-        except NeuralUnavailable as exc:
-            return f"{what} unavailable ({exc})"
-        device = placement.device
-        if device == "cuda":
-            import torch
-
-            device = f"cuda ({torch.cuda.get_device_name(0)})"
-        return f"{what} on {device}, {placement.dtype}"
+        return describe_on_machine(what, self.unavailable, self.fallback, self.settings)
 
     def analyse(self, sample: Sample) -> SpeakerProfile:
         """Check the sample is speech, embed it, keep its first seconds as the voice prompt."""

@@ -39,7 +39,12 @@ from numpy.typing import NDArray
 from engine.model_loading import loading_models
 from engine.voice.audio import Sample, normalise
 from engine.voice.backend import Progress, SpeakerProfile, Speech, pcm16_from_b64
-from engine.voice.neural import NeuralUnavailable, Placement, machine_placement
+from engine.voice.neural import (
+    NeuralUnavailable,
+    Placement,
+    describe_on_machine,
+    machine_placement,
+)
 from engine.voice.settings import VoiceSettings
 from engine.voice.zero_shot import ZeroShotBackend
 
@@ -422,18 +427,7 @@ class Qwen3Backend(ZeroShotBackend[Qwen3Model]):
 
     def describe(self) -> str:
         what = f"{self.name} (Qwen3-TTS {self.settings.qwen3_model}, resemblyzer similarity)"
-        if self.unavailable is not None:
-            return f"{what} unavailable ({self.unavailable}); using {self.fallback.describe()}"
-        try:
-            placement = machine_placement(self.settings)
-        except NeuralUnavailable as exc:
-            return f"{what} unavailable ({exc})"
-        device = placement.device
-        if device == "cuda":
-            import torch
-
-            device = f"cuda ({torch.cuda.get_device_name(0)})"
-        return f"{what} on {device}, {placement.dtype}"
+        return describe_on_machine(what, self.unavailable, self.fallback, self.settings)
 
     def analyse(self, sample: Sample) -> SpeakerProfile:
         """Check the sample is speech, embed it, keep its first seconds as the voice prompt."""
