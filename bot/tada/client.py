@@ -182,7 +182,8 @@ class TadaClient:
         self._api_key = api_key
         self.retry = retry or RetryPolicy()
         self.timeout = timeout or httpx.Timeout(30.0, connect=10.0)
-        # Uploads and downloads move megabytes: a longer read/write budget.
+        # Uploads and downloads move megabytes, and a clone or a speech answers when the
+        # engine has done the work (tens of seconds on a loaded CPU): a longer budget.
         self.transfer_timeout = transfer_timeout or httpx.Timeout(600.0, connect=10.0)
         self._sleep = sleep
         self._rand = rand
@@ -260,7 +261,9 @@ class TadaClient:
 
     async def create_voice(self, upload_id: str) -> Voice:
         """``POST /api/voices/uploads?upload_id=``: clone a voice from an uploaded sample."""
-        resp = await self._call("POST", "/api/voices/uploads", params={"upload_id": upload_id})
+        resp = await self._call(
+            "POST", "/api/voices/uploads", params={"upload_id": upload_id}, long_work=True
+        )
         return self._parse(Voice, resp)
 
     async def list_voice_uploads(self) -> list[VoiceUpload]:
@@ -295,6 +298,7 @@ class TadaClient:
             route="generate_voice",
             json={"text": text},
             headers={"Accept-Language": locale} if locale else None,
+            long_work=True,
         )
         return self._parse(SpokenAudio, resp)
 
@@ -622,8 +626,11 @@ class TadaClient:
         route: str | None = None,
         authenticated: bool = True,
         headers: dict[str, str] | None = None,
+        long_work: bool = False,
     ) -> httpx.Response:
-        """One API call; with ``fallback``, the seed path is tried on 404/405."""
+        """One API call; with ``fallback``, the seed path is tried on 404/405. ``long_work``:
+        the answer comes when the engine has done the work (a clone, a speech), so it waits
+        as long as a transfer does, not the short read timeout."""
         candidates = [path] if fallback is None else [path, fallback]
         if route is not None and self._routes.get(route) == "seed":
             candidates = candidates[1:]
@@ -638,6 +645,7 @@ class TadaClient:
                 headers=headers,
                 idempotent=idempotent,
                 authenticated=authenticated,
+                transfer=long_work,
             )
             last = index == len(candidates) - 1
             if resp.status_code in (404, 405) and not last:

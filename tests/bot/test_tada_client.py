@@ -387,3 +387,54 @@ async def test_speech_carries_the_members_locale_as_accept_language(sleeps: Slee
     assert with_locale.headers["Accept-Language"] == "de"
     assert "Accept-Language" not in without.headers
     assert with_locale.headers["X-API-Key"] == "tada_secret"
+
+
+async def _slow_server(delay: float, body: bytes) -> tuple[asyncio.Server, int]:
+    """A real HTTP server that answers every request with ``body`` after ``delay`` seconds."""
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(delay)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("call", ["create_voice", "generate_voice"])
+async def test_a_clone_or_a_speech_waits_for_the_engines_work_not_the_short_timeout(
+    call: str,
+) -> None:
+    # Both answer when the engine has cloned or spoken, which takes tens of seconds on a
+    # loaded CPU: the first clone after a start waited 48 s for its models. The short read
+    # timeout (30 s) gave up while the engine went on; a retried clone then answered 409.
+    body = (
+        b'{"id": "v1", "name": "me", "created_at": "2026-01-01T00:00:00Z"}'
+        if call == "create_voice"
+        else b'{"url": "http://x/a.mp3"}'
+    )
+    server, port = await _slow_server(0.6, body)
+    try:
+        async with httpx.AsyncClient() as http:
+            client = TadaClient(
+                http,
+                base_url=f"http://127.0.0.1:{port}",
+                timeout=httpx.Timeout(0.2),
+                transfer_timeout=httpx.Timeout(10.0),
+                retry=RetryPolicy(max_retries=0),
+            )
+            if call == "create_voice":
+                assert (await client.create_voice("u1")).id == "v1"
+            else:
+                assert (await client.generate_voice("v1", "hello")).url == "http://x/a.mp3"
+            # A short call still has the short timeout.
+            with pytest.raises(TadaTimeout):
+                await client.list_voices()
+    finally:
+        server.close()
