@@ -6,10 +6,11 @@ render. Speech is a job: it is queued fairly and its audio is posted where it wa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import discord
 from discord import app_commands
@@ -29,6 +30,30 @@ from bot.replay import fetch_speech
 from bot.tada import TadaClient
 from bot.tada.models import Voice, VoiceGeneration
 from bot.ui import TadaView
+
+T = TypeVar("T")
+
+# A clone still running after this long gets a line saying why it may take a while: right
+# after the engine starts, its first clone also waits for the voice models to load (up to
+# a minute on a busy machine; issue 26). A warm clone of a 30 s sample takes a few seconds.
+CLONE_NOTE_AFTER_S = 8.0
+CLONE_NOTE = (
+    "Checking your recording and cloning the voice… still working: the first clone after "
+    "the engine starts also waits for its voice models to load (up to a minute)."
+)
+
+
+async def awaited_with_note(
+    work: Coroutine[Any, Any, T], *, after_s: float, note: Callable[[], Awaitable[object]]
+) -> T:
+    """``work``'s result; if it is not done after ``after_s``, ``note`` is awaited once
+    meanwhile (a progress edit: one Discord refuses is let go, the work goes on)."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=after_s)
+    if not done:
+        with contextlib.suppress(discord.HTTPException):
+            await note()
+    return await task
 
 
 def likeness_field(voice: Voice, latest: VoiceGeneration | None) -> tuple[str, str] | None:
@@ -146,7 +171,11 @@ class ConsentView(TadaView):
             info = await check_audio_async(data, self.sample.filename)
             target = await self.tada.create_voice_upload_url(self.name, self.sample.filename)
             await self.tada.put_upload(target, data)
-            voice = await self.tada.create_voice(target.upload_id)
+            voice = await awaited_with_note(
+                self.tada.create_voice(target.upload_id),
+                after_s=CLONE_NOTE_AFTER_S,
+                note=lambda: interaction.edit_original_response(content=CLONE_NOTE),
+            )
         except Exception as exc:
             # The progress text ends in a final state; the reason is the reply itself.
             reply = reply_for(exc, where="voice clone")
