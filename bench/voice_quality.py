@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import degrade
 from engine.voice.audio import SampleRejected, load_sample
 from engine.voice.backend import Speech, VoiceBackend
-from engine.voice.settings import VoiceSettings
+from engine.voice.settings import VoiceBackendName, VoiceSettings
 from engine.voice.similarity import SpeakerEncoder, cosine
 
 RESULTS = Path(__file__).parent / "results"
@@ -882,7 +882,8 @@ def main() -> None:
 
     from engine.voice.handlers import build_backend
 
-    settings = VoiceSettings()
+    # The CPU reference: "auto" picks Pocket TTS, whose clones this table does not judge.
+    settings = VoiceSettings(backend=VoiceBackendName.CPU_REFERENCE)
     backend = build_backend(settings)
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
