@@ -179,6 +179,59 @@ def errors(track: Track, reference: Track) -> dict[str, float]:
     }
 
 
+def markdown(body: dict[str, Any]) -> str:
+    """The summary per tracker, then each clip's median F0 over the clean consensus."""
+    summary, rows = body["summary"], body["rows"]
+    trackers = list(summary)
+    lines = [
+        f"Clips of {body['seconds_per_clip']:.0f} s at {body['rate']} Hz. Ratio: the clip's median F0 "
+        "over the speaker's clean consensus (Harvest and pYIN, clean). Frames: shares of the "
+        "frames where clean Harvest and pYIN agree, read an octave / a fifth / >20 % off.",
+        "",
+        "| tracker | CPU s per 30 s | clips | off >15 % | octave or fifth | worst ratio | "
+        "frames octave | frames fifth | frames >20 % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t, v in summary.items():
+        lines.append(
+            f"| {t} | {v['cpu_s_per_30s_median']} | {v['clips']} | {v['clips_off_15pct']} | "
+            f"{v['clips_octave_or_fifth']} | {v['worst_ratio']} | {v['frames_octave']:.3f} | "
+            f"{v['frames_fifth']:.3f} | {v['frames_gross']:.3f} |"
+        )
+    piper = body["piper_low_over_base_ratio_true_0.8"]
+    lines += [
+        "",
+        'Piper base voice (Hz) and its 0.8x tape-speed copy (test_quality\'s "low"):',
+        "",
+        "| tracker | base | low | low / base (true 0.8) |",
+        "|---|---|---|---|",
+    ]
+    for t, ratio in piper.items():
+        hz = {
+            r["speaker"]: r["median_hz"]
+            for r in rows
+            if r["tracker"] == t and r["speaker"].startswith("piper")
+        }
+        lines.append(f"| {t} | {hz.get('piper_base')} | {hz.get('piper_low')} | {ratio} |")
+    lines += ["", "| speaker | condition | " + " | ".join(trackers) + " |"]
+    lines.append("|---|---|" + "---|" * len(trackers))
+    keys = dict.fromkeys((r["speaker"], r["condition"]) for r in rows)
+    for speaker, condition in keys:
+        cells = []
+        for t in trackers:
+            r = next(
+                (
+                    r
+                    for r in rows
+                    if (r["speaker"], r["condition"], r["tracker"]) == (speaker, condition, t)
+                ),
+                None,
+            )
+            cells.append("" if r is None else f"{r['median_hz']} ({r['ratio']:.2f})")
+        lines.append(f"| {speaker} | {condition} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=12.0, help="audio per speaker")
@@ -190,7 +243,12 @@ def main() -> None:
         help="CREPE is slow on this machine: only these speakers",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "pitch_trackers.json")
+    parser.add_argument("--markdown", action="store_true", help="only re-render --out as .md")
     args = parser.parse_args()
+    if args.markdown:
+        body = json.loads(args.out.read_text())
+        args.out.with_suffix(".md").write_text(markdown(body))
+        return
     warnings.simplefilter("ignore")
     trackers = dict(TRACKERS)
     for model in filter(None, args.crepe.split(",")):
@@ -289,6 +347,7 @@ def main() -> None:
     print(json.dumps({"summary": summary, "piper_ratio": piper}, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(body, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(body))
     print(f"wrote {args.out}")
 
 

@@ -142,12 +142,14 @@ def pitch(
 ) -> tuple[Floats, Floats]:
     """F0 per frame and the frame times.
 
-    ``octave_check`` (DIO only): fold DIO's octave and fifth errors back with a check of
-    each frame's harmonics (:func:`octave_checked`). Members' samples need it: on a phone
-    band, in noise or from a headset DIO reads a voice 1.5x or 2x off (and the Piper base
-    voice a fifth high: 164 Hz where Harvest reads 107 Hz). The CPU reference back end
-    checks every track it makes, samples and base speech alike, so that both sides of the
-    F0 mapping are measured the same way.
+    ``octave_check`` (DIO only): fold DIO's octave and fifth errors back toward the
+    smooth path through each frame's harmonic comb (:func:`octave_checked`). Members'
+    samples need it: on a phone band, in noise or from a headset DIO reads a voice 1.5x or
+    2x off (an 8 kHz headset: 61 Hz for a 91 Hz voice), and the Piper base voice 1.8x high
+    (168 Hz where pYIN reads 93). The CPU reference back end checks every track it makes,
+    samples and base speech alike, so that both sides of the F0 mapping are measured the
+    same way. pYIN and CREPE read as well but cost 10-100x more
+    (bench/results/pitch_trackers.json).
     """
     x = np.ascontiguousarray(audio, dtype=np.float64)
     if method is F0Tracker.HARVEST:
