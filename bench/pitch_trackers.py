@@ -184,7 +184,8 @@ def markdown(body: dict[str, Any]) -> str:
     summary, rows = body["summary"], body["rows"]
     trackers = list(summary)
     lines = [
-        f"Clips of {body['seconds_per_clip']:.0f} s at {body['rate']} Hz. Ratio: the clip's median F0 "
+        f"Clips of {body['seconds_per_clip']:.0f} s at {body['rate']} Hz. "
+        "Ratio: the clip's median F0 "
         "over the speaker's clean consensus (Harvest and pYIN, clean). Frames: shares of the "
         "frames where clean Harvest and pYIN agree, read an octave / a fifth / >20 % off.",
         "",
