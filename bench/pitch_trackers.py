@@ -233,6 +233,73 @@ def markdown(body: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PIPER = "piper_low_over_base_ratio_true_0.8"
+PIPER_CLIPS = ("piper_base", "piper_low")
+
+
+def summarise(
+    rows: list[dict[str, Any]], cpu: dict[str, list[float]], trackers: list[str], seconds: float
+) -> dict[str, Any]:
+    """The result file's body: per tracker over the evaluation speakers' clips, the Piper
+    ratio, and every row."""
+    summary: dict[str, Any] = {}
+    for tracker in trackers:
+        mine = [r for r in rows if r["tracker"] == tracker and not r["speaker"].startswith("piper")]
+        if not mine:
+            continue
+        ratios = [r["ratio"] for r in mine if not math.isnan(r["ratio"])]
+        summary[tracker] = {
+            "cpu_s_per_30s_median": round(statistics.median(cpu[tracker]), 2),
+            "clips": len(mine),
+            # The median F0 of a clip more than 15 % from the speaker's clean consensus.
+            "clips_off_15pct": sum(abs(math.log(r)) > math.log(1.15) for r in ratios),
+            "clips_octave_or_fifth": sum(abs(math.log2(r)) > 0.45 for r in ratios),
+            "worst_ratio": max(ratios, key=lambda v: abs(math.log(v))),
+            "frames_octave": round(statistics.fmean(r.get("octave", 0.0) for r in mine), 4),
+            "frames_fifth": round(statistics.fmean(r.get("fifth", 0.0) for r in mine), 4),
+            "frames_gross": round(statistics.fmean(r.get("gross", 0.0) for r in mine), 4),
+        }
+    piper = {
+        t: round(
+            next(r["median_hz"] for r in rows if r["speaker"] == "piper_low" and r["tracker"] == t)
+            / next(
+                r["median_hz"] for r in rows if r["speaker"] == "piper_base" and r["tracker"] == t
+            ),
+            3,
+        )
+        for t in trackers
+        if all(any(r["speaker"] == p and r["tracker"] == t for r in rows) for p in PIPER_CLIPS)
+    }
+    return {
+        "seconds_per_clip": seconds,
+        "rate": RATE,
+        "summary": summary,
+        PIPER: piper,
+        "rows": rows,
+        "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]},
+    }
+
+
+def from_log(log: Path, seconds: float) -> dict[str, Any]:
+    """A run cut short: its printed rows, and each fast tracker's CPU cost timed here on
+    the first speaker's 12 s clip (CREPE's from the log's own clips is not known)."""
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    trackers = list(dict.fromkeys(r["tracker"] for r in rows))
+    with tempfile.TemporaryDirectory() as tmp:
+        spk = all_speakers(Path(tmp), only=["librivox"])[0]
+    clip = librosa.resample(spk.clone, orig_sr=spk.sample_rate, target_sr=RATE)
+    clip = clip[: int(12 * RATE)].astype(np.float32)
+    cpu: dict[str, list[float]] = {}
+    for t in trackers:
+        if t in TRACKERS:
+            start = time.process_time()
+            TRACKERS[t](clip)
+            cpu[t] = [(time.process_time() - start) / 12.0 * 30.0]
+        else:
+            cpu[t] = [float("nan")]
+    return summarise(rows, cpu, trackers, seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=12.0, help="audio per speaker")
@@ -245,7 +312,13 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "pitch_trackers.json")
     parser.add_argument("--markdown", action="store_true", help="only re-render --out as .md")
+    parser.add_argument("--from-log", type=Path, help="the rows a run printed (cut short)")
     args = parser.parse_args()
+    if args.from_log:
+        body = from_log(args.from_log, args.seconds)
+        args.out.write_text(json.dumps(body, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(body))
+        return
     if args.markdown:
         body = json.loads(args.out.read_text())
         args.out.with_suffix(".md").write_text(markdown(body))
@@ -309,43 +382,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    summary: dict[str, Any] = {}
-    for tracker in trackers:
-        mine = [r for r in rows if r["tracker"] == tracker and r["speaker"] in args.speakers]
-        if not mine:
-            continue
-        ratios = [r["ratio"] for r in mine if not math.isnan(r["ratio"])]
-        summary[tracker] = {
-            "cpu_s_per_30s_median": round(statistics.median(cpu[tracker]), 2),
-            "clips": len(mine),
-            # The median F0 of a clip more than 15 % from the speaker's clean consensus.
-            "clips_off_15pct": sum(abs(math.log(r)) > math.log(1.15) for r in ratios),
-            "clips_octave_or_fifth": sum(abs(math.log2(r)) > 0.45 for r in ratios),
-            "worst_ratio": max(ratios, key=lambda v: abs(math.log(v))),
-            "frames_octave": round(statistics.fmean(r.get("octave", 0.0) for r in mine), 4),
-            "frames_fifth": round(statistics.fmean(r.get("fifth", 0.0) for r in mine), 4),
-            "frames_gross": round(statistics.fmean(r.get("gross", 0.0) for r in mine), 4),
-        }
-    piper = {
-        t: round(
-            next(r["median_hz"] for r in rows if r["speaker"] == "piper_low" and r["tracker"] == t)
-            / next(
-                r["median_hz"] for r in rows if r["speaker"] == "piper_base" and r["tracker"] == t
-            ),
-            3,
-        )
-        for t in trackers
-        if any(r["speaker"] == "piper_low" and r["tracker"] == t for r in rows)
-    }
-    body = {
-        "seconds_per_clip": args.seconds,
-        "rate": RATE,
-        "summary": summary,
-        "piper_low_over_base_ratio_true_0.8": piper,
-        "rows": rows,
-        "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]},
-    }
-    print(json.dumps({"summary": summary, "piper_ratio": piper}, indent=1))
+    body = summarise(rows, cpu, list(trackers), args.seconds)
+    print(json.dumps({k: body[k] for k in ("summary", PIPER)}, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(body, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(body))
