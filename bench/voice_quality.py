@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import degrade
 from engine.voice.audio import SampleRejected, load_sample
 from engine.voice.backend import Speech, VoiceBackend
-from engine.voice.settings import VoiceSettings
+from engine.voice.settings import VoiceBackendName, VoiceSettings
 from engine.voice.similarity import SpeakerEncoder, cosine
 
 RESULTS = Path(__file__).parent / "results"
@@ -644,6 +644,10 @@ class SpeakerResult:
     condition: str = "clean"
     # What the front end measured and did (engine/voice/frontend.py).
     front_end: dict[str, Any] | None = None
+    # Median F0 of the clone's speech over that of the speaker's clean clone part, both
+    # read by pYIN (librosa): a tracker the engine does not use, so the judge is not the
+    # method. 1.0: the clone speaks at the speaker's pitch.
+    pitch_ratio: float | None = None
 
 
 @dataclass
@@ -724,6 +728,18 @@ def calibration_points(
     return out
 
 
+def pyin_median_f0(audio: Audio, rate: int) -> float:
+    """Median F0 (Hz) of the voiced frames by pYIN at 16 kHz; nan when nothing is voiced."""
+    import librosa
+
+    x = _resample(np.asarray(audio, dtype=np.float32), rate, 16000)
+    f0, voiced, _ = librosa.pyin(
+        x, fmin=50.0, fmax=500.0, sr=16000, frame_length=1024, hop_length=160
+    )
+    keep = voiced & np.isfinite(f0)
+    return float(np.median(f0[keep])) if keep.any() else float("nan")
+
+
 def wav_file(audio: Audio, rate: int, path: Path) -> Path:
     ints = np.clip(np.round(audio * 32767), -32768, 32767).astype("<i2")
     with wave.open(str(path), "wb") as fh:
@@ -794,6 +810,7 @@ def evaluate(
         embedded["clone"][judge.name].append(judge.embed(spk.clone, spk.sample_rate))
         embedded["clone"][own.name].append(own.embed(spk.clone, spk.sample_rate))
         jb, jc, ob, oc, wb, wc, synth_s, audio_s = [], [], [], [], [], [], 0.0, 0.0
+        said_f0: list[float] = []
         synth_cpu = 0.0
         transcripts = []
         for text, heard, bj, bo in zip(texts, base_words, base_j, base_o, strict=True):
@@ -807,6 +824,7 @@ def evaluate(
             ob.append(cosine(bo, held_o))
             oc.append(cosine(own.embed(speech.audio, speech.sample_rate), held_o))
             said = asr.transcribe(speech.audio, speech.sample_rate)
+            said_f0.append(pyin_median_f0(speech.audio, speech.sample_rate))
             transcripts.append(said)
             wb.append(wer(text, heard))
             wc.append(wer(text, said))
@@ -831,6 +849,9 @@ def evaluate(
             transcripts=transcripts,
             condition=condition,
             front_end=asdict(sample.front_end) if sample.front_end else None,
+            pitch_ratio=round(
+                float(np.nanmedian(said_f0)) / pyin_median_f0(spk.clone, spk.sample_rate), 3
+            ),
         )
         log(format_row(row))
         rows.append(row)
@@ -874,19 +895,21 @@ def condition_table(results: dict[str, Evaluation]) -> str:
     lines = [
         "| condition | cloned | refused | d-vector gain mean (min) | vs clean | "
         "resemblyzer gain mean (min) | likeness % (d-vector) | WER clone (base) | "
-        "clone s p50 / p90 | clone CPU s p50 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "clone s p50 / p90 | clone CPU s p50 | pitch ratio median (worst) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, ev in results.items():
         rows = ev.speakers
         if not rows:
-            lines.append(f"| {name} | 0 | {len(ev.refused)} | | | | | | | |")
+            lines.append(f"| {name} | 0 | {len(ev.refused)} | | | | | | | | |")
             continue
         gains = [r.judge_gain for r in rows]
         own = [r.own_clone - r.own_base for r in rows]
         both = [r.judge_gain - clean[r.speaker].judge_gain for r in rows if r.speaker in clean]
         likeness = [DVECTOR.percent(r.judge_clone) or 0 for r in rows]
         create = [r.create_seconds for r in rows]
+        ratios = [r.pitch_ratio for r in rows if r.pitch_ratio is not None]
+        worst = max(ratios, key=lambda v: abs(np.log(v)), default=float("nan"))
         lines.append(
             f"| {name} | {len(rows)} | {len(ev.refused)} | "
             f"{statistics.fmean(gains):+.3f} ({min(gains):+.3f}) | "
@@ -896,7 +919,8 @@ def condition_table(results: dict[str, Evaluation]) -> str:
             f"{statistics.fmean(r.wer_clone for r in rows):.2f} "
             f"({statistics.fmean(r.wer_base for r in rows):.2f}) | "
             f"{_p(create, 50):.1f} / {_p(create, 90):.1f} | "
-            f"{_p([r.create_cpu_seconds for r in rows], 50):.1f} |"
+            f"{_p([r.create_cpu_seconds for r in rows], 50):.1f} | "
+            f"{_p(ratios, 50):.2f} ({worst:.2f}) |"
         )
     names = list(results)
     speakers = sorted({r.speaker for ev in results.values() for r in ev.speakers})
@@ -916,7 +940,7 @@ def condition_table(results: dict[str, Evaluation]) -> str:
             else:
                 cells.append(
                     f"{row.judge_gain:+.2f} / {row.own_clone - row.own_base:+.2f}; "
-                    f"WER {row.wer_clone:.2f}"
+                    f"WER {row.wer_clone:.2f}; pitch x{row.pitch_ratio}"
                 )
         lines.append(f"| {spk} | " + " | ".join(cells) + " |")
     refusals = [r for ev in results.values() for r in ev.refused]
@@ -951,7 +975,8 @@ def main() -> None:
 
     from engine.voice.handlers import build_backend
 
-    settings = VoiceSettings()
+    # The CPU reference: "auto" picks Pocket TTS, whose clones this table does not judge.
+    settings = VoiceSettings(backend=VoiceBackendName.CPU_REFERENCE)
     backend = build_backend(settings)
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

@@ -142,12 +142,14 @@ def pitch(
 ) -> tuple[Floats, Floats]:
     """F0 per frame and the frame times.
 
-    ``octave_check`` (DIO only): fold DIO's octave and fifth errors back with a check of
-    each frame's harmonics (:func:`octave_checked`). Members' samples need it: on a phone
-    band, in noise or from a headset DIO reads a voice 1.5x or 2x off (and the Piper base
-    voice a fifth high: 164 Hz where Harvest reads 107 Hz). The CPU reference back end
-    checks every track it makes, samples and base speech alike, so that both sides of the
-    F0 mapping are measured the same way.
+    ``octave_check`` (DIO only): fold DIO's octave and fifth errors back toward the
+    smooth path through each frame's harmonic comb (:func:`octave_checked`). Members'
+    samples need it: on a phone band, in noise or from a headset DIO reads a voice 1.5x or
+    2x off (an 8 kHz headset: 61 Hz for a 91 Hz voice), and the Piper base voice 1.8x high
+    (168 Hz where pYIN reads 93). The CPU reference back end checks every track it makes,
+    samples and base speech alike, so that both sides of the F0 mapping are measured the
+    same way. pYIN and CREPE read as well but cost 10-100x more
+    (bench/results/pitch_trackers.json).
     """
     x = np.ascontiguousarray(audio, dtype=np.float64)
     if method is F0Tracker.HARVEST:
@@ -171,10 +173,6 @@ _CHECK_HOP_S = 0.01
 _CHECK_WINDOW_S = 0.08
 # Contrast (natural log of magnitude) above which a frame's harmonic comb counts as clear.
 _CLEAR_CONTRAST = 1.0
-# Ratios a tracker's error can take: octaves, and a fifth (tracking 3 F0 / 2 or 2 F0 / 3).
-_FOLDS = (2.0, 0.5, 1.5, 2.0 / 3.0)
-# A fold is taken only when the comb at the folded value is this much clearer.
-_FOLD_MARGIN = 0.15
 
 
 @dataclass(frozen=True)
@@ -239,36 +237,84 @@ def harmonic_contrast(x: NDArray[Any], sample_rate: int) -> HarmonicContrast:
     return HarmonicContrast(values=(harmonics - midpoints).astype(np.float64), hop_s=_CHECK_HOP_S)
 
 
-def octave_checked(f0: Floats, contrast: HarmonicContrast) -> Floats:
-    """``f0`` (a 5 ms track) with octave and fifth errors folded back.
+# The guide: the path through the comb's candidates that a voice can take (Viterbi).
+# Moving costs this much contrast per octave between 10 ms frames (speech glides; a
+# tracker's octave jump does not), and straying from the voice's centre this much per
+# octave squared (a weak, noisy stretch stays in the speaker's range). At 0.3 an 8 kHz
+# headset speaker kept a quarter of his frames at 2/3 of his pitch (spread 0.32 where
+# pYIN reads 0.08) and his clone came out rough; at 2.0: 0.07, the base voice unchanged.
+_JUMP_COST = 3.0
+_CENTRE_COST = 2.0
+# A frame's folded value is kept when it lies within this ratio of the guide's.
+_MATCH = 1.2
+# Folds tried on each frame: the value as tracked first, then octaves, fifths, twelfths.
+_TRACK_FOLDS = np.array([1.0, 0.5, 2.0, 2.0 / 3.0, 1.5, 1.0 / 3.0, 3.0])
 
-    A frame is folded (x2, /2, x3/2, x2/3) when the harmonic comb at the folded value is
-    clearly stronger there and the folded value lies nearer the voice's centre (the median
-    of the frames whose comb is clear): a check of the candidate's harmonics, held to the
-    speaker's own range. Voicing is left as DIO found it.
+
+def guide_track(contrast: HarmonicContrast) -> Floats | None:
+    """F0 (Hz) per analysis frame of ``contrast``: the smooth path through each frame's
+    harmonic comb, held near the voice's centre; None when no stretch has a clear comb.
+
+    Read on the comb alone it agrees with pYIN within 3 % on the Piper base voice, its
+    0.8x tape-speed copy and an 8 kHz headset recording, with or without a phone band
+    (bench/results/pitch_trackers.json), at a tenth of pYIN's cost.
     """
     centre = contrast.clear_centre()
+    if centre is None:
+        return None
+    logs = np.log2(_GRID)
+    score = contrast.values - _CENTRE_COST * (logs - np.log2(centre)) ** 2
+    jump = _JUMP_COST * np.abs(logs[:, None] - logs[None, :])
+    n, states = score.shape
+    back = np.empty((n, states), dtype=np.int16)
+    acc = score[0].copy()
+    columns = np.arange(states)
+    for i in range(1, n):
+        moves = acc[:, None] - jump  # (from, to)
+        back[i] = moves.argmax(axis=0)
+        acc = moves[back[i], columns] + score[i]
+    path = np.empty(n, dtype=np.int64)
+    path[-1] = int(acc.argmax())
+    for i in range(n - 1, 0, -1):
+        path[i - 1] = back[i, path[i]]
+    # Between grid points: the vertex of a parabola through the best and its neighbours.
+    rows = np.arange(n)
+    inner = np.clip(path, 1, states - 2)
+    left, mid, right = (contrast.values[rows, inner + d] for d in (-1, 0, 1))
+    curve = left - 2 * mid + right
+    shift = np.where(curve < 0, 0.5 * (left - right) / np.where(curve < 0, curve, -1.0), 0.0)
+    shift = np.where(path == inner, np.clip(shift, -0.5, 0.5), 0.0)
+    step = np.log(_GRID[1] / _GRID[0])
+    return np.asarray(_GRID[path] * np.exp(shift * step))
+
+
+def octave_checked(f0: Floats, contrast: HarmonicContrast) -> Floats:
+    """``f0`` (a 5 ms track) with octave, fifth and twelfth errors folded back.
+
+    Each voiced frame takes the fold of its value (x1 first, then /2, x2, x2/3, x3/2, /3,
+    x3) that lies within 20 % of the guide (:func:`guide_track`: the smooth path through
+    the harmonic comb); a frame no fold brings there takes the guide's value. The
+    tracker's precision is kept where it only erred by a fold. Voicing is left as found.
+    """
     voiced = np.flatnonzero(f0 > 0)
-    if centre is None or voiced.size == 0:
+    if voiced.size == 0:
         return f0
-    out = f0.copy()
+    guide = guide_track(contrast)
+    if guide is None:
+        return f0
     cols = np.minimum(
         np.round(voiced * (FRAME_PERIOD_MS / 1000.0) / contrast.hop_s).astype(np.int64),
-        len(contrast.values) - 1,
+        len(guide) - 1,
     )
-    values = f0[voiced]
-    best = values.copy()
-    best_score = contrast.at(cols, values)
-    distance = np.abs(np.log(values / centre))
-    for ratio in _FOLDS:
-        folded = values * ratio
-        score = contrast.at(cols, folded)
-        nearer = np.abs(np.log(folded / centre)) < distance
-        take = nearer & (score > best_score + _FOLD_MARGIN)
-        best = np.where(take, folded, best)
-        best_score = np.where(take, score, best_score)
-        distance = np.where(take, np.abs(np.log(folded / centre)), distance)
-    out[voiced] = best
+    want = guide[cols]
+    candidates = f0[voiced, None] * _TRACK_FOLDS[None, :]
+    off = np.abs(np.log(candidates / want[:, None]))
+    # The first fold (in the order above) that lands within the match.
+    close = off <= np.log(_MATCH)
+    first = np.where(close.any(axis=1), close.argmax(axis=1), -1)
+    rows = np.arange(voiced.size)
+    out = f0.copy()
+    out[voiced] = np.where(first >= 0, candidates[rows, np.maximum(first, 0)], want)
     return out
 
 

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from bench import voice_quality as vq
 from engine.voice.audio import decode
 from engine.voice.reference import CpuReferenceBackend
 from engine.voice.settings import F0Tracker
@@ -23,7 +24,6 @@ from tests.engine.voice.conftest import (
     clone,
     fetch,
     h,
-    median_f0,
 )
 
 pytestmark = pytest.mark.slow(25)
@@ -64,20 +64,14 @@ async def test_each_clone_sounds_like_its_own_speaker(
         path.write_bytes((await fetch(vapi, body["audio_url"])).content)
         audio = decode(path, rate)
 
-        # Pitch: the generated speech's median F0 lands within 20 % of the target's. It was
-        # 12 %; full 2-worker runs read 13 to 19 % off. No state shared between tests was
-        # found to move it (one thread per worker; the session's back end after the voice
-        # files that use it: within the spread seen alone). The reading itself varies from run
-        # to run with no code change: Piper samples its speech (the speakers and the text
-        # read differ each run), and on this voice DIO with the octave check and Harvest
-        # disagree frame by frame by a fifth or an octave. Four clones in one process read
-        # "low" 2 to 15 % high by this measure where Harvest read 3 to 10 % high.
-        target_f0 = median_f0(speaker.audio, rate)
-        assert abs(median_f0(audio, rate) / target_f0 - 1.0) < 0.20, (
-            name,
-            median_f0(audio, rate),
-            target_f0,
-        )
+        # Pitch: the generated speech's median F0 lands within 12 % of the target's, both
+        # read by pYIN: a tracker the engine does not use, so the judge is not the method.
+        # Before the octave check followed the comb's guide (engine/voice/world.py) the
+        # engine read the base voice at 121 Hz where pYIN reads 93, and "low" spoke at
+        # 92-100 Hz for a 74 Hz target (25-35 % off by pYIN; DIO's own reading said 2-15 %).
+        target_f0 = vq.pyin_median_f0(speaker.audio, rate)
+        heard_f0 = vq.pyin_median_f0(audio, rate)
+        assert abs(np.log(heard_f0 / target_f0)) < np.log(1.12), (name, heard_f0, target_f0)
 
         # Identity: closer to its own target than to the other target or to the base voice.
         embedding = encoder.embed(audio, rate)
