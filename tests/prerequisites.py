@@ -42,6 +42,11 @@ CHROMIUM_PLACES = (
     Path("/Applications/Chromium.app/Contents/MacOS/Chromium"),
 )
 SPHINX_LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+# Speakers from other material (issue 26): a radio amateur on an 8 kHz USB headset
+# (codec2-examples, LGPL-2.1) and Asterisk's prompts (asterisk-core-sounds-en-g722,
+# CC-BY-SA-3.0): bench/voice_quality.py's extra speakers and the headset pitch test.
+CODEC2_HEADSET = Path("/usr/share/codec2/raw/ve9qrp.raw")
+ASTERISK_ALLISON = Path("/usr/share/asterisk/sounds/en_US_f_Allison/vm-intro.g722")
 ALSA_SAMPLE = Path("/usr/share/sounds/alsa/Front_Center.wav")
 
 
@@ -69,7 +74,11 @@ def _chromium_missing() -> str | None:
 
 
 def _voice_data_missing() -> str | None:
-    missing = [str(p) for p in (SPHINX_LIBRIVOX, ALSA_SAMPLE) if not p.exists()]
+    missing = [
+        str(p)
+        for p in (SPHINX_LIBRIVOX, ALSA_SAMPLE, CODEC2_HEADSET, ASTERISK_ALLISON)
+        if not p.exists()
+    ]
     if shutil.which("flite") is None:
         missing.insert(0, "flite (the program)")
     return "no " + ", ".join(missing) if missing else None
@@ -135,9 +144,18 @@ VOICE_DATA = Prerequisite(
         "tests/engine/voice/test_voice_quality.py (how clones sound, judged by an "
         "independent encoder; bench/voice_quality.py needs the same data)"
     ),
-    debian_packages=("flite", "pocketsphinx-testdata", "alsa-utils"),
+    debian_packages=(
+        "flite",
+        "pocketsphinx-testdata",
+        "alsa-utils",
+        "codec2-examples",
+        "asterisk-core-sounds-en-g722",
+    ),
     install={
-        "Debian/Ubuntu": "sudo apt-get install flite pocketsphinx-testdata alsa-utils",
+        "Debian/Ubuntu": (
+            "sudo apt-get install flite pocketsphinx-testdata alsa-utils codec2-examples "
+            "asterisk-core-sounds-en-g722"
+        ),
         "Fedora, macOS": (
             "no package puts these recordings where the test reads them (Debian's paths); "
             'run the tests in Debian: docker run --rm -v "$PWD":/src -w /src '
