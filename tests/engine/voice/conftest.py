@@ -87,13 +87,6 @@ def transcode(wav: bytes, ext: str, tmp: Path) -> bytes:
     return dst.read_bytes()
 
 
-def median_f0(audio: NDArray[np.float32], sample_rate: int) -> float:
-    # With the octave check samples get: plain DIO reads the base voice (and the "low"
-    # speaker made from it) a fifth high, 164 Hz where Harvest reads 107 Hz.
-    f0 = world.analyse(audio, sample_rate, aperiodicity=False, octave_check=True).f0
-    return float(np.median(f0[f0 > 0]))
-
-
 @pytest.fixture(scope="session")
 def reference_backend() -> CpuReferenceBackend:
     """The process-wide back end of the default settings (the engine's own instance)."""
