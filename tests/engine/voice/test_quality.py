@@ -64,14 +64,17 @@ async def test_each_clone_sounds_like_its_own_speaker(
         path.write_bytes((await fetch(vapi, body["audio_url"])).content)
         audio = decode(path, rate)
 
-        # Pitch: the generated speech's median F0 lands within 12 % of the target's, both
+        # Pitch: the generated speech's median F0 lands within 15 % of the target's, both
         # read by pYIN: a tracker the engine does not use, so the judge is not the method.
+        # An unconverted clone reads 25 % ("low", 0.8x the base voice) or 120 % ("high") off;
+        # on converted speech the trackers scatter by up to ~12 % (pYIN read 84 Hz where
+        # WORLD was given 94), so the bound leaves the judge that much room.
         # Before the octave check followed the comb's guide (engine/voice/world.py) the
         # engine read the base voice at 121 Hz where pYIN reads 93, and "low" spoke at
         # 92-100 Hz for a 74 Hz target (25-35 % off by pYIN; DIO's own reading said 2-15 %).
         target_f0 = vq.pyin_median_f0(speaker.audio, rate)
         heard_f0 = vq.pyin_median_f0(audio, rate)
-        assert abs(np.log(heard_f0 / target_f0)) < np.log(1.12), (name, heard_f0, target_f0)
+        assert abs(np.log(heard_f0 / target_f0)) < np.log(1.15), (name, heard_f0, target_f0)
 
         # Identity: closer to its own target than to the other target or to the base voice.
         embedding = encoder.embed(audio, rate)
