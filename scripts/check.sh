@@ -134,6 +134,9 @@ skip_pass() {
 
 run_pass "ruff format" ruff format --check bot cogs engine tests bench scripts
 run_pass "ruff lint" ruff check bot cogs engine tests bench scripts
+# librosa's pYIN (the tests' pitch judge) compiled once, before processes run side by side:
+# several compiling into its numba cache at once crashed a worker (scripts/warm_numba.py).
+run_pass "numba cache" python scripts/warm_numba.py
 # Each pytest pass lists its slowest tests (over 10 s), where trimming would pay.
 durations=(--durations=15 --durations-min=10)
 # The main pytest pass runs on one worker per core (pytest-xdist), at most 4 and one per 3 GiB
