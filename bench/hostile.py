@@ -7,7 +7,10 @@ stage, through:
 - ``engine-train-start``: ``POST /api/loras/trainings/{id}`` on that zip already stored
   (as one kept by an older engine, or a job recovered after a restart, would be);
 - ``engine-train``: the worker's training job on it (tiny built-in model, 2 steps), after
-  a first training warmed the model up;
+  a first training warmed the model up. The zip is uploaded as a member's is: one the PUT
+  refuses is never trained (its outcome is the PUT's); one it accepts is decoded whole.
+  (A zip swapped in after its check is refused at training: the engine compares the
+  check's digest, so a swapped file would measure nothing.);
 - ``bot-check``: the bot's upload check (``bot.media.inspect_zip``) on the zip's bytes.
 
 Each child reports its RSS growth over its own baseline (taken after set-up, with the zip's
@@ -151,16 +154,24 @@ async def _engine_stage(stage: str, data: bytes, tmp: Path) -> tuple[str, PeakRs
                 _, put = await upload(data)
                 watch.finish()
                 return f"PUT {put.status_code}: {put.text[:300]}", watch
-            upload_id, put = await upload(good)
-            assert put.status_code == 200, put.text
             if stage == "engine-train":
                 # Warm up: one real training, so the model is loaded before the baseline.
                 warm_id, _ = await upload(good)
                 await api.post(f"/api/loras/trainings/{warm_id}", headers=_h(key))
                 await anyio.to_thread.run_sync(services.worker.drain)
+                watch = PeakRss()
+                watch.start()
+                upload_id, put = await upload(data)
+                watch.finish()
+                if put.status_code != 200:
+                    return f"PUT {put.status_code}: {put.text[:300]}", watch
                 started = await api.post(f"/api/loras/trainings/{upload_id}", headers=_h(key))
                 assert started.status_code == 202, started.text
-            services.storage.upload_path(upload_id).write_bytes(data)
+            else:
+                # engine-train-start: a zip already stored, as an older engine kept it.
+                upload_id, put = await upload(good)
+                assert put.status_code == 200, put.text
+                services.storage.upload_path(upload_id).write_bytes(data)
             watch = PeakRss()
             watch.start()
             if stage == "engine-train-start":

@@ -107,8 +107,10 @@ start_pass() {
     ) &
     bg_pids+=("$!")
 }
+bg_finished=()
 finish_pass() {
     local i=$1 rc closing="" log="$logs/bg$1.log"
+    bg_finished[i]=1
     wait "${bg_pids[$i]}"
     rc=$?
     echo "== ${bg_names[$i]}"
@@ -136,7 +138,19 @@ run_pass "ruff format" ruff format --check bot cogs engine tests bench scripts
 run_pass "ruff lint" ruff check bot cogs engine tests bench scripts
 # librosa's pYIN (the tests' pitch judge) compiled once, before processes run side by side:
 # several compiling into its numba cache at once crashed a worker (scripts/warm_numba.py).
-run_pass "numba cache" python scripts/warm_numba.py
+# Its 35 s in a fresh environment (a few seconds after) run beside mypy and the light
+# checks below (the lock mostly waits on the package index); the pytest passes wait for it.
+numba_pass=${#bg_names[@]}
+start_pass "numba cache" python scripts/warm_numba.py
+start_pass "mypy" mypy
+# constraints.txt against the public index only (a fresh machine's view).
+run_pass "lock" python scripts/check_lock.py
+# The installed dependencies agree with each other (less what qwen-tts-hf declares and
+# never uses: scripts/check_pip.py).
+run_pass "pip check" python scripts/check_pip.py
+# The documentation site: a broken link, a missing page or one left out of nav fails.
+run_pass "docs" docs_build
+finish_pass "$numba_pass"
 # Each pytest pass lists its slowest tests (over 10 s), where trimming would pay.
 durations=(--durations=15 --durations-min=10)
 # The main pytest pass runs on one worker per core (pytest-xdist), at most 4 and one per 3 GiB
@@ -164,7 +178,7 @@ read -r -a parallel <<<"$(xdist "$workers")"
 # The PostgreSQL and object-storage passes run beside the main pass, with half its workers
 # each (one on two cores): they wait on their servers more than they compute (together
 # about 60% of a core each when run alone), and the main pass's own waits leave the cores
-# room. mypy (one core for about 80 s without its cache) runs beside it too.
+# room. mypy (one core for about 80 s without its cache), started above, runs beside them.
 side_workers=$((workers / 2 > 1 ? workers / 2 : 1))
 read -r -a side_parallel <<<"$(xdist "$side_workers")"
 # Each test process's torch and BLAS get their share of the cores (tests/__init__.py).
@@ -189,7 +203,7 @@ if [ "$#" -eq 0 ]; then
     # API, trace, stream, storage and security tests here write too. Voices are cloned and
     # spoken on PostgreSQL by voice/test_trace.py and voice/test_stream.py; the voice API's
     # own file runs in the object-storage pass. These were about 130 of the pass's 300 CPU
-    # seconds.
+    # seconds. The watermark's API tests (about 60 s) speak and trace as those two files do.
     start_pass "$pg" TADA_TEST_DB=postgres pytest -q "${side_parallel[@]}" "${durations[@]}" \
         -m "not no_database" tests/engine tests/security \
         --ignore=tests/engine/voice/test_quality.py \
@@ -198,6 +212,7 @@ if [ "$#" -eq 0 ]; then
         --ignore=tests/engine/voice/test_preload.py \
         --ignore=tests/engine/voice/test_neural.py \
         --ignore=tests/engine/voice/test_language.py \
+        --ignore=tests/engine/voice/test_watermark.py \
         --ignore=tests/engine/image/test_generation_options.py \
         --ignore=tests/engine/image/test_lora_files.py \
         --ignore=tests/engine/image/test_zip_inspection.py \
@@ -217,18 +232,10 @@ if [ "$#" -eq 0 ]; then
         tests/engine/image/test_generation_options.py tests/engine/voice/test_api.py \
         tests/engine/voice/test_pocket_states.py
 fi
-start_pass "mypy" mypy
-# constraints.txt against the public index only (a fresh machine's view).
-run_pass "lock" python scripts/check_lock.py
-# The installed dependencies agree with each other (less what qwen-tts-hf declares and
-# never uses: scripts/check_pip.py).
-run_pass "pip check" python scripts/check_pip.py
-# The documentation site: a broken link, a missing page or one left out of nav fails.
-run_pass "docs" docs_build
 echo "== pytest workers: $workers (beside it: $side_workers for each of the other passes)"
 run_pass "pytest" pytest -q "${parallel[@]}" "${durations[@]}" "$@"
 for i in "${!bg_names[@]}"; do
-    finish_pass "$i"
+    [ -n "${bg_finished[i]:-}" ] || finish_pass "$i"
 done
 if [ "$#" -ne 0 ]; then
     for name in "$pg" "$s3"; do

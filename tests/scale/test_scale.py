@@ -60,7 +60,7 @@ pytestmark = pytest.mark.slow(70)
 
 SHARDS = 2  # one bot, two shards, one process each
 MEMBERS_PER_BOT = 3
-HTTP_MEMBERS = 8  # through the API alone, at the same time
+HTTP_MEMBERS = SHARDS * MEMBERS_PER_BOT  # as many again, through the API alone, at once
 ROUNDS = 2  # each member asks for one speech and one demo image per round
 BOT_SECONDS = 300.0
 KILL_AFTER_DONE = 2 * MEMBERS_PER_BOT + 4  # the clones and a few more: under way

@@ -14,6 +14,9 @@ from engine.voice.reference import CpuReferenceBackend
 from engine.voice.settings import VoiceSettings
 from tests.engine.voice.conftest import Speaker
 
+# The back end alone: the PostgreSQL pass leaves it out.
+pytestmark = pytest.mark.no_database
+
 
 def test_a_long_sample_is_cut_in_a_pause_for_the_mapping() -> None:
     from engine.voice.reference import PARALLEL_MAX_SECONDS, parallel_part
