@@ -134,6 +134,22 @@ def parallel_part(audio: NDArray[np.float32], sample_rate: int) -> NDArray[np.fl
     return audio[:cut]
 
 
+def parallel_readings(sample: Sample, part_samples: int) -> int:
+    """How many times the base voice reads the transcript of the mapping's part.
+
+    A part cut from a longer sample (:func:`parallel_part`) is read once: it holds at least
+    ``PARALLEL_MAX_SECONDS - _CUT_SEARCH_S`` seconds of the trimmed sample (pauses cut to
+    0.6 s), and a second reading of it doubled the cost of the mapping's half of a 30 s clone for
+    words the speaker said only once (bench/voice_clone_speed.py: half of the 30 s samples,
+    whose part held 11-12 s of speech, were read twice). A shorter sample is read up to
+    :data:`MAX_READINGS` times, until its readings hold about :data:`PARALLEL_SECONDS`.
+    """
+    if part_samples < len(sample.audio):
+        return 1
+    speech_seconds = sample.speech_seconds * part_samples / max(len(sample.audio), 1)
+    return int(np.clip(np.ceil(PARALLEL_SECONDS / max(speech_seconds, 1.0)), 1, MAX_READINGS))
+
+
 def warp_candidates(estimate: float, max_warp: float) -> list[float]:
     """The estimate, one step either side of it, and 1.0; within the limits, no repeats."""
     out: list[float] = []
@@ -325,10 +341,7 @@ class CpuReferenceBackend:
         # Piper reads differently each time: a short sample gets a few readings, pooled, so
         # its warp and mapping do not hang on one reading's timing (the sample is the same
         # in each: the ridge grows with the readings and the mapping stays as regularised).
-        speech_seconds = sample.speech_seconds * len(audio) / max(len(sample.audio), 1)
-        readings = int(
-            np.clip(np.ceil(PARALLEL_SECONDS / max(speech_seconds, 1.0)), 1, MAX_READINGS)
-        )
+        readings = parallel_readings(sample, len(audio))
         sources: list[world.WorldFeatures] = []
         src_idx: list[NDArray[np.int64]] = []
         tgt_idx: list[NDArray[np.int64]] = []
