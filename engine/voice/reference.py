@@ -43,6 +43,8 @@ MIN_TRANSCRIPT_WORDS = 4
 # MAX_READINGS) for the parallel data: one reading of a few seconds is a noisy estimate.
 PARALLEL_SECONDS = 12.0
 MAX_READINGS = 3
+# A part holding this much speech is read once (see parallel_readings).
+ONE_READING_SECONDS = 9.0
 # A longer sample gives the mapping its first this many seconds only (cut at the quietest
 # moment of the last few seconds before it): the transcript, the base voice's reading, both
 # analyses and the alignment then cost half of a 30 s sample's, and 15 s of one speaker's
@@ -135,18 +137,20 @@ def parallel_part(audio: NDArray[np.float32], sample_rate: int) -> NDArray[np.fl
 
 
 def parallel_readings(sample: Sample, part_samples: int) -> int:
-    """How many times the base voice reads the transcript of the mapping's part.
+    """How many times the base voice reads the transcript of the mapping's first
+    ``part_samples`` of the sample.
 
-    A part cut from a longer sample (:func:`parallel_part`) is read once: it holds at least
-    ``PARALLEL_MAX_SECONDS - _CUT_SEARCH_S`` seconds of the trimmed sample (pauses cut to
-    0.6 s), and a second reading of it doubled the cost of the mapping's half of a 30 s clone for
-    words the speaker said only once (bench/voice_clone_speed.py: half of the 30 s samples,
-    whose part held 11-12 s of speech, were read twice). A shorter sample is read up to
-    :data:`MAX_READINGS` times, until its readings hold about :data:`PARALLEL_SECONDS`.
+    Up to :data:`MAX_READINGS` times, until the readings hold about
+    :data:`PARALLEL_SECONDS` of speech; but a part that holds :data:`ONE_READING_SECONDS`
+    of speech is read once. Without that, a part cut from a 30 s sample
+    (:func:`parallel_part`) with 10-12 s of speech was read twice, which doubled the cost
+    of the mapping's half of the clone (bench/voice_clone_speed.py: half the 30 s samples).
+    A part with little speech in it (the ALSA channel names: 7 s in 12 s) is still read
+    twice: read once, it gave too few aligned voiced frames for a mapping.
     """
-    if part_samples < len(sample.audio):
-        return 1
     speech_seconds = sample.speech_seconds * part_samples / max(len(sample.audio), 1)
+    if speech_seconds >= ONE_READING_SECONDS:
+        return 1
     return int(np.clip(np.ceil(PARALLEL_SECONDS / max(speech_seconds, 1.0)), 1, MAX_READINGS))
 
 
