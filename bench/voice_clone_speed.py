@@ -240,9 +240,10 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=1))
     if args.out is not None:
-        runs = json.loads(args.out.read_text()) if args.out.exists() else {}
-        runs[args.label] = summary
-        args.out.write_text(json.dumps(runs, indent=1) + "\n")
+        # Kept beside the earlier runs (under "runs", next to the file's "what").
+        data = json.loads(args.out.read_text()) if args.out.exists() else {}
+        data.setdefault("runs", {})[args.label] = summary
+        args.out.write_text(json.dumps(data, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ MIN_TRANSCRIPT_WORDS = 4
 # MAX_READINGS) for the parallel data: one reading of a few seconds is a noisy estimate.
 PARALLEL_SECONDS = 12.0
 MAX_READINGS = 3
+# A part holding this much speech is read once (see parallel_readings).
+ONE_READING_SECONDS = 9.0
 # A longer sample gives the mapping its first this many seconds only (cut at the quietest
 # moment of the last few seconds before it): the transcript, the base voice's reading, both
 # analyses and the alignment then cost half of a 30 s sample's, and 15 s of one speaker's
@@ -132,6 +134,24 @@ def parallel_part(audio: NDArray[np.float32], sample_rate: int) -> NDArray[np.fl
     energy = (window[: n * frame].reshape(n, frame) ** 2).mean(axis=1)
     cut = start + int(np.argmin(energy)) * frame + frame // 2
     return audio[:cut]
+
+
+def parallel_readings(sample: Sample, part_samples: int) -> int:
+    """How many times the base voice reads the transcript of the mapping's first
+    ``part_samples`` of the sample.
+
+    Up to :data:`MAX_READINGS` times, until the readings hold about
+    :data:`PARALLEL_SECONDS` of speech; but a part that holds :data:`ONE_READING_SECONDS`
+    of speech is read once. Without that, a part cut from a 30 s sample
+    (:func:`parallel_part`) with 10-12 s of speech was read twice, which doubled the cost
+    of the mapping's half of the clone (bench/voice_clone_speed.py: half the 30 s samples).
+    A part with little speech in it (the ALSA channel names: 7 s in 12 s) is still read
+    twice: read once, it gave too few aligned voiced frames for a mapping.
+    """
+    speech_seconds = sample.speech_seconds * part_samples / max(len(sample.audio), 1)
+    if speech_seconds >= ONE_READING_SECONDS:
+        return 1
+    return int(np.clip(np.ceil(PARALLEL_SECONDS / max(speech_seconds, 1.0)), 1, MAX_READINGS))
 
 
 def warp_candidates(estimate: float, max_warp: float) -> list[float]:
@@ -325,10 +345,7 @@ class CpuReferenceBackend:
         # Piper reads differently each time: a short sample gets a few readings, pooled, so
         # its warp and mapping do not hang on one reading's timing (the sample is the same
         # in each: the ridge grows with the readings and the mapping stays as regularised).
-        speech_seconds = sample.speech_seconds * len(audio) / max(len(sample.audio), 1)
-        readings = int(
-            np.clip(np.ceil(PARALLEL_SECONDS / max(speech_seconds, 1.0)), 1, MAX_READINGS)
-        )
+        readings = parallel_readings(sample, len(audio))
         sources: list[world.WorldFeatures] = []
         src_idx: list[NDArray[np.int64]] = []
         tgt_idx: list[NDArray[np.int64]] = []

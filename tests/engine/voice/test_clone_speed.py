@@ -59,13 +59,24 @@ def test_a_long_clone_tracks_the_samples_pitch_once_and_maps_from_its_start(
         transcriber=listening,  # type: ignore[arg-type]
     )
     backend._piper = reference_backend.piper
+    backend.warm_up()  # the base voice's own reading is not one of the sample's
     rate = base_sample.sample_rate
     # About 32 s of speech: the test sample read twice.
     audio = np.concatenate([base_sample.audio, np.zeros(rate // 4, np.float32), base_sample.audio])
     seconds = len(audio) / rate
     assert seconds > 2 * PARALLEL_MAX_SECONDS - 4
     partials = reference_backend.encoder.partials(audio, rate)
-    sample = Sample(audio, rate, seconds, seconds, partials=partials)
+    # As the voice-activity detector counts it: a fifth of the trimmed sample is pauses, so
+    # the mapping's part holds 10-12 s of speech, under PARALLEL_SECONDS.
+    sample = Sample(audio, rate, seconds, 0.8 * seconds, partials=partials)
+    readings: list[str] = []
+    real_base_speech = backend.base_speech
+
+    def base_speech(text: str) -> Any:
+        readings.append(text)
+        return real_base_speech(text)
+
+    monkeypatch.setattr(backend, "base_speech", base_speech)
 
     tracked: list[int] = []
     real_pitch = world.pitch
@@ -81,6 +92,9 @@ def test_a_long_clone_tracks_the_samples_pitch_once_and_maps_from_its_start(
     assert tracked.count(len(audio)) == 1  # statistics and mapping share one track
     assert len(listening.seconds) == 1
     assert PARALLEL_MAX_SECONDS - 3.5 <= listening.seconds[0] <= PARALLEL_MAX_SECONDS
+    # A part with 10-12 s of speech is read once by the base voice, not until its readings
+    # hold PARALLEL_SECONDS of speech (that doubled the mapping's cost for half the samples).
+    assert len(readings) == 1
     # The stored embedding is the utterance's own, taken from the speaker check's windows.
     own = reference_backend.encoder.embed(audio, rate)
     assert np.allclose(profile.embedding_array(), own, atol=1e-5)
@@ -117,3 +131,22 @@ def test_the_transcript_for_the_mapping_is_one_greedy_pass(
     assert transcriber.transcribe(base_sample.audio[: 4 * rate], rate)
     assert len(seen) == 1
     assert seen[0].get("temperature") in (0.0, (0.0,), [0.0])
+
+
+def test_a_part_is_read_until_its_readings_hold_enough_speech() -> None:
+    from engine.voice.reference import MAX_READINGS, ONE_READING_SECONDS, parallel_readings
+
+    rate = 16000
+
+    def sample(seconds: float, speech: float) -> Sample:
+        return Sample(np.zeros(int(seconds * rate), np.float32), rate, seconds, speech)
+
+    assert parallel_readings(sample(5.0, 4.0), 5 * rate) == 3
+    assert parallel_readings(sample(10.0, 8.0), 10 * rate) == 2
+    assert parallel_readings(sample(2.0, 1.0), 2 * rate) == MAX_READINGS
+    # 9-12 s of speech: once (it was twice, for words the speaker said only once).
+    assert parallel_readings(sample(14.0, 13.0), 14 * rate) == 1
+    assert parallel_readings(sample(12.0, ONE_READING_SECONDS), 12 * rate) == 1
+    assert parallel_readings(sample(30.0, 26.0), 13 * rate) == 1
+    # A part cut from a sample with little speech in it is still read twice (7 s in 12 s).
+    assert parallel_readings(sample(30.0, 17.6), 12 * rate) == 2
