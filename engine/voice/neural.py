@@ -152,15 +152,20 @@ def describe_on_machine(
     return f"{what} on {device}, {placement.dtype}"
 
 
+def not_pulled(model: str) -> NeuralUnavailable:
+    """The refusal for a model setting that is neither a local folder nor a pulled model."""
+    return NeuralUnavailable(
+        f"{model!r} is neither a local folder nor a pulled model: run "
+        f"`tada-engine models pull {model}` (nothing downloads at run time)"
+    )
+
+
 def model_folder(settings: VoiceSettings) -> Path:
     """The local folder of ``neural_model``; a hub id that was never pulled is refused."""
     path = Path(settings.neural_model).expanduser()
     if path.is_dir():
         return path
-    raise NeuralUnavailable(
-        f"{settings.neural_model!r} is neither a local folder nor a pulled model: run "
-        f"`tada-engine models pull {settings.neural_model}` (nothing downloads at run time)"
-    )
+    raise not_pulled(settings.neural_model)
 
 
 def frame_cap(text: str) -> int:

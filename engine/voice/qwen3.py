@@ -44,6 +44,7 @@ from engine.voice.neural import (
     Placement,
     describe_on_machine,
     machine_placement,
+    not_pulled,
 )
 from engine.voice.settings import VoiceSettings
 from engine.voice.zero_shot import ZeroShotBackend
@@ -289,10 +290,7 @@ def model_folder(settings: VoiceSettings) -> Path:
             f"{path} has no speech_tokenizer/config.json: not a Qwen3-TTS 12 Hz model folder "
             f"(pull it again: `tada-engine models pull {settings.qwen3_model}`)"
         )
-    raise NeuralUnavailable(
-        f"{settings.qwen3_model!r} is neither a local folder nor a pulled model: run "
-        f"`tada-engine models pull {settings.qwen3_model}` (nothing downloads at run time)"
-    )
+    raise not_pulled(settings.qwen3_model)
 
 
 def frame_cap(text: str) -> int:
