@@ -88,9 +88,10 @@ def noisy(
 def test_a_noisy_reverberant_sample_is_cloned_after_denoising(noisy: vq.Evaluation) -> None:
     """The issue found 5 of 6 speakers refused here and the one accepted at +0.125.
 
-    Judged on the clean held-out part. bench/results/voice_quality_conditions.md: with the
-    front end librivox +0.35 and alsa +0.32 (clean +0.45 and +0.30), every speaker accepted;
-    without its denoiser +0.24 and -0.03.
+    Judged on the clean held-out part. With the front end librivox +0.35 and alsa +0.32
+    (clean +0.45 and +0.30), every speaker accepted; without its denoiser +0.24 and -0.03
+    (bench/results/voice_quality_conditions_front_end.md). This round's 8 speakers:
+    bench/results/voice_quality_conditions.md.
     """
     assert not noisy.refused, noisy.refused
     assert {r.speaker for r in noisy.speakers} == set(DEGRADED_SPEAKERS)
