@@ -168,10 +168,16 @@ def model_folder(settings: VoiceSettings) -> Path:
     raise not_pulled(settings.neural_model)
 
 
+def speech_frame_cap(text: str, frames_per_second: float, *, least: int) -> int:
+    """The most frames a model making ``frames_per_second`` may spend on ``text`` (at least
+    ``least``): a bound on the speech's duration, whatever the model."""
+    seconds = len(text) / MIN_CHARS_PER_SECOND + CAP_EXTRA_SECONDS
+    return max(least, int(seconds * frames_per_second))
+
+
 def frame_cap(text: str) -> int:
     """The most latent frames ``text`` may take: a bound on the speech's duration."""
-    seconds = len(text) / MIN_CHARS_PER_SECOND + CAP_EXTRA_SECONDS
-    return max(1, int(seconds * FRAMES_PER_SECOND))
+    return speech_frame_cap(text, FRAMES_PER_SECOND, least=1)
 
 
 class VibeVoiceModel:

@@ -45,6 +45,7 @@ from engine.voice.neural import (
     describe_on_machine,
     machine_placement,
     not_pulled,
+    speech_frame_cap,
 )
 from engine.voice.settings import VoiceSettings
 from engine.voice.zero_shot import ZeroShotBackend
@@ -54,9 +55,8 @@ NAME = "qwen3"
 SAMPLE_RATE = 24000
 # The 12 Hz codec: one frame (16 codebook entries) per 1920 samples at 24 kHz.
 FRAMES_PER_SECOND = 12.5
-# The generation cap: no text is read slower than this, plus a little lead-in and tail.
-MIN_CHARS_PER_SECOND = 6.0
-CAP_EXTRA_SECONDS = 2.0
+# The generation cap: neural.speech_frame_cap (no text is read slower than 6 characters a
+# second, plus a little lead-in and tail).
 # What progress expects: English read aloud runs about 14 characters per second.
 TYPICAL_CHARS_PER_SECOND = 14.0
 # Voice prompts (speaker embeddings) kept in memory, by clip.
@@ -295,8 +295,7 @@ def model_folder(settings: VoiceSettings) -> Path:
 
 def frame_cap(text: str) -> int:
     """The most codec frames ``text`` may take: a bound on the speech's duration."""
-    seconds = len(text) / MIN_CHARS_PER_SECOND + CAP_EXTRA_SECONDS
-    return max(2, int(seconds * FRAMES_PER_SECOND))
+    return speech_frame_cap(text, FRAMES_PER_SECOND, least=2)
 
 
 class Qwen3Model:
