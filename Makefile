@@ -30,7 +30,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "== set-up 3/4: torch 2.13.0, CPU build (about 190 MB; \`make gpu\` installs the CUDA build)"
 	$(PY) -m pip install --retries 1 --no-deps -c constraints.txt --extra-index-url $(TORCH_CPU_INDEX) torch
 	@echo "== set-up 4/4: the project and its pinned dependencies, torch's too (about 560 MB)"
-	$(PY) -m pip install -c constraints.txt -e '.[engine,ml,dev,sandbox]'
+	@# By uv, from pip's own sources (scripts/install.py: 90 s became about 45 s on a
+	@# quiet 2-core machine); by pip if uv cannot.
+	$(PY) scripts/install.py -c constraints.txt -e '.[engine,ml,dev,sandbox]'
 	@# Qwen3-TTS's model code (the GPU voice back end, engine/voice/qwen3.py): without its
 	@# declared dependencies, which pin torchaudio (no build for our torch), sox and gradio,
 	@# none of which the 12 Hz models use (pyproject.toml, [project.optional-dependencies]).

@@ -40,6 +40,7 @@ from bench.voice_quality import (
     RESULTS,
     MaterialMissing,
     all_speakers,
+    pyin_compiled,
 )
 from engine.voice import world
 
@@ -103,6 +104,7 @@ def _on_grid(values: NDArray[Any], hop_s: float, frames: int) -> Track:
 
 
 def _pyin(x: Audio) -> Track:
+    pyin_compiled()
     y = librosa.resample(x, orig_sr=RATE, target_sr=16000)
     f0, voiced, _ = librosa.pyin(
         y, fmin=50.0, fmax=500.0, sr=16000, frame_length=1024, hop_length=160

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -728,10 +729,34 @@ def calibration_points(
     return out
 
 
+@functools.cache
+def pyin_compiled() -> None:
+    """Compile librosa's pYIN once per process, one process at a time.
+
+    librosa compiles pYIN's numba functions on first use and caches them beside the
+    package. Test processes that compiled at once crashed one that loaded the cache another
+    was writing (a segmentation fault in ``librosa.util.localmin``), and each paid the
+    whole compile (about 36 CPU s). So the first call in a process runs pYIN on a short
+    tone under a file lock: the first process in compiles and writes the cache, the others
+    wait, then read it (a second or two).
+    """
+    import fcntl
+
+    import librosa
+
+    digest = hashlib.sha256(str(Path(librosa.__file__).parent).encode()).hexdigest()[:12]
+    lock = Path(tempfile.gettempdir()) / f"tada-pyin-{digest}.lock"
+    tone = np.sin(2 * np.pi * 120.0 * np.arange(16000) / 16000).astype(np.float32)
+    with lock.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        librosa.pyin(tone, fmin=50.0, fmax=500.0, sr=16000, frame_length=1024, hop_length=160)
+
+
 def pyin_median_f0(audio: Audio, rate: int) -> float:
     """Median F0 (Hz) of the voiced frames by pYIN at 16 kHz; nan when nothing is voiced."""
     import librosa
 
+    pyin_compiled()
     x = _resample(np.asarray(audio, dtype=np.float32), rate, 16000)
     f0, voiced, _ = librosa.pyin(
         x, fmin=50.0, fmax=500.0, sr=16000, frame_length=1024, hop_length=160

@@ -136,21 +136,25 @@ skip_pass() {
 
 run_pass "ruff format" ruff format --check bot cogs engine tests bench scripts
 run_pass "ruff lint" ruff check bot cogs engine tests bench scripts
-# librosa's pYIN (the tests' pitch judge) compiled once, before processes run side by side:
-# several compiling into its numba cache at once crashed a worker (scripts/warm_numba.py).
-# Its 35 s in a fresh environment (a few seconds after) run beside mypy and the light
-# checks below (the lock mostly waits on the package index); the pytest passes wait for it.
-numba_pass=${#bg_names[@]}
-start_pass "numba cache" python scripts/warm_numba.py
-start_pass "mypy" mypy
-# constraints.txt against the public index only (a fresh machine's view).
-run_pass "lock" python scripts/check_lock.py
+# The test processes start Python hundreds of times (engines, workers, bots, children that
+# decode hostile files). Where bytecode is not written (PYTHONDONTWRITEBYTECODE, set on
+# some CI images) each recompiled the project's modules, and each pytest process rewrote
+# every test module's asserts again (about 5 CPU s a process). Written once, read after
+# (__pycache__ is ignored by git).
+unset PYTHONDONTWRITEBYTECODE
+# Everything beside the main pytest pass runs at a lower priority (nice): the main pass is
+# the longest, so the others take the cores it leaves while its tests wait (on engines,
+# jobs, the browser), and end before it does.
+side=(nice -n 10)
+# mypy (one core for about 30 s without its cache) and the lock (constraints.txt against
+# the public index only: a fresh machine's view; it mostly waits on the index) run beside.
+start_pass "mypy" "${side[@]}" mypy
+start_pass "lock" "${side[@]}" python scripts/check_lock.py
 # The installed dependencies agree with each other (less what qwen-tts-hf declares and
 # never uses: scripts/check_pip.py).
 run_pass "pip check" python scripts/check_pip.py
 # The documentation site: a broken link, a missing page or one left out of nav fails.
 run_pass "docs" docs_build
-finish_pass "$numba_pass"
 # Each pytest pass lists its slowest tests (over 10 s), where trimming would pay.
 durations=(--durations=15 --durations-min=10)
 # The main pytest pass runs on one worker per core (pytest-xdist), at most 4 and one per 3 GiB
@@ -178,7 +182,7 @@ read -r -a parallel <<<"$(xdist "$workers")"
 # The PostgreSQL and object-storage passes run beside the main pass, with half its workers
 # each (one on two cores): they wait on their servers more than they compute (together
 # about 60% of a core each when run alone), and the main pass's own waits leave the cores
-# room. mypy (one core for about 80 s without its cache), started above, runs beside them.
+# room (they run at the lower priority above).
 side_workers=$((workers / 2 > 1 ? workers / 2 : 1))
 read -r -a side_parallel <<<"$(xdist "$side_workers")"
 # Each test process's torch and BLAS get their share of the cores (tests/__init__.py).
@@ -204,7 +208,7 @@ if [ "$#" -eq 0 ]; then
     # spoken on PostgreSQL by voice/test_trace.py and voice/test_stream.py; the voice API's
     # own file runs in the object-storage pass. These were about 130 of the pass's 300 CPU
     # seconds. The watermark's API tests (about 60 s) speak and trace as those two files do.
-    start_pass "$pg" TADA_TEST_DB=postgres pytest -q "${side_parallel[@]}" "${durations[@]}" \
+    start_pass "$pg" TADA_TEST_DB=postgres "${side[@]}" pytest -q "${side_parallel[@]}" "${durations[@]}" \
         -m "not no_database" tests/engine tests/security \
         --ignore=tests/engine/voice/test_quality.py \
         --ignore=tests/engine/voice/test_api.py \
@@ -227,7 +231,7 @@ if [ "$#" -eq 0 ]; then
     # Uploads, LoRAs and voices with files in SeaweedFS (tests/engine/test_storage.py trains
     # and generates on both back ends in the main pass), and the pocket voices' stored
     # model states.
-    start_pass "$s3" TADA_TEST_STORAGE=s3 pytest -q "${side_parallel[@]}" "${durations[@]}" \
+    start_pass "$s3" TADA_TEST_STORAGE=s3 "${side[@]}" pytest -q "${side_parallel[@]}" "${durations[@]}" \
         tests/engine/test_uploads.py tests/engine/image/test_demo_api.py \
         tests/engine/image/test_generation_options.py tests/engine/voice/test_api.py \
         tests/engine/voice/test_pocket_states.py

@@ -155,3 +155,28 @@ def test_the_comb_read_by_blocks_and_the_guide_are_the_plain_sums(base_sample: S
     guide = world.guide_track(contrast)
     assert guide is not None
     assert np.array_equal(guide, _plain_guide(contrast))
+
+
+def test_the_judge_compiles_under_a_lock_that_other_processes_wait_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pYIN's numba cache is written by one process at a time (check.sh no longer warms it
+    first): a process that loaded the cache another was writing crashed an xdist worker."""
+    import fcntl
+    import hashlib
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    ran = threading.Event()
+    monkeypatch.setattr(librosa, "pyin", lambda *args, **kwargs: ran.set())
+    digest = hashlib.sha256(str(Path(librosa.__file__).parent).encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"tada-pyin-{digest}.lock"
+    # The uncached body: this process may have compiled already.
+    compiling = threading.Thread(target=vq.pyin_compiled.__wrapped__, daemon=True)
+    with path.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        compiling.start()
+        assert not ran.wait(0.5)  # it waits for the lock, not compiling beside a writer
+    assert ran.wait(30)
+    compiling.join(30)
