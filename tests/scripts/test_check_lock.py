@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts.loading import ROOT, load_script
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_lock", ROOT / "scripts" / "check_lock.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["check_lock"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-check_lock = _load()
+check_lock = load_script("check_lock")
 
 # What PyPI lists for torch 2.13.0 (PyPI's Linux wheel is the CUDA build, with no label).
 TORCH_FILES = [

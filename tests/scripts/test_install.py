@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts.loading import load_script
 
 pytestmark = pytest.mark.no_database
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("install", ROOT / "scripts" / "install.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["install"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-install = _load()
+install = load_script("install")
 
 # `pip config list` on a machine with local mirrors (this CI's own form).
 LISTING = """\
