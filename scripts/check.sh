@@ -146,6 +146,13 @@ unset PYTHONDONTWRITEBYTECODE
 # the longest, so the others take the cores it leaves while its tests wait (on engines,
 # jobs, the browser), and end before it does.
 side=(nice -n 10)
+# librosa's pYIN (the tests' pitch judge) compiled once, before processes run side by side:
+# several compiling into its numba cache at once crashed a worker (scripts/warm_numba.py).
+# Each process's first pYIN also takes a lock (bench/voice_quality.py), but other librosa
+# functions share that cache. Its 35 s in a fresh environment (a few seconds after) run
+# beside mypy, the lock and the docs; the pytest passes wait for it.
+numba_pass=${#bg_names[@]}
+start_pass "numba cache" python scripts/warm_numba.py
 # mypy (one core for about 30 s without its cache) and the lock (constraints.txt against
 # the public index only: a fresh machine's view; it mostly waits on the index) run beside.
 start_pass "mypy" "${side[@]}" mypy
@@ -155,6 +162,7 @@ start_pass "lock" "${side[@]}" python scripts/check_lock.py
 run_pass "pip check" python scripts/check_pip.py
 # The documentation site: a broken link, a missing page or one left out of nav fails.
 run_pass "docs" docs_build
+finish_pass "$numba_pass"
 # Each pytest pass lists its slowest tests (over 10 s), where trimming would pay.
 durations=(--durations=15 --durations-min=10)
 # The main pytest pass runs on one worker per core (pytest-xdist), at most 4 and one per 3 GiB

@@ -160,8 +160,8 @@ def test_the_comb_read_by_blocks_and_the_guide_are_the_plain_sums(base_sample: S
 def test_the_judge_compiles_under_a_lock_that_other_processes_wait_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """pYIN's numba cache is written by one process at a time (check.sh no longer warms it
-    first): a process that loaded the cache another was writing crashed an xdist worker."""
+    """pYIN's numba cache is written by one process at a time, also outside check.sh (which
+    warms it first): a process that loaded the cache another was writing crashed a worker."""
     import fcntl
     import hashlib
     import tempfile
