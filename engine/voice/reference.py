@@ -164,6 +164,17 @@ def warp_candidates(estimate: float, max_warp: float) -> list[float]:
     return out
 
 
+def join_sentences(chunks: list[NDArray[np.float32]], sample_rate: int) -> NDArray[np.float32]:
+    """Sentences one after another with a short pause between them (how Piper's are read)."""
+    pause = np.zeros(int(SENTENCE_PAUSE_S * sample_rate), dtype=np.float32)
+    parts: list[NDArray[np.float32]] = []
+    for i, chunk in enumerate(chunks):
+        if i:
+            parts.append(pause)
+        parts.append(chunk)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
 class CpuReferenceBackend:
     """Piper + WORLD + resemblyzer, all on the CPU. Thread-safe; models load on first use."""
 
@@ -205,13 +216,7 @@ class CpuReferenceBackend:
         return Speech(self._join(self.piper.sentences(text)), self.sample_rate)
 
     def _join(self, chunks: list[NDArray[np.float32]]) -> NDArray[np.float32]:
-        pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate), dtype=np.float32)
-        parts: list[NDArray[np.float32]] = []
-        for i, chunk in enumerate(chunks):
-            if i:
-                parts.append(pause)
-            parts.append(chunk)
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        return join_sentences(chunks, self.sample_rate)
 
     def _base(self) -> tuple[world.VoiceStats, NDArray[np.float32]]:
         """The base voice's statistics and embedding, computed once."""
