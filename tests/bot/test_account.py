@@ -22,6 +22,10 @@ from engine.models import User
 from tests.conftest import register, services_of
 from tests.engine.image.zips import good_zip
 
+# Each interaction is settled when the bot's work on it is done; under load (a niced pass
+# on a busy machine) that took over SimCord's default 5 s, so a ceiling, not a wait.
+pytestmark = pytest.mark.simcord(settle_timeout=120)
+
 
 def world(env: simcord.Env) -> tuple[simcord.ChannelHandle, simcord.MemberActor]:
     guild = env.create_guild()

@@ -317,7 +317,7 @@ async def test_a_thread_works_where_its_channel_does(
     assert posted.attachments and server.alice.mention in posted.content
 
 
-@pytest.mark.simcord(strict_sync=False)
+@pytest.mark.simcord(strict_sync=False, settle_timeout=120)
 async def test_request_for_reads_roles_administrators_and_the_bots_permissions(
     simcord_env: simcord.Env, server: Server
 ) -> None:
@@ -351,7 +351,7 @@ async def test_request_for_reads_roles_administrators_and_the_bots_permissions(
     assert admin.bot_permissions is not None and admin.bot_permissions.attach_files
 
 
-@pytest.mark.simcord(strict_sync=False)
+@pytest.mark.simcord(strict_sync=False, settle_timeout=120)
 async def test_job_requests_carry_the_bots_permissions_in_the_channel(
     simcord_env: simcord.Env, server: Server
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import discord
 import httpx
+import pytest
 import simcord
 from fastapi import FastAPI
 from pydantic import SecretStr
@@ -14,6 +15,10 @@ from bot.gate import Feature
 from bot.store import LinkedVia
 from tests.bot.conftest import ENGINE_URL
 from tests.conftest import register
+
+# Each interaction is settled when the bot's work on it is done; under load (a niced pass
+# on a busy machine) that took over SimCord's default 5 s, so a ceiling, not a wait.
+pytestmark = pytest.mark.simcord(settle_timeout=120)
 
 DEV_GUILD = 1456074443980812345
 

@@ -19,6 +19,10 @@ from bot.store import LinkedVia
 from tests.bot.conftest import make_bot_config
 from tests.conftest import database_backend, register
 
+# Each interaction is settled when the bot's work on it is done; under load (a niced pass
+# on a busy machine) that took over SimCord's default 5 s, so a ceiling, not a wait.
+pytestmark = pytest.mark.simcord(settle_timeout=120)
+
 
 @pytest.fixture
 def bot_config(tmp_path: Path) -> BotConfig:

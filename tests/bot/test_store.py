@@ -25,6 +25,10 @@ from bot.store.db import MIGRATIONS_DIR
 from tests.bot.conftest import ENGINE_URL, make_bot_config
 from tests.conftest import register
 
+# Each interaction is settled when the bot's work on it is done; under load (a niced pass
+# on a busy machine) that took over SimCord's default 5 s, so a ceiling, not a wait.
+pytestmark = pytest.mark.simcord(settle_timeout=120)
+
 
 async def test_migrations_create_the_tables_in_their_own_version_table(tmp_path: Path) -> None:
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}")

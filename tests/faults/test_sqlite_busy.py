@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 import simcord
 from fastapi import FastAPI
 from pydantic import SecretStr
@@ -28,6 +29,10 @@ from bot.store.models import LinkedVia
 from engine.models import Job, Upload, User
 from tests.conftest import make_settings, running_engine, services_of
 from tests.engine.image.zips import good_zip
+
+# Each interaction is settled when the bot's work on it is done; under load (a niced pass
+# on a busy machine) that took over SimCord's default 5 s, so a ceiling, not a wait.
+pytestmark = pytest.mark.simcord(settle_timeout=120)
 
 CLIENTS = 40
 
