@@ -169,9 +169,9 @@ def test_the_jobs_section_of_the_config_file_is_read_and_checked() -> None:
         load_bot_config({"jobs": {"max_concurrent": 0}}, {})
 
 
-# SimCord's default settle deadline (5 s): the delivery's next round, on the sweep every
-# 5 s, must stay parked beyond it until the test advances the clock.
-@pytest.mark.simcord()
+# A shorter settle deadline: the delivery's next round must stay parked beyond it until the
+# test advances the clock (with 120 s the settle waited it out: 61 s instead of 1 s).
+@pytest.mark.simcord(settle_timeout=30)
 async def test_when_discord_takes_nothing_the_result_is_posted_in_a_later_round(
     simcord_env: simcord.Env, services: BotServices, api: httpx.AsyncClient
 ) -> None:
@@ -201,7 +201,7 @@ async def test_when_discord_takes_nothing_the_result_is_posted_in_a_later_round(
 @pytest.mark.skipif(
     database_backend() == "postgres", reason="reads the bot's SQLite file (SQLite pass only)"
 )
-@pytest.mark.simcord()  # the default deadline, as above: the sweep stays parked
+@pytest.mark.simcord(settle_timeout=30)  # as above
 async def test_interaction_tokens_are_kept_encrypted_and_still_post_after_a_restart(
     simcord_env: simcord.Env,
     services: BotServices,
